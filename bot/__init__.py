@@ -1,0 +1,1 @@
+"""mcp-ops domain and infrastructure: no Slack listener code lives here."""

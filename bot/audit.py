@@ -1,0 +1,186 @@
+"""The audit trail: one durable row per command, refusal and state change.
+
+The row and its Slack post (through the outbox) are written in one transaction, so the
+audit channel can lag behind the table but never disagree with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    Table,
+    Text,
+    desc,
+    func,
+    select,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import SQLAlchemyError
+
+from bot import outbox
+from bot.botdb import metadata
+from bot.errors import UserFacingError
+from bot.logs import request_id_var
+from bot.pii import scrub
+
+log = logging.getLogger(__name__)
+
+MAX_ARGS_CHARS = 500
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("actor", Text, nullable=False),
+    Column("stage", Text),
+    Column("command", Text, nullable=False),
+    Column("args", Text, nullable=False, server_default=""),
+    Column("outcome", Text, nullable=False),
+    Column("duration_ms", Integer),
+    Column("detail", JSONB, nullable=False, server_default="{}"),
+    Column("request_id", Text),
+    Index("audit_log_at_idx", "at"),
+    Index("audit_log_stage_at_idx", "stage", "at"),
+)
+
+
+class AuditUnavailable(UserFacingError):
+    outcome = "unavailable"
+
+
+OUTCOME_ICONS = {
+    "ok": ":white_check_mark:",
+    "denied": ":no_entry:",
+    "bad_input": ":grey_question:",
+    "not_found": ":mag:",
+    "unavailable": ":electric_plug:",
+    "timeout": ":hourglass:",
+    "error": ":x:",
+}
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    actor: str
+    command: str
+    outcome: str
+    stage: str | None = None
+    args: str = ""
+    duration_ms: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    id: int
+    at: datetime
+    actor: str
+    stage: str | None
+    command: str
+    args: str
+    outcome: str
+    duration_ms: int | None
+
+
+def _clean_detail(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)[:1000]
+    if isinstance(value, dict):
+        return {str(k): _clean_detail(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean_detail(v) for v in value]
+    return value
+
+
+def audit_line(entry: AuditEntry) -> str:
+    icon = OUTCOME_ICONS.get(entry.outcome, ":information_source:")
+    where = f" on *{entry.stage}*" if entry.stage else ""
+    took = f" ({entry.duration_ms} ms)" if entry.duration_ms is not None else ""
+    args = f" {entry.args}" if entry.args else ""
+    return f"{icon} <@{entry.actor}> `{entry.command}{args}`{where}: {entry.outcome}{took}"
+
+
+class AuditLog:
+    def __init__(self, engine: Engine, channel: str, on_enqueue: Callable[[], None] | None = None) -> None:
+        self.engine = engine
+        self.channel = channel
+        self._on_enqueue = on_enqueue or (lambda: None)
+
+    def record(self, entry: AuditEntry, *, required: bool = False) -> int | None:
+        """Write the row and queue its Slack post.
+
+        A bot database outage is logged and swallowed for read-only commands; a mutation
+        passes `required=True` so that it cannot run unaudited.
+        """
+        clean = AuditEntry(
+            actor=entry.actor,
+            command=entry.command,
+            outcome=entry.outcome,
+            stage=entry.stage,
+            args=scrub(entry.args)[:MAX_ARGS_CHARS],
+            duration_ms=entry.duration_ms,
+            detail=_clean_detail(entry.detail),
+        )
+        try:
+            with self.engine.begin() as conn:
+                audit_id = conn.execute(
+                    audit_log.insert()
+                    .values(
+                        actor=clean.actor,
+                        stage=clean.stage,
+                        command=clean.command,
+                        args=clean.args,
+                        outcome=clean.outcome,
+                        duration_ms=clean.duration_ms,
+                        detail=clean.detail,
+                        request_id=request_id_var.get(),
+                    )
+                    .returning(audit_log.c.id)
+                ).scalar_one()
+                if self.channel:
+                    outbox.enqueue(
+                        conn,
+                        "chat.postMessage",
+                        {"channel": self.channel, "text": audit_line(clean), "unfurl_links": False},
+                    )
+        except SQLAlchemyError as exc:
+            log.error(
+                "audit write failed",
+                extra={"command": clean.command, "outcome": clean.outcome, "error": type(exc).__name__},
+            )
+            if required:
+                raise AuditUnavailable("the audit log is unavailable, so nothing was changed; try again") from exc
+            return None
+        self._on_enqueue()
+        return int(audit_id)
+
+    def latest(self, *, stage: str | None, limit: int) -> list[AuditRow]:
+        query = select(audit_log).order_by(desc(audit_log.c.id)).limit(limit)
+        if stage:
+            query = query.where(audit_log.c.stage == stage)
+        with self.engine.connect() as conn:
+            return [
+                AuditRow(
+                    id=r.id,
+                    at=r.at,
+                    actor=r.actor,
+                    stage=r.stage,
+                    command=r.command,
+                    args=r.args,
+                    outcome=r.outcome,
+                    duration_ms=r.duration_ms,
+                )
+                for r in conn.execute(query)
+            ]

@@ -1,0 +1,72 @@
+"""The bot's own database: engine, table metadata and start-up migration.
+
+Each domain module declares its tables on `metadata`; `migrate` creates what is missing
+and then applies numbered changes, under an advisory lock so replicas starting together
+do not race.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    MetaData,
+    Table,
+    create_engine,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.engine import URL
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", BigInteger, primary_key=True),
+    Column("applied_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Modules that declare tables on `metadata`; imported before create_all.
+TABLE_MODULES = ("bot.audit", "bot.outbox")
+
+# Numbered changes to existing tables, applied once each, in order.
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = []
+
+MIGRATION_LOCK_KEY = 0x6D63706F7073  # "mcpops"
+
+
+def create_bot_engine(url: URL, *, application_name: str = "mcp-ops/bot") -> Engine:
+    return create_engine(
+        url,
+        pool_size=10,
+        max_overflow=20,
+        pool_timeout=10,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={
+            "application_name": application_name,
+            "connect_timeout": 5,
+            "options": "-c statement_timeout=30000 -c lock_timeout=5000",
+        },
+    )
+
+
+def migrate(engine: Engine) -> None:
+    for module in TABLE_MODULES:
+        importlib.import_module(module)
+    with engine.begin() as conn:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+        metadata.create_all(conn)
+        applied = set(conn.execute(select(schema_version.c.version)).scalars())
+        for version, change in MIGRATIONS:
+            if version not in applied:
+                change(conn)
+                conn.execute(schema_version.insert().values(version=version))

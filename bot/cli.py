@@ -1,0 +1,175 @@
+"""The `mcp-ops` command line: serve, socket, console, demo, demo-data, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bot.config import ConfigError, Settings, load_settings
+from bot.logs import configure_logging
+
+
+def _fail(message: str) -> int:
+    print(f"mcp-ops: {message}", file=sys.stderr)
+    return 2
+
+
+def _settings(**kwargs: bool) -> Settings:
+    return load_settings(**kwargs)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from bot.runtime import Runtime
+    from handlers.server import run_gunicorn
+
+    settings = _settings()
+    run_gunicorn(
+        lambda: Runtime(settings),
+        host=args.host,
+        port=args.port,
+        threads=args.threads,
+        graceful_timeout=args.graceful_timeout,
+    )
+    return 0
+
+
+def cmd_socket(args: argparse.Namespace) -> int:
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    from bot.runtime import Runtime
+    from handlers.app import build_app
+
+    settings = _settings()
+    if not settings.app_token:
+        raise ConfigError("SLACK_APP_TOKEN is missing (Socket Mode needs an xapp- token)")
+    runtime = Runtime(settings)
+    runtime.start()
+    try:
+        SocketModeHandler(build_app(runtime), settings.app_token).start()
+    finally:
+        runtime.close()
+    return 0
+
+
+def _run_console(settings: Settings, user: str, channel: str) -> int:
+    from bot.console.repl import Console
+
+    console = Console(settings, user=user, channel=channel)
+    try:
+        console.loop()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.close()
+    return 0
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    settings = _settings(require_slack=False)
+    user = args.user or next(iter(sorted(settings.operators)), "UCONSOLE1")
+    return _run_console(settings, user, args.channel)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bot.demo import DEMO_APPROVER, DEMO_OPERATOR, DEMO_VIEWER, prepare_demo
+
+    cluster, env = prepare_demo(Path(args.dir), reset=args.reset)
+    try:
+        settings = load_settings(env, require_slack=False)
+        print(
+            f"\nDemo users: {DEMO_OPERATOR} (operator, acting now), {DEMO_APPROVER} (approver), "
+            f"{DEMO_VIEWER} (read-only). Stages: dev, staging, production (protected).\n"
+            "Try: /mcp list --stage dev   /mcp stats acme-analytics-mcp --stage dev   /mcp help\n"
+        )
+        return _run_console(settings, args.user or DEMO_OPERATOR, args.channel)
+    finally:
+        if not args.keep:
+            cluster.stop()
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from bot.demo import build_platform_database
+    from bot.platform.demo_data import BENCH_SPEC, DatasetSpec
+
+    base = BENCH_SPEC if args.bench else DatasetSpec()
+    overrides = {
+        "big_tool_calls": args.tool_calls,
+        "big_sessions": args.sessions,
+        "big_users": args.users,
+        "big_completions": args.completions,
+        "small_servers": args.small_servers,
+    }
+    spec = DatasetSpec(**{**base.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+    build_platform_database(args.url, spec)
+    print(f"loaded: {spec}")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(require_slack=not args.no_slack)
+    print(f"stages: {', '.join(settings.stage_names())} (protected: {', '.join(sorted(settings.protected_stages))})")
+    print(f"operators: {len(settings.operators)}, approvers: {len(settings.approvers)}")
+    print(f"channel bindings: {len(settings.channel_stages)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcp-ops", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve Slack over HTTP (gunicorn)")
+    serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))  # noqa: S104 - a server listens
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
+    serve.add_argument("--threads", type=int, default=32)
+    serve.add_argument("--graceful-timeout", type=int, default=120)
+    serve.set_defaults(func=cmd_serve)
+
+    socket = sub.add_parser("socket", help="connect to Slack in Socket Mode (SLACK_APP_TOKEN)")
+    socket.set_defaults(func=cmd_socket)
+
+    console = sub.add_parser("console", help="a local REPL that drives the bot like Slack does")
+    console.add_argument("--user", help="acting Slack user id (default: the first operator)")
+    console.add_argument("--channel", default="CCONSOLE")
+    console.set_defaults(func=cmd_console)
+
+    demo = sub.add_parser("demo", help="local PostgreSQL with demo data for three stages, then the console")
+    demo.add_argument("--dir", default=os.environ.get("MCP_OPS_DEMO_DIR", ".demo"))
+    demo.add_argument("--reset", action="store_true", help="throw away the demo cluster and start afresh")
+    demo.add_argument("--keep", action="store_true", help="leave PostgreSQL running on exit")
+    demo.add_argument("--user", help="acting Slack user id")
+    demo.add_argument("--channel", default="CDEMO")
+    demo.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("demo-data", help="create the platform schema and load generated data into a database")
+    data.add_argument("--url", required=True, help="postgresql:// URL of an empty database")
+    data.add_argument("--bench", action="store_true", help="the benchmark size (1,000,000 tool calls)")
+    data.add_argument("--tool-calls", type=int)
+    data.add_argument("--sessions", type=int)
+    data.add_argument("--users", type=int)
+    data.add_argument("--completions", type=int)
+    data.add_argument("--small-servers", type=int)
+    data.set_defaults(func=cmd_demo_data)
+
+    check = sub.add_parser("check-config", help="validate the environment and summarise it (no secrets)")
+    check.add_argument("--no-slack", action="store_true")
+    check.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

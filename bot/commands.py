@@ -1,0 +1,262 @@
+"""The `/mcp` command language: every verb, its arguments, flags and usage, in one place.
+
+`parse` turns the text Slack sends into a ParsedCommand or raises CommandError with a
+message and the verb's usage; it never raises anything else, whatever the input.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from bot.errors import CommandError
+
+MAX_TEXT_CHARS = 4000
+MAX_TOKEN_CHARS = 256
+SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+STAGE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+FLAG_RE = re.compile(r"^--([a-z][a-z0-9-]{0,30})(?:=(.*))?$", re.DOTALL)
+SMART_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
+
+ArgKind = Literal["slug", "id", "text", "verb"]
+FlagKind = Literal["int", "text", "bool", "id"]
+
+
+@dataclass(frozen=True)
+class Positional:
+    name: str
+    kind: ArgKind = "slug"
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+    kind: FlagKind
+    help: str
+    default: Any = None
+    minimum: int | None = None
+    maximum: int | None = None
+
+    @property
+    def metavar(self) -> str:
+        return {"int": "N", "text": '"text"', "id": "id", "bool": ""}[self.kind]
+
+    def usage(self) -> str:
+        return f"--{self.name}" + (f" {self.metavar}" if self.kind != "bool" else "")
+
+
+# Stage handling of a verb: it must name one, may name one (a filter), or takes none.
+StageUse = Literal["required", "optional", "none"]
+
+
+@dataclass(frozen=True)
+class Verb:
+    name: str
+    summary: str
+    positionals: tuple[Positional, ...] = ()
+    flags: tuple[Flag, ...] = ()
+    stage: StageUse = "required"
+    mutating: bool = False
+    aliases: tuple[str, ...] = ()
+
+    def usage(self) -> str:
+        parts = [f"/mcp {self.name}"]
+        for pos in self.positionals:
+            parts.append(f"<{pos.name}>" if pos.required else f"[<{pos.name}>]")
+        for flag in self.flags:
+            parts.append(f"[{flag.usage()}]")
+        if self.stage == "required":
+            parts.append("--stage <stage>")
+        elif self.stage == "optional":
+            parts.append("[--stage <stage>]")
+        return " ".join(parts)
+
+    def flag(self, name: str) -> Flag | None:
+        for flag in self.flags:
+            if flag.name == name:
+                return flag
+        return None
+
+
+@dataclass(frozen=True)
+class ParsedCommand:
+    verb: Verb
+    args: Mapping[str, str] = field(default_factory=dict)
+    flags: Mapping[str, Any] = field(default_factory=dict)
+    stage: str | None = None
+
+    def canonical(self, *, include_stage: bool = True) -> str:
+        """The command as the audit log and messages show it: quoted, no secrets by construction."""
+        parts = [self.verb.name]
+        parts += [shlex.quote(v) for v in self.args.values()]
+        for name, value in self.flags.items():
+            flag = self.verb.flag(name)
+            if flag is None or value == flag.default:
+                continue
+            parts.append(f"--{name}" if flag.kind == "bool" else f"--{name} {shlex.quote(str(value))}")
+        if self.stage and include_stage:
+            parts.append(f"--stage {self.stage}")
+        return " ".join(parts)
+
+
+LIMIT = Flag("limit", "int", "rows to show", default=20, minimum=1, maximum=100)
+
+VERBS: dict[str, Verb] = {}
+
+
+def register(verb: Verb) -> Verb:
+    VERBS[verb.name] = verb
+    return verb
+
+
+register(
+    Verb("help", "show the commands, or one command's usage", (Positional("command", "verb", False),), stage="none")
+)
+register(Verb("find", "show a server by slug", (Positional("slug"),)))
+register(Verb("list", "list servers, newest first", flags=(Flag("org", "id", "only this organization id"), LIMIT)))
+register(
+    Verb(
+        "stats",
+        "tool calls, sessions, users and top tools of a server",
+        (Positional("slug"),),
+        (Flag("days", "int", "window in days", default=30, minimum=1, maximum=3650),),
+    )
+)
+register(Verb("users", "users of a server (emails masked)", (Positional("slug"),), (LIMIT,)))
+register(Verb("audit", "latest audit entries (operators and approvers)", flags=(LIMIT,), stage="optional"))
+
+
+def _clean_shown(value: str, limit: int = 40) -> str:
+    shown = value.replace("`", "'").replace("\n", " ")
+    return shown[:limit] + ("…" if len(shown) > limit else "")
+
+
+def overview() -> str:
+    return "\n".join(f"`{verb.usage()}`: {verb.summary}" for verb in VERBS.values())
+
+
+def _unknown_verb(word: str) -> CommandError:
+    close = difflib.get_close_matches(word, list(VERBS), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
+    return CommandError(f"unknown command `{_clean_shown(word)}`.{hint}", usage=overview())
+
+
+def _tokenize(text: str) -> list[str]:
+    if len(text) > MAX_TEXT_CHARS:
+        raise CommandError(
+            f"the command is too long ({len(text)} characters, at most {MAX_TEXT_CHARS})", usage=overview()
+        )
+    text = html.unescape(text).translate(SMART_QUOTES)
+    try:
+        lexer = shlex.shlex(text, posix=True)
+        lexer.whitespace_split = True
+        lexer.commenters = ""
+        tokens = list(lexer)
+    except ValueError:
+        raise CommandError("unbalanced quotes in the command", usage=overview()) from None
+    for token in tokens:
+        if len(token) > MAX_TOKEN_CHARS:
+            raise CommandError(
+                f"an argument is too long ({len(token)} characters, at most {MAX_TOKEN_CHARS})", usage=overview()
+            )
+    return tokens
+
+
+def _convert_flag(verb: Verb, flag: Flag, raw: str) -> Any:
+    if flag.kind == "int":
+        try:
+            value = int(raw)
+        except ValueError:
+            raise CommandError(f"`--{flag.name}` takes a whole number", usage=verb.usage()) from None
+        if (flag.minimum is not None and value < flag.minimum) or (flag.maximum is not None and value > flag.maximum):
+            raise CommandError(f"`--{flag.name}` must be between {flag.minimum} and {flag.maximum}", usage=verb.usage())
+        return value
+    if flag.kind == "id" and not ID_RE.match(raw):
+        raise CommandError(f"`{_clean_shown(raw)}` is not a valid id for `--{flag.name}`", usage=verb.usage())
+    if flag.kind == "text" and not raw.strip():
+        raise CommandError(f"`--{flag.name}` needs some text", usage=verb.usage())
+    return raw
+
+
+def _check_positional(verb: Verb, pos: Positional, value: str) -> str:
+    if pos.kind == "slug" and not SLUG_RE.match(value):
+        raise CommandError(
+            f"`{_clean_shown(value)}` is not a valid {pos.name}: use letters, digits, `-`, `_` and `.`",
+            usage=verb.usage(),
+        )
+    if pos.kind == "id" and not ID_RE.match(value):
+        raise CommandError(f"`{_clean_shown(value)}` is not a valid {pos.name}", usage=verb.usage())
+    if pos.kind == "verb":
+        value = value.lower()
+        if value not in VERBS:
+            raise _unknown_verb(value)
+    return value
+
+
+def parse(text: str) -> ParsedCommand:
+    tokens = _tokenize(text or "")
+    if not tokens:
+        return ParsedCommand(VERBS["help"])
+    word = tokens[0].lower()
+    verb = VERBS.get(word) or next((v for v in VERBS.values() if word in v.aliases), None)
+    if verb is None:
+        raise _unknown_verb(word)
+
+    flags: dict[str, Any] = {flag.name: flag.default for flag in verb.flags}
+    seen: set[str] = set()
+    positionals: list[str] = []
+    stage: str | None = None
+    rest = tokens[1:]
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        i += 1
+        match = FLAG_RE.match(token)
+        if token.startswith("--") and not match:
+            raise CommandError(f"`{_clean_shown(token)}` is not a valid option", usage=verb.usage())
+        if not match:
+            positionals.append(token)
+            continue
+        name, inline = match.group(1), match.group(2)
+        if name in seen:
+            raise CommandError(f"`--{name}` is given twice", usage=verb.usage())
+        seen.add(name)
+        flag = verb.flag(name)
+        if name == "stage" and verb.stage != "none":
+            flag = Flag("stage", "text", "stage")
+        elif flag is None:
+            raise CommandError(f"unknown option `--{name}` for `{verb.name}`", usage=verb.usage())
+        if flag.kind == "bool":
+            if inline is not None:
+                raise CommandError(f"`--{name}` takes no value", usage=verb.usage())
+            flags[name] = True
+            continue
+        if inline is None:
+            if i >= len(rest) or FLAG_RE.match(rest[i]):
+                raise CommandError(f"`--{name}` needs a value", usage=verb.usage())
+            inline = rest[i]
+            i += 1
+        if name == "stage":
+            if not STAGE_RE.match(inline):
+                raise CommandError(f"`{_clean_shown(inline)}` is not a valid stage name", usage=verb.usage())
+            stage = inline.lower()
+        else:
+            flags[name] = _convert_flag(verb, flag, inline)
+
+    args: dict[str, str] = {}
+    for index, pos in enumerate(verb.positionals):
+        if index < len(positionals):
+            args[pos.name] = _check_positional(verb, pos, positionals[index])
+        elif pos.required:
+            raise CommandError(f"missing <{pos.name}>", usage=verb.usage())
+    if len(positionals) > len(verb.positionals):
+        extra = positionals[len(verb.positionals)]
+        raise CommandError(f"unexpected argument `{_clean_shown(extra)}`", usage=verb.usage())
+    return ParsedCommand(verb=verb, args=args, flags=flags, stage=stage)

@@ -1,0 +1,70 @@
+"""The embedded default: a local PostgreSQL with three stages of demo data, and the console."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+from bot.config import parse_database_url
+from bot.localpg import LocalPostgres
+from bot.platform.demo_data import DatasetSpec, load_demo_data
+from bot.platform.schema import create_platform_schema
+
+DEMO_OPERATOR = "UDEMOOPS1"
+DEMO_APPROVER = "UDEMOAPPR1"
+DEMO_VIEWER = "UDEMOVIEW1"
+DEMO_AUDIT_CHANNEL = "CDEMOAUDIT"
+DEMO_ALERT_CHANNEL = "CDEMOALERTS"
+STAGES = {
+    "dev": DatasetSpec(),
+    "staging": DatasetSpec(big_tool_calls=5_000, big_sessions=500, big_users=200, big_completions=300, small_servers=9),
+    "production": DatasetSpec(
+        big_tool_calls=8_000, big_sessions=800, big_users=300, big_completions=500, small_servers=14
+    ),
+}
+
+
+def build_platform_database(url: str, spec: DatasetSpec) -> None:
+    """Create the platform schema and load `spec` into an empty database."""
+    engine = create_engine(parse_database_url("database", url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+            create_platform_schema(conn)
+            load_demo_data(conn, spec)
+    finally:
+        engine.dispose()
+
+
+def prepare_demo(
+    base_dir: Path, *, reset: bool = False, log: Callable[[str], None] = print
+) -> tuple[LocalPostgres, dict[str, str]]:
+    """Start (or reuse) the demo cluster and return it with the environment the bot needs."""
+    cluster = LocalPostgres(base_dir / "pg")
+    if reset:
+        cluster.destroy()
+        cluster = LocalPostgres(base_dir / "pg")
+    log(f"starting PostgreSQL in {cluster.base_dir} (port {cluster.port}) ...")
+    cluster.start()
+    env: dict[str, str] = {}
+    for stage, spec in STAGES.items():
+        name = f"mcp_{stage}"
+        if not cluster.database_exists(name):
+            log(f"creating stage {stage} with demo data ...")
+            build_platform_database(cluster.create_database(name), spec)
+        env[f"DATABASE_URL_{stage.upper()}"] = cluster.url(name)
+    if not cluster.database_exists("mcp_ops_bot"):
+        cluster.create_database("mcp_ops_bot")
+    env.update(
+        {
+            "BOT_DATABASE_URL": cluster.url("mcp_ops_bot"),
+            "OPERATORS": DEMO_OPERATOR,
+            "APPROVERS": DEMO_APPROVER,
+            "AUDIT_CHANNEL": DEMO_AUDIT_CHANNEL,
+            "ALERT_CHANNEL": DEMO_ALERT_CHANNEL,
+            "PROTECTED_STAGES": "production",
+        }
+    )
+    return cluster, env

@@ -1,0 +1,44 @@
+"""Errors that carry a short message meant for the person who typed the command."""
+
+from __future__ import annotations
+
+
+class UserFacingError(Exception):
+    """Its message is safe to show in Slack: no secret, no email, no traceback."""
+
+    outcome = "error"
+
+    def __init__(self, message: str, *, usage: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.usage = usage
+
+
+class CommandError(UserFacingError):
+    """The command text could not be understood."""
+
+    outcome = "bad_input"
+
+
+class PermissionDenied(UserFacingError):
+    outcome = "denied"
+
+
+class NotFound(UserFacingError):
+    outcome = "not_found"
+
+
+class StageError(UserFacingError):
+    """No usable stage: unknown, missing, or protected where that is not allowed."""
+
+    outcome = "bad_input"
+
+
+class StageUnavailable(UserFacingError):
+    """The stage database could not be reached or dropped the connection."""
+
+    outcome = "unavailable"
+
+
+class QueryTimeout(UserFacingError):
+    outcome = "timeout"

@@ -1,0 +1,216 @@
+"""Durable delivery of Slack API calls.
+
+A message that must reach Slack is first a row in the bot database, written in the same
+transaction as the fact it reports. A worker posts due rows one at a time under
+`FOR UPDATE SKIP LOCKED`, so several workers (or replicas) never post the same row, and a
+429 or a 5xx streak only postpones delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Integer,
+    Table,
+    Text,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import SQLAlchemyError
+
+from bot.botdb import metadata
+from bot.pii import scrub
+
+log = logging.getLogger(__name__)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("method", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("delivered_at", DateTime(timezone=True)),
+    Column("dead_at", DateTime(timezone=True)),
+    Column("last_error", Text),
+    Column("result", JSONB),
+)
+
+MAX_BACKOFF = timedelta(minutes=30)
+PERMANENT_ATTEMPTS = 20  # a payload Slack keeps refusing (not a 429/5xx) is given up after this
+
+
+def enqueue(conn: Connection, method: str, payload: dict[str, Any]) -> int:
+    """Queue a Slack Web API call inside the caller's transaction."""
+    return int(conn.execute(outbox.insert().values(method=method, payload=payload).returning(outbox.c.id)).scalar_one())
+
+
+@dataclass
+class DrainResult:
+    delivered: int = 0
+    postponed: bool = False
+
+
+def _status_of(exc: Exception) -> int | None:
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if status is None and isinstance(response, dict):
+        status = response.get("status")
+    return int(status) if status is not None else None
+
+
+def _retry_after(exc: Exception) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None and isinstance(response, dict):
+        headers = response.get("headers")
+    if not headers:
+        return None
+    for key, value in dict(headers).items():
+        if key.lower() == "retry-after":
+            value = value[0] if isinstance(value, list) else value
+            try:
+                return max(float(value), 0.0)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+class Outbox:
+    def __init__(self, engine: Engine, client: WebClient) -> None:
+        self.engine = engine
+        self.client = client
+
+    def backlog(self) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(outbox)
+                    .where(outbox.c.delivered_at.is_(None), outbox.c.dead_at.is_(None))
+                ).scalar_one()
+            )
+
+    def drain(self, limit: int = 200) -> DrainResult:
+        """Deliver due rows until none is due, a 429/5xx says stop, or `limit` is reached."""
+        result = DrainResult()
+        while result.delivered < limit:
+            outcome = self._deliver_one()
+            if outcome == "empty":
+                break
+            if outcome == "delivered":
+                result.delivered += 1
+            elif outcome == "postponed":
+                result.postponed = True
+                break
+        return result
+
+    def _deliver_one(self) -> str:
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(outbox)
+                .where(
+                    outbox.c.delivered_at.is_(None),
+                    outbox.c.dead_at.is_(None),
+                    outbox.c.next_attempt_at <= func.now(),
+                )
+                .order_by(outbox.c.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if row is None:
+                return "empty"
+            try:
+                response = self.client.api_call(row.method, json=row.payload)
+            except Exception as exc:  # any failure postpones; the row stays queued
+                return self._postpone(conn, row, exc)
+            data = response.data if isinstance(response.data, dict) else {}
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id == row.id)
+                .values(
+                    delivered_at=func.now(),
+                    attempts=row.attempts + 1,
+                    result={"channel": data.get("channel"), "ts": data.get("ts")},
+                    last_error=None,
+                )
+            )
+            return "delivered"
+
+    def _postpone(self, conn: Connection, row: Any, exc: Exception) -> str:
+        status = _status_of(exc)
+        attempts = row.attempts + 1
+        transient = status is None or status == 429 or status >= 500
+        wait = _retry_after(exc) if status == 429 else None
+        if wait is None:
+            wait = min(2 ** min(attempts, 11), MAX_BACKOFF.total_seconds())
+        error = exc.response.get("error") if isinstance(exc, SlackApiError) and hasattr(exc.response, "get") else None
+        description = f"HTTP {status}" if status else type(exc).__name__
+        if error:
+            description += f" {error}"
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "last_error": scrub(description)[:300],
+            "next_attempt_at": datetime.now(UTC) + timedelta(seconds=wait),
+        }
+        if not transient and attempts >= PERMANENT_ATTEMPTS:
+            values["dead_at"] = func.now()
+        conn.execute(update(outbox).where(outbox.c.id == row.id).values(**values))
+        log.warning("slack delivery postponed", extra={"outbox_id": row.id, "error": description, "wait_s": wait})
+        return "postponed" if transient else "failed"
+
+
+class OutboxWorker:
+    """A daemon thread that drains the outbox when nudged and every `interval` seconds."""
+
+    def __init__(self, outbox_: Outbox, interval: float) -> None:
+        self.outbox = outbox_
+        self.interval = interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+            self._thread.start()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def stop(self, *, flush: bool = True) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        if flush:
+            self._safe_drain()
+
+    def _safe_drain(self) -> None:
+        try:
+            self.outbox.drain()
+        except SQLAlchemyError as exc:
+            log.warning("outbox drain failed: bot database unavailable", extra={"error": type(exc).__name__})
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._safe_drain()
+            self._wake.wait(self.interval)
+            self._wake.clear()

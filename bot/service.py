@@ -1,0 +1,159 @@
+"""Running a command: parse, pick the stage, authorise, execute, audit; no Slack here.
+
+Handlers call `prepare` before acknowledging (pure CPU, so the ack stays fast) and `run`
+after it. Every outcome, refusals included, becomes one audit row.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot import metrics
+from bot.audit import AuditEntry
+from bot.commands import ParsedCommand, parse
+from bot.errors import UserFacingError
+from bot.logs import request_id_var
+from bot.runtime import Runtime
+from bot.stages import Stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """Who typed what, where; straight from the Slack payload."""
+
+    user_id: str
+    channel_id: str | None
+    text: str
+
+
+@dataclass(frozen=True)
+class CommandRequest:
+    invocation: Invocation
+    parsed: ParsedCommand
+    stage: Stage | None
+    cursor: str | None = None
+
+    @property
+    def actor(self) -> str:
+        return self.invocation.user_id
+
+    @property
+    def verb(self) -> str:
+        return self.parsed.verb.name
+
+
+@dataclass
+class CommandOutcome:
+    request: CommandRequest | None
+    result: Any = None
+    error: UserFacingError | None = None
+    duration_ms: int = 0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.error is None else self.error.outcome
+
+
+class InternalError(UserFacingError):
+    """A bug or an unexpected failure; the person gets a reference, the log gets the details."""
+
+    outcome = "error"
+
+
+Operation = Callable[[Runtime, CommandRequest], Any]
+OPERATIONS: dict[str, Operation] = {}
+# Modules whose @operation functions implement the verbs; imported when the service starts.
+OPERATION_MODULES = ("bot.operations",)
+
+
+def operation(verb: str) -> Callable[[Operation], Operation]:
+    def register(func: Operation) -> Operation:
+        OPERATIONS[verb] = func
+        return func
+
+    return register
+
+
+class CommandService:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        for module in OPERATION_MODULES:
+            importlib.import_module(module)
+
+    def prepare(self, invocation: Invocation, *, cursor: str | None = None) -> CommandRequest:
+        """Parse, resolve the stage and authorise; raises UserFacingError. No I/O."""
+        parsed = parse(invocation.text)
+        self.runtime.policy.check_verb(invocation.user_id, parsed.verb)
+        stage: Stage | None = None
+        if parsed.verb.stage == "required":
+            stage = self.runtime.stages.resolve(parsed.stage, invocation.channel_id)
+        elif parsed.verb.stage == "optional" and parsed.stage:
+            stage = self.runtime.stages.get(parsed.stage)
+        return CommandRequest(invocation=invocation, parsed=parsed, stage=stage, cursor=cursor)
+
+    def refuse(self, invocation: Invocation, error: UserFacingError) -> None:
+        """Audit a command that never ran (bad input, no permission, unknown stage)."""
+        metrics.commands_total.labels(verb=_verb_word(invocation.text), outcome=error.outcome).inc()
+        self.runtime.audit.record(
+            AuditEntry(
+                actor=invocation.user_id,
+                command=_verb_word(invocation.text),
+                args=_after_verb(invocation.text)[:200],
+                outcome=error.outcome,
+                detail={"reason": error.message},
+            )
+        )
+
+    def run(self, request: CommandRequest) -> CommandOutcome:
+        started = time.perf_counter()
+        outcome = CommandOutcome(request=request)
+        try:
+            outcome.result = OPERATIONS[request.verb](self.runtime, request)
+        except UserFacingError as exc:
+            outcome.error = exc
+        except Exception:
+            reference = request_id_var.get()
+            log.exception("command failed", extra={"verb": request.verb})
+            outcome.error = InternalError(
+                f"something went wrong on our side (reference `{reference}`); nothing was changed"
+            )
+        outcome.duration_ms = int((time.perf_counter() - started) * 1000)
+        metrics.commands_total.labels(verb=request.verb, outcome=outcome.status).inc()
+        metrics.command_duration_seconds.labels(verb=request.verb).observe(outcome.duration_ms / 1000)
+        detail = dict(outcome.detail)
+        if outcome.error is not None:
+            detail["reason"] = outcome.error.message
+        if request.cursor:
+            detail["page"] = True
+        self.runtime.audit.record(
+            AuditEntry(
+                actor=request.actor,
+                stage=request.stage.name if request.stage else None,
+                command=request.verb,
+                args=request.parsed.canonical(include_stage=False).removeprefix(request.verb).strip(),
+                outcome=outcome.status,
+                duration_ms=outcome.duration_ms,
+                detail=detail,
+            )
+        )
+        return outcome
+
+
+def _verb_word(text: str) -> str:
+    word = (text or "").strip().split(maxsplit=1)
+    if not word:
+        return "help"
+    return "".join(ch for ch in word[0][:30] if ch.isalnum() or ch in "-_") or "?"
+
+
+def _after_verb(text: str) -> str:
+    parts = (text or "").strip().split(maxsplit=1)
+    return parts[1] if len(parts) > 1 else ""

@@ -1,0 +1,195 @@
+"""Stage databases: one engine each, explicit transactions, errors worded for people.
+
+Every connection carries `application_name`, `connect_timeout` and session defaults for
+`statement_timeout`/`lock_timeout`; every transaction states whether it may write.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from bot.config import Settings, StageConfig
+from bot.errors import QueryTimeout, StageError, StageUnavailable, UserFacingError
+
+APPLICATION_NAME = "mcp-ops"
+
+# SQLSTATEs that mean "the statement was stopped", not "the server is gone".
+QUERY_CANCELED = "57014"
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def _reason_for_connect_failure(message: str) -> str:
+    lowered = message.lower()
+    for needle, reason in (
+        ("timeout expired", "timed out"),
+        ("timed out", "timed out"),
+        ("connection refused", "connection refused"),
+        ("password authentication failed", "authentication failed"),
+        ("authentication failed", "authentication failed"),
+        ("no pg_hba.conf entry", "access denied by pg_hba.conf"),
+        ("does not exist", "database or role does not exist"),
+        ("could not translate host name", "unknown host"),
+        ("name or service not known", "unknown host"),
+        ("the database system is starting up", "database is starting up"),
+        ("the database system is shutting down", "database is shutting down"),
+        ("too many clients", "too many connections"),
+        ("terminating connection", "connection terminated by the server"),
+        ("server closed the connection", "connection lost"),
+        ("consuming input failed", "connection lost"),
+        ("connection is lost", "connection lost"),
+        ("ssl", "SSL negotiation failed"),
+    ):
+        if needle in lowered:
+            return reason
+    return "connection failed"
+
+
+def describe_db_error(exc: BaseException, stage: str) -> UserFacingError | None:
+    """Map a driver error to a short message, or None when it is a bug to report as such.
+
+    The driver's own text is never shown: it can contain host names and user names.
+    """
+    if isinstance(exc, PoolTimeout):
+        return StageUnavailable(f"stage {stage} is busy: no free database connection, try again shortly")
+    if not isinstance(exc, DBAPIError):
+        return None
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate == QUERY_CANCELED:
+        return QueryTimeout(f"the query on stage {stage} ran past its time limit and was cancelled")
+    if sqlstate == LOCK_NOT_AVAILABLE:
+        return QueryTimeout(f"stage {stage}: a lock could not be taken in time (another session holds it)")
+    if isinstance(exc, OperationalError) or exc.connection_invalidated:
+        if sqlstate and sqlstate.startswith("57P"):
+            return StageUnavailable(f"stage {stage} is unreachable (the server is shutting down or restarting)")
+        return StageUnavailable(f"stage {stage} is unreachable ({_reason_for_connect_failure(str(exc.orig))})")
+    return None
+
+
+class Stage:
+    """One stage database. Engines are created lazily so a dead stage never blocks startup."""
+
+    def __init__(self, config: StageConfig, settings: Settings) -> None:
+        self.config = config
+        self.name = config.name
+        self.protected = config.protected
+        self._settings = settings
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = self._create_engine()
+            return self._engine
+
+    def _create_engine(self) -> Engine:
+        settings = self._settings
+        options = (
+            f"-c statement_timeout={settings.read_statement_timeout_ms}"
+            f" -c lock_timeout={settings.lock_timeout_ms}"
+            " -c idle_in_transaction_session_timeout=600000"
+        )
+        return create_engine(
+            self.config.url,
+            pool_size=5,
+            max_overflow=10,
+            pool_timeout=10,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+            connect_args={
+                "application_name": f"{APPLICATION_NAME}/{self.name}",
+                "connect_timeout": settings.connect_timeout_s,
+                "options": options,
+            },
+        )
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except (DBAPIError, PoolTimeout) as exc:
+            friendly = describe_db_error(exc, self.name)
+            if friendly is None:
+                raise
+            raise friendly from exc
+
+    @contextmanager
+    def read(self, *, statement_timeout_ms: int | None = None) -> Iterator[Connection]:
+        """A read-only transaction; it can never write, whatever runs inside it."""
+        with self._translated(), self.engine.connect() as conn, conn.begin():
+            conn.execute(text("SET TRANSACTION READ ONLY"))
+            if statement_timeout_ms is not None:
+                conn.execute(
+                    text("SELECT set_config('statement_timeout', :ms, true)"),
+                    {"ms": str(statement_timeout_ms)},
+                )
+            yield conn
+
+    @contextmanager
+    def write(self, *, statement_timeout_ms: int, lock_timeout_ms: int | None = None) -> Iterator[Connection]:
+        """One read-write transaction with explicit time budgets; it commits only if the block returns."""
+        lock_ms = lock_timeout_ms if lock_timeout_ms is not None else self._settings.lock_timeout_ms
+        with self._translated(), self.engine.connect() as conn, conn.begin():
+            conn.execute(
+                text("SELECT set_config('statement_timeout', :st, true), set_config('lock_timeout', :lt, true)"),
+                {"st": str(statement_timeout_ms), "lt": str(lock_ms)},
+            )
+            yield conn
+
+    def ping(self) -> float:
+        """Round trip of `SELECT 1` in milliseconds; raises StageUnavailable."""
+        started = time.perf_counter()
+        with self.read() as conn:
+            conn.execute(text("SELECT 1"))
+        return (time.perf_counter() - started) * 1000
+
+    def dispose(self) -> None:
+        with self._lock:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
+
+
+class StageRegistry:
+    """Which stage a command means, and the Stage objects themselves."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._stages: dict[str, Stage] = {name: Stage(cfg, settings) for name, cfg in sorted(settings.stages.items())}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._stages)
+
+    @property
+    def all(self) -> Mapping[str, Stage]:
+        return self._stages
+
+    def get(self, name: str) -> Stage:
+        stage = self._stages.get(name.lower())
+        if stage is None:
+            raise StageError(f"unknown stage `{name[:40]}`; known stages: {', '.join(self.names)}")
+        return stage
+
+    def resolve(self, explicit: str | None, channel_id: str | None) -> Stage:
+        """The stage named with --stage, else the channel's binding; never a protected default."""
+        if explicit:
+            return self.get(explicit)
+        bound = self._settings.channel_stages.get(channel_id or "")
+        if bound:
+            stage = self.get(bound)
+            if not stage.protected:
+                return stage
+        raise StageError(f"name a stage with `--stage <name>`; known stages: {', '.join(self.names)}")
+
+    def dispose(self) -> None:
+        for stage in self._stages.values():
+            stage.dispose()

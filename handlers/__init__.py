@@ -1,0 +1,1 @@
+"""Slack transport: thin Bolt listeners that parse, call bot/, and render Block Kit."""

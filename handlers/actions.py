@@ -1,0 +1,47 @@
+"""Buttons on read-only replies (paging)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from slack_bolt import Ack, App, Respond
+
+from bot.errors import CommandError, UserFacingError
+from bot.logs import new_request_id
+from bot.service import CommandService, Invocation
+from handlers import render
+
+
+def button_value(body: dict[str, Any]) -> dict[str, Any]:
+    """The JSON value of the clicked button; a malformed one is bad input, not a crash."""
+    try:
+        value = json.loads(body["actions"][0]["value"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise CommandError("that button's data is not readable; run the command again") from None
+    if not isinstance(value, dict):
+        raise CommandError("that button's data is not readable; run the command again")
+    return value
+
+
+def register(app: App, service: CommandService) -> None:
+    @app.action(render.PAGE_ACTION)
+    def page_more(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
+        ack()
+        new_request_id()
+        user = str((body.get("user") or {}).get("id", ""))
+        channel = (body.get("channel") or {}).get("id")
+        invocation = Invocation(user_id=user, channel_id=channel, text="")
+        try:
+            value = button_value(body)
+            invocation = Invocation(user_id=user, channel_id=channel, text=str(value.get("t", "")))
+            request = service.prepare(invocation, cursor=str(value.get("c") or "") or None)
+        except UserFacingError as exc:
+            respond(**render.error(exc))
+            service.runtime.submit(service.refuse, invocation, exc)
+            return
+
+        def work() -> None:
+            respond(**render.outcome(service.run(request)))
+
+        service.runtime.submit(work)

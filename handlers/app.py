@@ -1,0 +1,47 @@
+"""Build the Bolt app: one place that wires listeners to the domain."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from slack_bolt import App, BoltResponse
+from slack_bolt.authorization import AuthorizeResult
+from slack_sdk import WebClient
+
+from bot.runtime import Runtime
+from bot.service import CommandService
+from handlers import actions, commands
+
+log = logging.getLogger(__name__)
+
+
+def build_app(runtime: Runtime) -> App:
+    settings = runtime.settings
+
+    def authorize(enterprise_id: str | None, team_id: str | None, **_: Any) -> AuthorizeResult:
+        # A single-workspace bot: the token is configuration, so no auth.test round trip is needed
+        # (and a Slack outage cannot stop the bot from acknowledging commands).
+        return AuthorizeResult(enterprise_id=enterprise_id, team_id=team_id, bot_token=settings.bot_token)
+
+    app = App(
+        signing_secret=settings.signing_secret,
+        client=WebClient(base_url=settings.slack_api_url, timeout=10),
+        authorize=authorize,
+        process_before_response=False,
+        listener_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="listener"),
+        request_verification_enabled=True,
+        url_verification_enabled=True,
+        ssl_check_enabled=True,
+    )
+    service = CommandService(runtime)
+    commands.register(app, service)
+    actions.register(app, service)
+
+    @app.error
+    def on_error(error: Exception, body: dict[str, Any]) -> BoltResponse:
+        log.error("unhandled listener error", exc_info=error)
+        return BoltResponse(status=200, body="")
+
+    return app

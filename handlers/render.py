@@ -1,0 +1,178 @@
+"""How every command reply looks: one renderer per verb, keyed by verb name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bot.commands import overview
+from bot.errors import UserFacingError
+from bot.operations import AuditResult, HelpResult
+from bot.platform.servers import Page, ServerStats, ServerSummary, ServerUser
+from bot.service import CommandOutcome, CommandRequest
+from handlers.blocks import (
+    Message,
+    actions,
+    button,
+    code,
+    context,
+    escape,
+    fields,
+    header,
+    lines_sections,
+    message,
+    section,
+    when,
+)
+
+PAGE_ACTION = "page_more"
+
+Renderer = Callable[[CommandRequest, Any], Message]
+RENDERERS: dict[str, Renderer] = {}
+
+
+def renders(verb: str) -> Callable[[Renderer], Renderer]:
+    def register(func: Renderer) -> Renderer:
+        RENDERERS[verb] = func
+        return func
+
+    return register
+
+
+def error(exc: UserFacingError) -> Message:
+    blocks = [section(f":warning: {exc.message}")]
+    if exc.usage:
+        blocks.append(context(f"Usage:\n{exc.usage}" if "\n" in exc.usage else f"Usage: `{exc.usage}`"))
+    return message(exc.message, blocks, ephemeral=True)
+
+
+def outcome(result: CommandOutcome) -> Message:
+    if result.error is not None:
+        return error(result.error)
+    assert result.request is not None
+    return RENDERERS[result.request.verb](result.request, result.result)
+
+
+def _stage_tag(request: CommandRequest) -> str:
+    if request.stage is None:
+        return ""
+    lock = " :lock:" if request.stage.protected else ""
+    return f"stage *{escape(request.stage.name)}*{lock}"
+
+
+def _more_button(request: CommandRequest, cursor: str | None, shown: int, total: int) -> list[dict[str, Any]]:
+    if not cursor:
+        return []
+    value = {"t": request.parsed.canonical(), "c": cursor}
+    return [actions(button(f"More ({total - shown} left)" if total > shown else "More", PAGE_ACTION, value))]
+
+
+@renders("help")
+def render_help(request: CommandRequest, result: HelpResult) -> Message:
+    if result.topic is not None:
+        verb = result.topic
+        lines = [f"`{verb.usage()}`", verb.summary]
+        lines += [f"• `{flag.usage()}`: {flag.help}" for flag in verb.flags]
+        if verb.stage != "none":
+            lines.append("• `--stage <stage>`: which database (or run it in a channel bound to a stage)")
+        return message(verb.summary, [section("\n".join(lines))], ephemeral=True)
+    blocks = [header("mcp-ops commands"), *lines_sections(overview().splitlines())]
+    blocks.append(
+        context(
+            "Every command that touches a database names its stage with `--stage`, "
+            "unless the channel is bound to one. `/mcp help <command>` shows one command."
+        )
+    )
+    return message("mcp-ops commands", blocks, ephemeral=True)
+
+
+def _server_fields(server: ServerSummary) -> list[tuple[str, str]]:
+    org = escape(server.organization_name or "?")
+    return [
+        ("Name", escape(server.name)),
+        ("Slug", code(server.slug)),
+        ("ID", code(server.id)),
+        ("Organization", f"{org} ({code(server.organization_id)})"),
+        ("Product", escape(server.product)),
+        ("Created", when(server.created_at)),
+    ]
+
+
+@renders("find")
+def render_find(request: CommandRequest, server: ServerSummary) -> Message:
+    blocks = [section(f":mag: {code(server.slug)} on {_stage_tag(request)}"), fields(_server_fields(server))]
+    return message(f"{server.slug}: {server.name}", blocks)
+
+
+@renders("list")
+def render_list(request: CommandRequest, page: Page[ServerSummary]) -> Message:
+    org = request.parsed.flags.get("org")
+    scope = f" in organization {code(org)}" if org else ""
+    title = f":card_index: {page.total} servers{scope} on {_stage_tag(request)}, newest first"
+    if request.cursor:
+        title += " (continued)"
+    lines = [
+        f"• {code(s.slug)}: {escape(s.name)} · {escape(s.organization_name or s.organization_id)}"
+        f" · {when(s.created_at)}"
+        for s in page.items
+    ] or ["_no servers_"]
+    blocks = [
+        section(title),
+        *lines_sections(lines),
+        *_more_button(request, page.next_cursor, len(page.items), page.total),
+    ]
+    return message(f"{page.total} servers", blocks)
+
+
+@renders("stats")
+def render_stats(request: CommandRequest, stats: ServerStats) -> Message:
+    top = "\n".join(f"{i}. {code(t.tool_name)}: {t.calls:,}" for i, t in enumerate(stats.top_tools, 1))
+    blocks = [
+        section(f":bar_chart: {code(stats.server.slug)} on {_stage_tag(request)}, last {stats.days} days"),
+        fields(
+            [
+                ("Tool calls", f"{stats.tool_calls:,}"),
+                ("Sessions", f"{stats.sessions:,}"),
+                ("Users", f"{stats.users:,}"),
+                ("Last activity", when(stats.last_activity)),
+            ]
+        ),
+        section(f"*Top tools*\n{top}" if top else "*Top tools*\n_no tool calls in this window_"),
+        context(
+            f"Since {when(stats.since)}. Sessions and users are counted from sessions, tool calls from "
+            "tool calls: no join multiplies them."
+        ),
+    ]
+    text = f"{stats.server.slug}: {stats.tool_calls} tool calls, {stats.sessions} sessions, {stats.users} users"
+    return message(text, blocks)
+
+
+@renders("users")
+def render_users(request: CommandRequest, page: Page[ServerUser]) -> Message:
+    slug = request.parsed.args["slug"]
+    title = f":busts_in_silhouette: {page.total:,} users of {code(slug)} on {_stage_tag(request)}"
+    if request.cursor:
+        title += " (continued)"
+    lines = [
+        f"• {code(u.id)} · {escape(u.masked_email)} · {code(u.distinct_id or '-')} · first seen {when(u.first_seen_at)}"
+        for u in page.items
+    ] or ["_no users_"]
+    blocks = [
+        section(title),
+        *lines_sections(lines),
+        *_more_button(request, page.next_cursor, len(page.items), page.total),
+    ]
+    return message(f"{page.total} users of {slug}", blocks)
+
+
+@renders("audit")
+def render_audit(request: CommandRequest, result: AuditResult) -> Message:
+    where = f" on stage *{escape(result.stage)}*" if result.stage else ""
+    lines = [
+        f"• {when(r.at)} <@{r.actor}> {code((r.command + ' ' + r.args).strip())}"
+        f"{' on ' + escape(r.stage) if r.stage else ''}: {r.outcome}"
+        for r in result.rows
+    ] or ["_no entries_"]
+    return message(
+        "audit log", [section(f":scroll: Latest audit entries{where}"), *lines_sections(lines)], ephemeral=True
+    )

@@ -1,0 +1,275 @@
+"""Real parts for every test: a throwaway PostgreSQL cluster (pg_stat_statements preloaded),
+platform databases cloned from a template, a fake Slack Web API over HTTP, and the bot's
+real HTTP endpoint receiving signed requests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+
+from bot.config import Settings, load_settings, parse_database_url
+from bot.console.client import HttpReply, SlackRequestSender
+from bot.console.localslack import LocalSlack, SlackCall
+from bot.demo import build_platform_database
+from bot.localpg import LocalPostgres
+from bot.platform.demo_data import DatasetSpec
+from bot.runtime import Runtime
+from handlers.server import ThreadedServer, build_wsgi, serve_in_thread
+
+OPERATOR = "UOPERATOR1"
+APPROVER = "UAPPROVER1"
+APPROVER2 = "UAPPROVER2"
+VIEWER = "UVIEWER001"
+AUDIT_CHANNEL = "CAUDIT0001"
+ALERT_CHANNEL = "CALERTS001"
+CHANNEL = "CGENERAL01"
+SIGNING_SECRET = "test-signing-secret-0123456789"
+BOT_TOKEN = "xoxb-test-0000-secret-token"
+
+# Small but complete: a big server with shared and session-less users beside 5 small ones.
+TEST_SPEC = DatasetSpec(
+    organizations=3,
+    small_servers=5,
+    small_tool_calls=40,
+    small_sessions=8,
+    small_users=4,
+    big_tool_calls=600,
+    big_sessions=60,
+    big_users=25,
+    big_completions=40,
+    shared_users=6,
+    sessionless_users=4,
+    support_per_server=4,
+)
+
+_names = itertools.count(1)
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{os.getpid()}_{next(_names)}"
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[LocalPostgres]:
+    # Not under pytest's 0700 temp root: as root, the cluster belongs to the unprivileged `postgres` user.
+    base = Path(tempfile.mkdtemp(prefix="mcp-ops-test-pg-"))
+    base.chmod(0o755)
+    cluster = LocalPostgres(base / "pg", fast_unsafe=True)
+    cluster.start()
+    yield cluster
+    cluster.destroy()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def platform_template(pg: LocalPostgres) -> str:
+    """A platform database with TEST_SPEC data, cloned for each test that needs one."""
+    name = "platform_template"
+    build_platform_database(pg.create_database(name, drop=True), TEST_SPEC)
+    return name
+
+
+@dataclass
+class StageDb:
+    name: str
+    url: str
+    engine: Engine
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(text(sql), params).scalar()
+
+    def rows(self, sql: str, **params: Any) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(text(sql), params))
+
+    def execute(self, sql: str, **params: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text(sql), params)
+
+
+@pytest.fixture
+def make_stage_db(pg: LocalPostgres, platform_template: str) -> Iterator[Callable[[], StageDb]]:
+    created: list[StageDb] = []
+
+    def make() -> StageDb:
+        name = unique_name("stage")
+        url = pg.create_database(name, template=platform_template)
+        db = StageDb(name, url, create_engine(parse_database_url("test", url)))
+        created.append(db)
+        return db
+
+    yield make
+    for db in created:
+        db.engine.dispose()
+        pg.drop_database(db.name)
+
+
+@pytest.fixture
+def stage_db(make_stage_db: Callable[[], StageDb]) -> StageDb:
+    return make_stage_db()
+
+
+@pytest.fixture
+def bot_db_url(pg: LocalPostgres) -> Iterator[str]:
+    name = unique_name("botdb")
+    url = pg.create_database(name)
+    yield url
+    pg.drop_database(name)
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[LocalSlack]:
+    slack = LocalSlack().start()
+    yield slack
+    slack.stop()
+
+
+def dead_database_url() -> str:
+    """A URL whose port nobody listens on: connecting is refused at once."""
+    from bot.localpg import free_port
+
+    return f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/gone"
+
+
+@dataclass
+class Reply:
+    """A slash command's HTTP ack plus where its later replies arrive."""
+
+    http: HttpReply
+    response_url: str
+    harness: BotHarness
+
+    @property
+    def ack(self) -> dict[str, Any] | None:
+        body = self.http.body.strip()
+        return self.http.json() if body.startswith("{") else None
+
+    def responses(self, count: int = 1, timeout: float = 15) -> list[dict[str, Any]]:
+        path = self.response_url.split(self.harness.slack.base_url, 1)[1]
+        calls = self.harness.slack.wait_for_call("response_url", lambda c: c.path == path, timeout, count)
+        return [c.payload for c in calls]
+
+    def message(self, timeout: float = 15) -> dict[str, Any]:
+        """The answer the person sees: the ack body if it had one, else the first response_url post."""
+        return self.ack or self.responses(1, timeout)[0]
+
+    def text(self, timeout: float = 15) -> str:
+        return message_text(self.message(timeout))
+
+
+def message_text(payload: dict[str, Any]) -> str:
+    """Everything readable in a message: its text and every block's text, fields and buttons."""
+    parts = [str(payload.get("text", ""))]
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") in ("mrkdwn", "plain_text") and "text" in node:
+                parts.append(str(node["text"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(payload.get("blocks", []))
+    return "\n".join(parts)
+
+
+@dataclass
+class BotHarness:
+    settings: Settings
+    runtime: Runtime
+    server: ThreadedServer
+    slack: LocalSlack
+    sender: SlackRequestSender
+    env: dict[str, str] = field(default_factory=dict)
+
+    def command(self, text: str, *, user: str = OPERATOR, channel: str = CHANNEL) -> Reply:
+        response_url = self.sender.new_response_url()
+        http = self.sender.slash(text, user=user, channel=channel, response_url=response_url)
+        return Reply(http, response_url, self)
+
+    def audit_rows(self) -> list[Any]:
+        with self.runtime.bot_engine.connect() as conn:
+            return list(conn.execute(text("SELECT * FROM audit_log ORDER BY id")))
+
+    def wait_audit(self, count: int, timeout: float = 10) -> list[Any]:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.audit_rows()
+            if len(rows) >= count or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
+
+    def audit_posts(self) -> list[SlackCall]:
+        return [c for c in self.slack.calls_to("chat.postMessage") if c.payload.get("channel") == AUDIT_CHANNEL]
+
+    def close(self) -> None:
+        self.server.stop()
+        self.runtime.close()
+
+
+def base_env(*, bot_db_url: str, stages: dict[str, str], slack: LocalSlack) -> dict[str, str]:
+    env = {
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_API_URL": slack.api_url,
+        "BOT_DATABASE_URL": bot_db_url,
+        "OPERATORS": OPERATOR,
+        "APPROVERS": f"{APPROVER},{APPROVER2}",
+        "AUDIT_CHANNEL": AUDIT_CHANNEL,
+        "ALERT_CHANNEL": ALERT_CHANNEL,
+        "OUTBOX_INTERVAL_SECONDS": "1",
+        "STAGE_CONNECT_TIMEOUT": "2",
+    }
+    for name, url in stages.items():
+        env[f"DATABASE_URL_{name.upper()}"] = url
+    return env
+
+
+@pytest.fixture
+def make_bot(bot_db_url: str, fake_slack: LocalSlack) -> Iterator[Callable[..., BotHarness]]:
+    """Build a bot on the real HTTP endpoint; `stages` maps stage names to database URLs."""
+    harnesses: list[BotHarness] = []
+
+    def make(stages: dict[str, str], **overrides: str) -> BotHarness:
+        env = base_env(bot_db_url=bot_db_url, stages=stages, slack=fake_slack)
+        env.update(overrides)
+        settings = load_settings(env)
+        runtime = Runtime(settings)
+        runtime.start()
+        server = serve_in_thread(build_wsgi(runtime))
+        sender = SlackRequestSender(server.events_url, SIGNING_SECRET, response_base=fake_slack.base_url)
+        harness = BotHarness(settings, runtime, server, fake_slack, sender, env)
+        harnesses.append(harness)
+        return harness
+
+    yield make
+    for harness in harnesses:
+        harness.close()
+
+
+@pytest.fixture
+def bot(make_bot: Callable[..., BotHarness], stage_db: StageDb) -> BotHarness:
+    """A bot with stage `dev` on a fresh platform database and `production` (protected) on another."""
+    return make_bot({"dev": stage_db.url, "production": stage_db.url})
+
+
+def psql_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        return conn.execute(sql).fetchall()
