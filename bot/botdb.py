@@ -35,7 +35,7 @@ schema_version = Table(
 )
 
 # Modules that declare tables on `metadata`; imported before create_all.
-TABLE_MODULES = ("bot.audit", "bot.outbox")
+TABLE_MODULES = ("bot.audit", "bot.outbox", "bot.scheduler")
 
 # Numbered changes to existing tables, applied once each, in order.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = []

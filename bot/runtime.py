@@ -20,6 +20,7 @@ from bot.audit import AuditLog
 from bot.botdb import create_bot_engine, migrate
 from bot.config import Settings
 from bot.outbox import Outbox, OutboxWorker
+from bot.scheduler import JobScheduler
 from bot.slack_client import make_web_client
 from bot.stages import StageRegistry
 
@@ -40,6 +41,8 @@ class Runtime:
         self.outbox = Outbox(self.bot_engine, self.slack)
         self.outbox_worker = OutboxWorker(self.outbox, settings.outbox_interval_s)
         self.audit = AuditLog(self.bot_engine, settings.audit_channel, on_enqueue=self.outbox_worker.notify)
+        # Jobs register here before start(); each runs once per slot across replicas.
+        self.scheduler = JobScheduler(self.bot_engine)
         # Slow work runs here, after the Slack ack, so listener threads are free to ack the next request.
         self._jobs = ThreadPoolExecutor(max_workers=16, thread_name_prefix="job")
         self._accepting = threading.Event()
@@ -75,6 +78,7 @@ class Runtime:
                 time.sleep(1)
         if workers:
             self.outbox_worker.start()
+            self.scheduler.start()
         self._started = True
 
     def drain(self) -> None:
@@ -83,6 +87,7 @@ class Runtime:
         self._jobs.shutdown(wait=True)
 
     def close(self) -> None:
+        self.scheduler.shutdown(wait=True)
         self.drain()
         self.outbox_worker.stop(flush=self._started)
         self.stages.dispose()

@@ -16,6 +16,9 @@ from handlers import actions, commands
 
 log = logging.getLogger(__name__)
 
+# Each module has `register(app, service)` and adds its listeners.
+LISTENER_MODULES = (commands, actions)
+
 
 def build_app(runtime: Runtime) -> App:
     settings = runtime.settings
@@ -36,8 +39,8 @@ def build_app(runtime: Runtime) -> App:
         ssl_check_enabled=True,
     )
     service = CommandService(runtime)
-    commands.register(app, service)
-    actions.register(app, service)
+    for module in LISTENER_MODULES:
+        module.register(app, service)
 
     @app.error
     def on_error(error: Exception, body: dict[str, Any]) -> BoltResponse:
