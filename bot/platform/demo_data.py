@@ -158,7 +158,7 @@ def _server(
         SELECT 'msu_' || :key || '_' || g, 'did_' || :key || '_' || g,
                CASE WHEN g % 7 = 0 THEN NULL ELSE p.first || '.' || :key || g || '@' || p.domain END,
                'sub|' || :key || g, jsonb_build_object('plan', CASE WHEN g % 3 = 0 THEN 'pro' ELSE 'free' END),
-               :now - ((g * 7919) % 90)::bigint * 86400000
+               :now - ((g::bigint * 7919) % 90)::bigint * 86400000
         FROM generate_series(0, :users - 1) g,
              LATERAL (SELECT (CAST(:first AS text[]))[1 + g % 12] AS first,
                              (CAST(:domains AS text[]))[1 + g % 4] AS domain) p
@@ -171,8 +171,8 @@ def _server(
         INSERT INTO mcp_server_session (mcp_server_session_id, mcp_server_slug, connection_date,
                                         connection_timestamp, mcp_server_user_id, title)
         SELECT 'ses_' || :key || '_' || g, :slug,
-               to_timestamp((:now - ((g * 104729) % (60::bigint * 86400000))) / 1000.0)::date,
-               :now - ((g * 104729) % (60::bigint * 86400000)),
+               to_timestamp((:now - ((g::bigint * 104729) % (60::bigint * 86400000))) / 1000.0)::date,
+               :now - ((g::bigint * 104729) % (60::bigint * 86400000)),
                'msu_' || :key || '_' || (g % :users),
                'Session ' || g
         FROM generate_series(0, :sessions - 1) g
@@ -187,7 +187,7 @@ def _server(
         SELECT 'tc_' || :key || '_' || g,
                :now - ((g::bigint * 15485863) % (60::bigint * 86400000)),
                :sid,
-               (CAST(:tools AS text[]))[1 + (g * g) % cardinality(CAST(:tools AS text[]))],
+               (CAST(:tools AS text[]))[1 + (g::bigint * g) % cardinality(CAST(:tools AS text[]))],
                'msu_' || :key || '_' || ((g % :sessions) % :users),
                'ses_' || :key || '_' || (g % :sessions),
                jsonb_build_object('q', 'query ' || (g % 97)),
