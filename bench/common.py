@@ -17,7 +17,7 @@ from psycopg import sql
 
 from bot.demo import build_platform_database
 from bot.localpg import LocalPostgres
-from bot.platform.demo_data import BENCH_SPEC, DatasetSpec
+from bot.platform.demo_data import BENCH_SPEC, GENERATOR_VERSION, DatasetSpec
 from bot.platform.schema import MISSING_FK_INDEXES
 
 BENCH_DIR = Path(os.environ.get("MCP_OPS_BENCH_DIR", Path(__file__).parent / ".data"))
@@ -43,7 +43,8 @@ class BenchContext:
 
     def template(self, spec: DatasetSpec = BENCH_SPEC) -> str:
         """The name of a template database holding `spec`, built on first use (about a minute)."""
-        digest = hashlib.sha256(repr(sorted(spec.__dict__.items())).encode()).hexdigest()[:10]
+        key = repr((GENERATOR_VERSION, sorted(spec.__dict__.items())))
+        digest = hashlib.sha256(key.encode()).hexdigest()[:10]
         name = f"bench_tpl_{digest}"
         if not self.cluster.database_exists(name):
             print(f"building the benchmark dataset ({spec.big_tool_calls:,} tool calls) once ...", flush=True)

@@ -39,6 +39,7 @@ class CommandRequest:
     parsed: ParsedCommand
     stage: Stage | None
     cursor: str | None = None
+    seen: int = 0  # rows shown on earlier pages, for "N left" on paged replies
 
     @property
     def actor(self) -> str:
@@ -88,7 +89,7 @@ class CommandService:
         for module in OPERATION_MODULES:
             importlib.import_module(module)
 
-    def prepare(self, invocation: Invocation, *, cursor: str | None = None) -> CommandRequest:
+    def prepare(self, invocation: Invocation, *, cursor: str | None = None, seen: int = 0) -> CommandRequest:
         """Parse, resolve the stage and authorise; raises UserFacingError. No I/O."""
         parsed = parse(invocation.text)
         self.runtime.policy.check_verb(invocation.user_id, parsed.verb)
@@ -97,7 +98,7 @@ class CommandService:
             stage = self.runtime.stages.resolve(parsed.stage, invocation.channel_id)
         elif parsed.verb.stage == "optional" and parsed.stage:
             stage = self.runtime.stages.get(parsed.stage)
-        return CommandRequest(invocation=invocation, parsed=parsed, stage=stage, cursor=cursor)
+        return CommandRequest(invocation=invocation, parsed=parsed, stage=stage, cursor=cursor, seen=max(seen, 0))
 
     def refuse(self, invocation: Invocation, error: UserFacingError) -> None:
         """Audit a command that never ran (bad input, no permission, unknown stage)."""

@@ -35,7 +35,8 @@ def register(app: App, service: CommandService) -> None:
         try:
             value = button_value(body)
             invocation = Invocation(user_id=user, channel_id=channel, text=str(value.get("t", "")))
-            request = service.prepare(invocation, cursor=str(value.get("c") or "") or None)
+            seen = value.get("n") if isinstance(value.get("n"), int) else 0
+            request = service.prepare(invocation, cursor=str(value.get("c") or "") or None, seen=seen)
         except UserFacingError as exc:
             respond(**render.error(exc))
             service.runtime.submit(service.refuse, invocation, exc)

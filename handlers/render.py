@@ -60,11 +60,18 @@ def _stage_tag(request: CommandRequest) -> str:
     return f"stage *{escape(request.stage.name)}*{lock}"
 
 
-def _more_button(request: CommandRequest, cursor: str | None, shown: int, total: int) -> list[dict[str, Any]]:
+def _more_button(request: CommandRequest, cursor: str | None, on_page: int, total: int) -> list[dict[str, Any]]:
     if not cursor:
         return []
-    value = {"t": request.parsed.canonical(), "c": cursor}
-    return [actions(button(f"More ({total - shown} left)" if total > shown else "More", PAGE_ACTION, value))]
+    seen = request.seen + on_page
+    value = {"t": request.parsed.canonical(), "c": cursor, "n": seen}
+    return [actions(button(f"More ({total - seen} left)" if total > seen else "More", PAGE_ACTION, value))]
+
+
+def _continued(request: CommandRequest, on_page: int, total: int) -> str:
+    if not request.cursor:
+        return ""
+    return f" ({request.seen + 1} to {request.seen + on_page} of {total:,})"
 
 
 @renders("help")
@@ -109,8 +116,7 @@ def render_list(request: CommandRequest, page: Page[ServerSummary]) -> Message:
     org = request.parsed.flags.get("org")
     scope = f" in organization {code(org)}" if org else ""
     title = f":card_index: {page.total} servers{scope} on {_stage_tag(request)}, newest first"
-    if request.cursor:
-        title += " (continued)"
+    title += _continued(request, len(page.items), page.total)
     lines = [
         f"• {code(s.slug)}: {escape(s.name)} · {escape(s.organization_name or s.organization_id)}"
         f" · {when(s.created_at)}"
@@ -151,8 +157,7 @@ def render_stats(request: CommandRequest, stats: ServerStats) -> Message:
 def render_users(request: CommandRequest, page: Page[ServerUser]) -> Message:
     slug = request.parsed.args["slug"]
     title = f":busts_in_silhouette: {page.total:,} users of {code(slug)} on {_stage_tag(request)}"
-    if request.cursor:
-        title += " (continued)"
+    title += _continued(request, len(page.items), page.total)
     lines = [
         f"• {code(u.id)} · {escape(u.masked_email)} · {code(u.distinct_id or '-')} · first seen {when(u.first_seen_at)}"
         for u in page.items

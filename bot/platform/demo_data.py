@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, text
 
 DAY_MS = 86_400_000
+# Bump when the generated rows change, so cached benchmark datasets are rebuilt.
+GENERATOR_VERSION = 2
 TOOLS = ["search_docs", "create_issue", "list_repos", "get_file", "run_query", "send_message", "summarize", "fetch_url"]
 FIRST = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "oscar"]
 DOMAINS = ["example.com", "acme.io", "globex.dev", "initech.net"]
@@ -53,12 +55,27 @@ BENCH_SPEC = DatasetSpec(
 )
 
 
+def server_org(index: int, spec: DatasetSpec) -> int:
+    """The organization number (1-based) that owns server `index`."""
+    return 1 + (index % spec.organizations)
+
+
+def server_product(index: int) -> str:
+    return PRODUCTS[index % len(PRODUCTS)]
+
+
+def server_name(index: int, spec: DatasetSpec) -> str:
+    org = ORG_NAMES[(server_org(index, spec) - 1) % len(ORG_NAMES)]
+    if index == 0:
+        return f"{org} Analytics MCP"
+    return f"{org} {server_product(index).capitalize()} MCP {index}"
+
+
 def server_slug(index: int, spec: DatasetSpec) -> str:
     if index == 0:
         return spec.big_slug
-    org = ORG_NAMES[(index - 1) % min(spec.organizations, len(ORG_NAMES))].lower()
-    product = PRODUCTS[(index - 1) % len(PRODUCTS)]
-    return f"{org}-{product}-mcp-{index}"
+    org = ORG_NAMES[(server_org(index, spec) - 1) % len(ORG_NAMES)].lower()
+    return f"{org}-{server_product(index)}-mcp-{index}"
 
 
 def _exec(conn: Connection, sql: str, **params: object) -> None:
@@ -127,7 +144,7 @@ def _server(
 ) -> None:
     """One server with its own users, sessions, tool calls and the rest."""
     key = "big" if index == 0 else f"s{index}"
-    org = 1 + (index % spec.organizations)
+    org = server_org(index, spec)
     params = {
         "sid": f"srv_{key}",
         "key": key,
@@ -140,14 +157,15 @@ def _server(
         "tools": TOOLS,
         "first": FIRST,
         "domains": DOMAINS,
-        "product": PRODUCTS[index % len(PRODUCTS)],
+        "product": server_product(index),
+        "name": server_name(index, spec),
         "created": spec.now_ms - (index + 1) * 7 * DAY_MS,
     }
     _exec(
         conn,
         """
         INSERT INTO mcp_servers (id, organization_id, name, product_platform_or_tool, slug, created_at)
-        VALUES (:sid, :org, initcap(:product) || ' MCP (' || :key || ')', :product, :slug, :created)
+        VALUES (:sid, :org, :name, :product, :slug, :created)
         """,
         **params,
     )

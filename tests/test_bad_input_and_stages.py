@@ -1,0 +1,104 @@
+"""Bad input gets a short, specific, private reply; a dead stage does not take the others down."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import text
+
+from bot.commands import parse
+from bot.errors import CommandError, StageUnavailable
+from tests.conftest import TEST_SPEC, dead_database_url, message_text
+
+BIG = TEST_SPEC.big_slug
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("frobnicate --stage dev", "unknown command `frobnicate`"),
+        ("fnid x --stage dev", "Did you mean `find`?"),
+        (f"find {BIG} --stage dev --color red", "unknown option `--color` for `find`"),
+        ("find --stage dev", "missing <slug>"),
+        (f"find {BIG} --stage qa", "unknown stage `qa`; known stages: dev, production"),
+        (f"find {BIG}", "name a stage with `--stage <name>`"),
+        (f"find {'x' * 10_000} --stage dev", "too long"),
+        ('find "robert\'); DROP TABLE mcp_servers;--" --stage dev', "is not a valid slug"),
+        ("find 'ünïcødé-💥' --stage dev", "is not a valid slug"),
+        ('find "unbalanced --stage dev', "unbalanced quotes"),
+        ("list --limit 0 --stage dev", "`--limit` must be between 1 and 100"),
+        ("list --limit many --stage dev", "`--limit` takes a whole number"),
+        (f"stats {BIG} --days --stage dev", "`--days` needs a value"),
+        (f"find {BIG} extra --stage dev", "unexpected argument `extra`"),
+        (f"find {BIG} --stage dev --stage production", "`--stage` is given twice"),
+    ],
+)
+def test_bad_input_gets_a_private_usage_reply(bot, stage_db, command, expected):
+    reply = bot.command(command)
+    assert reply.http.status == 200
+    message = reply.ack
+    assert message is not None, "bad input is answered in the ack itself"
+    assert message["response_type"] == "ephemeral"
+    text = message_text(message)
+    assert expected in text
+    assert "Traceback" not in text and "Error" not in text
+    assert len(message["text"]) < 300
+    assert stage_db.scalar("SELECT count(*) FROM mcp_servers") == 1 + TEST_SPEC.small_servers
+
+
+def test_parse_never_lets_sql_or_markup_through():
+    with pytest.raises(CommandError):
+        parse("find `rm -rf` --stage dev")
+    parsed = parse("find &lt;acme&gt; --stage dev".replace("&lt;acme&gt;", "acme.io_x-1"))
+    assert parsed.args["slug"] == "acme.io_x-1"
+    assert parse("  FIND   acme  --stage=DEV ").stage == "dev"
+    assert parse("stats acme --days=7 --stage dev").flags["days"] == 7
+    assert parse("find \u201cacme\u201d --stage dev").args["slug"] == "acme"
+
+
+def test_an_unreachable_stage_is_named_and_the_others_keep_working(make_bot, stage_db):
+    harness = make_bot({"dev": stage_db.url, "staging": dead_database_url()})
+    message = harness.command(f"find {BIG} --stage staging").message()
+    assert message["response_type"] == "ephemeral"
+    text = message_text(message)
+    assert "stage staging is unreachable (connection refused)" in text
+    assert "hunter2" not in json.dumps(message) and "127.0.0.1" not in text
+    assert "srv_big" in harness.command(f"find {BIG} --stage dev").text()
+    rows = harness.wait_audit(2)
+    assert [r.outcome for r in rows if r.stage == "staging"] == ["unavailable"]
+
+
+def test_the_bot_starts_with_a_dead_stage(make_bot, stage_db):
+    harness = make_bot({"dev": stage_db.url, "production": dead_database_url()})
+    with pytest.raises(StageUnavailable, match="stage production is unreachable"):
+        harness.runtime.stages.get("production").ping()
+    assert harness.runtime.stages.get("dev").ping() > 0
+
+
+def test_read_commands_run_read_only_with_an_application_name(bot, stage_db):
+    stage = bot.runtime.stages.get("dev")
+    with stage.read() as conn:
+        assert conn.execute(text("SHOW transaction_read_only")).scalar() == "on"
+        assert conn.execute(text("SHOW application_name")).scalar() == "mcp-ops/dev"
+        assert conn.execute(text("SHOW lock_timeout")).scalar() == "3s"
+    with pytest.raises(Exception, match="read-only transaction"), stage.read() as conn:
+        conn.execute(text("DELETE FROM mcp_servers"))
+    assert stage_db.scalar("SELECT count(*) FROM mcp_servers") == 1 + TEST_SPEC.small_servers
+
+
+def test_a_statement_timeout_is_reported_as_such(bot):
+    stage = bot.runtime.stages.get("dev")
+    from bot.errors import QueryTimeout
+
+    with pytest.raises(QueryTimeout, match="ran past its time limit"), stage.read(statement_timeout_ms=100) as conn:
+        conn.execute(text("SELECT pg_sleep(2)"))
+
+
+def test_a_write_transaction_commits_only_when_the_block_returns(bot, stage_db):
+    stage = bot.runtime.stages.get("dev")
+    with pytest.raises(RuntimeError), stage.write(statement_timeout_ms=5000) as conn:
+        assert conn.execute(text("SHOW statement_timeout")).scalar() == "5s"
+        conn.execute(text("DELETE FROM mcp_oauth_tokens"))
+        raise RuntimeError("half-way")
+    assert stage_db.scalar("SELECT count(*) FROM mcp_oauth_tokens") > 0

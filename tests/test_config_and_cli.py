@@ -1,0 +1,91 @@
+"""Start-up configuration: one clear line per problem, never a secret."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.config import ConfigError, load_settings
+
+SECRET = "sup3r-s3cret-pa55"
+GOOD = {
+    "SLACK_SIGNING_SECRET": "signing",
+    "SLACK_BOT_TOKEN": "xoxb-1",
+    "BOT_DATABASE_URL": f"postgresql://bot:{SECRET}@db.internal:5432/bot",
+    "DATABASE_URL_DEV": f"postgres://app:{SECRET}@dev.internal/app",
+    "DATABASE_URL_PRODUCTION": f"postgresql://app:{SECRET}@prod.internal:6432/app",
+}
+
+
+def test_valid_settings_pick_the_psycopg_driver_and_protect_production():
+    settings = load_settings({**GOOD, "OPERATORS": "U1AAA, U2BBB", "CHANNEL_STAGES": "C0DEV=dev"})
+    assert settings.stage_names() == ["dev", "production"]
+    assert settings.stages["dev"].url.drivername == "postgresql+psycopg"
+    assert settings.stages["production"].protected and not settings.stages["dev"].protected
+    assert settings.operators == {"U1AAA", "U2BBB"}
+    assert settings.approvers == frozenset()
+    assert settings.channel_stages == {"C0DEV": "dev"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"SLACK_SIGNING_SECRET": ""}, "SLACK_SIGNING_SECRET is missing"),
+        ({"SLACK_BOT_TOKEN": SECRET}, "SLACK_BOT_TOKEN is malformed"),
+        ({"BOT_DATABASE_URL": ""}, "BOT_DATABASE_URL is missing"),
+        ({"BOT_DATABASE_URL": f"mysql://u:{SECRET}@h/db"}, "BOT_DATABASE_URL is malformed"),
+        ({"DATABASE_URL_DEV": f"not a url {SECRET}"}, "DATABASE_URL_DEV is malformed"),
+        (
+            {"DATABASE_URL_DEV": f"postgresql://u:{SECRET}@h"},
+            "DATABASE_URL_DEV is malformed: the URL names no database",
+        ),
+        ({"DATABASE_URL_DEV": "", "DATABASE_URL_PRODUCTION": ""}, "no stage is configured"),
+        ({"OPERATORS": f"U1,{SECRET}"}, "OPERATORS is malformed"),
+        ({"CHANNEL_STAGES": "C0PROD=production"}, "protected stage 'production'"),
+        ({"CHANNEL_STAGES": "C0QA=qa"}, "CHANNEL_STAGES names stage 'qa'"),
+        ({"CHANNEL_STAGES": "garbage"}, "CHANNEL_STAGES is malformed"),
+        ({"STAGE_CONNECT_TIMEOUT": "soon"}, "STAGE_CONNECT_TIMEOUT is malformed"),
+        ({"SLACK_API_URL": "ftp://x"}, "SLACK_API_URL is malformed"),
+    ],
+)
+def test_each_problem_is_one_line_naming_the_variable(change, message):
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**GOOD, **change})
+    text = str(caught.value)
+    assert message in text
+    assert "\n" not in text
+    assert SECRET not in text
+
+
+def test_any_number_of_stages_and_custom_protection():
+    settings = load_settings(
+        {**GOOD, "DATABASE_URL_QA_EU": "postgresql://h/qa", "PROTECTED_STAGES": "production,qa_eu"}
+    )
+    assert settings.stage_names() == ["dev", "production", "qa_eu"]
+    assert settings.stages["qa_eu"].protected
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], **env},
+        cwd=Path(__file__).parent.parent,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_cli_fails_start_up_with_one_line():
+    result = _cli("serve", env={**GOOD, "SLACK_SIGNING_SECRET": ""})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "mcp-ops: SLACK_SIGNING_SECRET is missing"
+    result = _cli("check-config", env=GOOD)
+    assert result.returncode == 0
+    assert "stages: dev, production (protected: production)" in result.stdout
+    assert SECRET not in result.stdout + result.stderr
