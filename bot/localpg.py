@@ -8,6 +8,7 @@ server command runs through `runuser`.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -26,8 +27,16 @@ class LocalPostgresError(RuntimeError):
     pass
 
 
+def _bundled_bindir() -> str | None:
+    """The binaries of the pip-installed `pgserver` bundle, the fallback when the system has none."""
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return str(Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin")
+
+
 def find_bindir() -> Path | None:
-    """The directory with initdb/pg_ctl/postgres, newest major version first."""
+    """The directory with initdb/pg_ctl/postgres: PG_BINDIR, the system's (newest first), else pgserver's."""
     candidates: list[str] = []
     env_dir = os.environ.get("PG_BINDIR")
     if env_dir:
@@ -37,6 +46,9 @@ def find_bindir() -> Path | None:
         found = shutil.which(name)
         if found:
             candidates.append(str(Path(found).resolve().parent))
+    bundled = _bundled_bindir()
+    if bundled:
+        candidates.append(bundled)
     for directory in candidates:
         if all((Path(directory) / tool).exists() for tool in ("initdb", "pg_ctl", "postgres")):
             return Path(directory)
@@ -48,6 +60,34 @@ def _version_key(path: str) -> float:
         return float(Path(path).parent.name)
     except ValueError:
         return 0.0
+
+
+FALLBACK_OS_USER = "mcp-ops-pg"
+
+
+def _cluster_owner(preferred: str) -> str:
+    """An unprivileged OS user to own clusters when we run as root (initdb refuses root).
+
+    The `postgres` user that Debian's packages create is preferred; on a machine without it
+    (the pip-installed bundle), a system user is created once.
+    """
+    for name in (preferred, FALLBACK_OS_USER):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    result = subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", FALLBACK_OS_USER],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise LocalPostgresError(
+            f"running as root needs an unprivileged OS user to own the cluster; creating {FALLBACK_OS_USER!r} failed"
+        )
+    return FALLBACK_OS_USER
 
 
 def free_port() -> int:
@@ -85,14 +125,19 @@ class LocalPostgres:
                 "packages, or set PG_BINDIR"
             )
         self.bindir = bindir
-        self.run_as = os_user if os.geteuid() == 0 else None
+        self.preload = PRELOAD if self._has_library(PRELOAD) else ""
+        self.run_as = _cluster_owner(os_user) if os.geteuid() == 0 else None
         if self.run_as:
-            try:
-                self._owner = pwd.getpwnam(self.run_as)
-            except KeyError:
-                raise LocalPostgresError(
-                    f"running as root needs an unprivileged OS user {self.run_as!r} to own the cluster"
-                ) from None
+            self._owner = pwd.getpwnam(self.run_as)
+
+    def _has_library(self, name: str) -> bool:
+        result = (
+            subprocess.run([str(self.bindir / "pg_config"), "--pkglibdir"], capture_output=True, text=True, check=False)
+            if (self.bindir / "pg_config").exists()
+            else None
+        )
+        libdir = Path(result.stdout.strip()) if result and result.returncode == 0 else self.bindir.parent / "lib"
+        return (libdir / f"{name}.so").exists()
 
     # -- process control -------------------------------------------------------------
 
@@ -150,12 +195,13 @@ class LocalPostgres:
             "port": str(self.port),
             "listen_addresses": "127.0.0.1",
             "unix_socket_directories": str(self.socket_dir),
-            "shared_preload_libraries": PRELOAD,
-            "pg_stat_statements.track": "all",
+            "shared_preload_libraries": self.preload,
             "max_connections": "200",
             "shared_buffers": "256MB",
             **self.settings,
         }
+        if self.preload:
+            options["pg_stat_statements.track"] = "all"
         if self.fast_unsafe:
             options.update({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
         opts = " ".join(f"-c {key}={value}" for key, value in options.items())

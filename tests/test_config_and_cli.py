@@ -89,3 +89,44 @@ def test_the_cli_fails_start_up_with_one_line():
     assert result.returncode == 0
     assert "stages: dev, production (protected: production)" in result.stdout
     assert SECRET not in result.stdout + result.stderr
+
+
+def test_socket_mode_needs_an_app_token():
+    result = _cli("socket", env=GOOD)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "mcp-ops: SLACK_APP_TOKEN is missing (Socket Mode needs an xapp- token)"
+
+
+def test_the_data_generator_fills_an_empty_database(pg):
+    from sqlalchemy import create_engine, text
+
+    from bot.config import parse_database_url
+
+    url = pg.create_database("generated_cli", drop=True)
+    result = _cli(
+        "demo-data",
+        "--url",
+        url,
+        "--tool-calls",
+        "1234",
+        "--sessions",
+        "100",
+        "--users",
+        "40",
+        "--completions",
+        "50",
+        "--small-servers",
+        "2",
+        env={},
+    )
+    assert result.returncode == 0, result.stderr
+    engine = create_engine(parse_database_url("x", url))
+    with engine.connect() as conn:
+        big_calls = conn.execute(text("SELECT count(*) FROM mcp_tool_calls WHERE id LIKE 'tc_big_%'")).scalar()
+        servers = conn.execute(text("SELECT count(*) FROM mcp_servers")).scalar()
+        completions = conn.execute(
+            text("SELECT count(*) FROM walkthrough_step_completions WHERE mcp_server_id = 'srv_big'")
+        ).scalar()
+    engine.dispose()
+    pg.drop_database("generated_cli")
+    assert (big_calls, servers, completions) == (1234, 3, 50)
