@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -170,17 +170,6 @@ class AuditLog:
         query = select(audit_log).order_by(desc(audit_log.c.id)).limit(limit)
         if stage:
             query = query.where(audit_log.c.stage == stage)
+        names = [f.name for f in fields(AuditRow)]
         with self.engine.connect() as conn:
-            return [
-                AuditRow(
-                    id=r.id,
-                    at=r.at,
-                    actor=r.actor,
-                    stage=r.stage,
-                    command=r.command,
-                    args=r.args,
-                    outcome=r.outcome,
-                    duration_ms=r.duration_ms,
-                )
-                for r in conn.execute(query)
-            ]
+            return [AuditRow(**{name: row._mapping[name] for name in names}) for row in conn.execute(query)]

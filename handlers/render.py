@@ -68,6 +68,13 @@ def _more_button(request: CommandRequest, cursor: str | None, on_page: int, tota
     return [actions(button(f"More ({total - seen} left)" if total > seen else "More", PAGE_ACTION, value))]
 
 
+def _paged(request: CommandRequest, page: Page[Any], title: str, lines: list[str], text: str) -> Message:
+    """A page of a list: title with position, the lines, and More while rows remain."""
+    title += _continued(request, len(page.items), page.total)
+    more = _more_button(request, page.next_cursor, len(page.items), page.total)
+    return message(text, [section(title), *lines_sections(lines), *more])
+
+
 def _continued(request: CommandRequest, on_page: int, total: int) -> str:
     if not request.cursor:
         return ""
@@ -116,18 +123,12 @@ def render_list(request: CommandRequest, page: Page[ServerSummary]) -> Message:
     org = request.parsed.flags.get("org")
     scope = f" in organization {code(org)}" if org else ""
     title = f":card_index: {page.total} servers{scope} on {_stage_tag(request)}, newest first"
-    title += _continued(request, len(page.items), page.total)
     lines = [
         f"• {code(s.slug)}: {escape(s.name)} · {escape(s.organization_name or s.organization_id)}"
         f" · {when(s.created_at)}"
         for s in page.items
-    ] or ["_no servers_"]
-    blocks = [
-        section(title),
-        *lines_sections(lines),
-        *_more_button(request, page.next_cursor, len(page.items), page.total),
     ]
-    return message(f"{page.total} servers", blocks)
+    return _paged(request, page, title, lines or ["_no servers_"], f"{page.total} servers")
 
 
 @renders("stats")
@@ -157,17 +158,11 @@ def render_stats(request: CommandRequest, stats: ServerStats) -> Message:
 def render_users(request: CommandRequest, page: Page[ServerUser]) -> Message:
     slug = request.parsed.args["slug"]
     title = f":busts_in_silhouette: {page.total:,} users of {code(slug)} on {_stage_tag(request)}"
-    title += _continued(request, len(page.items), page.total)
     lines = [
         f"• {code(u.id)} · {escape(u.masked_email)} · {code(u.distinct_id or '-')} · first seen {when(u.first_seen_at)}"
         for u in page.items
-    ] or ["_no users_"]
-    blocks = [
-        section(title),
-        *lines_sections(lines),
-        *_more_button(request, page.next_cursor, len(page.items), page.total),
     ]
-    return message(f"{page.total} users of {slug}", blocks)
+    return _paged(request, page, title, lines or ["_no users_"], f"{page.total} users of {slug}")
 
 
 @renders("audit")
