@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     DateTime,
     Engine,
     Index,
@@ -30,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot import outbox
 from bot.botdb import metadata
+from bot.config import SLACK_ID_RE
 from bot.errors import UserFacingError
 from bot.logs import request_id_var
 from bot.pii import scrub
@@ -68,6 +70,8 @@ OUTCOME_ICONS = {
     "unavailable": ":electric_plug:",
     "timeout": ":hourglass:",
     "error": ":x:",
+    "firing": ":rotating_light:",
+    "resolved": ":large_green_circle:",
 }
 
 
@@ -109,7 +113,9 @@ def audit_line(entry: AuditEntry) -> str:
     where = f" on *{entry.stage}*" if entry.stage else ""
     took = f" ({entry.duration_ms} ms)" if entry.duration_ms is not None else ""
     args = f" {entry.args}" if entry.args else ""
-    return f"{icon} <@{entry.actor}> `{entry.command}{args}`{where}: {entry.outcome}{took}"
+    # Scheduled work (alerts) acts as the bot itself, which is no Slack user to mention.
+    who = f"<@{entry.actor}>" if SLACK_ID_RE.match(entry.actor) else f"*{entry.actor}*"
+    return f"{icon} {who} `{entry.command}{args}`{where}: {entry.outcome}{took}"
 
 
 class AuditLog:
@@ -118,12 +124,31 @@ class AuditLog:
         self.channel = channel
         self._on_enqueue = on_enqueue or (lambda: None)
 
-    def record(self, entry: AuditEntry, *, required: bool = False) -> int | None:
+    def record(self, entry: AuditEntry, *, required: bool = False, conn: Connection | None = None) -> int | None:
         """Write the row and queue its Slack post.
 
         A bot database outage is logged and swallowed for read-only commands; a mutation
-        passes `required=True` so that it cannot run unaudited.
+        passes `required=True` so that it cannot run unaudited. With `conn`, both are written
+        in the caller's transaction (so the fact and its audit commit together) and errors
+        propagate; the caller nudges the outbox after its commit.
         """
+        if conn is not None:
+            return self._write(conn, entry)
+        try:
+            with self.engine.begin() as tx:
+                audit_id = self._write(tx, entry)
+        except SQLAlchemyError as exc:
+            log.error(
+                "audit write failed",
+                extra={"command": entry.command, "outcome": entry.outcome, "error": type(exc).__name__},
+            )
+            if required:
+                raise AuditUnavailable("the audit log is unavailable, so nothing was changed; try again") from exc
+            return None
+        self._on_enqueue()
+        return audit_id
+
+    def _write(self, conn: Connection, entry: AuditEntry) -> int:
         clean = AuditEntry(
             actor=entry.actor,
             command=entry.command,
@@ -133,37 +158,26 @@ class AuditLog:
             duration_ms=entry.duration_ms,
             detail=_clean_detail(entry.detail),
         )
-        try:
-            with self.engine.begin() as conn:
-                audit_id = conn.execute(
-                    audit_log.insert()
-                    .values(
-                        actor=clean.actor,
-                        stage=clean.stage,
-                        command=clean.command,
-                        args=clean.args,
-                        outcome=clean.outcome,
-                        duration_ms=clean.duration_ms,
-                        detail=clean.detail,
-                        request_id=request_id_var.get(),
-                    )
-                    .returning(audit_log.c.id)
-                ).scalar_one()
-                if self.channel:
-                    outbox.enqueue(
-                        conn,
-                        "chat.postMessage",
-                        {"channel": self.channel, "text": audit_line(clean), "unfurl_links": False},
-                    )
-        except SQLAlchemyError as exc:
-            log.error(
-                "audit write failed",
-                extra={"command": clean.command, "outcome": clean.outcome, "error": type(exc).__name__},
+        audit_id = conn.execute(
+            audit_log.insert()
+            .values(
+                actor=clean.actor,
+                stage=clean.stage,
+                command=clean.command,
+                args=clean.args,
+                outcome=clean.outcome,
+                duration_ms=clean.duration_ms,
+                detail=clean.detail,
+                request_id=request_id_var.get(),
             )
-            if required:
-                raise AuditUnavailable("the audit log is unavailable, so nothing was changed; try again") from exc
-            return None
-        self._on_enqueue()
+            .returning(audit_log.c.id)
+        ).scalar_one()
+        if self.channel:
+            outbox.enqueue(
+                conn,
+                "chat.postMessage",
+                {"channel": self.channel, "text": audit_line(clean), "unfurl_links": False},
+            )
         return int(audit_id)
 
     def latest(self, *, stage: str | None, limit: int) -> list[AuditRow]:

@@ -35,7 +35,7 @@ schema_version = Table(
 )
 
 # Modules that declare tables on `metadata`; imported before create_all.
-TABLE_MODULES = ("bot.audit", "bot.outbox", "bot.scheduler")
+TABLE_MODULES = ("bot.audit", "bot.outbox", "bot.scheduler", "bot.health.alerts", "bot.health.statements")
 
 # Numbered changes to existing tables, applied once each, in order.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = []

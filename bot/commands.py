@@ -131,6 +131,15 @@ register(
 )
 register(Verb("users", "users of a server (emails masked)", (Positional("slug"),), (LIMIT,)))
 register(Verb("audit", "latest audit entries (operators and approvers)", flags=(LIMIT,), stage="optional"))
+register(Verb("health", "run every health check on a stage now and summarise"))
+register(
+    Verb(
+        "slow-queries",
+        "the busiest queries of the last snapshot interval, slow ones marked",
+        flags=(Flag("limit", "int", "queries to show", default=10, minimum=1, maximum=50),),
+    )
+)
+register(Verb("alerts", "open health and slow-query alerts", stage="optional"))
 
 
 def _clean_shown(value: str, limit: int = 40) -> str:

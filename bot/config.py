@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 STAGE_URL_PREFIX = "DATABASE_URL_"
+ALERT_CHANNEL_PREFIX = "ALERT_CHANNEL_"
+ALERT_REPEAT_PREFIX = "ALERT_REPEAT_MINUTES_"
 STAGE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 SLACK_ID_RE = re.compile(r"^[A-Z][A-Z0-9]{2,31}$")
 PG_DRIVERS = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "postgresql+pg8000"}
@@ -30,6 +32,33 @@ class StageConfig:
     name: str
     url: URL
     protected: bool
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """Scheduled health checks: intervals, thresholds and where alerts go (defaults from issue 6)."""
+
+    enabled: bool = True
+    interval_s: int = 60  # connectivity, connections, long-running / idle / blocked sessions
+    slow_query_interval_s: int = 300  # pg_stat_statements snapshots
+    maintenance_interval_s: int = 3600  # wraparound age, invalid indexes
+    fk_index_interval_s: int = 86_400  # foreign-key columns without an index
+    statement_timeout_ms: int = 3_000
+    unreachable_after: int = 2
+    connections_warn_pct: int = 80
+    connections_critical_pct: int = 95
+    long_query_s: int = 300
+    idle_in_transaction_s: int = 300
+    blocked_s: int = 60
+    slow_query_ms: int = 1_000
+    slow_query_min_calls: int = 5
+    wraparound_warn_pct: int = 50
+    repeat_minutes: int = 240
+    stage_repeat_minutes: Mapping[str, int] = field(default_factory=dict)
+    stage_alert_channels: Mapping[str, str] = field(default_factory=dict)
+
+    def repeat_minutes_for(self, stage: str) -> int:
+        return self.stage_repeat_minutes.get(stage, self.repeat_minutes)
 
 
 @dataclass(frozen=True)
@@ -50,9 +79,13 @@ class Settings:
     read_statement_timeout_ms: int = 30_000
     lock_timeout_ms: int = 3_000
     outbox_interval_s: float = 5.0
+    health: HealthSettings = field(default_factory=HealthSettings)
 
     def stage_names(self) -> list[str]:
         return sorted(self.stages)
+
+    def alert_channel_for(self, stage: str) -> str:
+        return self.health.stage_alert_channels.get(stage) or self.alert_channel
 
 
 def _csv(raw: str) -> list[str]:
@@ -78,6 +111,65 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     if not low <= value <= high:
         raise ConfigError(f"{name} is out of range: expected {low}..{high}")
     return value
+
+
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} is malformed: expected on or off")
+
+
+def _per_stage(env: Mapping[str, str], prefix: str, stages: Mapping[str, StageConfig]) -> dict[str, str]:
+    """`<PREFIX><STAGE>` variables, keyed by stage; a suffix naming no configured stage is an error."""
+    found: dict[str, str] = {}
+    for key, raw in env.items():
+        if not key.startswith(prefix) or not raw.strip():
+            continue
+        stage = key[len(prefix) :].lower()
+        if stage not in stages:
+            raise ConfigError(f"{key} names stage {stage!r}, which has no {STAGE_URL_PREFIX}{stage.upper()}")
+        found[stage] = raw.strip()
+    return found
+
+
+def _health(env: Mapping[str, str], stages: Mapping[str, StageConfig]) -> HealthSettings:
+    channels = _per_stage(env, ALERT_CHANNEL_PREFIX, stages)
+    for stage, channel in channels.items():
+        if not SLACK_ID_RE.match(channel):
+            raise ConfigError(f"{ALERT_CHANNEL_PREFIX}{stage.upper()} is malformed: expected a channel ID")
+    repeats = {
+        stage: _int(env, f"{ALERT_REPEAT_PREFIX}{stage.upper()}", 240, 0, 525_600)
+        for stage in _per_stage(env, ALERT_REPEAT_PREFIX, stages)
+    }
+    warn = _int(env, "CONNECTIONS_WARN_PERCENT", 80, 1, 100)
+    critical = _int(env, "CONNECTIONS_CRITICAL_PERCENT", 95, 1, 100)
+    if critical < warn:
+        raise ConfigError("CONNECTIONS_CRITICAL_PERCENT is out of range: expected at least CONNECTIONS_WARN_PERCENT")
+    return HealthSettings(
+        enabled=_switch(env, "HEALTH_CHECKS", True),
+        interval_s=_int(env, "HEALTH_INTERVAL_SECONDS", 60, 10, 86_400),
+        slow_query_interval_s=_int(env, "SLOW_QUERY_INTERVAL_SECONDS", 300, 10, 86_400),
+        maintenance_interval_s=_int(env, "MAINTENANCE_INTERVAL_SECONDS", 3600, 60, 604_800),
+        fk_index_interval_s=_int(env, "FK_INDEX_INTERVAL_SECONDS", 86_400, 60, 604_800),
+        statement_timeout_ms=_int(env, "HEALTH_STATEMENT_TIMEOUT_MS", 3_000, 100, 60_000),
+        unreachable_after=_int(env, "UNREACHABLE_AFTER_FAILURES", 2, 1, 100),
+        connections_warn_pct=warn,
+        connections_critical_pct=critical,
+        long_query_s=_int(env, "LONG_QUERY_SECONDS", 300, 1, 86_400),
+        idle_in_transaction_s=_int(env, "IDLE_IN_TRANSACTION_SECONDS", 300, 1, 86_400),
+        blocked_s=_int(env, "BLOCKED_QUERY_SECONDS", 60, 1, 86_400),
+        slow_query_ms=_int(env, "SLOW_QUERY_MS", 1_000, 1, 3_600_000),
+        slow_query_min_calls=_int(env, "SLOW_QUERY_MIN_CALLS", 5, 1, 1_000_000),
+        wraparound_warn_pct=_int(env, "WRAPAROUND_WARN_PERCENT", 50, 1, 99),
+        repeat_minutes=_int(env, "ALERT_REPEAT_MINUTES", 240, 0, 525_600),
+        stage_repeat_minutes=repeats,
+        stage_alert_channels=channels,
+    )
 
 
 def parse_database_url(name: str, raw: str) -> URL:
@@ -168,4 +260,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_slack: bool =
         read_statement_timeout_ms=_int(env, "STAGE_STATEMENT_TIMEOUT_MS", 30_000, 100, 3_600_000),
         lock_timeout_ms=_int(env, "STAGE_LOCK_TIMEOUT_MS", 3_000, 10, 600_000),
         outbox_interval_s=float(_int(env, "OUTBOX_INTERVAL_SECONDS", 5, 1, 3600)),
+        health=_health(env, stages),
     )

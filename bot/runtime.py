@@ -19,6 +19,7 @@ from bot.access import AccessPolicy
 from bot.audit import AuditLog
 from bot.botdb import create_bot_engine, migrate
 from bot.config import Settings
+from bot.health.monitor import HealthMonitor
 from bot.outbox import Outbox, OutboxWorker
 from bot.scheduler import JobScheduler
 from bot.slack_client import make_web_client
@@ -43,6 +44,7 @@ class Runtime:
         self.audit = AuditLog(self.bot_engine, settings.audit_channel, on_enqueue=self.outbox_worker.notify)
         # Jobs register here before start(); each runs once per slot across replicas.
         self.scheduler = JobScheduler(self.bot_engine)
+        self.health = HealthMonitor(settings, self.stages, self.bot_engine, self.audit, self.outbox_worker.notify)
         # Slow work runs here, after the Slack ack, so listener threads are free to ack the next request.
         self._jobs = ThreadPoolExecutor(max_workers=16, thread_name_prefix="job")
         self._accepting = threading.Event()
@@ -76,6 +78,8 @@ class Runtime:
                 if time.monotonic() >= deadline:
                     raise BotDatabaseUnavailable("BOT_DATABASE_URL is unreachable") from None
                 time.sleep(1)
+        if self.settings.health.enabled:
+            self.health.register_jobs(self.scheduler)
         if workers:
             self.outbox_worker.start()
             self.scheduler.start()

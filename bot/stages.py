@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.pool import NullPool
 
 from bot.config import Settings, StageConfig
 from bot.errors import QueryTimeout, StageError, StageUnavailable, UserFacingError
@@ -81,6 +82,7 @@ class Stage:
         self.protected = config.protected
         self._settings = settings
         self._engine: Engine | None = None
+        self._component_engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
 
     @property
@@ -90,13 +92,37 @@ class Stage:
                 self._engine = self._create_engine()
             return self._engine
 
-    def _create_engine(self) -> Engine:
+    def component_engine(self, component: str) -> Engine:
+        """A separate engine for a background component (health checks, backups).
+
+        It has its own `application_name` (`mcp-ops/<component>/<stage>`), so its sessions are
+        told apart from commands, and no pool: each use opens exactly one connection and
+        closes it, so nothing idles on the stage between runs and a dead stage is noticed
+        at once.
+        """
+        with self._lock:
+            engine = self._component_engines.get(component)
+            if engine is None:
+                engine = self._create_engine(
+                    application_name=f"{APPLICATION_NAME}/{component}/{self.name}", pooled=False
+                )
+                self._component_engines[component] = engine
+            return engine
+
+    def _create_engine(self, *, application_name: str | None = None, pooled: bool = True) -> Engine:
         settings = self._settings
         options = (
             f"-c statement_timeout={settings.read_statement_timeout_ms}"
             f" -c lock_timeout={settings.lock_timeout_ms}"
             " -c idle_in_transaction_session_timeout=600000"
         )
+        connect_args = {
+            "application_name": application_name or f"{APPLICATION_NAME}/{self.name}",
+            "connect_timeout": settings.connect_timeout_s,
+            "options": options,
+        }
+        if not pooled:
+            return create_engine(self.config.url, poolclass=NullPool, connect_args=connect_args)
         return create_engine(
             self.config.url,
             pool_size=5,
@@ -104,11 +130,7 @@ class Stage:
             pool_timeout=10,
             pool_pre_ping=True,
             pool_recycle=1800,
-            connect_args={
-                "application_name": f"{APPLICATION_NAME}/{self.name}",
-                "connect_timeout": settings.connect_timeout_s,
-                "options": options,
-            },
+            connect_args=connect_args,
         )
 
     @contextmanager
@@ -122,9 +144,13 @@ class Stage:
             raise friendly from exc
 
     @contextmanager
-    def read(self, *, statement_timeout_ms: int | None = None) -> Iterator[Connection]:
-        """A read-only transaction; it can never write, whatever runs inside it."""
-        with self._translated(), self.engine.connect() as conn, conn.begin():
+    def read(self, *, statement_timeout_ms: int | None = None, component: str | None = None) -> Iterator[Connection]:
+        """A read-only transaction; it can never write, whatever runs inside it.
+
+        `component` runs it on that component's own connection (see `component_engine`).
+        """
+        engine = self.engine if component is None else self.component_engine(component)
+        with self._translated(), engine.connect() as conn, conn.begin():
             conn.execute(text("SET TRANSACTION READ ONLY"))
             if statement_timeout_ms is not None:
                 conn.execute(
@@ -156,6 +182,9 @@ class Stage:
             if self._engine is not None:
                 self._engine.dispose()
                 self._engine = None
+            for engine in self._component_engines.values():
+                engine.dispose()
+            self._component_engines.clear()
 
 
 class StageRegistry:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 from bot.commands import overview
+from bot.config import SLACK_ID_RE
 from bot.errors import UserFacingError
 from bot.operations import AuditResult, HelpResult
 from bot.platform.servers import Page, ServerStats, ServerSummary, ServerUser
@@ -165,14 +167,25 @@ def render_users(request: CommandRequest, page: Page[ServerUser]) -> Message:
     return _paged(request, page, title, lines or ["_no users_"], f"{page.total} users of {slug}")
 
 
+def _actor(actor: str) -> str:
+    # Scheduled work (alerts) is audited as the bot itself, which is no Slack user to mention.
+    return f"<@{actor}>" if SLACK_ID_RE.match(actor) else f"*{escape(actor)}*"
+
+
 @renders("audit")
 def render_audit(request: CommandRequest, result: AuditResult) -> Message:
     where = f" on stage *{escape(result.stage)}*" if result.stage else ""
     lines = [
-        f"• {when(r.at)} <@{r.actor}> {code((r.command + ' ' + r.args).strip())}"
+        f"• {when(r.at)} {_actor(r.actor)} {code((r.command + ' ' + r.args).strip())}"
         f"{' on ' + escape(r.stage) if r.stage else ''}: {r.outcome}"
         for r in result.rows
     ] or ["_no entries_"]
     return message(
         "audit log", [section(f":scroll: Latest audit entries{where}"), *lines_sections(lines)], ephemeral=True
     )
+
+
+# Modules with more @renders functions, imported once this module's names exist.
+RENDER_MODULES = ("handlers.render_health",)
+for _module in RENDER_MODULES:
+    importlib.import_module(_module)

@@ -236,6 +236,9 @@ def base_env(*, bot_db_url: str, stages: dict[str, str], slack: LocalSlack) -> d
         "ALERT_CHANNEL": ALERT_CHANNEL,
         "OUTBOX_INTERVAL_SECONDS": "1",
         "STAGE_CONNECT_TIMEOUT": "2",
+        # Scheduled health checks would post alerts in the background; tests that want them
+        # turn them on and drive the jobs with controlled time (tests/test_health*.py).
+        "HEALTH_CHECKS": "off",
     }
     for name, url in stages.items():
         env[f"DATABASE_URL_{name.upper()}"] = url

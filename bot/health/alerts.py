@@ -1,0 +1,352 @@
+"""The alert lifecycle: findings in, rows and Slack transitions out.
+
+An alert is a row keyed by (stage, check, object) with a state: `pending` (seen, not yet
+reported: the unreachable check wants two failures in a row), `firing`, `resolved`. A check
+run hands in its findings and the checks it speaks for; this module turns them into
+inserts, updates and resolutions in one bot-database transaction, together with the audit
+row and the queued Slack call of every transition. Only transitions, content changes and
+repeat reminders talk to Slack.
+
+The first post goes through the outbox, whose delivered row holds the message's channel
+and ts. Updates (chat.update) and thread replies need that ts, so they are marked on the
+row and sent by `sync`, which picks the ts up once the first post has been delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    Table,
+    Text,
+    delete,
+    false,
+    func,
+    select,
+    text,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert
+
+from bot import outbox
+from bot.audit import AuditEntry, AuditLog
+from bot.botdb import metadata
+from bot.config import Settings
+from bot.health.checks import Finding
+from bot.health.messages import alert_message, orphan_message, reply_text
+
+log = logging.getLogger(__name__)
+
+ACTOR = "mcp-ops"
+UNREACHABLE_CHECK = "connectivity"
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("stage", Text, nullable=False),
+    Column("check_name", Text, nullable=False),
+    Column("object", Text, nullable=False),
+    Column("state", Text, nullable=False),  # pending | firing | resolved
+    Column("severity", Text, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("advice", Text, nullable=False, server_default=""),
+    Column("remind", Boolean, nullable=False, server_default=true()),
+    Column("consecutive", Integer, nullable=False, server_default="1"),  # runs in a row that saw it
+    Column("first_seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("fired_at", DateTime(timezone=True)),
+    Column("resolved_at", DateTime(timezone=True)),
+    Column("last_notified_at", DateTime(timezone=True)),
+    Column("reminders", Integer, nullable=False, server_default="0"),
+    # The Slack message this alert owns: known once the outbox has delivered its first post.
+    Column("channel", Text),
+    Column("ts", Text),
+    Column("post_outbox_id", BigInteger),
+    # Slack work waiting for `sync`: rewrite the message, and/or reply in its thread.
+    Column("needs_update", Boolean, nullable=False, server_default=false()),
+    Column("reply_due", Text),  # reminder | resolved
+    Index(
+        "alerts_open_fingerprint",
+        "stage",
+        "check_name",
+        "object",
+        unique=True,
+        postgresql_where=text("state <> 'resolved'"),
+    ),
+    Index("alerts_unsynced", "id", postgresql_where=text("needs_update OR reply_due IS NOT NULL")),
+    Index("alerts_stage_state", "stage", "state"),
+)
+
+
+@dataclass(frozen=True)
+class AlertView:
+    id: int
+    stage: str
+    check: str
+    object: str
+    state: str
+    severity: str
+    title: str
+    consecutive: int
+    first_seen_at: datetime
+    last_seen_at: datetime
+    fired_at: datetime | None
+
+
+@dataclass
+class Applied:
+    fired: list[int] = field(default_factory=list)
+    resolved: list[int] = field(default_factory=list)
+    reminded: list[int] = field(default_factory=list)
+    suppressed: bool = False
+
+
+def _view(row: Any) -> AlertView:
+    return AlertView(
+        id=row.id,
+        stage=row.stage,
+        check=row.check_name,
+        object=row.object,
+        state=row.state,
+        severity=row.severity,
+        title=row.title,
+        consecutive=row.consecutive,
+        first_seen_at=row.first_seen_at,
+        last_seen_at=row.last_seen_at,
+        fired_at=row.fired_at,
+    )
+
+
+class AlertBook:
+    def __init__(
+        self, engine: Engine, settings: Settings, audit: AuditLog, notify: Callable[[], None] | None = None
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.audit = audit
+        self._notify = notify or (lambda: None)
+
+    # -- findings in ------------------------------------------------------------------------
+
+    def apply(
+        self,
+        stage: str,
+        covers: Iterable[str],
+        findings: list[Finding],
+        *,
+        fire_after: Mapping[str, int] | None = None,
+        also: Callable[[Connection], None] | None = None,
+    ) -> Applied:
+        """Record one run's findings for the checks in `covers`; `also` runs in the same transaction."""
+        covered = set(covers)
+        fire_after = fire_after or {}
+        result = Applied()
+        with self.engine.begin() as conn:
+            # Runs of different check groups on one stage may overlap; they take turns here.
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('mcp-ops alerts:' || :s))"), {"s": stage})
+            if also is not None:
+                also(conn)
+            now: datetime = conn.execute(select(func.now())).scalar_one()
+            if UNREACHABLE_CHECK not in covered and self._unreachable(conn, stage):
+                result.suppressed = True  # an unreachable stage speaks with one alert only
+                return result
+            open_rows = {
+                (r.check_name, r.object): r
+                for r in conn.execute(
+                    select(alerts)
+                    .where(
+                        alerts.c.stage == stage,
+                        alerts.c.state != "resolved",
+                        alerts.c.check_name.in_(sorted(covered)),
+                    )
+                    .with_for_update()
+                )
+            }
+            seen: set[tuple[str, str]] = set()
+            for finding in findings:
+                key = (finding.check, finding.object)
+                if finding.check not in covered or key in seen:
+                    continue
+                seen.add(key)
+                self._observe(conn, stage, finding, open_rows.get(key), fire_after.get(finding.check, 1), now, result)
+            for key, row in open_rows.items():
+                if key not in seen:
+                    self._clear(conn, row, now, result)
+        if result.fired or result.resolved or result.reminded:
+            self._notify()
+        return result
+
+    def _unreachable(self, conn: Connection, stage: str) -> bool:
+        return (
+            conn.execute(
+                select(alerts.c.id).where(
+                    alerts.c.stage == stage, alerts.c.check_name == UNREACHABLE_CHECK, alerts.c.state == "firing"
+                )
+            ).first()
+            is not None
+        )
+
+    def _observe(
+        self, conn: Connection, stage: str, f: Finding, row: Any, needed: int, now: datetime, result: Applied
+    ) -> None:
+        content = {"severity": f.severity, "title": f.title[:500], "detail": f.detail[:2500], "advice": f.advice[:1500]}
+        if row is None:
+            row = conn.execute(
+                insert(alerts)
+                .values(
+                    stage=stage,
+                    check_name=f.check,
+                    object=f.object[:300],
+                    state="pending",
+                    remind=f.remind,
+                    consecutive=1,
+                    first_seen_at=now,
+                    last_seen_at=now,
+                    **content,
+                )
+                .returning(alerts)
+            ).one()
+            changed = False
+        else:
+            changed = any(getattr(row, k) != v for k, v in content.items())
+            row = conn.execute(
+                update(alerts)
+                .where(alerts.c.id == row.id)
+                .values(consecutive=alerts.c.consecutive + 1, last_seen_at=now, remind=f.remind, **content)
+                .returning(alerts)
+            ).one()
+        if row.state == "pending":
+            if row.consecutive >= needed:
+                self._fire(conn, row, now, result)
+            return
+        values: dict[str, Any] = {}
+        if changed:
+            values["needs_update"] = True
+        repeat = self.settings.health.repeat_minutes_for(stage)
+        due = row.last_notified_at is None or row.last_notified_at + timedelta(minutes=repeat) <= now
+        if row.remind and repeat > 0 and due:
+            values.update(reply_due="reminder", last_notified_at=now, reminders=row.reminders + 1)
+            result.reminded.append(row.id)
+        if values:
+            conn.execute(update(alerts).where(alerts.c.id == row.id).values(**values))
+
+    def _fire(self, conn: Connection, row: Any, now: datetime, result: Applied) -> None:
+        channel = self.settings.alert_channel_for(row.stage) or None
+        row = conn.execute(
+            update(alerts)
+            .where(alerts.c.id == row.id)
+            .values(state="firing", fired_at=now, last_notified_at=now, channel=channel)
+            .returning(alerts)
+        ).one()
+        if channel:
+            post_id = outbox.enqueue(conn, "chat.postMessage", {"channel": channel, **alert_message(row)})
+            conn.execute(update(alerts).where(alerts.c.id == row.id).values(post_outbox_id=post_id))
+        self._audit(conn, row, "firing")
+        result.fired.append(row.id)
+
+    def _clear(self, conn: Connection, row: Any, now: datetime, result: Applied) -> None:
+        if row.state == "pending":  # never reported, so there is nothing to resolve
+            conn.execute(delete(alerts).where(alerts.c.id == row.id))
+            return
+        told = row.channel is not None
+        row = conn.execute(
+            update(alerts)
+            .where(alerts.c.id == row.id)
+            .values(state="resolved", resolved_at=now, needs_update=told, reply_due="resolved" if told else None)
+            .returning(alerts)
+        ).one()
+        self._audit(conn, row, "resolved")
+        result.resolved.append(row.id)
+
+    def _audit(self, conn: Connection, row: Any, outcome: str) -> None:
+        detail: dict[str, Any] = {"alert_id": row.id, "severity": row.severity, "title": row.title}
+        if outcome == "resolved" and row.fired_at is not None:
+            detail["firing_s"] = int((row.resolved_at - row.fired_at).total_seconds())
+        self.audit.record(
+            AuditEntry(
+                actor=ACTOR,
+                command="alert",
+                stage=row.stage,
+                args=f"{row.check_name} {row.object}",
+                outcome=outcome,
+                detail=detail,
+            ),
+            required=True,
+            conn=conn,
+        )
+
+    # -- Slack out ---------------------------------------------------------------------------
+
+    def sync(self, limit: int = 100) -> int:
+        """Queue the updates and thread replies whose message ts is known; returns how many alerts."""
+        done = 0
+        with self.engine.begin() as conn:
+            now: datetime = conn.execute(select(func.now())).scalar_one()
+            rows = conn.execute(
+                select(alerts)
+                .where((alerts.c.needs_update.is_(True)) | (alerts.c.reply_due.is_not(None)))
+                .order_by(alerts.c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                channel, ts = row.channel, row.ts
+                if ts is None and row.post_outbox_id is not None:
+                    posted = conn.execute(
+                        select(outbox.outbox.c.delivered_at, outbox.outbox.c.dead_at, outbox.outbox.c.result).where(
+                            outbox.outbox.c.id == row.post_outbox_id
+                        )
+                    ).first()
+                    if posted is not None and posted.delivered_at is not None and (posted.result or {}).get("ts"):
+                        channel = posted.result.get("channel") or channel
+                        ts = posted.result["ts"]
+                    elif posted is not None and posted.dead_at is None:
+                        continue  # the first post is still on its way: next time
+                if ts is None:
+                    if channel and row.reply_due:
+                        outbox.enqueue(
+                            conn, "chat.postMessage", {"channel": channel, **orphan_message(row, row.reply_due)}
+                        )
+                elif channel:
+                    if row.needs_update:
+                        outbox.enqueue(conn, "chat.update", {"channel": channel, "ts": ts, **alert_message(row)})
+                    if row.reply_due:
+                        reply = {"channel": channel, "thread_ts": ts, "text": reply_text(row, row.reply_due, now)}
+                        if row.reply_due == "reminder":
+                            reply["reply_broadcast"] = True
+                        outbox.enqueue(conn, "chat.postMessage", reply)
+                conn.execute(
+                    update(alerts)
+                    .where(alerts.c.id == row.id)
+                    .values(channel=channel, ts=ts, needs_update=False, reply_due=None)
+                )
+                done += 1
+        if done:
+            self._notify()
+        return done
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def open_alerts(self, stage: str | None = None, limit: int = 100) -> list[AlertView]:
+        query = select(alerts).where(alerts.c.state == "firing").order_by(alerts.c.fired_at.desc()).limit(limit)
+        if stage:
+            query = query.where(alerts.c.stage == stage)
+        with self.engine.connect() as conn:
+            views = [_view(r) for r in conn.execute(query)]
+        return sorted(views, key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), a.stage))

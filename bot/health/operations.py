@@ -1,0 +1,96 @@
+"""The health verbs: `/mcp health`, `/mcp slow-queries`, `/mcp alerts`; results are plain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from bot.health import statements
+from bot.health.alerts import AlertView
+from bot.health.monitor import HealthSummary
+from bot.runtime import Runtime
+from bot.service import CommandRequest, operation
+
+
+@dataclass(frozen=True)
+class SlowQueryRow:
+    queryid: int
+    calls: int
+    total_ms: float
+    mean_ms: float
+    slow: bool
+    text: str
+
+
+@dataclass(frozen=True)
+class SlowQueriesResult:
+    stage: str
+    interval_start: datetime | None
+    interval_end: datetime | None
+    statements: int  # how many distinct statements ran in the interval (of those kept)
+    rows: list[SlowQueryRow]
+    threshold_ms: int
+    min_calls: int
+    snapshot_every_s: int
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class AlertsResult:
+    stage: str | None
+    alerts: list[AlertView]
+
+
+@operation("health")
+def run_health(runtime: Runtime, request: CommandRequest) -> HealthSummary:
+    assert request.stage is not None
+    return runtime.health.run_now(request.stage)
+
+
+@operation("slow-queries")
+def run_slow_queries(runtime: Runtime, request: CommandRequest) -> SlowQueriesResult:
+    stage = request.stage
+    assert stage is not None
+    h = runtime.settings.health
+    with runtime.bot_engine.connect() as conn:
+        stored = statements.load(conn, stage.name)
+    interval = stored.interval if stored else None
+    top = interval.queries[: request.parsed.flags["limit"]] if interval else []
+    with stage.read() as conn:
+        missing = statements.unavailable_kind(conn)
+        texts = statements.query_texts(conn, [q.queryid for q in top]) if top and not missing else {}
+    note = None
+    if missing:
+        note = "pg_stat_statements is unavailable on this stage. " + statements.unavailable_advice(missing)
+    elif stored is None:
+        note = "No snapshot yet: the scheduled slow-query check takes the first, and measures from the next."
+    elif interval is None:
+        note = f"One snapshot so far ({stored.snapshot.taken_at:%H:%M UTC}); the first interval ends with the next."
+    rows = [
+        SlowQueryRow(
+            queryid=q.queryid,
+            calls=q.calls,
+            total_ms=q.total_ms,
+            mean_ms=q.mean_ms,
+            slow=q.calls >= h.slow_query_min_calls and q.mean_ms > h.slow_query_ms,
+            text=texts.get(q.queryid, "(query text not available)"),
+        )
+        for q in top
+    ]
+    return SlowQueriesResult(
+        stage=stage.name,
+        interval_start=interval.start if interval else None,
+        interval_end=interval.end if interval else None,
+        statements=len(interval.queries) if interval else 0,
+        rows=rows,
+        threshold_ms=h.slow_query_ms,
+        min_calls=h.slow_query_min_calls,
+        snapshot_every_s=h.slow_query_interval_s,
+        note=note,
+    )
+
+
+@operation("alerts")
+def run_alerts(runtime: Runtime, request: CommandRequest) -> AlertsResult:
+    stage = request.stage.name if request.stage else None
+    return AlertsResult(stage=stage, alerts=runtime.health.book.open_alerts(stage))

@@ -1,0 +1,294 @@
+"""Slow queries from pg_stat_statements, measured between two snapshots.
+
+The extension's counters are cumulative since its last reset, so its `mean_exec_time`
+keeps an old slow query slow forever and dilutes a new one. Each scheduled run instead
+stores a snapshot (calls and total time per query) in the bot database and compares it with
+the previous one: a query is slow when its calls and time *in that interval* cross the
+threshold. A reset (`pg_stat_statements_info.stats_reset`) or a counter that went down
+(an entry evicted or reset on its own) counts from zero, which is what happened since.
+Query text is read only for the queries that alert or are shown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, Connection, DateTime, Table, Text, bindparam, func, select, text
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.exc import DBAPIError
+
+from bot.botdb import metadata
+from bot.health.checks import CheckContext, CheckReport, Finding, duration, safe_query_text
+
+log = logging.getLogger(__name__)
+
+statement_snapshots = Table(
+    "statement_snapshots",
+    metadata,
+    Column("stage", Text, primary_key=True),
+    Column("taken_at", DateTime(timezone=True), nullable=False),
+    Column("stats_reset", DateTime(timezone=True)),
+    Column("counters", JSONB, nullable=False),  # {"userid:queryid": [calls, total_ms]}
+    # The interval that ended with this snapshot: its start and its busiest queries.
+    Column("interval_start", DateTime(timezone=True)),
+    Column("interval_queries", JSONB),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# SQLSTATEs meaning "pg_stat_statements is not there": undefined_table, undefined_function
+# (CREATE EXTENSION was never run here) and object_not_in_prerequisite_state (not preloaded).
+UNAVAILABLE_SQLSTATES = {"42P01": "missing", "42883": "missing", "55000": "not_preloaded"}
+KEEP_QUERIES = 50  # per interval, by total time: what /mcp slow-queries can show
+
+_THIS_DB = "(SELECT oid FROM pg_database WHERE datname = current_database())"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    taken_at: datetime
+    stats_reset: datetime | None
+    counters: dict[str, tuple[int, float]]
+
+
+@dataclass(frozen=True)
+class QueryInterval:
+    queryid: int
+    calls: int
+    total_ms: float
+
+    @property
+    def mean_ms(self) -> float:
+        return self.total_ms / self.calls if self.calls else 0.0
+
+
+@dataclass(frozen=True)
+class Interval:
+    start: datetime
+    end: datetime
+    reset: bool
+    queries: list[QueryInterval]  # busiest first
+
+    @property
+    def seconds(self) -> float:
+        return max((self.end - self.start).total_seconds(), 0.0)
+
+
+@dataclass(frozen=True)
+class Stored:
+    snapshot: Snapshot
+    interval: Interval | None
+
+
+class StatementsUnavailable(Exception):
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+def unavailable_advice(kind: str) -> str:
+    if kind == "not_preloaded":
+        return (
+            "pg_stat_statements is installed but not loaded: add it to `shared_preload_libraries` "
+            "(on RDS: the DB parameter group), restart the database, then it works at once."
+        )
+    return (
+        "Run `CREATE EXTENSION pg_stat_statements;` in this database (it also needs `pg_stat_statements` in "
+        "`shared_preload_libraries`, which on RDS is the default)."
+    )
+
+
+def take_snapshot(conn: Connection) -> Snapshot:
+    """This database's top-level statement counters; raises StatementsUnavailable by SQLSTATE."""
+    try:
+        with conn.begin_nested():
+            info = conn.execute(text("SELECT now() AS now, stats_reset FROM pg_stat_statements_info")).one()
+            rows = conn.execute(
+                text(
+                    "SELECT userid, queryid, sum(calls) AS calls, sum(total_exec_time) AS total_ms"
+                    " FROM pg_stat_statements(false)"
+                    f" WHERE dbid = {_THIS_DB} AND toplevel AND queryid IS NOT NULL GROUP BY 1, 2"
+                )
+            ).all()
+    except DBAPIError as exc:
+        kind = UNAVAILABLE_SQLSTATES.get(getattr(exc.orig, "sqlstate", None) or "")
+        if kind is None or exc.connection_invalidated:
+            raise
+        raise StatementsUnavailable(kind) from None
+    counters = {f"{r.userid}:{r.queryid}": (int(r.calls), float(r.total_ms)) for r in rows}
+    return Snapshot(taken_at=info.now, stats_reset=info.stats_reset, counters=counters)
+
+
+def diff(previous: Snapshot, current: Snapshot) -> Interval:
+    """What ran between two snapshots, per queryid; a reset or a counter that went down counts from zero."""
+    reset = (
+        previous.stats_reset is not None
+        and current.stats_reset is not None
+        and current.stats_reset != previous.stats_reset
+    )
+    calls: dict[int, int] = defaultdict(int)
+    total: dict[int, float] = defaultdict(float)
+    for key, (now_calls, now_total) in current.counters.items():
+        base_calls, base_total = (0, 0.0) if reset else previous.counters.get(key, (0, 0.0))
+        if now_calls < base_calls or now_total < base_total - 0.01:  # stored totals are rounded to 1 µs
+            base_calls, base_total = 0, 0.0
+        delta = now_calls - base_calls
+        if delta <= 0:
+            continue
+        queryid = int(key.rsplit(":", 1)[1])
+        calls[queryid] += delta
+        total[queryid] += max(now_total - base_total, 0.0)
+    queries = sorted(
+        (QueryInterval(q, calls[q], total[q]) for q in calls), key=lambda q: (q.total_ms, q.calls), reverse=True
+    )
+    return Interval(start=previous.taken_at, end=current.taken_at, reset=reset, queries=queries)
+
+
+def slow(interval: Interval, *, threshold_ms: float, min_calls: int) -> list[QueryInterval]:
+    return [q for q in interval.queries if q.calls >= min_calls and q.mean_ms > threshold_ms]
+
+
+def unavailable_kind(conn: Connection) -> str | None:
+    """None when pg_stat_statements can be read here, else why not (`missing`, `not_preloaded`)."""
+    try:
+        with conn.begin_nested():
+            conn.execute(text("SELECT stats_reset FROM pg_stat_statements_info")).first()
+    except DBAPIError as exc:
+        kind = UNAVAILABLE_SQLSTATES.get(getattr(exc.orig, "sqlstate", None) or "")
+        if kind is None or exc.connection_invalidated:
+            raise
+        return kind
+    return None
+
+
+def query_texts(conn: Connection, queryids: list[int]) -> dict[int, str]:
+    """Normalised text (literals are `$n` already), made safe and short, for these queries only."""
+    if not queryids:
+        return {}
+    rows = conn.execute(
+        text(
+            "SELECT DISTINCT ON (queryid) queryid, left(query, 2000) AS query FROM pg_stat_statements(true)"
+            f" WHERE dbid = {_THIS_DB} AND toplevel AND queryid IN :ids ORDER BY queryid"
+        ).bindparams(bindparam("ids", expanding=True)),
+        {"ids": queryids},
+    )
+    return {int(r.queryid): safe_query_text(r.query) for r in rows}
+
+
+# -- the bot database side ---------------------------------------------------------------------
+
+
+def _interval_json(interval: Interval) -> list[dict[str, Any]]:
+    return [{"q": q.queryid, "c": q.calls, "t": round(q.total_ms, 3)} for q in interval.queries[:KEEP_QUERIES]]
+
+
+def load(conn: Connection, stage: str) -> Stored | None:
+    row = conn.execute(select(statement_snapshots).where(statement_snapshots.c.stage == stage)).first()
+    if row is None:
+        return None
+    snapshot = Snapshot(
+        taken_at=row.taken_at,
+        stats_reset=row.stats_reset,
+        counters={k: (int(v[0]), float(v[1])) for k, v in row.counters.items()},
+    )
+    interval = None
+    if row.interval_start is not None and row.interval_queries is not None:
+        interval = Interval(
+            start=row.interval_start,
+            end=row.taken_at,
+            reset=False,
+            queries=[QueryInterval(int(q["q"]), int(q["c"]), float(q["t"])) for q in row.interval_queries],
+        )
+    return Stored(snapshot, interval)
+
+
+def store(conn: Connection, stage: str, snapshot: Snapshot, interval: Interval | None) -> None:
+    values = {
+        "taken_at": snapshot.taken_at,
+        "stats_reset": snapshot.stats_reset,
+        "counters": {k: [c, round(t, 3)] for k, (c, t) in snapshot.counters.items()},
+        "interval_start": interval.start if interval else None,
+        "interval_queries": _interval_json(interval) if interval else None,
+        "updated_at": func.now(),
+    }
+    conn.execute(
+        insert(statement_snapshots)
+        .values(stage=stage, **values)
+        .on_conflict_do_update(index_elements=[statement_snapshots.c.stage], set_=values)
+    )
+
+
+# -- the check ---------------------------------------------------------------------------------
+
+
+@dataclass
+class StatementsResult:
+    reports: list[CheckReport]
+    snapshot: Snapshot | None  # to store, when the run records
+    interval: Interval | None
+
+
+def check_slow_queries(conn: Connection, ctx: CheckContext, previous: Snapshot | None) -> StatementsResult:
+    """Compare this database's counters with `previous`; findings for queries slow in between."""
+    s = ctx.settings
+    try:
+        current = take_snapshot(conn)
+    except StatementsUnavailable as exc:
+        finding = Finding(
+            check="pg_stat_statements",
+            object="extension",
+            severity="info",
+            title="slow-query check unavailable: pg_stat_statements is "
+            + ("not preloaded" if exc.kind == "not_preloaded" else "not installed"),
+            detail="The other health checks keep running; slow queries are not measured until this is fixed.",
+            advice=unavailable_advice(exc.kind),
+            remind=False,
+        )
+        report = CheckReport(
+            "slow_queries", "Slow queries", "unavailable", finding.title, [finding], covers=("pg_stat_statements",)
+        )
+        return StatementsResult([report], None, None)
+    if previous is None:
+        summary = f"first snapshot taken ({len(current.counters)} statements); slow queries are measured from the next"
+        report = CheckReport("slow_queries", "Slow queries", "ok", summary, covers=("pg_stat_statements",))
+        return StatementsResult([report], current, None)
+    interval = diff(previous, current)
+    offenders = slow(interval, threshold_ms=s.slow_query_ms, min_calls=s.slow_query_min_calls)
+    texts = query_texts(conn, [q.queryid for q in offenders])
+    findings = [
+        Finding(
+            check="slow_queries",
+            object=f"queryid {q.queryid}",
+            severity="critical" if q.mean_ms >= 10 * s.slow_query_ms else "warning",
+            title=f"slow query: mean {q.mean_ms:,.0f} ms over {q.calls:,} calls",
+            detail=(
+                f"`{texts.get(q.queryid, '(query text no longer available)')}`\n"
+                f"queryid {q.queryid}: {q.total_ms:,.0f} ms in total in the last {duration(interval.seconds)} "
+                f"(threshold: mean over {s.slow_query_ms:,} ms with at least {s.slow_query_min_calls} calls)."
+            ),
+            advice=(
+                "Run `EXPLAIN (ANALYZE, BUFFERS)` on it with typical parameters (in a transaction you roll back, "
+                "or on a replica): look for sequential scans of large tables and missing indexes. "
+                f"`/mcp slow-queries --stage {ctx.stage}` shows the busiest queries of the interval."
+            ),
+        )
+        for q in offenders
+    ]
+    ran = sum(q.calls for q in interval.queries)
+    summary = (
+        f"{len(interval.queries)} statements ran {ran:,} times in the last {duration(interval.seconds)}; "
+        + (f"{len(offenders)} slow" if offenders else "none slow")
+        + (" (statistics were reset in between)" if interval.reset else "")
+    )
+    report = CheckReport(
+        "slow_queries",
+        "Slow queries",
+        "findings" if findings else "ok",
+        summary,
+        findings,
+        covers=("slow_queries", "pg_stat_statements"),
+    )
+    return StatementsResult([report], current, interval)

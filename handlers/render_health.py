@@ -1,0 +1,91 @@
+"""Replies of the health verbs: `/mcp health`, `/mcp slow-queries`, `/mcp alerts`."""
+
+from __future__ import annotations
+
+from bot.health.checks import CheckReport, duration
+from bot.health.monitor import HealthSummary
+from bot.health.operations import AlertsResult, SlowQueriesResult
+from bot.service import CommandRequest
+from handlers.blocks import Message, code, context, escape, lines_sections, message, section, when
+from handlers.render import _stage_tag, renders
+
+SEVERITY_ICONS = {"critical": ":red_circle:", "warning": ":large_orange_circle:", "info": ":large_blue_circle:"}
+STATUS_ICONS = {"ok": ":white_check_mark:", "unavailable": ":grey_question:", "error": ":warning:"}
+MAX_FINDING_LINES = 20
+
+
+def _icon(report: CheckReport) -> str:
+    if report.status != "findings":
+        return STATUS_ICONS[report.status]
+    worst = min(report.findings, key=lambda f: ["critical", "warning", "info"].index(f.severity))
+    return SEVERITY_ICONS[worst.severity]
+
+
+@renders("health")
+def render_health(request: CommandRequest, summary: HealthSummary) -> Message:
+    result = summary.round
+    title = f":stethoscope: Health of {_stage_tag(request)} at {when(summary.checked_at)}"
+    if not result.reachable:
+        blocks = [section(title), section(f":red_circle: {escape(result.reason or 'unreachable')}")]
+        return message(f"{summary.stage}: unreachable", blocks)
+    lines = [f"{_icon(r)} *{escape(r.label)}*: {escape(r.summary)}" for r in result.reports]
+    findings = result.findings
+    finding_lines = [
+        f"{SEVERITY_ICONS.get(f.severity, ':warning:')} {escape(f.title)}" for f in findings[:MAX_FINDING_LINES]
+    ]
+    if len(findings) > MAX_FINDING_LINES:
+        finding_lines.append(f"_… and {len(findings) - MAX_FINDING_LINES} more_")
+    blocks = [section(f"{title}\nConnected and answered in {result.latency_ms or 0:.0f} ms."), *lines_sections(lines)]
+    if finding_lines:
+        blocks += [section("*Findings*"), *lines_sections(finding_lines)]
+    alerts = summary.open_alerts
+    blocks.append(
+        context(
+            f"{len(alerts)} open alert{'s' if len(alerts) != 1 else ''} on this stage (`/mcp alerts --stage "
+            f"{escape(summary.stage)}`). This run is read-only and posts nothing; the scheduled checks raise alerts."
+        )
+    )
+    text = f"{summary.stage}: {len(findings)} findings" if findings else f"{summary.stage}: all checks passed"
+    return message(text, blocks)
+
+
+@renders("slow-queries")
+def render_slow_queries(request: CommandRequest, result: SlowQueriesResult) -> Message:
+    if result.interval_start is None or result.interval_end is None:
+        blocks = [section(f":snail: Slow queries on {_stage_tag(request)}"), section(escape(result.note or ""))]
+        return message("no interval measured yet", blocks)
+    span = duration((result.interval_end - result.interval_start).total_seconds())
+    title = (
+        f":snail: Busiest queries on {_stage_tag(request)} from {when(result.interval_start)} "
+        f"to {when(result.interval_end)} ({span}), by total time"
+    )
+    lines = [
+        f"{i}. {':warning: *slow* · ' if r.slow else ''}mean *{r.mean_ms:,.1f} ms* · {r.calls:,} calls · "
+        f"{r.total_ms:,.0f} ms total · queryid {r.queryid}\n{code(r.text)}"
+        for i, r in enumerate(result.rows, 1)
+    ] or ["_no statement ran in this interval_"]
+    blocks = [section(title), *lines_sections(lines)]
+    if result.note:
+        blocks.append(section(f":grey_question: {escape(result.note)}"))
+    blocks.append(
+        context(
+            f"Counted between two pg_stat_statements snapshots (taken every {duration(result.snapshot_every_s)}), "
+            f"not since the last reset. Slow means a mean over {result.threshold_ms:,} ms with at least "
+            f"{result.min_calls} calls. Showing {len(result.rows)} of {result.statements}."
+        )
+    )
+    slow = sum(r.slow for r in result.rows)
+    return message(f"{len(result.rows)} busiest queries, {slow} slow", blocks)
+
+
+@renders("alerts")
+def render_alerts(request: CommandRequest, result: AlertsResult) -> Message:
+    where = f" on stage *{escape(result.stage)}*" if result.stage else ""
+    count = len(result.alerts)
+    lines = [
+        f"{SEVERITY_ICONS.get(a.severity, ':warning:')} *{escape(a.stage)}* {escape(a.title)} · {code(a.check)} · "
+        f"firing since {when(a.fired_at)} · seen in {a.consecutive} run{'s' if a.consecutive != 1 else ''} in a row"
+        for a in result.alerts
+    ] or ["_nothing is firing_ :white_check_mark:"]
+    title = f":rotating_light: {count} open alert{'s' if count != 1 else ''}{where}"
+    return message(title.split(" ", 1)[1], [section(title), *lines_sections(lines)])

@@ -1,0 +1,53 @@
+"""Health-check settings: the issue's defaults, per-stage overrides, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.config import ConfigError, load_settings
+from tests.test_config_and_cli import GOOD, SECRET
+
+
+def test_health_settings_have_the_issue_defaults_and_per_stage_overrides():
+    health = load_settings(GOOD).health
+    assert health.enabled
+    assert (health.interval_s, health.slow_query_interval_s, health.fk_index_interval_s) == (60, 300, 86_400)
+    assert (health.slow_query_ms, health.slow_query_min_calls) == (1000, 5)
+    assert (health.connections_warn_pct, health.connections_critical_pct) == (80, 95)
+    assert (health.long_query_s, health.idle_in_transaction_s, health.wraparound_warn_pct) == (300, 300, 50)
+    assert (health.unreachable_after, health.repeat_minutes) == (2, 240)
+    settings = load_settings(
+        {
+            **GOOD,
+            "ALERT_CHANNEL": "C0ALERTS",
+            "ALERT_CHANNEL_PRODUCTION": "C0PRODALERTS",
+            "ALERT_REPEAT_MINUTES_DEV": "0",
+            "HEALTH_CHECKS": "off",
+            "SLOW_QUERY_MS": "250",
+        }
+    )
+    assert settings.alert_channel_for("production") == "C0PRODALERTS"
+    assert settings.alert_channel_for("dev") == "C0ALERTS"
+    assert settings.health.repeat_minutes_for("dev") == 0
+    assert settings.health.repeat_minutes_for("production") == 240
+    assert not settings.health.enabled and settings.health.slow_query_ms == 250
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"ALERT_CHANNEL_QA": "C0QA"}, "ALERT_CHANNEL_QA names stage 'qa'"),
+        ({"ALERT_CHANNEL_DEV": f"#{SECRET}"}, "ALERT_CHANNEL_DEV is malformed"),
+        ({"ALERT_REPEAT_MINUTES_DEV": "often"}, "ALERT_REPEAT_MINUTES_DEV is malformed"),
+        ({"SLOW_QUERY_MS": "slow"}, "SLOW_QUERY_MS is malformed"),
+        ({"SLOW_QUERY_MIN_CALLS": "0"}, "SLOW_QUERY_MIN_CALLS is out of range"),
+        ({"HEALTH_CHECKS": "maybe"}, "HEALTH_CHECKS is malformed"),
+        ({"CONNECTIONS_WARN_PERCENT": "90", "CONNECTIONS_CRITICAL_PERCENT": "85"}, "CONNECTIONS_CRITICAL_PERCENT"),
+        ({"HEALTH_INTERVAL_SECONDS": "1"}, "HEALTH_INTERVAL_SECONDS is out of range"),
+    ],
+)
+def test_each_health_setting_problem_is_one_line_naming_the_variable(change, message):
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**GOOD, **change})
+    assert message in str(caught.value)
+    assert SECRET not in str(caught.value)
