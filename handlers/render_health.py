@@ -60,7 +60,8 @@ def render_slow_queries(request: CommandRequest, result: SlowQueriesResult) -> M
         f"to {when(result.interval_end)} ({span}), by total time"
     )
     lines = [
-        f"{i}. {':warning: *slow* · ' if r.slow else ''}mean *{r.mean_ms:,.1f} ms* · {r.calls:,} calls · "
+        f"{i}. {':warning: *slow* · ' if r.slow else ''}mean *{r.mean_ms:,.1f} ms* · {r.calls:,} "
+        f"call{'s' if r.calls != 1 else ''} · "
         f"{r.total_ms:,.0f} ms total · queryid {r.queryid}\n{code(r.text)}"
         for i, r in enumerate(result.rows, 1)
     ] or ["_no statement ran in this interval_"]

@@ -139,6 +139,11 @@ def test_a_slow_statement_alerts_once_is_updated_then_resolves_in_its_thread(mak
     first = health.slack.messages[(ALERT_CHANNEL, row.ts)]  # the message the first post created
     assert first.history[0]["text"] == post.payload["text"]
     assert "over 3 calls" in _texts([update])[0]
+    text_reads = stage_db.scalar(
+        "SELECT sum(calls) FROM pg_stat_statements WHERE query LIKE 'SELECT DISTINCT ON (queryid) queryid, left(query%'"
+        " AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    assert text_reads == 1  # the text of a query that stays slow is not read again
 
     # It stops: one resolution, the message rewritten and a reply in its thread.
     health.run("statements")

@@ -255,7 +255,9 @@ class AlertBook:
             .returning(alerts)
         ).one()
         if channel:
-            post_id = outbox.enqueue(conn, "chat.postMessage", {"channel": channel, **alert_message(row)})
+            post_id = outbox.enqueue(
+                conn, "chat.postMessage", {"channel": channel, **alert_message(row), "unfurl_links": False}
+            )
             conn.execute(update(alerts).where(alerts.c.id == row.id).values(post_outbox_id=post_id))
         self._audit(conn, row, "firing")
         result.fired.append(row.id)

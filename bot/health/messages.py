@@ -51,7 +51,7 @@ def alert_message(alert: Any) -> dict[str, Any]:
     else:
         timeline += f", last seen {_when(alert.last_seen_at)}"
     blocks.append(_context(f"`{escape(alert.check_name)}` · {escape(alert.object)} · {timeline}"))
-    return {"text": f"[{status}] {alert.stage}: {alert.title}"[:3000], "blocks": blocks, "unfurl_links": False}
+    return {"text": f"[{status}] {alert.stage}: {alert.title}"[:3000], "blocks": blocks}
 
 
 def reply_text(alert: Any, kind: str, now: datetime | None = None) -> str:

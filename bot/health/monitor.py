@@ -65,6 +65,7 @@ class Round:
     reports: list[CheckReport] = field(default_factory=list)
     snapshot: statements.Snapshot | None = None
     interval: statements.Interval | None = None
+    texts: dict[int, str] = field(default_factory=dict)
 
     @property
     def findings(self) -> list[Finding]:
@@ -135,7 +136,7 @@ class HealthMonitor:
         checks: Sequence[CheckSpec],
         *,
         slow_queries: bool = False,
-        previous: statements.Snapshot | None = None,
+        previous: statements.Stored | None = None,
     ) -> Round:
         """Run `checks`, and the slow-query check against `previous` if asked, in one connection."""
         ctx = CheckContext(stage=stage.name, settings=self.settings.health)
@@ -152,15 +153,14 @@ class HealthMonitor:
                 if slow_queries:
                     found = statements.check_slow_queries(conn, ctx, previous)
                     result.reports += found.reports
-                    result.snapshot, result.interval = found.snapshot, found.interval
+                    result.snapshot, result.interval, result.texts = found.snapshot, found.interval, found.texts
         except UserFacingError as exc:  # StageUnavailable, or a timeout of SELECT 1 itself
             return Round(stage=stage.name, reachable=False, reason=exc.message)
         return result
 
-    def _previous_snapshot(self, stage: str) -> statements.Snapshot | None:
+    def _previous_snapshot(self, stage: str) -> statements.Stored | None:
         with self.bot_engine.connect() as conn:
-            stored = statements.load(conn, stage)
-        return stored.snapshot if stored else None
+            return statements.load(conn, stage)
 
     # -- scheduled ---------------------------------------------------------------------------
 
@@ -182,11 +182,11 @@ class HealthMonitor:
                 log.warning("health round skipped: stage unreachable", extra={"stage": stage_name, "group": group_name})
         else:
             covers = result.covers | ({UNREACHABLE_CHECK} if group.connectivity else set())
-            snapshot, interval = result.snapshot, result.interval
+            snapshot, interval, texts = result.snapshot, result.interval, result.texts
 
             def keep_snapshot(conn: Connection) -> None:
                 if snapshot is not None:
-                    statements.store(conn, stage_name, snapshot, interval)
+                    statements.store(conn, stage_name, snapshot, interval, texts)
 
             self.book.apply(stage_name, covers, result.findings, also=keep_snapshot)
         self.book.sync()

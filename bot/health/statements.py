@@ -36,12 +36,16 @@ statement_snapshots = Table(
     # The interval that ended with this snapshot: its start and its busiest queries.
     Column("interval_start", DateTime(timezone=True)),
     Column("interval_queries", JSONB),
+    # Text of the queries that alerted, so a query that stays slow is not looked up again: reading
+    # text means reading the extension's whole text file.
+    Column("texts", JSONB),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 # SQLSTATEs meaning "pg_stat_statements is not there": undefined_table, undefined_function
 # (CREATE EXTENSION was never run here) and object_not_in_prerequisite_state (not preloaded).
 UNAVAILABLE_SQLSTATES = {"42P01": "missing", "42883": "missing", "55000": "not_preloaded"}
+TEXT_WORK_MEM = "32MB"
 KEEP_QUERIES = 50  # per interval, by total time: what /mcp slow-queries can show
 
 _THIS_DB = "(SELECT oid FROM pg_database WHERE datname = current_database())"
@@ -81,6 +85,7 @@ class Interval:
 class Stored:
     snapshot: Snapshot
     interval: Interval | None
+    texts: dict[int, str]
 
 
 class StatementsUnavailable(Exception):
@@ -108,9 +113,9 @@ def take_snapshot(conn: Connection) -> Snapshot:
             info = conn.execute(text("SELECT now() AS now, stats_reset FROM pg_stat_statements_info")).one()
             rows = conn.execute(
                 text(
-                    "SELECT userid, queryid, sum(calls) AS calls, sum(total_exec_time) AS total_ms"
-                    " FROM pg_stat_statements(false)"
-                    f" WHERE dbid = {_THIS_DB} AND toplevel AND queryid IS NOT NULL GROUP BY 1, 2"
+                    # One row per (userid, queryid) once dbid and toplevel are fixed; no text is read.
+                    "SELECT userid, queryid, calls, total_exec_time AS total_ms FROM pg_stat_statements(false)"
+                    f" WHERE dbid = {_THIS_DB} AND toplevel AND queryid IS NOT NULL"
                 )
             ).all()
     except DBAPIError as exc:
@@ -168,6 +173,9 @@ def query_texts(conn: Connection, queryids: list[int]) -> dict[int, str]:
     """Normalised text (literals are `$n` already), made safe and short, for these queries only."""
     if not queryids:
         return {}
+    # The extension returns every entry's text and filters after: with the default work_mem a
+    # text file of a few MB spills to disk. Local to this short read-only transaction.
+    conn.execute(text("SELECT set_config('work_mem', :wm, true)"), {"wm": TEXT_WORK_MEM})
     rows = conn.execute(
         text(
             "SELECT DISTINCT ON (queryid) queryid, left(query, 2000) AS query FROM pg_stat_statements(true)"
@@ -202,11 +210,12 @@ def load(conn: Connection, stage: str) -> Stored | None:
             reset=False,
             queries=[QueryInterval(int(q["q"]), int(q["c"]), float(q["t"])) for q in row.interval_queries],
         )
-    return Stored(snapshot, interval)
+    return Stored(snapshot, interval, {int(k): str(v) for k, v in (row.texts or {}).items()})
 
 
-def store(conn: Connection, stage: str, snapshot: Snapshot, interval: Interval | None) -> None:
+def store(conn: Connection, stage: str, snapshot: Snapshot, interval: Interval | None, texts: dict[int, str]) -> None:
     values = {
+        "texts": {str(k): v for k, v in texts.items()},
         "taken_at": snapshot.taken_at,
         "stats_reset": snapshot.stats_reset,
         "counters": {k: [c, round(t, 3)] for k, (c, t) in snapshot.counters.items()},
@@ -229,10 +238,11 @@ class StatementsResult:
     reports: list[CheckReport]
     snapshot: Snapshot | None  # to store, when the run records
     interval: Interval | None
+    texts: dict[int, str]  # of the queries that alert now
 
 
-def check_slow_queries(conn: Connection, ctx: CheckContext, previous: Snapshot | None) -> StatementsResult:
-    """Compare this database's counters with `previous`; findings for queries slow in between."""
+def check_slow_queries(conn: Connection, ctx: CheckContext, previous: Stored | None) -> StatementsResult:
+    """Compare this database's counters with the `previous` snapshot; findings for queries slow in between."""
     s = ctx.settings
     try:
         current = take_snapshot(conn)
@@ -250,20 +260,21 @@ def check_slow_queries(conn: Connection, ctx: CheckContext, previous: Snapshot |
         report = CheckReport(
             "slow_queries", "Slow queries", "unavailable", finding.title, [finding], covers=("pg_stat_statements",)
         )
-        return StatementsResult([report], None, None)
+        return StatementsResult([report], None, None, {})
     if previous is None:
         summary = f"first snapshot taken ({len(current.counters)} statements); slow queries are measured from the next"
         report = CheckReport("slow_queries", "Slow queries", "ok", summary, covers=("pg_stat_statements",))
-        return StatementsResult([report], current, None)
-    interval = diff(previous, current)
+        return StatementsResult([report], current, None, {})
+    interval = diff(previous.snapshot, current)
     offenders = slow(interval, threshold_ms=s.slow_query_ms, min_calls=s.slow_query_min_calls)
-    texts = query_texts(conn, [q.queryid for q in offenders])
+    texts = {q.queryid: previous.texts[q.queryid] for q in offenders if q.queryid in previous.texts}
+    texts.update(query_texts(conn, [q.queryid for q in offenders if q.queryid not in texts]))
     findings = [
         Finding(
             check="slow_queries",
             object=f"queryid {q.queryid}",
             severity="critical" if q.mean_ms >= 10 * s.slow_query_ms else "warning",
-            title=f"slow query: mean {q.mean_ms:,.0f} ms over {q.calls:,} calls",
+            title=f"slow query: mean {q.mean_ms:,.0f} ms over {q.calls:,} call{'s' if q.calls != 1 else ''}",
             detail=(
                 f"`{texts.get(q.queryid, '(query text no longer available)')}`\n"
                 f"queryid {q.queryid}: {q.total_ms:,.0f} ms in total in the last {duration(interval.seconds)} "
@@ -291,4 +302,4 @@ def check_slow_queries(conn: Connection, ctx: CheckContext, previous: Snapshot |
         findings,
         covers=("slow_queries", "pg_stat_statements"),
     )
-    return StatementsResult([report], current, interval)
+    return StatementsResult([report], current, interval, texts)

@@ -1,0 +1,191 @@
+"""One full health-check round on the big dataset: database time and connections per round."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import psycopg
+from sqlalchemy import event
+
+from bench.common import BenchContext
+from bot.config import load_settings
+from bot.console.localslack import LocalSlack
+from bot.health.monitor import GROUPS
+from bot.runtime import Runtime
+
+ROLE = "mcp_health_bench"  # the health checks connect as this role, so pg_stat_statements can tell them apart
+ROUNDS = 10
+TARGET_MS = 50.0
+DISTINCT_STATEMENTS = 1000  # pg_stat_statements entries in the stage database, for a realistic snapshot
+
+DB_TIME = (
+    "SELECT coalesce(sum(total_exec_time + total_plan_time), 0), coalesce(sum(calls), 0) FROM pg_stat_statements"
+    " WHERE userid = (SELECT oid FROM pg_roles WHERE rolname = %s)"
+    " AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+TOP_STATEMENTS = (
+    "SELECT calls, (total_exec_time + total_plan_time) / calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 70)"
+    " FROM pg_stat_statements WHERE userid = (SELECT oid FROM pg_roles WHERE rolname = %s)"
+    " AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " ORDER BY total_exec_time + total_plan_time DESC LIMIT 6"
+)
+# The runbook's health check by hand: SELECT 1, active connections, slow queries by cumulative mean.
+RUNBOOK_SQL = (
+    "SELECT 1",
+    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'",
+    "SELECT query, mean_exec_time, calls FROM pg_stat_statements WHERE mean_exec_time > 1000"
+    " ORDER BY mean_exec_time DESC LIMIT 10",
+)
+
+
+COLUMNS = (
+    "t.id",
+    "t.created_at",
+    "t.mcp_server_id",
+    "t.tool_name",
+    "t.mcp_server_user_id",
+    "s.title",
+    "s.connection_date",
+)
+
+
+def _app_statement(i: int) -> str:
+    """One of DISTINCT_STATEMENTS different, cheap, ORM-sized statements (a distinct queryid each)."""
+    cols = [c for bit, c in enumerate(COLUMNS) if ((i % 127) + 1) >> bit & 1]
+    variant = i // 127
+    key = "t.id" if variant & 4 else "t.mcp_server_session_id"
+    return (
+        "SELECT t.id, t.created_at, t.tool_name, t.mcp_server_user_id, t.mcp_server_session_id, s.title,"
+        " s.connection_timestamp FROM mcp_tool_calls t JOIN mcp_server_session s"
+        f" ON s.mcp_server_session_id = t.mcp_server_session_id WHERE {key} = 'none'"
+        f" ORDER BY {', '.join(cols)}{' DESC' if variant & 1 else ''}{' LIMIT 50' if variant & 2 else ''}"
+    )
+
+
+def _prepare(ctx: BenchContext, url: str) -> str:
+    with psycopg.connect(ctx.dsn(url), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchone() is None:
+            conn.execute(f"CREATE ROLE {ROLE} LOGIN")
+        conn.execute(f"GRANT pg_monitor TO {ROLE}")
+        # Planning time counts as database time too.
+        conn.execute(f"ALTER ROLE {ROLE} SET pg_stat_statements.track_planning = on")
+        # A busy application's statistics: this bench cluster's leftovers out, DISTINCT_STATEMENTS in.
+        conn.execute("SELECT pg_stat_statements_reset()")
+        for i in range(DISTINCT_STATEMENTS):
+            conn.execute(_app_statement(i))
+        entries, chars = conn.execute("SELECT count(*), sum(length(query)) FROM pg_stat_statements").fetchone()
+        print(f"pg_stat_statements: {entries:,} entries, {chars / 1e6:.1f} MB of query text")
+    return url.replace("postgresql://postgres@", f"postgresql://{ROLE}@")
+
+
+def run(ctx: BenchContext) -> None:
+    url = ctx.clone("health")
+    stage_url = _prepare(ctx, url)
+    bot_db = f"bench_health_bot_{int(time.time())}"
+    slack = LocalSlack().start()
+    settings = load_settings(
+        {
+            "SLACK_SIGNING_SECRET": "bench-secret",
+            "SLACK_BOT_TOKEN": "xoxb-bench",
+            "SLACK_API_URL": slack.api_url,
+            "BOT_DATABASE_URL": ctx.cluster.create_database(bot_db, drop=True),
+            "DATABASE_URL_BENCH": stage_url,
+            "ALERT_CHANNEL": "CBENCHALERTS",
+            "SLOW_QUERY_MS": "2",  # pg_sleep(0.003) is slow here, so alerting rounds read query text
+        }
+    )
+    runtime = Runtime(settings)
+    runtime.start(workers=False)
+    stage = runtime.stages.get("bench")
+    monitor = runtime.health
+    connects = 0
+
+    def on_connect(*_: object) -> None:
+        nonlocal connects
+        connects += 1
+
+    event.listen(stage.component_engine("health"), "connect", on_connect)
+    observer = psycopg.connect(ctx.dsn(url), autocommit=True)
+
+    def db_time() -> tuple[float, int]:
+        ms, calls = observer.execute(DB_TIME, (ROLE,)).fetchone()
+        return float(ms), int(calls)
+
+    def measure(new_slow_query: bool) -> tuple[list[float], list[int], list[int], list[float], int, int]:
+        """ROUNDS full rounds, each after a scheduled snapshot; with a new slow query the round reads its text."""
+        times, counts, conns, walls = [], [], [], []
+        findings = checks = 0
+        for index in range(ROUNDS + 1):
+            monitor.run_group("bench", "statements")  # a fresh stored snapshot, as the schedule leaves it
+            if new_slow_query:
+                with psycopg.connect(ctx.dsn(url), autocommit=True) as conn:
+                    for _ in range(5):
+                        # a new shape each round, so a new queryid whose text is not cached yet
+                        conn.execute("SELECT pg_sleep(0.003 + " + " + ".join(["0"] * (index + 1)) + ")")
+            before_ms, before_calls = db_time()
+            connects_before = connects
+            started = time.perf_counter()
+            summary = monitor.run_now(stage)  # every check, as `/mcp health` runs them
+            wall = (time.perf_counter() - started) * 1000
+            after_ms, after_calls = db_time()
+            assert summary.round.reachable
+            findings, checks = len(summary.round.findings), len(summary.round.reports)
+            if index == 0:
+                continue  # warm-up
+            times.append(after_ms - before_ms)
+            counts.append(after_calls - before_calls)
+            conns.append(connects - connects_before)
+            walls.append(wall)
+        return times, counts, conns, walls, findings, checks
+
+    try:
+        worst = 0.0
+        all_conns: set[int] = set()
+        medians: dict[bool, float] = {}
+        for label, new_slow in (("quiet", False), ("with a new slow query", True)):
+            times, counts, conns, walls, findings, checks = measure(new_slow)
+            worst = max(worst, max(times))
+            medians[new_slow] = statistics.median(times)
+            all_conns |= set(conns)
+            print(
+                f"full round, {label} ({checks} checks, {findings} findings, {counts[0]} statements): "
+                f"database time median {statistics.median(times):.1f} ms, max {max(times):.1f} ms over {ROUNDS}; "
+                f"wall clock median {statistics.median(walls):.1f} ms incl. connect; connections {sorted(set(conns))}"
+            )
+        print(
+            f"target: <= {TARGET_MS:.0f} ms of database time per round: {'met' if worst <= TARGET_MS else 'MISSED'} "
+            f"(worst {worst:.1f} ms); one connection per round: {'met' if all_conns == {1} else 'MISSED'}"
+        )
+        median = medians[False]
+
+        for group in GROUPS:
+            before_ms, _ = db_time()
+            connects_before = connects
+            monitor.run_group("bench", group)
+            spent, _ = db_time()
+            print(
+                f"  scheduled group {group:<12} stage database time {spent - before_ms:6.1f} ms, "
+                f"connections {connects - connects_before}"
+            )
+
+        print("  where the time goes (health statements, mean per call incl. planning):")
+        for calls, mean_ms, query in observer.execute(TOP_STATEMENTS, (ROLE,)).fetchall():
+            print(f"    {mean_ms:6.2f} ms x {calls:>3}  {query}")
+
+        raw = psycopg.connect(stage_url, autocommit=True)
+        before_ms, _ = db_time()
+        for statement in RUNBOOK_SQL:
+            raw.execute(statement).fetchall()
+        runbook_ms = db_time()[0] - before_ms
+        raw.close()
+        ratio = median / runbook_ms if runbook_ms else float("inf")
+        print(
+            f"for scale: the runbook's three hand-run statements cost {runbook_ms:.1f} ms of database time "
+            f"(ratio {ratio:.1f}x, for {checks} checks instead of 3)"
+        )
+    finally:
+        observer.close()
+        runtime.close()
+        slack.stop()
+        ctx.cluster.drop_database(bot_db)
