@@ -151,6 +151,15 @@ def overview() -> str:
     return "\n".join(f"`{verb.usage()}`: {verb.summary}" for verb in VERBS.values())
 
 
+def usage_hint() -> str:
+    """The slash command's one-line hint in Slack's composer; manifest.yml must carry exactly this."""
+    words = []
+    for verb in VERBS.values():
+        required = " ".join(f"<{pos.name}>" for pos in verb.positionals if pos.required)
+        words.append(f"{verb.name} {required}".strip())
+    return " | ".join(words) + " [--stage <stage>]"
+
+
 def _unknown_verb(word: str) -> CommandError:
     close = difflib.get_close_matches(word, list(VERBS), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""

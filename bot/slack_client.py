@@ -6,6 +6,22 @@ from slack_sdk import WebClient
 
 from bot.config import Settings
 
+# Every Web API method the bot calls, with the bot scope it needs (None: no scope needed).
+# manifest.yml asks for exactly `commands` plus the scopes of the methods the code calls;
+# tests/test_deploy.py finds those calls in the source and fails on a method missing here.
+SLACK_METHOD_SCOPES: dict[str, str | None] = {
+    "chat.postMessage": "chat:write",
+    "chat.update": "chat:write",
+    "chat.postEphemeral": "chat:write",
+    "usergroups.users.list": "usergroups:read",
+    "users.info": "users:read",
+    "views.publish": None,  # App Home: no scope, only the app_home_opened event subscription
+    "views.open": None,
+    "views.update": None,
+}
+# Scopes that come from manifest features rather than Web API calls.
+FEATURE_SCOPES = frozenset({"commands"})
+
 
 def make_web_client(settings: Settings, *, timeout: int = 10) -> WebClient:
     """A client pointed at SLACK_API_URL, without the SDK's retry handlers.
