@@ -65,6 +65,7 @@ class AuditUnavailable(UserFacingError):
 OUTCOME_ICONS = {
     "ok": ":white_check_mark:",
     "denied": ":no_entry:",
+    "rate_limited": ":snail:",
     "bad_input": ":grey_question:",
     "not_found": ":mag:",
     "unavailable": ":electric_plug:",

@@ -35,7 +35,14 @@ schema_version = Table(
 )
 
 # Modules that declare tables on `metadata`; imported before create_all.
-TABLE_MODULES = ("bot.audit", "bot.outbox", "bot.scheduler", "bot.health.alerts", "bot.health.statements")
+TABLE_MODULES = (
+    "bot.audit",
+    "bot.outbox",
+    "bot.scheduler",
+    "bot.health.alerts",
+    "bot.health.statements",
+    "bot.ratelimit",
+)
 
 # Numbered changes to existing tables, applied once each, in order.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = []

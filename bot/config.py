@@ -80,6 +80,7 @@ class Settings:
     lock_timeout_ms: int = 3_000
     outbox_interval_s: float = 5.0
     health: HealthSettings = field(default_factory=HealthSettings)
+    rate_limit_per_minute: int = 10
 
     def stage_names(self) -> list[str]:
         return sorted(self.stages)
@@ -261,4 +262,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_slack: bool =
         lock_timeout_ms=_int(env, "STAGE_LOCK_TIMEOUT_MS", 3_000, 10, 600_000),
         outbox_interval_s=float(_int(env, "OUTBOX_INTERVAL_SECONDS", 5, 1, 3600)),
         health=_health(env, stages),
+        rate_limit_per_minute=_int(env, "RATE_LIMIT_PER_MINUTE", 10, 1, 10_000),
     )

@@ -42,3 +42,9 @@ class StageUnavailable(UserFacingError):
 
 class QueryTimeout(UserFacingError):
     outcome = "timeout"
+
+
+class RateLimited(UserFacingError):
+    """Too many mutating commands from one person in the last minute."""
+
+    outcome = "rate_limited"

@@ -21,6 +21,7 @@ from bot.botdb import create_bot_engine, migrate
 from bot.config import Settings
 from bot.health.monitor import HealthMonitor
 from bot.outbox import Outbox, OutboxWorker
+from bot.ratelimit import RateLimiter
 from bot.scheduler import JobScheduler
 from bot.slack_client import make_web_client
 from bot.stages import StageRegistry
@@ -38,6 +39,7 @@ class Runtime:
         self.stages = StageRegistry(settings)
         self.bot_engine = create_bot_engine(settings.bot_database_url)
         self.policy = AccessPolicy(settings)
+        self.rate_limiter = RateLimiter(self.bot_engine, settings.rate_limit_per_minute)
         self.slack = make_web_client(settings)
         self.outbox = Outbox(self.bot_engine, self.slack)
         self.outbox_worker = OutboxWorker(self.outbox, settings.outbox_interval_s)

@@ -15,7 +15,7 @@ from typing import Any
 
 from bot import metrics
 from bot.audit import AuditEntry
-from bot.commands import ParsedCommand, parse
+from bot.commands import VERBS, ParsedCommand, parse
 from bot.errors import UserFacingError
 from bot.logs import request_id_var
 from bot.runtime import Runtime
@@ -90,7 +90,11 @@ class CommandService:
             importlib.import_module(module)
 
     def prepare(self, invocation: Invocation, *, cursor: str | None = None, seen: int = 0) -> CommandRequest:
-        """Parse, resolve the stage and authorise; raises UserFacingError. No I/O."""
+        """Parse, resolve the stage and authorise; raises UserFacingError.
+
+        No I/O for read-only verbs, so their ack stays fast; a mutating verb also counts against
+        the person's rate limit (one small bot-database transaction).
+        """
         parsed = parse(invocation.text)
         self.runtime.policy.check_verb(invocation.user_id, parsed.verb)
         stage: Stage | None = None
@@ -98,11 +102,15 @@ class CommandService:
             stage = self.runtime.stages.resolve(parsed.stage, invocation.channel_id)
         elif parsed.verb.stage == "optional" and parsed.stage:
             stage = self.runtime.stages.get(parsed.stage)
+        if parsed.verb.mutating:  # last, so a command refused for another reason costs nothing
+            self.runtime.rate_limiter.check(invocation.user_id)
         return CommandRequest(invocation=invocation, parsed=parsed, stage=stage, cursor=cursor, seen=max(seen, 0))
 
     def refuse(self, invocation: Invocation, error: UserFacingError) -> None:
         """Audit a command that never ran (bad input, no permission, unknown stage)."""
-        metrics.commands_total.labels(verb=_verb_word(invocation.text), outcome=error.outcome).inc()
+        word = _verb_word(invocation.text).lower()
+        # Only known verbs become label values: free text must not grow the metric without bound.
+        metrics.commands_total.labels(verb=word if word in VERBS else "unknown", outcome=error.outcome).inc()
         self.runtime.audit.record(
             AuditEntry(
                 actor=invocation.user_id,
