@@ -8,6 +8,8 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from bot.pii import scrub
@@ -17,10 +19,33 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
-def new_request_id() -> str:
+NO_REQUEST = "-"
+
+
+def assign_request_id() -> str:
+    """Give the request being received a fresh id (the HTTP layer calls this first)."""
     rid = uuid.uuid4().hex[:12]
     request_id_var.set(rid)
     return rid
+
+
+def clear_request_id() -> None:
+    """Forget the id when the request is done, so a reused thread does not carry it on."""
+    request_id_var.set(NO_REQUEST)
+
+
+def new_request_id() -> str:
+    """The id of the unit of work a listener starts: the HTTP request's, or a fresh one
+    (Socket Mode, the console). Listener threads inherit the HTTP thread's context."""
+    rid = request_id_var.get()
+    return rid if rid != NO_REQUEST else assign_request_id()
+
+
+class ContextThreadPoolExecutor(ThreadPoolExecutor):
+    """Runs each task in a copy of the submitter's context, so the request id follows the work."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
 
 
 class JsonFormatter(logging.Formatter):

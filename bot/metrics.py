@@ -1,8 +1,20 @@
-"""Prometheus metrics, defined once and shared by every module that counts something."""
+"""Prometheus metrics: counters defined once for every module that counts something, and
+gauges read at scrape time from the bot database and the connection pools.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from sqlalchemy import Connection, Engine, column, func, inspect, select, table
+from sqlalchemy.exc import SQLAlchemyError
+
+log = logging.getLogger(__name__)
 
 registry = CollectorRegistry(auto_describe=True)
 
@@ -18,4 +30,117 @@ ack_latency_seconds = Histogram(
 command_duration_seconds = Histogram(
     "mcp_ops_command_duration_seconds", "Time to complete a command after its ack", ["verb"], registry=registry
 )
-outbox_backlog = Gauge("mcp_ops_outbox_backlog", "Slack posts waiting in the outbox", registry=registry)
+http_refused_total = Counter(
+    "mcp_ops_http_refused_total",
+    "Slack requests refused before any listener ran, by HTTP status",
+    ["status"],
+    registry=registry,
+)
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    checked_out: int
+    open: int
+    capacity: int
+
+
+def pool_usage(engine: Engine | None) -> PoolUsage:
+    """Connections in use, open, and the most the pool may open; zeros for an engine not created yet."""
+    if engine is None:
+        return PoolUsage(0, 0, 0)
+    pool = engine.pool
+    checked_out = int(getattr(pool, "checkedout", lambda: 0)())
+    checked_in = int(getattr(pool, "checkedin", lambda: 0)())
+    capacity = int(getattr(pool, "size", lambda: 0)()) + max(int(getattr(pool, "_max_overflow", 0)), 0)
+    return PoolUsage(checked_out, checked_out + checked_in, capacity)
+
+
+# Bot-database tables owned by other modules (approvals: issue 4, alerts: issue 6), counted by
+# state when they exist. Adjust the names here when those modules land; nothing else refers to them.
+APPROVAL_TABLE = "approval"
+APPROVAL_STATE_COLUMN = "state"
+ALERT_TABLE = "alert"
+ALERT_STATE_COLUMN = "state"
+ALERT_STAGE_COLUMN = "stage"
+ALERT_FIRING_STATE = "firing"
+
+
+def approval_and_alert_gauges(conn: Connection) -> Iterator[Metric]:
+    """Approvals by state and firing alerts per stage, read from the bot database if the tables exist."""
+    inspector = inspect(conn)
+    if inspector.has_table(APPROVAL_TABLE):
+        approvals = table(APPROVAL_TABLE, column(APPROVAL_STATE_COLUMN))
+        state = approvals.c[APPROVAL_STATE_COLUMN]
+        gauge = GaugeMetricFamily("mcp_ops_approvals", "Approval requests by state", labels=["state"])
+        for value, count in conn.execute(select(state, func.count()).group_by(state)):
+            gauge.add_metric([str(value)], count)
+        yield gauge
+    if inspector.has_table(ALERT_TABLE):
+        columns = {c["name"] for c in inspector.get_columns(ALERT_TABLE)}
+        stage_col = ALERT_STAGE_COLUMN if ALERT_STAGE_COLUMN in columns else None
+        alerts = table(ALERT_TABLE, *(column(c) for c in (ALERT_STATE_COLUMN, stage_col) if c))
+        firing = alerts.c[ALERT_STATE_COLUMN] == ALERT_FIRING_STATE
+        gauge = GaugeMetricFamily("mcp_ops_alerts_firing", "Alerts currently firing, by stage", labels=["stage"])
+        if stage_col:
+            stage = alerts.c[stage_col]
+            for value, count in conn.execute(select(stage, func.count()).where(firing).group_by(stage)):
+                gauge.add_metric([str(value or "")], count)
+        else:
+            gauge.add_metric([""], conn.execute(select(func.count()).select_from(alerts).where(firing)).scalar_one())
+        yield gauge
+
+
+def outbox_backlog(conn: Connection) -> int:
+    from bot.outbox import outbox
+
+    pending = outbox.c.delivered_at.is_(None) & outbox.c.dead_at.is_(None)
+    return int(conn.execute(select(func.count()).select_from(outbox).where(pending)).scalar_one())
+
+
+class ScrapeCollector:
+    """What one scrape reads from the running bot: pools, the outbox and state tables."""
+
+    def __init__(self, bot_engine: Engine, stage_engines: Mapping[str, Engine | None], *, draining: bool) -> None:
+        self.bot_engine = bot_engine
+        self.stage_engines = stage_engines
+        self.draining = draining
+
+    def collect(self) -> Iterable[Metric]:
+        yield from registry.collect()
+        checked_out = GaugeMetricFamily(
+            "mcp_ops_db_pool_checked_out", "Database connections in use, per database", labels=["database"]
+        )
+        opened = GaugeMetricFamily(
+            "mcp_ops_db_pool_open", "Database connections open, per database", labels=["database"]
+        )
+        capacity = GaugeMetricFamily(
+            "mcp_ops_db_pool_size", "Most connections the pool may open, per database", labels=["database"]
+        )
+        engines: dict[str, Engine | None] = {"bot": self.bot_engine}
+        engines.update({f"stage:{name}": engine for name, engine in self.stage_engines.items()})
+        for label, engine in engines.items():
+            usage = pool_usage(engine)
+            checked_out.add_metric([label], usage.checked_out)
+            opened.add_metric([label], usage.open)
+            capacity.add_metric([label], usage.capacity)
+        yield from (checked_out, opened, capacity)
+        yield GaugeMetricFamily("mcp_ops_draining", "1 while the process drains before exit", value=int(self.draining))
+        up = GaugeMetricFamily("mcp_ops_bot_database_up", "1 if this scrape could read the bot database")
+        try:
+            with self.bot_engine.connect() as conn:
+                backlog = outbox_backlog(conn)
+                state_metrics = list(approval_and_alert_gauges(conn))
+        except SQLAlchemyError as exc:
+            log.warning("metrics: bot database unavailable", extra={"error": type(exc).__name__})
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield GaugeMetricFamily("mcp_ops_outbox_backlog", "Slack posts waiting in the outbox", value=backlog)
+        yield from state_metrics
+
+
+def exposition(collector: ScrapeCollector) -> bytes:
+    return generate_latest(collector)  # type: ignore[arg-type]

@@ -11,6 +11,10 @@ SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(postgres(?:ql)?(?:\+\w+)?)://[^\s'\"]+", re.IGNORECASE), r"\1://***"),
     (re.compile(r"(?i)\b(password|passwd|pwd|secret|token)\s*([=:])\s*[^\s,;'\"]+"), r"\1\2***"),
     (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "AKIA***"),
+    # Credentials in any other URL, Slack's response_url capability links, bearer tokens.
+    (re.compile(r"\b([a-z][a-z0-9+.\-]*)://[^\s/@'\"]+@", re.IGNORECASE), r"\1://***@"),
+    (re.compile(r"https://hooks\.slack\.com/[^\s'\"]+"), "https://hooks.slack.com/***"),
+    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]+=*"), "Bearer ***"),
 )
 
 

@@ -9,8 +9,9 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
@@ -22,6 +23,7 @@ from bot.config import Settings
 from bot.health.monitor import HealthMonitor
 from bot.outbox import Outbox, OutboxWorker
 from bot.ratelimit import RateLimiter
+from bot.readiness import ReadinessProbe
 from bot.scheduler import JobScheduler
 from bot.slack_client import make_web_client
 from bot.stages import StageRegistry
@@ -49,13 +51,40 @@ class Runtime:
         self.health = HealthMonitor(settings, self.stages, self.bot_engine, self.audit, self.outbox_worker.notify)
         # Slow work runs here, after the Slack ack, so listener threads are free to ack the next request.
         self._jobs = ThreadPoolExecutor(max_workers=16, thread_name_prefix="job")
+        self.readiness = ReadinessProbe(
+            self.bot_engine, self.stages.all, timeout_s=settings.connect_timeout_s, draining=lambda: not self.accepting
+        )
         self._accepting = threading.Event()
         self._accepting.set()
+        # Requests being handled plus jobs queued or running: draining waits for zero.
+        self._busy = 0
+        self._idle = threading.Condition()
         self._started = False
+        self._closed = False
+        self._close_lock = threading.Lock()
 
     @property
     def accepting(self) -> bool:
         return self._accepting.is_set()
+
+    def _enter(self) -> None:
+        with self._idle:
+            self._busy += 1
+
+    def _leave(self, *_: Any) -> None:
+        with self._idle:
+            self._busy -= 1
+            if self._busy == 0:
+                self._idle.notify_all()
+
+    @contextmanager
+    def handling_request(self) -> Iterator[bool]:
+        """Count a request while it is handled; yields False once draining has begun (refuse it)."""
+        self._enter()  # before looking at `accepting`, so drain() either waits for us or we see it
+        try:
+            yield self.accepting
+        finally:
+            self._leave()
 
     def submit(self, func: Callable[..., Any], *args: Any) -> Future[Any]:
         """Run `func` after the ack; exceptions are logged, never lost silently."""
@@ -67,7 +96,14 @@ class Runtime:
                 log.exception("background job failed", extra={"job": getattr(func, "__name__", "?")})
                 raise
 
-        return self._jobs.submit(contextvars.copy_context().run, guarded)
+        self._enter()
+        try:
+            future = self._jobs.submit(contextvars.copy_context().run, guarded)
+        except BaseException:
+            self._leave()
+            raise
+        future.add_done_callback(self._leave)
+        return future
 
     def start(self, *, wait_for_bot_db: float = 30.0, workers: bool = True) -> None:
         """Migrate the bot database (waiting a while for it) and start background workers."""
@@ -87,14 +123,30 @@ class Runtime:
             self.scheduler.start()
         self._started = True
 
-    def drain(self) -> None:
-        """Stop taking work and wait for what is running (deletes finish or roll back)."""
-        self._accepting.clear()
-        self._jobs.shutdown(wait=True)
+    def drain(self, timeout: float | None = None) -> bool:
+        """Stop taking work and wait for what was accepted (a delete finishes or rolls back).
 
-    def close(self) -> None:
-        self.scheduler.shutdown(wait=True)
-        self.drain()
-        self.outbox_worker.stop(flush=self._started)
-        self.stages.dispose()
-        self.bot_engine.dispose()
+        True if everything finished within `timeout`; what is still running then is cut off
+        when the process exits, and its open transactions roll back in PostgreSQL.
+        """
+        self._accepting.clear()
+        with self._idle:
+            finished = self._idle.wait_for(lambda: self._busy == 0, timeout)
+        self._jobs.shutdown(wait=finished)
+        if not finished:
+            log.warning("drain timed out; unfinished work will roll back", extra={"busy": self._busy})
+        return finished
+
+    def close(self, timeout: float | None = None) -> None:
+        """Drain, flush the outbox and release connections; safe to call twice."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._accepting.clear()
+            self.scheduler.shutdown(wait=True)
+            self.drain(timeout)
+            self.outbox_worker.stop(flush=self._started)
+            self.stages.dispose()
+            self.bot_engine.dispose()
+            log.info("drained and closed")

@@ -92,6 +92,11 @@ class Stage:
                 self._engine = self._create_engine()
             return self._engine
 
+    @property
+    def created_engine(self) -> Engine | None:
+        """The engine if something has used the stage yet; metrics look without creating one."""
+        return self._engine
+
     def component_engine(self, component: str) -> Engine:
         """A separate engine for a background component (health checks, backups).
 

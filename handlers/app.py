@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from slack_bolt import App, BoltResponse
 from slack_bolt.authorization import AuthorizeResult
 from slack_sdk import WebClient
 
+from bot.logs import ContextThreadPoolExecutor
 from bot.runtime import Runtime
 from bot.service import CommandService
 from handlers import actions, commands
@@ -33,7 +33,7 @@ def build_app(runtime: Runtime) -> App:
         client=WebClient(base_url=settings.slack_api_url, timeout=10),
         authorize=authorize,
         process_before_response=False,
-        listener_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="listener"),
+        listener_executor=ContextThreadPoolExecutor(max_workers=32, thread_name_prefix="listener"),
         request_verification_enabled=True,
         url_verification_enabled=True,
         ssl_check_enabled=True,

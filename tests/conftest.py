@@ -273,6 +273,18 @@ def bot(make_bot: Callable[..., BotHarness], stage_db: StageDb) -> BotHarness:
     return make_bot({"dev": stage_db.url, "production": stage_db.url})
 
 
+def eventually(predicate: Callable[[], Any], timeout: float = 15, interval: float = 0.05) -> Any:
+    """Poll until predicate() is truthy; return its last value (falsy on timeout)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
 def psql_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
         return conn.execute(sql).fetchall()
