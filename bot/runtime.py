@@ -130,6 +130,7 @@ class Runtime:
         when the process exits, and its open transactions roll back in PostgreSQL.
         """
         self._accepting.clear()
+        log.info("draining: refusing new work", extra={"in_flight": self._busy})
         with self._idle:
             finished = self._idle.wait_for(lambda: self._busy == 0, timeout)
         self._jobs.shutdown(wait=finished)

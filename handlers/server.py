@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from handlers.app import build_app
 from handlers.http import EVENTS_PATH, create_wsgi_app
 
 log = logging.getLogger(__name__)
+
+SHM = "/dev/shm"  # noqa: S108 - gunicorn's per-worker heartbeat file, the documented place for it
 
 
 def build_wsgi(runtime: Runtime) -> Flask:
@@ -52,38 +55,74 @@ def serve_in_thread(wsgi: Flask, port: int = 0) -> ThreadedServer:
 def run_gunicorn(
     make_runtime: Callable[[], Runtime], *, host: str, port: int, threads: int, graceful_timeout: int
 ) -> None:
-    """Serve with gunicorn (one worker process, many threads).
+    """Serve with gunicorn: one worker process (the runtime's job pool and outbox live in it), many threads.
 
-    The runtime is built inside the worker, after the fork, so its threads live there. On
-    SIGTERM gunicorn stops accepting, waits for in-flight requests, and the worker then
-    drains background jobs (a running delete finishes or rolls back) and flushes the outbox.
+    On SIGTERM the worker drains before it stops listening: new Slack requests get 503 (a load
+    balancer or Slack's retry sends them to another replica), accepted work finishes within
+    80% of `graceful_timeout` (or is cut off and its transactions roll back), the outbox is
+    flushed, and only then does gunicorn close the worker.
     """
     from gunicorn.app.base import BaseApplication
+    from gunicorn.glogging import Logger
+    from gunicorn.workers.gthread import ThreadWorker
 
-    holder: dict[str, Runtime] = {}
+    from bot.logs import JsonFormatter
+
+    class JsonLogger(Logger):
+        """gunicorn's own lines as JSON too, like every other line the process writes."""
+
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            for logger in (self.error_log, self.access_log):
+                for handler in logger.handlers:
+                    handler.setFormatter(JsonFormatter())
+
+    class DrainingWorker(ThreadWorker):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            runtime = getattr(self.app, "runtime", None)
+            if runtime is None or getattr(self, "draining", False):
+                super().handle_exit(sig, frame)
+                return
+            self.draining = True
+            threading.Thread(target=self._drain_then_exit, args=(runtime, sig), name="drain", daemon=True).start()
+
+        def _drain_then_exit(self, runtime: Runtime, sig: int) -> None:
+            log.info("SIGTERM: draining")
+            try:
+                runtime.close(timeout=max(graceful_timeout * 0.8, 1.0))
+            finally:
+                ThreadWorker.handle_exit(self, sig, None)
 
     def worker_exit(server: Any, worker: Any) -> None:
-        runtime = holder.get("runtime")
+        runtime = getattr(worker.app, "runtime", None)
         if runtime is not None:
-            log.info("draining before exit")
-            runtime.close()
+            runtime.close(timeout=max(graceful_timeout * 0.5, 1.0))
 
     class Gunicorn(BaseApplication):
+        runtime: Runtime | None = None
+
         def load_config(self) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", 1)
-            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("worker_class", DrainingWorker)
             self.cfg.set("threads", threads)
             self.cfg.set("graceful_timeout", graceful_timeout)
             self.cfg.set("timeout", 60)
+            self.cfg.set("keepalive", 5)
             self.cfg.set("accesslog", None)
+            self.cfg.set("logger_class", JsonLogger)
             self.cfg.set("worker_exit", worker_exit)
+            self.cfg.set("control_socket_disable", True)  # nothing manages it; replicas on one host would clash
             self.cfg.set("limit_request_line", 8190)
+            self.cfg.set("limit_request_fields", 100)
+            self.cfg.set("limit_request_field_size", 8190)
+            if os.path.isdir(SHM):  # the heartbeat file off overlay filesystems (containers)
+                self.cfg.set("worker_tmp_dir", SHM)
 
         def load(self) -> Flask:
             runtime = make_runtime()
             runtime.start()
-            holder["runtime"] = runtime
+            self.runtime = runtime
             return build_wsgi(runtime)
 
     Gunicorn().run()
