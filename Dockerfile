@@ -1,5 +1,8 @@
 # syntax=docker/dockerfile:1
-# Build stage: turn the project into wheels (ours and every dependency).
+# mcp-ops: `docker build -t mcp-ops .`, then run with the environment from README.md (nothing secret is baked in).
+# tests/test_docker_install.py runs this file's pip steps in a fresh virtualenv and checks its other promises.
+
+# Build stage: the project and every dependency as wheels.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -7,15 +10,24 @@ COPY bot ./bot
 COPY handlers ./handlers
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
-# Runtime stage: only the installed wheels, a non-root user, no secrets.
+# Runtime stage: a virtualenv holding only the installed wheels, pg_dump for backups, a non-root user.
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 --create-home --home-dir /app mcpops
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends postgresql-client \
+    && rm -rf /var/lib/apt/lists/*
+RUN groupadd --system --gid 10001 mcpops \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /app --shell /usr/sbin/nologin mcpops \
+    && mkdir /app && chown mcpops:mcpops /app
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels mcp-ops && rm -rf /wheels
-USER mcpops
+RUN python -m venv /opt/mcp-ops \
+    && /opt/mcp-ops/bin/pip install --no-cache-dir --no-index --find-links /wheels mcp-ops \
+    && rm -rf /wheels
+ENV PATH=/opt/mcp-ops/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PORT=3000
+USER 10001:10001
 WORKDIR /app
-ENV PORT=3000 PYTHONUNBUFFERED=1
 EXPOSE 3000
-HEALTHCHECK --interval=30s --timeout=3s --start-period=20s --retries=3 \
-  CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '3000'), timeout=2)"
+# SIGTERM drains (see README, Deployment): give it --stop-timeout / terminationGracePeriodSeconds above 120 s.
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=30s --timeout=3s --start-period=30s --retries=3 \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '3000'), timeout=2)"
 CMD ["mcp-ops", "serve"]

@@ -34,12 +34,14 @@ class ServeProcess:
         command: Sequence[str] | None = None,
         port: int | None = None,
         args: Sequence[str] = (),
+        cwd: Path | None = None,
     ) -> None:
         self.port = port or free_port()
         self.command = list(command or [sys.executable, "-m", "bot.cli"])
         self.args = list(args)
         self.env = {k: os.environ[k] for k in PASS_THROUGH if k in os.environ} | dict(env)
         self.log_path = log_path
+        self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,7 +59,7 @@ class ServeProcess:
         argv = [*self.command, "serve", "--host", "127.0.0.1", "--port", str(self.port), *self.args]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
