@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
+from urllib.parse import unquote_plus
 
 from bot.pii import scrub
 
@@ -48,6 +50,17 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
         return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
 
 
+PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def clean(text: str) -> str:
+    """Scrub a log message; form-encoded text (request bodies quoted by libraries) is decoded
+    first, so `jane%40example.com` or an encoded token cannot slip past the patterns."""
+    if PERCENT_ESCAPE.search(text):
+        text = unquote_plus(text)
+    return scrub(text)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -55,14 +68,14 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "request_id": request_id_var.get(),
-            "msg": scrub(record.getMessage()),
+            "msg": clean(record.getMessage()),
         }
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
-                entry[key] = scrub(value) if isinstance(value, str) else value
+                entry[key] = clean(value) if isinstance(value, str) else value
         if record.exc_info:
-            entry["exc"] = scrub(self.formatException(record.exc_info))
-        return json.dumps(entry, default=lambda v: scrub(str(v)))
+            entry["exc"] = clean(self.formatException(record.exc_info))
+        return json.dumps(entry, default=lambda v: clean(str(v)))
 
 
 def configure_logging(level: str = "INFO", stream: Any = None) -> None:
