@@ -52,7 +52,7 @@ outbox = Table(
     Column("result", JSONB),
 )
 
-MAX_BACKOFF = timedelta(minutes=30)
+MAX_BACKOFF = timedelta(minutes=5)  # a long Slack outage still ends with delivery minutes after it
 PERMANENT_ATTEMPTS = 20  # a payload Slack keeps refusing (not a 429/5xx) is given up after this
 
 
@@ -164,14 +164,30 @@ class Outbox:
         description = f"HTTP {status}" if status else type(exc).__name__
         if error:
             description += f" {error}"
+        until = datetime.now(UTC) + timedelta(seconds=wait)
         values: dict[str, Any] = {
             "attempts": attempts,
             "last_error": scrub(description)[:300],
-            "next_attempt_at": datetime.now(UTC) + timedelta(seconds=wait),
+            "next_attempt_at": until,
         }
         if not transient and attempts >= PERMANENT_ATTEMPTS:
             values["dead_at"] = func.now()
         conn.execute(update(outbox).where(outbox.c.id == row.id).values(**values))
+        if status == 429:
+            # Slack limits a method for the whole app: every queued call of it waits (in every
+            # replica, since the wait is in the table) instead of each spending an attempt on a 429.
+            # Rows another replica holds are skipped, not waited for.
+            waiting = (
+                select(outbox.c.id)
+                .where(
+                    outbox.c.method == row.method,
+                    outbox.c.delivered_at.is_(None),
+                    outbox.c.dead_at.is_(None),
+                    outbox.c.next_attempt_at < until,
+                )
+                .with_for_update(skip_locked=True)
+            )
+            conn.execute(update(outbox).where(outbox.c.id.in_(waiting)).values(next_attempt_at=until))
         log.warning("slack delivery postponed", extra={"outbox_id": row.id, "error": description, "wait_s": wait})
         return "postponed" if transient else "failed"
 
