@@ -48,3 +48,9 @@ class RateLimited(UserFacingError):
     """Too many mutating commands from one person in the last minute."""
 
     outcome = "rate_limited"
+
+
+class BotDatabaseUnreachable(UserFacingError):
+    """The bot's own database (audit, approvals, outbox) did not answer."""
+
+    outcome = "unavailable"

@@ -13,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 from bot import metrics
 from bot.audit import AuditEntry
 from bot.commands import VERBS, ParsedCommand, parse
-from bot.errors import UserFacingError
+from bot.errors import BotDatabaseUnreachable, UserFacingError
 from bot.logs import request_id_var
 from bot.runtime import Runtime
 from bot.stages import Stage
@@ -128,6 +130,10 @@ class CommandService:
             outcome.result = OPERATIONS[request.verb](self.runtime, request)
         except UserFacingError as exc:
             outcome.error = exc
+        except OperationalError as exc:
+            # Stage errors arrive translated by Stage.read/write, so a raw one is the bot database.
+            log.warning("bot database unavailable", extra={"verb": request.verb, "error": type(exc.orig).__name__})
+            outcome.error = BotDatabaseUnreachable("the bot database is unavailable right now; try again shortly")
         except Exception:
             reference = request_id_var.get()
             log.exception("command failed", extra={"verb": request.verb})
