@@ -100,7 +100,12 @@ class ParsedCommand:
             flag = self.verb.flag(name)
             if flag is None or value == flag.default:
                 continue
-            parts.append(f"--{name}" if flag.kind == "bool" else f"--{name} {shlex.quote(str(value))}")
+            if flag.kind == "bool":
+                parts.append(f"--{name}")
+            elif str(value).startswith("-"):  # `--reason --x` would read --x as the next option
+                parts.append(f"--{name}={shlex.quote(str(value))}")
+            else:
+                parts.append(f"--{name} {shlex.quote(str(value))}")
         if self.stage and include_stage:
             parts.append(f"--stage {self.stage}")
         return " ".join(parts)
