@@ -31,6 +31,12 @@ from bot.stages import StageRegistry
 log = logging.getLogger(__name__)
 
 
+# A background job waits until no Slack request has been in flight for ACK_QUIET_S, or at
+# most ACK_PRIORITY_WAIT_S, so that acks in a burst are not slowed by the work they started.
+ACK_PRIORITY_WAIT_S = 2.0
+ACK_QUIET_S = 0.02
+
+
 class BotDatabaseUnavailable(RuntimeError):
     pass
 
@@ -59,6 +65,10 @@ class Runtime:
         # Requests being handled plus jobs queued or running: draining waits for zero.
         self._busy = 0
         self._idle = threading.Condition()
+        # Requests being handled right now: jobs hold back while there are any (see submit).
+        self._requests = 0
+        self._last_request = 0.0
+        self._quiet = threading.Condition()
         self._started = False
         self._closed = False
         self._close_lock = threading.Lock()
@@ -81,15 +91,43 @@ class Runtime:
     def handling_request(self) -> Iterator[bool]:
         """Count a request while it is handled; yields False once draining has begun (refuse it)."""
         self._enter()  # before looking at `accepting`, so drain() either waits for us or we see it
+        with self._quiet:
+            self._requests += 1
         try:
             yield self.accepting
         finally:
+            with self._quiet:
+                self._requests -= 1
+                self._last_request = time.monotonic()
+                if self._requests == 0:
+                    self._quiet.notify_all()
             self._leave()
+
+    def _yield_to_acks(self) -> None:
+        """Let requests being acknowledged go first, for a moment at most.
+
+        Slack gives an ack 3 seconds and a reply 30 minutes; in a burst of commands, jobs that
+        start at once would compete with the acks for the interpreter and make them late.
+        """
+        deadline = time.monotonic() + ACK_PRIORITY_WAIT_S
+        with self._quiet:
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    return
+                if self._requests == 0:
+                    calm = now - self._last_request
+                    if calm >= ACK_QUIET_S:
+                        return
+                    self._quiet.wait(min(ACK_QUIET_S - calm, deadline - now))
+                else:
+                    self._quiet.wait(deadline - now)
 
     def submit(self, func: Callable[..., Any], *args: Any) -> Future[Any]:
         """Run `func` after the ack; exceptions are logged, never lost silently."""
 
         def guarded() -> Any:
+            self._yield_to_acks()
             try:
                 return func(*args)
             except Exception:

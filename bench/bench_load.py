@@ -1,0 +1,142 @@
+"""200 concurrent signed slash commands against one `mcp-ops serve` process: ack latency.
+
+The server is the production one (gunicorn, `mcp-ops serve` in a subprocess) on the default
+demo-size dataset; every request is a correctly signed `/mcp` command (a mix of `find`,
+`stats`, `list` and `help`), all 200 sent at once from asyncio clients on loopback.
+Latency is measured by the client, from sending the request to reading the ack: what Slack's
+3-second clock sees. Targets: p99 < 500 ms, none over 3 s, zero errors; and every command's
+reply and audit row must arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+
+from bench.common import BenchContext
+from bot.console.client import SlackRequestSender, sign
+from bot.console.localslack import LocalSlack
+from bot.console.process import ServeProcess
+from bot.platform.demo_data import DatasetSpec
+
+CONCURRENCY = 200
+SECRET = "bench-load-signing-secret"  # noqa: S105 - a local benchmark's own key
+OPERATOR = "UBENCHOPS1"
+SPEC = DatasetSpec()
+TARGET_P99_S = 0.5
+TARGET_MAX_S = 3.0
+
+
+def _request_bytes(host: str, port: int, path: str, body: bytes) -> bytes:
+    timestamp = int(time.time())
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body)}\r\nX-Slack-Request-Timestamp: {timestamp}\r\n"
+        f"X-Slack-Signature: {sign(SECRET, body, timestamp)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _one(host: str, port: int, raw: bytes, start: asyncio.Event) -> tuple[float, int]:
+    reader, writer = await asyncio.open_connection(host, port)
+    await start.wait()
+    began = time.perf_counter()
+    writer.write(raw)
+    await writer.drain()
+    status_line = await reader.readline()
+    await reader.read()  # the rest of the ack; the server closes the connection
+    elapsed = time.perf_counter() - began
+    writer.close()
+    parts = status_line.split()
+    return elapsed, int(parts[1]) if len(parts) > 1 else 0
+
+
+async def _burst(host: str, port: int, requests: list[bytes]) -> list[tuple[float, int] | BaseException]:
+    start = asyncio.Event()
+    tasks = [asyncio.create_task(_one(host, port, raw, start)) for raw in requests]
+    await asyncio.sleep(0.2)  # every connection open and waiting: then all requests go at once
+    start.set()
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+
+
+def run(ctx: BenchContext) -> None:
+    stage_url = ctx.clone("load", spec=SPEC)
+    bot_db = ctx.cluster.create_database(f"bench_load_bot_{time.time_ns()}", drop=True)
+    slack = LocalSlack().start()
+    env = {
+        "SLACK_SIGNING_SECRET": SECRET,
+        "SLACK_BOT_TOKEN": "xoxb-bench-load",
+        "SLACK_API_URL": slack.api_url,
+        "BOT_DATABASE_URL": bot_db,
+        "DATABASE_URL_BENCH": stage_url,
+        "OPERATORS": OPERATOR,
+        "AUDIT_CHANNEL": "CBENCHAUDIT",
+        "LOG_LEVEL": "WARNING",
+    }
+    log_path = Path(tempfile.mkdtemp(prefix="mcp-ops-bench-load-")) / "serve.log"
+    server = ServeProcess(env, log_path).start()
+    try:
+        parts = urlsplit(server.events_url)
+        host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path
+        sender = SlackRequestSender(server.events_url, SECRET, response_base=slack.base_url)
+        texts = [
+            f"find {SPEC.big_slug} --stage bench",
+            f"stats {SPEC.big_slug} --stage bench --days 7",
+            "list --limit 5 --stage bench",
+            "help",
+        ]
+        for text in texts:  # warm-up: first imports, pool connections, compiled-statement caches
+            sender.slash(text, user=OPERATOR, channel="CBENCH")
+        reply_urls = [sender.new_response_url() for _ in range(CONCURRENCY)]
+        reply_paths = {urlsplit(url).path for url in reply_urls}
+        bodies = [
+            sender.slash_body(texts[i % len(texts)], user=OPERATOR, channel="CBENCH", response_url=url)
+            for i, url in enumerate(reply_urls)
+        ]
+        results = asyncio.run(_burst(host, port, [_request_bytes(host, port, path, b) for b in bodies]))
+
+        latencies = [r[0] for r in results if not isinstance(r, BaseException) and r[1] == 200]
+        errors = len(results) - len(latencies)
+        print(f"{CONCURRENCY} concurrent signed slash commands to one `mcp-ops serve` (gunicorn, 1 worker):")
+        if latencies:
+            p50, p99, worst = (
+                statistics.median(latencies),
+                _percentile(latencies, 0.99),
+                max(latencies),
+            )
+            print(f"  ack latency p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {worst * 1000:.0f} ms")
+        else:
+            p99 = worst = float("inf")
+        statuses = sorted({r[1] for r in results if not isinstance(r, BaseException)})
+        print(f"  errors: {errors} (HTTP statuses seen: {statuses})")
+
+        def replies() -> int:
+            return len({c.path for c in slack.calls_to("response_url")} & reply_paths)
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and replies() < CONCURRENCY:
+            time.sleep(0.2)
+        with psycopg.connect(ctx.dsn(bot_db)) as conn:
+            audited = conn.execute("SELECT count(*) FROM audit_log").fetchone()[0] - len(texts)
+        delivered = replies()
+        print(f"  replies delivered: {delivered}/{CONCURRENCY}, audit rows: {audited}/{CONCURRENCY}")
+        met = p99 < TARGET_P99_S and worst < TARGET_MAX_S and errors == 0 and delivered == audited == CONCURRENCY
+        print(
+            f"  target p99 < {TARGET_P99_S * 1000:.0f} ms, max < {TARGET_MAX_S:.0f} s, zero errors, "
+            f"every reply and audit row: {'met' if met else 'MISSED'}"
+        )
+    finally:
+        server.stop()
+        slack.stop()
+        ctx.cluster.drop_database(bot_db.rsplit("/", 1)[-1])
