@@ -60,7 +60,7 @@ def pool_usage(engine: Engine | None) -> PoolUsage:
 # state when they exist. Adjust the names here when those modules land; nothing else refers to them.
 APPROVAL_TABLE = "approval"
 APPROVAL_STATE_COLUMN = "state"
-ALERT_TABLE = "alert"
+ALERT_TABLE = "alerts"
 ALERT_STATE_COLUMN = "state"
 ALERT_STAGE_COLUMN = "stage"
 ALERT_FIRING_STATE = "firing"

@@ -191,3 +191,25 @@ def test_readyz_pings_stages_concurrently_and_caches_briefly(make_bot, stage_db,
     assert again["stages"] == report["stages"]
     assert blackhole.accepted == accepted  # answered from the short cache
     assert "hunter2" not in json.dumps(report)
+
+
+def test_firing_alerts_are_counted_from_the_health_alerts_table(bot):
+    from bot.health.alerts import alerts
+
+    rows = [("dev", "firing"), ("dev", "pending"), ("production", "firing"), ("dev", "resolved")]
+    with bot.runtime.bot_engine.begin() as conn:
+        for index, (stage, state) in enumerate(rows):
+            conn.execute(
+                alerts.insert().values(
+                    stage=stage,
+                    check_name="test",
+                    object=f"object-{index}",
+                    state=state,
+                    severity="warning",
+                    title="t",
+                    detail="d",
+                )
+            )
+    samples = scrape(bot)
+    assert value(samples, "mcp_ops_alerts_firing", stage="dev") == 1
+    assert value(samples, "mcp_ops_alerts_firing", stage="production") == 1
