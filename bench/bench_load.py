@@ -4,7 +4,8 @@ The server is the production one (gunicorn, `mcp-ops serve` in a subprocess) on 
 demo-size dataset; every request is a correctly signed `/mcp` command (a mix of `find`,
 `stats`, `list` and `help`), all 200 sent at once from asyncio clients on loopback.
 Latency is measured by the client, from sending the request to reading the ack: what Slack's
-3-second clock sees. Targets: p99 < 500 ms, none over 3 s, zero errors; and every command's
+3-second clock sees behind a load balancer, whose connections to the bot are already open
+(each request still gets a connection of its own, opened just before the burst). Targets: p99 < 500 ms, none over 3 s, zero errors; and every command's
 reply and audit row must arrive.
 """
 
