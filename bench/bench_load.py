@@ -5,13 +5,15 @@ demo-size dataset; every request is a correctly signed `/mcp` command (a mix of 
 `stats`, `list` and `help`), all 200 sent at once from asyncio clients on loopback.
 Latency is measured by the client, from sending the request to reading the ack: what Slack's
 3-second clock sees behind a load balancer, whose connections to the bot are already open
-(each request still gets a connection of its own, opened just before the burst). Targets: p99 < 500 ms, none over 3 s, zero errors; and every command's
-reply and audit row must arrive.
+(each request still gets a connection of its own, opened just before the burst).
+Targets: p99 < 500 ms, none over 3 s, zero errors; and every command's reply and audit row
+must arrive.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import statistics
 import tempfile
 import time
@@ -85,7 +87,8 @@ def run(ctx: BenchContext) -> None:
         "AUDIT_CHANNEL": "CBENCHAUDIT",
         "LOG_LEVEL": "WARNING",
     }
-    log_path = Path(tempfile.mkdtemp(prefix="mcp-ops-bench-load-")) / "serve.log"
+    log_dir = Path(tempfile.mkdtemp(prefix="mcp-ops-bench-load-"))
+    log_path = log_dir / "serve.log"
     server = ServeProcess(env, log_path).start()
     try:
         parts = urlsplit(server.events_url)
@@ -139,6 +142,8 @@ def run(ctx: BenchContext) -> None:
             f"every reply and audit row: {'met' if met else 'MISSED'}"
         )
     finally:
-        server.stop()
+        if server.stop() != 0:
+            print(f"  serve did not exit cleanly: {server.log_tail()}")
+        shutil.rmtree(log_dir, ignore_errors=True)
         slack.stop()
         ctx.cluster.drop_database(bot_db.rsplit("/", 1)[-1])
