@@ -42,6 +42,7 @@ TABLE_MODULES = (
     "bot.health.alerts",
     "bot.health.statements",
     "bot.ratelimit",
+    "bot.home",
 )
 
 # Numbered changes to existing tables, applied once each, in order.

@@ -19,8 +19,10 @@ from sqlalchemy.exc import OperationalError
 from bot.access import AccessPolicy
 from bot.audit import AuditLog
 from bot.botdb import create_bot_engine, migrate
+from bot.changes import ChangeFeed
 from bot.config import Settings
 from bot.health.monitor import HealthMonitor
+from bot.home import Home
 from bot.outbox import Outbox, OutboxWorker
 from bot.ratelimit import RateLimiter
 from bot.readiness import ReadinessProbe
@@ -51,10 +53,13 @@ class Runtime:
         self.slack = make_web_client(settings)
         self.outbox = Outbox(self.bot_engine, self.slack)
         self.outbox_worker = OutboxWorker(self.outbox, settings.outbox_interval_s)
-        self.audit = AuditLog(self.bot_engine, settings.audit_channel, on_enqueue=self.outbox_worker.notify)
+        # Committed changes people look at: queued Slack posts go out, App Home tabs refresh.
+        self.changes = ChangeFeed()
+        self.audit = AuditLog(self.bot_engine, settings.audit_channel, on_enqueue=self._changed("audit"))
         # Jobs register here before start(); each runs once per slot across replicas.
         self.scheduler = JobScheduler(self.bot_engine)
-        self.health = HealthMonitor(settings, self.stages, self.bot_engine, self.audit, self.outbox_worker.notify)
+        self.health = HealthMonitor(settings, self.stages, self.bot_engine, self.audit, self._changed("alerts"))
+        self.home = Home(self.bot_engine, self.policy, self.audit, self.health.book)
         # Slow work runs here, after the Slack ack, so listener threads are free to ack the next request.
         self._jobs = ThreadPoolExecutor(max_workers=16, thread_name_prefix="job")
         self.readiness = ReadinessProbe(
@@ -72,6 +77,13 @@ class Runtime:
         self._started = False
         self._closed = False
         self._close_lock = threading.Lock()
+
+    def _changed(self, kind: str) -> Callable[[], None]:
+        def notify() -> None:
+            self.outbox_worker.notify()
+            self.changes.publish(kind)
+
+        return notify
 
     @property
     def accepting(self) -> bool:
@@ -184,6 +196,7 @@ class Runtime:
             self._closed = True
             self._accepting.clear()
             self.scheduler.shutdown(wait=True)
+            self.changes.close()
             self.drain(timeout)
             self.outbox_worker.stop(flush=self._started)
             self.stages.dispose()

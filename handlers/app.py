@@ -12,12 +12,12 @@ from slack_sdk import WebClient
 from bot.logs import ContextThreadPoolExecutor
 from bot.runtime import Runtime
 from bot.service import CommandService
-from handlers import actions, commands
+from handlers import actions, commands, home
 
 log = logging.getLogger(__name__)
 
 # Each module has `register(app, service)` and adds its listeners.
-LISTENER_MODULES = (commands, actions)
+LISTENER_MODULES = (commands, actions, home)
 
 
 def build_app(runtime: Runtime) -> App:

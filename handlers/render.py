@@ -6,6 +6,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from bot.audit import AuditRow
 from bot.commands import overview
 from bot.config import SLACK_ID_RE
 from bot.errors import UserFacingError
@@ -172,14 +173,15 @@ def _actor(actor: str) -> str:
     return f"<@{actor}>" if SLACK_ID_RE.match(actor) else f"*{escape(actor)}*"
 
 
+def audit_entry_line(row: AuditRow) -> str:
+    where = f" on {escape(row.stage)}" if row.stage else ""
+    return f"• {when(row.at)} {_actor(row.actor)} {code((row.command + ' ' + row.args).strip())}{where}: {row.outcome}"
+
+
 @renders("audit")
 def render_audit(request: CommandRequest, result: AuditResult) -> Message:
     where = f" on stage *{escape(result.stage)}*" if result.stage else ""
-    lines = [
-        f"• {when(r.at)} {_actor(r.actor)} {code((r.command + ' ' + r.args).strip())}"
-        f"{' on ' + escape(r.stage) if r.stage else ''}: {r.outcome}"
-        for r in result.rows
-    ] or ["_no entries_"]
+    lines = [audit_entry_line(r) for r in result.rows] or ["_no entries_"]
     return message(
         "audit log", [section(f":scroll: Latest audit entries{where}"), *lines_sections(lines)], ephemeral=True
     )

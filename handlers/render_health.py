@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bot.health.alerts import AlertView
 from bot.health.checks import CheckReport, duration
 from bot.health.monitor import HealthSummary
 from bot.health.operations import AlertsResult, SlowQueriesResult
@@ -79,14 +80,18 @@ def render_slow_queries(request: CommandRequest, result: SlowQueriesResult) -> M
     return message(f"{len(result.rows)} busiest queries, {slow} slow", blocks)
 
 
+def alert_line(alert: AlertView) -> str:
+    runs = f"{alert.consecutive} run{'s' if alert.consecutive != 1 else ''}"
+    return (
+        f"{SEVERITY_ICONS.get(alert.severity, ':warning:')} *{escape(alert.stage)}* {escape(alert.title)} · "
+        f"{code(alert.check)} · firing since {when(alert.fired_at)} · seen in {runs} in a row"
+    )
+
+
 @renders("alerts")
 def render_alerts(request: CommandRequest, result: AlertsResult) -> Message:
     where = f" on stage *{escape(result.stage)}*" if result.stage else ""
     count = len(result.alerts)
-    lines = [
-        f"{SEVERITY_ICONS.get(a.severity, ':warning:')} *{escape(a.stage)}* {escape(a.title)} · {code(a.check)} · "
-        f"firing since {when(a.fired_at)} · seen in {a.consecutive} run{'s' if a.consecutive != 1 else ''} in a row"
-        for a in result.alerts
-    ] or ["_nothing is firing_ :white_check_mark:"]
+    lines = [alert_line(a) for a in result.alerts] or ["_nothing is firing_ :white_check_mark:"]
     title = f":rotating_light: {count} open alert{'s' if count != 1 else ''}{where}"
     return message(title.split(" ", 1)[1], [section(title), *lines_sections(lines)])

@@ -137,6 +137,21 @@ class SlackRequestSender:
         }
         return self.interaction(payload)
 
+    def event(self, event: dict[str, Any]) -> HttpReply:
+        """An Events API callback, e.g. {"type": "app_home_opened", "user": ..., "tab": "home"}."""
+        body = json.dumps(
+            {
+                "token": "legacy-verification-token-unused",
+                "team_id": self.team_id,
+                "api_app_id": "A0LOCAL",
+                "type": "event_callback",
+                "event_id": f"Ev{uuid.uuid4().hex[:10].upper()}",
+                "event_time": int(time.time()),
+                "event": {"event_ts": f"{time.time():.6f}", **event},
+            }
+        ).encode()
+        return self.post(body, content_type="application/json")
+
     def view_submission(self, view: dict[str, Any], values: dict[str, dict[str, Any]], *, user: str) -> HttpReply:
         payload = {
             "type": "view_submission",

@@ -24,6 +24,7 @@ HELP = """Type a slash command, e.g. `/mcp find acme-analytics-mcp --stage dev`.
   as <USER_ID>        act as another Slack user (e.g. `as U0APPROVER`)
   in <CHANNEL_ID>     type commands in another channel
   press <label>       press a button shown in the latest reply (`press Delete`)
+  home                open the bot's App Home tab as the acting user
   whoami              show the acting user and channel
   help                this text
   quit                leave"""
@@ -76,6 +77,7 @@ class Console:
         self._response_channels: dict[str, str] = {}
         self._pending_modal: dict[str, Any] | None = None
         self._stream: TextIO = sys.stdin
+        self._home_requested = False
         self.slack.listeners.append(self._on_slack_call)
 
     # -- output --------------------------------------------------------------------------
@@ -100,6 +102,10 @@ class Console:
             if payload.get("response_type") == "ephemeral" and call.method == "response_url":
                 label = "only you"
             self._show(label, channel, payload, response_url=None)
+        elif call.method == "views.publish" and payload.get("user_id") == self.user and self._home_requested:
+            self._home_requested = False
+            view = payload.get("view") or {}
+            self._print(f"\n[App Home of {self.user}]\n{render_blocks(view.get('blocks', []))}")
         elif call.method == "views.open":
             self._pending_modal = payload.get("view") or {}
             title = (self._pending_modal.get("title") or {}).get("text", "form")
@@ -223,6 +229,11 @@ class Console:
         elif word == "in" and rest.strip():
             self.channel = rest.strip().upper()
             self._print(f"now in channel {self.channel}")
+        elif word == "home":
+            self._home_requested = True
+            before = len(self.slack.calls)
+            self.sender.event({"type": "app_home_opened", "user": self.user, "tab": "home"})
+            self._settle(before, expect_reply=True)
         elif word == "whoami":
             self._print(f"acting as {self.user} in {self.channel}")
         elif word == "press":

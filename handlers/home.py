@@ -1,0 +1,60 @@
+"""The App Home tab: published when someone opens it, and again when what it shows changes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_bolt import App
+
+from bot.home import HomeView
+from bot.service import CommandService
+from handlers.blocks import Block, context, divider, header, lines_sections, section, when
+from handlers.render import audit_entry_line
+from handlers.render_health import alert_line
+
+log = logging.getLogger(__name__)
+
+
+def render_home(view: HomeView) -> dict[str, Any]:
+    roles = [name for name, held in (("operator", view.is_operator), ("approver", view.is_approver)) if held]
+    blocks: list[Block] = [
+        header("mcp-ops"),
+        context(f"You are {' and '.join(roles) if roles else 'a read-only user'}. Type `/mcp help` anywhere."),
+        divider(),
+        section("*Open alerts*"),
+    ]
+    if view.alerts_by_stage:
+        for stage, alerts in view.alerts_by_stage.items():
+            blocks += lines_sections([f"*{stage}*", *(alert_line(a) for a in alerts)])
+    else:
+        blocks.append(section("_Nothing is firing on any stage._ :white_check_mark:"))
+    if view.recent_audit is not None:
+        blocks += [divider(), section("*Latest activity*")]
+        blocks += lines_sections([audit_entry_line(r) for r in view.recent_audit] or ["_no entries yet_"])
+    blocks.append(context(f"Updated {when(view.generated_at)}"))
+    return {"type": "home", "blocks": blocks[:100]}
+
+
+def register(app: App, service: CommandService) -> None:
+    runtime = service.runtime
+
+    def publish(user_id: str, view: HomeView) -> None:
+        runtime.slack.views_publish(user_id=user_id, view=render_home(view))
+
+    @app.event("app_home_opened")
+    def home_opened(event: dict[str, Any]) -> None:
+        if event.get("tab", "home") != "home" or not event.get("user"):
+            return
+        user_id = str(event["user"])
+        publish(user_id, runtime.home.opened(user_id))
+
+    def refresh(kinds: frozenset[str]) -> None:
+        for user_id in runtime.home.recent_viewers():
+            try:
+                publish(user_id, runtime.home.view_for(user_id))
+            except Exception:
+                log.warning("App Home refresh failed", extra={"kinds": sorted(kinds)}, exc_info=True)
+                return
+
+    runtime.changes.subscribe(refresh)
