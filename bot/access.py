@@ -9,7 +9,7 @@ from bot.config import Settings
 from bot.errors import PermissionDenied
 
 # Read-only verbs that still show other people's activity.
-PRIVILEGED_READS = frozenset({"audit"})
+PRIVILEGED_READS = frozenset({"audit", "backups"})
 
 
 @dataclass(frozen=True)
@@ -30,3 +30,14 @@ class AccessPolicy:
             )
         if verb.name in PRIVILEGED_READS and not (self.is_operator(user_id) or self.is_approver(user_id)):
             raise PermissionDenied(f"`{verb.name}` is for operators and approvers only")
+
+    def check_restore(self, stage: str, *, protected: bool, dry_run: bool) -> None:
+        """A restore writes to the stage: on a protected stage it needs the two-person approval of a delete.
+
+        Until approvals are wired to restores, a protected stage only allows `--dry-run`, which writes nothing.
+        """
+        if protected and not dry_run:
+            raise PermissionDenied(
+                f"stage {stage} is protected: a restore there needs two-person approval, which restores do not"
+                " have yet. `--dry-run` checks the backup and its conflicts without writing."
+            )

@@ -43,6 +43,7 @@ TABLE_MODULES = (
     "bot.health.statements",
     "bot.ratelimit",
     "bot.home",
+    "bot.backups.index",
 )
 
 # Numbered changes to existing tables, applied once each, in order.

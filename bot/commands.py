@@ -25,7 +25,7 @@ FLAG_RE = re.compile(r"^--([a-z][a-z0-9-]{0,30})(?:=(.*))?$", re.DOTALL)
 SMART_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
 
 ArgKind = Literal["slug", "id", "text", "verb"]
-FlagKind = Literal["int", "text", "bool", "id"]
+FlagKind = Literal["int", "text", "bool", "id", "slug"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Flag:
 
     @property
     def metavar(self) -> str:
-        return {"int": "N", "text": '"text"', "id": "id", "bool": ""}[self.kind]
+        return {"int": "N", "text": '"text"', "id": "id", "slug": "slug", "bool": ""}[self.kind]
 
     def usage(self) -> str:
         return f"--{self.name}" + (f" {self.metavar}" if self.kind != "bool" else "")
@@ -145,6 +145,24 @@ register(
     )
 )
 register(Verb("alerts", "open health and slow-query alerts", stage="optional"))
+register(Verb("backup", "full pg_dump of a stage's database to the backup destination (operators)", mutating=True))
+register(
+    Verb(
+        "backups",
+        "backups (scoped and full) with size, row counts and age (operators and approvers)",
+        flags=(Flag("slug", "slug", "only this server's scoped backups"), LIMIT),
+        stage="optional",
+    )
+)
+register(
+    Verb(
+        "restore",
+        "put back the rows a delete removed, from its scoped backup (operators)",
+        (Positional("request-id", "id"),),
+        (Flag("dry-run", "bool", "check the backup and look for conflicts, write nothing"),),
+        mutating=True,
+    )
+)
 
 
 def _clean_shown(value: str, limit: int = 40) -> str:
@@ -203,6 +221,8 @@ def _convert_flag(verb: Verb, flag: Flag, raw: str) -> Any:
         return value
     if flag.kind == "id" and not ID_RE.match(raw):
         raise CommandError(f"`{_clean_shown(raw)}` is not a valid id for `--{flag.name}`", usage=verb.usage())
+    if flag.kind == "slug" and not SLUG_RE.match(raw):
+        raise CommandError(f"`{_clean_shown(raw)}` is not a valid slug for `--{flag.name}`", usage=verb.usage())
     if flag.kind == "text" and not raw.strip():
         raise CommandError(f"`--{flag.name}` needs some text", usage=verb.usage())
     return raw

@@ -6,10 +6,13 @@ because values here are tokens and database URLs.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -18,6 +21,17 @@ DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 STAGE_URL_PREFIX = "DATABASE_URL_"
 ALERT_CHANNEL_PREFIX = "ALERT_CHANNEL_"
 ALERT_REPEAT_PREFIX = "ALERT_REPEAT_MINUTES_"
+STAGE_SECRET_PREFIX = "DATABASE_SECRET_ARN_"  # noqa: S105 - a variable name, not a secret
+RDS_SNAPSHOT_PREFIX = "RDS_SNAPSHOT_IDENTIFIER_"
+SST_APP_VAR = "SST_RESOURCE_App"
+SST_DEFAULT_DATABASE_RESOURCE = "Database"
+SST_RESOURCE_HINT = "SST_RESOURCE_Database is missing; set SST_DATABASE_RESOURCE to the link's name"
+SECRET_ID_RE = re.compile(r"^[A-Za-z0-9/_+=.@:-]{1,2048}$")
+HOST_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()/-]{0,200}$")
+KMS_KEY_RE = re.compile(r"^[A-Za-z0-9:/_-]{1,2048}$")
+RDS_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
 STAGE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 SLACK_ID_RE = re.compile(r"^[A-Z][A-Z0-9]{2,31}$")
 PG_DRIVERS = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "postgresql+pg8000"}
@@ -28,10 +42,55 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class SecretRef:
+    """A Secrets Manager secret with the stage's credentials; host/port/dbname may come from config."""
+
+    secret_id: str
+    host: str | None = None
+    port: int | None = None
+    dbname: str | None = None
+
+    @property
+    def region(self) -> str | None:
+        parts = self.secret_id.split(":")
+        return parts[3] if len(parts) > 4 and parts[0] == "arn" and parts[3] else None
+
+
+@dataclass(frozen=True)
+class RdsTarget:
+    """What to snapshot before a backup: an RDS instance or an Aurora cluster."""
+
+    kind: Literal["instance", "cluster"]
+    identifier: str
+
+
+@dataclass(frozen=True)
 class StageConfig:
     name: str
-    url: URL
+    url: URL | None  # None when the credentials come from a secret (fetched when connecting)
     protected: bool
+    secret: SecretRef | None = None
+    source: Literal["url", "secret", "sst"] = "url"
+    rds_snapshot: RdsTarget | None = None
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    bucket: str | None = None
+    prefix: str = ""
+    kms_key_id: str | None = None
+    directory: Path | None = None
+    retention_days: int | None = None
+    snapshot_wait_s: int = 1800
+    progress_interval_s: float = 2.0
+
+    @property
+    def destination(self) -> str:
+        if self.bucket:
+            return f"s3://{self.bucket}/{self.prefix}" + (" (SSE-KMS)" if self.kms_key_id else "")
+        if self.directory is not None:
+            return f"directory {self.directory}"
+        return "none"
 
 
 @dataclass(frozen=True)
@@ -81,6 +140,7 @@ class Settings:
     outbox_interval_s: float = 5.0
     health: HealthSettings = field(default_factory=HealthSettings)
     rate_limit_per_minute: int = 10
+    backup: BackupSettings = field(default_factory=BackupSettings)
 
     def stage_names(self) -> list[str]:
         return sorted(self.stages)
@@ -186,16 +246,139 @@ def parse_database_url(name: str, raw: str) -> URL:
     return url.set(drivername="postgresql+psycopg")
 
 
+def _stage_name(key: str, prefix: str) -> str:
+    name = key[len(prefix) :].lower()
+    if not STAGE_NAME_RE.match(name):
+        raise ConfigError(f"{key} is malformed: stage names are letters, digits and underscores")
+    return name
+
+
+def _secret_ref(env: Mapping[str, str], key: str, name: str) -> SecretRef:
+    raw = env[key].strip()
+    if not SECRET_ID_RE.match(raw):
+        raise ConfigError(f"{key} is malformed: expected a Secrets Manager ARN")
+    suffix = name.upper()
+    host = env.get(f"DATABASE_HOST_{suffix}", "").strip() or None
+    if host is not None and not HOST_RE.match(host):
+        raise ConfigError(f"DATABASE_HOST_{suffix} is malformed: expected a host name")
+    port = _int(env, f"DATABASE_PORT_{suffix}", 0, 1, 65535) or None
+    dbname = env.get(f"DATABASE_NAME_{suffix}", "").strip() or None
+    return SecretRef(secret_id=raw, host=host, port=port, dbname=dbname)
+
+
+def _json_object(env: Mapping[str, str], name: str, expected: str) -> dict[str, object]:
+    try:
+        value = json.loads(env[name])
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} is malformed: expected JSON with {expected}")
+    return value
+
+
+def _sst_stage(
+    env: Mapping[str, str], taken: Mapping[str, StageConfig], protected: frozenset[str]
+) -> StageConfig | None:
+    """The stage of `sst shell --stage S`, from the linked Postgres resource, unless S is configured otherwise."""
+    if not env.get(SST_APP_VAR, "").strip():
+        return None
+    app = _json_object(env, SST_APP_VAR, '"name" and "stage"')
+    stage = str(app.get("stage") or "").strip().lower().replace("-", "_")
+    if not STAGE_NAME_RE.match(stage):
+        raise ConfigError(f"{SST_APP_VAR} is malformed: its stage must be letters, digits, - and _")
+    if stage in taken:
+        return None
+    explicit = env.get("SST_DATABASE_RESOURCE", "").strip()
+    if explicit and not re.match(r"^[A-Za-z][A-Za-z0-9]{0,63}$", explicit):
+        raise ConfigError("SST_DATABASE_RESOURCE is malformed: expected a resource name such as Database")
+    var = f"SST_RESOURCE_{explicit or SST_DEFAULT_DATABASE_RESOURCE}"
+    if not env.get(var, "").strip():
+        if explicit:
+            raise ConfigError(f"{var} is missing: the sst shell links no resource named {explicit}")
+        return None
+    link = _json_object(env, var, "host, port, username, password and database")
+    values = {key: link.get(key) for key in ("host", "port", "username", "password", "database")}
+    if not all(isinstance(values[k], str) and values[k] for k in ("host", "username", "database")):
+        raise ConfigError(f"{var} is malformed: expected JSON with host, port, username, password and database")
+    try:
+        port = int(str(values["port"] or 5432))
+    except ValueError:
+        raise ConfigError(f"{var} is malformed: its port is not a number") from None
+    url = URL.create(
+        "postgresql+psycopg",
+        username=str(values["username"]),
+        password=str(values["password"]) if values["password"] is not None else None,
+        host=str(values["host"]),
+        port=port,
+        database=str(values["database"]),
+    )
+    return StageConfig(name=stage, url=url, protected=stage in protected, source="sst")
+
+
+def _rds_target(key: str, raw: str) -> RdsTarget:
+    kind, sep, identifier = raw.strip().partition(":")
+    if not sep:
+        kind, identifier = "instance", kind
+    if kind not in ("instance", "cluster") or not RDS_ID_RE.match(identifier):
+        raise ConfigError(f"{key} is malformed: expected instance:<db-instance-id> or cluster:<db-cluster-id>")
+    return RdsTarget(kind=kind, identifier=identifier)  # type: ignore[arg-type]
+
+
 def _stages(env: Mapping[str, str], protected: frozenset[str]) -> dict[str, StageConfig]:
     stages: dict[str, StageConfig] = {}
     for key, raw in env.items():
-        if not key.startswith(STAGE_URL_PREFIX) or not raw.strip():
-            continue
-        name = key[len(STAGE_URL_PREFIX) :].lower()
-        if not STAGE_NAME_RE.match(name):
-            raise ConfigError(f"{key} is malformed: stage names are letters, digits and underscores")
-        stages[name] = StageConfig(name=name, url=parse_database_url(key, raw), protected=name in protected)
+        if key.startswith(STAGE_URL_PREFIX) and raw.strip():
+            name = _stage_name(key, STAGE_URL_PREFIX)
+            stages[name] = StageConfig(name=name, url=parse_database_url(key, raw), protected=name in protected)
+    for key, raw in env.items():
+        if key.startswith(STAGE_SECRET_PREFIX) and raw.strip():
+            name = _stage_name(key, STAGE_SECRET_PREFIX)
+            if name in stages:
+                raise ConfigError(f"{key} and {STAGE_URL_PREFIX}{name.upper()} are both set; keep one")
+            stages[name] = StageConfig(
+                name=name,
+                url=None,
+                protected=name in protected,
+                secret=_secret_ref(env, key, name),
+                source="secret",
+            )
+    sst = _sst_stage(env, stages, protected)
+    if sst is not None:
+        stages[sst.name] = sst
+    for key, raw in env.items():
+        if key.startswith(RDS_SNAPSHOT_PREFIX) and raw.strip():
+            name = key[len(RDS_SNAPSHOT_PREFIX) :].lower()
+            if name not in stages:
+                raise ConfigError(f"{key} names stage {name!r}, which is not configured")
+            stages[name] = StageConfig(**{**stages[name].__dict__, "rds_snapshot": _rds_target(key, raw)})
     return stages
+
+
+def _backup_settings(env: Mapping[str, str]) -> BackupSettings:
+    bucket = env.get("BACKUP_BUCKET", "").strip() or None
+    if bucket is not None and not BUCKET_RE.match(bucket):
+        raise ConfigError("BACKUP_BUCKET is malformed: expected an S3 bucket name")
+    prefix = env.get("BACKUP_PREFIX", "").strip().strip("/")
+    if not PREFIX_RE.match(prefix) or ".." in prefix.split("/"):
+        raise ConfigError("BACKUP_PREFIX is malformed: expected a key prefix such as mcp-ops/backups")
+    kms = env.get("BACKUP_KMS_KEY_ID", "").strip() or None
+    if kms is not None and not KMS_KEY_RE.match(kms):
+        raise ConfigError("BACKUP_KMS_KEY_ID is malformed: expected a KMS key id, alias or ARN")
+    if kms is not None and bucket is None:
+        raise ConfigError("BACKUP_KMS_KEY_ID is set without BACKUP_BUCKET")
+    raw_dir = env.get("BACKUP_DIR", "").strip()
+    retention = _int(env, "BACKUP_RETENTION_DAYS", 0, 1, 36_500) or None
+    if retention is not None and bucket is not None:
+        raise ConfigError("BACKUP_RETENTION_DAYS applies to BACKUP_DIR only: for S3, use a lifecycle rule")
+    return BackupSettings(
+        bucket=bucket,
+        prefix=f"{prefix}/" if prefix else "",
+        kms_key_id=kms,
+        directory=Path(raw_dir).expanduser() if raw_dir and bucket is None else None,
+        retention_days=retention,
+        snapshot_wait_s=_int(env, "RDS_SNAPSHOT_WAIT_SECONDS", 1800, 10, 7200),
+        progress_interval_s=float(_int(env, "BACKUP_PROGRESS_SECONDS", 2, 1, 600)),
+    )
 
 
 def _channel_stages(env: Mapping[str, str], stages: Mapping[str, StageConfig]) -> dict[str, str]:
@@ -206,7 +389,7 @@ def _channel_stages(env: Mapping[str, str], stages: Mapping[str, StageConfig]) -
         if not sep or not SLACK_ID_RE.match(channel) or not stage:
             raise ConfigError("CHANNEL_STAGES is malformed: expected CHANNEL_ID=stage pairs, comma-separated")
         if stage not in stages:
-            raise ConfigError(f"CHANNEL_STAGES names stage {stage!r}, which has no DATABASE_URL_{stage.upper()}")
+            raise ConfigError(f"CHANNEL_STAGES names stage {stage!r}, which is not configured")
         if stages[stage].protected:
             raise ConfigError(f"CHANNEL_STAGES binds a channel to protected stage {stage!r}; name it explicitly")
         bindings[channel] = stage
@@ -242,7 +425,13 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_slack: bool =
     protected = frozenset(s.lower() for s in _csv(protected_raw if protected_raw is not None else "production"))
     stages = _stages(env, protected)
     if not stages:
-        raise ConfigError("no stage is configured: set DATABASE_URL_<STAGE>, e.g. DATABASE_URL_DEV")
+        hint = ""
+        if env.get(SST_APP_VAR, "").strip():
+            hint = f" (or link the database in sst: {SST_RESOURCE_HINT})"
+        raise ConfigError(
+            "no stage is configured: set DATABASE_URL_<STAGE> or DATABASE_SECRET_ARN_<STAGE>, e.g. DATABASE_URL_DEV"
+            + hint
+        )
 
     return Settings(
         signing_secret=signing_secret,
@@ -263,4 +452,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_slack: bool =
         outbox_interval_s=float(_int(env, "OUTBOX_INTERVAL_SECONDS", 5, 1, 3600)),
         health=_health(env, stages),
         rate_limit_per_minute=_int(env, "RATE_LIMIT_PER_MINUTE", 10, 1, 10_000),
+        backup=_backup_settings(env),
     )

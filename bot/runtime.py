@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from bot.access import AccessPolicy
 from bot.audit import AuditLog
+from bot.backups.service import Backups
 from bot.botdb import create_bot_engine, migrate
 from bot.changes import ChangeFeed
 from bot.config import Settings
@@ -60,6 +61,9 @@ class Runtime:
         self.scheduler = JobScheduler(self.bot_engine)
         self.health = HealthMonitor(settings, self.stages, self.bot_engine, self.audit, self._changed("alerts"))
         self.home = Home(self.bot_engine, self.policy, self.audit, self.health.book)
+        self.backups = Backups(settings, self.bot_engine, self.audit)
+        if settings.backup.retention_days and settings.backup.directory is not None:
+            self.scheduler.add("backups:retention", self.backups.prune_local, 3600)
         # Slow work runs here, after the Slack ack, so listener threads are free to ack the next request.
         self._jobs = ThreadPoolExecutor(max_workers=16, thread_name_prefix="job")
         self.readiness = ReadinessProbe(

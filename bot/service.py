@@ -20,6 +20,7 @@ from bot.audit import AuditEntry
 from bot.commands import VERBS, ParsedCommand, parse
 from bot.errors import BotDatabaseUnreachable, UserFacingError
 from bot.logs import request_id_var
+from bot.progress import Progress
 from bot.runtime import Runtime
 from bot.stages import Stage
 
@@ -42,6 +43,8 @@ class CommandRequest:
     stage: Stage | None
     cursor: str | None = None
     seen: int = 0  # rows shown on earlier pages, for "N left" on paged replies
+    # Long verbs (backup) report through this while they run; the handler supplies it.
+    progress: Progress | None = None
 
     @property
     def actor(self) -> str:
@@ -74,7 +77,7 @@ class InternalError(UserFacingError):
 Operation = Callable[[Runtime, CommandRequest], Any]
 OPERATIONS: dict[str, Operation] = {}
 # Modules whose @operation functions implement the verbs; imported when the service starts.
-OPERATION_MODULES = ("bot.operations", "bot.health.operations")
+OPERATION_MODULES = ("bot.operations", "bot.health.operations", "bot.backups.operations")
 
 
 def operation(verb: str) -> Callable[[Operation], Operation]:

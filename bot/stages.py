@@ -12,11 +12,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import NullPool
 
 from bot.config import Settings, StageConfig
+from bot.credentials import CredentialSource, DbCredentials, attach_credentials, credential_source
 from bot.errors import QueryTimeout, StageError, StageUnavailable, UserFacingError
 
 APPLICATION_NAME = "mcp-ops"
@@ -26,7 +28,7 @@ QUERY_CANCELED = "57014"
 LOCK_NOT_AVAILABLE = "55P03"
 
 
-def _reason_for_connect_failure(message: str) -> str:
+def connect_failure_reason(message: str) -> str:
     lowered = message.lower()
     for needle, reason in (
         ("timeout expired", "timed out"),
@@ -69,7 +71,7 @@ def describe_db_error(exc: BaseException, stage: str) -> UserFacingError | None:
     if isinstance(exc, OperationalError) or exc.connection_invalidated:
         if sqlstate and sqlstate.startswith("57P"):
             return StageUnavailable(f"stage {stage} is unreachable (the server is shutting down or restarting)")
-        return StageUnavailable(f"stage {stage} is unreachable ({_reason_for_connect_failure(str(exc.orig))})")
+        return StageUnavailable(f"stage {stage} is unreachable ({connect_failure_reason(str(exc.orig))})")
     return None
 
 
@@ -81,6 +83,7 @@ class Stage:
         self.name = config.name
         self.protected = config.protected
         self._settings = settings
+        self.credentials: CredentialSource = credential_source(config)
         self._engine: Engine | None = None
         self._component_engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
@@ -126,17 +129,29 @@ class Stage:
             "connect_timeout": settings.connect_timeout_s,
             "options": options,
         }
+        # A secret-backed stage has no URL: each new connection gets the secret's current credentials.
+        url = self.config.url if self.config.url is not None else URL.create("postgresql+psycopg")
         if not pooled:
-            return create_engine(self.config.url, poolclass=NullPool, connect_args=connect_args)
-        return create_engine(
-            self.config.url,
-            pool_size=5,
-            max_overflow=10,
-            pool_timeout=10,
-            pool_pre_ping=True,
-            pool_recycle=1800,
-            connect_args=connect_args,
-        )
+            engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+        else:
+            engine = create_engine(
+                url,
+                pool_size=5,
+                max_overflow=10,
+                pool_timeout=10,
+                pool_pre_ping=True,
+                pool_recycle=1800,
+                connect_args=connect_args,
+            )
+        if self.credentials.refreshable:
+            attach_credentials(engine, self.credentials)
+        return engine
+
+    def connection_credentials(self) -> DbCredentials:
+        """Current credentials for tools that connect on their own (pg_dump); fetched or refreshed as needed."""
+        with self._translated():
+            self.ping()  # refreshes a rotated secret before a subprocess tries the stale one
+        return self.credentials.current()
 
     @contextmanager
     def _translated(self) -> Iterator[None]:

@@ -13,6 +13,7 @@ from bot.logs import ContextThreadPoolExecutor
 from bot.runtime import Runtime
 from bot.service import CommandService
 from handlers import actions, commands, home
+from handlers import render_backups as _render_backups  # noqa: F401 - registers the backup verbs' renderers
 
 log = logging.getLogger(__name__)
 

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
 
 from bot.errors import UserFacingError
 from bot.logs import new_request_id
-from bot.service import CommandService, Invocation
+from bot.service import CommandRequest, CommandService, Invocation
 from handlers import render
+from handlers.progress import SlackProgress
+
+
+def with_progress(service: CommandService, request: CommandRequest) -> CommandRequest:
+    """Long verbs get a status message in the command's channel that their work edits."""
+    renderer = render.PROGRESS_RENDERERS.get(request.verb)
+    channel = request.invocation.channel_id
+    if renderer is None or not channel:
+        return request
+    progress = SlackProgress(service.runtime.slack, channel, lambda state: renderer(request, state))
+    return replace(request, progress=progress)
 
 
 def register(app: App, service: CommandService) -> None:
@@ -30,6 +42,6 @@ def register(app: App, service: CommandService) -> None:
         ack()
 
         def work() -> None:
-            respond(**render.outcome(service.run(request)))
+            respond(**render.outcome(service.run(with_progress(service, request))))
 
         service.runtime.submit(work)

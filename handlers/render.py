@@ -32,11 +32,21 @@ PAGE_ACTION = "page_more"
 
 Renderer = Callable[[CommandRequest, Any], Message]
 RENDERERS: dict[str, Renderer] = {}
+# Verbs whose work reports while it runs: a message is posted, then edited with each state.
+PROGRESS_RENDERERS: dict[str, Renderer] = {}
 
 
 def renders(verb: str) -> Callable[[Renderer], Renderer]:
     def register(func: Renderer) -> Renderer:
         RENDERERS[verb] = func
+        return func
+
+    return register
+
+
+def renders_progress(verb: str) -> Callable[[Renderer], Renderer]:
+    def register(func: Renderer) -> Renderer:
+        PROGRESS_RENDERERS[verb] = func
         return func
 
     return register

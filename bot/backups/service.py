@@ -1,0 +1,127 @@
+"""The runtime's entry to backups: the destination, the index, and the three things people ask for.
+
+The deletion engine gets a `ScopedBackup` from `scoped(...)` (and, on stages with an RDS
+target, a snapshot from `snapshot_before_delete` before it opens its transaction);
+`/mcp backup`, `/mcp backups` and `/mcp restore` go through `full_backup`, `latest` and
+`restore`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Engine, update
+
+from bot.audit import AuditLog
+from bot.backups.full import FullBackupState, run_full_backup
+from bot.backups.index import BackupIndex, BackupRow, backups
+from bot.backups.scoped import (
+    MANIFEST_NAME,
+    BackupContext,
+    Manifest,
+    RestoreReport,
+    ScopedBackup,
+    load_manifest,
+    restore,
+)
+from bot.backups.snapshot import take_snapshot
+from bot.backups.store import BackupStore, LocalStore, make_store
+from bot.config import BackupSettings, Settings
+from bot.errors import NotFound
+from bot.progress import Progress
+from bot.stages import Stage
+
+log = logging.getLogger(__name__)
+
+RESTORE_STATEMENT_TIMEOUT_MS = 30 * 60 * 1000
+
+
+class Backups:
+    def __init__(self, settings: Settings, bot_engine: Engine, audit: AuditLog) -> None:
+        self.settings = settings
+        self.config: BackupSettings = settings.backup
+        self.index = BackupIndex(bot_engine)
+        self.audit = audit
+        self._store: BackupStore | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def store(self) -> BackupStore:
+        """Made on first use, so a bot without a destination still starts (and refuses backups clearly)."""
+        with self._lock:
+            if self._store is None:
+                self._store = make_store(self.config)
+            return self._store
+
+    def require_destination(self) -> BackupStore:
+        """The store, or BackupNotConfigured: checked before a mutation is audited as started."""
+        return self.store
+
+    def scoped(self, context: BackupContext, *, on_progress: Callable[[str, int], None] | None = None) -> ScopedBackup:
+        return ScopedBackup(self.store, self.index, context, audit=self.audit, on_progress=on_progress)
+
+    def snapshot_before_delete(self, stage: Stage, *, rds_client: Any = None) -> dict[str, Any] | None:
+        """The stage's RDS/Aurora snapshot, if one is configured; raises SnapshotFailed (the delete must not run)."""
+        target = stage.config.rds_snapshot
+        if target is None:
+            return None
+        return take_snapshot(target, stage=stage.name, wait_s=self.config.snapshot_wait_s, client=rds_client)
+
+    def full_backup(
+        self, stage: Stage, *, actor: str, progress: Progress | None = None, rds_client: Any = None
+    ) -> FullBackupState:
+        return run_full_backup(
+            stage,
+            self.store,
+            self.index,
+            actor=actor,
+            lock_timeout_ms=self.settings.lock_timeout_ms,
+            connect_timeout_s=self.settings.connect_timeout_s,
+            progress=progress,
+            progress_interval_s=self.config.progress_interval_s,
+            snapshot_wait_s=self.config.snapshot_wait_s,
+            rds_client=rds_client,
+        )
+
+    def find_manifest(self, stage: str, request_id: str) -> tuple[BackupRow | None, Manifest]:
+        """The request's scoped backup: from the index, else from the store's layout (the index may be lost)."""
+        row = self.index.find_for_request(stage, request_id)
+        if row is not None and row.location:
+            return row, load_manifest(self.store, row.location)
+        prefix = f"{stage}/scoped/{request_id}/"
+        manifests = [o for o in self.store.list(prefix) if o.key.endswith("/" + MANIFEST_NAME)]
+        if not manifests:
+            raise NotFound(f"no scoped backup of request `{request_id}` on stage {stage}")
+        newest = max(manifests, key=lambda o: (o.modified is not None, o.modified, o.key))
+        return None, load_manifest(self.store, newest.key)
+
+    def restore(self, stage: Stage, request_id: str, *, actor: str, dry_run: bool) -> RestoreReport:
+        row, manifest = self.find_manifest(stage.name, request_id)
+        with stage.write(statement_timeout_ms=RESTORE_STATEMENT_TIMEOUT_MS) as conn:
+            report = restore(conn, self.store, manifest, stage=stage.name, dry_run=dry_run)
+        if report.restored and row is not None:
+            self.index.mark_restored(row.id, actor)
+        return report
+
+    def latest(self, *, stage: str | None, slug: str | None, limit: int) -> list[BackupRow]:
+        return self.index.latest(stage=stage, slug=slug, limit=limit)
+
+    def prune_local(self) -> int:
+        """BACKUP_RETENTION_DAYS for a local directory (S3 uses a lifecycle rule); returns files removed."""
+        store = self.store
+        days = self.config.retention_days
+        if days is None or not isinstance(store, LocalStore):
+            return 0
+        removed = store.prune(days)
+        if removed:
+            with self.index.engine.begin() as conn:
+                conn.execute(
+                    update(backups)
+                    .where(backups.c.location.in_(removed), backups.c.state == "complete")
+                    .values(state="expired")
+                )
+            log.info("expired backups pruned", extra={"files": len(removed)})
+        return len(removed)
