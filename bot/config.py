@@ -26,7 +26,7 @@ RDS_SNAPSHOT_PREFIX = "RDS_SNAPSHOT_IDENTIFIER_"
 SST_APP_VAR = "SST_RESOURCE_App"
 SST_DEFAULT_DATABASE_RESOURCE = "Database"
 SST_RESOURCE_HINT = "SST_RESOURCE_Database is missing; set SST_DATABASE_RESOURCE to the link's name"
-SECRET_ID_RE = re.compile(r"^[A-Za-z0-9/_+=.@:-]{1,2048}$")
+SECRET_ID_RE = re.compile(r"^[A-Za-z0-9/_+=.@:!-]{1,2048}$")
 HOST_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()/-]{0,200}$")

@@ -115,7 +115,7 @@ class SecretsManagerCredentials:
         ref: SecretRef,
         *,
         client_factory: Callable[[str | None], Any] = _secrets_client,
-        min_refresh_interval_s: float = 2.0,
+        min_refresh_interval_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stage = stage
@@ -123,7 +123,7 @@ class SecretsManagerCredentials:
         self._client_factory = client_factory
         self._client: Any = None
         self._cached: DbCredentials | None = None
-        self._fetched_at = float("-inf")
+        self._futile_at = float("-inf")
         self._min_interval = min_refresh_interval_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -136,14 +136,20 @@ class SecretsManagerCredentials:
             return self._cached
 
     def refresh(self, stale: DbCredentials) -> DbCredentials:
-        """Re-read the secret, unless another thread just did or we did a moment ago."""
+        """Re-read the secret, unless another thread already did, or a re-read just found nothing new.
+
+        The second rule keeps a wrong password from turning every connection attempt into an AWS call.
+        """
         with self._lock:
             if self._cached is not None and self._cached != stale:
                 return self._cached
-            if self._cached is not None and self._clock() - self._fetched_at < self._min_interval:
-                return self._cached
-            self._cached = self._fetch()
-            return self._cached
+            if self._clock() - self._futile_at < self._min_interval:
+                return stale
+            fresh = self._fetch()
+            if fresh == self._cached:
+                self._futile_at = self._clock()
+            self._cached = fresh
+            return fresh
 
     def _unavailable(self, why: str) -> StageUnavailable:
         return StageUnavailable(f"stage {self.stage} is unreachable (its database secret {why})")
@@ -159,7 +165,6 @@ class SecretsManagerCredentials:
         except BotoCoreError as exc:
             raise self._unavailable(f"could not be read: {type(exc).__name__}") from None
         self.fetches += 1
-        self._fetched_at = self._clock()
         log.info("stage credentials fetched", extra={"stage": self.stage, "fetches": self.fetches})
         return self._parse(response.get("SecretString"))
 

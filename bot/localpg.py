@@ -221,6 +221,20 @@ class LocalPostgres:
                 time.sleep(0.1)
         raise LocalPostgresError(f"PostgreSQL did not accept connections on port {self.port}")
 
+    def require_passwords(self, *, trusted: tuple[str, ...] = ("postgres",)) -> None:
+        """Switch TCP logins to scram-sha-256, except `trusted` roles (so this class can still administer).
+
+        Tests of credential rotation need a server that actually checks passwords.
+        """
+        lines = ["local all all trust"]
+        lines += [f"host all {role} 127.0.0.1/32 trust" for role in trusted]
+        lines += ["host all all 127.0.0.1/32 scram-sha-256", "host all all ::1/128 scram-sha-256"]
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text("\n".join(lines) + "\n")
+        self._chown(hba)
+        self._run("pg_ctl", "-D", str(self.data_dir), "reload")
+        time.sleep(0.2)  # the postmaster re-reads pg_hba.conf asynchronously
+
     def stop(self, mode: str = "fast") -> None:
         if self.initialized and self.is_running():
             self._run("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "stop", check=False)

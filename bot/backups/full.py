@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from bot.backups.index import BackupIndex, new_backup_id
-from bot.backups.snapshot import SnapshotFailed, take_snapshot
 from bot.backups.store import BackupStore, BackupStoreError
 from bot.errors import UserFacingError
 from bot.localpg import find_bindir
@@ -137,8 +136,7 @@ def run_full_backup(
     connect_timeout_s: int,
     progress: Progress | None = None,
     progress_interval_s: float = 2.0,
-    snapshot_wait_s: int = 1800,
-    rds_client: Any = None,
+    snapshot: Callable[[], dict[str, Any] | None] | None = None,
 ) -> FullBackupState:
     """Dump the stage to the store; record it in the index; raise FullBackupFailed (index says why)."""
     progress = progress or NullProgress()
@@ -160,15 +158,13 @@ def run_full_backup(
         state.state, state.error, state.finished_at = "failed", exc.message, datetime.now(UTC)
         index.fail(state.backup_id, exc.message, outbox_call=progress.final_call(state) if ref else None)
         raise FullBackupFailed(f"the backup of stage {stage.name} failed: {exc.message}") from exc
-    if stage.config.rds_snapshot is not None:
+    if snapshot is not None:
         # The dump is already safe; a failed snapshot is reported beside it, not instead of it.
         state.state = "snapshot"
         progress.update(state)
         try:
-            state.snapshot = take_snapshot(
-                stage.config.rds_snapshot, stage=stage.name, wait_s=snapshot_wait_s, client=rds_client
-            )
-        except SnapshotFailed as exc:
+            state.snapshot = snapshot()
+        except UserFacingError as exc:  # SnapshotFailed, or the audit of the snapshot
             state.snapshot = {"status": "failed", "error": exc.message}
             state.notes.append(exc.message)
     state.state, state.finished_at, state.location = "complete", datetime.now(UTC), store.location(key)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, update
 
-from bot.audit import AuditLog
+from bot.audit import AuditEntry, AuditLog
 from bot.backups.full import FullBackupState, run_full_backup
 from bot.backups.index import BackupIndex, BackupRow, backups
 from bot.backups.scoped import (
@@ -27,7 +28,7 @@ from bot.backups.scoped import (
     load_manifest,
     restore,
 )
-from bot.backups.snapshot import take_snapshot
+from bot.backups.snapshot import SnapshotFailed, take_snapshot
 from bot.backups.store import BackupStore, LocalStore, make_store
 from bot.config import BackupSettings, Settings
 from bot.errors import NotFound
@@ -63,16 +64,42 @@ class Backups:
     def scoped(self, context: BackupContext, *, on_progress: Callable[[str, int], None] | None = None) -> ScopedBackup:
         return ScopedBackup(self.store, self.index, context, audit=self.audit, on_progress=on_progress)
 
-    def snapshot_before_delete(self, stage: Stage, *, rds_client: Any = None) -> dict[str, Any] | None:
-        """The stage's RDS/Aurora snapshot, if one is configured; raises SnapshotFailed (the delete must not run)."""
+    def snapshot(self, stage: Stage, *, actor: str, rds_client: Any = None) -> dict[str, Any] | None:
+        """The stage's RDS/Aurora snapshot if one is configured, audited either way.
+
+        Before a delete, the engine calls this before opening its transaction and puts the result in
+        the BackupContext (so it lands in the manifest); SnapshotFailed means the delete must not run.
+        """
         target = stage.config.rds_snapshot
         if target is None:
             return None
-        return take_snapshot(target, stage=stage.name, wait_s=self.config.snapshot_wait_s, client=rds_client)
+        started = time.perf_counter()
+        entry = {
+            "actor": actor,
+            "stage": stage.name,
+            "command": "snapshot",
+            "args": f"{target.kind} {target.identifier}",
+        }
+        try:
+            taken = take_snapshot(target, stage=stage.name, wait_s=self.config.snapshot_wait_s, client=rds_client)
+        except SnapshotFailed as exc:
+            self.audit.record(AuditEntry(**entry, outcome="error", detail={"reason": exc.message}))
+            raise
+        self.audit.record(
+            AuditEntry(**entry, outcome="ok", duration_ms=int((time.perf_counter() - started) * 1000), detail=taken),
+            required=True,
+        )
+        return taken
 
     def full_backup(
         self, stage: Stage, *, actor: str, progress: Progress | None = None, rds_client: Any = None
     ) -> FullBackupState:
+        snapshot = None
+        if stage.config.rds_snapshot is not None:
+
+            def snapshot() -> dict[str, Any] | None:
+                return self.snapshot(stage, actor=actor, rds_client=rds_client)
+
         return run_full_backup(
             stage,
             self.store,
@@ -82,8 +109,7 @@ class Backups:
             connect_timeout_s=self.settings.connect_timeout_s,
             progress=progress,
             progress_interval_s=self.config.progress_interval_s,
-            snapshot_wait_s=self.config.snapshot_wait_s,
-            rds_client=rds_client,
+            snapshot=snapshot,
         )
 
     def find_manifest(self, stage: str, request_id: str) -> tuple[BackupRow | None, Manifest]:
