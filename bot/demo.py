@@ -69,6 +69,7 @@ def prepare_demo(
             "AUDIT_CHANNEL": DEMO_AUDIT_CHANNEL,
             "ALERT_CHANNEL": DEMO_ALERT_CHANNEL,
             "PROTECTED_STAGES": "production",
+            "BACKUP_DIR": str(base_dir / "backups"),
         }
     )
     return cluster, env

@@ -31,7 +31,12 @@ def age(then: datetime, now: datetime) -> str:
     return f"{seconds} s ago"
 
 
-STATE_ICONS = {"complete": ":white_check_mark:", "running": ":hourglass_flowing_sand:", "failed": ":x:"}
+STATE_ICONS = {
+    "complete": ":white_check_mark:",
+    "running": ":hourglass_flowing_sand:",
+    "failed": ":x:",
+    "expired": ":wastebasket:",
+}
 
 
 @renders("backups")
@@ -62,7 +67,8 @@ def render_backups(request: CommandRequest, result: BackupList) -> Message:
         section(f":floppy_disk: Latest backups{of}{where}"),
         *lines_sections(lines or ["_no backups yet_"]),
         context(
-            f"Destination: {escape(result.destination)}. Restore with `/mcp restore <request-id> --stage <stage>`."
+            f"Destination: {escape(result.destination)}. Scoped backups: `/mcp restore <request-id> --stage <stage>`;"
+            " full dumps: `pg_restore` (see the README)."
         ),
     ]
     return message(f"{len(result.rows)} backups", blocks, ephemeral=True)

@@ -320,22 +320,29 @@ class ScopedBackup:
         ctx = self.context
         backup_id = new_backup_id()
         prefix = f"{_sanitize(ctx.stage)}/scoped/{_sanitize(ctx.request_id)}/{backup_id}/"
-        self.index.start(
-            backup_id=backup_id,
-            kind="scoped",
-            stage=ctx.stage,
-            destination=self.store.description,
-            created_by=ctx.requested_by,
-            server_id=ctx.server_id,
-            slug=ctx.slug,
-            request_id=ctx.request_id,
-            approved_by=ctx.approved_by,
-            snapshot=ctx.snapshot,
-        )
         written: list[str] = []
         started = time.perf_counter()
         try:
+            self.index.start(
+                backup_id=backup_id,
+                kind="scoped",
+                stage=ctx.stage,
+                destination=self.store.description,
+                created_by=ctx.requested_by,
+                server_id=ctx.server_id,
+                slug=ctx.slug,
+                request_id=ctx.request_id,
+                approved_by=ctx.approved_by,
+                snapshot=ctx.snapshot,
+            )
+        except UserFacingError as exc:
+            raise BackupFailed(f"the backup failed, so nothing was deleted: {exc.message}") from exc
+        try:
             record = self._write(conn, steps, backup_id, prefix, written)
+            self._audit(record, int((time.perf_counter() - started) * 1000))
+            self.index.complete(
+                backup_id, location=record.manifest_key, size_bytes=record.stored_bytes, row_counts=record.row_counts
+            )
         except Exception as exc:
             reason = exc.message if isinstance(exc, UserFacingError) else f"unexpected {type(exc).__name__}"
             log.warning("scoped backup failed", extra={"backup_id": backup_id, "reason": scrub(reason)})
@@ -347,29 +354,31 @@ class ScopedBackup:
             if isinstance(exc, BackupFailed):
                 raise
             raise BackupFailed(f"the backup failed, so nothing was deleted: {reason}") from exc
-        self.index.complete(
-            backup_id, location=record.manifest_key, size_bytes=record.stored_bytes, row_counts=record.row_counts
-        )
-        if self.audit is not None:
-            self.audit.record(
-                AuditEntry(
-                    actor=ctx.requested_by,
-                    stage=ctx.stage,
-                    command="backup",
-                    args=f"scoped {ctx.slug or ctx.server_id or ''} request {ctx.request_id}".strip(),
-                    outcome="ok",
-                    duration_ms=int((time.perf_counter() - started) * 1000),
-                    detail={
-                        "backup_id": backup_id,
-                        "location": record.location,
-                        "rows": record.row_counts,
-                        "bytes": record.stored_bytes,
-                        **({"snapshot": ctx.snapshot} if ctx.snapshot else {}),
-                    },
-                ),
-                required=True,
-            )
         return record
+
+    def _audit(self, record: BackupRecord, duration_ms: int) -> None:
+        """Audited before it counts as complete: a backup nobody can trace is not taken (fail closed)."""
+        if self.audit is None:
+            return
+        ctx = self.context
+        self.audit.record(
+            AuditEntry(
+                actor=ctx.requested_by,
+                stage=ctx.stage,
+                command="backup",
+                args=f"scoped {ctx.slug or ctx.server_id or ''} request {ctx.request_id}".strip(),
+                outcome="ok",
+                duration_ms=duration_ms,
+                detail={
+                    "backup_id": record.backup_id,
+                    "location": record.location,
+                    "rows": record.row_counts,
+                    "bytes": record.stored_bytes,
+                    **({"snapshot": ctx.snapshot} if ctx.snapshot else {}),
+                },
+            ),
+            required=True,
+        )
 
     def _progress_for(self, label: str) -> Callable[[int], None] | None:
         report = self.on_progress
@@ -520,6 +529,7 @@ class RestoreReport:
     conflicts: list[Conflict] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)  # unique indexes too special to pre-check
     restored: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)  # per phase: staging, checks, writing
 
     @property
     def total_rows(self) -> int:
@@ -600,6 +610,7 @@ class _Restorer:
                 raise BackupCorrupt(
                     f"{key} does not match its manifest (checksum or row count differs); nothing was restored"
                 )
+        self.raw.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(name)))  # good plans for the checks
         self.staged[step.order] = name
 
     def conflicts(self, step: ManifestStep) -> None:
@@ -735,10 +746,15 @@ def restore(
     savepoint = conn.begin_nested()
     try:
         restorer = _Restorer(conn, store, manifest, report)
+        clock = time.perf_counter()
         for step in order:
             restorer.stage(step)
+        report.seconds["staging"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         for step in order:
             restorer.conflicts(step)
+        report.seconds["checks"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         if not report.conflicts and not dry_run:
             for step in order:
                 try:
@@ -752,6 +768,8 @@ def restore(
                         f"restoring {step.qualified} wrote {written:,} rows instead of {step.rows:,};"
                         " nothing was restored"
                     )
+                report.seconds[step.qualified] = time.perf_counter() - clock
+                clock = time.perf_counter()
     except BaseException:
         savepoint.rollback()
         raise

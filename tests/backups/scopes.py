@@ -31,20 +31,25 @@ SCOPE_SQL: list[tuple[str, str]] = [
     ("scope_clients", "SELECT id FROM mcp_oauth_clients WHERE mcp_server_id IN (SELECT id FROM scope_servers)"),
     # Orphans: users of the server's sessions that nothing outside the scope references.
     (
+        "scope_user_candidates",
+        "SELECT DISTINCT s.mcp_server_user_id AS id FROM mcp_server_session s"
+        " JOIN scope_sessions USING (mcp_server_session_id) WHERE s.mcp_server_user_id IS NOT NULL",
+    ),
+    (
         "scope_users",
         """
-        SELECT DISTINCT s.mcp_server_user_id AS id FROM mcp_server_session s
-        WHERE s.mcp_server_session_id IN (SELECT mcp_server_session_id FROM scope_sessions)
-          AND s.mcp_server_user_id IS NOT NULL
-          AND NOT EXISTS (SELECT 1 FROM mcp_server_session o WHERE o.mcp_server_user_id = s.mcp_server_user_id
-                          AND o.mcp_server_session_id NOT IN (SELECT mcp_server_session_id FROM scope_sessions))
-          AND NOT EXISTS (SELECT 1 FROM mcp_tool_calls c WHERE c.mcp_server_user_id = s.mcp_server_user_id
+        SELECT u.id FROM scope_user_candidates u
+        WHERE NOT EXISTS (SELECT 1 FROM mcp_server_session o WHERE o.mcp_server_user_id = u.id
+                          AND NOT EXISTS (SELECT 1 FROM scope_sessions x
+                                          WHERE x.mcp_server_session_id = o.mcp_server_session_id))
+          AND NOT EXISTS (SELECT 1 FROM mcp_tool_calls c WHERE c.mcp_server_user_id = u.id
                           AND c.mcp_server_id NOT IN (SELECT id FROM scope_servers)
-                          AND c.mcp_server_session_id NOT IN (SELECT mcp_server_session_id FROM scope_sessions))
-          AND NOT EXISTS (SELECT 1 FROM walkthrough_step_completions w WHERE w.mcp_server_user_id = s.mcp_server_user_id
+                          AND NOT EXISTS (SELECT 1 FROM scope_sessions x
+                                          WHERE x.mcp_server_session_id = c.mcp_server_session_id))
+          AND NOT EXISTS (SELECT 1 FROM walkthrough_step_completions w WHERE w.mcp_server_user_id = u.id
                           AND w.mcp_server_id NOT IN (SELECT id FROM scope_servers))
-          AND NOT EXISTS (SELECT 1 FROM mcp_oauth_tokens t WHERE t.mcp_server_user_id = s.mcp_server_user_id
-                          AND t.client_id NOT IN (SELECT id FROM scope_clients))
+          AND NOT EXISTS (SELECT 1 FROM mcp_oauth_tokens t WHERE t.mcp_server_user_id = u.id
+                          AND NOT EXISTS (SELECT 1 FROM scope_clients k WHERE k.id = t.client_id))
         """,
     ),
     (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -138,10 +139,10 @@ def test_backups_lists_scoped_and_full_with_size_counts_and_age(local_bot):
     scoped_delete(bot, "req_list")
     bot.command("backup --stage dev").text(timeout=60)
     listing = bot.command("backups --stage dev").text()
-    assert "full dump" in listing and f"scoped `{TEST_SPEC.big_slug}` request `req_list`" in listing
+    assert "full dump:" in listing and f"scoped `{TEST_SPEC.big_slug}` request `req_list`" in listing
     assert "rows in 9 tables" in listing and " KB" in listing and "ago" in listing
     only_slug = bot.command(f"backups --slug {TEST_SPEC.big_slug}").text()
-    assert "req_list" in only_slug and "full dump" not in only_slug
+    assert "req_list" in only_slug and "full dump:" not in only_slug
     assert "for operators and approvers" in bot.command("backups", user=VIEWER).text()
 
 
@@ -192,3 +193,18 @@ def test_restore_of_an_unknown_request_and_from_the_store_alone(local_bot, stage
         conn.execute(text("DELETE FROM backups"))  # the bot database was rebuilt; the store still has the manifest
     assert "Restored backup" in bot.command("restore req_lost_index --stage dev").text(timeout=60)
     assert checksums(stage_db.url) == before
+
+
+def test_local_retention_expires_old_backups(make_bot, stage_db, tmp_path):
+    bot = make_bot({"dev": stage_db.url}, BACKUP_DIR=str(tmp_path / "b"), BACKUP_RETENTION_DAYS="7")
+    assert "backups:retention" in bot.runtime.scheduler.jobs
+    bot.command("backup --stage dev").text(timeout=60)
+    bot.command("backup --stage dev").text(timeout=60)
+    old, new = sorted(bot.runtime.backups.latest(stage="dev", slug=None, limit=5), key=lambda r: r.created_at)
+    aged = time.time() - 8 * 86_400
+    os.utime(tmp_path / "b" / old.location, (aged, aged))
+    assert bot.runtime.backups.prune_local() == 1
+    states = {r.id: r.state for r in bot.runtime.backups.latest(stage="dev", slug=None, limit=5)}
+    assert states == {old.id: "expired", new.id: "complete"}
+    assert not (tmp_path / "b" / old.location).exists() and (tmp_path / "b" / new.location).exists()
+    assert ":wastebasket:" in bot.command("backups --stage dev").text()
