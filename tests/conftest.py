@@ -66,7 +66,9 @@ def pg() -> Iterator[LocalPostgres]:
     # Not under pytest's 0700 temp root: as root, the cluster belongs to the unprivileged `postgres` user.
     base = Path(tempfile.mkdtemp(prefix="mcp-ops-test-pg-"))
     base.chmod(0o755)
-    cluster = LocalPostgres(base / "pg", fast_unsafe=True)
+    # Every test clones its own database and pg_stat_statements keys entries by database, so the
+    # default 5,000 entries fill up and evict the entries that the health tests look for.
+    cluster = LocalPostgres(base / "pg", fast_unsafe=True, settings={"pg_stat_statements.max": "50000"})
     cluster.start()
     yield cluster
     cluster.destroy()

@@ -6,6 +6,13 @@ anything:
 
     backup.write(conn, steps)
 
+In full, the engine's side is: `snapshot = runtime.backups.snapshot(stage, actor=...)` before
+its transaction (None unless the stage has an RDS target; raises SnapshotFailed), then
+`backup = runtime.backups.scoped(BackupContext(stage, request_id, requested_by, server_id,
+slug, approved_by, snapshot))`, `record = backup.write(conn, steps)` after materialising the
+scopes, and once the transaction has ended `runtime.backups.index.mark_delete(record.backup_id,
+committed=...)`.
+
 Each table is exported with `COPY (SELECT ... FROM t JOIN scope USING (pk)) TO STDOUT`,
 streamed through sha256 and gzip into the store (one file per table), then a
 `manifest.json` records the plan order, row counts, checksums and the tables' schema

@@ -234,3 +234,18 @@ def test_the_index_finds_backups_by_request_and_slug(index: BackupIndex, stage, 
     assert [r.id for r in index.latest(slug=TEST_SPEC.big_slug)] == [record.backup_id]
     index.mark_delete(record.backup_id, committed=True)
     assert index.get(record.backup_id).delete_state == "committed"
+
+
+def test_a_parent_gone_since_is_reported_as_a_conflict(stage, local_store, index, stage_db):
+    delete_with_backup(stage, ScopedBackup(local_store, index, context()))
+    stage_db.execute("DELETE FROM walkthroughs WHERE id = 'wt_1_1'")  # srv_big's walkthrough, deleted since
+    manifest = load_manifest(local_store, index.find_for_request("dev", "req_1").location)
+    before = checksums(stage)
+    with pytest.raises(RestoreConflict) as caught, stage.write(statement_timeout_ms=60_000) as conn:
+        restore(conn, local_store, manifest, stage="dev")
+    [conflict] = caught.value.report.conflicts
+    assert conflict.table == "public.mcp_server_walkthroughs"
+    assert conflict.constraint == "mcp_server_walkthroughs_walkthrough_id_fkey"
+    assert conflict.reason == "a restored row references a row that no longer exists"
+    assert "wt_1_1" in conflict.samples[0]
+    assert checksums(stage) == before
