@@ -77,6 +77,8 @@ def flag_value(flag: Flag) -> st.SearchStrategy[Any]:
         return st.from_regex(ID_RE, fullmatch=True).filter(lambda v: len(v) <= 64)
     if flag.kind == "text":
         return st.text(min_size=1, max_size=40).filter(lambda v: v.strip() and len(v) <= 40)
+    if flag.kind == "slug":
+        return st.from_regex(SLUG_RE, fullmatch=True).filter(lambda v: len(v) <= 60)
     return st.just(True)
 
 
