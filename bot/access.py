@@ -41,3 +41,15 @@ class AccessPolicy:
                 f"stage {stage} is protected: a restore there needs two-person approval, which restores do not"
                 " have yet. `--dry-run` checks the backup and its conflicts without writing."
             )
+
+    def delete_click_refusal(self, user_id: str, action: str, *, requester: str, protected: bool) -> str | None:
+        """Why `user_id` may not press `action` on a delete request, or None; checked at every click."""
+        if action in ("confirm", "cancel"):
+            if user_id != requester:
+                return f"only <@{requester}>, who asked for it, can {action} it"
+            if not self.is_operator(user_id):
+                return "you are no longer an operator"
+            if action == "confirm" and protected:
+                return "on a protected stage someone else has to approve it"
+            return None
+        return "unknown action"

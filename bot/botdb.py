@@ -44,6 +44,7 @@ TABLE_MODULES = (
     "bot.ratelimit",
     "bot.home",
     "bot.backups.index",
+    "bot.deletion.requests",
 )
 
 # Numbered changes to existing tables, applied once each, in order.

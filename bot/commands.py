@@ -163,6 +163,21 @@ register(
         mutating=True,
     )
 )
+register(
+    Verb("impact", "what deleting a server would touch, table by table, and what could go wrong", (Positional("slug"),))
+)
+register(
+    Verb(
+        "delete",
+        "delete a server and everything that depends on it (asks for confirmation)",
+        (Positional("slug"),),
+        (
+            Flag("dry-run", "bool", "run the whole delete in a transaction and roll it back", default=False),
+            Flag("reason", "text", "why (kept with the request and in the audit log)"),
+        ),
+        mutating=True,
+    )
+)
 
 
 def _clean_shown(value: str, limit: int = 40) -> str:

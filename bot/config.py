@@ -141,6 +141,7 @@ class Settings:
     health: HealthSettings = field(default_factory=HealthSettings)
     rate_limit_per_minute: int = 10
     backup: BackupSettings = field(default_factory=BackupSettings)
+    delete_timeout_s: int = 3600
 
     def stage_names(self) -> list[str]:
         return sorted(self.stages)
@@ -453,4 +454,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_slack: bool =
         health=_health(env, stages),
         rate_limit_per_minute=_int(env, "RATE_LIMIT_PER_MINUTE", 10, 1, 10_000),
         backup=_backup_settings(env),
+        delete_timeout_s=_int(env, "DELETE_TIMEOUT_SECONDS", 3600, 10, 86_400),
     )

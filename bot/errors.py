@@ -54,3 +54,9 @@ class BotDatabaseUnreachable(UserFacingError):
     """The bot's own database (audit, approvals, outbox) did not answer."""
 
     outcome = "unavailable"
+
+
+class ConcurrentChange(UserFacingError):
+    """Another session changed the same rows (serialization failure or deadlock); nothing was changed."""
+
+    outcome = "conflict"

@@ -22,6 +22,7 @@ from bot.backups.service import Backups
 from bot.botdb import create_bot_engine, migrate
 from bot.changes import ChangeFeed
 from bot.config import Settings
+from bot.deletion.flow import DeletionFlow
 from bot.health.monitor import HealthMonitor
 from bot.home import Home
 from bot.outbox import Outbox, OutboxWorker
@@ -64,6 +65,8 @@ class Runtime:
         self.backups = Backups(settings, self.bot_engine, self.audit)
         if settings.backup.retention_days and settings.backup.directory is not None:
             self.scheduler.add("backups:retention", self.backups.prune_local, 3600)
+        # Delete requests, their clicks, runs and jobs (renders through what the Slack layer injects).
+        self.deletion = DeletionFlow(self)
         # Slow work runs here, after the Slack ack, so listener threads are free to ack the next request.
         self._jobs = ThreadPoolExecutor(max_workers=16, thread_name_prefix="job")
         self.readiness = ReadinessProbe(

@@ -19,13 +19,14 @@ from sqlalchemy.pool import NullPool
 
 from bot.config import Settings, StageConfig
 from bot.credentials import CredentialSource, DbCredentials, attach_credentials, credential_source
-from bot.errors import QueryTimeout, StageError, StageUnavailable, UserFacingError
+from bot.errors import ConcurrentChange, QueryTimeout, StageError, StageUnavailable, UserFacingError
 
 APPLICATION_NAME = "mcp-ops"
 
 # SQLSTATEs that mean "the statement was stopped", not "the server is gone".
 QUERY_CANCELED = "57014"
 LOCK_NOT_AVAILABLE = "55P03"
+SERIALIZATION_FAILURES = ("40001", "40P01")  # concurrent update, deadlock: the transaction is rolled back
 
 
 def connect_failure_reason(message: str) -> str:
@@ -68,6 +69,8 @@ def describe_db_error(exc: BaseException, stage: str) -> UserFacingError | None:
         return QueryTimeout(f"the query on stage {stage} ran past its time limit and was cancelled")
     if sqlstate == LOCK_NOT_AVAILABLE:
         return QueryTimeout(f"stage {stage}: a lock could not be taken in time (another session holds it)")
+    if sqlstate in SERIALIZATION_FAILURES:
+        return ConcurrentChange(f"stage {stage}: another session changed the same rows at the same time")
     if isinstance(exc, OperationalError) or exc.connection_invalidated:
         if sqlstate and sqlstate.startswith("57P"):
             return StageUnavailable(f"stage {stage} is unreachable (the server is shutting down or restarting)")
@@ -180,15 +183,22 @@ class Stage:
             yield conn
 
     @contextmanager
-    def write(self, *, statement_timeout_ms: int, lock_timeout_ms: int | None = None) -> Iterator[Connection]:
-        """One read-write transaction with explicit time budgets; it commits only if the block returns."""
+    def write(
+        self, *, statement_timeout_ms: int, lock_timeout_ms: int | None = None, isolation: str | None = None
+    ) -> Iterator[Connection]:
+        """One read-write transaction with explicit time budgets; it commits only if the block returns.
+
+        `isolation` (e.g. "REPEATABLE READ") makes every statement see the transaction's snapshot.
+        """
         lock_ms = lock_timeout_ms if lock_timeout_ms is not None else self._settings.lock_timeout_ms
-        with self._translated(), self.engine.connect() as conn, conn.begin():
-            conn.execute(
-                text("SELECT set_config('statement_timeout', :st, true), set_config('lock_timeout', :lt, true)"),
-                {"st": str(statement_timeout_ms), "lt": str(lock_ms)},
-            )
-            yield conn
+        with self._translated(), self.engine.connect() as raw:
+            conn = raw.execution_options(isolation_level=isolation) if isolation else raw
+            with conn.begin():
+                conn.execute(
+                    text("SELECT set_config('statement_timeout', :st, true), set_config('lock_timeout', :lt, true)"),
+                    {"st": str(statement_timeout_ms), "lt": str(lock_ms)},
+                )
+                yield conn
 
     def ping(self) -> float:
         """Round trip of `SELECT 1` in milliseconds; raises StageUnavailable."""

@@ -80,8 +80,15 @@ def test_rate_limited_posts_wait_for_retry_after(bot):
     first_try = bot.slack.wait_for(lambda calls: [c for c in bot.slack.calls if c.method == "chat.postMessage"])
     delivered = bot.slack.wait_for_call("chat.postMessage", timeout=15)[0]
     assert delivered.at - first_try[0].at >= 0.9
-    with bot.runtime.bot_engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT last_error FROM outbox").scalar() is None
+    # The outbox records the delivery right after Slack answers: give its commit a moment.
+    deadline = time.monotonic() + 5
+    while True:
+        with bot.runtime.bot_engine.connect() as conn:
+            row = conn.exec_driver_sql("SELECT delivered_at, last_error FROM outbox").one()
+        if row.delivered_at is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert row.delivered_at is not None and row.last_error is None
 
 
 def test_nothing_personal_or_secret_reaches_slack_or_audit(bot, stage_db):

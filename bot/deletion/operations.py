@@ -1,0 +1,46 @@
+"""The `/mcp impact` and `/mcp delete` verbs: thin calls into the deletion flow."""
+
+from __future__ import annotations
+
+from bot.deletion.flow import DeletePosted, DeleteRefused, DryRunDone
+from bot.deletion.plan import ImpactReport
+from bot.errors import NotFound, UserFacingError
+from bot.platform import servers
+from bot.runtime import Runtime
+from bot.service import CommandRequest, operation
+from bot.stages import Stage
+
+
+def _stage(request: CommandRequest) -> Stage:
+    assert request.stage is not None, "impact and delete always name a stage"
+    return request.stage
+
+
+def _with_suggestions(stage: Stage, error: NotFound, slug: str) -> NotFound:
+    """An unknown slug answers with the closest slugs, as `/mcp find` does."""
+    try:
+        with stage.read() as conn:
+            close = servers.close_slugs(conn, slug)
+    except UserFacingError:
+        return error
+    if close:
+        return NotFound(f"{error.message}. Close matches: {', '.join(f'`{c}`' for c in close)}")
+    return error
+
+
+@operation("impact")
+def run_impact(runtime: Runtime, request: CommandRequest) -> ImpactReport:
+    slug = request.parsed.args["slug"]
+    try:
+        return runtime.deletion.impact(_stage(request), slug)
+    except NotFound as exc:
+        raise _with_suggestions(_stage(request), exc, slug) from None
+
+
+@operation("delete")
+def run_delete(runtime: Runtime, request: CommandRequest) -> DeletePosted | DeleteRefused | DryRunDone:
+    slug = request.parsed.args["slug"]
+    try:
+        return runtime.deletion.request_delete(request)
+    except NotFound as exc:
+        raise _with_suggestions(_stage(request), exc, slug) from None

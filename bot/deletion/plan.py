@@ -1,0 +1,572 @@
+"""The delete plan and the impact report: what will go, in which order, what blocks it, how long.
+
+Order: SET NULL/SET DEFAULT updates first, then one set-based DELETE per table, children
+before parents along every foreign key among the tables in scope, so the database's
+per-row cascade triggers find nothing left to do. Those triggers still *look*, once per
+deleted parent row and foreign key; on a column without an index each look is a scan of
+the child table. The report measures that cost (a few probes of the very lookup the
+trigger runs, timed with EXPLAIN ANALYZE) rather than guessing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Select, and_, bindparam, column, func, literal, select, table, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import array
+from sqlalchemy.types import NullType
+
+from bot.deletion.catalog import Catalog, ForeignKey, TableRef, load_catalog, resolve_table
+from bot.deletion.scope import (
+    ROOT_KEY,
+    ROOT_TABLE,
+    SESSION_TABLE,
+    USER_TABLE,
+    CteSource,
+    ScopeError,
+    ScopeGraph,
+    ScopeSql,
+    build_graph,
+    sa_table,
+    topological,
+)
+from bot.deletion.sqlext import ExplainAnalyze
+from bot.errors import NotFound, UserFacingError
+
+# The cost model. Measured per report: each foreign key's lookup (the query an RI trigger runs for
+# one deleted parent row), timed with EXPLAIN ANALYZE on a few real keys of the scope.
+# Calibrated once with bench/bench_delete.py on PostgreSQL 15:
+# - a set-based DELETE plus its materialised scope costs about DELETE_ROW_MS per row;
+# - an indexed lookup inside a trigger (cached plan, no EXPLAIN instrumentation) costs about
+#   INDEXED_LOOKUP_FACTOR of its probe, trigger overhead included (probes of 0.02-0.05 ms against
+#   12-15 us per firing measured in the delete);
+# - a scan without an index is dominated by the rows it reads, so its probe is the per-row cost,
+#   except that rows the delete removed earlier in the same transaction fail the visibility check
+#   before the key comparison: DEAD_TUPLE_FACTOR of the probe per such row (measured 0.37-0.66 on
+#   a shared 2-core machine, mostly near the low end; the probe itself reads a little high).
+DELETE_ROW_MS = 0.004
+INDEXED_LOOKUP_FACTOR = 0.35
+DEAD_TUPLE_FACTOR = 0.4
+PROBE_SAMPLES = 3
+SCAN_SAMPLE_PAGES = 2000  # a big table's scan is measured on its first blocks (16 MB), then scaled
+PROBE_BUDGET_MS = 100.0  # stop sampling one lookup once its probes took this long (one scan of a big table)
+BLOCKER_SAMPLE_ROWS = 5
+WORK_MEM = "64MB"  # scope hashes of 100k+ keys must stay hashed (see execute.py)
+_PG = postgresql.dialect()
+
+
+class PlanProblem(UserFacingError):
+    """The delete cannot be planned (no such table, a cycle, a table without a key)."""
+
+    outcome = "blocked"
+
+
+@dataclass(frozen=True)
+class Step:
+    table: TableRef
+    key: tuple[str, ...]
+    action: str  # "delete", "set null" or "set default"
+    columns: tuple[str, ...] = ()
+    edge: ForeignKey | None = None
+
+    @property
+    def snapshot_key(self) -> str:
+        if self.edge is None:
+            return self.table.qualified
+        return f"{self.table.qualified} {self.action} ({', '.join(self.columns)}) via {self.edge.name}"
+
+
+@dataclass
+class DeletePlan:
+    slug: str
+    graph: ScopeGraph
+    steps: list[Step]  # set steps, then deletes children before parents
+    blocking: list[ForeignKey]  # NO ACTION/RESTRICT edges into tables in scope
+    problems: list[str] = field(default_factory=list)
+    root_row: dict[str, Any] = field(default_factory=dict)  # the server's key and referenced columns
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.graph.catalog
+
+    @property
+    def delete_steps(self) -> list[Step]:
+        return [s for s in self.steps if s.action == "delete"]
+
+    @property
+    def set_steps(self) -> list[Step]:
+        return [s for s in self.steps if s.action != "delete"]
+
+    def scope_sql(self, source_factory: Any = CteSource, prefix: str = "scope") -> ScopeSql:
+        return ScopeSql(self.graph, self.slug, source_factory=source_factory, root_row=self.root_row, prefix=prefix)
+
+    def via(self, ref: TableRef) -> list[str]:
+        """Why rows of `ref` are in scope, in words."""
+        reasons: list[str] = []
+        if ref == self.graph.root:
+            reasons.append(f"the server (`{ROOT_KEY}`)")
+        if self.graph.orphans is not None and ref == self.graph.orphans.users:
+            reasons.append(f"orphaned: every session in {self.graph.orphans.sessions} belongs to the server")
+        for fk in self.graph.scope_edges.get(ref, []):
+            reasons.append(f"cascade from {fk.parent} ({', '.join(fk.child_columns)})")
+        for fk in self.graph.self_edges.get(ref, []):
+            reasons.append(f"cascade from itself ({', '.join(fk.child_columns)})")
+        return reasons
+
+
+def build_plan(conn: Connection, slug: str) -> DeletePlan:
+    """Read the catalog and decide the steps; raises NotFound for an unknown slug."""
+    catalog = load_catalog(conn)
+    root = resolve_table(conn, ROOT_TABLE)
+    if root is None or root not in catalog.tables:
+        raise PlanProblem(f"this database has no `{ROOT_TABLE}` table")
+    users = resolve_table(conn, USER_TABLE)
+    sessions = resolve_table(conn, SESSION_TABLE)
+    try:
+        graph = build_graph(catalog, root, users, sessions)
+    except ScopeError as exc:
+        raise PlanProblem(str(exc)) from None
+    t = sa_table(catalog, root)
+    needed = graph.needed_columns(root)
+    found = conn.execute(select(*(t.c[c] for c in needed)).where(t.c[ROOT_KEY] == _param("slug", slug))).first()
+    if found is None:
+        raise NotFound(f"no server with slug `{slug}`")
+    root_row = dict(zip(needed, found, strict=True))
+
+    problems = [
+        "a cascade cycle between " + ", ".join(str(t) for t in cycle) + " (the engine does not delete through cycles)"
+        for cycle in graph.cycles
+    ]
+    in_scope = graph.tables
+    pairs = [(fk.parent, fk.child) for fk in catalog.foreign_keys if fk.parent in in_scope and fk.child in in_scope]
+    parents_first, cycles = topological(sorted(in_scope), pairs)
+    for cycle in cycles:
+        problems.append(
+            "a foreign-key cycle between " + ", ".join(str(t) for t in cycle) + " (no order deletes children first)"
+        )
+    order = list(reversed(parents_first)) + [t for c in cycles for t in c]
+    steps: list[Step] = []
+    blocking: list[ForeignKey] = []
+    for fk in catalog.foreign_keys:
+        if fk.parent not in in_scope:
+            continue
+        if fk.sets:
+            steps.append(
+                Step(
+                    table=fk.child,
+                    key=graph.key(fk.child) if fk.child in catalog.tables else (),
+                    action=fk.on_delete,
+                    columns=fk.set_columns,
+                    edge=fk,
+                )
+            )
+        elif fk.blocking:
+            blocking.append(fk)
+    for step in steps:
+        if not step.key:
+            problems.append(f"table {step.table} has no primary key, so its SET NULL rows can't be addressed")
+    steps += [Step(table=ref, key=graph.key(ref), action="delete") for ref in order]
+    return DeletePlan(slug=slug, graph=graph, steps=steps, blocking=blocking, problems=problems, root_row=root_row)
+
+
+def server_exists(conn: Connection, slug: str) -> bool:
+    root = resolve_table(conn, ROOT_TABLE)
+    if root is None:
+        return False
+    t = table(root.name, column(ROOT_KEY), schema=root.schema)
+    return (
+        conn.execute(select(literal(1)).select_from(t).where(t.c[ROOT_KEY] == _param("slug", slug))).first() is not None
+    )
+
+
+def _param(name: str, value: Any) -> Any:
+    """Untyped, so the server infers the column's type (and can use its index)."""
+    return bindparam(name, value, type_=NullType())
+
+
+# -- the impact report -------------------------------------------------------------------
+
+
+@dataclass
+class TableCount:
+    table: str
+    key: str
+    action: str
+    rows: int
+    via: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Blocker:
+    table: str
+    edge: str
+    rows: int
+    reason: str
+    sample: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class SlowKey:
+    """A foreign-key column without an index that the delete scans once per deleted parent row."""
+
+    table: str
+    columns: list[str]
+    parent: str
+    parent_rows: int
+    per_row_ms: float
+    estimated_s: float
+    create_index: str
+    rule: str
+
+
+@dataclass
+class ImpactReport:
+    slug: str
+    server_key: dict[str, str]
+    tables: list[TableCount]
+    orphaned_users: int
+    total_rows: int
+    blockers: list[Blocker]
+    slow_keys: list[SlowKey]
+    estimated_s: float
+    snapshot: dict[str, int]
+    snapshot_hash: str
+    took_ms: int
+    checked_tables: int = 0
+    limit_s: float = 0.0  # the most a delete may take on this stage (DELETE_TIMEOUT_SECONDS); 0 if unknown
+
+    @property
+    def deletable(self) -> bool:
+        return not self.blockers
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImpactReport:
+        values = dict(data)
+        values["tables"] = [TableCount(**t) for t in data.get("tables", [])]
+        values["blockers"] = [Blocker(**b) for b in data.get("blockers", [])]
+        values["slow_keys"] = [SlowKey(**s) for s in data.get("slow_keys", [])]
+        return cls(**values)
+
+
+def snapshot_hash(snapshot: dict[str, int]) -> str:
+    canonical = json.dumps(sorted(snapshot.items()), separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def compare_snapshots(approved: dict[str, int], fresh: dict[str, int], drift_percent: float = 0.0) -> list[str]:
+    """What changed, in words; empty when `fresh` is within `drift_percent` of `approved` everywhere."""
+    changes: list[str] = []
+    for key in sorted(set(approved) | set(fresh)):
+        before, after = approved.get(key), fresh.get(key, 0)
+        if before is None:
+            if after > 0:
+                changes.append(f"{key}: new in the plan ({after:,} rows)")
+            continue
+        if after == before:
+            continue
+        allowed = before * drift_percent / 100.0
+        if abs(after - before) > allowed:
+            changes.append(f"{key}: {before:,} → {after:,}")
+    return changes
+
+
+def _count_queries(plan: DeletePlan, sql: ScopeSql) -> list[tuple[list[str], Select[Any]]]:
+    """The counts of every step and blocking edge, over shared CTEs (the read path of the scope).
+
+    Each query yields one value: a count, or an array of counts for the keys listed with it.
+    """
+    graph = plan.graph
+    source = sql.source
+    assert isinstance(source, CteSource)
+    queries: list[tuple[list[str], Select[Any]]] = []
+    referenced = {fk.parent for fk in plan.catalog.foreign_keys if fk.parent in graph.tables}
+    folded: set[str] = set()
+    for step in plan.steps:
+        if step.action == "delete":
+            if step.table in referenced:
+                queries.append(([step.snapshot_key], select(func.count()).select_from(source.cte(step.table))))
+                continue
+            t = sa_table(graph, step.table).alias()
+            # A NO ACTION/RESTRICT edge from this table to the server row (tool calls -> servers) is
+            # counted in the same scan: rows pointing at the server, minus those of them in scope.
+            to_root = [fk for fk in plan.blocking if fk.child == step.table and fk.parent == graph.root]
+            if not to_root:
+                queries.append(
+                    ([step.snapshot_key], select(func.count()).select_from(t).where(sql.predicate(step.table, t)))
+                )
+                continue
+            counts = [func.count()] + [func.count().filter(sql.edge_match(t, fk)) for fk in to_root]
+            keys = [step.snapshot_key] + [f"in scope {fk.name}" for fk in to_root]
+            queries.append((keys, select(array(counts)).select_from(t).where(sql.predicate(step.table, t))))
+            for fk in to_root:
+                r = sa_table(graph, step.table).alias()
+                queries.append(([f"refs {fk.name}"], select(func.count()).select_from(r).where(sql.edge_match(r, fk))))
+                folded.add(fk.name)
+        else:
+            assert step.edge is not None
+            queries.append(([step.snapshot_key], _edge_rows(plan, sql, step.edge, count=True)))
+    for fk in plan.blocking:
+        if fk.name not in folded:
+            queries.append(([f"blocker {fk.name}"], _edge_rows(plan, sql, fk, count=True)))
+    return queries
+
+
+def _unpack_counts(plan: DeletePlan, queries: list[tuple[list[str], Select[Any]]], row: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for i, (keys, _) in enumerate(queries):
+        values = row[i] if len(keys) > 1 else [row[i]]
+        counts.update({key: int(value) for key, value in zip(keys, values, strict=True)})
+    for fk in plan.blocking:
+        if f"refs {fk.name}" in counts:
+            counts[f"blocker {fk.name}"] = counts.pop(f"refs {fk.name}") - counts.pop(f"in scope {fk.name}")
+    return counts
+
+
+def _edge_rows(plan: DeletePlan, sql: ScopeSql, fk: ForeignKey, *, count: bool) -> Select[Any]:
+    """Rows of fk.child outside the scope that reference an in-scope row of fk.parent."""
+    x = sa_table(plan.graph, fk.child).alias()
+    where = and_(sql.edge_match(x, fk), sql.outside_predicate(fk.child, x))
+    if count:
+        return select(func.count()).select_from(x).where(where)
+    info = plan.catalog.table(fk.child)
+    shown = list(info.key) + [c for c in fk.child_columns if c not in info.key]
+    return select(*(x.c[c] for c in shown)).where(where).limit(BLOCKER_SAMPLE_ROWS)
+
+
+def set_local(conn: Connection, name: str, value: str) -> None:
+    conn.execute(text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value})
+
+
+def measure_impact(conn: Connection, plan: DeletePlan, *, probe: bool = True) -> ImpactReport:
+    """Counts (one statement, one snapshot), blockers with their rows, slow keys and the estimate."""
+    started = time.perf_counter()
+    set_local(conn, "work_mem", WORK_MEM)
+    sql = plan.scope_sql()
+    queries = _count_queries(plan, sql)
+    # A few keys of every scope other tables point at, for the cost probes: taken from the same
+    # CTEs in the same statement, so probing costs no second evaluation of any scope.
+    parents = [s.table for s in plan.delete_steps if probe and plan.catalog.referencing(s.table)]
+    sample_columns = [_key_sample(plan, sql, ref).label(f"k{i}") for i, ref in enumerate(parents)]
+    columns = [q.scalar_subquery().label(f"c{i}") for i, (_, q) in enumerate(queries)]
+    row = conn.execute(select(*columns, *sample_columns)).one()
+    counts = _unpack_counts(plan, queries, row)
+    key_samples = {ref: [tuple(values) for values in (row[len(queries) + i] or [])] for i, ref in enumerate(parents)}
+
+    blockers: list[Blocker] = []
+    for problem in plan.problems:
+        blockers.append(Blocker(table="", edge="", rows=0, reason=problem))
+    for fk in plan.blocking:
+        rows = counts.pop(f"blocker {fk.name}")
+        if rows:
+            sample_sql = plan.scope_sql(prefix="sample")
+            sample = [
+                {k: str(v) for k, v in r._mapping.items()}
+                for r in conn.execute(_edge_rows(plan, sample_sql, fk, count=False))
+            ]
+            blockers.append(
+                Blocker(
+                    table=str(fk.child),
+                    edge=fk.describe(),
+                    rows=rows,
+                    reason=(
+                        f"{rows:,} row(s) of {fk.child} outside the delete reference rows of {fk.parent} "
+                        f"that would be deleted ({fk.on_delete.upper()}): the database would refuse"
+                    ),
+                    sample=sample,
+                )
+            )
+    for step in plan.set_steps:
+        info = plan.catalog.table(step.table)
+        if step.action == "set null" and counts[step.snapshot_key] and set(step.columns) & info.not_null:
+            blockers.append(
+                Blocker(
+                    table=str(step.table),
+                    edge=step.edge.describe() if step.edge else "",
+                    rows=counts[step.snapshot_key],
+                    reason=f"{step.table}({', '.join(step.columns)}) is NOT NULL, so ON DELETE SET NULL would fail",
+                )
+            )
+
+    tables = [
+        TableCount(
+            table=str(step.table),
+            key=step.snapshot_key,
+            action=step.action,
+            rows=counts[step.snapshot_key],
+            via=plan.via(step.table) if step.action == "delete" else [step.edge.describe()] if step.edge else [],
+            columns=list(step.columns),
+        )
+        for step in _report_order(plan)
+    ]
+    orphans = plan.graph.orphans
+    orphaned = counts.get(orphans.users.qualified, 0) if orphans else 0
+    total = sum(counts[s.snapshot_key] for s in plan.delete_steps)
+    slow_keys: list[SlowKey] = []
+    estimated_s = total * DELETE_ROW_MS / 1000
+    if probe:
+        slow_keys, cascade_s = estimate_cascades(conn, plan, counts, key_samples)
+        estimated_s += cascade_s
+    return ImpactReport(
+        slug=plan.slug,
+        server_key={k: str(plan.root_row[k]) for k in plan.graph.key(plan.graph.root)},
+        tables=tables,
+        orphaned_users=orphaned,
+        total_rows=total,
+        blockers=blockers,
+        slow_keys=slow_keys,
+        estimated_s=estimated_s,
+        snapshot=counts,
+        snapshot_hash=snapshot_hash(counts),
+        took_ms=int((time.perf_counter() - started) * 1000),
+        checked_tables=len(plan.catalog.tables),
+    )
+
+
+def _report_order(plan: DeletePlan) -> list[Step]:
+    """Parents first reads best: the server, then what hangs off it; SET NULL rows last."""
+    position = {ref: i for i, ref in enumerate(plan.graph.order)}
+    deletes = sorted(plan.delete_steps, key=lambda s: position.get(s.table, len(position)))
+    return deletes + plan.set_steps
+
+
+# -- the cost of the database's own per-row lookups ---------------------------------------
+
+
+def _execution_ms(conn: Connection, query: Select[Any]) -> float:
+    plan = conn.execute(ExplainAnalyze(query)).scalar_one()
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return float(plan[0]["Execution Time"])
+
+
+def _lookup(catalog: Catalog, fk: ForeignKey, values: tuple[Any, ...], pages: int | None = None) -> Select[Any]:
+    """The lookup an RI trigger runs for one deleted parent row (without FOR KEY SHARE: read-only).
+
+    With `pages`, only the table's first `pages` blocks are read (a TID range scan, sequential
+    like the full scan it stands for).
+    """
+    child = sa_table(catalog, fk.child)
+    conditions = [
+        child.c[c] == _param(f"v{i}", v) for i, (c, v) in enumerate(zip(fk.child_columns, values, strict=True))
+    ]
+    if pages is not None:
+        conditions.append(column("ctid", _selectable=child) < literal(f"({pages},0)", type_=NullType()))
+    return select(literal(1)).select_from(child).where(*conditions)
+
+
+def _probe(conn: Connection, catalog: Catalog, fk: ForeignKey, samples: list[tuple[Any, ...]]) -> float:
+    """Milliseconds one lookup takes: the median of a few keys, within PROBE_BUDGET_MS."""
+    timings: list[float] = []
+    spent = 0.0
+    for values in samples[:PROBE_SAMPLES]:
+        took = _execution_ms(conn, _lookup(catalog, fk, values))
+        timings.append(took)
+        spent += took
+        if spent > PROBE_BUDGET_MS:
+            break
+    return statistics.median(timings) if timings else 0.0
+
+
+def _scan_probe(conn: Connection, catalog: Catalog, fk: ForeignKey, samples: list[tuple[Any, ...]]) -> float:
+    """Milliseconds a lookup without an index takes: a scan of the whole child table.
+
+    A big table is measured on a sequential slice of its blocks and scaled by its size, so the
+    report does not pay a full scan per unindexed table.
+    """
+    pages = catalog.table(fk.child).pages
+    if pages <= SCAN_SAMPLE_PAGES * 2:
+        return _probe(conn, catalog, fk, samples)
+    # Twice, keeping the faster: the first read of those blocks may have to bring them into cache.
+    values = samples[0]
+    timings = [_execution_ms(conn, _lookup(catalog, fk, values, SCAN_SAMPLE_PAGES)) for _ in range(2)]
+    return min(timings) * pages / SCAN_SAMPLE_PAGES
+
+
+def _key_sample(plan: DeletePlan, sql: ScopeSql, ref: TableRef) -> Any:
+    """Up to PROBE_SAMPLES rows of the scope's referenced columns, as a JSON array of arrays.
+
+    Values come back as JSON scalars and are bound untyped, so PostgreSQL reads them as the
+    column's own type (uuid, date, ...) in the probe.
+    """
+    source = sql.source
+    assert isinstance(source, CteSource)
+    cte = source.cte(ref)
+    cols = plan.graph.needed_columns(ref)
+    few = select(*(cte.c[c] for c in cols)).limit(PROBE_SAMPLES).subquery()
+    return select(func.json_agg(func.json_build_array(*(few.c[c] for c in cols)))).scalar_subquery()
+
+
+def estimate_cascades(
+    conn: Connection, plan: DeletePlan, counts: dict[str, int], key_samples: dict[TableRef, list[tuple[Any, ...]]]
+) -> tuple[list[SlowKey], float]:
+    """Per deleted parent row and foreign key, one lookup: measured, multiplied, summed."""
+    set_local(conn, "max_parallel_workers_per_gather", "0")  # RI lookups never run in parallel
+    catalog = plan.catalog
+    seq_scan_ms: dict[TableRef, float] = {}
+    slow: list[SlowKey] = []
+    total_s = 0.0
+    deleted = {s.table: counts.get(s.snapshot_key, 0) for s in plan.delete_steps}
+    for step in plan.delete_steps:
+        parent_rows = counts.get(step.snapshot_key, 0)
+        fks = catalog.referencing(step.table)
+        if not parent_rows or not fks:
+            continue
+        needed = plan.graph.needed_columns(step.table)
+        samples = key_samples.get(step.table, [])
+        if not samples:
+            continue
+        for fk in fks:
+            picked = [tuple(s[needed.index(c)] for c in fk.parent_columns) for s in samples]
+            if fk.indexed:
+                per_row = _probe(conn, catalog, fk, picked) * INDEXED_LOOKUP_FACTOR
+            else:
+                # Without an index the lookup is a scan of the whole child table, whatever the key.
+                if fk.child not in seq_scan_ms:
+                    seq_scan_ms[fk.child] = _scan_probe(conn, catalog, fk, picked)
+                gone = min(deleted.get(fk.child, 0) / max(catalog.table(fk.child).estimated_rows, 1.0), 1.0)
+                per_row = seq_scan_ms[fk.child] * ((1 - gone) + gone * DEAD_TUPLE_FACTOR)
+            cost_s = parent_rows * per_row / 1000
+            total_s += cost_s
+            if not fk.indexed:
+                slow.append(
+                    SlowKey(
+                        table=str(fk.child),
+                        columns=list(fk.child_columns),
+                        parent=str(fk.parent),
+                        parent_rows=parent_rows,
+                        per_row_ms=round(per_row, 4),
+                        estimated_s=round(cost_s, 3),
+                        create_index=create_index_statement(fk),
+                        rule=fk.on_delete,
+                    )
+                )
+    slow.sort(key=lambda s: s.estimated_s, reverse=True)
+    return slow, total_s
+
+
+def create_index_statement(fk: ForeignKey) -> str:
+    """The index that turns each per-row scan into an index lookup; run it outside the delete."""
+    quote = _PG.identifier_preparer.quote
+    name = f"{fk.child.name}_{'_'.join(fk.child_columns)}_idx"
+    if len(name) > 63:
+        name = name[:54] + "_" + hashlib.sha1(name.encode()).hexdigest()[:8]  # noqa: S324 - a name, not security
+    columns = ", ".join(quote(c) for c in fk.child_columns)
+    return (
+        f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {quote(name)} "
+        f"ON {quote(fk.child.schema)}.{quote(fk.child.name)} ({columns});"
+    )
+
+
+def plan_and_measure(conn: Connection, slug: str, *, probe: bool = True) -> tuple[DeletePlan, ImpactReport]:
+    plan = build_plan(conn, slug)
+    return plan, measure_impact(conn, plan, probe=probe)

@@ -1,0 +1,288 @@
+"""Delete requests in the bot database: a state machine whose every move is a compare-and-set.
+
+    pending -> approved -> running -> done | failed
+    pending -> rejected | cancelled | expired | stale
+
+Each transition is one `UPDATE ... WHERE id = :id AND state = <expected> RETURNING *`; no row
+back means somebody else moved it first (a second click, another replica), and the caller
+does nothing. Votes are rows keyed by (request, voter), so a double click is a no-op; the
+vote that completes the quorum moves the request to `approved` under the request's row lock.
+On an unprotected stage the requester's own confirmation is the approval (quorum of one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, insert
+
+from bot.botdb import metadata
+
+STATES = ("pending", "approved", "running", "done", "failed", "rejected", "cancelled", "expired", "stale")
+OPEN_STATES = ("pending", "approved", "running")
+FINAL_STATES = ("done", "failed", "rejected", "cancelled", "expired", "stale")
+
+delete_requests = Table(
+    "delete_requests",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("stage", Text, nullable=False),
+    Column("slug", Text, nullable=False),
+    Column("server_key", JSONB, nullable=False, server_default="{}"),
+    Column("requester", Text, nullable=False),
+    Column("reason", Text),
+    Column("protected", Boolean, nullable=False),
+    Column("required_approvals", Integer, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("impact", JSONB, nullable=False),
+    Column("snapshot", JSONB, nullable=False),
+    Column("snapshot_hash", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("channel", Text),
+    Column("message_ts", Text),
+    Column("decided_by", Text),
+    Column("decision_reason", Text),
+    Column("runner", Text),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("result", JSONB),
+    Column("error", Text),
+    Column("reminded_at", DateTime(timezone=True)),
+    Column("replaces", BigInteger),
+    Column("replaced_by", BigInteger),
+    CheckConstraint(f"state IN ({', '.join(repr(s) for s in STATES)})", name="delete_requests_state_check"),
+    Index("delete_requests_open_idx", "state", "expires_at"),
+    Index("delete_requests_stage_idx", "stage", "state"),
+)
+
+delete_votes = Table(
+    "delete_request_votes",
+    metadata,
+    Column("request_id", BigInteger, ForeignKey("delete_requests.id", ondelete="CASCADE"), nullable=False),
+    Column("voter", Text, nullable=False),
+    Column("vote", Text, nullable=False),  # confirm | approve | reject
+    Column("reason", Text),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("request_id", "voter"),
+    CheckConstraint("vote IN ('confirm', 'approve', 'reject')", name="delete_request_votes_vote_check"),
+)
+
+
+@dataclass(frozen=True)
+class Vote:
+    voter: str
+    vote: str
+    reason: str | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class DeleteRequest:
+    id: int
+    stage: str
+    slug: str
+    server_key: dict[str, str]
+    requester: str
+    reason: str | None
+    protected: bool
+    required_approvals: int
+    state: str
+    impact: dict[str, Any]
+    snapshot: dict[str, int]
+    snapshot_hash: str
+    created_at: datetime
+    expires_at: datetime
+    updated_at: datetime
+    channel: str | None
+    message_ts: str | None
+    decided_by: str | None
+    decision_reason: str | None
+    runner: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: dict[str, Any] | None
+    error: str | None
+    reminded_at: datetime | None
+    replaces: int | None
+    replaced_by: int | None
+    votes: tuple[Vote, ...] = field(default=())
+
+    @property
+    def approvals(self) -> list[str]:
+        return [v.voter for v in self.votes if v.vote in ("approve", "confirm")]
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_STATES
+
+
+def _request(row: Any, votes: tuple[Vote, ...] = ()) -> DeleteRequest:
+    values = {c.name: row._mapping[c.name] for c in delete_requests.columns}
+    return DeleteRequest(**values, votes=votes)
+
+
+# Called inside a transition's transaction with the request as it now is: queues its Slack update.
+Notify = Callable[[Connection, DeleteRequest], None]
+
+
+@dataclass(frozen=True)
+class VoteOutcome:
+    request: DeleteRequest
+    recorded: bool  # False: this voter had already voted (double click)
+    approved_now: bool  # this vote completed the quorum
+
+
+class DeleteRequests:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create(self, conn: Connection | None = None, **values: Any) -> DeleteRequest:
+        stmt = delete_requests.insert().values(**values).returning(*delete_requests.columns)
+        if conn is not None:
+            return _request(conn.execute(stmt).one())
+        with self.engine.begin() as own:
+            return _request(own.execute(stmt).one())
+
+    def _votes(self, conn: Connection, request_id: int) -> tuple[Vote, ...]:
+        rows = conn.execute(
+            select(delete_votes).where(delete_votes.c.request_id == request_id).order_by(delete_votes.c.at)
+        )
+        return tuple(Vote(r.voter, r.vote, r.reason, r.at) for r in rows)
+
+    def get(self, request_id: int, conn: Connection | None = None) -> DeleteRequest | None:
+        if conn is None:
+            with self.engine.connect() as own:
+                return self.get(request_id, own)
+        row = conn.execute(select(delete_requests).where(delete_requests.c.id == request_id)).first()
+        return _request(row, self._votes(conn, request_id)) if row else None
+
+    def list(self, *, states: tuple[str, ...], stage: str | None = None, limit: int = 50) -> list[DeleteRequest]:
+        query = select(delete_requests).where(delete_requests.c.state.in_(states))
+        if stage:
+            query = query.where(delete_requests.c.stage == stage)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(delete_requests.c.id).limit(limit)).all()
+            return [_request(r, self._votes(conn, r.id)) for r in rows]
+
+    def ids_where(self, *conditions: Any) -> list[int]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(delete_requests.c.id).where(*conditions)).scalars())
+
+    def set_message(self, request_id: int, channel: str, ts: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(delete_requests)
+                .where(delete_requests.c.id == request_id)
+                .values(channel=channel, message_ts=ts, updated_at=func.now())
+            )
+
+    def transition(
+        self,
+        request_id: int,
+        expect: str | tuple[str, ...],
+        to: str,
+        *,
+        notify: Notify | None = None,
+        where: tuple[Any, ...] = (),
+        **values: Any,
+    ) -> DeleteRequest | None:
+        """Move `expect` -> `to` atomically; None if the request was not in `expect` (someone else won)."""
+        expected = (expect,) if isinstance(expect, str) else expect
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                update(delete_requests)
+                .where(delete_requests.c.id == request_id, delete_requests.c.state.in_(expected), *where)
+                .values(state=to, updated_at=func.now(), **values)
+                .returning(*delete_requests.columns)
+            ).first()
+            if row is None:
+                return None
+            request = _request(row, self._votes(conn, request_id))
+            if notify is not None:
+                notify(conn, request)
+            return request
+
+    def vote(
+        self,
+        request_id: int,
+        voter: str,
+        vote: str,
+        *,
+        now: datetime,
+        reason: str | None = None,
+        notify: Notify | None = None,
+    ) -> VoteOutcome | None:
+        """Record a vote on a pending, unexpired request; None if it no longer takes votes.
+
+        The request row is locked for the transaction, so two votes completing the quorum at
+        once are counted one after the other and only one of them approves.
+        """
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(delete_requests)
+                .where(
+                    delete_requests.c.id == request_id,
+                    delete_requests.c.state == "pending",
+                    delete_requests.c.expires_at > now,
+                )
+                .with_for_update()
+            ).first()
+            if row is None:
+                return None
+            inserted = conn.execute(
+                insert(delete_votes)
+                .values(request_id=request_id, voter=voter, vote=vote, reason=reason)
+                .on_conflict_do_nothing()
+                .returning(delete_votes.c.voter)
+            ).first()
+            request = _request(row, self._votes(conn, request_id))
+            if inserted is None:
+                return VoteOutcome(request, recorded=False, approved_now=False)
+            if vote == "reject":
+                updated = conn.execute(
+                    update(delete_requests)
+                    .where(delete_requests.c.id == request_id)
+                    .values(state="rejected", decided_by=voter, decision_reason=reason, updated_at=func.now())
+                    .returning(*delete_requests.columns)
+                ).one()
+                request = _request(updated, self._votes(conn, request_id))
+                if notify is not None:
+                    notify(conn, request)
+                return VoteOutcome(request, recorded=True, approved_now=False)
+            if len(request.approvals) >= max(request.required_approvals, 1):
+                updated = conn.execute(
+                    update(delete_requests)
+                    .where(delete_requests.c.id == request_id)
+                    .values(state="approved", decided_by=voter, updated_at=func.now())
+                    .returning(*delete_requests.columns)
+                ).one()
+                request = _request(updated, self._votes(conn, request_id))
+                if notify is not None:
+                    notify(conn, request)
+                return VoteOutcome(request, recorded=True, approved_now=True)
+            if notify is not None:
+                notify(conn, request)
+            return VoteOutcome(request, recorded=True, approved_now=False)

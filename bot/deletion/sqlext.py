@@ -1,0 +1,54 @@
+"""Three PostgreSQL statements SQLAlchemy Core has no construct for, with identifiers quoted by it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.sql.selectable import Select
+
+
+class CreateTempTableAs(Executable, ClauseElement):
+    """`CREATE TEMPORARY TABLE name ON COMMIT DROP AS <select>`: gone with the transaction."""
+
+    inherit_cache = False
+
+    def __init__(self, name: str, query: Select[Any]) -> None:
+        self.name = name
+        self.query = query
+
+
+@compiles(CreateTempTableAs)
+def _create_temp(element: CreateTempTableAs, compiler: Any, **kw: Any) -> str:
+    name = compiler.preparer.quote(element.name)
+    return f"CREATE TEMPORARY TABLE {name} ON COMMIT DROP AS {compiler.process(element.query, **kw)}"
+
+
+class Analyze(Executable, ClauseElement):
+    """`ANALYZE name`: the planner then knows how big a freshly filled temp table is."""
+
+    inherit_cache = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+@compiles(Analyze)
+def _analyze(element: Analyze, compiler: Any, **kw: Any) -> str:
+    return f"ANALYZE {compiler.preparer.quote(element.name)}"
+
+
+class ExplainAnalyze(Executable, ClauseElement):
+    """`EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) <select>`: the server-side execution time of one run."""
+
+    inherit_cache = False
+
+    def __init__(self, query: Select[Any]) -> None:
+        self.query = query
+
+
+@compiles(ExplainAnalyze)
+def _explain(element: ExplainAnalyze, compiler: Any, **kw: Any) -> str:
+    return f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {compiler.process(element.query, **kw)}"

@@ -1,0 +1,281 @@
+"""How impact reports, delete requests and their results look in Slack.
+
+Everything shown comes from plan data (table names, counts, sample keys) and passes through
+`escape`/`scrub`: a value from the database is never trusted to be free of emails or markup.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.deletion.execute import Progress
+from bot.deletion.flow import DeletePosted, DeleteRefused, DryRunDone, RequestView
+from bot.deletion.plan import Blocker, ImpactReport, SlowKey
+from bot.deletion.requests import DeleteRequest
+from bot.pii import scrub
+from bot.service import CommandRequest
+from handlers.blocks import (
+    Block,
+    Message,
+    actions,
+    button,
+    code,
+    confirm_dialog,
+    context,
+    divider,
+    escape,
+    header,
+    lines_sections,
+    message,
+    section,
+    when,
+)
+from handlers.render import renders
+
+CONFIRM_ACTION = "delete_confirm"
+CANCEL_ACTION = "delete_cancel"
+SLOW_KEY_WARN_S = 1.0  # below this a missing index is listed, not shouted about
+MAX_TABLE_LINES = 40
+
+
+def duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _clean(value: Any) -> str:
+    return escape(scrub(str(value)))
+
+
+def _table_lines(report: ImpactReport) -> list[str]:
+    lines: list[str] = []
+    for t in report.tables:
+        if t.action == "delete":
+            via = f" ({_clean('; '.join(t.via))})" if t.via else ""
+            lines.append(f"• {code(t.table)}: *{t.rows:,}* rows deleted{via}")
+        elif t.rows:
+            lines.append(
+                f"• {code(t.table)}: *{t.rows:,}* rows set to {t.action.removeprefix('set ').upper()} "
+                f"({_clean(', '.join(t.columns))}; {_clean('; '.join(t.via))})"
+            )
+    if len(lines) > MAX_TABLE_LINES:
+        lines = [*lines[:MAX_TABLE_LINES], f"… and {len(lines) - MAX_TABLE_LINES} more tables"]
+    return lines
+
+
+def _key_name(key: SlowKey) -> str:
+    return f"{key.table}({', '.join(key.columns)})"
+
+
+def _slow_key_line(key: SlowKey) -> str:
+    return (
+        f":warning: {code(_key_name(key))} has no index: each of the *{key.parent_rows:,}* deleted "
+        f"{code(key.parent)} rows makes the database scan it (~{key.per_row_ms:,.1f} ms each, "
+        f"*~{duration(key.estimated_s)}* in all). Create the index first, outside the delete:\n"
+        f"```{escape(key.create_index)}```"
+    )
+
+
+def _blocker_lines(blockers: list[Blocker]) -> list[str]:
+    lines: list[str] = []
+    for blocker in blockers:
+        lines.append(f":no_entry: {_clean(blocker.reason)}")
+        if blocker.edge:
+            lines.append(f"    {code(blocker.edge)}")
+        for row in blocker.sample:
+            shown = ", ".join(f"{_clean(k)}={code(scrub(v))}" for k, v in row.items())
+            lines.append(f"    ◦ {shown}")
+        if blocker.rows > len(blocker.sample) and blocker.sample:
+            lines.append(f"    ◦ … {blocker.rows - len(blocker.sample):,} more")
+    return lines
+
+
+def impact_blocks(report: ImpactReport, *, protected: bool) -> list[Block]:
+    blocks: list[Block] = [*lines_sections(_table_lines(report))]
+    summary = (
+        f"*Total: {report.total_rows:,} rows* in {sum(1 for t in report.tables if t.action == 'delete' and t.rows)} "
+        f"tables, {report.orphaned_users:,} orphaned users (users whose every session is on this server). "
+        f"Expected duration: *~{duration(report.estimated_s)}*."
+    )
+    blocks.append(section(summary))
+    warnings: list[str] = []
+    if protected:
+        warnings.append(":lock: This stage is protected.")
+    if report.limit_s and report.estimated_s > report.limit_s:
+        warnings.append(
+            f":warning: The delete is expected to take ~{duration(report.estimated_s)}, more than the "
+            f"{duration(report.limit_s)} a delete may run (`DELETE_TIMEOUT_SECONDS`): it would be cancelled and "
+            "rolled back. Create the missing index below first."
+        )
+    slow = [k for k in report.slow_keys if k.estimated_s >= SLOW_KEY_WARN_S]
+    warnings += [_slow_key_line(k) for k in slow]
+    if warnings:
+        blocks += lines_sections(warnings)
+    minor = [k for k in report.slow_keys if k.estimated_s < SLOW_KEY_WARN_S]
+    if minor:
+        listed = ", ".join(f"{code(_key_name(k))} ({k.parent_rows:,} rows x ~{k.per_row_ms:.2f} ms)" for k in minor)
+        blocks.append(
+            context(f"Foreign keys without an index, scanned once per deleted parent row (cheap here): {listed}")
+        )
+    if report.blockers:
+        blocks += lines_sections(["*The database would refuse this delete:*", *_blocker_lines(report.blockers)])
+    blocks.append(
+        context(
+            f"Counted by the database in {report.took_ms:,} ms from the live catalog "
+            f"({report.checked_tables} tables checked). Snapshot `{report.snapshot_hash[:12]}`."
+        )
+    )
+    return blocks
+
+
+@renders("impact")
+def render_impact(request: CommandRequest, report: ImpactReport) -> Message:
+    stage = request.stage
+    assert stage is not None
+    verdict = "can be deleted" if report.deletable else "can't be deleted as it is"
+    blocks = [
+        section(f":mag: Deleting {code(report.slug)} on stage *{escape(stage.name)}* {verdict}:"),
+        *impact_blocks(report, protected=stage.protected),
+    ]
+    return message(f"Impact of deleting {report.slug}: {report.total_rows} rows", blocks)
+
+
+@renders("delete")
+def render_delete(request: CommandRequest, result: DeletePosted | DeleteRefused | DryRunDone) -> Message:
+    stage = request.stage
+    assert stage is not None
+    if isinstance(result, DeletePosted):
+        text = (
+            f"The delete plan for {code(result.report.slug)} is posted in this channel as request "
+            f"#{result.request.id}. Only you can press *Delete* (or *Cancel*); it expires at "
+            f"{when(result.request.expires_at)}."
+        )
+        return message(text, [section(text)], ephemeral=True)
+    if isinstance(result, DeleteRefused):
+        blocks = [
+            section(f":no_entry: {code(result.report.slug)} on *{escape(stage.name)}* can't be deleted as it is:"),
+            *impact_blocks(result.report, protected=stage.protected),
+        ]
+        return message(f"{result.report.slug} can't be deleted", blocks)
+    run = result.result
+    lines = [f"• {code(s.table)}: {s.rows:,} rows {'deleted' if s.action == 'delete' else s.action}" for s in run.steps]
+    blocks = [
+        section(
+            f":test_tube: Dry run of deleting {code(result.report.slug)} on *{escape(stage.name)}*: "
+            f"*{run.total_rows:,} rows* in {duration(run.duration_s)}, then rolled back. Nothing changed."
+        ),
+        *lines_sections(lines),
+    ]
+    return message(f"Dry run: {run.total_rows} rows, rolled back", blocks)
+
+
+STATE_WORDS = {
+    "pending": "waiting for confirmation",
+    "approved": "confirmed, starting",
+    "running": "running",
+    "done": "done",
+    "failed": "failed, rolled back",
+    "rejected": "rejected",
+    "cancelled": "cancelled",
+    "expired": "expired",
+    "stale": "stale",
+}
+
+
+def _status(request: DeleteRequest, progress: Progress | None) -> str:
+    who = f"<@{request.requester}>"
+    state = request.state
+    if state == "pending":
+        return (
+            f":hourglass_flowing_sand: Waiting for {who} to press *Delete* (or *Cancel*) before "
+            f"{when(request.expires_at)}."
+        )
+    if state == "approved":
+        return f":white_check_mark: Confirmed by <@{request.decided_by}>; starting."
+    if state == "running":
+        if progress is None or progress.phase == "counting":
+            where = f" ({code(progress.table)})" if progress and progress.table else ""
+            return f":gear: Running: materialising and re-counting the scope{where}…"
+        if progress.phase == "hook":
+            return ":gear: Running: preparing (before delete)…"
+        if progress.phase == "verifying":
+            return ":gear: Running: committed, verifying…"
+        table = f" from {code(progress.table)}" if progress.table else ""
+        return (
+            f":gear: Running: deleting{table}, {progress.rows_done:,} of {progress.rows_total:,} rows so far, "
+            f"{duration(progress.elapsed_s)} elapsed."
+        )
+    if state == "done":
+        result = request.result or {}
+        if result.get("recovered"):
+            return ":white_check_mark: Done: the delete committed, but the bot restarted before reporting it."
+        verified = "verified" if result.get("verified") else "committed; verification found problems"
+        return (
+            f":white_check_mark: Done: deleted *{result.get('rows', 0):,} rows* in "
+            f"{duration(float(result.get('seconds', 0)))} ({verified})."
+        )
+    if state == "failed":
+        return f":x: Failed and rolled back, nothing was deleted: {_clean(request.error or 'unknown error')}"
+    if state == "cancelled":
+        return f":no_entry_sign: Cancelled by <@{request.decided_by}>."
+    if state == "expired":
+        return ":alarm_clock: Expired: nobody confirmed it in time. Nothing was deleted."
+    if state == "rejected":
+        return f":no_entry: Rejected by <@{request.decided_by}>: {_clean(request.decision_reason or '')}"
+    return f":warning: {escape(STATE_WORDS.get(state, state))}"
+
+
+def request_message(view: RequestView) -> dict[str, Any]:
+    """The request's message in every state; chat.postMessage and chat.update send exactly this."""
+    request = view.request
+    report = ImpactReport.from_json(request.impact)
+    word = STATE_WORDS.get(request.state, request.state)
+    lock = " :lock:" if request.protected else ""
+    blocks: list[Block] = [
+        header(f"Delete {request.slug} on {request.stage}"[:150]),
+        section(_status(request, view.progress)),
+        context(
+            f"Request #{request.id} by <@{request.requester}> on stage *{escape(request.stage)}*{lock}"
+            + (f". Reason: {_clean(request.reason)}" if request.reason else "")
+        ),
+    ]
+    if request.state == "done" and (request.result or {}).get("steps"):
+        steps = (request.result or {})["steps"]
+        lines = [
+            f"• {code(s['table'])}: {int(s['rows']):,} rows {'deleted' if s['action'] == 'delete' else s['action']}"
+            f" ({duration(float(s['seconds']))})"
+            for s in steps
+        ]
+        blocks += lines_sections(lines)
+    else:
+        blocks.append(divider())
+        blocks += impact_blocks(report, protected=request.protected)
+    if request.state == "pending":
+        value = {"r": request.id}
+        dialog = confirm_dialog(
+            "Delete for good?",
+            f"Delete `{escape(request.slug)}` on {escape(request.stage)}: {report.total_rows:,} rows. "
+            "This can't be undone.",
+            "Delete",
+            danger=True,
+        )
+        blocks.append(
+            actions(
+                button("Delete", CONFIRM_ACTION, value, style="danger", confirm=dialog),
+                button("Cancel", CANCEL_ACTION, value),
+                block_id=f"delete_request_{request.id}",
+            )
+        )
+    text = f"Delete {request.slug} on {request.stage}: {word}"
+    return {"text": scrub(text), "blocks": blocks}
+
+
+def refusal(text: str) -> Message:
+    msg = message(text, [section(f":no_entry: {text}")], ephemeral=True)
+    msg["replace_original"] = False
+    return msg

@@ -1,0 +1,191 @@
+"""Tables no code in bot/ knows about, the hand-written truth of what a delete must remove, and
+row-level fingerprints of every table, for the deletion tests.
+
+The extra tables mimic what platform-schema.md warns about (tables the runbook misses):
+- deploys -> deploy_steps -> deploy_logs: a three-level CASCADE chain, the last edge composite
+  (deploy_id, step_no) and unindexed;
+- session_bookmarks: ON DELETE SET NULL to sessions;
+- billing.usage_records (another schema): CASCADE to sessions and NO ACTION to servers, like tool calls;
+- legal_holds: ON DELETE RESTRICT to users, a table outside any server's scope;
+- server_notes: a self-referencing CASCADE (replies of replies carry no server id);
+- user_prefs: hangs off users only, so only orphaned users' prefs go.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+
+from tests.conftest import TEST_SPEC, StageDb
+
+BIG = TEST_SPEC.big_slug
+SMALL = "srv_s1"
+
+EXTRA_DDL = """
+CREATE SCHEMA billing;
+CREATE TABLE deploys (
+    id text PRIMARY KEY,
+    server_id text NOT NULL REFERENCES mcp_servers(id) ON DELETE CASCADE,
+    version text
+);
+CREATE INDEX deploys_server_idx ON deploys (server_id);
+CREATE TABLE deploy_steps (
+    deploy_id text NOT NULL REFERENCES deploys(id) ON DELETE CASCADE,
+    step_no int NOT NULL,
+    note text,
+    PRIMARY KEY (deploy_id, step_no)
+);
+CREATE TABLE deploy_logs (
+    id bigint PRIMARY KEY,
+    deploy_id text NOT NULL,
+    step_no int NOT NULL,
+    line text,
+    FOREIGN KEY (deploy_id, step_no) REFERENCES deploy_steps (deploy_id, step_no) ON DELETE CASCADE
+);
+CREATE TABLE session_bookmarks (
+    id text PRIMARY KEY,
+    session_id text REFERENCES mcp_server_session(mcp_server_session_id) ON DELETE SET NULL,
+    label text
+);
+CREATE TABLE billing.usage_records (
+    id text PRIMARY KEY,
+    session_id text NOT NULL REFERENCES mcp_server_session(mcp_server_session_id) ON DELETE CASCADE,
+    server_id text NOT NULL REFERENCES mcp_servers(id),
+    units int NOT NULL
+);
+CREATE TABLE legal_holds (
+    id text PRIMARY KEY,
+    user_id text NOT NULL REFERENCES mcp_server_user(id) ON DELETE RESTRICT,
+    note text
+);
+CREATE TABLE server_notes (
+    id text PRIMARY KEY,
+    server_id text REFERENCES mcp_servers(id) ON DELETE CASCADE,
+    parent_id text REFERENCES server_notes(id) ON DELETE CASCADE,
+    body text
+);
+CREATE TABLE user_prefs (
+    user_id text PRIMARY KEY REFERENCES mcp_server_user(id) ON DELETE CASCADE,
+    theme text
+);
+"""
+
+EXTRA_DATA = """
+INSERT INTO deploys VALUES ('d_big_1', 'srv_big', 'v1'), ('d_big_2', 'srv_big', 'v2'), ('d_s1_1', 'srv_s1', 'v1');
+INSERT INTO deploy_steps SELECT d.id, s, 'step ' || s FROM deploys d, generate_series(1, 3) s;
+INSERT INTO deploy_logs SELECT row_number() OVER (), ds.deploy_id, ds.step_no, 'log ' || l
+    FROM deploy_steps ds, generate_series(1, 2) l;
+INSERT INTO session_bookmarks VALUES
+    ('bm_1', 'ses_big_0', 'first'), ('bm_2', 'ses_big_1', 'second'), ('bm_3', 'ses_big_2', 'third'),
+    ('bm_4', 'ses_s1_0', 'other server'), ('bm_5', 'ses_s2_1', 'other server'), ('bm_6', NULL, 'no session');
+INSERT INTO billing.usage_records
+    SELECT 'ur_big_' || g, 'ses_big_' || g, 'srv_big', g FROM generate_series(0, 4) g;
+INSERT INTO billing.usage_records VALUES ('ur_s1_0', 'ses_s1_0', 'srv_s1', 7), ('ur_s1_1', 'ses_s1_1', 'srv_s1', 8);
+INSERT INTO legal_holds VALUES ('lh_1', 'msu_s2_0', 'not a user of the big server'),
+    ('lh_2', 'msu_shared_0', 'shared with a small server'), ('lh_3', 'msu_lonely_0', 'no session at all');
+INSERT INTO server_notes VALUES
+    ('n1', 'srv_big', NULL, 'root note'), ('n2', NULL, 'n1', 'reply'), ('n3', NULL, 'n2', 'reply to reply'),
+    ('m1', 'srv_s1', NULL, 'small note'), ('m2', NULL, 'm1', 'small reply');
+INSERT INTO user_prefs VALUES
+    ('msu_big_0', 'dark'), ('msu_big_1', 'light'), ('msu_big_2', 'dark'), ('msu_big_3', 'dark'), ('msu_big_4', 'x'),
+    ('msu_shared_0', 'dark'), ('msu_lonely_0', 'light'), ('msu_s1_0', 'dark');
+ANALYZE;
+"""
+
+ORPHANS = """SELECT mcp_server_user_id FROM mcp_server_session WHERE mcp_server_user_id IS NOT NULL
+             GROUP BY 1 HAVING bool_and(mcp_server_slug = :slug)"""
+SESSIONS = f"""SELECT mcp_server_session_id FROM mcp_server_session
+               WHERE mcp_server_slug = :slug OR mcp_server_user_id IN ({ORPHANS})"""
+SERVER = "SELECT id FROM mcp_servers WHERE slug = :slug"
+
+# What deleting a server must remove, written by hand for this schema (keys as text).
+TRUTH: dict[str, str] = {
+    "public.mcp_servers": SERVER,
+    "public.mcp_server_user": ORPHANS,
+    "public.mcp_server_session": SESSIONS,
+    "public.mcp_tool_calls": f"""SELECT id FROM mcp_tool_calls
+        WHERE mcp_server_session_id IN ({SESSIONS}) OR mcp_server_user_id IN ({ORPHANS})""",
+    "public.walkthrough_step_completions": f"""SELECT id FROM walkthrough_step_completions
+        WHERE mcp_server_id IN ({SERVER}) OR mcp_server_session_id IN ({SESSIONS})
+           OR mcp_server_user_id IN ({ORPHANS})""",
+    "public.support_requests": f"""SELECT id FROM support_requests
+        WHERE mcp_server_id IN ({SERVER}) OR mcp_server_session_id IN ({SESSIONS})""",
+    "public.mcp_server_walkthroughs": f"SELECT id FROM mcp_server_walkthroughs WHERE mcp_server_id IN ({SERVER})",
+    "public.mcp_oauth_clients": f"SELECT id FROM mcp_oauth_clients WHERE mcp_server_id IN ({SERVER})",
+    "public.mcp_oauth_tokens": f"""SELECT id FROM mcp_oauth_tokens
+        WHERE client_id IN (SELECT id FROM mcp_oauth_clients WHERE mcp_server_id IN ({SERVER}))
+           OR mcp_server_user_id IN ({ORPHANS})""",
+    "public.deploys": f"SELECT id FROM deploys WHERE server_id IN ({SERVER})",
+    "public.deploy_steps": f"""SELECT deploy_id || '/' || step_no FROM deploy_steps
+        WHERE deploy_id IN (SELECT id FROM deploys WHERE server_id IN ({SERVER}))""",
+    "public.deploy_logs": f"""SELECT id::text FROM deploy_logs
+        WHERE deploy_id IN (SELECT id FROM deploys WHERE server_id IN ({SERVER}))""",
+    "billing.usage_records": f"SELECT id FROM billing.usage_records WHERE session_id IN ({SESSIONS})",
+    "public.server_notes": f"""WITH RECURSIVE r AS (SELECT id FROM server_notes WHERE server_id IN ({SERVER})
+        UNION SELECT n.id FROM server_notes n JOIN r ON n.parent_id = r.id) SELECT id FROM r""",
+    "public.user_prefs": f"SELECT user_id FROM user_prefs WHERE user_id IN ({ORPHANS})",
+}
+# Rows whose foreign key becomes NULL (ON DELETE SET NULL), not deleted.
+SET_NULL_TRUTH = {"public.session_bookmarks": f"SELECT id FROM session_bookmarks WHERE session_id IN ({SESSIONS})"}
+
+
+def add_extra_tables(db: StageDb) -> None:
+    db.execute(EXTRA_DDL)
+    db.execute(EXTRA_DATA)
+
+
+def truth(db: StageDb, slug: str = BIG, queries: dict[str, str] = TRUTH) -> dict[str, set[str]]:
+    with db.engine.connect() as conn:
+        return {table: {str(r[0]) for r in conn.execute(text(sql), {"slug": slug})} for table, sql in queries.items()}
+
+
+_TABLES = """
+SELECT n.nspname, c.relname,
+       ARRAY(SELECT a.attname FROM unnest(i.indkey::int2[]) k JOIN pg_attribute a
+             ON a.attrelid = c.oid AND a.attnum = k ORDER BY array_position(i.indkey::int2[], k)) AS pk
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
+"""
+
+
+def fingerprints(db: StageDb) -> dict[str, dict[str, str]]:
+    """Every table: primary key (as text) -> md5 of the whole row; byte-for-byte identity per row."""
+    out: dict[str, dict[str, str]] = {}
+    with db.engine.connect() as conn:
+        for schema, name, pk in conn.execute(text(_TABLES)):
+            key = " || '/' || ".join(f'"{c}"::text' for c in pk)
+            rows = conn.execute(text(f'SELECT {key}, md5(t::text) FROM "{schema}"."{name}" t'))
+            out[f"{schema}.{name}"] = {str(k): h for k, h in rows}
+    return out
+
+
+def checksums(db: StageDb) -> dict[str, Any]:
+    """md5 of string_agg over ordered rows, per table (what a DBA would compare across a change)."""
+    out: dict[str, Any] = {}
+    with db.engine.connect() as conn:
+        for schema, name, _pk in conn.execute(text(_TABLES)):
+            ordered = "string_agg(t::text, E'\\n' ORDER BY t::text)"
+            sql = f'SELECT md5(coalesce({ordered}, \'\')) FROM "{schema}"."{name}" t'
+            out[f"{schema}.{name}"] = conn.execute(text(sql)).scalar()
+    return out
+
+
+def assert_only_scope_changed(
+    before: dict[str, dict[str, str]],
+    after: dict[str, dict[str, str]],
+    deleted: dict[str, set[str]],
+    nulled: dict[str, set[str]],
+) -> None:
+    """Every row outside the truth is byte-identical; every row inside is gone (or only nulled)."""
+    assert set(before) == set(after)
+    for table, rows in before.items():
+        gone = deleted.get(table, set())
+        changed = nulled.get(table, set())
+        expected_keys = set(rows) - gone
+        assert set(after[table]) == expected_keys, f"{table}: wrong rows left"
+        for key in expected_keys - changed:
+            assert after[table][key] == rows[key], f"{table} row {key} changed"
+        for key in changed:
+            assert after[table][key] != rows[key], f"{table} row {key} should have been nulled"
