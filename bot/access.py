@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bot.approvers import Membership
 from bot.commands import Verb
 from bot.config import Settings
 from bot.errors import PermissionDenied
 
 # Read-only verbs that still show other people's activity.
-PRIVILEGED_READS = frozenset({"audit", "backups"})
+PRIVILEGED_READS = frozenset({"audit", "backups", "pending"})
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,19 @@ class AccessPolicy:
                 " have yet. `--dry-run` checks the backup and its conflicts without writing."
             )
 
-    def delete_click_refusal(self, user_id: str, action: str, *, requester: str, protected: bool) -> str | None:
-        """Why `user_id` may not press `action` on a delete request, or None; checked at every click."""
+    def delete_click_refusal(
+        self,
+        user_id: str,
+        action: str,
+        *,
+        requester: str,
+        protected: bool,
+        approver: Membership | None = None,
+    ) -> str | None:
+        """Why `user_id` may not press `action` on a delete request, or None; checked at every click.
+
+        `approver` is the clicker's APPROVERS membership as resolved at the time of the click.
+        """
         if action in ("confirm", "cancel"):
             if user_id != requester:
                 return f"only <@{requester}>, who asked for it, can {action} it"
@@ -51,5 +63,19 @@ class AccessPolicy:
                 return "you are no longer an operator"
             if action == "confirm" and protected:
                 return "on a protected stage someone else has to approve it"
+            return None
+        if action in ("approve", "reject"):
+            if not protected:
+                return "this stage needs no approval; the requester confirms it"
+            if user_id == requester:
+                return (
+                    "you asked for this delete, so someone else has to approve it"
+                    if action == "approve"
+                    else "you asked for this delete; use Cancel instead"
+                )
+            if approver is None or not approver.is_approver:
+                if approver is not None and approver.unresolved:
+                    return "your approver group membership could not be checked with Slack just now; try again"
+                return "you are not in APPROVERS"
             return None
         return "unknown action"

@@ -173,11 +173,12 @@ register(
         (Positional("slug"),),
         (
             Flag("dry-run", "bool", "run the whole delete in a transaction and roll it back", default=False),
-            Flag("reason", "text", "why (kept with the request and in the audit log)"),
+            Flag("reason", "text", "why (required on protected stages; kept with the request and in the audit log)"),
         ),
         mutating=True,
     )
 )
+register(Verb("pending", "open delete requests, with links (operators and approvers)", stage="optional"))
 
 
 def _clean_shown(value: str, limit: int = 40) -> str:

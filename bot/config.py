@@ -142,6 +142,9 @@ class Settings:
     rate_limit_per_minute: int = 10
     backup: BackupSettings = field(default_factory=BackupSettings)
     delete_timeout_s: int = 3600
+    required_approvals: int = 1
+    approval_ttl_minutes: int = 30
+    approval_drift_percent: float = 1.0
 
     def stage_names(self) -> list[str]:
         return sorted(self.stages)
@@ -172,6 +175,19 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
         raise ConfigError(f"{name} is malformed: expected a whole number") from None
     if not low <= value <= high:
         raise ConfigError(f"{name} is out of range: expected {low}..{high}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} is malformed: expected a number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} is out of range: expected {low:g}..{high:g}")
     return value
 
 
@@ -455,4 +471,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_slack: bool =
         rate_limit_per_minute=_int(env, "RATE_LIMIT_PER_MINUTE", 10, 1, 10_000),
         backup=_backup_settings(env),
         delete_timeout_s=_int(env, "DELETE_TIMEOUT_SECONDS", 3600, 10, 86_400),
+        required_approvals=_int(env, "REQUIRED_APPROVALS", 1, 1, 10),
+        approval_ttl_minutes=_int(env, "APPROVAL_TTL_MINUTES", 30, 1, 10_080),
+        approval_drift_percent=_float(env, "APPROVAL_DRIFT_PERCENT", 1.0, 0.0, 100.0),
     )

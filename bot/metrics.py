@@ -58,7 +58,7 @@ def pool_usage(engine: Engine | None) -> PoolUsage:
 
 # Bot-database tables owned by other modules (approvals: issue 4, alerts: issue 6), counted by
 # state when they exist. Adjust the names here when those modules land; nothing else refers to them.
-APPROVAL_TABLE = "approval"
+APPROVAL_TABLE = "delete_requests"  # bot/deletion/requests.py: deletes awaiting approval or confirmation
 APPROVAL_STATE_COLUMN = "state"
 ALERT_TABLE = "alerts"
 ALERT_STATE_COLUMN = "state"

@@ -1,10 +1,12 @@
-"""Buttons on delete requests: ack at once, then let the deletion flow decide everything."""
+"""Buttons and the reject form on delete requests: ack at once, then let the deletion flow decide."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
+from slack_sdk import WebClient
 
 from bot.errors import UserFacingError
 from bot.logs import new_request_id
@@ -12,18 +14,22 @@ from bot.service import CommandService
 from handlers import render, render_deletion
 from handlers.actions import button_value
 
-ACTIONS = {
+BUTTONS = {
     render_deletion.CONFIRM_ACTION: "confirm",
     render_deletion.CANCEL_ACTION: "cancel",
+    render_deletion.APPROVE_ACTION: "approve",
 }
 
 
-def _request_id(body: dict[str, Any]) -> int:
-    value = button_value(body)
+def _request_id(value: dict[str, Any]) -> int:
     try:
         return int(value["r"])
     except (KeyError, TypeError, ValueError):
         raise UserFacingError("that button's data is not readable; run the command again") from None
+
+
+def _user(body: dict[str, Any]) -> str:
+    return str((body.get("user") or {}).get("id", ""))
 
 
 def register(app: App, service: CommandService) -> None:
@@ -35,9 +41,9 @@ def register(app: App, service: CommandService) -> None:
         def on_click(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
             ack()
             new_request_id()
-            user = str((body.get("user") or {}).get("id", ""))
+            user = _user(body)
             try:
-                request_id = _request_id(body)
+                request_id = _request_id(button_value(body))
             except UserFacingError as exc:
                 respond(**render.error(exc), replace_original=False)
                 return
@@ -51,5 +57,47 @@ def register(app: App, service: CommandService) -> None:
 
         return on_click
 
-    for action_id, action in ACTIONS.items():
+    for action_id, action in BUTTONS.items():
         app.action(action_id)(listener_for(action))
+
+    @app.action(render_deletion.REJECT_ACTION)
+    def on_reject(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
+        ack()
+        new_request_id()
+        user = _user(body)
+        try:
+            request_id = _request_id(button_value(body))
+        except UserFacingError as exc:
+            respond(**render.error(exc), replace_original=False)
+            return
+        # The form needs the trigger_id within 3 seconds: the check is one quick bot-database read.
+        checked = flow.check_click(request_id, user, "reject")
+        if not checked.ok:
+            respond(**render_deletion.refusal(checked.message))
+            return
+        client.views_open(trigger_id=body["trigger_id"], view=render_deletion.reject_modal(request_id))
+
+    @app.view(render_deletion.REJECT_MODAL)
+    def on_reject_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
+        new_request_id()
+        values = (view.get("state") or {}).get("values") or {}
+        reason = str(
+            ((values.get(render_deletion.REASON_BLOCK) or {}).get(render_deletion.REASON_INPUT) or {}).get("value")
+            or ""
+        ).strip()
+        if not reason:
+            ack(response_action="errors", errors={render_deletion.REASON_BLOCK: "Say why you reject it."})
+            return
+        ack()
+        user = _user(body)
+        try:
+            request_id = _request_id(json.loads(view.get("private_metadata") or "{}"))
+        except (UserFacingError, ValueError):
+            return
+
+        def work() -> None:
+            outcome = flow.click(request_id, user, "reject", reason=reason)
+            if not outcome.ok and outcome.message and outcome.channel:
+                client.chat_postEphemeral(channel=outcome.channel, user=user, text=outcome.message)
+
+        runtime.submit(work)

@@ -6,10 +6,12 @@ Everything shown comes from plan data (table names, counts, sample keys) and pas
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from bot.deletion.execute import Progress
-from bot.deletion.flow import DeletePosted, DeleteRefused, DryRunDone, RequestView
+from bot.deletion.flow import DeletePosted, DeleteRefused, DryRunDone, RequestView, permalink
+from bot.deletion.operations import PendingRequests
 from bot.deletion.plan import Blocker, ImpactReport, SlowKey
 from bot.deletion.requests import DeleteRequest
 from bot.pii import scrub
@@ -34,6 +36,11 @@ from handlers.render import renders
 
 CONFIRM_ACTION = "delete_confirm"
 CANCEL_ACTION = "delete_cancel"
+APPROVE_ACTION = "delete_approve"
+REJECT_ACTION = "delete_reject"
+REJECT_MODAL = "delete_reject_modal"
+REASON_BLOCK = "reason"
+REASON_INPUT = "reason"
 SLOW_KEY_WARN_S = 1.0  # below this a missing index is listed, not shouted about
 MAX_TABLE_LINES = 40
 
@@ -57,10 +64,10 @@ def _table_lines(report: ImpactReport) -> list[str]:
     for t in report.tables:
         if t.action == "delete":
             via = f" ({_clean('; '.join(t.via))})" if t.via else ""
-            lines.append(f"• {code(t.table)}: *{t.rows:,}* rows deleted{via}")
+            lines.append(f"• {code(t.table)}: *{t.rows:,}* rows to delete{via}")
         elif t.rows:
             lines.append(
-                f"• {code(t.table)}: *{t.rows:,}* rows set to {t.action.removeprefix('set ').upper()} "
+                f"• {code(t.table)}: *{t.rows:,}* rows to set to {t.action.removeprefix('set ').upper()} "
                 f"({_clean(', '.join(t.columns))}; {_clean('; '.join(t.via))})"
             )
     if len(lines) > MAX_TABLE_LINES:
@@ -150,11 +157,18 @@ def render_delete(request: CommandRequest, result: DeletePosted | DeleteRefused 
     stage = request.stage
     assert stage is not None
     if isinstance(result, DeletePosted):
-        text = (
-            f"The delete plan for {code(result.report.slug)} is posted in this channel as request "
-            f"#{result.request.id}. Only you can press *Delete* (or *Cancel*); it expires at "
-            f"{when(result.request.expires_at)}."
-        )
+        posted = result.request
+        if posted.protected:
+            text = (
+                f"The delete request for {code(result.report.slug)} is posted in this channel as request "
+                f"#{posted.id}: it needs {posted.required_approvals} approval(s) from APPROVERS other than you "
+                f"before {when(posted.expires_at)}. You can *Cancel* it."
+            )
+        else:
+            text = (
+                f"The delete plan for {code(result.report.slug)} is posted in this channel as request "
+                f"#{posted.id}. Only you can press *Delete* (or *Cancel*); it expires at {when(posted.expires_at)}."
+            )
         return message(text, [section(text)], ephemeral=True)
     if isinstance(result, DeleteRefused):
         blocks = [
@@ -176,6 +190,7 @@ def render_delete(request: CommandRequest, result: DeletePosted | DeleteRefused 
 
 STATE_WORDS = {
     "pending": "waiting for confirmation",
+    "pending approval": "waiting for approval",
     "approved": "confirmed, starting",
     "running": "running",
     "done": "done",
@@ -187,16 +202,30 @@ STATE_WORDS = {
 }
 
 
+def _state_word(request: DeleteRequest) -> str:
+    key = "pending approval" if request.state == "pending" and request.protected else request.state
+    return STATE_WORDS.get(key, request.state)
+
+
 def _status(request: DeleteRequest, progress: Progress | None) -> str:
     who = f"<@{request.requester}>"
     state = request.state
+    approvers = ", ".join(f"<@{a}>" for a in request.approvals)
+    if state == "pending" and request.protected:
+        so_far = f"; approved so far by {approvers}" if approvers else ""
+        return (
+            f":hourglass_flowing_sand: Needs *{request.required_approvals}* approval(s) from APPROVERS other "
+            f"than {who} before {when(request.expires_at)}: {len(request.approvals)} of "
+            f"{request.required_approvals}{so_far}."
+        )
     if state == "pending":
         return (
             f":hourglass_flowing_sand: Waiting for {who} to press *Delete* (or *Cancel*) before "
             f"{when(request.expires_at)}."
         )
     if state == "approved":
-        return f":white_check_mark: Confirmed by <@{request.decided_by}>; starting."
+        verb = "Approved" if request.protected else "Confirmed"
+        return f":white_check_mark: {verb} by {approvers or f'<@{request.decided_by}>'}; starting."
     if state == "running":
         if progress is None or progress.phase == "counting":
             where = f" ({code(progress.table)})" if progress and progress.table else ""
@@ -227,6 +256,14 @@ def _status(request: DeleteRequest, progress: Progress | None) -> str:
         return ":alarm_clock: Expired: nobody confirmed it in time. Nothing was deleted."
     if state == "rejected":
         return f":no_entry: Rejected by <@{request.decided_by}>: {_clean(request.decision_reason or '')}"
+    if state == "stale":
+        successor = (request.result or {}).get("replaced_by") or request.replaced_by
+        again = (
+            f" The new numbers are posted as request #{successor} for a fresh approval."
+            if successor
+            else " Nothing can be deleted as it is now."
+        )
+        return f":arrows_counterclockwise: Stale, nothing was deleted: {_clean(request.error or '')}.{again}"
     return f":warning: {escape(STATE_WORDS.get(state, state))}"
 
 
@@ -234,7 +271,7 @@ def request_message(view: RequestView) -> dict[str, Any]:
     """The request's message in every state; chat.postMessage and chat.update send exactly this."""
     request = view.request
     report = ImpactReport.from_json(request.impact)
-    word = STATE_WORDS.get(request.state, request.state)
+    word = _state_word(request)
     lock = " :lock:" if request.protected else ""
     blocks: list[Block] = [
         header(f"Delete {request.slug} on {request.stage}"[:150]),
@@ -242,6 +279,12 @@ def request_message(view: RequestView) -> dict[str, Any]:
         context(
             f"Request #{request.id} by <@{request.requester}> on stage *{escape(request.stage)}*{lock}"
             + (f". Reason: {_clean(request.reason)}" if request.reason else "")
+            + (f". Replaces request #{request.replaces}" if request.replaces else "")
+        ),
+        context(
+            f":floppy_disk: Backup before the delete: {_clean(view.backup_note)}"
+            if view.backup_note
+            else ":floppy_disk: Backup before the delete: none is configured on this bot"
         ),
     ]
     if request.state == "done" and (request.result or {}).get("steps"):
@@ -255,7 +298,17 @@ def request_message(view: RequestView) -> dict[str, Any]:
     else:
         blocks.append(divider())
         blocks += impact_blocks(report, protected=request.protected)
-    if request.state == "pending":
+    if request.state == "pending" and request.protected:
+        value = {"r": request.id}
+        blocks.append(
+            actions(
+                button("Approve", APPROVE_ACTION, value, style="primary"),
+                button("Reject", REJECT_ACTION, value, style="danger"),
+                button("Cancel", CANCEL_ACTION, value),
+                block_id=f"delete_request_{request.id}",
+            )
+        )
+    elif request.state == "pending":
         value = {"r": request.id}
         dialog = confirm_dialog(
             "Delete for good?",
@@ -279,3 +332,46 @@ def refusal(text: str) -> Message:
     msg = message(text, [section(f":no_entry: {text}")], ephemeral=True)
     msg["replace_original"] = False
     return msg
+
+
+def reject_modal(request_id: int) -> dict[str, Any]:
+    """The form that asks a rejecting approver why."""
+    return {
+        "type": "modal",
+        "callback_id": REJECT_MODAL,
+        "private_metadata": json.dumps({"r": request_id}),
+        "title": {"type": "plain_text", "text": "Reject delete"},
+        "submit": {"type": "plain_text", "text": "Reject"},
+        "close": {"type": "plain_text", "text": "Back"},
+        "blocks": [
+            section(f"Why reject delete request #{request_id}? The reason is shown on the request and audited."),
+            {
+                "type": "input",
+                "block_id": REASON_BLOCK,
+                "label": {"type": "plain_text", "text": "Reason"},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": REASON_INPUT,
+                    "multiline": True,
+                    "max_length": 500,
+                },
+            },
+        ],
+    }
+
+
+@renders("pending")
+def render_pending(request: CommandRequest, result: PendingRequests) -> Message:
+    where = f" on stage *{escape(result.stage)}*" if result.stage else ""
+    lines: list[str] = []
+    for r in result.requests:
+        link = permalink(r.channel, r.message_ts)
+        title = f"#{r.id} {escape(r.slug)}"
+        shown = f"<{link}|{title}>" if link else title
+        approvals = f", {len(r.approvals)} of {r.required_approvals} approvals" if r.protected else ""
+        lines.append(
+            f"• {shown} on *{escape(r.stage)}*: {_state_word(r)}{approvals}, by <@{r.requester}>, "
+            f"expires {when(r.expires_at)}" + (f" ({_clean(r.reason)})" if r.reason else "")
+        )
+    blocks = [section(f":inbox_tray: Open delete requests{where}: {len(lines)}"), *lines_sections(lines or ["_none_"])]
+    return message(f"{len(lines)} open delete requests", blocks, ephemeral=True)

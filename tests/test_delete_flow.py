@@ -5,15 +5,28 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 from bot.pii import EMAIL_RE
 from handlers import render_deletion
 from tests.conftest import APPROVER, OPERATOR, VIEWER, BotHarness, StageDb, message_text
-from tests.deletion_support import BIG, add_extra_tables, checksums, truth
+from tests.deletion_support import (
+    BIG,
+    add_extra_tables,
+    audit_outcomes,
+    buttons,
+    checksums,
+    ephemeral_on,
+    press,
+    request_message,
+    requests_rows,
+    start_delete,
+    truth,
+    updates_of,
+    wait_state,
+    wait_update,
+)
 
 OPERATOR2 = "UOPERATOR2"
 
@@ -29,102 +42,11 @@ def app(make_bot, db) -> BotHarness:
     return make_bot({"dev": db.url, "production": db.url}, OPERATORS=f"{OPERATOR},{OPERATOR2}")
 
 
-def requests_rows(bot: BotHarness) -> list[Any]:
-    with bot.runtime.bot_engine.connect() as conn:
-        return list(conn.execute(text("SELECT * FROM delete_requests ORDER BY id")))
-
-
-def wait_state(bot: BotHarness, request_id: int, states: set[str], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        row = next(r for r in requests_rows(bot) if r.id == request_id)
-        if row.state in states:
-            return row
-        if time.monotonic() > deadline:
-            raise AssertionError(f"request {request_id} stayed {row.state}")
-        time.sleep(0.05)
-
-
-def request_message(bot: BotHarness, request_id: int) -> dict[str, Any]:
-    row = wait_state(bot, request_id, {"pending", "approved", "running", "done", "failed", "cancelled", "expired"})
-    deadline = time.monotonic() + 10
-    while not row.message_ts:
-        assert time.monotonic() < deadline, "the request's message was never posted"
-        time.sleep(0.05)
-        row = next(r for r in requests_rows(bot) if r.id == request_id)
-    return bot.slack.messages[(row.channel, row.message_ts)].payload
-
-
-def buttons(payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    found = {}
-    for block in payload.get("blocks", []):
-        if block.get("type") == "actions":
-            for element in block["elements"]:
-                found[element["text"]["text"]] = element
-    return found
-
-
-def press(bot: BotHarness, request_id: int, label: str, user: str, payload: dict[str, Any] | None = None) -> str:
-    """Press a button on the request's message (or an older copy of it); returns the response_url."""
-    payload = payload or request_message(bot, request_id)
-    row = next(r for r in requests_rows(bot) if r.id == request_id)
-    response_url = bot.sender.new_response_url()
-    reply = bot.sender.block_actions(
-        buttons(payload)[label],
-        user=user,
-        channel=row.channel,
-        message=payload,
-        message_ts=row.message_ts,
-        response_url=response_url,
-    )
-    assert reply.status == 200
-    return response_url
-
-
-def ephemeral_on(bot: BotHarness, response_url: str, timeout: float = 10) -> dict[str, Any]:
-    path = response_url.split(bot.slack.base_url, 1)[1]
-    return bot.slack.wait_for_call("response_url", lambda c: c.path == path, timeout)[0].payload
-
-
-def updates_of(bot: BotHarness, request_id: int) -> list[dict[str, Any]]:
-    row = next(r for r in requests_rows(bot) if r.id == request_id)
-    return [
-        c.payload
-        for c in bot.slack.calls_to("chat.update")
-        if c.payload.get("channel") == row.channel and c.payload.get("ts") == row.message_ts
-    ]
-
-
-def wait_update(bot: BotHarness, request_id: int, needle: str, timeout: float = 20) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        for payload in updates_of(bot, request_id):
-            if needle in payload.get("text", ""):
-                return payload
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no chat.update with {needle!r}")
-        time.sleep(0.05)
-
-
-def start_delete(bot: BotHarness, slug: str = BIG, user: str = OPERATOR, extra: str = "") -> int:
-    before = {r.id for r in requests_rows(bot)}
-    reply = bot.command(f"delete {slug} --stage dev {extra}".strip(), user=user)
-    text_ = reply.text(timeout=30)
-    assert "posted in this channel" in text_, text_
-    new = [r.id for r in requests_rows(bot) if r.id not in before]
-    assert len(new) == 1
-    return new[0]
-
-
-def audit_outcomes(bot: BotHarness, command: str = "delete") -> list[str]:
-    return [r.outcome for r in bot.audit_rows() if r.command == command]
-
-
 def test_impact_reports_counts_warnings_and_discovered_tables(app, db, monkeypatch):
     before = checksums(db)
     body = app.command(f"impact {BIG} --stage dev").text(timeout=30)
     expected = truth(db)
-    assert f"*{len(expected['public.mcp_tool_calls']):,}* rows deleted" in body
+    assert f"*{len(expected['public.mcp_tool_calls']):,}* rows to delete" in body
     for table in ("deploy_logs", "billing.usage_records", "server_notes", "user_prefs", "session_bookmarks"):
         assert table in body
     assert f"{len(expected['public.mcp_server_user']):,} orphaned users" in body
@@ -151,9 +73,9 @@ def test_bad_slugs_and_stages_answer_clearly(app):
     assert requests_rows(app) == []
 
 
-def test_protected_stage_refuses_without_approval(app, db):
+def test_protected_stage_needs_a_reason(app, db):
     reply = app.command(f"delete {BIG} --stage production")
-    assert "protected" in reply.text(timeout=30)
+    assert '--reason "..."' in reply.text(timeout=30)
     assert requests_rows(app) == []
     assert db.scalar("SELECT count(*) FROM mcp_servers WHERE slug = :s", s=BIG) == 1
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, func, text
 
 from bot import outbox
+from bot.approvers import ApproverDirectory
 from bot.audit import AuditEntry
 from bot.deletion.execute import (
     BeforeDelete,
@@ -29,9 +30,9 @@ from bot.deletion.execute import (
     SnapshotChanged,
     execute_delete,
 )
-from bot.deletion.plan import ImpactReport, plan_and_measure, server_exists
-from bot.deletion.requests import DeleteRequest, DeleteRequests, delete_requests
-from bot.errors import PermissionDenied, UserFacingError
+from bot.deletion.plan import ImpactReport, compare_snapshots, plan_and_measure, server_exists
+from bot.deletion.requests import OPEN_STATES, DeleteRequest, DeleteRequests, delete_requests
+from bot.errors import CommandError, UserFacingError
 from bot.logs import request_id_var
 from bot.pii import scrub
 from bot.scheduler import OWNER
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONFIRM_TTL = timedelta(minutes=30)
+REMIND_BEFORE = timedelta(minutes=5)  # or a third of the TTL, whichever is shorter
 RUNNER_LOCK_CLASS = 0x6D6F7073  # "mops": advisory lock (class, request id) held while a delete runs
 MIN_BUDGET_S = 120.0
 BUDGET_FACTOR = 3.0
@@ -55,6 +56,7 @@ class RequestView:
 
     request: DeleteRequest
     progress: Progress | None = None
+    backup_note: str | None = None
 
 
 Renderer = Callable[[RequestView], dict[str, Any]]
@@ -83,6 +85,14 @@ class DryRunDone:
 class ClickOutcome:
     ok: bool
     message: str = ""
+    channel: str | None = None  # where the request lives (for an ephemeral answer without response_url)
+    overdue: bool = False  # still pending but past its expiry: the click closes it
+
+
+def permalink(channel: str | None, ts: str | None) -> str | None:
+    if not channel or not ts:
+        return None
+    return f"https://slack.com/archives/{channel}/p{ts.replace('.', '')}"
 
 
 def _utcnow() -> datetime:
@@ -96,10 +106,14 @@ class DeletionFlow:
         self.render: Renderer | None = None
         # Issue 5's backups plug in here: called inside the delete's transaction (see execute.py).
         self.before_delete: BeforeDelete | None = None
+        # ... and describe themselves on every request message (None: no backup is taken).
+        self.backup_note: str | None = None
+        self.approvers = ApproverDirectory(runtime.settings.approvers, runtime.slack)
         self.clock: Callable[[], datetime] = _utcnow
         self.progress_interval_s = 3.0
         self.heartbeat_s = 10.0
         runtime.scheduler.add("deletion:expire", self.expire_due, 30)
+        runtime.scheduler.add("deletion:remind", self.remind_due, 30)
         runtime.scheduler.add("deletion:recover", self.recover, 60)
 
     # -- wiring ---------------------------------------------------------------------------
@@ -112,6 +126,10 @@ class DeletionFlow:
     @property
     def settings(self) -> Any:
         return self.runtime.settings
+
+    @property
+    def ttl(self) -> timedelta:
+        return timedelta(minutes=self.settings.approval_ttl_minutes)
 
     def budget_s(self, report: ImpactReport) -> float:
         return min(max(MIN_BUDGET_S, report.estimated_s * BUDGET_FACTOR), float(self.settings.delete_timeout_s))
@@ -139,68 +157,131 @@ class DeletionFlow:
                 dry_run=True,
             )
             return DryRunDone(report, result)
-        if stage.protected:
-            raise PermissionDenied(
-                f"stage {stage.name} is protected: deleting there needs two-person approval, "
-                "which this bot does not offer yet; nothing was changed"
+        reason = request.parsed.flags.get("reason")
+        if stage.protected and not reason:
+            raise CommandError(
+                f'stage {stage.name} is protected: say why with `--reason "..."`', usage=request.parsed.verb.usage()
             )
         report = self.impact(stage, slug)
         if not report.deletable:
             return DeleteRefused(report)
+        created = self._create(
+            stage=stage,
+            slug=slug,
+            report=report,
+            requester=request.actor,
+            reason=reason,
+            channel=request.invocation.channel_id,
+        )
+        self._audit(created, request.actor, "requested", detail={"rows": report.total_rows, "reason": reason or ""})
+        posted = self._post(created)
+        return DeletePosted(posted, report)
+
+    def _create(
+        self,
+        *,
+        stage: Stage,
+        slug: str,
+        report: ImpactReport,
+        requester: str,
+        reason: str | None,
+        channel: str | None,
+        replaces: int | None = None,
+    ) -> DeleteRequest:
         now = self.clock()
-        created = self.requests.create(
+        return self.requests.create(
             stage=stage.name,
             slug=slug,
             server_key=report.server_key,
-            requester=request.actor,
-            reason=request.parsed.flags.get("reason"),
+            requester=requester,
+            reason=reason,
             protected=stage.protected,
-            required_approvals=1,
+            # Unprotected: the requester's own confirmation is the one approval.
+            required_approvals=self.settings.required_approvals if stage.protected else 1,
             state="pending",
             impact=report.to_json(),
             snapshot=report.snapshot,
             snapshot_hash=report.snapshot_hash,
             created_at=now,
-            expires_at=now + CONFIRM_TTL,
-            channel=request.invocation.channel_id,
+            expires_at=now + self.ttl,
+            channel=channel,
+            replaces=replaces,
         )
-        self._audit(created, request.actor, "requested", detail={"rows": report.total_rows})
-        posted = self._post(created)
-        return DeletePosted(posted, report)
+
+    def pending(self, stage: str | None) -> list[DeleteRequest]:
+        return self.requests.list(states=OPEN_STATES, stage=stage)
 
     # -- clicks ---------------------------------------------------------------------------
 
-    def click(self, request_id: int, actor: str, action: str) -> ClickOutcome:
-        """A button on a request's message; every rule is checked here, nothing is taken from the payload."""
+    def refusal(self, request: DeleteRequest, actor: str, action: str) -> str | None:
+        """The rules, resolved now (APPROVERS membership included); None if `actor` may press `action`."""
+        membership = self.approvers.membership(actor) if action in ("approve", "reject") else None
+        return self.runtime.policy.delete_click_refusal(
+            actor, action, requester=request.requester, protected=request.protected, approver=membership
+        )
+
+    def check_click(self, request_id: int, actor: str, action: str) -> ClickOutcome:
+        """May `actor` press `action` now? (Used before opening the reject form.) Refusals are audited."""
         current = self.requests.get(request_id)
         if current is None:
             return ClickOutcome(False, "That delete request no longer exists.")
-        refusal = self.runtime.policy.delete_click_refusal(
-            actor, action, requester=current.requester, protected=current.protected
-        )
+        refusal = self.refusal(current, actor, action)
         if refusal:
             self._audit(current, actor, "denied", detail={"click": action, "reason": refusal}, required=False)
-            return ClickOutcome(False, f"You can't {action} this delete: {refusal}.")
+            return ClickOutcome(False, f"You can't {action} this: {refusal}.", current.channel)
+        if current.state != "pending" or current.expires_at <= self.clock():
+            overdue = current.state == "pending"
+            return ClickOutcome(False, self._too_late(request_id), current.channel, overdue=overdue)
+        return ClickOutcome(True, channel=current.channel)
+
+    def click(self, request_id: int, actor: str, action: str, *, reason: str | None = None) -> ClickOutcome:
+        """A button on a request's message; every rule is checked here, nothing is taken from the payload."""
+        checked = self.check_click(request_id, actor, action)
+        if not checked.ok:
+            if checked.overdue:
+                self.expire_due()  # a click on an overdue request closes it now rather than at the next job run
+            return checked
+        channel = checked.channel
         if action == "cancel":
             done = self.requests.transition(request_id, "pending", "cancelled", decided_by=actor, notify=self._notify)
             if done is None:
-                return ClickOutcome(False, self._too_late(request_id))
+                return ClickOutcome(False, self._too_late(request_id), channel)
             self._nudge()
             self._audit(done, actor, "cancelled")
-            return ClickOutcome(True)
-        if action == "confirm":
-            outcome = self.requests.vote(request_id, actor, "confirm", now=self.clock(), notify=self._notify)
+            return ClickOutcome(True, channel=channel)
+        if action in ("confirm", "approve", "reject"):
+            vote = {"confirm": "confirm", "approve": "approve", "reject": "reject"}[action]
+            outcome = self.requests.vote(request_id, actor, vote, now=self.clock(), reason=reason, notify=self._notify)
             if outcome is None:
                 self.expire_due()
-                return ClickOutcome(False, self._too_late(request_id))
+                return ClickOutcome(False, self._too_late(request_id), channel)
             if not outcome.recorded:
-                return ClickOutcome(False, "You already confirmed this delete; it is on its way.")
+                return ClickOutcome(
+                    False, f"You already voted on this delete ({self._state_words(outcome.request)}).", channel
+                )
             self._nudge()
-            self._audit(outcome.request, actor, "confirmed")
+            if action == "reject":
+                self._audit(outcome.request, actor, "rejected", detail={"reason": reason or ""})
+                return ClickOutcome(True, channel=channel)
+            approvals = len(outcome.request.approvals)
             if outcome.approved_now:
+                self._audit(
+                    outcome.request,
+                    actor,
+                    "confirmed" if action == "confirm" else "approved",
+                    detail={"approvals": approvals},
+                )
                 self.runtime.submit(self.run, request_id)
-            return ClickOutcome(True)
-        return ClickOutcome(False, "That button does nothing here.")
+            else:
+                self._audit(outcome.request, actor, "voted", detail={"approvals": approvals})
+            return ClickOutcome(True, channel=channel)
+        return ClickOutcome(False, "That button does nothing here.", channel)
+
+    @staticmethod
+    def _state_words(request: DeleteRequest) -> str:
+        if request.state == "pending":
+            return f"{len(request.approvals)} of {request.required_approvals} approvals so far"
+        return f"it is {request.state}"
 
     def _too_late(self, request_id: int) -> str:
         now = self.requests.get(request_id)
@@ -244,9 +325,25 @@ class DeletionFlow:
                 return
             self._execute(request)
 
+    def _drift(self, request: DeleteRequest) -> float:
+        """How far fresh counts may move from the approved ones: none for a requester's own confirmation."""
+        return float(self.settings.approval_drift_percent) if request.protected else 0.0
+
     def _execute(self, request: DeleteRequest) -> None:
         stage = self.runtime.stages.get(request.stage)
         report = ImpactReport.from_json(request.impact)
+        drift = self._drift(request)
+        if request.protected:
+            # Approved numbers are only good while they hold: look again before touching anything.
+            try:
+                fresh = self.impact(stage, request.slug)
+            except UserFacingError as exc:
+                self._finish(request, "failed", error=exc.message)
+                return
+            changes = compare_snapshots(request.snapshot, fresh.snapshot, drift)
+            if changes or not fresh.deletable:
+                self._go_stale(request, stage, fresh, changes or ["the database would now refuse the delete"])
+                return
         reporter = _ProgressReporter(self, request, self.progress_interval_s)
         try:
             with Heartbeat(reporter.tick, self.heartbeat_s):
@@ -254,14 +351,22 @@ class DeletionFlow:
                     stage,
                     request.slug,
                     expected=request.snapshot,
-                    drift_percent=0.0,
+                    drift_percent=drift,
                     budget_s=self.budget_s(report),
                     lock_timeout_ms=self.settings.lock_timeout_ms,
                     before_delete=self.before_delete,
                     progress=reporter.update,
                 )
         except SnapshotChanged as exc:
-            self._finish(request, "failed", error=exc.message, result={"changes": exc.changes})
+            if request.protected:
+                try:
+                    fresh = self.impact(stage, request.slug)
+                except UserFacingError as again:
+                    self._finish(request, "failed", error=f"{exc.message}; {again.message}")
+                    return
+                self._go_stale(request, stage, fresh, exc.changes)
+            else:
+                self._finish(request, "failed", error=exc.message, result={"changes": exc.changes})
         except UserFacingError as exc:
             self._finish(request, "failed", error=exc.message)
         except Exception:
@@ -274,8 +379,41 @@ class DeletionFlow:
         else:
             self._finish(request, "done", result=_result_json(result))
 
+    def _go_stale(self, request: DeleteRequest, stage: Stage, fresh: ImpactReport, changes: list[str]) -> None:
+        """The numbers moved after approval: close this request and post the new ones for a fresh approval."""
+        successor: DeleteRequest | None = None
+        if fresh.deletable:
+            successor = self._create(
+                stage=stage,
+                slug=request.slug,
+                report=fresh,
+                requester=request.requester,
+                reason=request.reason,
+                channel=request.channel,
+                replaces=request.id,
+            )
+        self._finish(
+            request,
+            "stale",
+            error="the rows in scope changed since the approval: " + "; ".join(changes[:6]),
+            result={"changes": changes, "replaced_by": successor.id if successor else None},
+            replaced_by=successor.id if successor else None,
+        )
+        if successor is not None:
+            self._audit(successor, request.requester, "requested", detail={"replaces": request.id}, required=False)
+            try:
+                self._post(successor)
+            except UserFacingError:
+                log.warning("the fresh request could not be posted", extra={"request": successor.id})
+
     def _finish(
-        self, request: DeleteRequest, state: str, *, error: str | None = None, result: dict[str, Any] | None = None
+        self,
+        request: DeleteRequest,
+        state: str,
+        *,
+        error: str | None = None,
+        result: dict[str, Any] | None = None,
+        **values: Any,
     ) -> None:
         done = self.requests.transition(
             request.id,
@@ -285,6 +423,7 @@ class DeletionFlow:
             error=scrub(error) if error else None,
             result=result,
             notify=self._notify,
+            **values,
         )
         self._nudge()
         if done is not None:
@@ -312,10 +451,55 @@ class DeletionFlow:
             self._nudge()
         return closed
 
+    def remind_due(self, now: datetime | None = None) -> int:
+        """Shortly before a pending request expires, say so in its thread, once."""
+        now = now or self.clock()
+        window = min(REMIND_BEFORE, self.ttl / 3)
+        sent = 0
+        for request_id in self.requests.ids_where(
+            delete_requests.c.state == "pending",
+            delete_requests.c.reminded_at.is_(None),
+            delete_requests.c.expires_at > now,
+            delete_requests.c.expires_at <= now + window,
+        ):
+            done = self.requests.transition(
+                request_id,
+                "pending",
+                "pending",
+                where=(delete_requests.c.reminded_at.is_(None),),
+                reminded_at=now,
+                notify=self._remind,
+            )
+            sent += done is not None
+        if sent:
+            self._nudge()
+        return sent
+
+    def _remind(self, conn: Connection, request: DeleteRequest) -> None:
+        if not request.channel or not request.message_ts or self.render is None:
+            return
+        missing = max(request.required_approvals - len(request.approvals), 0)
+        who = "approval" + ("s" if missing != 1 else "") if request.protected else "confirmation"
+        needed = f"{missing} more {who}" if request.protected else f"a confirmation from <@{request.requester}>"
+        remaining = max(round((request.expires_at - (request.reminded_at or self.clock())).total_seconds() / 60), 0)
+        outbox.enqueue(
+            conn,
+            "chat.postMessage",
+            {
+                "channel": request.channel,
+                "thread_ts": request.message_ts,
+                "text": f":alarm_clock: Reminder: delete request #{request.id} for `{request.slug}` on "
+                f"{request.stage} expires in about {remaining} min; it still needs {needed}.",
+            },
+        )
+
     def recover(self) -> int:
-        """Requests left `running` by a process that died: the database rolled the delete back."""
+        """Requests left `running` by a process that died (the database rolled the delete back), and
+        approved requests nobody started: each is settled once, whichever replica gets there first."""
         if self.render is None:
             return 0
+        for request_id in self.requests.ids_where(delete_requests.c.state == "approved"):
+            self.runtime.submit(self.run, request_id)  # the runner lock and the CAS make it run once
         fixed = 0
         for request_id in self.requests.ids_where(delete_requests.c.state == "running"):
             with self._runner_lock(request_id) as free:
@@ -344,7 +528,7 @@ class DeletionFlow:
     # -- Slack messages, audit ------------------------------------------------------------
 
     def view(self, request: DeleteRequest, progress: Progress | None = None) -> RequestView:
-        return RequestView(request=request, progress=progress)
+        return RequestView(request=request, progress=progress, backup_note=self.backup_note)
 
     def message(self, request: DeleteRequest, progress: Progress | None = None) -> dict[str, Any] | None:
         if self.render is None:

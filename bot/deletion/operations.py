@@ -1,9 +1,12 @@
-"""The `/mcp impact` and `/mcp delete` verbs: thin calls into the deletion flow."""
+"""The `/mcp impact`, `/mcp delete` and `/mcp pending` verbs: thin calls into the deletion flow."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from bot.deletion.flow import DeletePosted, DeleteRefused, DryRunDone
 from bot.deletion.plan import ImpactReport
+from bot.deletion.requests import DeleteRequest
 from bot.errors import NotFound, UserFacingError
 from bot.platform import servers
 from bot.runtime import Runtime
@@ -44,3 +47,15 @@ def run_delete(runtime: Runtime, request: CommandRequest) -> DeletePosted | Dele
         return runtime.deletion.request_delete(request)
     except NotFound as exc:
         raise _with_suggestions(_stage(request), exc, slug) from None
+
+
+@dataclass(frozen=True)
+class PendingRequests:
+    requests: list[DeleteRequest]
+    stage: str | None
+
+
+@operation("pending")
+def run_pending(runtime: Runtime, request: CommandRequest) -> PendingRequests:
+    stage = request.stage.name if request.stage else None
+    return PendingRequests(runtime.deletion.pending(stage), stage)
