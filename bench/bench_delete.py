@@ -7,13 +7,12 @@ import time
 
 import psycopg
 
-from bench.common import BenchContext, best_of, peak_rss_mb, ratio_line
-from bot.config import load_settings
+from bench.common import BenchContext, bench_stage, best_of, peak_rss_mb, ratio_line
 from bot.deletion.execute import _apply, _Budget, _materialize, execute_delete
 from bot.deletion.plan import WORK_MEM, build_plan, measure_impact, set_local
 from bot.deletion.scope import TempSource
 from bot.platform.demo_data import BENCH_SPEC
-from bot.stages import Stage, StageRegistry
+from bot.stages import Stage
 
 SLUG = BENCH_SPEC.big_slug
 SERVER_ID = "srv_big"
@@ -75,18 +74,6 @@ HAND_DELETE = (
 PARAMS = {"slug": SLUG, "id": SERVER_ID}
 
 
-def _stage(ctx: BenchContext, url: str) -> Stage:
-    settings = load_settings(
-        {
-            "BOT_DATABASE_URL": ctx.cluster.url("postgres"),
-            "DATABASE_URL_BENCH": url,
-            "STAGE_STATEMENT_TIMEOUT_MS": "600000",
-        },
-        require_slack=False,
-    )
-    return StageRegistry(settings).get("bench")
-
-
 def _impact(stage: Stage, *, probe: bool = True):
     with stage.read() as conn:
         plan = build_plan(conn, SLUG)
@@ -95,7 +82,7 @@ def _impact(stage: Stage, *, probe: bool = True):
 
 def bench_impact(ctx: BenchContext) -> None:
     url = ctx.clone("impact")
-    stage = _stage(ctx, url)
+    stage = bench_stage(ctx, url)
     raw = psycopg.connect(ctx.dsn(url), autocommit=True)
 
     def hand() -> tuple[int, ...]:
@@ -131,7 +118,7 @@ def bench_impact(ctx: BenchContext) -> None:
             "impact, full report vs the runbook's four count(*) (a smaller question)", best["full"], best["runbook"]
         )
     )
-    _, rss = peak_rss_mb(lambda: _impact(_stage(ctx, url)).total_rows)
+    _, rss = peak_rss_mb(lambda: _impact(bench_stage(ctx, url)).total_rows)
     print(f"peak memory of a process running the impact report: {rss:.0f} MB", flush=True)
     raw.close()
     stage.dispose()
@@ -144,13 +131,13 @@ def bench_delete(ctx: BenchContext) -> None:
     peaks: list[float] = []
     for round_ in range(2):
         url = ctx.clone(f"del_ours_{round_}", with_fk_indexes=True)
-        stage = _stage(ctx, url)
+        stage = bench_stage(ctx, url)
         report = _impact(stage, probe=round_ == 0)
         snapshot = report.snapshot
         stage.dispose()
 
         def run_ours(url: str = url, snapshot: dict[str, int] = snapshot) -> tuple[int, float]:
-            stage = _stage(ctx, url)  # built in the forked child: no connection crosses the fork
+            stage = bench_stage(ctx, url)  # built in the forked child: no connection crosses the fork
             started = time.perf_counter()
             result = execute_delete(stage, SLUG, expected=snapshot, budget_s=3600)
             took = time.perf_counter() - started
@@ -188,7 +175,7 @@ def bench_prediction(ctx: BenchContext) -> None:
     USER_SAMPLE orphaned users, and the users' step is extrapolated from that sample; all rolled back.
     """
     url = ctx.clone("predict")
-    stage = _stage(ctx, url)
+    stage = bench_stage(ctx, url)
     report = _impact(stage)
     users = next(t for t in report.tables if t.table == "mcp_server_user")
     slow = report.slow_keys[0]
@@ -231,7 +218,9 @@ def _measure_subset(stage: Stage) -> tuple[float, float]:
         source = sql.source
         assert isinstance(source, TempSource)
         counts: dict[str, int] = {}
-        scopes = _materialize(conn, plan, sql, source, _Budget(conn, 3600), counts, lambda _p: None, lambda: 0.0)
+        scopes = _materialize(
+            conn, plan, sql, source, _Budget(conn, 3600), counts, lambda _p: None, lambda: 0.0, keep=False
+        )
         other = time.perf_counter() - started
         user_step = user_scope = None
         for step, scope in zip(plan.steps, scopes, strict=True):

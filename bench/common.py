@@ -15,10 +15,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from bot.config import load_settings
 from bot.demo import build_platform_database
 from bot.localpg import LocalPostgres
 from bot.platform.demo_data import BENCH_SPEC, GENERATOR_VERSION, DatasetSpec
 from bot.platform.schema import MISSING_FK_INDEXES
+from bot.stages import Stage, StageRegistry
 
 BENCH_DIR = Path(os.environ.get("MCP_OPS_BENCH_DIR", Path(__file__).parent / ".data"))
 
@@ -115,3 +117,16 @@ def ratio_line(label: str, ours: float, raw: float, target: float | None = None)
     if target is not None:
         verdict = f"  (target <= {target}x: {'met' if ratio <= target else 'MISSED'})"
     return f"{label}: mcp-ops {ours * 1000:.1f} ms vs raw SQL {raw * 1000:.1f} ms -> ratio {ratio:.2f}x{verdict}"
+
+
+def bench_stage(ctx: BenchContext, url: str) -> Stage:
+    """A stage named `bench` on `url`, configured as the bot configures its stages."""
+    settings = load_settings(
+        {
+            "BOT_DATABASE_URL": ctx.cluster.url("postgres"),
+            "DATABASE_URL_BENCH": url,
+            "STAGE_STATEMENT_TIMEOUT_MS": "600000",
+        },
+        require_slack=False,
+    )
+    return StageRegistry(settings).get("bench")

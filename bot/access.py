@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.approvers import Membership
+from bot.approvers import ApproverDirectory, Membership
 from bot.commands import Verb
 from bot.config import Settings
 from bot.errors import PermissionDenied
@@ -16,32 +16,40 @@ PRIVILEGED_READS = frozenset({"audit", "backups", "pending"})
 @dataclass(frozen=True)
 class AccessPolicy:
     settings: Settings
+    # APPROVERS with user groups expanded (a Slack call, cached); None: user IDs only.
+    directory: ApproverDirectory | None = None
 
     def is_operator(self, user_id: str) -> bool:
         return user_id in self.settings.operators
 
     def is_approver(self, user_id: str) -> bool:
-        return user_id in self.settings.approvers
+        """In APPROVERS now, by user ID or through a user group (which may ask Slack: not before an ack)."""
+        if user_id in self.settings.approvers:
+            return True
+        return self.directory is not None and self.directory.membership(user_id).is_approver
+
+    def _may_be_approver(self, user_id: str) -> bool:
+        """No I/O: an approver by ID, or possibly through a group (decided after the ack)."""
+        return user_id in self.settings.approvers or bool(self.directory and self.directory.groups)
 
     def check_verb(self, user_id: str, verb: Verb) -> None:
-        """Raise PermissionDenied unless `user_id` may run `verb`; fail closed."""
+        """Raise PermissionDenied unless `user_id` may run `verb`; fail closed. No I/O (runs before the ack)."""
         if verb.mutating and not self.is_operator(user_id):
             raise PermissionDenied(
                 f"`{verb.name}` changes data: only operators may run it (ask an admin to add you to OPERATORS)"
             )
+        if verb.name in PRIVILEGED_READS and not (self.is_operator(user_id) or self._may_be_approver(user_id)):
+            raise PermissionDenied(f"`{verb.name}` is for operators and approvers only")
+
+    def check_after_ack(self, user_id: str, verb: Verb) -> None:
+        """What `check_verb` could not decide without asking Slack: approvers through a user group."""
         if verb.name in PRIVILEGED_READS and not (self.is_operator(user_id) or self.is_approver(user_id)):
             raise PermissionDenied(f"`{verb.name}` is for operators and approvers only")
 
-    def check_restore(self, stage: str, *, protected: bool, dry_run: bool) -> None:
-        """A restore writes to the stage: on a protected stage it needs the two-person approval of a delete.
-
-        Until approvals are wired to restores, a protected stage only allows `--dry-run`, which writes nothing.
-        """
-        if protected and not dry_run:
-            raise PermissionDenied(
-                f"stage {stage} is protected: a restore there needs two-person approval, which restores do not"
-                " have yet. `--dry-run` checks the backup and its conflicts without writing."
-            )
+    @staticmethod
+    def restore_needs_approval(*, protected: bool, dry_run: bool) -> bool:
+        """A restore writes to the stage: on a protected stage it needs the two-person approval of a delete."""
+        return protected and not dry_run
 
     def delete_click_refusal(
         self,
@@ -51,6 +59,7 @@ class AccessPolicy:
         requester: str,
         protected: bool,
         approver: Membership | None = None,
+        kind: str = "delete",
     ) -> str | None:
         """Why `user_id` may not press `action` on a delete request, or None; checked at every click.
 
@@ -69,9 +78,9 @@ class AccessPolicy:
                 return "this stage needs no approval; the requester confirms it"
             if user_id == requester:
                 return (
-                    "you asked for this delete, so someone else has to approve it"
+                    f"you asked for this {kind}, so someone else has to approve it"
                     if action == "approve"
-                    else "you asked for this delete; use Cancel instead"
+                    else f"you asked for this {kind}; use Cancel instead"
                 )
             if approver is None or not approver.is_approver:
                 if approver is not None and approver.unresolved:

@@ -47,8 +47,25 @@ TABLE_MODULES = (
     "bot.deletion.requests",
 )
 
+
+def _request_kinds(conn: Connection) -> None:
+    """Delete requests gained a kind (restores on protected stages are approved the same way) and options."""
+    conn.execute(text("ALTER TABLE delete_requests ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'delete'"))
+    conn.execute(text("ALTER TABLE delete_requests ADD COLUMN IF NOT EXISTS options jsonb NOT NULL DEFAULT '{}'"))
+
+
+def _outbox_update_index(conn: Connection) -> None:
+    """Finding a newer chat.update of the same message (bot/outbox.py: superseded updates)."""
+    conn.execute(
+        text(
+            "CREATE INDEX IF NOT EXISTS outbox_update_target_idx ON outbox ((payload->>'channel'), (payload->>'ts'))"
+            " WHERE method = 'chat.update'"
+        )
+    )
+
+
 # Numbered changes to existing tables, applied once each, in order.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = []
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _request_kinds), (2, _outbox_update_index)]
 
 MIGRATION_LOCK_KEY = 0x6D63706F7073  # "mcpops"
 

@@ -157,9 +157,12 @@ register(
 register(
     Verb(
         "restore",
-        "put back the rows a delete removed, from its scoped backup (operators)",
+        "put back the rows a delete removed, from its scoped backup (operators; approved on protected stages)",
         (Positional("request-id", "id"),),
-        (Flag("dry-run", "bool", "check the backup and look for conflicts, write nothing"),),
+        (
+            Flag("dry-run", "bool", "check the backup and look for conflicts, write nothing"),
+            Flag("reason", "text", "why (required on protected stages, where a restore needs approval)"),
+        ),
         mutating=True,
     )
 )
@@ -174,11 +177,12 @@ register(
         (
             Flag("dry-run", "bool", "run the whole delete in a transaction and roll it back", default=False),
             Flag("reason", "text", "why (required on protected stages; kept with the request and in the audit log)"),
+            Flag("backup", "bool", "keep the deleted rows in a scoped backup first (always done on protected stages)"),
         ),
         mutating=True,
     )
 )
-register(Verb("pending", "open delete requests, with links (operators and approvers)", stage="optional"))
+register(Verb("pending", "open delete and restore requests, with links (operators and approvers)", stage="optional"))
 
 
 def _clean_shown(value: str, limit: int = 40) -> str:

@@ -7,17 +7,20 @@ change (bot/changes.py), so it is read from the database each time: replicas agr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Column, DateTime, Engine, Table, Text, func, select
 from sqlalchemy.dialects.postgresql import insert
 
 from bot.access import AccessPolicy
+from bot.approvers import Membership
 from bot.audit import AuditLog, AuditRow
 from bot.botdb import metadata
+from bot.deletion.requests import DeleteRequest, DeleteRequests
 from bot.health.alerts import AlertBook, AlertView
 
 RECENT_AUDIT = 10
+MAX_REQUESTS = 10
 VIEWER_TTL = timedelta(days=7)
 
 home_viewers = Table(
@@ -37,6 +40,8 @@ class HomeView:
     recent_audit: list[AuditRow] | None  # None: the viewer may not read the audit trail
     generated_at: datetime
     notes: list[str] = field(default_factory=list)
+    # Pending requests waiting for this viewer: to approve or reject, or their own to confirm or cancel.
+    requests: list[DeleteRequest] = field(default_factory=list)
 
 
 class Home:
@@ -55,8 +60,33 @@ class Home:
             )
         return self.view_for(user_id)
 
+    def waiting_for(self, user_id: str, *, approver: bool) -> list[DeleteRequest]:
+        """Pending requests `user_id` can act on now: the same rules the buttons check when pressed."""
+        waiting = []
+        now = datetime.now(UTC)
+        for request in DeleteRequests(self.engine).list(states=("pending",), limit=200):
+            if request.expires_at <= now:
+                continue
+            if request.requester == user_id or (
+                request.protected
+                and approver
+                and user_id not in {v.voter for v in request.votes}
+                and self.policy.delete_click_refusal(
+                    user_id,
+                    "approve",
+                    requester=request.requester,
+                    protected=True,
+                    kind=request.kind,
+                    approver=Membership(is_approver=True),  # resolved once above
+                )
+                is None
+            ):
+                waiting.append(request)
+        return waiting[:MAX_REQUESTS]
+
     def view_for(self, user_id: str) -> HomeView:
-        privileged = self.policy.is_operator(user_id) or self.policy.is_approver(user_id)
+        approver = self.policy.is_approver(user_id)
+        privileged = self.policy.is_operator(user_id) or approver
         by_stage: dict[str, list[AlertView]] = {}
         for alert in self.alerts.open_alerts():
             if alert.state == "firing":
@@ -66,10 +96,11 @@ class Home:
         return HomeView(
             viewer=user_id,
             is_operator=self.policy.is_operator(user_id),
-            is_approver=self.policy.is_approver(user_id),
+            is_approver=approver,
             alerts_by_stage=dict(sorted(by_stage.items())),
             recent_audit=self.audit.latest(stage=None, limit=RECENT_AUDIT) if privileged else None,
             generated_at=now,
+            requests=self.waiting_for(user_id, approver=approver),
         )
 
     def recent_viewers(self) -> list[str]:

@@ -3,7 +3,9 @@
 A message that must reach Slack is first a row in the bot database, written in the same
 transaction as the fact it reports. A worker posts due rows one at a time under
 `FOR UPDATE SKIP LOCKED`, so several workers (or replicas) never post the same row, and a
-429 or a 5xx streak only postpones delivery.
+429 or a 5xx streak only postpones delivery. A `chat.update` queued after another one for
+the same message supersedes it: the older one is never sent, even when it is retried after
+the newer was delivered, so a message never goes back to an older state.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    Index,
     Integer,
     Table,
     Text,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -50,6 +54,12 @@ outbox = Table(
     Column("dead_at", DateTime(timezone=True)),
     Column("last_error", Text),
     Column("result", JSONB),
+    Index(
+        "outbox_update_target_idx",
+        text("(payload->>'channel')"),
+        text("(payload->>'ts')"),
+        postgresql_where=text("method = 'chat.update'"),
+    ),
 )
 
 MAX_BACKOFF = timedelta(minutes=5)  # a long Slack outage still ends with delivery minutes after it
@@ -136,6 +146,13 @@ class Outbox:
             ).first()
             if row is None:
                 return "empty"
+            if row.method == "chat.update" and self._superseded(conn, row):
+                conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id == row.id)
+                    .values(delivered_at=func.now(), result={"superseded": True}, last_error=None)
+                )
+                return "delivered"
             try:
                 response = self.client.api_call(row.method, json=row.payload)
             except Exception as exc:  # any failure postpones; the row stays queued
@@ -152,6 +169,25 @@ class Outbox:
                 )
             )
             return "delivered"
+
+    @staticmethod
+    def _superseded(conn: Connection, row: Any) -> bool:
+        """Was a newer update of the same message queued (delivered or not)?"""
+        payload = row.payload if isinstance(row.payload, dict) else {}
+        channel, ts = payload.get("channel"), payload.get("ts")
+        if not channel or not ts:
+            return False
+        newer = conn.execute(
+            select(outbox.c.id)
+            .where(
+                outbox.c.method == "chat.update",
+                outbox.c.payload["channel"].astext == str(channel),
+                outbox.c.payload["ts"].astext == str(ts),
+                outbox.c.id > row.id,
+            )
+            .limit(1)
+        ).first()
+        return newer is not None
 
     def _postpone(self, conn: Connection, row: Any, exc: Exception) -> str:
         status = _status_of(exc)

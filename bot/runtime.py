@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from bot.access import AccessPolicy
+from bot.approvers import ApproverDirectory
 from bot.audit import AuditLog
 from bot.backups.service import Backups
 from bot.botdb import create_bot_engine, migrate
@@ -50,9 +51,10 @@ class Runtime:
         self.settings = settings
         self.stages = StageRegistry(settings)
         self.bot_engine = create_bot_engine(settings.bot_database_url)
-        self.policy = AccessPolicy(settings)
-        self.rate_limiter = RateLimiter(self.bot_engine, settings.rate_limit_per_minute)
         self.slack = make_web_client(settings)
+        self.approvers = ApproverDirectory(settings.approvers, self.slack)
+        self.policy = AccessPolicy(settings, self.approvers)
+        self.rate_limiter = RateLimiter(self.bot_engine, settings.rate_limit_per_minute)
         self.outbox = Outbox(self.bot_engine, self.slack)
         self.outbox_worker = OutboxWorker(self.outbox, settings.outbox_interval_s)
         # Committed changes people look at: queued Slack posts go out, App Home tabs refresh.

@@ -130,6 +130,7 @@ class CommandService:
         started = time.perf_counter()
         outcome = CommandOutcome(request=request)
         try:
+            self.runtime.policy.check_after_ack(request.actor, request.parsed.verb)
             outcome.result = OPERATIONS[request.verb](self.runtime, request)
         except UserFacingError as exc:
             outcome.error = exc

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import URL
@@ -103,34 +104,44 @@ class Stage:
         """The engine if something has used the stage yet; metrics look without creating one."""
         return self._engine
 
-    def component_engine(self, component: str) -> Engine:
+    def component_engine(self, component: str, *, connect_args: Mapping[str, Any] | None = None) -> Engine:
         """A separate engine for a background component (health checks, backups).
 
         It has its own `application_name` (`mcp-ops/<component>/<stage>`), so its sessions are
         told apart from commands, and no pool: each use opens exactly one connection and
         closes it, so nothing idles on the stage between runs and a dead stage is noticed
-        at once.
+        at once. `connect_args` (extra libpq parameters, e.g. TCP keepalives) apply when the
+        engine is first created, so a component passes the same ones on every call.
         """
         with self._lock:
             engine = self._component_engines.get(component)
             if engine is None:
                 engine = self._create_engine(
-                    application_name=f"{APPLICATION_NAME}/{component}/{self.name}", pooled=False
+                    application_name=f"{APPLICATION_NAME}/{component}/{self.name}",
+                    pooled=False,
+                    extra_connect_args=connect_args,
                 )
                 self._component_engines[component] = engine
             return engine
 
-    def _create_engine(self, *, application_name: str | None = None, pooled: bool = True) -> Engine:
+    def _create_engine(
+        self,
+        *,
+        application_name: str | None = None,
+        pooled: bool = True,
+        extra_connect_args: Mapping[str, Any] | None = None,
+    ) -> Engine:
         settings = self._settings
         options = (
             f"-c statement_timeout={settings.read_statement_timeout_ms}"
             f" -c lock_timeout={settings.lock_timeout_ms}"
             " -c idle_in_transaction_session_timeout=600000"
         )
-        connect_args = {
+        connect_args: dict[str, Any] = {
             "application_name": application_name or f"{APPLICATION_NAME}/{self.name}",
             "connect_timeout": settings.connect_timeout_s,
             "options": options,
+            **(extra_connect_args or {}),
         }
         # A secret-backed stage has no URL: each new connection gets the secret's current credentials.
         url = self.config.url if self.config.url is not None else URL.create("postgresql+psycopg")
@@ -184,11 +195,21 @@ class Stage:
 
     @contextmanager
     def write(
-        self, *, statement_timeout_ms: int, lock_timeout_ms: int | None = None, isolation: str | None = None
+        self,
+        *,
+        statement_timeout_ms: int,
+        lock_timeout_ms: int | None = None,
+        isolation: str | None = None,
+        after_commit: Callable[[Connection], None] | None = None,
+        application_name: str | None = None,
     ) -> Iterator[Connection]:
         """One read-write transaction with explicit time budgets; it commits only if the block returns.
 
         `isolation` (e.g. "REPEATABLE READ") makes every statement see the transaction's snapshot.
+        `application_name` names the session for the transaction's length (see `work_name`).
+        `after_commit(conn)` runs on the same session once the commit succeeded (the session's
+        temporary tables kept `ON COMMIT PRESERVE ROWS` are still there); it must leave no state
+        behind, and if it fails the session is discarded rather than returned to the pool.
         """
         lock_ms = lock_timeout_ms if lock_timeout_ms is not None else self._settings.lock_timeout_ms
         with self._translated(), self.engine.connect() as raw:
@@ -198,7 +219,32 @@ class Stage:
                     text("SELECT set_config('statement_timeout', :st, true), set_config('lock_timeout', :lt, true)"),
                     {"st": str(statement_timeout_ms), "lt": str(lock_ms)},
                 )
+                if application_name:
+                    conn.execute(text("SELECT set_config('application_name', :n, true)"), {"n": application_name})
                 yield conn
+            if after_commit is not None:
+                try:
+                    after_commit(raw)
+                except BaseException:
+                    raw.invalidate()  # its temporary tables go with the session
+                    raise
+
+    def work_name(self, label: str) -> str:
+        """The `application_name` a long write runs under, so another process can tell it is still going."""
+        return f"{APPLICATION_NAME}/{self.name}/{label}"[:63]
+
+    def is_running(self, work_name: str) -> bool:
+        """Is a session of this database still working under `work_name` (a dead bot's transaction, say)?"""
+        with self.read() as conn:
+            return bool(
+                conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = :n"
+                        " AND datname = current_database() AND pid <> pg_backend_pid()"
+                    ),
+                    {"n": work_name},
+                ).scalar_one()
+            )
 
     def ping(self) -> float:
         """Round trip of `SELECT 1` in milliseconds; raises StageUnavailable."""

@@ -118,3 +118,14 @@ def message(text: str, blocks: list[Block], *, ephemeral: bool = False, replace_
     if replace_original:
         msg["replace_original"] = True
     return msg
+
+
+def human_bytes(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"

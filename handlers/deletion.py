@@ -32,26 +32,36 @@ def _user(body: dict[str, Any]) -> str:
     return str((body.get("user") or {}).get("id", ""))
 
 
+def _answer(body: dict[str, Any], respond: Respond, client: WebClient, message: str, channel: str | None) -> None:
+    """Only the clicker sees it: under the message they clicked, or (an App Home button has no
+    response_url) in the request's channel."""
+    if body.get("response_url"):
+        respond(**render_deletion.refusal(message))
+    elif channel:
+        client.chat_postEphemeral(channel=channel, user=_user(body), text=message)
+
+
 def register(app: App, service: CommandService) -> None:
     runtime = service.runtime
     flow = runtime.deletion
     flow.set_renderer(render_deletion.request_message)
 
     def listener_for(action: str) -> Any:
-        def on_click(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
+        def on_click(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
             ack()
             new_request_id()
             user = _user(body)
             try:
                 request_id = _request_id(button_value(body))
             except UserFacingError as exc:
-                respond(**render.error(exc), replace_original=False)
+                if body.get("response_url"):
+                    respond(**render.error(exc), replace_original=False)
                 return
 
             def work() -> None:
                 outcome = flow.click(request_id, user, action)
                 if not outcome.ok and outcome.message:
-                    respond(**render_deletion.refusal(outcome.message))
+                    _answer(body, respond, client, outcome.message, outcome.channel)
 
             runtime.submit(work)
 
@@ -68,12 +78,13 @@ def register(app: App, service: CommandService) -> None:
         try:
             request_id = _request_id(button_value(body))
         except UserFacingError as exc:
-            respond(**render.error(exc), replace_original=False)
+            if body.get("response_url"):
+                respond(**render.error(exc), replace_original=False)
             return
         # The form needs the trigger_id within 3 seconds: the check is one quick bot-database read.
         checked = flow.check_click(request_id, user, "reject")
         if not checked.ok:
-            respond(**render_deletion.refusal(checked.message))
+            _answer(body, respond, client, checked.message, checked.channel)
             return
         client.views_open(trigger_id=body["trigger_id"], view=render_deletion.reject_modal(request_id))
 

@@ -11,6 +11,7 @@ from bot.home import HomeView
 from bot.service import CommandService
 from handlers.blocks import Block, context, divider, header, lines_sections, section, when
 from handlers.render import audit_entry_line
+from handlers.render_deletion import home_request_blocks
 from handlers.render_health import alert_line
 
 log = logging.getLogger(__name__)
@@ -21,9 +22,12 @@ def render_home(view: HomeView) -> dict[str, Any]:
     blocks: list[Block] = [
         header("mcp-ops"),
         context(f"You are {' and '.join(roles) if roles else 'a read-only user'}. Type `/mcp help` anywhere."),
-        divider(),
-        section("*Open alerts*"),
     ]
+    if view.requests:
+        blocks += [divider(), section("*Waiting for you*")]
+        for request in view.requests:
+            blocks += home_request_blocks(request, view.viewer)
+    blocks += [divider(), section("*Open alerts*")]
     if view.alerts_by_stage:
         for stage, alerts in view.alerts_by_stage.items():
             blocks += lines_sections([f"*{stage}*", *(alert_line(a) for a in alerts)])

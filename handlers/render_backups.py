@@ -7,20 +7,21 @@ from datetime import datetime
 from bot.backups.full import FullBackupState
 from bot.backups.operations import BackupList
 from bot.backups.scoped import RestoreReport
+from bot.deletion.flow import RestorePosted
 from bot.service import CommandRequest
-from handlers.blocks import Message, code, context, escape, fields, lines_sections, message, section, when
+from handlers.blocks import (
+    Message,
+    code,
+    context,
+    escape,
+    fields,
+    human_bytes,
+    lines_sections,
+    message,
+    section,
+    when,
+)
 from handlers.render import renders, renders_progress
-
-
-def human_bytes(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 def age(then: datetime, now: datetime) -> str:
@@ -110,8 +111,21 @@ def render_backup(request: CommandRequest, state: FullBackupState) -> Message:
     return message(f"backup {state.backup_id} done", blocks, ephemeral=True)
 
 
+COLUMN_NOTES = {"set_null": " (nulled columns set back)", "set_default": " (defaulted columns set back)"}
+
+
 @renders("restore")
-def render_restore(request: CommandRequest, report: RestoreReport) -> Message:
+def render_restore(request: CommandRequest, result: RestoreReport | RestorePosted) -> Message:
+    if isinstance(result, RestorePosted):
+        posted = result.request
+        text = (
+            f"The restore of {code(result.report.slug or '?')} from backup {code(result.report.backup_id)} "
+            f"({result.report.total_rows:,} rows, no conflicts now) is posted in this channel as request "
+            f"#{posted.id}: it needs {posted.required_approvals} approval(s) from APPROVERS other than you before "
+            f"{when(posted.expires_at)}. You can *Cancel* it."
+        )
+        return message(text, [section(text)], ephemeral=True)
+    report = result
     server = f" of {code(report.slug)}" if report.slug else ""
     if report.dry_run:
         head = (
@@ -123,13 +137,13 @@ def render_restore(request: CommandRequest, report: RestoreReport) -> Message:
             f":leftwards_arrow_with_hook: Restored backup {code(report.backup_id)}{server} on"
             f" *{escape(report.stage)}*: {report.total_rows:,} rows, parents first, in one transaction."
         )
-    lines = [
-        f"• {code(table)}: {rows:,} rows" + (" (nulled columns set back)" if action == "set_null" else "")
-        for table, action, rows in report.tables
-    ]
+    lines = [f"• {code(table)}: {rows:,} rows" + COLUMN_NOTES.get(action, "") for table, action, rows in report.tables]
     blocks = [section(head), *lines_sections(lines)]
     if report.unchecked:
         blocks.append(
-            context("Not pre-checked (expression or partial unique indexes): " + escape(", ".join(report.unchecked)))
+            context(
+                "Not pre-checked (expression or partial unique indexes, columns set to their default): "
+                + escape(", ".join(report.unchecked))
+            )
         )
     return message(f"restore of {report.backup_id}", blocks, ephemeral=report.dry_run)

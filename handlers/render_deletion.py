@@ -27,6 +27,7 @@ from handlers.blocks import (
     divider,
     escape,
     header,
+    human_bytes,
     lines_sections,
     message,
     section,
@@ -119,6 +120,11 @@ def impact_blocks(report: ImpactReport, *, protected: bool) -> list[Block]:
             f"{duration(report.limit_s)} a delete may run (`DELETE_TIMEOUT_SECONDS`): it would be cancelled and "
             "rolled back. Create the missing index below first."
         )
+    warnings += [
+        f":warning: *{e.rows:,}* rows of {code(e.table)} in the delete do not belong to this server "
+        f"({_clean(e.edge)} points elsewhere): they go because they hang off this server's orphaned users."
+        for e in report.elsewhere
+    ]
     slow = [k for k in report.slow_keys if k.estimated_s >= SLOW_KEY_WARN_S]
     warnings += [_slow_key_line(k) for k in slow]
     if warnings:
@@ -207,9 +213,47 @@ def _state_word(request: DeleteRequest) -> str:
     return STATE_WORDS.get(key, request.state)
 
 
+PAST = {"delete": "deleted", "restore": "restored"}
+
+
+def _backup_done(request: DeleteRequest) -> str:
+    backup = (request.result or {}).get("backup")
+    if not backup:
+        return ""
+    snapshot = f" after RDS snapshot {code(str(backup['snapshot']))}" if backup.get("snapshot") else ""
+    return (
+        f"\n:floppy_disk: Backup {code(str(backup['id']))}{snapshot} holds the {int(backup['rows']):,} rows "
+        f"({code(str(backup['location']))}): `/mcp restore {request.id} --stage {escape(request.stage)}` "
+        "puts them back."
+    )
+
+
+def _running(request: DeleteRequest, progress: Progress | None) -> str:
+    if request.kind == "restore":
+        return ":gear: Running: staging the backup, checking for conflicts, inserting parents first…"
+    if progress is None or progress.phase == "counting":
+        where = f" ({code(progress.table)})" if progress and progress.table else ""
+        return f":gear: Running: materialising and re-counting the scope{where}…"
+    if progress.phase == "backup":
+        return (
+            f":floppy_disk: Running: backing up {code(progress.table)} ({human_bytes(progress.rows_done)} stored), "
+            f"{duration(progress.elapsed_s)} elapsed."
+        )
+    if progress.phase == "hook":
+        return ":gear: Running: backing up what it deletes…" if request.takes_backup else ":gear: Running: preparing…"
+    if progress.phase == "verifying":
+        return ":gear: Running: committed, verifying…"
+    table = f" from {code(progress.table)}" if progress.table else ""
+    return (
+        f":gear: Running: deleting{table}, {progress.rows_done:,} of {progress.rows_total:,} rows so far, "
+        f"{duration(progress.elapsed_s)} elapsed."
+    )
+
+
 def _status(request: DeleteRequest, progress: Progress | None) -> str:
     who = f"<@{request.requester}>"
     state = request.state
+    past = PAST.get(request.kind, "changed")
     approvers = ", ".join(f"<@{a}>" for a in request.approvals)
     if state == "pending" and request.protected:
         so_far = f"; approved so far by {approvers}" if approvers else ""
@@ -227,33 +271,27 @@ def _status(request: DeleteRequest, progress: Progress | None) -> str:
         verb = "Approved" if request.protected else "Confirmed"
         return f":white_check_mark: {verb} by {approvers or f'<@{request.decided_by}>'}; starting."
     if state == "running":
-        if progress is None or progress.phase == "counting":
-            where = f" ({code(progress.table)})" if progress and progress.table else ""
-            return f":gear: Running: materialising and re-counting the scope{where}…"
-        if progress.phase == "hook":
-            return ":gear: Running: preparing (before delete)…"
-        if progress.phase == "verifying":
-            return ":gear: Running: committed, verifying…"
-        table = f" from {code(progress.table)}" if progress.table else ""
-        return (
-            f":gear: Running: deleting{table}, {progress.rows_done:,} of {progress.rows_total:,} rows so far, "
-            f"{duration(progress.elapsed_s)} elapsed."
-        )
+        return _running(request, progress)
     if state == "done":
         result = request.result or {}
         if result.get("recovered"):
-            return ":white_check_mark: Done: the delete committed, but the bot restarted before reporting it."
+            return f":white_check_mark: Done: the {request.kind} committed, but the bot restarted before reporting it."
+        if request.kind == "restore":
+            return (
+                f":white_check_mark: Done: restored *{result.get('rows', 0):,} rows* in "
+                f"{duration(float(result.get('seconds', 0)))}, parents first, in one transaction."
+            )
         verified = "verified" if result.get("verified") else "committed; verification found problems"
         return (
             f":white_check_mark: Done: deleted *{result.get('rows', 0):,} rows* in "
-            f"{duration(float(result.get('seconds', 0)))} ({verified})."
+            f"{duration(float(result.get('seconds', 0)))} ({verified})." + _backup_done(request)
         )
     if state == "failed":
-        return f":x: Failed and rolled back, nothing was deleted: {_clean(request.error or 'unknown error')}"
+        return f":x: Failed and rolled back, nothing was {past}: {_clean(request.error or 'unknown error')}"
     if state == "cancelled":
         return f":no_entry_sign: Cancelled by <@{request.decided_by}>."
     if state == "expired":
-        return ":alarm_clock: Expired: nobody confirmed it in time. Nothing was deleted."
+        return f":alarm_clock: Expired: nobody confirmed it in time. Nothing was {past}."
     if state == "rejected":
         return f":no_entry: Rejected by <@{request.decided_by}>: {_clean(request.decision_reason or '')}"
     if state == "stale":
@@ -267,26 +305,67 @@ def _status(request: DeleteRequest, progress: Progress | None) -> str:
     return f":warning: {escape(STATE_WORDS.get(state, state))}"
 
 
+def _restore_lines(impact: dict[str, Any]) -> list[str]:
+    notes = {"set_null": " (nulled columns set back)", "set_default": " (defaulted columns set back)"}
+    return [
+        f"• {code(str(t['table']))}: *{int(t['rows']):,}* rows to put back{notes.get(str(t['action']), '')}"
+        for t in impact.get("tables", [])
+    ]
+
+
+def _restore_blocks(request: DeleteRequest) -> list[Block]:
+    impact = request.impact
+    blocks: list[Block] = [
+        divider(),
+        section(
+            f"From backup {code(str(impact.get('backup_id', '?')))} of delete request "
+            f"#{escape(str(impact.get('source_request', '?')))}: *{int(impact.get('total_rows', 0)):,} rows*, "
+            "checked by a dry run (schema fingerprint, checksums, no conflicting rows). Inserted parents first in "
+            "one transaction; a conflict found at run time writes nothing."
+        ),
+        *lines_sections(_restore_lines(impact)),
+    ]
+    if impact.get("unchecked"):
+        blocks.append(context("Not pre-checked: " + _clean(", ".join(impact["unchecked"]))))
+    return blocks
+
+
+def _approved_by(request: DeleteRequest) -> str:
+    """Who approved, on every message after the quorum (an update can be skipped, this line can't)."""
+    if not request.protected or request.state not in ("approved", "running", "done", "failed", "stale"):
+        return ""
+    approvals = [a for a in request.approvals if a != request.requester]
+    return f". Approved by {', '.join(f'<@{a}>' for a in approvals)}" if approvals else ""
+
+
 def request_message(view: RequestView) -> dict[str, Any]:
     """The request's message in every state; chat.postMessage and chat.update send exactly this."""
     request = view.request
-    report = ImpactReport.from_json(request.impact)
     word = _state_word(request)
     lock = " :lock:" if request.protected else ""
+    title = "Restore" if request.kind == "restore" else "Delete"
     blocks: list[Block] = [
-        header(f"Delete {request.slug} on {request.stage}"[:150]),
+        header(f"{title} {request.slug} on {request.stage}"[:150]),
         section(_status(request, view.progress)),
         context(
             f"Request #{request.id} by <@{request.requester}> on stage *{escape(request.stage)}*{lock}"
             + (f". Reason: {_clean(request.reason)}" if request.reason else "")
             + (f". Replaces request #{request.replaces}" if request.replaces else "")
+            + _approved_by(request)
         ),
+    ]
+    if request.kind == "restore":
+        blocks += _restore_blocks(request)
+        blocks += _buttons(request, 0)
+        return {"text": scrub(f"{title} {request.slug} on {request.stage}: {word}"), "blocks": blocks}
+    report = ImpactReport.from_json(request.impact)
+    blocks.append(
         context(
             f":floppy_disk: Backup before the delete: {_clean(view.backup_note)}"
             if view.backup_note
-            else ":floppy_disk: Backup before the delete: none is configured on this bot"
-        ),
-    ]
+            else ":floppy_disk: Backup before the delete: none (add `--backup` to the command to keep the rows)"
+        )
+    )
     if request.state == "done" and (request.result or {}).get("steps"):
         steps = (request.result or {})["steps"]
         lines = [
@@ -298,6 +377,14 @@ def request_message(view: RequestView) -> dict[str, Any]:
     else:
         blocks.append(divider())
         blocks += impact_blocks(report, protected=request.protected)
+    blocks += _buttons(request, report.total_rows)
+    text = f"Delete {request.slug} on {request.stage}: {word}"
+    return {"text": scrub(text), "blocks": blocks}
+
+
+def _buttons(request: DeleteRequest, rows: int) -> list[Block]:
+    """Approve/Reject/Cancel while a protected request waits; Delete (confirm dialog)/Cancel elsewhere."""
+    blocks: list[Block] = []
     if request.state == "pending" and request.protected:
         value = {"r": request.id}
         blocks.append(
@@ -309,23 +396,55 @@ def request_message(view: RequestView) -> dict[str, Any]:
             )
         )
     elif request.state == "pending":
-        value = {"r": request.id}
-        dialog = confirm_dialog(
-            "Delete for good?",
-            f"Delete `{escape(request.slug)}` on {escape(request.stage)}: {report.total_rows:,} rows. "
-            "This can't be undone.",
-            "Delete",
-            danger=True,
-        )
         blocks.append(
             actions(
-                button("Delete", CONFIRM_ACTION, value, style="danger", confirm=dialog),
-                button("Cancel", CANCEL_ACTION, value),
+                _delete_button(request, rows),
+                button("Cancel", CANCEL_ACTION, {"r": request.id}),
                 block_id=f"delete_request_{request.id}",
             )
         )
-    text = f"Delete {request.slug} on {request.stage}: {word}"
-    return {"text": scrub(text), "blocks": blocks}
+    return blocks
+
+
+def _delete_button(request: DeleteRequest, rows: int) -> dict[str, Any]:
+    """The requester's confirmation on an unprotected stage: danger style, behind Slack's confirm dialog."""
+    dialog = confirm_dialog(
+        "Delete for good?",
+        f"Delete `{escape(request.slug)}` on {escape(request.stage)}: {rows:,} rows. "
+        + ("They are kept in a scoped backup first." if request.takes_backup else "This can't be undone."),
+        "Delete",
+        danger=True,
+    )
+    return button("Delete", CONFIRM_ACTION, {"r": request.id}, style="danger", confirm=dialog)
+
+
+def home_request_blocks(request: DeleteRequest, viewer: str) -> list[Block]:
+    """One pending request on the viewer's App Home: what it is, and only the buttons they may press."""
+    link = permalink(request.channel, request.message_ts)
+    title = f"#{request.id} {request.kind} {code(request.slug)} on *{escape(request.stage)}*"
+    rows = int(request.impact.get("total_rows", 0))
+    mine = request.requester == viewer
+    if request.protected:
+        progress = f"{len(request.approvals)} of {request.required_approvals} approvals"
+        who = "you asked" if mine else f"asked by <@{request.requester}>"
+    else:
+        progress, who = "waiting for your confirmation", "you asked"
+    line = (
+        f"{title}: {rows:,} rows, {progress}, {who}, expires {when(request.expires_at)}"
+        + (f". Reason: {_clean(request.reason)}" if request.reason else "")
+        + (f" (<{link}|message>)" if link else "")
+    )
+    value = {"r": request.id}
+    if mine:
+        buttons = [button("Cancel", CANCEL_ACTION, value)]
+        if not request.protected:
+            buttons.insert(0, _delete_button(request, rows))
+    else:
+        buttons = [
+            button("Approve", APPROVE_ACTION, value, style="primary"),
+            button("Reject", REJECT_ACTION, value, style="danger"),
+        ]
+    return [section(line), actions(*buttons, block_id=f"home_request_{request.id}")]
 
 
 def refusal(text: str) -> Message:
@@ -340,11 +459,11 @@ def reject_modal(request_id: int) -> dict[str, Any]:
         "type": "modal",
         "callback_id": REJECT_MODAL,
         "private_metadata": json.dumps({"r": request_id}),
-        "title": {"type": "plain_text", "text": "Reject delete"},
+        "title": {"type": "plain_text", "text": "Reject request"},
         "submit": {"type": "plain_text", "text": "Reject"},
         "close": {"type": "plain_text", "text": "Back"},
         "blocks": [
-            section(f"Why reject delete request #{request_id}? The reason is shown on the request and audited."),
+            section(f"Why reject request #{request_id}? The reason is shown on the request and audited."),
             {
                 "type": "input",
                 "block_id": REASON_BLOCK,
@@ -366,12 +485,12 @@ def render_pending(request: CommandRequest, result: PendingRequests) -> Message:
     lines: list[str] = []
     for r in result.requests:
         link = permalink(r.channel, r.message_ts)
-        title = f"#{r.id} {escape(r.slug)}"
+        title = f"#{r.id} {r.kind} {escape(r.slug)}"
         shown = f"<{link}|{title}>" if link else title
         approvals = f", {len(r.approvals)} of {r.required_approvals} approvals" if r.protected else ""
         lines.append(
             f"• {shown} on *{escape(r.stage)}*: {_state_word(r)}{approvals}, by <@{r.requester}>, "
             f"expires {when(r.expires_at)}" + (f" ({_clean(r.reason)})" if r.reason else "")
         )
-    blocks = [section(f":inbox_tray: Open delete requests{where}: {len(lines)}"), *lines_sections(lines or ["_none_"])]
-    return message(f"{len(lines)} open delete requests", blocks, ephemeral=True)
+    blocks = [section(f":inbox_tray: Open requests{where}: {len(lines)}"), *lines_sections(lines or ["_none_"])]
+    return message(f"{len(lines)} open requests", blocks, ephemeral=True)

@@ -248,12 +248,20 @@ def base_env(*, bot_db_url: str, stages: dict[str, str], slack: LocalSlack) -> d
 
 
 @pytest.fixture
-def make_bot(bot_db_url: str, fake_slack: LocalSlack) -> Iterator[Callable[..., BotHarness]]:
-    """Build a bot on the real HTTP endpoint; `stages` maps stage names to database URLs."""
+def make_bot(
+    bot_db_url: str, fake_slack: LocalSlack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., BotHarness]]:
+    """Build a bot on the real HTTP endpoint; `stages` maps stage names to database URLs.
+
+    Backups go to a fresh local directory (protected deletes need a destination), unless the
+    test names one (`BACKUP_BUCKET`, or `BACKUP_DIR=""` for a bot without any).
+    """
     harnesses: list[BotHarness] = []
 
     def make(stages: dict[str, str], **overrides: str) -> BotHarness:
         env = base_env(bot_db_url=bot_db_url, stages=stages, slack=fake_slack)
+        if "BACKUP_BUCKET" not in overrides:
+            env["BACKUP_DIR"] = str(tmp_path_factory.mktemp("backups"))
         env.update(overrides)
         settings = load_settings(env)
         runtime = Runtime(settings)
@@ -290,3 +298,17 @@ def eventually(predicate: Callable[[], Any], timeout: float = 15, interval: floa
 def psql_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
         return conn.execute(sql).fetchall()
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[LocalPostgres]:
+    """A PostgreSQL cluster of the test's own, which it may stop, kill and start again."""
+    base = Path(tempfile.mkdtemp(prefix="mcp-ops-fault-pg-"))
+    base.chmod(0o755)
+    # Commits must survive the server process being killed (synchronous_commit stays on); only an
+    # OS crash could lose them, which fsync=off accepts for speed.
+    cluster = LocalPostgres(base / "pg", settings={"fsync": "off"})
+    cluster.start()
+    yield cluster
+    cluster.destroy()
+    shutil.rmtree(base, ignore_errors=True)

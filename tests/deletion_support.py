@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from bot.deletion.requests import STATES
 from tests.conftest import OPERATOR, TEST_SPEC, BotHarness, StageDb
@@ -163,15 +163,20 @@ def fingerprints(db: StageDb) -> dict[str, dict[str, str]]:
     return out
 
 
-def checksums(db: StageDb) -> dict[str, Any]:
-    """md5 of string_agg over ordered rows, per table (what a DBA would compare across a change)."""
-    out: dict[str, Any] = {}
-    with db.engine.connect() as conn:
-        for schema, name, _pk in conn.execute(text(_TABLES)):
-            ordered = "string_agg(t::text, E'\\n' ORDER BY t::text)"
-            sql = f'SELECT md5(coalesce({ordered}, \'\')) FROM "{schema}"."{name}" t'
-            out[f"{schema}.{name}"] = conn.execute(text(sql)).scalar()
+def table_checksums(conn: Connection) -> dict[str, tuple[int, str]]:
+    """Per table: (rows, md5 of string_agg over ordered rows), what a DBA would compare across a change."""
+    out: dict[str, tuple[int, str]] = {}
+    for schema, name, _pk in conn.execute(text(_TABLES)).all():
+        ordered = "string_agg(t::text, E'\\n' ORDER BY t::text)"
+        sql = f'SELECT count(*), md5(coalesce({ordered}, \'\')) FROM "{schema}"."{name}" t'
+        rows, digest = conn.execute(text(sql)).one()
+        out[f"{schema}.{name}"] = (int(rows), str(digest))
     return out
+
+
+def checksums(db: StageDb) -> dict[str, tuple[int, str]]:
+    with db.engine.connect() as conn:
+        return table_checksums(conn)
 
 
 def assert_only_scope_changed(

@@ -1,9 +1,9 @@
-"""The App Home tab: what each person sees, and that it refreshes when alerts change."""
+"""The App Home tab: what each person sees, and that it refreshes when alerts and requests change."""
 
 from __future__ import annotations
 
 from bot.health.checks import Finding
-from tests.conftest import OPERATOR, TEST_SPEC, VIEWER, message_text
+from tests.conftest import OPERATOR, TEST_SPEC, VIEWER, eventually, message_text
 
 
 def _published_for(bot, user: str, count: int = 1, timeout: float = 15) -> list[dict]:
@@ -58,3 +58,35 @@ def test_other_tabs_are_ignored(bot):
     assert bot.sender.event({"type": "app_home_opened", "user": OPERATOR, "tab": "messages"}).status == 200
     bot.command("help").message()
     assert bot.slack.calls_to("views.publish") == []
+
+
+def test_pending_approvals_show_on_the_approvers_home_with_buttons_that_work(bot, stage_db):
+    from tests.conftest import APPROVER
+    from tests.deletion_support import buttons, requests_rows, start_delete, wait_state
+
+    for user in (APPROVER, OPERATOR, VIEWER):
+        bot.sender.event({"type": "app_home_opened", "user": user, "tab": "home"})
+        _published_for(bot, user)
+    request_id = start_delete(bot, stage="production", extra='--reason "churned customer"')
+
+    # The change refreshes every recent viewer's tab: the approver gets Approve/Reject, the
+    # requester their Cancel, a read-only user nothing to press.
+    approver_view = _published_for(bot, APPROVER, count=2)[-1]
+    assert f"#{request_id} delete `{TEST_SPEC.big_slug}` on *production*" in message_text(approver_view)
+    assert "churned customer" in message_text(approver_view)
+    assert set(buttons(approver_view)) == {"Approve", "Reject"}
+    assert set(buttons(_published_for(bot, OPERATOR, count=2)[-1])) == {"Cancel"}
+    assert "Waiting for you" not in message_text(_published_for(bot, VIEWER, count=2)[-1])
+
+    # Self-approval from the requester's tab is refused by the same rules, in the request's channel.
+    approve = buttons(approver_view)["Approve"]
+    assert bot.sender.view_actions(approve, user=OPERATOR).status == 200
+    refused = bot.slack.wait_for_call("chat.postEphemeral", lambda c: c.payload.get("user") == OPERATOR)
+    assert "you asked for this delete" in refused[0].payload["text"]
+    assert wait_state(bot, request_id, {"pending"}).state == "pending"
+
+    assert bot.sender.view_actions(approve, user=APPROVER).status == 200
+    assert wait_state(bot, request_id, {"done", "failed"}).state == "done"
+    assert requests_rows(bot)[0].decided_by == APPROVER
+    # Once it ran, the tab is published again without it.
+    assert eventually(lambda: "Waiting for you" not in message_text(_published_for(bot, APPROVER)[-1]))

@@ -57,7 +57,11 @@ def make_prod(make_bot, db, fake_slack):
     fake_slack.usergroups[GROUP] = [GROUP_MEMBER]
 
     def make(**env: str) -> BotHarness:
-        settings = {"OPERATORS": OPERATOR, "APPROVERS": f"{APPROVER},{APPROVER2},{OPERATOR},{GROUP}", **env}
+        settings = {
+            "OPERATORS": OPERATOR,
+            "APPROVERS": f"{APPROVER},{APPROVER2},{OPERATOR},{GROUP}",
+            **env,
+        }
         return make_bot({"dev": db.url, "production": db.url}, **settings)
 
     return make
@@ -148,6 +152,7 @@ def test_two_of_three_approvals_delete_exactly_the_approved_rows(make_prod, db):
     assert row.state == "done", row.error
     done = message_text(wait_update(prod, request_id, ": done"))
     assert f"deleted *{sum(len(v) for v in expected.values()):,} rows*" in done
+    assert f"Approved by <@{APPROVER}>, <@{APPROVER2}>" in done
     # Exactly the approved rows: every count as approved, every other row byte-identical.
     steps = {s["table"]: s["rows"] for s in row.result["steps"] if s["action"] == "delete"}
     assert sum(steps.values()) == sum(v for k, v in approved_snapshot.items() if " set " not in k)
@@ -164,6 +169,30 @@ def test_two_of_three_approvals_delete_exactly_the_approved_rows(make_prod, db):
         "running",
         "done",
     ]
+
+
+def test_a_vote_whose_audit_row_cannot_be_written_changes_nothing(prod, db):
+    request_id = request_prod(prod)
+    with prod.runtime.bot_engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION refuse_approvals() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " IF NEW.outcome = 'approved' THEN RAISE EXCEPTION 'audit disk full'; END IF; RETURN NEW; END $$;"
+                " CREATE TRIGGER refuse_approvals BEFORE INSERT ON audit_log"
+                " FOR EACH ROW EXECUTE FUNCTION refuse_approvals()"
+            )
+        )
+    before = checksums(db)
+    reply = refusal_text(prod, request_id, "Approve", APPROVER)
+    assert "could not record that, so nothing changed" in reply
+    row = wait_state(prod, request_id, {"pending"})
+    assert row.state == "pending" and row.decided_by is None
+    with prod.runtime.bot_engine.begin() as conn:
+        assert conn.execute(text("SELECT count(*) FROM delete_request_votes")).scalar() == 0  # the vote rolled back
+        conn.execute(text("DROP TRIGGER refuse_approvals ON audit_log"))
+    assert checksums(db) == before
+    press(prod, request_id, "Approve", APPROVER)  # once the audit works, the same click goes through
+    assert wait_state(prod, request_id, {"done", "failed"}).state == "done"
 
 
 def test_a_user_group_in_approvers_is_resolved_and_cached_briefly(prod, db, fake_slack):
@@ -279,6 +308,22 @@ def test_drift_beyond_the_threshold_blocks_execution_and_asks_again(prod, db):
     assert audit_outcomes(prod).count("stale") == 1
 
 
+def test_a_table_created_after_the_approval_request_makes_it_stale(prod, db):
+    request_id = request_prod(prod)
+    db.execute(
+        "CREATE TABLE server_badges (id text PRIMARY KEY,"
+        " server_id text NOT NULL REFERENCES mcp_servers(id) ON DELETE CASCADE)"
+    )
+    before = checksums(db)
+    press(prod, request_id, "Approve", APPROVER)
+    row = wait_state(prod, request_id, {"done", "failed", "stale"})
+    assert row.state == "stale"
+    assert "public.server_badges: new in the plan (0 rows)" in message_text(wait_update(prod, request_id, ": stale"))
+    successor = wait_state(prod, row.replaced_by, {"pending"})
+    assert successor.snapshot["public.server_badges"] == 0
+    assert checksums(db) == before
+
+
 def test_drift_within_the_threshold_still_runs(prod, db):
     request_id = request_prod(prod)
     db.execute(
@@ -290,15 +335,17 @@ def test_drift_within_the_threshold_still_runs(prod, db):
     assert db.scalar("SELECT count(*) FROM mcp_tool_calls WHERE id = 'tc_one_more'") == 0
 
 
-def test_twenty_concurrent_approvals_on_two_instances_run_once(make_bot, db):
+@pytest.mark.parametrize("required", [1, 3])
+def test_twenty_concurrent_approvals_on_two_instances_run_once(make_bot, db, required):
+    """Twenty approvers click at once, each twice (a double click), on two app instances sharing one bot database."""
     approvers = [f"UAPPR{i:02d}" for i in range(20)]
-    env = {"OPERATORS": OPERATOR, "APPROVERS": ",".join(approvers)}
+    env = {"OPERATORS": OPERATOR, "APPROVERS": ",".join(approvers), "REQUIRED_APPROVALS": str(required)}
     first = make_bot({"production": db.url}, **env)
     second = make_bot({"production": db.url}, **env)
     request_id = start_delete(first, stage="production", extra=REASON)
     payload = request_message(first, request_id)
     row = requests_rows(first)[0]
-    barrier = threading.Barrier(20)
+    barrier = threading.Barrier(40)
     statuses: list[int] = []
 
     def click(index: int) -> None:
@@ -306,27 +353,29 @@ def test_twenty_concurrent_approvals_on_two_instances_run_once(make_bot, db):
         barrier.wait()
         reply = harness.sender.block_actions(
             buttons(payload)["Approve"],
-            user=approvers[index],
+            user=approvers[index // 2],
             channel=row.channel,
             message=payload,
             message_ts=row.message_ts,
         )
         statuses.append(reply.status)
 
-    threads = [threading.Thread(target=click, args=(i,)) for i in range(20)]
+    threads = [threading.Thread(target=click, args=(i,)) for i in range(40)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert statuses == [200] * 20
+    assert statuses == [200] * 40
     assert wait_state(first, request_id, {"done", "failed", "stale"}).state == "done"
     wait_update(first, request_id, ": done")
     time.sleep(1.5)  # give a duplicate every chance to show up
     assert sum(1 for p in updates_of(first, request_id) if ": done" in p.get("text", "")) == 1
     outcomes = audit_outcomes(first)
     assert outcomes.count("approved") == 1 and outcomes.count("running") == 1 and outcomes.count("done") == 1
+    assert outcomes.count("voted") == required - 1
     with first.runtime.bot_engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM delete_request_votes")).scalar() == 1
+        voters = conn.execute(text("SELECT voter FROM delete_request_votes")).scalars().all()
+    assert len(voters) == len(set(voters)) == required  # the quorum, each person once
     assert db.scalar("SELECT count(*) FROM mcp_servers WHERE slug = :s", s=BIG) == 0
 
 
@@ -370,6 +419,8 @@ def test_pending_lists_open_requests_with_links(prod, db):
     assert f"#{first} " in only_prod and f"#{second} " not in only_prod
     assert "0 of 1 approvals" in only_prod
     assert "only" in prod.command("pending", user=VIEWER).text()
+    by_group = prod.command("pending --stage production", user=GROUP_MEMBER).text()  # an approver via a user group
+    assert f"#{first} " in by_group
     press(prod, second, "Cancel", OPERATOR)
     wait_state(prod, second, {"cancelled"})
     assert f"#{second} " not in prod.command("pending").text()

@@ -61,6 +61,21 @@ def test_impact_reports_counts_warnings_and_discovered_tables(app, db, monkeypat
     assert checksums(db) == before  # impact only reads
 
 
+def test_rows_of_other_servers_reached_through_orphaned_users_are_flagged(app, db):
+    orphan = sorted(truth(db)["public.mcp_server_user"])[0]
+    # A tool call on another server's session that names one of this server's orphaned users.
+    db.execute(
+        "INSERT INTO mcp_tool_calls (id, mcp_server_id, tool_name, mcp_server_session_id, mcp_server_user_id)"
+        " VALUES ('tc_cross', 'srv_s1', 'odd', 'ses_s1_0', :u)",
+        u=orphan,
+    )
+    body = app.command(f"impact {BIG} --stage dev").text(timeout=30)
+    assert "*1* rows of `mcp_tool_calls` in the delete do not belong to this server" in body
+    assert "mcp_tool_calls(mcp_server_id) → mcp_servers(id) ON DELETE NO ACTION points elsewhere" in body
+    small = db.scalar("SELECT slug FROM mcp_servers WHERE id = 'srv_s2'")
+    assert "do not belong to this server" not in app.command(f"impact {small} --stage dev").text(timeout=30)
+
+
 def test_bad_slugs_and_stages_answer_clearly(app):
     assert "no server with slug `no-such-server`" in app.command("impact no-such-server --stage dev").text()
     close = app.command("delete acme-analytics --stage dev").text()

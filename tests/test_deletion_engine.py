@@ -124,6 +124,27 @@ def test_delete_removes_exactly_the_scope_and_nothing_else(db, stage):
     assert any(p.phase == "deleting" and p.table == "mcp_tool_calls" for p in seen)
 
 
+def test_verification_after_commit_checks_every_deleted_key_not_a_sample(db, stage):
+    _, report = impact(stage)
+    last = db.scalar("SELECT max(id) FROM mcp_tool_calls WHERE mcp_server_id = 'srv_big'")
+    # A trigger puts one deleted tool call back, moved to another server, inside the delete's own transaction.
+    db.execute(
+        "CREATE FUNCTION keep_one() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " IF OLD.id = '" + last + "' THEN INSERT INTO mcp_tool_calls (id, mcp_server_id, tool_name,"
+        " mcp_server_session_id) VALUES (OLD.id, 'srv_s1', OLD.tool_name, 'ses_s1_0'); END IF; RETURN OLD; END $$;"
+        " CREATE TRIGGER keep_one AFTER DELETE ON mcp_tool_calls FOR EACH ROW EXECUTE FUNCTION keep_one()"
+    )
+    result = execute_delete(stage, BIG, expected=report.snapshot, budget_s=60)
+    assert not result.verified
+    assert result.verification == [
+        f"mcp_tool_calls: 1 of the {report.snapshot['public.mcp_tool_calls']:,} deleted rows are there again"
+    ]
+    assert db.scalar("SELECT count(*) FROM mcp_servers WHERE slug = :s", s=BIG) == 0
+    # The kept tables of keys are gone with the check: the session went back to the pool clean.
+    with stage.read() as conn:
+        assert conn.execute(text("SELECT count(*) FROM pg_class WHERE relname LIKE 'mcpops_%'")).scalar() == 0
+
+
 def test_a_small_server_delete_leaves_the_big_one_alone(db, stage):
     slug = db.scalar("SELECT slug FROM mcp_servers WHERE id = 'srv_s1'")
     _, report = impact(stage, slug)
@@ -270,7 +291,7 @@ def test_snapshot_comparison_rules():
     assert compare_snapshots(approved, {"a": 1011, "b": 0}, 1.0) == ["a: 1,000 → 1,011"]
     assert compare_snapshots(approved, {"a": 1000, "b": 1}, 1.0) == ["b: 0 → 1"]
     assert compare_snapshots(approved, {"a": 1000, "b": 0, "c": 5}, 1.0) == ["c: new in the plan (5 rows)"]
-    assert compare_snapshots(approved, {"a": 1000, "b": 0, "c": 0}, 1.0) == []
+    assert compare_snapshots(approved, {"a": 1000, "b": 0, "c": 0}, 1.0) == ["c: new in the plan (0 rows)"]
 
 
 def test_unindexed_foreign_keys_are_measured_and_an_index_is_proposed(db, stage):

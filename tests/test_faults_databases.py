@@ -6,11 +6,7 @@ touching the suite's shared one.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -18,21 +14,7 @@ from sqlalchemy import text
 
 from bot.demo import build_platform_database
 from bot.errors import StageUnavailable
-from bot.localpg import LocalPostgres
 from tests.conftest import AUDIT_CHANNEL, TEST_SPEC, eventually
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[LocalPostgres]:
-    base = Path(tempfile.mkdtemp(prefix="mcp-ops-fault-pg-"))
-    base.chmod(0o755)
-    # Commits must survive the server process being killed (synchronous_commit stays on); only an
-    # OS crash could lose them, which fsync=off accepts for speed.
-    cluster = LocalPostgres(base / "pg", settings={"fsync": "off"})
-    cluster.start()
-    yield cluster
-    cluster.destroy()
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def http_status(url: str) -> int:

@@ -84,3 +84,21 @@ def test_the_running_worker_rides_out_a_streak_of_errors(bot):
     counts = Counter(audit_texts(bot.slack))
     assert len(counts) == 5 and set(counts.values()) == {1}
     assert failed_posts(bot.slack) == 4
+
+
+def test_an_update_retried_after_a_newer_one_never_rolls_a_message_back(make_bot, stage_db):
+    from tests.deletion_support import press, request_message, requests_rows, start_delete, wait_state
+
+    bot = make_bot({"dev": stage_db.url})
+    request_id = start_delete(bot)
+    request_message(bot, request_id)
+    bot.slack.fail("chat.update", status=500, times=1)  # the "confirmed, starting" update meets a 500
+    press(bot, request_id, "Delete", "UOPERATOR1")
+    assert wait_state(bot, request_id, {"done", "failed"}).state == "done"
+    assert eventually(lambda: bot.runtime.outbox.backlog() == 0, timeout=20)
+    row = next(r for r in requests_rows(bot) if r.id == request_id)
+    final = bot.slack.messages[(row.channel, row.message_ts)].payload
+    assert ": done" in final["text"], final["text"]
+    with bot.runtime.bot_engine.connect() as conn:
+        superseded = conn.execute(text("SELECT count(*) FROM outbox WHERE result->>'superseded' = 'true'")).scalar()
+    assert superseded >= 1  # the failed older update was retired, not re-sent over the newer one

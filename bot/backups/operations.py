@@ -9,6 +9,7 @@ from bot.audit import AuditEntry
 from bot.backups.full import FullBackupState
 from bot.backups.index import BackupRow
 from bot.backups.scoped import RestoreReport
+from bot.deletion.flow import RestorePosted
 from bot.runtime import Runtime
 from bot.service import CommandRequest, operation
 from bot.stages import Stage
@@ -59,10 +60,12 @@ def run_backup(runtime: Runtime, request: CommandRequest) -> FullBackupState:
 
 
 @operation("restore")
-def run_restore(runtime: Runtime, request: CommandRequest) -> RestoreReport:
+def run_restore(runtime: Runtime, request: CommandRequest) -> RestoreReport | RestorePosted:
     stage = _stage(request)
     dry_run = bool(request.parsed.flags.get("dry-run"))
-    runtime.policy.check_restore(stage.name, protected=stage.protected, dry_run=dry_run)
+    source = request.parsed.args["request-id"]
+    if runtime.policy.restore_needs_approval(protected=stage.protected, dry_run=dry_run):
+        return runtime.deletion.request_restore(request, source)
     if not dry_run:
         _audit_start(runtime, request)
-    return runtime.backups.restore(stage, request.parsed.args["request-id"], actor=request.actor, dry_run=dry_run)
+    return runtime.backups.restore(stage, source, actor=request.actor, dry_run=dry_run)

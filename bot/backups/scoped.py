@@ -59,7 +59,8 @@ BUFFER_BYTES = 1024 * 1024
 MAX_SAMPLES = 5
 KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
-Action = Literal["delete", "set_null"]
+Action = Literal["delete", "set_null", "set_default"]
+COLUMN_ACTIONS = ("set_null", "set_default")  # the delete changes columns of rows it keeps
 
 
 class BackupFailed(UserFacingError):
@@ -104,7 +105,8 @@ class BackupStep:
     """One table of a delete plan, in plan order (children before parents).
 
     `scope_table` is a temporary table whose columns are exactly `primary_key` (same names);
-    for `set_null`, it holds the rows whose `set_null_columns` the delete will null.
+    for `set_null`/`set_default`, it holds the rows whose `set_null_columns` the delete will null
+    (or set to their default).
     `expected_rows` is the count the plan (the approved impact) says; None skips that check.
     """
 
@@ -173,7 +175,7 @@ class Manifest:
     def row_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for step in self.steps:
-            label = step.qualified if step.action == "delete" else f"{step.qualified} (set null)"
+            label = step.qualified if step.action == "delete" else f"{step.qualified} ({step.action.replace('_', ' ')})"
             counts[label] = counts.get(label, 0) + step.rows
         return counts
 
@@ -400,9 +402,9 @@ class ScopedBackup:
         for step in steps:
             if not step.primary_key:
                 raise BackupFailed(f"{step.qualified} has no primary key, so its rows cannot be restored exactly")
-            if step.action == "set_null" and not step.set_null_columns:
-                raise BackupFailed(f"{step.qualified}: a set-null step names no columns")
-            if step.action not in ("delete", "set_null"):
+            if step.action in COLUMN_ACTIONS and not step.set_null_columns:
+                raise BackupFailed(f"{step.qualified}: a {step.action} step names no columns")
+            if step.action not in ("delete", *COLUMN_ACTIONS):
                 raise BackupFailed(f"{step.qualified}: unknown action {step.action!r}")
 
     def _cleanup(self, keys: list[str]) -> None:
@@ -546,7 +548,7 @@ class RestoreReport:
 def restore_order(manifest: Manifest) -> list[ManifestStep]:
     """Parents first: deletes in reverse plan order, then the nulled columns (their parents exist again)."""
     deletes = [s for s in reversed(manifest.steps) if s.action == "delete"]
-    nulls = [s for s in reversed(manifest.steps) if s.action == "set_null"]
+    nulls = [s for s in reversed(manifest.steps) if s.action in COLUMN_ACTIONS]
     return deletes + nulls
 
 
@@ -623,7 +625,7 @@ class _Restorer:
     def conflicts(self, step: ManifestStep) -> None:
         staged = sql.Identifier(self.staged[step.order])
         table = _qualified(step.schema, step.table)
-        if step.action == "set_null":
+        if step.action in COLUMN_ACTIONS:
             self._set_null_conflicts(step, staged, table)
             return
         oid = catalog.table_oid(self.conn, step.schema, step.table)
@@ -676,6 +678,10 @@ class _Restorer:
                     tuple(_sample(r[1:]) for r in missing),
                 )
             )
+        if step.action == "set_default":
+            # What the default evaluated to is not recorded, so a value set again since can't be told apart.
+            self.report.unchecked.append(f"{step.qualified}({', '.join(step.set_null_columns)}) changed since")
+            return
         changed_cond = sql.SQL(" OR ").join(
             sql.SQL("t.{} IS NOT NULL").format(sql.Identifier(c)) for c in step.set_null_columns
         )

@@ -124,9 +124,11 @@ class Backups:
         newest = max(manifests, key=lambda o: (o.modified is not None, o.modified, o.key))
         return None, load_manifest(self.store, newest.key)
 
-    def restore(self, stage: Stage, request_id: str, *, actor: str, dry_run: bool) -> RestoreReport:
+    def restore(
+        self, stage: Stage, request_id: str, *, actor: str, dry_run: bool, work_name: str | None = None
+    ) -> RestoreReport:
         row, manifest = self.find_manifest(stage.name, request_id)
-        with stage.write(statement_timeout_ms=RESTORE_STATEMENT_TIMEOUT_MS) as conn:
+        with stage.write(statement_timeout_ms=RESTORE_STATEMENT_TIMEOUT_MS, application_name=work_name) as conn:
             report = restore(conn, self.store, manifest, stage=stage.name, dry_run=dry_run)
         if report.restored and row is not None:
             self.index.mark_restored(row.id, actor)

@@ -137,6 +137,30 @@ class SlackRequestSender:
         }
         return self.interaction(payload)
 
+    def view_actions(self, element: dict[str, Any], *, user: str, view_id: str = "VHOME0001") -> HttpReply:
+        """A button pressed on the App Home tab: no channel, no message, no response_url."""
+        payload: dict[str, Any] = {
+            "type": "block_actions",
+            "team": {"id": self.team_id, "domain": "local"},
+            "user": {"id": user, "username": user.lower(), "team_id": self.team_id},
+            "api_app_id": "A0LOCAL",
+            "token": "legacy-verification-token-unused",
+            "trigger_id": f"trigger.{uuid.uuid4().hex[:12]}",
+            "container": {"type": "view", "view_id": view_id},
+            "view": {"id": view_id, "type": "home", "callback_id": "", "state": {"values": {}}},
+            "actions": [
+                {
+                    "type": element.get("type", "button"),
+                    "action_id": element["action_id"],
+                    "block_id": "home",
+                    "value": element.get("value", ""),
+                    "text": element.get("text", {"type": "plain_text", "text": ""}),
+                    "action_ts": f"{time.time():.6f}",
+                }
+            ],
+        }
+        return self.interaction(payload)
+
     def event(self, event: dict[str, Any]) -> HttpReply:
         """An Events API callback, e.g. {"type": "app_home_opened", "user": ..., "tab": "home"}."""
         body = json.dumps(

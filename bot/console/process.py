@@ -59,7 +59,10 @@ class ServeProcess:
         argv = [*self.command, "serve", "--host", "127.0.0.1", "--port", str(self.port), *self.args]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT)
+            # Its own process group, so `kill()` takes the gunicorn master and its worker down together.
+            self.process = subprocess.Popen(
+                argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -105,8 +108,12 @@ class ServeProcess:
         return self.process.returncode
 
     def kill(self) -> None:
+        """SIGKILL to every process of the server (a crash, an OOM kill): nothing gets to clean up."""
         if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.process.wait(10)
 
     def log_lines(self) -> list[str]:

@@ -12,8 +12,9 @@
 4. Call `before_delete(conn, plan, scopes)` if given (the backup hook, see below).
 5. Run the SET NULL/SET DEFAULT updates, then one `DELETE ... USING <scope>` per table,
    children before parents; each must remove exactly its scope's row count.
-6. Commit (or, for a dry run, roll back), then verify from a fresh transaction that a sample
-   of every scope's rows is gone and the server row with it.
+6. Commit (or, for a dry run, roll back), then, on the same session, check against the kept
+   tables of keys that every deleted row is gone (and every nulled column is NULL), and drop
+   them.
 
 REPEATABLE READ makes every step see one snapshot: a row another session changes or adds
 under the scope (a new session for an orphaned user on another server, say) makes the
@@ -46,7 +47,6 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
-    and_,
     column,
     delete,
     exists,
@@ -73,14 +73,14 @@ from bot.deletion.plan import (
     set_local,
 )
 from bot.deletion.scope import ROOT_KEY, ScopeSql, TempSource, equal, sa_table
-from bot.deletion.sqlext import Analyze, CreateTempTableAs
+from bot.deletion.sqlext import Analyze, CreateTempTableAs, DropTable
 from bot.errors import UserFacingError
 from bot.stages import Stage
 
 log = logging.getLogger(__name__)
 
-VERIFY_SAMPLE = 50
 MIN_STATEMENT_MS = 1000
+VERIFY_STATEMENT_MS = 300_000
 
 
 class DeleteFailed(UserFacingError):
@@ -198,24 +198,32 @@ def execute_delete(
     dry_run: bool = False,
     before_delete: BeforeDelete | None = None,
     progress: ProgressCallback | None = None,
+    work_name: str | None = None,
 ) -> DeleteResult:
     """Delete server `slug` and its scope, or raise a UserFacingError with nothing changed."""
     started = time.monotonic()
     report = progress or (lambda _p: None)
-    samples: dict[Step, list[tuple[Any, ...]]] = {}
     results: list[StepResult] = []
     counts: dict[str, int] = {}
     plan_holder: list[DeletePlan] = []
+    kept: list[MaterializedScope] = []
+    problems: list[str] = []
     committing = False
 
     def elapsed() -> float:
         return time.monotonic() - started
+
+    def check_after_commit(session: Connection) -> None:
+        report(Progress("verifying", "", sum(r.rows for r in results if r.action == "delete"), 0, elapsed()))
+        problems.extend(verify(session, plan_holder[0], kept))
 
     try:
         with stage.write(
             statement_timeout_ms=int(budget_s * 1000),
             lock_timeout_ms=lock_timeout_ms,
             isolation="REPEATABLE READ",
+            after_commit=None if dry_run else check_after_commit,
+            application_name=work_name,
         ) as conn:
             budget = _Budget(conn, budget_s)
             set_local(conn, "work_mem", WORK_MEM)
@@ -226,7 +234,8 @@ def execute_delete(
             sql = plan.scope_sql(source_factory=TempSource, prefix="mcpops")
             source = sql.source
             assert isinstance(source, TempSource)
-            scopes = _materialize(conn, plan, sql, source, budget, counts, report, elapsed)
+            scopes = _materialize(conn, plan, sql, source, budget, counts, report, elapsed, keep=not dry_run)
+            kept.extend(scopes)
             if expected is not None:
                 changes = compare_snapshots(expected, counts, drift_percent)
                 if changes:
@@ -255,7 +264,6 @@ def execute_delete(
                 results.append(
                     StepResult(step.snapshot_key, str(step.table), step.action, rows, time.monotonic() - step_started)
                 )
-                samples[step] = _sample(conn, source, step)
             report(Progress("deleting", "", done, total, elapsed()))
             if dry_run:
                 raise _DryRun
@@ -264,15 +272,12 @@ def execute_delete(
         return DeleteResult(slug, counts, results, elapsed(), dry_run=True, verified=True)
     except UserFacingError:
         if committing:
-            return _after_uncertain_commit(stage, plan_holder, slug, counts, results, samples, elapsed())
+            return _after_uncertain_commit(stage, plan_holder, slug, counts, results, elapsed())
         raise
     except DBAPIError as exc:
         if committing:
-            return _after_uncertain_commit(stage, plan_holder, slug, counts, results, samples, elapsed())
+            return _after_uncertain_commit(stage, plan_holder, slug, counts, results, elapsed())
         raise DeleteFailed(_describe_db_error(exc)) from exc
-
-    report(Progress("verifying", "", sum(r.rows for r in results if r.action == "delete"), 0, elapsed()))
-    problems = verify(stage, plan_holder[0], samples)
     return DeleteResult(slug, counts, results, elapsed(), dry_run=False, verified=not problems, verification=problems)
 
 
@@ -285,7 +290,10 @@ def _materialize(
     counts: dict[str, int],
     report: ProgressCallback,
     elapsed: Callable[[], float],
+    *,
+    keep: bool,
 ) -> list[MaterializedScope]:
+    """Every scope as a temp table of keys; `keep`: they outlive the commit, for the check after it."""
     graph = plan.graph
     by_step: dict[Step, MaterializedScope] = {}
     deletes = {s.table: s for s in plan.delete_steps}
@@ -301,7 +309,7 @@ def _materialize(
             # Parents go in their physical order: every deleted row fires its RI triggers, and
             # heap-ordered parents keep those probes local (users: about half the time of hash order).
             query = query.order_by(column("ctid", _selectable=t))
-        rows = conn.execute(CreateTempTableAs(name, query)).rowcount
+        rows = conn.execute(CreateTempTableAs(name, query, preserve=keep)).rowcount
         conn.execute(Analyze(name))
         source.names[ref] = name
         counts[step.snapshot_key] = rows
@@ -314,7 +322,9 @@ def _materialize(
         budget.arm()
         rows = conn.execute(
             CreateTempTableAs(
-                name, select(*(x.c[k] for k in step.key)).where(*_outside(plan, sql, source, step.edge, x))
+                name,
+                select(*(x.c[k] for k in step.key)).where(*_outside(plan, sql, source, step.edge, x)),
+                preserve=keep,
             )
         ).rowcount
         conn.execute(Analyze(name))
@@ -345,40 +355,33 @@ def _apply(conn: Connection, plan: DeletePlan, step: Step, scope: MaterializedSc
     return int(conn.execute(stmt).rowcount)
 
 
-def _sample(conn: Connection, source: TempSource, step: Step) -> list[tuple[Any, ...]]:
-    """A few keys of each deleted scope, to check after the commit that they are really gone."""
-    if step.action != "delete":
-        return []
-    tmp = source.temp(step.table)
-    return [tuple(r) for r in conn.execute(select(*(tmp.c[k] for k in step.key)).limit(VERIFY_SAMPLE))]
+def verify(session: Connection, plan: DeletePlan, scopes: list[MaterializedScope]) -> list[str]:
+    """After the commit, on the delete's own session: every deleted key is gone, every nulled column NULL.
 
-
-def verify(stage: Stage, plan: DeletePlan, samples: dict[Step, list[tuple[Any, ...]]]) -> list[str]:
-    """From a fresh transaction: the server row and the sampled rows of every scope are gone."""
+    The kept temp tables hold every key the delete removed (not a sample); they are dropped here.
+    """
     problems: list[str] = []
-    with stage.read() as conn:
+    with session.begin():
+        set_local(session, "statement_timeout", str(VERIFY_STATEMENT_MS))
         root = sa_table(plan.graph, plan.graph.root)
-        if conn.execute(
+        if session.execute(
             select(func.count()).select_from(root).where(root.c[ROOT_KEY] == literal(plan.slug, type_=NullType()))
         ).scalar_one():
             problems.append(f"{plan.graph.root}: the server row is still there")
-        for step, keys in samples.items():
-            if not keys:
-                continue
-            t = sa_table(plan.graph, step.table)
-            cols = step.key
-            if len(cols) == 1:
-                cond = t.c[cols[0]].in_([literal(k[0], type_=NullType()) for k in keys])
-            else:
-                cond = or_(
-                    *(
-                        and_(*(t.c[c] == literal(v, type_=NullType()) for c, v in zip(cols, k, strict=True)))
-                        for k in keys
-                    )
-                )
-            left = conn.execute(select(func.count()).select_from(t).where(cond)).scalar_one()
-            if left:
-                problems.append(f"{step.table}: {left} of {len(keys)} sampled rows are still there")
+        for scope in scopes:
+            t = sa_table(plan.graph, scope.table)
+            tmp = table(scope.temp_table, *(column(k) for k in scope.key))
+            query = select(func.count()).select_from(t.join(tmp, equal(t, tmp, scope.key, scope.key)))
+            if scope.action == "delete":
+                left = session.execute(query).scalar_one()
+                if left:
+                    problems.append(f"{scope.table}: {left:,} of the {scope.rows:,} deleted rows are there again")
+            elif scope.action == "set null":
+                left = session.execute(query.where(or_(*(t.c[c].isnot(None) for c in scope.columns)))).scalar_one()
+                if left:
+                    problems.append(f"{scope.table}: {left:,} of the {scope.rows:,} nulled rows are not NULL")
+        for scope in scopes:
+            session.execute(DropTable(scope.temp_table))
     return problems
 
 
@@ -388,20 +391,34 @@ def _after_uncertain_commit(
     slug: str,
     counts: dict[str, int],
     results: list[StepResult],
-    samples: dict[Step, list[tuple[Any, ...]]],
     elapsed: float,
 ) -> DeleteResult:
-    """The connection failed during COMMIT: look at the database to learn whether it happened."""
+    """The connection failed during COMMIT (or right after): the server row says whether it happened."""
+    plan = plan_holder[0]
     try:
-        problems = verify(stage, plan_holder[0], samples)
+        with stage.read() as conn:
+            root = sa_table(plan.graph, plan.graph.root)
+            still_there = conn.execute(
+                select(func.count()).select_from(root).where(root.c[ROOT_KEY] == literal(slug, type_=NullType()))
+            ).scalar_one()
     except UserFacingError as exc:
         raise DeleteFailed(
             "the connection failed while committing and the stage can't be checked now; "
             "run `/mcp impact` to see whether the server is still there"
         ) from exc
-    if problems:
+    if still_there:
         raise DeleteFailed("the connection failed while committing; the delete did not happen (rolled back)")
-    return DeleteResult(slug, counts, results, elapsed, dry_run=False, verified=True, verification=[])
+    # One transaction: the server row gone means everything went with it; the session that could
+    # compare every key is gone, so say the check was not done rather than claim it.
+    return DeleteResult(
+        slug,
+        counts,
+        results,
+        elapsed,
+        dry_run=False,
+        verified=False,
+        verification=["the connection was lost at commit: the server row is gone, the other rows were not re-checked"],
+    )
 
 
 class Heartbeat:

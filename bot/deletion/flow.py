@@ -18,10 +18,12 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, func, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot import outbox
-from bot.approvers import ApproverDirectory
 from bot.audit import AuditEntry
+from bot.backups.delete_hook import DeleteBackup
+from bot.backups.scoped import BackupContext, RestoreReport
 from bot.deletion.execute import (
     BeforeDelete,
     DeleteResult,
@@ -30,8 +32,8 @@ from bot.deletion.execute import (
     SnapshotChanged,
     execute_delete,
 )
-from bot.deletion.plan import ImpactReport, compare_snapshots, plan_and_measure, server_exists
-from bot.deletion.requests import OPEN_STATES, DeleteRequest, DeleteRequests, delete_requests
+from bot.deletion.plan import ImpactReport, compare_snapshots, plan_and_measure, server_exists, snapshot_hash
+from bot.deletion.requests import OPEN_STATES, DeleteRequest, DeleteRequests, Notify, delete_requests
 from bot.errors import CommandError, UserFacingError
 from bot.logs import request_id_var
 from bot.pii import scrub
@@ -46,8 +48,10 @@ log = logging.getLogger(__name__)
 
 REMIND_BEFORE = timedelta(minutes=5)  # or a third of the TTL, whichever is shorter
 RUNNER_LOCK_CLASS = 0x6D6F7073  # "mops": advisory lock (class, request id) held while a delete runs
+RECOVER_INTERVAL_S = 15  # how soon a request a dead process left running is settled (once its session is gone)
 MIN_BUDGET_S = 120.0
 BUDGET_FACTOR = 3.0
+BACKUP_S_PER_ROW = 10e-6  # a scoped backup exports ~200k rows/s (bench/bench_backup.py); doubled for safety
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,14 @@ class DryRunDone:
 
 
 @dataclass(frozen=True)
+class RestorePosted:
+    """A restore on a protected stage: checked by a dry run, posted for approval."""
+
+    request: DeleteRequest
+    report: RestoreReport
+
+
+@dataclass(frozen=True)
 class ClickOutcome:
     ok: bool
     message: str = ""
@@ -104,17 +116,15 @@ class DeletionFlow:
         self.runtime = runtime
         self.requests = DeleteRequests(runtime.bot_engine)
         self.render: Renderer | None = None
-        # Issue 5's backups plug in here: called inside the delete's transaction (see execute.py).
+        # Extra work inside every delete's transaction, after the backup (tests force failures with it).
         self.before_delete: BeforeDelete | None = None
-        # ... and describe themselves on every request message (None: no backup is taken).
-        self.backup_note: str | None = None
-        self.approvers = ApproverDirectory(runtime.settings.approvers, runtime.slack)
+        self.approvers = runtime.approvers
         self.clock: Callable[[], datetime] = _utcnow
         self.progress_interval_s = 3.0
         self.heartbeat_s = 10.0
         runtime.scheduler.add("deletion:expire", self.expire_due, 30)
         runtime.scheduler.add("deletion:remind", self.remind_due, 30)
-        runtime.scheduler.add("deletion:recover", self.recover, 60)
+        runtime.scheduler.add("deletion:recover", self.recover, RECOVER_INTERVAL_S)
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -131,8 +141,9 @@ class DeletionFlow:
     def ttl(self) -> timedelta:
         return timedelta(minutes=self.settings.approval_ttl_minutes)
 
-    def budget_s(self, report: ImpactReport) -> float:
-        return min(max(MIN_BUDGET_S, report.estimated_s * BUDGET_FACTOR), float(self.settings.delete_timeout_s))
+    def budget_s(self, report: ImpactReport, *, backup: bool = False) -> float:
+        expected = report.estimated_s + (report.total_rows * BACKUP_S_PER_ROW if backup else 0.0)
+        return min(max(MIN_BUDGET_S, expected * BUDGET_FACTOR), float(self.settings.delete_timeout_s))
 
     # -- commands -------------------------------------------------------------------------
 
@@ -162,6 +173,10 @@ class DeletionFlow:
             raise CommandError(
                 f'stage {stage.name} is protected: say why with `--reason "..."`', usage=request.parsed.verb.usage()
             )
+        # Protected stages always keep what a delete removes; elsewhere `--backup` asks for it.
+        backup = stage.protected or bool(request.parsed.flags.get("backup"))
+        if backup:
+            self.runtime.backups.require_destination()  # no destination: refused now, not after the approvals
         report = self.impact(stage, slug)
         if not report.deletable:
             return DeleteRefused(report)
@@ -172,8 +187,9 @@ class DeletionFlow:
             requester=request.actor,
             reason=reason,
             channel=request.invocation.channel_id,
+            options={"backup": backup},
+            audit=(request.actor, {"rows": report.total_rows, "reason": reason or ""}),
         )
-        self._audit(created, request.actor, "requested", detail={"rows": report.total_rows, "reason": reason or ""})
         posted = self._post(created)
         return DeletePosted(posted, report)
 
@@ -186,10 +202,16 @@ class DeletionFlow:
         requester: str,
         reason: str | None,
         channel: str | None,
+        options: dict[str, Any],
+        audit: tuple[str, dict[str, Any]],
         replaces: int | None = None,
     ) -> DeleteRequest:
+        """The request and its `requested` audit row, in one transaction."""
         now = self.clock()
-        return self.requests.create(
+        return self._create_audited(
+            audit,
+            kind="delete",
+            options=options,
             stage=stage.name,
             slug=slug,
             server_key=report.server_key,
@@ -208,6 +230,47 @@ class DeletionFlow:
             replaces=replaces,
         )
 
+    def request_restore(self, request: CommandRequest, source: str) -> RestorePosted:
+        """A restore on a protected stage: dry-run it now (conflicts answer at once), then ask for approvals."""
+        stage = request.stage
+        assert stage is not None and stage.protected
+        reason = request.parsed.flags.get("reason")
+        if not reason:
+            raise CommandError(
+                f'stage {stage.name} is protected: say why with `--reason "..."`', usage=request.parsed.verb.usage()
+            )
+        checked = self.runtime.backups.restore(stage, source, actor=request.actor, dry_run=True)
+        counts = {f"{table} ({action})": rows for table, action, rows in checked.tables}
+        now = self.clock()
+        created = self._create_audited(
+            (request.actor, {"rows": checked.total_rows, "reason": reason}),
+            kind="restore",
+            options={"source_request": source, "backup_id": checked.backup_id},
+            stage=stage.name,
+            slug=checked.slug or "?",
+            server_key={},
+            requester=request.actor,
+            reason=reason,
+            protected=True,
+            required_approvals=self.settings.required_approvals,
+            state="pending",
+            impact=restore_impact(checked),
+            snapshot=counts,
+            snapshot_hash=snapshot_hash(counts),
+            created_at=now,
+            expires_at=now + self.ttl,
+            channel=request.invocation.channel_id,
+        )
+        return RestorePosted(self._post(created), checked)
+
+    def _create_audited(self, audit: tuple[str, dict[str, Any]], **values: Any) -> DeleteRequest:
+        actor, detail = audit
+        with self.runtime.bot_engine.begin() as conn:
+            created = self.requests.create(conn, **values)
+            self._audit(created, actor, "requested", detail=detail, conn=conn)
+        self._nudge()
+        return created
+
     def pending(self, stage: str | None) -> list[DeleteRequest]:
         return self.requests.list(states=OPEN_STATES, stage=stage)
 
@@ -217,7 +280,12 @@ class DeletionFlow:
         """The rules, resolved now (APPROVERS membership included); None if `actor` may press `action`."""
         membership = self.approvers.membership(actor) if action in ("approve", "reject") else None
         return self.runtime.policy.delete_click_refusal(
-            actor, action, requester=request.requester, protected=request.protected, approver=membership
+            actor,
+            action,
+            requester=request.requester,
+            protected=request.protected,
+            approver=membership,
+            kind=request.kind,
         )
 
     def check_click(self, request_id: int, actor: str, action: str) -> ClickOutcome:
@@ -236,6 +304,14 @@ class DeletionFlow:
 
     def click(self, request_id: int, actor: str, action: str, *, reason: str | None = None) -> ClickOutcome:
         """A button on a request's message; every rule is checked here, nothing is taken from the payload."""
+        try:
+            return self._click(request_id, actor, action, reason)
+        except SQLAlchemyError:
+            # The vote or state change and its audit row commit together, or neither does.
+            log.warning("click not recorded", extra={"request": request_id, "click": action}, exc_info=True)
+            return ClickOutcome(False, "The bot database could not record that, so nothing changed; try again.")
+
+    def _click(self, request_id: int, actor: str, action: str, reason: str | None) -> ClickOutcome:
         checked = self.check_click(request_id, actor, action)
         if not checked.ok:
             if checked.overdue:
@@ -243,37 +319,36 @@ class DeletionFlow:
             return checked
         channel = checked.channel
         if action == "cancel":
-            done = self.requests.transition(request_id, "pending", "cancelled", decided_by=actor, notify=self._notify)
+            done = self.requests.transition(
+                request_id, "pending", "cancelled", decided_by=actor, notify=self._audited(actor, "cancelled")
+            )
             if done is None:
                 return ClickOutcome(False, self._too_late(request_id), channel)
             self._nudge()
-            self._audit(done, actor, "cancelled")
             return ClickOutcome(True, channel=channel)
         if action in ("confirm", "approve", "reject"):
             vote = {"confirm": "confirm", "approve": "approve", "reject": "reject"}[action]
-            outcome = self.requests.vote(request_id, actor, vote, now=self.clock(), reason=reason, notify=self._notify)
+            approved = "confirmed" if action == "confirm" else "approved"
+
+            def audited_vote(conn: Connection, request: DeleteRequest) -> None:
+                self._notify(conn, request)
+                outcome = {"rejected": "rejected", "approved": approved}.get(request.state, "voted")
+                detail = {"reason": reason or ""} if outcome == "rejected" else {"approvals": len(request.approvals)}
+                self._audit(request, actor, outcome, detail=detail, conn=conn)
+
+            outcome = self.requests.vote(request_id, actor, vote, now=self.clock(), reason=reason, notify=audited_vote)
             if outcome is None:
                 self.expire_due()
                 return ClickOutcome(False, self._too_late(request_id), channel)
             if not outcome.recorded:
                 return ClickOutcome(
-                    False, f"You already voted on this delete ({self._state_words(outcome.request)}).", channel
+                    False,
+                    f"You already voted on this {outcome.request.kind} ({self._state_words(outcome.request)}).",
+                    channel,
                 )
             self._nudge()
-            if action == "reject":
-                self._audit(outcome.request, actor, "rejected", detail={"reason": reason or ""})
-                return ClickOutcome(True, channel=channel)
-            approvals = len(outcome.request.approvals)
             if outcome.approved_now:
-                self._audit(
-                    outcome.request,
-                    actor,
-                    "confirmed" if action == "confirm" else "approved",
-                    detail={"approvals": approvals},
-                )
                 self.runtime.submit(self.run, request_id)
-            else:
-                self._audit(outcome.request, actor, "voted", detail={"approvals": approvals})
             return ClickOutcome(True, channel=channel)
         return ClickOutcome(False, "That button does nothing here.", channel)
 
@@ -312,17 +387,25 @@ class DeletionFlow:
         with self._runner_lock(request_id) as mine:
             if not mine:
                 return
-            request = self.requests.transition(
-                request_id, "approved", "running", runner=OWNER, started_at=func.now(), notify=self._notify
-            )
+            current = self.requests.get(request_id)
+            if current is None:
+                return
+            try:
+                request = self.requests.transition(
+                    request_id,
+                    "approved",
+                    "running",
+                    runner=OWNER,
+                    started_at=func.now(),
+                    notify=self._audited(current.decided_by or current.requester, "running"),
+                )
+            except SQLAlchemyError:
+                # Not audited, so not started: it stays approved and the recovery job tries again.
+                log.warning("could not start an approved request", extra={"request": request_id}, exc_info=True)
+                return
             if request is None:
                 return
             self._nudge()
-            try:
-                self._audit(request, request.decided_by or request.requester, "running")
-            except UserFacingError as exc:
-                self._finish(request, "failed", error=exc.message)
-                return
             self._execute(request)
 
     def _drift(self, request: DeleteRequest) -> float:
@@ -330,6 +413,9 @@ class DeletionFlow:
         return float(self.settings.approval_drift_percent) if request.protected else 0.0
 
     def _execute(self, request: DeleteRequest) -> None:
+        if request.kind == "restore":
+            self._execute_restore(request)
+            return
         stage = self.runtime.stages.get(request.stage)
         report = ImpactReport.from_json(request.impact)
         drift = self._drift(request)
@@ -345,6 +431,13 @@ class DeletionFlow:
                 self._go_stale(request, stage, fresh, changes or ["the database would now refuse the delete"])
                 return
         reporter = _ProgressReporter(self, request, self.progress_interval_s)
+        backup: DeleteBackup | None = None
+        if request.takes_backup:
+            try:
+                backup = self._backup_for(request, stage, reporter)
+            except UserFacingError as exc:
+                self._finish(request, "failed", error=exc.message)
+                return
         try:
             with Heartbeat(reporter.tick, self.heartbeat_s):
                 result = execute_delete(
@@ -352,12 +445,14 @@ class DeletionFlow:
                     request.slug,
                     expected=request.snapshot,
                     drift_percent=drift,
-                    budget_s=self.budget_s(report),
+                    budget_s=self.budget_s(report, backup=backup is not None),
                     lock_timeout_ms=self.settings.lock_timeout_ms,
-                    before_delete=self.before_delete,
+                    before_delete=self._before_delete(backup),
                     progress=reporter.update,
+                    work_name=stage.work_name(f"request-{request.id}"),
                 )
         except SnapshotChanged as exc:
+            self._settle(backup, committed=False)
             if request.protected:
                 try:
                     fresh = self.impact(stage, request.slug)
@@ -368,16 +463,79 @@ class DeletionFlow:
             else:
                 self._finish(request, "failed", error=exc.message, result={"changes": exc.changes})
         except UserFacingError as exc:
+            self._settle(backup, committed=False)
             self._finish(request, "failed", error=exc.message)
         except Exception:
             log.exception("delete failed", extra={"request": request.id})
+            self._settle(backup, committed=False)
             self._finish(
                 request,
                 "failed",
                 error=f"an unexpected error (reference `{request_id_var.get()}`); the transaction was rolled back",
             )
         else:
-            self._finish(request, "done", result=_result_json(result))
+            self._settle(backup, committed=True)
+            self._finish(request, "done", result=_result_json(result, backup))
+
+    def _backup_for(self, request: DeleteRequest, stage: Stage, reporter: _ProgressReporter) -> DeleteBackup:
+        """The scoped backup the delete takes inside its transaction (and the RDS snapshot before it, if any)."""
+        backups = self.runtime.backups
+        backups.require_destination()
+        snapshot = backups.snapshot(stage, actor=request.requester)
+        context = BackupContext(
+            stage=stage.name,
+            request_id=str(request.id),
+            requested_by=request.requester,
+            server_id=request.server_key.get("id"),
+            slug=request.slug,
+            approved_by=tuple(a for a in request.approvals if a != request.requester),
+            snapshot=snapshot,
+        )
+        return DeleteBackup(backups.scoped(context, on_progress=reporter.backup_progress))
+
+    def _before_delete(self, backup: DeleteBackup | None) -> BeforeDelete | None:
+        extra = self.before_delete
+        if backup is None or extra is None:
+            return backup or extra
+
+        def both(conn: Connection, plan: Any, scopes: Any) -> None:
+            backup(conn, plan, scopes)
+            extra(conn, plan, scopes)
+
+        return both
+
+    @staticmethod
+    def _settle(backup: DeleteBackup | None, *, committed: bool) -> None:
+        if backup is None:
+            return
+        try:
+            backup.settle(committed=committed)
+        except UserFacingError:
+            log.warning("could not record whether the delete committed", extra={"committed": committed})
+
+    def _execute_restore(self, request: DeleteRequest) -> None:
+        """An approved restore: one transaction, parents first; a conflict found now writes nothing."""
+        stage = self.runtime.stages.get(request.stage)
+        source = str(request.options.get("source_request", ""))
+        actor = request.decided_by or request.requester
+        started = time.monotonic()
+        try:
+            report = self.runtime.backups.restore(
+                stage, source, actor=actor, dry_run=False, work_name=stage.work_name(f"request-{request.id}")
+            )
+        except UserFacingError as exc:
+            self._finish(request, "failed", error=exc.message)
+        except Exception:
+            log.exception("restore failed", extra={"request": request.id})
+            self._finish(
+                request,
+                "failed",
+                error=f"an unexpected error (reference `{request_id_var.get()}`); the transaction was rolled back",
+            )
+        else:
+            result = restore_impact(report)
+            result.update(rows=report.total_rows, seconds=round(time.monotonic() - started, 3))
+            self._finish(request, "done", result=result)
 
     def _go_stale(self, request: DeleteRequest, stage: Stage, fresh: ImpactReport, changes: list[str]) -> None:
         """The numbers moved after approval: close this request and post the new ones for a fresh approval."""
@@ -390,6 +548,8 @@ class DeletionFlow:
                 requester=request.requester,
                 reason=request.reason,
                 channel=request.channel,
+                options=request.options,
+                audit=(request.requester, {"replaces": request.id, "rows": fresh.total_rows}),
                 replaces=request.id,
             )
         self._finish(
@@ -400,7 +560,6 @@ class DeletionFlow:
             replaced_by=successor.id if successor else None,
         )
         if successor is not None:
-            self._audit(successor, request.requester, "requested", detail={"replaces": request.id}, required=False)
             try:
                 self._post(successor)
             except UserFacingError:
@@ -415,22 +574,23 @@ class DeletionFlow:
         result: dict[str, Any] | None = None,
         **values: Any,
     ) -> None:
-        done = self.requests.transition(
+        detail: dict[str, Any] = {"error": error} if error else {}
+        if result and "rows" in result:
+            detail.update(rows=result["rows"], seconds=result["seconds"])
+        for key in ("steps", "backup", "tables"):
+            if result and key in result:
+                detail[key] = result[key]
+        self.requests.transition(
             request.id,
             "running",
             state,
             finished_at=func.now(),
             error=scrub(error) if error else None,
             result=result,
-            notify=self._notify,
+            notify=self._audited(request.decided_by or request.requester, state, detail),
             **values,
         )
         self._nudge()
-        if done is not None:
-            detail: dict[str, Any] = {"error": error} if error else {}
-            if result and "rows" in result:
-                detail.update(rows=result["rows"], seconds=result["seconds"])
-            self._audit(done, done.decided_by or done.requester, state, detail=detail, required=False)
 
     # -- jobs -----------------------------------------------------------------------------
 
@@ -442,11 +602,14 @@ class DeletionFlow:
             delete_requests.c.state == "pending", delete_requests.c.expires_at <= now
         ):
             done = self.requests.transition(
-                request_id, "pending", "expired", where=(delete_requests.c.expires_at <= now,), notify=self._notify
+                request_id,
+                "pending",
+                "expired",
+                where=(delete_requests.c.expires_at <= now,),
+                notify=self._audited("system", "expired"),
             )
             if done is not None:
                 closed += 1
-                self._audit(done, "system", "expired", required=False)
         if closed:
             self._nudge()
         return closed
@@ -488,7 +651,7 @@ class DeletionFlow:
             {
                 "channel": request.channel,
                 "thread_ts": request.message_ts,
-                "text": f":alarm_clock: Reminder: delete request #{request.id} for `{request.slug}` on "
+                "text": f":alarm_clock: Reminder: {request.kind} request #{request.id} for `{request.slug}` on "
                 f"{request.stage} expires in about {remaining} min; it still needs {needed}.",
             },
         )
@@ -508,27 +671,48 @@ class DeletionFlow:
                 request = self.requests.get(request_id)
                 if request is None or request.state != "running":
                     continue
+                stage = self.runtime.stages.get(request.stage)
                 try:
-                    with self.runtime.stages.get(request.stage).read() as conn:
+                    if stage.is_running(stage.work_name(f"request-{request.id}")):
+                        continue  # its transaction is still open on the stage (its process died mid-statement)
+                    with stage.read() as conn:
                         still_there = server_exists(conn, request.slug)
                 except UserFacingError:
                     continue  # the stage is unreachable; the next run looks again
-                if still_there:
+                # A delete that committed took the server row with it; a restore that committed put it back.
+                committed = still_there if request.kind == "restore" else not still_there
+                if committed:
+                    self._finish(request, "done", result={"recovered": True})
+                else:
+                    changed = "restored" if request.kind == "restore" else "deleted"
                     self._finish(
                         request,
                         "failed",
-                        error="the bot stopped while the delete ran; the transaction was rolled back and "
-                        "nothing was deleted",
+                        error=f"the bot stopped while the {request.kind} ran; the transaction was rolled back and "
+                        f"nothing was {changed}",
                     )
-                else:
-                    self._finish(request, "done", result={"recovered": True})
                 fixed += 1
         return fixed
 
     # -- Slack messages, audit ------------------------------------------------------------
 
     def view(self, request: DeleteRequest, progress: Progress | None = None) -> RequestView:
-        return RequestView(request=request, progress=progress, backup_note=self.backup_note)
+        return RequestView(request=request, progress=progress, backup_note=self.backup_note(request))
+
+    def backup_note(self, request: DeleteRequest) -> str | None:
+        """What the delete keeps before it runs, as its message says; None: no backup is taken."""
+        if not request.takes_backup:
+            return None
+        backups = self.runtime.backups
+        try:
+            where = backups.store.description
+        except UserFacingError as exc:
+            return f"required, but {exc.message}"
+        note = f"every row it deletes or changes, exported inside its transaction to {where}"
+        target = self.runtime.settings.stages[request.stage].rds_snapshot
+        if target is not None:
+            note += f", after an RDS snapshot of {target.kind} `{target.identifier}`"
+        return note
 
     def message(self, request: DeleteRequest, progress: Progress | None = None) -> dict[str, Any] | None:
         if self.render is None:
@@ -563,7 +747,18 @@ class DeletionFlow:
         outbox.enqueue(conn, "chat.update", {"channel": request.channel, "ts": request.message_ts, **payload})
 
     def _nudge(self) -> None:
+        """After a commit: queued Slack calls go out, and App Home tabs showing requests refresh."""
         self.runtime.outbox_worker.notify()
+        self.runtime.changes.publish("approvals")
+
+    def _audited(self, actor: str, outcome: str, detail: dict[str, Any] | None = None) -> Notify:
+        """A transition's hook: its message refresh and its audit row, both in the transition's transaction."""
+
+        def notify(conn: Connection, request: DeleteRequest) -> None:
+            self._notify(conn, request)
+            self._audit(request, actor, outcome, detail=detail, conn=conn)
+
+        return notify
 
     def _audit(
         self,
@@ -573,22 +768,25 @@ class DeletionFlow:
         *,
         detail: dict[str, Any] | None = None,
         required: bool = True,
+        conn: Connection | None = None,
     ) -> None:
+        """With `conn`, the row commits (or not) with the change it records."""
         self.runtime.audit.record(
             AuditEntry(
                 actor=actor,
                 stage=request.stage,
-                command="delete",
+                command=request.kind,
                 args=f"#{request.id} {request.slug}",
                 outcome=outcome,
                 detail={"request": request.id, "state": request.state, **(detail or {})},
             ),
             required=required,
+            conn=conn,
         )
 
 
-def _result_json(result: DeleteResult) -> dict[str, Any]:
-    return {
+def _result_json(result: DeleteResult, backup: DeleteBackup | None = None) -> dict[str, Any]:
+    done: dict[str, Any] = {
         "rows": result.total_rows,
         "seconds": round(result.duration_s, 3),
         "steps": [
@@ -596,6 +794,28 @@ def _result_json(result: DeleteResult) -> dict[str, Any]:
         ],
         "verified": result.verified,
         "verification": result.verification,
+    }
+    if backup is not None and backup.record is not None:
+        record = backup.record
+        done["backup"] = {
+            "id": record.backup_id,
+            "location": record.location,
+            "rows": sum(record.row_counts.values()),
+            "bytes": record.stored_bytes,
+            "snapshot": (record.manifest.snapshot or {}).get("snapshot_id"),
+        }
+    return done
+
+
+def restore_impact(report: RestoreReport) -> dict[str, Any]:
+    """What a restore request shows and stores: the backup, and the rows per table in restore order."""
+    return {
+        "backup_id": report.backup_id,
+        "source_request": report.request_id,
+        "slug": report.slug,
+        "tables": [{"table": t, "action": a, "rows": r} for t, a, r in report.tables],
+        "total_rows": report.total_rows,
+        "unchecked": list(report.unchecked),
     }
 
 
@@ -617,6 +837,10 @@ class _ProgressReporter:
             due = time.monotonic() - self.sent_at >= self.interval
         if due:
             self._send(progress)
+
+    def backup_progress(self, table: str, stored_bytes: int) -> None:
+        """The scoped backup's progress (bytes stored of the table being exported) while it runs."""
+        self.update(Progress("backup", table, stored_bytes, 0, time.monotonic() - self.started))
 
     def tick(self) -> None:
         with self._lock:

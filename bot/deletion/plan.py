@@ -226,6 +226,13 @@ class SlowKey:
     rule: str
 
 
+@dataclass(frozen=True)
+class ElsewhereRows:
+    table: str
+    edge: str  # the foreign key to the server row these rows do not match
+    rows: int
+
+
 @dataclass
 class ImpactReport:
     slug: str
@@ -241,6 +248,8 @@ class ImpactReport:
     took_ms: int
     checked_tables: int = 0
     limit_s: float = 0.0  # the most a delete may take on this stage (DELETE_TIMEOUT_SECONDS); 0 if unknown
+    # Rows in scope that point at another server: they go because an orphaned user of this one goes.
+    elsewhere: list[ElsewhereRows] = field(default_factory=list)
 
     @property
     def deletable(self) -> bool:
@@ -255,6 +264,7 @@ class ImpactReport:
         values["tables"] = [TableCount(**t) for t in data.get("tables", [])]
         values["blockers"] = [Blocker(**b) for b in data.get("blockers", [])]
         values["slow_keys"] = [SlowKey(**s) for s in data.get("slow_keys", [])]
+        values["elsewhere"] = [ElsewhereRows(**e) for e in data.get("elsewhere", [])]
         return cls(**values)
 
 
@@ -269,8 +279,8 @@ def compare_snapshots(approved: dict[str, int], fresh: dict[str, int], drift_per
     for key in sorted(set(approved) | set(fresh)):
         before, after = approved.get(key), fresh.get(key, 0)
         if before is None:
-            if after > 0:
-                changes.append(f"{key}: new in the plan ({after:,} rows)")
+            # A table (or edge) the confirmed plan did not have: the catalog changed, even if it is empty now.
+            changes.append(f"{key}: new in the plan ({after:,} rows)")
             continue
         if after == before:
             continue
@@ -297,9 +307,11 @@ def _count_queries(plan: DeletePlan, sql: ScopeSql) -> list[tuple[list[str], Sel
                 queries.append(([step.snapshot_key], select(func.count()).select_from(source.cte(step.table))))
                 continue
             t = sa_table(graph, step.table).alias()
-            # A NO ACTION/RESTRICT edge from this table to the server row (tool calls -> servers) is
-            # counted in the same scan: rows pointing at the server, minus those of them in scope.
-            to_root = [fk for fk in plan.blocking if fk.child == step.table and fk.parent == graph.root]
+            # Edges from this table to the server row are counted in the same scan: rows in scope that
+            # point at the server. For a NO ACTION/RESTRICT edge (tool calls -> servers) the rows pointing
+            # at it, minus those, would block the delete; for any edge, rows in scope that do not point at
+            # it belong elsewhere (another server's rows reached through an orphaned user).
+            to_root = _root_edges(plan, step.table)
             if not to_root:
                 queries.append(
                     ([step.snapshot_key], select(func.count()).select_from(t).where(sql.predicate(step.table, t)))
@@ -309,6 +321,8 @@ def _count_queries(plan: DeletePlan, sql: ScopeSql) -> list[tuple[list[str], Sel
             keys = [step.snapshot_key] + [f"in scope {fk.name}" for fk in to_root]
             queries.append((keys, select(array(counts)).select_from(t).where(sql.predicate(step.table, t))))
             for fk in to_root:
+                if fk not in plan.blocking:
+                    continue
                 r = sa_table(graph, step.table).alias()
                 queries.append(([f"refs {fk.name}"], select(func.count()).select_from(r).where(sql.edge_match(r, fk))))
                 folded.add(fk.name)
@@ -321,15 +335,34 @@ def _count_queries(plan: DeletePlan, sql: ScopeSql) -> list[tuple[list[str], Sel
     return queries
 
 
-def _unpack_counts(plan: DeletePlan, queries: list[tuple[list[str], Select[Any]]], row: Any) -> dict[str, int]:
+def _root_edges(plan: DeletePlan, ref: TableRef) -> list[ForeignKey]:
+    root = plan.graph.root
+    return [fk for fk in plan.catalog.foreign_keys if fk.child == ref and fk.parent == root]
+
+
+def _unpack_counts(
+    plan: DeletePlan, queries: list[tuple[list[str], Select[Any]]], row: Any
+) -> tuple[dict[str, int], list[ElsewhereRows]]:
+    """The snapshot counts, and rows in scope that point at another server than the one deleted."""
     counts: dict[str, int] = {}
     for i, (keys, _) in enumerate(queries):
         values = row[i] if len(keys) > 1 else [row[i]]
         counts.update({key: int(value) for key, value in zip(keys, values, strict=True)})
+    elsewhere: list[ElsewhereRows] = []
+    for step in plan.delete_steps:
+        for fk in _root_edges(plan, step.table):
+            in_scope = counts.get(f"in scope {fk.name}")
+            if in_scope is None:
+                continue
+            other = counts[step.snapshot_key] - in_scope
+            if other > 0:
+                elsewhere.append(ElsewhereRows(table=str(step.table), edge=fk.describe(), rows=other))
     for fk in plan.blocking:
         if f"refs {fk.name}" in counts:
-            counts[f"blocker {fk.name}"] = counts.pop(f"refs {fk.name}") - counts.pop(f"in scope {fk.name}")
-    return counts
+            counts[f"blocker {fk.name}"] = counts.pop(f"refs {fk.name}") - counts[f"in scope {fk.name}"]
+    for key in [k for k in counts if k.startswith("in scope ")]:
+        del counts[key]
+    return counts, elsewhere
 
 
 def _edge_rows(plan: DeletePlan, sql: ScopeSql, fk: ForeignKey, *, count: bool) -> Select[Any]:
@@ -359,7 +392,7 @@ def measure_impact(conn: Connection, plan: DeletePlan, *, probe: bool = True) ->
     sample_columns = [_key_sample(plan, sql, ref).label(f"k{i}") for i, ref in enumerate(parents)]
     columns = [q.scalar_subquery().label(f"c{i}") for i, (_, q) in enumerate(queries)]
     row = conn.execute(select(*columns, *sample_columns)).one()
-    counts = _unpack_counts(plan, queries, row)
+    counts, elsewhere = _unpack_counts(plan, queries, row)
     key_samples = {ref: [tuple(values) for values in (row[len(queries) + i] or [])] for i, ref in enumerate(parents)}
 
     blockers: list[Blocker] = []
@@ -429,6 +462,7 @@ def measure_impact(conn: Connection, plan: DeletePlan, *, probe: bool = True) ->
         snapshot_hash=snapshot_hash(counts),
         took_ms=int((time.perf_counter() - started) * 1000),
         checked_tables=len(plan.catalog.tables),
+        elsewhere=elsewhere,
     )
 
 

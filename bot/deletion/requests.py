@@ -1,4 +1,7 @@
-"""Delete requests in the bot database: a state machine whose every move is a compare-and-set.
+"""Two-person requests in the bot database: a state machine whose every move is a compare-and-set.
+
+A request is a delete (`kind = 'delete'`, on any stage) or a restore of a delete's scoped
+backup on a protected stage (`kind = 'restore'`); both follow the same rules.
 
     pending -> approved -> running -> done | failed
     pending -> rejected | cancelled | expired | stale
@@ -73,6 +76,8 @@ delete_requests = Table(
     Column("reminded_at", DateTime(timezone=True)),
     Column("replaces", BigInteger),
     Column("replaced_by", BigInteger),
+    Column("kind", Text, nullable=False, server_default="delete"),  # delete | restore
+    Column("options", JSONB, nullable=False, server_default="{}"),  # delete: {"backup": bool}; restore: its source
     CheckConstraint(f"state IN ({', '.join(repr(s) for s in STATES)})", name="delete_requests_state_check"),
     Index("delete_requests_open_idx", "state", "expires_at"),
     Index("delete_requests_stage_idx", "stage", "state"),
@@ -128,11 +133,17 @@ class DeleteRequest:
     reminded_at: datetime | None
     replaces: int | None
     replaced_by: int | None
+    kind: str = "delete"
+    options: dict[str, Any] = field(default_factory=dict)
     votes: tuple[Vote, ...] = field(default=())
 
     @property
     def approvals(self) -> list[str]:
         return [v.voter for v in self.votes if v.vote in ("approve", "confirm")]
+
+    @property
+    def takes_backup(self) -> bool:
+        return self.kind == "delete" and bool(self.options.get("backup"))
 
     @property
     def is_open(self) -> bool:

@@ -1,4 +1,4 @@
-"""Three PostgreSQL statements SQLAlchemy Core has no construct for, with identifiers quoted by it."""
+"""PostgreSQL statements SQLAlchemy Core has no construct for, with identifiers quoted by it."""
 
 from __future__ import annotations
 
@@ -11,19 +11,39 @@ from sqlalchemy.sql.selectable import Select
 
 
 class CreateTempTableAs(Executable, ClauseElement):
-    """`CREATE TEMPORARY TABLE name ON COMMIT DROP AS <select>`: gone with the transaction."""
+    """`CREATE TEMPORARY TABLE name ON COMMIT DROP AS <select>`: gone with the transaction.
+
+    `preserve=True` keeps it past a commit (`ON COMMIT PRESERVE ROWS`) for a check after the
+    commit on the same session; a rollback still removes it, since its creation is undone.
+    """
 
     inherit_cache = False
 
-    def __init__(self, name: str, query: Select[Any]) -> None:
+    def __init__(self, name: str, query: Select[Any], *, preserve: bool = False) -> None:
         self.name = name
         self.query = query
+        self.preserve = preserve
 
 
 @compiles(CreateTempTableAs)
 def _create_temp(element: CreateTempTableAs, compiler: Any, **kw: Any) -> str:
     name = compiler.preparer.quote(element.name)
-    return f"CREATE TEMPORARY TABLE {name} ON COMMIT DROP AS {compiler.process(element.query, **kw)}"
+    on_commit = "PRESERVE ROWS" if element.preserve else "DROP"
+    return f"CREATE TEMPORARY TABLE {name} ON COMMIT {on_commit} AS {compiler.process(element.query, **kw)}"
+
+
+class DropTable(Executable, ClauseElement):
+    """`DROP TABLE IF EXISTS name`."""
+
+    inherit_cache = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+@compiles(DropTable)
+def _drop(element: DropTable, compiler: Any, **kw: Any) -> str:
+    return f"DROP TABLE IF EXISTS {compiler.preparer.quote(element.name)}"
 
 
 class Analyze(Executable, ClauseElement):

@@ -14,8 +14,9 @@ from bot.backups.full import pg_dump_command, pg_dump_environment
 from bot.backups.scoped import BackupContext
 from bot.config import parse_database_url
 from bot.localpg import find_bindir
-from tests.backups.scopes import build_scopes, delete_scopes, table_checksums
+from tests.backups.deleting import delete_with_backup
 from tests.conftest import APPROVER, CHANNEL, OPERATOR, TEST_SPEC, VIEWER, dead_database_url, message_text, unique_name
+from tests.deletion_support import table_checksums
 
 
 def wait_audit(bot, command: str, outcome: str, timeout: float = 15):
@@ -96,7 +97,7 @@ def test_pg_dump_gets_credentials_only_through_the_environment():
 def test_backup_is_for_operators_and_needs_a_destination(make_bot, stage_db, tmp_path):
     bot = make_bot({"dev": stage_db.url}, BACKUP_DIR=str(tmp_path / "b"))
     assert "only operators" in bot.command("backup --stage dev", user=VIEWER).text()
-    plain = make_bot({"dev": stage_db.url})
+    plain = make_bot({"dev": stage_db.url}, BACKUP_DIR="")
     assert "no backup destination is configured" in plain.command("backup --stage dev").text()
     assert not [r for r in plain.audit_rows() if r.outcome == "started"]
 
@@ -123,10 +124,7 @@ def scoped_delete(bot, request_id: str, stage_name: str = "dev") -> None:
             approved_by=(APPROVER,),
         )
     )
-    with stage.write(statement_timeout_ms=60_000) as conn:
-        steps = build_scopes(conn, "srv_big")
-        backup.write(conn, steps)
-        delete_scopes(conn, steps)
+    delete_with_backup(stage, backup)
 
 
 @pytest.fixture
@@ -171,17 +169,18 @@ def test_restore_on_an_unprotected_stage_dry_run_then_for_real(local_bot, stage_
     assert checksums(stage_db.url) == before
 
 
-def test_restore_on_a_protected_stage_is_refused_until_approvals_exist(local_bot, stage_db):
+def test_a_protected_restore_waits_for_approval_and_its_dry_run_writes_nothing(local_bot, stage_db):
     bot = local_bot
     scoped_delete(bot, "req_prod", stage_name="production")
     after = checksums(stage_db.url)
     refused = bot.command("restore req_prod --stage production").text(timeout=30)
-    assert "protected" in refused and "two-person approval" in refused
-    assert checksums(stage_db.url) == after
-    assert not [r for r in bot.audit_rows() if r.command == "restore" and r.outcome == "started"]
+    assert "protected" in refused and '--reason "..."' in refused
     dry = bot.command("restore req_prod --stage production --dry-run").text(timeout=60)
-    assert "Dry run" in dry
-    assert checksums(stage_db.url) == after
+    assert "Dry run" in dry and "Nothing was written" in dry
+    posted = bot.command('restore req_prod --stage production --reason "undo the delete"').text(timeout=60)
+    assert "posted in this channel as request" in posted and "approval(s) from APPROVERS" in posted
+    assert checksums(stage_db.url) == after  # written only once someone else approves (test_delete_backups.py)
+    assert not [r for r in bot.audit_rows() if r.command == "restore" and r.outcome == "started"]
 
 
 def test_restore_of_an_unknown_request_and_from_the_store_alone(local_bot, stage_db):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import text
@@ -24,8 +25,9 @@ from bot.backups.scoped import (
 from bot.backups.store import BackupStoreError, LocalStore, S3Store
 from bot.config import load_settings
 from bot.stages import Stage
-from tests.backups.scopes import NOTES_DDL, build_scopes, delete_scopes, table_checksums
+from tests.backups.deleting import NOTES_DDL, delete_with_backup
 from tests.conftest import APPROVER, OPERATOR, TEST_SPEC
+from tests.deletion_support import table_checksums
 
 SERVER = "srv_big"
 
@@ -59,33 +61,20 @@ def context(request_id: str = "req_1") -> BackupContext:
     )
 
 
-def delete_with_backup(stage: Stage, backup: ScopedBackup, *, expected_override: dict[str, int] | None = None):
-    """What the deletion engine does: scopes, backup (one line), delete, in one write transaction."""
-    with stage.write(statement_timeout_ms=60_000) as conn:
-        steps = build_scopes(conn, SERVER, with_notes=True)
-        if expected_override:
-            steps = [
-                s.__class__(**{**s.__dict__, "expected_rows": expected_override.get(s.table, s.expected_rows)})
-                for s in steps
-            ]
-        record = backup.write(conn, steps)
-        deleted = delete_scopes(conn, steps)
-    return record, steps, deleted
-
-
 def test_delete_then_restore_leaves_every_table_byte_identical(stage, store, index, audit):
     before = checksums(stage)
-    record, steps, deleted = delete_with_backup(stage, ScopedBackup(store, index, context(), audit=audit))
+    record, steps, result = delete_with_backup(stage, ScopedBackup(store, index, context(), audit=audit))
+    deleted = {s.table: s.rows for s in result.steps}
 
     after_delete = checksums(stage)
-    assert after_delete["mcp_servers"][0] == before["mcp_servers"][0] - 1
-    assert after_delete["mcp_tool_calls"][0] == before["mcp_tool_calls"][0] - deleted["mcp_tool_calls"]
+    assert after_delete["public.mcp_servers"][0] == before["public.mcp_servers"][0] - 1
+    assert after_delete["public.mcp_tool_calls"][0] == before["public.mcp_tool_calls"][0] - deleted["mcp_tool_calls"]
     assert deleted["mcp_tool_calls"] >= TEST_SPEC.big_tool_calls and deleted["mcp_server_user"] > 0
-    assert after_delete["server_notes"] != before["server_notes"]  # two notes lost their server
+    assert after_delete["public.server_notes"] != before["public.server_notes"]  # two notes lost their server
 
-    # The manifest says what was deleted, in plan order, with checksums of the data itself.
+    # The manifest says what was deleted, in the engine's plan order, with checksums of the data itself.
     manifest = load_manifest(store, record.manifest_key)
-    assert [s.table for s in manifest.steps] == [s.table for s in steps]
+    assert [s.table for s in manifest.steps] == [s.table for s in steps] == [s.table for s in result.steps]
     assert {s.table: s.rows for s in manifest.steps} == deleted
     assert manifest.approved_by == (APPROVER,) and manifest.request_id == "req_1"
     for step in manifest.steps:
@@ -93,9 +82,13 @@ def test_delete_then_restore_leaves_every_table_byte_identical(stage, store, ind
         assert hashlib.sha256(data).hexdigest() == step.sha256
         assert data.count(b"\n") == step.rows
     raw = json.loads(store.read_bytes(record.manifest_key))
-    assert raw["plan_order"][0] == "public.mcp_oauth_tokens" and raw["plan_order"][-1] == "public.mcp_server_user"
+    order = raw["plan_order"]
+    assert order.index("public.mcp_tool_calls") < order.index("public.mcp_server_session") < order.index(
+        "public.mcp_servers"
+    )  # children before parents
     assert set(raw["schema_fingerprint"]["tables"]) == {f"public.{s.table}" for s in steps}
-    assert raw["steps"][7]["columns"] == ["id", "mcp_server_id"]  # set null: only the key and the nulled column
+    [notes] = [s for s in raw["steps"] if s["table"] == "server_notes"]
+    assert (notes["action"], notes["columns"], notes["rows"]) == ("set_null", ["id", "mcp_server_id"], 2)
 
     row = index.get(record.backup_id)
     assert (row.state, row.kind, row.request_id, row.total_rows) == (
@@ -118,7 +111,7 @@ def test_delete_then_restore_leaves_every_table_byte_identical(stage, store, ind
 
 
 def test_dry_run_checks_everything_and_writes_nothing(stage, local_store, index):
-    _record, _steps, _deleted = delete_with_backup(stage, ScopedBackup(local_store, index, context()))
+    delete_with_backup(stage, ScopedBackup(local_store, index, context()))
     after_delete = checksums(stage)
     manifest = load_manifest(local_store, index.find_for_request("dev", "req_1").location)
     with stage.write(statement_timeout_ms=60_000) as conn:
@@ -197,8 +190,11 @@ def test_a_store_failing_midway_blocks_the_delete_and_leaves_no_partial_backup(s
 
 def test_counts_that_disagree_with_the_plan_block_the_delete(stage, local_store, index):
     before = checksums(stage)
+    def claim_one_tool_call(steps):
+        return [replace(s, expected_rows=1) if s.table == "mcp_tool_calls" else s for s in steps]
+
     with pytest.raises(BackupMismatch) as caught:
-        delete_with_backup(stage, ScopedBackup(local_store, index, context()), expected_override={"mcp_tool_calls": 1})
+        delete_with_backup(stage, ScopedBackup(local_store, index, context()), adjust=claim_one_tool_call)
     assert "public.mcp_tool_calls exported" in caught.value.message and "the plan says 1" in caught.value.message
     assert checksums(stage) == before
     assert index.latest(stage="dev")[0].state == "failed"
@@ -248,4 +244,24 @@ def test_a_parent_gone_since_is_reported_as_a_conflict(stage, local_store, index
     assert conflict.constraint == "mcp_server_walkthroughs_walkthrough_id_fkey"
     assert conflict.reason == "a restored row references a row that no longer exists"
     assert "wt_1_1" in conflict.samples[0]
+    assert checksums(stage) == before
+
+
+def test_set_default_columns_are_kept_and_set_back(stage, local_store, index, stage_db):
+    stage_db.execute(
+        "CREATE TABLE server_tags (id text PRIMARY KEY,"
+        " server_id text NOT NULL DEFAULT 'srv_s1' REFERENCES mcp_servers(id) ON DELETE SET DEFAULT, tag text);"
+        " INSERT INTO server_tags VALUES ('t1', 'srv_big', 'vip'), ('t2', 'srv_big', 'beta'), ('t3', 'srv_s2', 'x')"
+    )
+    before = checksums(stage)
+    record, _steps, result = delete_with_backup(stage, ScopedBackup(local_store, index, context()))
+    assert {s.table: (s.action, s.rows) for s in result.steps}["server_tags"] == ("set default", 2)
+    assert stage_db.scalar("SELECT count(*) FROM server_tags WHERE server_id = 'srv_s1'") == 2
+    manifest = load_manifest(local_store, record.manifest_key)
+    [tags] = [s for s in manifest.steps if s.table == "server_tags"]
+    assert (tags.action, tags.columns, tags.rows) == ("set_default", ("id", "server_id"), 2)
+    with stage.write(statement_timeout_ms=60_000) as conn:
+        report = restore(conn, local_store, manifest, stage="dev")
+    assert ("public.server_tags", "set_default", 2) in report.tables
+    assert "public.server_tags(server_id) changed since" in report.unchecked
     assert checksums(stage) == before

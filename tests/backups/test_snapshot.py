@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from bot.backups.scoped import BackupContext, load_manifest
 from bot.backups.snapshot import SnapshotFailed, snapshot_identifier
-from tests.backups.scopes import build_scopes, delete_scopes
+from tests.backups.deleting import delete_with_backup
 from tests.conftest import OPERATOR, message_text
 
 
@@ -65,10 +65,7 @@ def test_an_aurora_snapshot_before_a_delete_lands_in_the_manifest(make_bot, stag
     backup = bot.runtime.backups.scoped(
         BackupContext(stage="production", request_id="req_snap", requested_by=OPERATOR, snapshot=snapshot)
     )
-    with stage.write(statement_timeout_ms=60_000) as conn:
-        steps = build_scopes(conn, "srv_big")
-        record = backup.write(conn, steps)
-        delete_scopes(conn, steps)
+    record, _steps, _result = delete_with_backup(stage, backup)
     manifest = load_manifest(bot.runtime.backups.store, record.manifest_key)
     assert manifest.snapshot["snapshot_id"] == snapshot["snapshot_id"]
     snapshots = boto3.client("rds").describe_db_cluster_snapshots(
