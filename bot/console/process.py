@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -110,10 +111,8 @@ class ServeProcess:
     def kill(self) -> None:
         """SIGKILL to every process of the server (a crash, an OOM kill): nothing gets to clean up."""
         if self.process is not None and self.process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.process.wait(10)
 
     def log_lines(self) -> list[str]:
