@@ -21,6 +21,7 @@ DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 STAGE_URL_PREFIX = "DATABASE_URL_"
 ALERT_CHANNEL_PREFIX = "ALERT_CHANNEL_"
 ALERT_REPEAT_PREFIX = "ALERT_REPEAT_MINUTES_"
+DEFAULT_REPEAT_MINUTES = 240  # on protected stages, when ALERT_REPEAT_MINUTES is not set
 STAGE_SECRET_PREFIX = "DATABASE_SECRET_ARN_"  # noqa: S105 - a variable name, not a secret
 RDS_SNAPSHOT_PREFIX = "RDS_SNAPSHOT_IDENTIFIER_"
 SST_APP_VAR = "SST_RESOURCE_App"
@@ -112,12 +113,17 @@ class HealthSettings:
     slow_query_ms: int = 1_000
     slow_query_min_calls: int = 5
     wraparound_warn_pct: int = 50
-    repeat_minutes: int = 240
+    latency_warn_ms: int = 1_000  # round trip of SELECT 1; 0: never warn
+    clear_after_runs: int = 2  # runs in a row without a finding before its alert resolves
+    failing_after_runs: int = 3  # runs in a row a check fails before "check failing" fires
+    # ALERT_REPEAT_MINUTES when set; unset, protected stages remind every 240 minutes, others never.
+    repeat_minutes: int | None = None
     stage_repeat_minutes: Mapping[str, int] = field(default_factory=dict)
     stage_alert_channels: Mapping[str, str] = field(default_factory=dict)
 
     def repeat_minutes_for(self, stage: str) -> int:
-        return self.stage_repeat_minutes.get(stage, self.repeat_minutes)
+        fallback = self.repeat_minutes if self.repeat_minutes is not None else 0
+        return self.stage_repeat_minutes.get(stage, fallback)
 
 
 @dataclass(frozen=True)
@@ -220,9 +226,18 @@ def _health(env: Mapping[str, str], stages: Mapping[str, StageConfig]) -> Health
     for stage, channel in channels.items():
         if not SLACK_ID_RE.match(channel):
             raise ConfigError(f"{ALERT_CHANNEL_PREFIX}{stage.upper()} is malformed: expected a channel ID")
+    _per_stage(env, ALERT_REPEAT_PREFIX, stages)  # a suffix naming no stage is an error
+    repeat = _int(env, "ALERT_REPEAT_MINUTES", 0, 0, 525_600) if env.get("ALERT_REPEAT_MINUTES", "").strip() else None
+    # Per stage: its own variable, else ALERT_REPEAT_MINUTES, else 240 on protected stages and never elsewhere.
     repeats = {
-        stage: _int(env, f"{ALERT_REPEAT_PREFIX}{stage.upper()}", 240, 0, 525_600)
-        for stage in _per_stage(env, ALERT_REPEAT_PREFIX, stages)
+        stage: _int(
+            env,
+            f"{ALERT_REPEAT_PREFIX}{stage.upper()}",
+            repeat if repeat is not None else (DEFAULT_REPEAT_MINUTES if config.protected else 0),
+            0,
+            525_600,
+        )
+        for stage, config in stages.items()
     }
     warn = _int(env, "CONNECTIONS_WARN_PERCENT", 80, 1, 100)
     critical = _int(env, "CONNECTIONS_CRITICAL_PERCENT", 95, 1, 100)
@@ -244,7 +259,10 @@ def _health(env: Mapping[str, str], stages: Mapping[str, StageConfig]) -> Health
         slow_query_ms=_int(env, "SLOW_QUERY_MS", 1_000, 1, 3_600_000),
         slow_query_min_calls=_int(env, "SLOW_QUERY_MIN_CALLS", 5, 1, 1_000_000),
         wraparound_warn_pct=_int(env, "WRAPAROUND_WARN_PERCENT", 50, 1, 99),
-        repeat_minutes=_int(env, "ALERT_REPEAT_MINUTES", 240, 0, 525_600),
+        latency_warn_ms=_int(env, "STAGE_LATENCY_WARN_MS", 1_000, 0, 600_000),
+        clear_after_runs=_int(env, "ALERT_CLEAR_AFTER_RUNS", 2, 1, 100),
+        failing_after_runs=_int(env, "CHECK_FAILING_AFTER_RUNS", 3, 1, 100),
+        repeat_minutes=repeat,
         stage_repeat_minutes=repeats,
         stage_alert_channels=channels,
     )

@@ -2,7 +2,8 @@
 
 Each run takes `pg_try_advisory_lock` in the bot database on a dedicated connection for
 its whole duration, then records its slot in `job_runs`; a second replica finds the lock
-taken or the slot already recorded, and does nothing.
+taken or the slot already recorded, and does nothing. Only the current slot is ever
+claimed, so rows older than KEEP_RUNS_DAYS serve nobody and `prune_runs` deletes them.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import Column, DateTime, Engine, PrimaryKeyConstraint, Table, Text, func, text, update
+from sqlalchemy import Column, DateTime, Engine, PrimaryKeyConstraint, Table, Text, delete, func, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from bot.botdb import metadata
@@ -38,6 +39,9 @@ job_runs = Table(
 )
 
 OWNER = f"{socket.gethostname()}:{os.getpid()}"
+KEEP_RUNS_DAYS = 7
+PRUNE_JOB = "job_runs:prune"
+PRUNE_INTERVAL_S = 3600
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,24 @@ class JobScheduler:
             finally:
                 lock_conn.execute(text("SELECT pg_advisory_unlock(hashtext('mcp-ops job:' || :name))"), {"name": name})
                 lock_conn.commit()
+
+    def add_pruning(self, interval_s: float = PRUNE_INTERVAL_S, keep_days: int = KEEP_RUNS_DAYS) -> None:
+        """A job of its own (once per slot like the others) that keeps `job_runs` from growing forever."""
+
+        def prune() -> None:
+            self.prune_runs(keep_days)
+
+        self.add(PRUNE_JOB, prune, interval_s)
+
+    def prune_runs(self, keep_days: int = KEEP_RUNS_DAYS) -> int:
+        """Delete the records of runs started more than `keep_days` ago; returns how many."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                delete(job_runs).where(job_runs.c.started_at < func.now() - timedelta(days=keep_days))
+            )
+        if result.rowcount:
+            log.info("job runs pruned", extra={"rows": result.rowcount, "keep_days": keep_days})
+        return int(result.rowcount)
 
     def _safe_run(self, name: str) -> None:
         try:

@@ -36,14 +36,20 @@ def render_health(request: CommandRequest, summary: HealthSummary) -> Message:
     ]
     if len(findings) > MAX_FINDING_LINES:
         finding_lines.append(f"_… and {len(findings) - MAX_FINDING_LINES} more_")
-    blocks = [section(f"{title}\nConnected and answered in {result.latency_ms or 0:.0f} ms."), *lines_sections(lines)]
+    # The round trip of `SELECT 1` alone is the "Round trip" line; connecting costs several.
+    blocks = [section(f"{title}\nConnected in {result.connect_ms or 0:,.0f} ms."), *lines_sections(lines)]
     if finding_lines:
         blocks += [section("*Findings*"), *lines_sections(finding_lines)]
     alerts = summary.open_alerts
+    who = (
+        "the scheduled checks raise alerts"
+        if summary.scheduled
+        else "the scheduled checks are off (HEALTH_CHECKS=off), so nothing raises alerts"
+    )
     blocks.append(
         context(
             f"{len(alerts)} open alert{'s' if len(alerts) != 1 else ''} on this stage (`/mcp alerts --stage "
-            f"{escape(summary.stage)}`). This run is read-only and posts nothing; the scheduled checks raise alerts."
+            f"{escape(summary.stage)}`). This run is read-only and posts nothing; {who}."
         )
     )
     text = f"{summary.stage}: {len(findings)} findings" if findings else f"{summary.stage}: all checks passed"
@@ -69,9 +75,14 @@ def render_slow_queries(request: CommandRequest, result: SlowQueriesResult) -> M
     blocks = [section(title), *lines_sections(lines)]
     if result.note:
         blocks.append(section(f":grey_question: {escape(result.note)}"))
+    taken = (
+        f"taken every {duration(result.snapshot_every_s)}"
+        if result.snapshot_every_s
+        else "taken by `/mcp health`, the scheduled checks being off"
+    )
     blocks.append(
         context(
-            f"Counted between two pg_stat_statements snapshots (taken every {duration(result.snapshot_every_s)}), "
+            f"Counted between two pg_stat_statements snapshots ({taken}), "
             f"not since the last reset. Slow means a mean over {result.threshold_ms:,} ms with at least "
             f"{result.min_calls} calls. Showing {len(result.rows)} of {result.statements}."
         )

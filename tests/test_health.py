@@ -23,6 +23,7 @@ from bot.console.localslack import LocalSlack, SlackCall
 from bot.health.monitor import job_name
 from bot.localpg import LocalPostgres
 from bot.runtime import Runtime
+from bot.scheduler import PRUNE_JOB
 from tests.conftest import ALERT_CHANNEL, AUDIT_CHANNEL, base_env, unique_name
 
 T0 = 1_900_000_000.0  # slot times are ours to choose; they only have to move forward
@@ -75,8 +76,8 @@ class Health:
             return list(conn.execute(text("SELECT * FROM audit_log WHERE command = :c ORDER BY id"), {"c": command}))
 
 
-@pytest.fixture
-def make_health(bot_db_url: str, fake_slack: LocalSlack) -> Iterator[Callable[..., Health]]:
+def health_factory(bot_db_url: str, fake_slack: LocalSlack) -> Iterator[Callable[..., Health]]:
+    """Yields `make(stages, **env)`: a Health on a runtime with health jobs on; closes them all after."""
     runtimes: list[Runtime] = []
 
     def make(stages: dict[str, str], **overrides: str) -> Health:
@@ -90,6 +91,11 @@ def make_health(bot_db_url: str, fake_slack: LocalSlack) -> Iterator[Callable[..
     yield make
     for runtime in runtimes:
         runtime.close()
+
+
+@pytest.fixture
+def make_health(bot_db_url: str, fake_slack: LocalSlack) -> Iterator[Callable[..., Health]]:
+    yield from health_factory(bot_db_url, fake_slack)
 
 
 def _texts(calls: list[SlackCall]) -> list[str]:
@@ -163,6 +169,69 @@ def test_a_slow_statement_alerts_once_is_updated_then_resolves_in_its_thread(mak
         c.payload["text"] for c in health.slack.calls_to("chat.postMessage") if c.payload["channel"] == AUDIT_CHANNEL
     ]
     assert sum("alert slow_queries" in t for t in audit_posts) == 2
+
+
+def test_a_slow_query_that_runs_too_few_times_in_an_interval_keeps_its_alert(make_health, stage_db):
+    health = make_health({"dev": stage_db.url}, **SLOW)  # min 3 calls; ALERT_CLEAR_AFTER_RUNS defaults to 2
+    health.run("statements")
+    for calls in (4, 2, 4):  # 2 calls: too few to measure, no evidence it got fast
+        _sleep_statements(stage_db.url, calls)
+        health.run("statements")
+    assert len(health.posts()) == 1
+    assert health.replies() == [] and "RESOLVED" not in "".join(_texts(health.updates()))
+    [row] = health.alert_rows()
+    assert row.state == "firing"
+
+    health.run("statements")  # it stopped: missed once, still firing
+    assert [r.state for r in health.alert_rows()] == ["firing"]
+    assert health.replies() == []
+    health.run("statements")  # missed twice: resolved, once
+    [reply] = health.replies()
+    assert "Resolved after" in reply.payload["text"]
+    assert [r.state for r in health.alert_rows()] == ["resolved"]
+    assert len(health.posts()) == 1
+    assert [a.outcome for a in health.audit()] == ["firing", "resolved"]
+
+
+def test_an_interval_with_too_few_slow_calls_holds_the_alert_even_when_one_clean_run_clears(make_health, stage_db):
+    health = make_health({"dev": stage_db.url}, **SLOW, ALERT_CLEAR_AFTER_RUNS="1")
+    health.run("statements")
+    _sleep_statements(stage_db.url, 4)
+    health.run("statements")
+    _sleep_statements(stage_db.url, 2)
+    health.run("statements")  # held: neither seen nor missed
+    assert [r.state for r in health.alert_rows()] == ["firing"]
+    _sleep_statements(stage_db.url, 2, 0.001)  # ran, and fast: that is evidence
+    health.run("statements")
+    assert [r.state for r in health.alert_rows()] == ["resolved"]
+    assert len(health.posts()) == 1 and len(health.replies()) == 1
+
+
+def test_an_escalation_to_critical_is_also_said_in_the_thread(make_health, stage_db):
+    health = make_health({"dev": stage_db.url}, **SLOW)  # critical from 10x SLOW_QUERY_MS: 300 ms
+    health.run("statements")
+    _sleep_statements(stage_db.url, 4)
+    health.run("statements")
+    [post] = health.posts()
+    assert "WARNING" in _texts([post])[0]
+    _sleep_statements(stage_db.url, 3, 0.32)
+    health.run("statements")
+    health.sync()
+    [update] = health.updates()
+    assert "CRITICAL" in _texts([update])[0]
+    [reply] = health.replies()
+    [row] = health.alert_rows()
+    assert reply.payload["thread_ts"] == row.ts == update.payload["ts"]
+    assert reply.payload["reply_broadcast"] is True
+    assert "Escalated to *CRITICAL* on stage *dev*: slow query: mean" in reply.payload["text"]
+    # Back to a warning, then critical again: the message is rewritten each time, the channel told once.
+    _sleep_statements(stage_db.url, 3)
+    health.run("statements")
+    assert len(health.updates()) == 2 and "WARNING" in _texts(health.updates()[-1:])[0]
+    _sleep_statements(stage_db.url, 3, 0.32)
+    health.run("statements")
+    assert len(health.updates()) == 3 and "CRITICAL" in _texts(health.updates()[-1:])[0]
+    assert len(health.replies()) == 1 and len(health.posts()) == 1
 
 
 def test_an_old_slow_query_from_before_the_first_snapshot_does_not_alert(make_health, stage_db):
@@ -284,6 +353,23 @@ def test_a_stopped_stage_alerts_once_as_unreachable_and_resolves_when_it_returns
     health.runtime.stages.dispose()
 
 
+def test_a_bot_database_from_before_gets_the_new_alert_column_at_start(bot_db_url):
+    from bot.botdb import create_bot_engine, migrate
+    from bot.config import parse_database_url
+
+    engine = create_bot_engine(parse_database_url("BOT_DATABASE_URL", bot_db_url))
+    migrate(engine)
+    columns = "SELECT column_name FROM information_schema.columns WHERE table_name = 'alerts'"
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE alerts DROP COLUMN absent, DROP COLUMN announced"))  # as first shipped
+        conn.execute(text("DELETE FROM schema_version WHERE version = 3"))
+    migrate(engine)
+    migrate(engine)
+    with engine.connect() as conn:
+        assert {"absent", "announced"} <= set(conn.execute(text(columns)).scalars())
+    engine.dispose()
+
+
 # -- several replicas ---------------------------------------------------------------------------
 
 
@@ -297,6 +383,7 @@ def test_two_replicas_sharing_the_bot_database_post_each_alert_once(make_health,
         "health:dev:fk_indexes",
     }
     assert first.runtime.scheduler.jobs["health:dev:fk_indexes"].interval_s == 86_400
+    assert first.runtime.scheduler.jobs[PRUNE_JOB].interval_s == 3600  # job_runs are pruned hourly
     barrier = threading.Barrier(2)
     results: list[bool] = []
 
@@ -457,7 +544,9 @@ def test_a_resolution_waits_for_the_first_post_to_reach_slack(make_health, stage
     scheduler.run_slot(job_name("dev", "statements"), now=T0)
     _sleep_statements(stage_db.url, 3)
     scheduler.run_slot(job_name("dev", "statements"), now=T0 + 300)  # fires; its post is not delivered yet
-    scheduler.run_slot(job_name("dev", "statements"), now=T0 + 600)  # resolves before Slack has the message
+    scheduler.run_slot(job_name("dev", "statements"), now=T0 + 600)  # missed once: not resolved yet
+    assert [r.state for r in health.alert_rows()] == ["firing"]
+    scheduler.run_slot(job_name("dev", "statements"), now=T0 + 900)  # resolves before Slack has the message
     [row] = health.alert_rows()
     assert (row.state, row.ts, row.reply_due) == ("resolved", None, "resolved")
     health.deliver()
@@ -468,6 +557,24 @@ def test_a_resolution_waits_for_the_first_post_to_reach_slack(make_health, stage
     assert update.payload["ts"] == reply.payload["thread_ts"] == health.alert_rows()[0].ts
     health.sync()
     assert len(health.updates()) == 1 and len(health.replies()) == 1
+
+
+def test_with_scheduled_checks_off_the_health_command_measures_slow_queries_between_two_runs(make_bot, stage_db):
+    bot = make_bot({"dev": stage_db.url}, **SLOW)  # HEALTH_CHECKS=off: no job takes snapshots
+    assert not bot.settings.health.enabled
+    first = bot.command("health --stage dev").text()
+    assert "first snapshot taken" in first
+    assert "scheduled checks are off (HEALTH_CHECKS=off), so the next `/mcp health` measures from this one" in first
+    assert "Connected in" in first and "*Round trip*: `SELECT 1` answered in" in first
+    _sleep_statements(stage_db.url, 4)
+    second = bot.command("health --stage dev").text()
+    assert "first snapshot" not in second
+    assert "1 slow" in second and "slow query: mean" in second and "over 4 calls" in second
+    assert "nothing raises alerts" in second
+    assert [c for c in bot.slack.calls_to("chat.postMessage") if c.payload["channel"] == ALERT_CHANNEL] == []
+    shown = bot.command("slow-queries --stage dev").text()
+    assert "Busiest queries on stage *dev*" in shown and "SELECT pg_sleep($1)" in shown
+    assert "taken by `/mcp health`, the scheduled checks being off" in shown
 
 
 def test_slow_queries_and_alerts_commands(make_bot, stage_db):

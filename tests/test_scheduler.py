@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from bot.botdb import create_bot_engine, migrate
 from bot.config import parse_database_url
-from bot.scheduler import JobScheduler
+from bot.scheduler import PRUNE_JOB, JobScheduler
 
 
 def _engine(url):
@@ -68,4 +68,35 @@ def test_a_failing_job_is_recorded_and_does_not_raise(bot_db_url):
     assert scheduler.run_slot("broken", now=90.0) is True
     with engine.connect() as conn:
         assert conn.execute(text("SELECT outcome FROM job_runs WHERE job = 'broken'")).scalar_one() == "error"
+    engine.dispose()
+
+
+def test_job_runs_older_than_a_week_are_pruned_by_a_job_of_their_own(bot_db_url):
+    engine = _engine(bot_db_url)
+    scheduler = JobScheduler(engine)
+    scheduler.add_pruning()
+    assert scheduler.jobs[PRUNE_JOB].interval_s == 3600
+    ages = {"health:dev:activity": [8, 30, 6, 0], "health:dev:statements": [7.5, 1]}  # days ago
+    with engine.begin() as conn:
+        for job, days in ages.items():
+            for index, age in enumerate(days):
+                conn.execute(
+                    text(
+                        "INSERT INTO job_runs (job, slot, owner, started_at, finished_at, outcome)"
+                        " VALUES (:job, now() - make_interval(secs => :s) - make_interval(mins => :i), 'test',"
+                        " now() - make_interval(secs => :s), now() - make_interval(secs => :s), 'ok')"
+                    ),
+                    {"job": job, "s": age * 86_400, "i": index},
+                )
+    assert scheduler.run_slot(PRUNE_JOB)
+    with engine.connect() as conn:
+        left = conn.execute(
+            text("SELECT job, round(extract(epoch FROM now() - started_at) / 86400) FROM job_runs ORDER BY 1, 2")
+        ).all()
+    assert [(job, int(days)) for job, days in left] == [
+        ("health:dev:activity", 0),
+        ("health:dev:activity", 6),
+        ("health:dev:statements", 1),
+        (PRUNE_JOB, 0),  # its own run, kept like any other
+    ]
     engine.dispose()

@@ -4,8 +4,11 @@ An alert is a row keyed by (stage, check, object) with a state: `pending` (seen,
 reported: the unreachable check wants two failures in a row), `firing`, `resolved`. A check
 run hands in its findings and the checks it speaks for; this module turns them into
 inserts, updates and resolutions in one bot-database transaction, together with the audit
-row and the queued Slack call of every transition. Only transitions, content changes and
-repeat reminders talk to Slack.
+row and the queued Slack call of every transition. Only transitions, content changes,
+escalations and repeat reminders talk to Slack. A firing alert can be made to resolve only
+after its finding has been absent `clear_after` runs in a row (the monitor passes
+ALERT_CLEAR_AFTER_RUNS), so a value hovering at its threshold does not post, resolve and
+post again.
 
 The first post goes through the outbox, whose delivered row holds the message's channel
 and ts. Updates (chat.update) and thread replies need that ts, so they are marked on the
@@ -68,6 +71,10 @@ alerts = Table(
     Column("advice", Text, nullable=False, server_default=""),
     Column("remind", Boolean, nullable=False, server_default=true()),
     Column("consecutive", Integer, nullable=False, server_default="1"),  # runs in a row that saw it
+    Column("absent", Integer, nullable=False, server_default="0"),  # runs in a row that did not, while firing
+    # The highest severity the channel has been told (first post, escalation replies): going back down
+    # and up again is an update of the message, not another broadcast.
+    Column("announced", Text),
     Column("first_seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("last_seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("fired_at", DateTime(timezone=True)),
@@ -80,7 +87,7 @@ alerts = Table(
     Column("post_outbox_id", BigInteger),
     # Slack work waiting for `sync`: rewrite the message, and/or reply in its thread.
     Column("needs_update", Boolean, nullable=False, server_default=false()),
-    Column("reply_due", Text),  # reminder | resolved
+    Column("reply_due", Text),  # reminder | escalated | resolved
     Index(
         "alerts_open_fingerprint",
         "stage",
@@ -114,6 +121,7 @@ class Applied:
     fired: list[int] = field(default_factory=list)
     resolved: list[int] = field(default_factory=list)
     reminded: list[int] = field(default_factory=list)
+    escalated: list[int] = field(default_factory=list)
     suppressed: bool = False
 
 
@@ -151,11 +159,20 @@ class AlertBook:
         findings: list[Finding],
         *,
         fire_after: Mapping[str, int] | None = None,
+        clear_after: Mapping[str, int] | None = None,
+        holds: Iterable[tuple[str, str]] = (),
         also: Callable[[Connection], None] | None = None,
     ) -> Applied:
-        """Record one run's findings for the checks in `covers`; `also` runs in the same transaction."""
+        """Record one run's findings for the checks in `covers`; `also` runs in the same transaction.
+
+        `fire_after` / `clear_after`: runs in a row a check's finding must be seen / missed before it
+        fires / resolves (default 1 each). `holds`: (check, object) of open alerts this run has no
+        verdict on; they are neither seen nor missed.
+        """
         covered = set(covers)
         fire_after = fire_after or {}
+        clear_after = clear_after or {}
+        held = set(holds)
         result = Applied()
         with self.engine.begin() as conn:
             # Runs of different check groups on one stage may overlap; they take turns here.
@@ -186,9 +203,9 @@ class AlertBook:
                 seen.add(key)
                 self._observe(conn, stage, finding, open_rows.get(key), fire_after.get(finding.check, 1), now, result)
             for key, row in open_rows.items():
-                if key not in seen:
-                    self._clear(conn, row, now, result)
-        if result.fired or result.resolved or result.reminded:
+                if key not in seen and key not in held:
+                    self._clear(conn, row, clear_after.get(row.check_name, 1), now, result)
+        if result.fired or result.resolved or result.reminded or result.escalated:
             self._notify()
         return result
 
@@ -223,12 +240,17 @@ class AlertBook:
                 .returning(alerts)
             ).one()
             changed = False
+            escalated = False
         else:
             changed = any(getattr(row, k) != v for k, v in content.items())
+            told = row.announced or row.severity
+            escalated = row.state == "firing" and SEVERITY_ORDER.get(f.severity, 9) < SEVERITY_ORDER.get(told, 9)
+            # A run that missed it in between (without resolving it) breaks the streak.
+            consecutive = 1 if row.absent else alerts.c.consecutive + 1
             row = conn.execute(
                 update(alerts)
                 .where(alerts.c.id == row.id)
-                .values(consecutive=alerts.c.consecutive + 1, last_seen_at=now, remind=f.remind, **content)
+                .values(consecutive=consecutive, absent=0, last_seen_at=now, remind=f.remind, **content)
                 .returning(alerts)
             ).one()
         if row.state == "pending":
@@ -240,7 +262,11 @@ class AlertBook:
             values["needs_update"] = True
         repeat = self.settings.health.repeat_minutes_for(stage)
         due = row.last_notified_at is None or row.last_notified_at + timedelta(minutes=repeat) <= now
-        if row.remind and repeat > 0 and due:
+        if escalated:
+            # The message is rewritten in place, which notifies nobody: say it in its thread, to the channel too.
+            values.update(reply_due="escalated", last_notified_at=now, announced=f.severity)
+            result.escalated.append(row.id)
+        elif row.remind and repeat > 0 and due:
             values.update(reply_due="reminder", last_notified_at=now, reminders=row.reminders + 1)
             result.reminded.append(row.id)
         if values:
@@ -251,7 +277,7 @@ class AlertBook:
         row = conn.execute(
             update(alerts)
             .where(alerts.c.id == row.id)
-            .values(state="firing", fired_at=now, last_notified_at=now, channel=channel)
+            .values(state="firing", fired_at=now, last_notified_at=now, channel=channel, announced=row.severity)
             .returning(alerts)
         ).one()
         if channel:
@@ -262,9 +288,12 @@ class AlertBook:
         self._audit(conn, row, "firing")
         result.fired.append(row.id)
 
-    def _clear(self, conn: Connection, row: Any, now: datetime, result: Applied) -> None:
+    def _clear(self, conn: Connection, row: Any, needed: int, now: datetime, result: Applied) -> None:
         if row.state == "pending":  # never reported, so there is nothing to resolve
             conn.execute(delete(alerts).where(alerts.c.id == row.id))
+            return
+        if row.absent + 1 < needed:  # missed, but not for long enough yet
+            conn.execute(update(alerts).where(alerts.c.id == row.id).values(absent=row.absent + 1))
             return
         told = row.channel is not None
         row = conn.execute(
@@ -330,7 +359,7 @@ class AlertBook:
                         outbox.enqueue(conn, "chat.update", {"channel": channel, "ts": ts, **alert_message(row)})
                     if row.reply_due:
                         reply = {"channel": channel, "thread_ts": ts, "text": reply_text(row, row.reply_due, now)}
-                        if row.reply_due == "reminder":
+                        if row.reply_due in ("reminder", "escalated"):
                             reply["reply_broadcast"] = True
                         outbox.enqueue(conn, "chat.postMessage", reply)
                 conn.execute(

@@ -52,6 +52,9 @@ class CheckReport:
     # The alert checks this report speaks for: their open alerts absent from `findings` resolve.
     # Empty when the check could not run, so its alerts are left as they are.
     covers: tuple[str, ...] | None = None
+    # (check, object) of open alerts this run has no verdict on (a slow query that ran too few times
+    # to be measured): they neither count as seen nor as absent.
+    holds: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.covers is None:
@@ -107,6 +110,33 @@ def _session(row: Any) -> str:
 
 def _stamp(value: datetime) -> int:
     return int(value.timestamp())
+
+
+# -- round trip --------------------------------------------------------------------------------
+
+
+def latency_report(latency_ms: float, ctx: CheckContext) -> CheckReport:
+    """The round trip of `SELECT 1` on an open connection (connecting is not part of it)."""
+    warn = ctx.settings.latency_warn_ms
+    summary = f"`SELECT 1` answered in {latency_ms:,.1f} ms" + (f" (warning over {warn:,} ms)" if warn else "")
+    if not warn or latency_ms <= warn:
+        return CheckReport("latency", "Round trip", "ok", summary)
+    finding = Finding(
+        check="latency",
+        object="select_1",
+        severity="warning",
+        title=f"slow round trip: `SELECT 1` took {latency_ms:,.0f} ms",
+        detail=(
+            f"A trivial statement on an open connection took {latency_ms:,.0f} ms (threshold {warn:,} ms): every "
+            "query of every client pays this on top of its own work."
+        ),
+        advice=(
+            "Look at the server's CPU and I/O (RDS Performance Insights: waits, load), at the network path "
+            "between the bot and the database (same region and VPC?), and at connection storms. "
+            "STAGE_LATENCY_WARN_MS sets the threshold."
+        ),
+    )
+    return CheckReport("latency", "Round trip", "findings", summary, [finding])
 
 
 # -- connections ------------------------------------------------------------------------------

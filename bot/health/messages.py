@@ -55,11 +55,14 @@ def alert_message(alert: Any) -> dict[str, Any]:
 
 
 def reply_text(alert: Any, kind: str, now: datetime | None = None) -> str:
-    """A reply in the alert's thread: its resolution, or a reminder that it still fires."""
+    """A reply in the alert's thread: its resolution, its escalation, or a reminder that it still fires."""
     fired = alert.fired_at
     if kind == "resolved":
         lasted = duration((alert.resolved_at - fired).total_seconds()) if fired and alert.resolved_at else "a while"
         return f":white_check_mark: Resolved after {lasted}: {escape(alert.title)}"
+    if kind == "escalated":
+        icon = SEVERITY_ICONS.get(alert.severity, ":warning:")
+        return f"{icon} Escalated to *{alert.severity.upper()}* on stage *{escape(alert.stage)}*: {escape(alert.title)}"
     since = duration(((now or alert.last_notified_at) - fired).total_seconds()) if fired else "a while"
     return f":repeat: Still firing after {since} on stage *{escape(alert.stage)}*: {escape(alert.title)}"
 

@@ -31,7 +31,7 @@ class SlowQueriesResult:
     rows: list[SlowQueryRow]
     threshold_ms: int
     min_calls: int
-    snapshot_every_s: int
+    snapshot_every_s: int  # 0: the scheduled checks are off, `/mcp health` takes the snapshots
     note: str | None = None
 
 
@@ -57,15 +57,25 @@ def run_slow_queries(runtime: Runtime, request: CommandRequest) -> SlowQueriesRe
     interval = stored.interval if stored else None
     top = interval.queries[: request.parsed.flags["limit"]] if interval else []
     with stage.read() as conn:
-        missing = statements.unavailable_kind(conn)
+        missing = statements.unavailable(conn)
         texts = statements.query_texts(conn, [q.queryid for q in top]) if top and not missing else {}
     note = None
     if missing:
-        note = "pg_stat_statements is unavailable on this stage. " + statements.unavailable_advice(missing)
+        note = "pg_stat_statements is unavailable on this stage. " + statements.unavailable_advice(
+            missing.kind, missing.version
+        )
     elif stored is None:
-        note = "No snapshot yet: the scheduled slow-query check takes the first, and measures from the next."
+        note = (
+            "No snapshot yet: the scheduled slow-query check takes the first, and measures from the next."
+            if h.enabled
+            else "No snapshot yet: the scheduled checks are off (HEALTH_CHECKS=off), so `/mcp health` takes the "
+            "snapshots; the interval between two of them is measured."
+        )
     elif interval is None:
-        note = f"One snapshot so far ({stored.snapshot.taken_at:%H:%M UTC}); the first interval ends with the next."
+        taker = "" if h.enabled else " (scheduled checks are off: the next `/mcp health` takes it)"
+        note = (
+            f"One snapshot so far ({stored.snapshot.taken_at:%H:%M UTC}); the first interval ends with the next{taker}."
+        )
     rows = [
         SlowQueryRow(
             queryid=q.queryid,
@@ -85,7 +95,7 @@ def run_slow_queries(runtime: Runtime, request: CommandRequest) -> SlowQueriesRe
         rows=rows,
         threshold_ms=h.slow_query_ms,
         min_calls=h.slow_query_min_calls,
-        snapshot_every_s=h.slow_query_interval_s,
+        snapshot_every_s=h.slow_query_interval_s if h.enabled else 0,
         note=note,
     )
 

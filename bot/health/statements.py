@@ -44,7 +44,11 @@ statement_snapshots = Table(
 
 # SQLSTATEs meaning "pg_stat_statements is not there": undefined_table, undefined_function
 # (CREATE EXTENSION was never run here) and object_not_in_prerequisite_state (not preloaded).
-UNAVAILABLE_SQLSTATES = {"42P01": "missing", "42883": "missing", "55000": "not_preloaded"}
+# An extension older than 1.9 has neither pg_stat_statements_info nor `toplevel` (42P01, 42703):
+# `outdated` once the catalog confirms the version.
+UNAVAILABLE_SQLSTATES = {"42P01": "missing", "42883": "missing", "42703": "missing", "55000": "not_preloaded"}
+UNAVAILABLE_TITLES = {"missing": "not installed", "not_preloaded": "not preloaded", "outdated": "too old"}
+FIRST_VERSION = (1, 9)  # pg_stat_statements_info (resets) and `toplevel`
 TEXT_WORK_MEM = "32MB"
 KEEP_QUERIES = 50  # per interval, by total time: what /mcp slow-queries can show
 
@@ -56,6 +60,8 @@ class Snapshot:
     taken_at: datetime
     stats_reset: datetime | None
     counters: dict[str, tuple[int, float]]
+    # False when the role lacks pg_read_all_stats: other roles' entries have no queryid and are left out.
+    sees_all: bool = True
 
 
 @dataclass(frozen=True)
@@ -89,16 +95,23 @@ class Stored:
 
 
 class StatementsUnavailable(Exception):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, version: str | None = None) -> None:
         super().__init__(kind)
         self.kind = kind
+        self.version = version
 
 
-def unavailable_advice(kind: str) -> str:
+def unavailable_advice(kind: str, version: str | None = None) -> str:
     if kind == "not_preloaded":
         return (
             "pg_stat_statements is installed but not loaded: add it to `shared_preload_libraries` "
             "(on RDS: the DB parameter group), restart the database, then it works at once."
+        )
+    if kind == "outdated":
+        return (
+            f"The extension here is version {version or 'older than 1.9'}; the check needs 1.9 or newer "
+            "(pg_stat_statements_info, to detect resets). Run `ALTER EXTENSION pg_stat_statements UPDATE;` "
+            "in this database: it keeps the statistics and takes effect at once."
         )
     return (
         "Run `CREATE EXTENSION pg_stat_statements;` in this database (it also needs `pg_stat_statements` in "
@@ -106,11 +119,44 @@ def unavailable_advice(kind: str) -> str:
     )
 
 
+def _installed_version(conn: Connection) -> str | None:
+    return conn.execute(
+        text("SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements'")
+    ).scalar_one_or_none()
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        return ()
+
+
+def _unavailable(conn: Connection, exc: DBAPIError) -> StatementsUnavailable | None:
+    """What a failed read of the extension means, or None when it is another error."""
+    kind = UNAVAILABLE_SQLSTATES.get(getattr(exc.orig, "sqlstate", None) or "")
+    if kind is None or exc.connection_invalidated:
+        return None
+    if kind == "missing":
+        version = _installed_version(conn)
+        if version is not None and _version_tuple(version) < FIRST_VERSION:
+            return StatementsUnavailable("outdated", version)
+        if version is not None and getattr(exc.orig, "sqlstate", None) == "42703":
+            return None  # a current extension without the column: not an install problem
+    return StatementsUnavailable(kind)
+
+
 def take_snapshot(conn: Connection) -> Snapshot:
     """This database's top-level statement counters; raises StatementsUnavailable by SQLSTATE."""
     try:
         with conn.begin_nested():
-            info = conn.execute(text("SELECT now() AS now, stats_reset FROM pg_stat_statements_info")).one()
+            info = conn.execute(
+                text(
+                    "SELECT now() AS now, stats_reset,"
+                    " pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS sees_all"
+                    " FROM pg_stat_statements_info"
+                )
+            ).one()
             rows = conn.execute(
                 text(
                     # One row per (userid, queryid) once dbid and toplevel are fixed; no text is read.
@@ -119,12 +165,12 @@ def take_snapshot(conn: Connection) -> Snapshot:
                 )
             ).all()
     except DBAPIError as exc:
-        kind = UNAVAILABLE_SQLSTATES.get(getattr(exc.orig, "sqlstate", None) or "")
-        if kind is None or exc.connection_invalidated:
+        unavailable = _unavailable(conn, exc)
+        if unavailable is None:
             raise
-        raise StatementsUnavailable(kind) from None
+        raise unavailable from None
     counters = {f"{r.userid}:{r.queryid}": (int(r.calls), float(r.total_ms)) for r in rows}
-    return Snapshot(taken_at=info.now, stats_reset=info.stats_reset, counters=counters)
+    return Snapshot(taken_at=info.now, stats_reset=info.stats_reset, counters=counters, sees_all=bool(info.sees_all))
 
 
 def diff(previous: Snapshot, current: Snapshot) -> Interval:
@@ -156,17 +202,28 @@ def slow(interval: Interval, *, threshold_ms: float, min_calls: int) -> list[Que
     return [q for q in interval.queries if q.calls >= min_calls and q.mean_ms > threshold_ms]
 
 
-def unavailable_kind(conn: Connection) -> str | None:
-    """None when pg_stat_statements can be read here, else why not (`missing`, `not_preloaded`)."""
+def undecided(interval: Interval, *, threshold_ms: float, min_calls: int) -> list[QueryInterval]:
+    """Queries that ran, too few times to be measured, and still slow in those calls: no evidence either way."""
+    return [q for q in interval.queries if 0 < q.calls < min_calls and q.mean_ms > threshold_ms]
+
+
+def unavailable(conn: Connection) -> StatementsUnavailable | None:
+    """None when pg_stat_statements can be read here, else why not."""
     try:
         with conn.begin_nested():
             conn.execute(text("SELECT stats_reset FROM pg_stat_statements_info")).first()
     except DBAPIError as exc:
-        kind = UNAVAILABLE_SQLSTATES.get(getattr(exc.orig, "sqlstate", None) or "")
-        if kind is None or exc.connection_invalidated:
+        found = _unavailable(conn, exc)
+        if found is None:
             raise
-        return kind
+        return found
     return None
+
+
+def unavailable_kind(conn: Connection) -> str | None:
+    """None when pg_stat_statements can be read here, else why not (`missing`, `not_preloaded`, `outdated`)."""
+    found = unavailable(conn)
+    return found.kind if found else None
 
 
 def query_texts(conn: Connection, queryids: list[int]) -> dict[int, str]:
@@ -241,29 +298,66 @@ class StatementsResult:
     texts: dict[int, str]  # of the queries that alert now
 
 
-def check_slow_queries(conn: Connection, ctx: CheckContext, previous: Stored | None) -> StatementsResult:
-    """Compare this database's counters with the `previous` snapshot; findings for queries slow in between."""
+def visibility_finding() -> Finding:
+    return Finding(
+        check="pg_stat_statements",
+        object="visibility",
+        severity="info",
+        title="slow-query check sees only its own role's statements (no pg_read_all_stats)",
+        detail=(
+            "The stage's database role is not a member of pg_read_all_stats (or pg_monitor), so "
+            "pg_stat_statements hides other roles' statements (their queryid is NULL): the application's "
+            "slow queries are not measured."
+        ),
+        advice=(
+            "`GRANT pg_read_all_stats TO <the role of this stage's DATABASE_URL>;` (or `GRANT pg_monitor ...`, "
+            "which also shows the activity checks other sessions' queries); on RDS, as the master user. "
+            "It resolves at the next slow-query check."
+        ),
+        remind=False,
+    )
+
+
+BASELINE = "slow queries are measured from the next"
+PARTIAL = " (only this role's statements are visible)"
+
+
+def check_slow_queries(
+    conn: Connection, ctx: CheckContext, previous: Stored | None, *, baseline: str = BASELINE
+) -> StatementsResult:
+    """Compare this database's counters with the `previous` snapshot; findings for queries slow in between.
+
+    `baseline` ends the summary of a first snapshot: where the next measurement comes from.
+    """
     s = ctx.settings
     try:
         current = take_snapshot(conn)
     except StatementsUnavailable as exc:
+        version = f" ({exc.version})" if exc.version else ""
         finding = Finding(
             check="pg_stat_statements",
             object="extension",
             severity="info",
-            title="slow-query check unavailable: pg_stat_statements is "
-            + ("not preloaded" if exc.kind == "not_preloaded" else "not installed"),
+            title=f"slow-query check unavailable: pg_stat_statements is {UNAVAILABLE_TITLES[exc.kind]}{version}",
             detail="The other health checks keep running; slow queries are not measured until this is fixed.",
-            advice=unavailable_advice(exc.kind),
+            advice=unavailable_advice(exc.kind, exc.version),
             remind=False,
         )
         report = CheckReport(
             "slow_queries", "Slow queries", "unavailable", finding.title, [finding], covers=("pg_stat_statements",)
         )
         return StatementsResult([report], None, None, {})
+    partial = [] if current.sees_all else [visibility_finding()]
     if previous is None:
-        summary = f"first snapshot taken ({len(current.counters)} statements); slow queries are measured from the next"
-        report = CheckReport("slow_queries", "Slow queries", "ok", summary, covers=("pg_stat_statements",))
+        summary = f"first snapshot taken ({len(current.counters)} statements); {baseline}"
+        report = CheckReport(
+            "slow_queries",
+            "Slow queries",
+            "findings" if partial else "ok",
+            summary + ("" if current.sees_all else PARTIAL),
+            partial,
+            covers=("pg_stat_statements",),
+        )
         return StatementsResult([report], current, None, {})
     interval = diff(previous.snapshot, current)
     offenders = slow(interval, threshold_ms=s.slow_query_ms, min_calls=s.slow_query_min_calls)
@@ -288,12 +382,20 @@ def check_slow_queries(conn: Connection, ctx: CheckContext, previous: Stored | N
         )
         for q in offenders
     ]
+    # A query that alerted and ran only a few (still slow) times since is not evidence that it got fast:
+    # its alert neither counts this run as seen nor as clear.
+    holds = tuple(
+        ("slow_queries", f"queryid {q.queryid}")
+        for q in undecided(interval, threshold_ms=s.slow_query_ms, min_calls=s.slow_query_min_calls)
+    )
     ran = sum(q.calls for q in interval.queries)
     summary = (
         f"{len(interval.queries)} statements ran {ran:,} times in the last {duration(interval.seconds)}; "
         + (f"{len(offenders)} slow" if offenders else "none slow")
         + (" (statistics were reset in between)" if interval.reset else "")
+        + ("" if current.sees_all else PARTIAL)
     )
+    findings += partial
     report = CheckReport(
         "slow_queries",
         "Slow queries",
@@ -301,5 +403,6 @@ def check_slow_queries(conn: Connection, ctx: CheckContext, previous: Stored | N
         summary,
         findings,
         covers=("slow_queries", "pg_stat_statements"),
+        holds=holds,
     )
     return StatementsResult([report], current, interval, texts)
