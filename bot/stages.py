@@ -1,7 +1,18 @@
 """Stage databases: one engine each, explicit transactions, errors worded for people.
 
-Every connection carries `application_name`, `connect_timeout` and session defaults for
-`statement_timeout`/`lock_timeout`; every transaction states whether it may write.
+Every connection carries `application_name`, `connect_timeout`, TCP keepalives with
+`tcp_user_timeout` (a peer that vanished is noticed within about STAGE_CONNECT_TIMEOUT) and
+session defaults for `statement_timeout`/`lock_timeout`; every transaction states whether it
+may write.
+
+Every transaction (`read`, `write` with its `after_commit`, hence `ping` and `is_running`) runs
+under a client-side deadline (bot/deadline.py): a statement, commit or rollback left unanswered
+for the session's statement_timeout plus STAGE_CONNECT_TIMEOUT has its socket shut down, and the
+command gets "stage X is unreachable" instead of hanging on a frozen server or a dead network
+path. The command engine has no `pool_pre_ping`, which waits on the socket with no limit: a
+`checkout` listener runs the same `SELECT 1` under a deadline of STAGE_CONNECT_TIMEOUT and, on
+failure, makes the pool discard its connections and reconnect (bounded by `connect_timeout`),
+so a stage that froze between commands answers within about twice STAGE_CONNECT_TIMEOUT.
 """
 
 from __future__ import annotations
@@ -9,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, text
@@ -18,6 +29,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import NullPool
 
+from bot import deadline
 from bot.config import Settings, StageConfig
 from bot.credentials import CredentialSource, DbCredentials, attach_credentials, credential_source
 from bot.errors import ConcurrentChange, QueryTimeout, StageError, StageUnavailable, UserFacingError
@@ -79,6 +91,14 @@ def describe_db_error(exc: BaseException, stage: str) -> UserFacingError | None:
     return None
 
 
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "too long"
+    if value < 120:
+        return f"{value:.1f}".removesuffix(".0") + " s"
+    return f"{value / 60:.0f} min"
+
+
 class Stage:
     """One stage database. Engines are created lazily so a dead stage never blocks startup."""
 
@@ -137,10 +157,17 @@ class Stage:
             f" -c lock_timeout={settings.lock_timeout_ms}"
             " -c idle_in_transaction_session_timeout=600000"
         )
+        timeout_s = settings.connect_timeout_s
         connect_args: dict[str, Any] = {
             "application_name": application_name or f"{APPLICATION_NAME}/{self.name}",
-            "connect_timeout": settings.connect_timeout_s,
+            "connect_timeout": timeout_s,
             "options": options,
+            # A peer that vanished (network drop, host gone) is noticed by TCP within seconds.
+            "keepalives": 1,
+            "keepalives_idle": timeout_s,
+            "keepalives_interval": 1,
+            "keepalives_count": 3,
+            "tcp_user_timeout": timeout_s * 1000,
             **(extra_connect_args or {}),
         }
         # A secret-backed stage has no URL: each new connection gets the secret's current credentials.
@@ -153,10 +180,11 @@ class Stage:
                 pool_size=5,
                 max_overflow=10,
                 pool_timeout=10,
-                pool_pre_ping=True,
                 pool_recycle=1800,
                 connect_args=connect_args,
             )
+        # Deadlines on every wait; pooled connections are checked on checkout under one (see the docstring).
+        deadline.install(engine, ping_s=timeout_s if pooled else None)
         if self.credentials.refreshable:
             attach_credentials(engine, self.credentials)
         return engine
@@ -168,14 +196,39 @@ class Stage:
         return self.credentials.current()
 
     @contextmanager
-    def _translated(self) -> Iterator[None]:
+    def _translated(self, limit: deadline.Deadline | None = None) -> Iterator[None]:
         try:
             yield
         except (DBAPIError, PoolTimeout) as exc:
+            if limit is not None and limit.expired and isinstance(exc, DBAPIError):
+                raise StageUnavailable(
+                    f"stage {self.name} is unreachable (it stopped answering: nothing for {_seconds(limit.waited_s)})"
+                ) from exc
             friendly = describe_db_error(exc, self.name)
             if friendly is None:
                 raise
             raise friendly from exc
+
+    @contextmanager
+    def _guarded(self, statement_timeout_ms: int) -> Iterator[deadline.Deadline]:
+        """Errors worded for people, under a deadline for one transaction on one connection.
+
+        A caller that entered a deadline of its own for this transaction (a health round) keeps
+        it; otherwise waits get `statement_timeout_ms` plus STAGE_CONNECT_TIMEOUT.
+        """
+        settings = self._settings
+        outer = deadline.current()
+        if outer is not None and outer.awaiting_connection:
+            limit, scope = outer, nullcontext(outer)
+        else:
+            limit = deadline.Deadline(
+                statement_timeout_s=statement_timeout_ms / 1000,
+                grace_s=settings.connect_timeout_s,
+                session_timeout_s=settings.read_statement_timeout_ms / 1000,
+            )
+            scope = limit
+        with self._translated(limit), scope:
+            yield limit
 
     @contextmanager
     def read(self, *, statement_timeout_ms: int | None = None, component: str | None = None) -> Iterator[Connection]:
@@ -184,7 +237,10 @@ class Stage:
         `component` runs it on that component's own connection (see `component_engine`).
         """
         engine = self.engine if component is None else self.component_engine(component)
-        with self._translated(), engine.connect() as conn, conn.begin():
+        timeout_ms = (
+            statement_timeout_ms if statement_timeout_ms is not None else self._settings.read_statement_timeout_ms
+        )
+        with self._guarded(timeout_ms), engine.connect() as conn, conn.begin():
             conn.execute(text("SET TRANSACTION READ ONLY"))
             if statement_timeout_ms is not None:
                 conn.execute(
@@ -212,7 +268,7 @@ class Stage:
         behind, and if it fails the session is discarded rather than returned to the pool.
         """
         lock_ms = lock_timeout_ms if lock_timeout_ms is not None else self._settings.lock_timeout_ms
-        with self._translated(), self.engine.connect() as raw:
+        with self._guarded(statement_timeout_ms) as limit, self.engine.connect() as raw:
             conn = raw.execution_options(isolation_level=isolation) if isolation else raw
             with conn.begin():
                 conn.execute(
@@ -222,6 +278,7 @@ class Stage:
                 if application_name:
                     conn.execute(text("SELECT set_config('application_name', :n, true)"), {"n": application_name})
                 yield conn
+            limit.disarm()  # the commit was answered; `after_commit` arms it again for each statement
             if after_commit is not None:
                 try:
                     after_commit(raw)
