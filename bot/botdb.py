@@ -54,18 +54,29 @@ def _request_kinds(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE delete_requests ADD COLUMN IF NOT EXISTS options jsonb NOT NULL DEFAULT '{}'"))
 
 
-def _outbox_update_index(conn: Connection) -> None:
-    """Finding a newer chat.update of the same message (bot/outbox.py: superseded updates)."""
+def _outbox_supersede_key(conn: Connection) -> None:
+    """Calls that replace earlier ones (bot/outbox.py: superseded calls)."""
+    conn.execute(text("ALTER TABLE outbox ADD COLUMN IF NOT EXISTS supersede_key text"))
     conn.execute(
         text(
-            "CREATE INDEX IF NOT EXISTS outbox_update_target_idx ON outbox ((payload->>'channel'), (payload->>'ts'))"
-            " WHERE method = 'chat.update'"
+            "CREATE INDEX IF NOT EXISTS outbox_supersede_idx ON outbox (supersede_key)"
+            " WHERE supersede_key IS NOT NULL"
         )
     )
 
 
+def _alert_clearing(conn: Connection) -> None:
+    """Alerts count the runs they were missing (cleared after ALERT_CLEAR_AFTER_RUNS) and what was announced."""
+    conn.execute(text("ALTER TABLE alerts ADD COLUMN IF NOT EXISTS absent integer NOT NULL DEFAULT 0"))
+    conn.execute(text("ALTER TABLE alerts ADD COLUMN IF NOT EXISTS announced text"))
+
+
 # Numbered changes to existing tables, applied once each, in order.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _request_kinds), (2, _outbox_update_index)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+    (1, _request_kinds),
+    (2, _outbox_supersede_key),
+    (3, _alert_clearing),
+]
 
 MIGRATION_LOCK_KEY = 0x6D63706F7073  # "mcpops"
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Column, DateTime, Engine, Table, Text, func, select
 from sqlalchemy.dialects.postgresql import insert
 
+from bot import outbox
 from bot.access import AccessPolicy
 from bot.approvers import Membership
 from bot.audit import AuditLog, AuditRow
@@ -102,6 +104,15 @@ class Home:
             generated_at=now,
             requests=self.waiting_for(user_id, approver=approver),
         )
+
+    def queue_publish(self, views: list[tuple[str, dict[str, Any]]]) -> None:
+        """Queue each viewer's rendered tab through the outbox: retried through Slack errors, and a newer
+        tab for the same person retires an older one still queued."""
+        if not views:
+            return
+        with self.engine.begin() as conn:
+            for user_id, view in views:
+                outbox.enqueue(conn, "views.publish", {"user_id": user_id, "view": view})
 
     def recent_viewers(self) -> list[str]:
         with self.engine.connect() as conn:

@@ -3,9 +3,11 @@
 A message that must reach Slack is first a row in the bot database, written in the same
 transaction as the fact it reports. A worker posts due rows one at a time under
 `FOR UPDATE SKIP LOCKED`, so several workers (or replicas) never post the same row, and a
-429 or a 5xx streak only postpones delivery. A `chat.update` queued after another one for
-the same message supersedes it: the older one is never sent, even when it is retried after
-the newer was delivered, so a message never goes back to an older state.
+429 or a 5xx streak only postpones delivery. A call that replaces what an earlier one showed
+(`chat.update` of one message, `views.publish` of one person's App Home) carries a
+`supersede_key`: a newer call with the same key retires the older one, which is then never
+sent, even when it is retried after the newer was delivered, so nothing goes back to an
+older state.
 """
 
 from __future__ import annotations
@@ -54,21 +56,32 @@ outbox = Table(
     Column("dead_at", DateTime(timezone=True)),
     Column("last_error", Text),
     Column("result", JSONB),
-    Index(
-        "outbox_update_target_idx",
-        text("(payload->>'channel')"),
-        text("(payload->>'ts')"),
-        postgresql_where=text("method = 'chat.update'"),
-    ),
+    Column("supersede_key", Text),  # calls with the same key replace each other; only the newest is sent
+    Index("outbox_supersede_idx", "supersede_key", postgresql_where=text("supersede_key IS NOT NULL")),
 )
 
 MAX_BACKOFF = timedelta(minutes=5)  # a long Slack outage still ends with delivery minutes after it
 PERMANENT_ATTEMPTS = 20  # a payload Slack keeps refusing (not a 429/5xx) is given up after this
 
 
+def supersede_key(method: str, payload: dict[str, Any]) -> str | None:
+    """What a call replaces: one message's content, or one person's App Home; None for a new post."""
+    if method == "chat.update" and payload.get("channel") and payload.get("ts"):
+        return f"message:{payload['channel']}:{payload['ts']}"
+    if method == "views.publish" and payload.get("user_id"):
+        return f"home:{payload['user_id']}"
+    return None
+
+
 def enqueue(conn: Connection, method: str, payload: dict[str, Any]) -> int:
     """Queue a Slack Web API call inside the caller's transaction."""
-    return int(conn.execute(outbox.insert().values(method=method, payload=payload).returning(outbox.c.id)).scalar_one())
+    return int(
+        conn.execute(
+            outbox.insert()
+            .values(method=method, payload=payload, supersede_key=supersede_key(method, payload))
+            .returning(outbox.c.id)
+        ).scalar_one()
+    )
 
 
 @dataclass
@@ -146,7 +159,7 @@ class Outbox:
             ).first()
             if row is None:
                 return "empty"
-            if row.method == "chat.update" and self._superseded(conn, row):
+            if row.supersede_key and self._superseded(conn, row):
                 conn.execute(
                     update(outbox)
                     .where(outbox.c.id == row.id)
@@ -172,20 +185,9 @@ class Outbox:
 
     @staticmethod
     def _superseded(conn: Connection, row: Any) -> bool:
-        """Was a newer update of the same message queued (delivered or not)?"""
-        payload = row.payload if isinstance(row.payload, dict) else {}
-        channel, ts = payload.get("channel"), payload.get("ts")
-        if not channel or not ts:
-            return False
+        """Was a newer call with the same supersede key queued (delivered or not)?"""
         newer = conn.execute(
-            select(outbox.c.id)
-            .where(
-                outbox.c.method == "chat.update",
-                outbox.c.payload["channel"].astext == str(channel),
-                outbox.c.payload["ts"].astext == str(ts),
-                outbox.c.id > row.id,
-            )
-            .limit(1)
+            select(outbox.c.id).where(outbox.c.supersede_key == row.supersede_key, outbox.c.id > row.id).limit(1)
         ).first()
         return newer is not None
 

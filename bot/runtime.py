@@ -177,6 +177,8 @@ class Runtime:
                 time.sleep(1)
         if self.settings.health.enabled:
             self.health.register_jobs(self.scheduler)
+        # Every scheduled run leaves a row in job_runs (about 1,750 a stage a day with health checks on).
+        self.scheduler.add_pruning()
         if workers:
             self.outbox_worker.start()
             self.scheduler.start()

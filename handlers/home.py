@@ -54,11 +54,14 @@ def register(app: App, service: CommandService) -> None:
         publish(user_id, runtime.home.opened(user_id))
 
     def refresh(kinds: frozenset[str]) -> None:
-        for user_id in runtime.home.recent_viewers():
-            try:
-                publish(user_id, runtime.home.view_for(user_id))
-            except Exception:
-                log.warning("App Home refresh failed", extra={"kinds": sorted(kinds)}, exc_info=True)
-                return
+        """Every recent viewer's tab, rendered now and delivered through the outbox (retried, never older)."""
+        try:
+            viewers = runtime.home.recent_viewers()
+            views = [(user_id, render_home(runtime.home.view_for(user_id))) for user_id in viewers]
+            runtime.home.queue_publish(views)
+        except Exception:
+            log.warning("App Home refresh failed", extra={"kinds": sorted(kinds)}, exc_info=True)
+            return
+        runtime.outbox_worker.notify()
 
     runtime.changes.subscribe(refresh)
