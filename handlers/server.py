@@ -57,10 +57,12 @@ def run_gunicorn(
 ) -> None:
     """Serve with gunicorn: one worker process (the runtime's job pool and outbox live in it), many threads.
 
-    On SIGTERM the worker drains before it stops listening: new Slack requests get 503 (a load
-    balancer or Slack's retry sends them to another replica), accepted work finishes within
-    80% of `graceful_timeout` (or is cut off and its transactions roll back), the outbox is
-    flushed, and only then does gunicorn close the worker.
+    On SIGTERM the worker drains before it stops listening: /readyz and new Slack requests get
+    503 (a load balancer probing /readyz stops routing here; Slack retries only Events API
+    deliveries, so a slash command or click that still arrives fails and its person runs it
+    again), accepted work finishes within 80% of `graceful_timeout` (or is cut off when gunicorn
+    kills the worker at the timeout, and its transactions roll back), the outbox is flushed,
+    and only then does gunicorn close the worker.
     """
     from gunicorn.app.base import BaseApplication
     from gunicorn.glogging import Logger

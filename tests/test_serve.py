@@ -12,17 +12,29 @@ from sqlalchemy import create_engine, text
 
 from bot.config import parse_database_url
 from bot.console.process import ServeProcess
-from tests.conftest import AUDIT_CHANNEL, SIGNING_SECRET, TEST_SPEC, base_env, eventually, message_text
+from tests.conftest import (
+    AUDIT_CHANNEL,
+    CHANNEL,
+    OPERATOR,
+    SIGNING_SECRET,
+    TEST_SPEC,
+    StageDb,
+    base_env,
+    eventually,
+    message_text,
+)
+from tests.deletion_support import buttons, checksums
+from tests.test_faults_deletes import SLOW_TOOL_CALL_DELETE
 
 
 @pytest.fixture
 def serve(tmp_path, bot_db_url, stage_db, fake_slack):
     processes: list[ServeProcess] = []
 
-    def start(**overrides: str) -> ServeProcess:
+    def start(*args: str, **overrides: str) -> ServeProcess:
         env = base_env(bot_db_url=bot_db_url, stages={"dev": stage_db.url}, slack=fake_slack)
         env.update(overrides)
-        process = ServeProcess(env, tmp_path / f"serve{len(processes)}.log").start()
+        process = ServeProcess(env, tmp_path / f"serve{len(processes)}.log", args=args).start()
         processes.append(process)
         return process
 
@@ -102,3 +114,106 @@ def test_the_production_server_refuses_forged_stale_and_oversized_requests(serve
     big = sender.slash_body("help " + "x" * (1024 * 1024), user="UOPERATOR1", channel="CGENERAL01")
     assert sender.post(big).status == 413
     assert server.get("/healthz") == (200, "ok")
+
+
+# The delete's own session on the stage, asleep in the slow trigger (its transaction open).
+IN_DELETE = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+    " AND application_name LIKE 'mcp-ops/dev/request-%' AND wait_event = 'PgSleep'"
+)
+
+
+class DeleteRun:
+    """A delete on dev through one `serve` process, pressed and caught while it sleeps on the stage."""
+
+    def __init__(self, server: ServeProcess, stage_db: StageDb, bot_db_url: str, fake_slack) -> None:
+        self.server = server
+        self.stage_db = stage_db
+        self.engine = create_engine(parse_database_url("BOT_DATABASE_URL", bot_db_url))
+        self.slack = fake_slack
+
+    def start(self) -> None:
+        sender = self.server.sender(SIGNING_SECRET, self.slack.base_url)
+        assert sender.slash(f"delete {TEST_SPEC.big_slug} --stage dev", user=OPERATOR, channel=CHANNEL).status == 200
+        assert eventually(lambda: self.rows("SELECT id FROM delete_requests WHERE message_ts IS NOT NULL"), 30)
+        self.id, self.channel, self.ts = self.rows("SELECT id, channel, message_ts FROM delete_requests")[0]
+        posted = self.slack.messages[(self.channel, self.ts)].payload
+        reply = sender.block_actions(
+            buttons(posted)["Delete"], user=OPERATOR, channel=self.channel, message=posted, message_ts=self.ts
+        )
+        assert reply.status == 200
+        assert eventually(lambda: self.stage_db.scalar(IN_DELETE) == 1, timeout=30)
+        assert self.state() == "running"
+
+    def rows(self, sql: str) -> list:
+        with self.engine.connect() as conn:
+            return list(conn.execute(text(sql)))
+
+    def state(self) -> str:
+        return self.rows(f"SELECT state FROM delete_requests WHERE id = {self.id}")[0][0]
+
+    def updates(self, needle: str) -> list[str]:
+        return [
+            c.payload["text"]
+            for c in self.slack.calls_to("chat.update")
+            if (c.payload.get("channel"), c.payload.get("ts")) == (self.channel, self.ts)
+            and needle in c.payload.get("text", "")
+        ]
+
+
+def test_sigterm_lets_a_running_delete_finish_and_delivers_its_final_message(serve, stage_db, bot_db_url, fake_slack):
+    with psycopg.connect(stage_db.url, autocommit=True) as conn:
+        conn.execute(SLOW_TOOL_CALL_DELETE % 2)  # per statement on mcp_tool_calls
+    server = serve()
+    run = DeleteRun(server, stage_db, bot_db_url, fake_slack)
+    try:
+        run.start()
+        server.signal(signal.SIGTERM)
+        assert eventually(lambda: server.get("/readyz")[0] == 503, 10)
+        assert run.state() == "running" and server.process.poll() is None  # draining, the delete still in flight
+
+        assert server.wait(60) == 0
+        assert run.state() == "done"
+        assert stage_db.scalar("SELECT count(*) FROM mcp_servers WHERE slug = :s", s=TEST_SPEC.big_slug) == 0
+        assert stage_db.scalar("SELECT count(*) FROM mcp_tool_calls WHERE mcp_server_id = 'srv_big'") == 0
+        # The outbox was flushed before the exit: the message says done, nothing is left queued.
+        assert len(run.updates(": done")) == 1
+        assert run.rows("SELECT count(*) FROM outbox WHERE delivered_at IS NULL")[0][0] == 0
+        assert [o for (o,) in run.rows("SELECT outcome FROM audit_log WHERE command = 'delete'")][-2:] == [
+            "running",
+            "done",
+        ]
+    finally:
+        run.engine.dispose()
+
+
+def test_a_delete_longer_than_the_graceful_timeout_rolls_back_and_is_settled_later(
+    serve, stage_db, bot_db_url, fake_slack
+):
+    with psycopg.connect(stage_db.url, autocommit=True) as conn:
+        conn.execute(SLOW_TOOL_CALL_DELETE % 10)  # well past the 3 s graceful timeout
+    before = checksums(stage_db)
+    server = serve("--graceful-timeout", "3")
+    run = DeleteRun(server, stage_db, bot_db_url, fake_slack)
+    try:
+        run.start()
+        signalled = time.monotonic()
+        server.signal(signal.SIGTERM)
+        assert server.wait(30) == 0  # cut off after the graceful timeout, the delete still asleep on the stage
+        assert time.monotonic() - signalled < 15
+        assert any("drain timed out" in line for line in server.log_lines())
+        assert checksums(stage_db) == before  # the open transaction shows nothing
+        assert run.state() == "running"
+
+        # Another process's recovery job settles it once the dead session has gone from the stage
+        # (PostgreSQL rolls its transaction back when the sleep ends and the client is gone).
+        serve()
+        assert eventually(lambda: run.state() != "running", timeout=90, interval=0.5)
+        row = run.rows(f"SELECT state, error FROM delete_requests WHERE id = {run.id}")[0]
+        assert row.state == "failed" and "the bot stopped while the delete ran" in row.error
+        assert stage_db.scalar(IN_DELETE.replace(" AND wait_event = 'PgSleep'", "")) == 0
+        assert checksums(stage_db) == before
+        assert eventually(lambda: run.updates(": failed"), timeout=20)
+        assert "nothing was deleted" in message_text(fake_slack.messages[(run.channel, run.ts)].payload)
+    finally:
+        run.engine.dispose()
