@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import queue as queues
 import resource
 import statistics
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,13 +25,20 @@ from bot.platform.schema import MISSING_FK_INDEXES
 from bot.stages import Stage, StageRegistry
 
 BENCH_DIR = Path(os.environ.get("MCP_OPS_BENCH_DIR", Path(__file__).parent / ".data"))
+# `python -m bench --small`: the demo-size dataset (20,000 tool calls), to check that every benchmark
+# still runs end to end in seconds; its figures are not the ones the targets are about.
+SMALL_SPEC = DatasetSpec()
 
 
 class BenchContext:
-    """A persistent cluster under bench/.data; the big dataset is built once and cloned per use."""
+    """A persistent cluster under bench/.data; the big dataset is built once and cloned per use.
 
-    def __init__(self) -> None:
+    `spec` is the dataset that clone() and template() use when a benchmark names none.
+    """
+
+    def __init__(self, spec: DatasetSpec = BENCH_SPEC) -> None:
         self.cluster = LocalPostgres(BENCH_DIR / "pg")
+        self.spec = spec
         self._clones: list[str] = []
 
     def __enter__(self) -> BenchContext:
@@ -43,8 +52,9 @@ class BenchContext:
             self.cluster.drop_database(name)
         self.cluster.stop()
 
-    def template(self, spec: DatasetSpec = BENCH_SPEC) -> str:
+    def template(self, spec: DatasetSpec | None = None) -> str:
         """The name of a template database holding `spec`, built on first use (about a minute)."""
+        spec = spec or self.spec
         key = repr((GENERATOR_VERSION, sorted(spec.__dict__.items())))
         digest = hashlib.sha256(key.encode()).hexdigest()[:10]
         name = f"bench_tpl_{digest}"
@@ -63,7 +73,7 @@ class BenchContext:
             print(f"built in {time.perf_counter() - started:.0f} s", flush=True)
         return name
 
-    def clone(self, label: str, *, spec: DatasetSpec = BENCH_SPEC, with_fk_indexes: bool = False) -> str:
+    def clone(self, label: str, *, spec: DatasetSpec | None = None, with_fk_indexes: bool = False) -> str:
         """A fresh copy of the big dataset; with_fk_indexes adds the two indexes the schema lacks."""
         name = f"bench_{label}_{os.getpid()}"
         url = self.cluster.create_database(name, template=self.template(spec), drop=True)
@@ -96,18 +106,40 @@ def best_of(func: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
 
 
 def _child(func: Callable[[], Any], queue: Any) -> None:
-    result = func()
-    queue.put((result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+    try:
+        result = func()
+    except BaseException as exc:
+        # Tell the parent, which would otherwise wait for a result forever.
+        queue.put(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-6)}"))
+        return
+    queue.put(("ok", (result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
 
 
 def peak_rss_mb(func: Callable[[], Any]) -> tuple[Any, float]:
-    """Run `func` in a forked child and return (its result, the child's peak resident memory in MB)."""
+    """Run `func` in a forked child and return (its result, the child's peak resident memory in MB).
+
+    A failure in the child is raised here, so the benchmark fails instead of hanging.
+    """
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     process = ctx.Process(target=_child, args=(func, queue))
     process.start()
-    result, rss_kb = queue.get()
+    while True:
+        try:
+            kind, payload = queue.get(timeout=1)
+            break
+        except queues.Empty:
+            if process.is_alive():
+                continue
+            try:  # it may have answered just before exiting
+                kind, payload = queue.get(timeout=1)
+                break
+            except queues.Empty:
+                raise RuntimeError(f"the measured child process exited ({process.exitcode}) without a result") from None
     process.join()
+    if kind == "error":
+        raise RuntimeError(f"in the measured child process: {payload}")
+    result, rss_kb = payload
     return result, rss_kb / 1024
 
 

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from sqlalchemy import Connection, Engine, column, func, inspect, select, table
@@ -37,6 +37,13 @@ http_refused_total = Counter(
     registry=registry,
 )
 
+stage_latency_seconds = Gauge(
+    "mcp_ops_stage_latency_seconds",
+    "Round trip of SELECT 1 on an open stage connection, as this process's latest health check measured it",
+    ["stage"],
+    registry=registry,
+)
+
 
 @dataclass(frozen=True)
 class PoolUsage:
@@ -56,9 +63,11 @@ def pool_usage(engine: Engine | None) -> PoolUsage:
     return PoolUsage(checked_out, checked_out + checked_in, capacity)
 
 
-# Bot-database tables owned by other modules (approvals: issue 4, alerts: issue 6), counted by
-# state when they exist. Adjust the names here when those modules land; nothing else refers to them.
-APPROVAL_TABLE = "delete_requests"  # bot/deletion/requests.py: deletes awaiting approval or confirmation
+# Bot-database tables owned by other modules, counted by state at scrape time. Approvals are the
+# two-person requests of bot/deletion/requests.py (deletes, and restores on protected stages);
+# alerts are the health checks' lifecycle rows (bot/health/alerts.py). Both are created by the
+# start-up migration; the has_table checks only keep a scrape harmless before it has run.
+APPROVAL_TABLE = "delete_requests"
 APPROVAL_STATE_COLUMN = "state"
 ALERT_TABLE = "alerts"
 ALERT_STATE_COLUMN = "state"
@@ -70,11 +79,20 @@ def approval_and_alert_gauges(conn: Connection) -> Iterator[Metric]:
     """Approvals by state and firing alerts per stage, read from the bot database if the tables exist."""
     inspector = inspect(conn)
     if inspector.has_table(APPROVAL_TABLE):
+        from bot.deletion.requests import STATES
+
         approvals = table(APPROVAL_TABLE, column(APPROVAL_STATE_COLUMN))
         state = approvals.c[APPROVAL_STATE_COLUMN]
-        gauge = GaugeMetricFamily("mcp_ops_approvals", "Approval requests by state", labels=["state"])
+        gauge = GaugeMetricFamily(
+            "mcp_ops_approvals", "Delete and restore requests by state (every state, 0 included)", labels=["state"]
+        )
+        # Every known state is exported, 0 included, so a series does not vanish when its last
+        # request moves on (pending 1 -> 0 when it is cancelled, rather than no sample at all).
+        counts = dict.fromkeys(STATES, 0)
         for value, count in conn.execute(select(state, func.count()).group_by(state)):
-            gauge.add_metric([str(value)], count)
+            counts[str(value)] = count
+        for name, count in counts.items():
+            gauge.add_metric([name], count)
         yield gauge
     if inspector.has_table(ALERT_TABLE):
         columns = {c["name"] for c in inspector.get_columns(ALERT_TABLE)}

@@ -11,8 +11,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from bot import metrics
-from tests.conftest import AUDIT_CHANNEL, TEST_SPEC, VIEWER, dead_database_url, eventually
+from bot.deletion.requests import STATES
+from tests.conftest import AUDIT_CHANNEL, OPERATOR, TEST_SPEC, VIEWER, dead_database_url, eventually
+from tests.deletion_support import press, start_delete, wait_state
 
 
 def scrape(bot) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -99,31 +100,21 @@ def test_the_outbox_backlog_rises_while_slack_fails_and_drains_after(bot):
     assert eventually(lambda: value(scrape(bot), "mcp_ops_outbox_backlog") == 0)
 
 
-def test_approvals_and_alerts_are_counted_from_their_tables_when_present(bot, monkeypatch):
-    # The approval and alert tables belong to other modules; test tables of our own stand in,
-    # pointed at through the same module settings the lead adjusts when those modules land.
-    monkeypatch.setattr(metrics, "APPROVAL_TABLE", "test_approval_states")
-    monkeypatch.setattr(metrics, "ALERT_TABLE", "test_alert_states")
-    samples = scrape(bot)
-    assert not any(name.startswith(("mcp_ops_approvals", "mcp_ops_alerts_firing")) for name, _ in samples)
-    with bot.runtime.bot_engine.begin() as conn:
-        conn.execute(text("CREATE TABLE test_approval_states (id serial PRIMARY KEY, state text NOT NULL)"))
-        conn.execute(text("CREATE TABLE test_alert_states (id serial PRIMARY KEY, stage text, state text NOT NULL)"))
-        conn.execute(
-            text("INSERT INTO test_approval_states (state) VALUES ('pending'), ('pending'), ('approved'), ('done')")
-        )
-        conn.execute(
-            text(
-                "INSERT INTO test_alert_states (stage, state) VALUES"
-                " ('dev', 'firing'), ('dev', 'resolved'), ('production', 'firing'), ('production', 'firing')"
-            )
-        )
-    samples = scrape(bot)
-    assert value(samples, "mcp_ops_approvals", state="pending") == 2
-    assert value(samples, "mcp_ops_approvals", state="approved") == 1
-    assert value(samples, "mcp_ops_approvals", state="done") == 1
-    assert value(samples, "mcp_ops_alerts_firing", stage="dev") == 1
-    assert value(samples, "mcp_ops_alerts_firing", stage="production") == 2
+def test_approvals_are_counted_by_state_from_real_requests(bot):
+    def approvals(state: str) -> float | None:
+        return scrape(bot).get(("mcp_ops_approvals", (("state", state),)))
+
+    # Every state is exported from the start, 0 included.
+    assert {state: approvals(state) for state in STATES} == dict.fromkeys(STATES, 0)
+    # A protected delete asked for through the bot waits for its approval ...
+    request_id = start_delete(bot, stage="production", extra='--reason "x"')
+    assert wait_state(bot, request_id, {"pending"}).protected
+    assert approvals("pending") == 1
+    # ... until its requester cancels it.
+    press(bot, request_id, "Cancel", OPERATOR)
+    wait_state(bot, request_id, {"cancelled"})
+    assert approvals("cancelled") == 1
+    assert approvals("pending") == 0
 
 
 class Blackhole:

@@ -15,7 +15,7 @@ from bot.ratelimit import RateLimiter, RateLimitUnavailable
 from bot.service import OPERATIONS, CommandService, Invocation, operation
 from handlers.blocks import message, section
 from handlers.render import RENDERERS, renders
-from tests.conftest import CHANNEL, OPERATOR, VIEWER, dead_database_url
+from tests.conftest import CHANNEL, OPERATOR, VIEWER, dead_database_url, eventually
 
 TEST_VERB = "poke"
 
@@ -88,6 +88,47 @@ def test_the_person_gets_a_clear_reply_and_the_refusal_is_audited(make_bot, stag
     assert "slow down: at most 2 changing commands a minute per person" in refused.text()
     rows = bot.wait_audit(3)
     assert [r.outcome for r in rows] == ["ok", "ok", "rate_limited"]
+
+
+# Real mutating verbs, each with arguments that pass parsing, access and stage checks (so the
+# command counts) and an operation that stays cheap: nothing to find, or a small pg_dump.
+REAL_MUTATING = {
+    "delete": "delete no-such-server --stage dev",
+    "backup": "backup --stage dev",
+    "restore": "restore 424242 --stage dev",
+}
+
+
+@pytest.mark.parametrize("verb", sorted(REAL_MUTATING))
+def test_real_mutating_verbs_are_limited_per_user(make_bot, stage_db, verb):
+    assert VERBS[verb].mutating
+    other = "UOPERATOR2"
+    bot = make_bot({"dev": stage_db.url}, RATE_LIMIT_PER_MINUTE="2", OPERATORS=f"{OPERATOR},{other}")
+    command = REAL_MUTATING[verb]
+    for _ in range(2):
+        accepted = bot.command(command)
+        assert accepted.http.status == 200
+        assert accepted.ack is None or "slow down" not in str(accepted.ack)
+    refused = bot.command(command)
+    assert refused.http.status == 200
+    assert refused.ack is not None and refused.ack["response_type"] == "ephemeral"
+    assert "slow down: at most 2 changing commands a minute per person" in refused.text()
+    assert "try again in" in refused.text()
+    # Another operator has a quota of their own: the same command is not refused for them.
+    theirs = bot.command(command, user=other)
+    assert theirs.http.status == 200
+    assert theirs.ack is None or "slow down" not in str(theirs.ack)
+
+    def outcomes(actor: str) -> list[str]:
+        return [r.outcome for r in bot.audit_rows() if r.command == verb and r.actor == actor]
+
+    # The refusal is audited (a backup also writes a `started` row before its result).
+    assert eventually(lambda: "rate_limited" in outcomes(OPERATOR) and outcomes(other), timeout=60)
+    assert outcomes(OPERATOR).count("rate_limited") == 1
+    assert outcomes(other) and "rate_limited" not in outcomes(other)
+    limited = next(r for r in bot.audit_rows() if r.outcome == "rate_limited")
+    assert (limited.actor, limited.command) == (OPERATOR, verb)
+    assert "slow down: at most 2 changing commands a minute per person" in limited.detail["reason"]
 
 
 def test_an_unreachable_bot_database_refuses_changes():
