@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,18 +62,27 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}_{os.getpid()}_{next(_names)}"
 
 
+@contextmanager
+def throwaway_cluster(prefix: str, *, fast_unsafe: bool = True, **settings: str) -> Iterator[LocalPostgres]:
+    """A started PostgreSQL cluster of its own, destroyed afterwards."""
+    # Not under pytest's 0700 temp root: as root, the cluster belongs to the unprivileged `postgres` user.
+    base = Path(tempfile.mkdtemp(prefix=f"mcp-ops-test-{prefix}-"))
+    base.chmod(0o755)
+    cluster = LocalPostgres(base / "pg", fast_unsafe=fast_unsafe, settings=settings)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[LocalPostgres]:
-    # Not under pytest's 0700 temp root: as root, the cluster belongs to the unprivileged `postgres` user.
-    base = Path(tempfile.mkdtemp(prefix="mcp-ops-test-pg-"))
-    base.chmod(0o755)
     # Every test clones its own database and pg_stat_statements keys entries by database, so the
     # default 5,000 entries fill up and evict the entries that the health tests look for.
-    cluster = LocalPostgres(base / "pg", fast_unsafe=True, settings={"pg_stat_statements.max": "50000"})
-    cluster.start()
-    yield cluster
-    cluster.destroy()
-    shutil.rmtree(base, ignore_errors=True)
+    with throwaway_cluster("pg", **{"pg_stat_statements.max": "50000"}) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")
@@ -303,12 +313,7 @@ def psql_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
 @pytest.fixture
 def own_cluster() -> Iterator[LocalPostgres]:
     """A PostgreSQL cluster of the test's own, which it may stop, kill and start again."""
-    base = Path(tempfile.mkdtemp(prefix="mcp-ops-fault-pg-"))
-    base.chmod(0o755)
     # Commits must survive the server process being killed (synchronous_commit stays on); only an
     # OS crash could lose them, which fsync=off accepts for speed.
-    cluster = LocalPostgres(base / "pg", settings={"fsync": "off"})
-    cluster.start()
-    yield cluster
-    cluster.destroy()
-    shutil.rmtree(base, ignore_errors=True)
+    with throwaway_cluster("fault", fast_unsafe=False, fsync="off") as cluster:
+        yield cluster

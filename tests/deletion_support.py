@@ -95,6 +95,14 @@ INSERT INTO user_prefs VALUES
 ANALYZE;
 """
 
+# Makes a delete slow on purpose (seconds of sleep as the tool calls' DELETE starts), so a test can
+# interrupt it mid-transaction: kill the stage, the bot, or send SIGTERM.
+SLOW_TOOL_CALL_DELETE = """
+CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(%s); RETURN NULL; END $$;
+CREATE TRIGGER slow_delete BEFORE DELETE ON mcp_tool_calls FOR EACH STATEMENT EXECUTE FUNCTION slow_delete();
+"""
+
 ORPHANS = """SELECT mcp_server_user_id FROM mcp_server_session WHERE mcp_server_user_id IS NOT NULL
              GROUP BY 1 HAVING bool_and(mcp_server_slug = :slug)"""
 SESSIONS = f"""SELECT mcp_server_session_id FROM mcp_server_session

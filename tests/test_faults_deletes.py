@@ -14,13 +14,16 @@ from bot.config import parse_database_url
 from bot.console.process import ServeProcess
 from bot.demo import build_platform_database
 from tests.conftest import CHANNEL, OPERATOR, SIGNING_SECRET, TEST_SPEC, base_env, eventually, message_text
-from tests.deletion_support import buttons, table_checksums
+from tests.deletion_support import (
+    SLOW_TOOL_CALL_DELETE,
+    buttons,
+    press,
+    start_delete,
+    table_checksums,
+    wait_state,
+    wait_update,
+)
 
-SLOW_TOOL_CALL_DELETE = """
-CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM pg_sleep(%s); RETURN NULL; END $$;
-CREATE TRIGGER slow_delete BEFORE DELETE ON mcp_tool_calls FOR EACH STATEMENT EXECUTE FUNCTION slow_delete();
-"""
 IN_DELETE = (
     "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'mcp-ops/dev/request-%%'"
     " AND wait_event = 'PgSleep'"
@@ -28,13 +31,22 @@ IN_DELETE = (
 
 
 def checksums(dsn: str) -> dict:
-    with psycopg.connect(dsn) as conn:
-        engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn))
-        with engine.connect() as sa_conn:
-            sums = table_checksums(sa_conn)
+    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn))
+    try:
+        with engine.connect() as conn:
+            return table_checksums(conn)
+    finally:
         engine.dispose()
-        conn.close()
-    return sums
+
+
+def slow_platform(cluster, sleep_s: int) -> tuple[str, str, dict]:
+    """A platform database whose tool-call delete sleeps `sleep_s`: (url, dsn, checksums before)."""
+    url = cluster.create_database("platform")
+    build_platform_database(url, TEST_SPEC)
+    dsn = cluster.dsn("platform")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SLOW_TOOL_CALL_DELETE % sleep_s)
+    return url, dsn, checksums(dsn)
 
 
 def request_row(engine, request_id: int):
@@ -43,15 +55,8 @@ def request_row(engine, request_id: int):
 
 
 def test_the_stage_database_killed_mid_delete_fails_it_cleanly(make_bot, own_cluster):
-    url = own_cluster.create_database("platform")
-    build_platform_database(url, TEST_SPEC)
-    dsn = own_cluster.dsn("platform")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SLOW_TOOL_CALL_DELETE % 30)
-    before = checksums(dsn)
+    url, dsn, before = slow_platform(own_cluster, 30)
     bot = make_bot({"dev": url})
-    from tests.deletion_support import press, start_delete, wait_state, wait_update
-
     request_id = start_delete(bot)
     press(bot, request_id, "Delete", OPERATOR)
     with psycopg.connect(dsn, autocommit=True) as watcher:
@@ -67,12 +72,7 @@ def test_the_stage_database_killed_mid_delete_fails_it_cleanly(make_bot, own_clu
 
 
 def test_a_bot_killed_mid_delete_is_marked_failed_at_the_next_start(tmp_path, bot_db_url, own_cluster, fake_slack):
-    url = own_cluster.create_database("platform")
-    build_platform_database(url, TEST_SPEC)
-    dsn = own_cluster.dsn("platform")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SLOW_TOOL_CALL_DELETE % 5)
-    before = checksums(dsn)
+    url, dsn, before = slow_platform(own_cluster, 5)
     env = base_env(bot_db_url=bot_db_url, stages={"dev": url}, slack=fake_slack)
     env["BACKUP_DIR"] = str(tmp_path / "backups")
     bot_engine = create_engine(parse_database_url("BOT_DATABASE_URL", bot_db_url))

@@ -7,11 +7,8 @@ the outbox is drained by hand, and Slack is the local fake over HTTP.
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -24,7 +21,7 @@ from bot.health.monitor import job_name
 from bot.localpg import LocalPostgres
 from bot.runtime import Runtime
 from bot.scheduler import PRUNE_JOB
-from tests.conftest import ALERT_CHANNEL, AUDIT_CHANNEL, base_env, unique_name
+from tests.conftest import ALERT_CHANNEL, AUDIT_CHANNEL, base_env, throwaway_cluster, unique_name
 
 T0 = 1_900_000_000.0  # slot times are ours to choose; they only have to move forward
 
@@ -298,13 +295,8 @@ def test_a_missing_extension_is_reported_once_and_the_other_checks_keep_running(
 @pytest.fixture(scope="module")
 def bare_cluster() -> Iterator[LocalPostgres]:
     """A cluster of its own that a test may stop and start; pg_stat_statements is not preloaded here."""
-    base = Path(tempfile.mkdtemp(prefix="mcp-ops-test-bare-"))
-    base.chmod(0o755)
-    cluster = LocalPostgres(base / "pg", fast_unsafe=True, settings={"shared_preload_libraries": ""})
-    cluster.start()
-    yield cluster
-    cluster.destroy()
-    shutil.rmtree(base, ignore_errors=True)
+    with throwaway_cluster("bare", shared_preload_libraries="") as cluster:
+        yield cluster
 
 
 def test_a_stopped_stage_alerts_once_as_unreachable_and_resolves_when_it_returns(make_health, bare_cluster):

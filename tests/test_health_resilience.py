@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +29,7 @@ from bot.health.checks import ACTIVITY_CHECKS, CheckContext, CheckReport, CheckS
 from bot.health.monitor import GROUPS, Group
 from bot.localpg import LocalPostgres
 from bot.metrics import registry
-from tests.conftest import unique_name
+from tests.conftest import throwaway_cluster, unique_name
 from tests.test_health import SLOW, Health, _sleep_statements, _texts, health_factory
 
 
@@ -240,14 +238,9 @@ def test_round_trip_latency_is_select_1_alone_exported_and_warned_about(make_hea
 @pytest.fixture(scope="module")
 def freezable_cluster() -> Iterator[LocalPostgres]:
     """A cluster of its own whose processes a test may stop (SIGSTOP) and continue."""
-    base = Path(tempfile.mkdtemp(prefix="mcp-ops-test-frozen-"))
-    base.chmod(0o755)
-    cluster = LocalPostgres(base / "pg", fast_unsafe=True, settings={"shared_preload_libraries": ""})
-    cluster.start()
-    yield cluster
-    _signal_cluster(cluster, signal.SIGCONT)
-    cluster.destroy()
-    shutil.rmtree(base, ignore_errors=True)
+    with throwaway_cluster("frozen", shared_preload_libraries="") as cluster:
+        yield cluster
+        _signal_cluster(cluster, signal.SIGCONT)
 
 
 def _signal_cluster(cluster: LocalPostgres, signum: signal.Signals) -> None:

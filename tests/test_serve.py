@@ -23,8 +23,7 @@ from tests.conftest import (
     eventually,
     message_text,
 )
-from tests.deletion_support import buttons, checksums
-from tests.test_faults_deletes import SLOW_TOOL_CALL_DELETE
+from tests.deletion_support import SLOW_TOOL_CALL_DELETE, buttons, checksums
 
 
 @pytest.fixture

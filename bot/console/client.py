@@ -107,23 +107,8 @@ class SlackRequestSender:
         response_url: str | None = None,
         message_ts: str | None = None,
     ) -> HttpReply:
-        action = {
-            "type": element.get("type", "button"),
-            "action_id": element["action_id"],
-            "block_id": block_id,
-            "value": element.get("value", ""),
-            "text": element.get("text", {"type": "plain_text", "text": ""}),
-            "action_ts": f"{time.time():.6f}",
-        }
-        if "style" in element:
-            action["style"] = element["style"]
         payload: dict[str, Any] = {
-            "type": "block_actions",
-            "team": {"id": self.team_id, "domain": "local"},
-            "user": {"id": user, "username": user.lower(), "team_id": self.team_id},
-            "api_app_id": "A0LOCAL",
-            "token": "legacy-verification-token-unused",
-            "trigger_id": f"trigger.{uuid.uuid4().hex[:12]}",
+            **self._interaction_head(user),
             "channel": {"id": channel, "name": "local"},
             "container": {
                 "type": "message",
@@ -133,33 +118,30 @@ class SlackRequestSender:
             },
             "message": message or {},
             "response_url": response_url or self.new_response_url(),
-            "actions": [action],
+            "actions": [_action(element, block_id)],
         }
         return self.interaction(payload)
 
     def view_actions(self, element: dict[str, Any], *, user: str, view_id: str = "VHOME0001") -> HttpReply:
         """A button pressed on the App Home tab: no channel, no message, no response_url."""
         payload: dict[str, Any] = {
+            **self._interaction_head(user),
+            "container": {"type": "view", "view_id": view_id},
+            "view": {"id": view_id, "type": "home", "callback_id": "", "state": {"values": {}}},
+            "actions": [_action(element, "home")],
+        }
+        return self.interaction(payload)
+
+    def _interaction_head(self, user: str) -> dict[str, Any]:
+        """What every block_actions payload starts with: who clicked, in which app and team."""
+        return {
             "type": "block_actions",
             "team": {"id": self.team_id, "domain": "local"},
             "user": {"id": user, "username": user.lower(), "team_id": self.team_id},
             "api_app_id": "A0LOCAL",
             "token": "legacy-verification-token-unused",
             "trigger_id": f"trigger.{uuid.uuid4().hex[:12]}",
-            "container": {"type": "view", "view_id": view_id},
-            "view": {"id": view_id, "type": "home", "callback_id": "", "state": {"values": {}}},
-            "actions": [
-                {
-                    "type": element.get("type", "button"),
-                    "action_id": element["action_id"],
-                    "block_id": "home",
-                    "value": element.get("value", ""),
-                    "text": element.get("text", {"type": "plain_text", "text": ""}),
-                    "action_ts": f"{time.time():.6f}",
-                }
-            ],
         }
-        return self.interaction(payload)
 
     def event(self, event: dict[str, Any]) -> HttpReply:
         """An Events API callback, e.g. {"type": "app_home_opened", "user": ..., "tab": "home"}."""
@@ -187,3 +169,18 @@ class SlackRequestSender:
             "view": {**view, "id": view.get("id", "VLOCAL"), "state": {"values": values}},
         }
         return self.interaction(payload)
+
+
+def _action(element: dict[str, Any], block_id: str) -> dict[str, Any]:
+    """The `actions[0]` Slack sends for a pressed button element."""
+    action = {
+        "type": element.get("type", "button"),
+        "action_id": element["action_id"],
+        "block_id": block_id,
+        "value": element.get("value", ""),
+        "text": element.get("text", {"type": "plain_text", "text": ""}),
+        "action_ts": f"{time.time():.6f}",
+    }
+    if "style" in element:
+        action["style"] = element["style"]
+    return action
