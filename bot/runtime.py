@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # A background job waits until no Slack request has been in flight for ACK_QUIET_S, or at
 # most ACK_PRIORITY_WAIT_S, so that acks in a burst are not slowed by the work they started.
 ACK_PRIORITY_WAIT_S = 2.0
-ACK_QUIET_S = 0.02
+ACK_QUIET_S = 0.005
 
 
 class BotDatabaseUnavailable(RuntimeError):
