@@ -84,8 +84,10 @@ def test_a_bot_killed_mid_delete_is_marked_failed_at_the_next_start(tmp_path, bo
         posted = fake_slack.wait_for_call(
             "chat.postMessage", lambda c: c.payload.get("channel") == CHANNEL and "Delete" in str(c.payload), 30
         )[0]
+        posted_ts = "SELECT id, message_ts FROM delete_requests WHERE message_ts IS NOT NULL"
         with bot_engine.connect() as conn:
-            request_id, ts = conn.execute(text("SELECT id, message_ts FROM delete_requests")).one()
+            assert eventually(lambda: conn.execute(text(posted_ts)).first())  # recorded once Slack answered
+            request_id, ts = conn.execute(text(posted_ts)).one()
         reply = sender.block_actions(
             buttons(posted.payload)["Delete"], user=OPERATOR, channel=CHANNEL, message=posted.payload, message_ts=ts
         )
