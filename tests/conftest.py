@@ -317,3 +317,21 @@ def own_cluster() -> Iterator[LocalPostgres]:
     # OS crash could lose them, which fsync=off accepts for speed.
     with throwaway_cluster("fault", fast_unsafe=False, fsync="off") as cluster:
         yield cluster
+
+
+@pytest.fixture
+def db(stage_db: StageDb) -> StageDb:
+    """A platform database plus tables no code in bot/ names (tests/deletion_support.py: EXTRA_DDL)."""
+    from tests.deletion_support import add_extra_tables  # it imports this module
+
+    add_extra_tables(stage_db)
+    return stage_db
+
+
+@pytest.fixture
+def database_without_extension(pg: LocalPostgres) -> Iterator[str]:
+    """A database where pg_stat_statements was never created (made from template1)."""
+    name = unique_name("noext")
+    url = pg.create_database(name)
+    yield url
+    pg.drop_database(name)

@@ -18,13 +18,11 @@ from tests.conftest import (
     OPERATOR,
     VIEWER,
     BotHarness,
-    StageDb,
     message_text,
 )
 from tests.deletion_support import (
     BIG,
     SET_NULL_TRUTH,
-    add_extra_tables,
     assert_only_scope_changed,
     audit_outcomes,
     buttons,
@@ -44,12 +42,6 @@ from tests.deletion_support import (
 GROUP = "SAPPROVERS"
 GROUP_MEMBER = "UGROUPMEM1"
 REASON = '--reason "customer asked to be forgotten"'
-
-
-@pytest.fixture
-def db(stage_db: StageDb) -> StageDb:
-    add_extra_tables(stage_db)
-    return stage_db
 
 
 @pytest.fixture

@@ -10,10 +10,9 @@ import pytest
 
 from bot.pii import EMAIL_RE
 from handlers import render_deletion
-from tests.conftest import APPROVER, OPERATOR, VIEWER, BotHarness, StageDb, message_text
+from tests.conftest import APPROVER, OPERATOR, VIEWER, BotHarness, message_text
 from tests.deletion_support import (
     BIG,
-    add_extra_tables,
     audit_outcomes,
     buttons,
     checksums,
@@ -29,12 +28,6 @@ from tests.deletion_support import (
 )
 
 OPERATOR2 = "UOPERATOR2"
-
-
-@pytest.fixture
-def db(stage_db: StageDb) -> StageDb:
-    add_extra_tables(stage_db)
-    return stage_db
 
 
 @pytest.fixture

@@ -18,18 +18,11 @@ from tests.conftest import StageDb
 from tests.deletion_support import (
     BIG,
     SET_NULL_TRUTH,
-    add_extra_tables,
     assert_only_scope_changed,
     checksums,
     fingerprints,
     truth,
 )
-
-
-@pytest.fixture
-def db(stage_db: StageDb) -> StageDb:
-    add_extra_tables(stage_db)
-    return stage_db
 
 
 def make_stage(db: StageDb, **env: str) -> Stage:

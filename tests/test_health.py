@@ -266,14 +266,6 @@ def test_counters_that_went_down_or_a_stats_reset_count_from_zero(make_health, s
     assert health.replies() == [] and len(health.posts()) == 1
 
 
-@pytest.fixture
-def database_without_extension(pg: LocalPostgres) -> Iterator[str]:
-    name = unique_name("noext")
-    url = pg.create_database(name)  # from template1: pg_stat_statements was never created here
-    yield url
-    pg.drop_database(name)
-
-
 def test_a_missing_extension_is_reported_once_and_the_other_checks_keep_running(
     make_health, database_without_extension
 ):

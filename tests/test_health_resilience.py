@@ -38,14 +38,6 @@ def make_health(bot_db_url: str, fake_slack: LocalSlack) -> Iterator[Callable[..
     yield from health_factory(bot_db_url, fake_slack)
 
 
-@pytest.fixture
-def database_without_extension(pg: LocalPostgres) -> Iterator[str]:
-    name = unique_name("noext")
-    url = pg.create_database(name)  # from template1: pg_stat_statements was never created here
-    yield url
-    pg.drop_database(name)
-
-
 def _with_activity_check(monkeypatch: pytest.MonkeyPatch, spec: CheckSpec) -> None:
     """Run `spec` first in the scheduled activity group (a test hook inside a real round)."""
     monkeypatch.setitem(GROUPS, "activity", Group("activity", (spec, *ACTIVITY_CHECKS), connectivity=True))

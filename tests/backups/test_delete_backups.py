@@ -9,10 +9,9 @@ import json
 import boto3
 import pytest
 
-from tests.conftest import APPROVER, APPROVER2, OPERATOR, BotHarness, StageDb, message_text
+from tests.conftest import APPROVER, APPROVER2, OPERATOR, BotHarness, message_text
 from tests.deletion_support import (
     BIG,
-    add_extra_tables,
     audit_outcomes,
     buttons,
     checksums,
@@ -27,12 +26,6 @@ from tests.deletion_support import (
 )
 
 REASON = '--reason "GDPR erasure, ticket 4711"'
-
-
-@pytest.fixture
-def db(stage_db: StageDb) -> StageDb:
-    add_extra_tables(stage_db)
-    return stage_db
 
 
 @pytest.fixture
