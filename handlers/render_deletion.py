@@ -34,6 +34,7 @@ from handlers.blocks import (
     when,
 )
 from handlers.render import renders
+from handlers.render_backups import COLUMN_NOTES
 
 CONFIRM_ACTION = "delete_confirm"
 CANCEL_ACTION = "delete_cancel"
@@ -306,9 +307,8 @@ def _status(request: DeleteRequest, progress: Progress | None) -> str:
 
 
 def _restore_lines(impact: dict[str, Any]) -> list[str]:
-    notes = {"set_null": " (nulled columns set back)", "set_default": " (defaulted columns set back)"}
     return [
-        f"• {code(str(t['table']))}: *{int(t['rows']):,}* rows to put back{notes.get(str(t['action']), '')}"
+        f"• {code(str(t['table']))}: *{int(t['rows']):,}* rows to put back{COLUMN_NOTES.get(str(t['action']), '')}"
         for t in impact.get("tables", [])
     ]
 

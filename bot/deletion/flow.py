@@ -168,11 +168,7 @@ class DeletionFlow:
                 dry_run=True,
             )
             return DryRunDone(report, result)
-        reason = request.parsed.flags.get("reason")
-        if stage.protected and not reason:
-            raise CommandError(
-                f'stage {stage.name} is protected: say why with `--reason "..."`', usage=request.parsed.verb.usage()
-            )
+        reason = _reason(request, stage)
         # Protected stages always keep what a delete removes; elsewhere `--backup` asks for it.
         backup = stage.protected or bool(request.parsed.flags.get("backup"))
         if backup:
@@ -234,11 +230,7 @@ class DeletionFlow:
         """A restore on a protected stage: dry-run it now (conflicts answer at once), then ask for approvals."""
         stage = request.stage
         assert stage is not None and stage.protected
-        reason = request.parsed.flags.get("reason")
-        if not reason:
-            raise CommandError(
-                f'stage {stage.name} is protected: say why with `--reason "..."`', usage=request.parsed.verb.usage()
-            )
+        reason = _reason(request, stage)
         checked = self.runtime.backups.restore(stage, source, actor=request.actor, dry_run=True)
         counts = {f"{table} ({action})": rows for table, action, rows in checked.tables}
         now = self.clock()
@@ -387,9 +379,6 @@ class DeletionFlow:
         with self._runner_lock(request_id) as mine:
             if not mine:
                 return
-            current = self.requests.get(request_id)
-            if current is None:
-                return
             try:
                 request = self.requests.transition(
                     request_id,
@@ -397,7 +386,7 @@ class DeletionFlow:
                     "running",
                     runner=OWNER,
                     started_at=func.now(),
-                    notify=self._audited(current.decided_by or current.requester, "running"),
+                    notify=self._audited(None, "running"),
                 )
             except SQLAlchemyError:
                 # Not audited, so not started: it stays approved and the recovery job tries again.
@@ -438,21 +427,24 @@ class DeletionFlow:
             except UserFacingError as exc:
                 self._finish(request, "failed", error=exc.message)
                 return
+        result: DeleteResult | None = None
         try:
-            with Heartbeat(reporter.tick, self.heartbeat_s):
-                result = execute_delete(
-                    stage,
-                    request.slug,
-                    expected=request.snapshot,
-                    drift_percent=drift,
-                    budget_s=self.budget_s(report, backup=backup is not None),
-                    lock_timeout_ms=self.settings.lock_timeout_ms,
-                    before_delete=self._before_delete(backup),
-                    progress=reporter.update,
-                    work_name=stage.work_name(f"request-{request.id}"),
-                )
+            try:
+                with Heartbeat(reporter.tick, self.heartbeat_s):
+                    result = execute_delete(
+                        stage,
+                        request.slug,
+                        expected=request.snapshot,
+                        drift_percent=drift,
+                        budget_s=self.budget_s(report, backup=backup is not None),
+                        lock_timeout_ms=self.settings.lock_timeout_ms,
+                        before_delete=self._before_delete(backup),
+                        progress=reporter.update,
+                        work_name=stage.work_name(f"request-{request.id}"),
+                    )
+            finally:
+                self._settle(backup, committed=result is not None)
         except SnapshotChanged as exc:
-            self._settle(backup, committed=False)
             if request.protected:
                 try:
                     fresh = self.impact(stage, request.slug)
@@ -463,18 +455,11 @@ class DeletionFlow:
             else:
                 self._finish(request, "failed", error=exc.message, result={"changes": exc.changes})
         except UserFacingError as exc:
-            self._settle(backup, committed=False)
             self._finish(request, "failed", error=exc.message)
         except Exception:
             log.exception("delete failed", extra={"request": request.id})
-            self._settle(backup, committed=False)
-            self._finish(
-                request,
-                "failed",
-                error=f"an unexpected error (reference `{request_id_var.get()}`); the transaction was rolled back",
-            )
+            self._finish(request, "failed", error=_unexpected())
         else:
-            self._settle(backup, committed=True)
             self._finish(request, "done", result=_result_json(result, backup))
 
     def _backup_for(self, request: DeleteRequest, stage: Stage, reporter: _ProgressReporter) -> DeleteBackup:
@@ -527,11 +512,7 @@ class DeletionFlow:
             self._finish(request, "failed", error=exc.message)
         except Exception:
             log.exception("restore failed", extra={"request": request.id})
-            self._finish(
-                request,
-                "failed",
-                error=f"an unexpected error (reference `{request_id_var.get()}`); the transaction was rolled back",
-            )
+            self._finish(request, "failed", error=_unexpected())
         else:
             result = restore_impact(report)
             result.update(rows=report.total_rows, seconds=round(time.monotonic() - started, 3))
@@ -587,7 +568,7 @@ class DeletionFlow:
             finished_at=func.now(),
             error=scrub(error) if error else None,
             result=result,
-            notify=self._audited(request.decided_by or request.requester, state, detail),
+            notify=self._audited(None, state, detail),
             **values,
         )
         self._nudge()
@@ -751,12 +732,15 @@ class DeletionFlow:
         self.runtime.outbox_worker.notify()
         self.runtime.changes.publish("approvals")
 
-    def _audited(self, actor: str, outcome: str, detail: dict[str, Any] | None = None) -> Notify:
-        """A transition's hook: its message refresh and its audit row, both in the transition's transaction."""
+    def _audited(self, actor: str | None, outcome: str, detail: dict[str, Any] | None = None) -> Notify:
+        """A transition's hook: its message refresh and its audit row, both in the transition's transaction.
+
+        `actor` None: whoever decided the request (its last approver), else its requester.
+        """
 
         def notify(conn: Connection, request: DeleteRequest) -> None:
             self._notify(conn, request)
-            self._audit(request, actor, outcome, detail=detail, conn=conn)
+            self._audit(request, actor or request.decided_by or request.requester, outcome, detail=detail, conn=conn)
 
         return notify
 
@@ -783,6 +767,20 @@ class DeletionFlow:
             required=required,
             conn=conn,
         )
+
+
+def _reason(request: CommandRequest, stage: Stage) -> str | None:
+    """`--reason`, which a change on a protected stage must give."""
+    reason: str | None = request.parsed.flags.get("reason")
+    if stage.protected and not reason:
+        raise CommandError(
+            f'stage {stage.name} is protected: say why with `--reason "..."`', usage=request.parsed.verb.usage()
+        )
+    return reason
+
+
+def _unexpected() -> str:
+    return f"an unexpected error (reference `{request_id_var.get()}`); the transaction was rolled back"
 
 
 def _result_json(result: DeleteResult, backup: DeleteBackup | None = None) -> dict[str, Any]:
