@@ -113,7 +113,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"stages: {', '.join(settings.stage_names())} (protected: {', '.join(sorted(settings.protected_stages))})")
     print(f"operators: {len(settings.operators)}, approvers: {len(settings.approvers)}")
     print(f"channel bindings: {len(settings.channel_stages)}")
-    sources = ", ".join(f"{name} ({cfg.source})" for name, cfg in sorted(settings.stages.items()))
+    sources = ", ".join(f"{name} ({cfg.source_detail})" for name, cfg in sorted(settings.stages.items()))
     print(f"stage credentials: {sources}")
     print(f"backups: {settings.backup.destination}")
     return 0

@@ -25,8 +25,14 @@ DEFAULT_REPEAT_MINUTES = 240  # on protected stages, when ALERT_REPEAT_MINUTES i
 STAGE_SECRET_PREFIX = "DATABASE_SECRET_ARN_"  # noqa: S105 - a variable name, not a secret
 RDS_SNAPSHOT_PREFIX = "RDS_SNAPSHOT_IDENTIFIER_"
 SST_APP_VAR = "SST_RESOURCE_App"
-SST_DEFAULT_DATABASE_RESOURCE = "Database"
-SST_RESOURCE_HINT = "SST_RESOURCE_Database is missing; set SST_DATABASE_RESOURCE to the link's name"
+SST_RESOURCE_PREFIX = "SST_RESOURCE_"
+# The platform's sst.config.ts links `new sst.aws.Postgres("Postgres", ...)`, so `sst shell` sets SST_RESOURCE_Postgres.
+SST_DEFAULT_DATABASE_RESOURCE = "Postgres"
+SST_LINK_KEYS = ("host", "port", "username", "password", "database")
+SST_RESOURCE_HINT = (
+    "no SST_RESOURCE_<Name> holds a Postgres link (host, port, username, password, database); "
+    "set SST_DATABASE_RESOURCE to the link's name"
+)
 SECRET_ID_RE = re.compile(r"^[A-Za-z0-9/_+=.@:!-]{1,2048}$")
 HOST_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -73,6 +79,16 @@ class StageConfig:
     secret: SecretRef | None = None
     source: Literal["url", "secret", "sst"] = "url"
     rds_snapshot: RdsTarget | None = None
+    # sst only: the variable the credentials came from, and why that one ("default", "named", "detected").
+    sst_link: str | None = None
+    sst_choice: str | None = None
+
+    @property
+    def source_detail(self) -> str:
+        """How check-config names where the credentials come from (never the values)."""
+        if self.source == "sst" and self.sst_link:
+            return f"sst: {self.sst_link}, {self.sst_choice}"
+        return self.source
 
 
 @dataclass(frozen=True)
@@ -323,14 +339,10 @@ def _sst_stage(
         raise ConfigError(f"{SST_APP_VAR} is malformed: its stage must be letters, digits, - and _")
     if stage in taken:
         return None
-    explicit = env.get("SST_DATABASE_RESOURCE", "").strip()
-    if explicit and not re.match(r"^[A-Za-z][A-Za-z0-9]{0,63}$", explicit):
-        raise ConfigError("SST_DATABASE_RESOURCE is malformed: expected a resource name such as Database")
-    var = f"SST_RESOURCE_{explicit or SST_DEFAULT_DATABASE_RESOURCE}"
-    if not env.get(var, "").strip():
-        if explicit:
-            raise ConfigError(f"{var} is missing: the sst shell links no resource named {explicit}")
+    chosen = _sst_link_var(env)
+    if chosen is None:
         return None
+    var, choice = chosen
     link = _json_object(env, var, "host, port, username, password and database")
     values = {key: link.get(key) for key in ("host", "port", "username", "password", "database")}
     if not all(isinstance(values[k], str) and values[k] for k in ("host", "username", "database")):
@@ -347,7 +359,41 @@ def _sst_stage(
         port=port,
         database=str(values["database"]),
     )
-    return StageConfig(name=stage, url=url, protected=stage in protected, source="sst")
+    return StageConfig(name=stage, url=url, protected=stage in protected, source="sst", sst_link=var, sst_choice=choice)
+
+
+def _looks_like_postgres_link(raw: str) -> bool:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and all(key in value for key in SST_LINK_KEYS)
+
+
+def _sst_link_var(env: Mapping[str, str]) -> tuple[str, str] | None:
+    """Which SST_RESOURCE_<Name> holds the database link, and why: named, the default, or the only one shaped so."""
+    explicit = env.get("SST_DATABASE_RESOURCE", "").strip()
+    if explicit and not re.match(r"^[A-Za-z][A-Za-z0-9]{0,63}$", explicit):
+        raise ConfigError("SST_DATABASE_RESOURCE is malformed: expected a resource name such as Postgres")
+    if explicit:
+        var = f"{SST_RESOURCE_PREFIX}{explicit}"
+        if not env.get(var, "").strip():
+            raise ConfigError(f"{var} is missing: the sst shell links no resource named {explicit}")
+        return var, "named by SST_DATABASE_RESOURCE"
+    default = f"{SST_RESOURCE_PREFIX}{SST_DEFAULT_DATABASE_RESOURCE}"
+    if env.get(default, "").strip():
+        return default, "the platform's default link"
+    shaped = sorted(
+        key
+        for key, raw in env.items()
+        if key.startswith(SST_RESOURCE_PREFIX) and key != SST_APP_VAR and _looks_like_postgres_link(raw)
+    )
+    if len(shaped) > 1:
+        raise ConfigError(
+            f"several sst links look like a Postgres database ({', '.join(shaped)}); "
+            "set SST_DATABASE_RESOURCE to the one to use"
+        )
+    return (shaped[0], "the only linked resource shaped like a Postgres link") if shaped else None
 
 
 def _rds_target(key: str, raw: str) -> RdsTarget:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
+from unittest.mock import patch
 
 import boto3
 import psycopg
@@ -15,6 +17,7 @@ import pytest
 from bot.backups.full import run_full_backup
 from bot.backups.index import BackupIndex
 from bot.backups.store import LocalStore
+from bot.cli import main
 from bot.config import ConfigError, load_settings
 from bot.credentials import SecretsManagerCredentials
 from bot.errors import StageUnavailable
@@ -190,6 +193,38 @@ def test_sst_shell_links_the_stage_database(make_bot, stage_db, pg):
     assert settings.stages["production"].protected and settings.stages["production"].url.password == PW1
 
 
+def test_the_platforms_postgres_link_is_the_default_and_a_lone_postgres_shaped_link_is_found(capsys):
+    link = {"host": "db.internal", "port": 5432, "username": "app", "password": PW1, "database": "postgres"}
+    base = {"BOT_DATABASE_URL": "postgresql://u@h/bot"}
+    # What `sst shell --stage production` sets for the platform: SST_RESOURCE_Postgres, no setting needed.
+    settings = load_settings({**base, **sst_env("production", link, "Postgres")}, require_slack=False)
+    production = settings.stages["production"]
+    assert production.sst_link == "SST_RESOURCE_Postgres" and production.url.host == "db.internal"
+
+    # Another name, and beside it a link that is no database (a bucket): the one shaped like Postgres is used.
+    env = {
+        **base,
+        **sst_env("staging", link, "MainDb"),
+        "SST_RESOURCE_Uploads": json.dumps({"type": "sst.aws.Bucket", "name": "uploads-bucket"}),
+    }
+    assert load_settings(env, require_slack=False).stages["staging"].sst_link == "SST_RESOURCE_MainDb"
+    with patch.dict(os.environ, env, clear=True):
+        assert main(["check-config", "--no-slack"]) == 0
+    out = capsys.readouterr().out
+    assert "staging (sst: SST_RESOURCE_MainDb, the only linked resource shaped like a Postgres link)" in out
+    assert PW1 not in out
+
+    # Two database-shaped links and no name: ambiguous, said in one line naming both variables, no value.
+    two = {**env, "SST_RESOURCE_Analytics": json.dumps({**link, "database": "analytics"})}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(two, require_slack=False)
+    assert "SST_RESOURCE_Analytics, SST_RESOURCE_MainDb" in str(caught.value)
+    assert "SST_DATABASE_RESOURCE" in str(caught.value) and PW1 not in str(caught.value)
+    # Naming it settles it.
+    named = load_settings({**two, "SST_DATABASE_RESOURCE": "Analytics"}, require_slack=False).stages["staging"]
+    assert named.sst_link == "SST_RESOURCE_Analytics" and named.url.database == "analytics"
+
+
 def test_a_configured_url_wins_over_the_sst_link(make_bot, stage_db, pg):
     link = {"host": "127.0.0.1", "port": pg.port, "username": "postgres", "password": PW1, "database": stage_db.name}
     bot = make_bot({"dev": dead_database_url()}, **sst_env("dev", link))
@@ -203,8 +238,8 @@ def test_sst_and_secret_configuration_errors_name_the_variable():
         ({"SST_RESOURCE_App": "not json"}, "SST_RESOURCE_App is malformed"),
         ({"SST_RESOURCE_App": '{"stage": "dev"}', "SST_DATABASE_RESOURCE": "Pg"}, "SST_RESOURCE_Pg is missing"),
         (
-            {"SST_RESOURCE_App": '{"stage": "dev"}', "SST_RESOURCE_Database": '{"host": "h"}'},
-            "SST_RESOURCE_Database is malformed",
+            {"SST_RESOURCE_App": '{"stage": "dev"}', "SST_RESOURCE_Postgres": '{"host": "h"}'},
+            "SST_RESOURCE_Postgres is malformed",
         ),
         ({"SST_RESOURCE_App": '{"stage": "dev"}'}, "no stage is configured"),
         ({"DATABASE_SECRET_ARN_DEV": "arn:x", "DATABASE_URL_DEV": "postgresql://u@h/d"}, "DATABASE_SECRET_ARN_DEV and"),
