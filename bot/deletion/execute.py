@@ -199,8 +199,13 @@ def execute_delete(
     before_delete: BeforeDelete | None = None,
     progress: ProgressCallback | None = None,
     work_name: str | None = None,
+    plan_for: Callable[[Connection], DeletePlan] | None = None,
 ) -> DeleteResult:
-    """Delete server `slug` and its scope, or raise a UserFacingError with nothing changed."""
+    """Delete server `slug` and its scope, or raise a UserFacingError with nothing changed.
+
+    `plan_for(conn)`, if given, makes the plan inside the transaction instead of `build_plan(conn, slug)`
+    (a rooted plan: forget-user's scope starts at a person's rows; `slug` is then only its label).
+    """
     started = time.monotonic()
     report = progress or (lambda _p: None)
     results: list[StepResult] = []
@@ -227,7 +232,7 @@ def execute_delete(
         ) as conn:
             budget = _Budget(conn, budget_s)
             set_local(conn, "work_mem", WORK_MEM)
-            plan = build_plan(conn, slug)
+            plan = plan_for(conn) if plan_for is not None else build_plan(conn, slug)
             plan_holder.append(plan)
             if plan.problems:
                 raise Blocked("the delete can't be planned: " + "; ".join(plan.problems))
@@ -363,11 +368,9 @@ def verify(session: Connection, plan: DeletePlan, scopes: list[MaterializedScope
     problems: list[str] = []
     with session.begin():
         set_local(session, "statement_timeout", str(VERIFY_STATEMENT_MS))
-        root = sa_table(plan.graph, plan.graph.root)
-        if session.execute(
-            select(func.count()).select_from(root).where(root.c[ROOT_KEY] == literal(plan.slug, type_=NullType()))
-        ).scalar_one():
-            problems.append(f"{plan.graph.root}: the server row is still there")
+        if _root_rows_left(session, plan):
+            what = "the server row is" if plan.root_filters is None else "rows it started from are"
+            problems.append(f"{plan.graph.root}: {what} still there")
         for scope in scopes:
             t = sa_table(plan.graph, scope.table)
             tmp = table(scope.temp_table, *(column(k) for k in scope.key))
@@ -385,6 +388,16 @@ def verify(session: Connection, plan: DeletePlan, scopes: list[MaterializedScope
     return problems
 
 
+def _root_rows_left(conn: Connection, plan: DeletePlan) -> int:
+    """Rows of the plan's root still there: the server row, or (rooted plan) the rows its first filter picks."""
+    root = sa_table(plan.graph, plan.graph.root)
+    if plan.root_filters is not None:
+        where = plan.root_filters[plan.graph.root](root)
+    else:
+        where = root.c[ROOT_KEY] == literal(plan.slug, type_=NullType())
+    return int(conn.execute(select(func.count()).select_from(root).where(where)).scalar_one())
+
+
 def _after_uncertain_commit(
     stage: Stage,
     plan_holder: list[DeletePlan],
@@ -397,10 +410,7 @@ def _after_uncertain_commit(
     plan = plan_holder[0]
     try:
         with stage.read() as conn:
-            root = sa_table(plan.graph, plan.graph.root)
-            still_there = conn.execute(
-                select(func.count()).select_from(root).where(root.c[ROOT_KEY] == literal(slug, type_=NullType()))
-            ).scalar_one()
+            still_there = _root_rows_left(conn, plan)
     except UserFacingError as exc:
         raise DeleteFailed(
             "the connection failed while committing and the stage can't be checked now; "

@@ -14,6 +14,7 @@ import hashlib
 import json
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from bot.deletion.scope import (
     SESSION_TABLE,
     USER_TABLE,
     CteSource,
+    RootFilter,
     ScopeError,
     ScopeGraph,
     ScopeSql,
@@ -90,6 +92,8 @@ class DeletePlan:
     blocking: list[ForeignKey]  # NO ACTION/RESTRICT edges into tables in scope
     problems: list[str] = field(default_factory=list)
     root_row: dict[str, Any] = field(default_factory=dict)  # the server's key and referenced columns
+    # A rooted plan (build_rooted_plan): the rows each root table starts from, instead of the slug.
+    root_filters: Mapping[TableRef, RootFilter] | None = None
 
     @property
     def catalog(self) -> Catalog:
@@ -104,12 +108,22 @@ class DeletePlan:
         return [s for s in self.steps if s.action != "delete"]
 
     def scope_sql(self, source_factory: Any = CteSource, prefix: str = "scope") -> ScopeSql:
-        return ScopeSql(self.graph, self.slug, source_factory=source_factory, root_row=self.root_row, prefix=prefix)
+        return ScopeSql(
+            self.graph,
+            self.slug,
+            source_factory=source_factory,
+            root_row=self.root_row or None,
+            prefix=prefix,
+            root_filters=self.root_filters,
+        )
 
     def via(self, ref: TableRef) -> list[str]:
         """Why rows of `ref` are in scope, in words."""
         reasons: list[str] = []
-        if ref == self.graph.root:
+        if self.root_filters is not None:
+            if ref in self.root_filters:
+                reasons.append(f"the rows {self.slug} starts from")
+        elif ref == self.graph.root:
             reasons.append(f"the server (`{ROOT_KEY}`)")
         if self.graph.orphans is not None and ref == self.graph.orphans.users:
             reasons.append(f"orphaned: every session in {self.graph.orphans.sessions} belongs to the server")
@@ -138,7 +152,48 @@ def build_plan(conn: Connection, slug: str) -> DeletePlan:
     if found is None:
         raise NotFound(f"no server with slug `{slug}`")
     root_row = dict(zip(needed, found, strict=True))
+    steps, blocking, problems = _plan_steps(catalog, graph)
+    return DeletePlan(slug=slug, graph=graph, steps=steps, blocking=blocking, problems=problems, root_row=root_row)
 
+
+def build_rooted_plan(
+    conn: Connection,
+    roots: Mapping[TableRef, RootFilter],
+    *,
+    label: str,
+    catalog: Catalog | None = None,
+    root_row: dict[str, Any] | None = None,
+) -> DeletePlan:
+    """A plan whose scope starts at given rows of any tables (forget-user: a person's user rows), not a server.
+
+    The first of `roots` is the graph's root; every root table's scope is the rows its filter picks
+    plus whatever cascades into it. No orphan rule. A filter of the first root must not read temp
+    tables: after a commit whose outcome is unknown, it is how the rows are looked for again.
+    `root_row`: the first root's referenced columns when it is one known row (constants for the planner).
+    """
+    catalog = catalog or load_catalog(conn)
+    tables = list(roots)
+    missing = [t for t in tables if t not in catalog.tables]
+    if not tables or missing:
+        raise PlanProblem(f"this database has no table {', '.join(str(t) for t in missing) or '(none given)'}")
+    try:
+        graph = build_graph(catalog, tables[0], None, None, extra_roots=tables[1:])
+    except ScopeError as exc:
+        raise PlanProblem(str(exc)) from None
+    steps, blocking, problems = _plan_steps(catalog, graph)
+    return DeletePlan(
+        slug=label,
+        graph=graph,
+        steps=steps,
+        blocking=blocking,
+        problems=problems,
+        root_row=dict(root_row or {}),
+        root_filters=dict(roots),
+    )
+
+
+def _plan_steps(catalog: Catalog, graph: ScopeGraph) -> tuple[list[Step], list[ForeignKey], list[str]]:
+    """SET NULL/SET DEFAULT steps, then deletes children before parents; blocking edges; problems."""
     problems = [
         "a cascade cycle between " + ", ".join(str(t) for t in cycle) + " (the engine does not delete through cycles)"
         for cycle in graph.cycles
@@ -172,7 +227,7 @@ def build_plan(conn: Connection, slug: str) -> DeletePlan:
         if not step.key:
             problems.append(f"table {step.table} has no primary key, so its SET NULL rows can't be addressed")
     steps += [Step(table=ref, key=graph.key(ref), action="delete") for ref in order]
-    return DeletePlan(slug=slug, graph=graph, steps=steps, blocking=blocking, problems=problems, root_row=root_row)
+    return steps, blocking, problems
 
 
 def server_exists(conn: Connection, slug: str) -> bool:
@@ -451,7 +506,7 @@ def measure_impact(conn: Connection, plan: DeletePlan, *, probe: bool = True) ->
         estimated_s += cascade_s
     return ImpactReport(
         slug=plan.slug,
-        server_key={k: str(plan.root_row[k]) for k in plan.graph.key(plan.graph.root)},
+        server_key={k: str(plan.root_row[k]) for k in plan.graph.key(plan.graph.root) if k in plan.root_row},
         tables=tables,
         orphaned_users=orphaned,
         total_rows=total,

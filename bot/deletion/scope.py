@@ -17,7 +17,7 @@ outside it are blockers (see `plan`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,6 +51,10 @@ ROOT_TABLE = "mcp_servers"
 ROOT_KEY = "slug"
 USER_TABLE = "mcp_server_user"
 SESSION_TABLE = "mcp_server_session"
+
+
+# Rows a scope starts from, as a predicate over an alias of the root table (see `build_rooted_plan`).
+RootFilter = Callable[[Any], ColumnElement[bool]]
 
 
 class ScopeError(Exception):
@@ -172,10 +176,18 @@ def _strongly_connected(nodes: list[TableRef], edges: Sequence[tuple[TableRef, T
     return groups
 
 
-def build_graph(catalog: Catalog, root: TableRef, users: TableRef | None, sessions: TableRef | None) -> ScopeGraph:
-    phase_a_tables = _reach(catalog, {root})
+def build_graph(
+    catalog: Catalog,
+    root: TableRef,
+    users: TableRef | None,
+    sessions: TableRef | None,
+    *,
+    extra_roots: Collection[TableRef] = (),
+) -> ScopeGraph:
+    """The tables reached from `root` (and `extra_roots`, other tables whose given rows are roots too)."""
+    phase_a_tables = _reach(catalog, {root, *extra_roots})
     orphans: OrphanRule | None = None
-    roots = {root}
+    roots = {root, *extra_roots}
     if users and sessions and sessions in phase_a_tables and users in catalog.tables:
         edges = tuple(fk for fk in catalog.edges_between(sessions, users))
         if edges:
@@ -245,10 +257,13 @@ class ScopeSql:
         root_row: dict[str, Any] | None = None,
         phase_a: bool = False,
         prefix: str = "scope",
+        root_filters: Mapping[TableRef, RootFilter] | None = None,
     ) -> None:
         self.graph = graph
         self.slug = slug
         self.root_row = root_row
+        # Rooted scopes (forget-user): which rows of each root table start the scope, instead of the slug.
+        self.root_filters = root_filters
         self.phase_a = phase_a
         self.prefix = prefix
         self.source = source_factory(self)
@@ -274,7 +289,10 @@ class ScopeSql:
     def base_predicate(self, ref: TableRef, alias: Any) -> ColumnElement[bool]:
         """The scope without self-references: root, orphans, and the union over incoming edges."""
         parts: list[ColumnElement[bool]] = []
-        if ref == self.graph.root:
+        if self.root_filters is not None:
+            if ref in self.root_filters:
+                parts.append(self.root_filters[ref](alias))
+        elif ref == self.graph.root:
             parts.append(alias.c[ROOT_KEY] == self.root_slug())
         orphans = self.graph.orphans
         if orphans is not None and not self.phase_a and ref == orphans.users:
@@ -334,6 +352,7 @@ class ScopeSql:
                 root_row=self.root_row,
                 phase_a=True,
                 prefix=f"{self.prefix}_a",
+                root_filters=self.root_filters,
             )
         return self._phase_a_sql
 
