@@ -29,13 +29,12 @@ from bot.errors import UserFacingError
 from bot.health import statements
 from bot.health.alerts import UNREACHABLE_CHECK, AlertBook, AlertView
 from bot.health.checks import (
-    ACTIVITY_CHECKS,
-    FK_CHECKS,
-    MAINTENANCE_CHECKS,
+    REGISTRY,
     CheckContext,
     CheckReport,
     CheckSpec,
     Finding,
+    checks_in,
     duration,
     latency_report,
 )
@@ -49,7 +48,9 @@ COMPONENT = "health"
 FAILING_PREFIX = "check_failing:"
 # Findings whose absence is proof (the stage answered, the extension is there, the index was dropped,
 # the check worked): they resolve at the first run without them, not after ALERT_CLEAR_AFTER_RUNS.
-CLEAR_AT_ONCE = frozenset({UNREACHABLE_CHECK, "pg_stat_statements", "invalid_index", "fk_without_index"})
+CLEAR_AT_ONCE = frozenset(
+    {UNREACHABLE_CHECK, "pg_stat_statements", *(spec.name for spec in REGISTRY if spec.clear_at_once)}
+)
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,10 @@ class Group:
 
 
 GROUPS: dict[str, Group] = {
-    "activity": Group("activity", ACTIVITY_CHECKS, connectivity=True),
+    "activity": Group("activity", checks_in("activity"), connectivity=True),
     "statements": Group("statements", (), statements=True),
-    "maintenance": Group("maintenance", MAINTENANCE_CHECKS),
-    "fk_indexes": Group("fk_indexes", FK_CHECKS),
+    "maintenance": Group("maintenance", checks_in("maintenance")),
+    "fk_indexes": Group("fk_indexes", checks_in("fk_indexes")),
 }
 
 

@@ -1,0 +1,139 @@
+"""What every health check shares: findings, reports, the context a check runs in, and the registry.
+
+A check is a function `(conn, ctx) -> CheckReport` on one read-only stage connection. It is
+registered with `@check(name, label, group=...)` in a module of this package; the group says how
+often it runs (bot/health/monitor.py has one scheduled job per group and stage), so a new check
+is one small module and one line in `bot/health/checks/__init__.py`.
+
+Checks never write and never look at the bot's own sessions (application_name `mcp-ops...`),
+so the monitor cannot alert on itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import Connection
+
+from bot.config import HealthSettings
+from bot.pii import scrub
+from bot.stages import APPLICATION_NAME
+
+Severity = Literal["info", "warning", "critical"]
+Status = Literal["ok", "findings", "unavailable", "error"]
+
+OUR_SESSIONS = f"{APPLICATION_NAME}%"
+MAX_FINDINGS = 10  # per check and run: the oldest first, the summary counts the rest
+QUERY_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something worth an alert; (stage, check, object) is its fingerprint."""
+
+    check: str
+    object: str
+    severity: Severity
+    title: str
+    detail: str
+    advice: str
+    remind: bool = True  # info-like findings (missing indexes, a missing extension) are said once
+
+
+@dataclass
+class CheckReport:
+    check: str
+    label: str
+    status: Status
+    summary: str
+    findings: list[Finding] = field(default_factory=list)
+    # The alert checks this report speaks for: their open alerts absent from `findings` resolve.
+    # Empty when the check could not run, so its alerts are left as they are.
+    covers: tuple[str, ...] | None = None
+    # (check, object) of open alerts this run has no verdict on (a slow query that ran too few times
+    # to be measured): they neither count as seen nor as absent.
+    holds: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.covers is None:
+            self.covers = () if self.status == "error" else (self.check,)
+
+
+@dataclass
+class CheckContext:
+    stage: str
+    settings: HealthSettings
+
+
+Check = Callable[[Connection, CheckContext], CheckReport]
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """A check and the names it reports under, so a failed run can still be reported."""
+
+    name: str
+    label: str
+    run: Check
+    group: str = "maintenance"
+    # Its findings' absence is proof (an index dropped, a constraint validated): their alerts resolve at
+    # the first run without them, not after ALERT_CLEAR_AFTER_RUNS.
+    clear_at_once: bool = False
+
+
+REGISTRY: list[CheckSpec] = []
+
+
+def check(name: str, label: str, *, group: str, clear_at_once: bool = False) -> Callable[[Check], Check]:
+    """Register the decorated function as the health check `name`, run with its `group`."""
+
+    def register(run: Check) -> Check:
+        if any(spec.name == name for spec in REGISTRY):
+            raise ValueError(f"health check {name!r} is registered twice")
+        REGISTRY.append(CheckSpec(name, label, run, group, clear_at_once))
+        return run
+
+    return register
+
+
+def checks_in(group: str) -> tuple[CheckSpec, ...]:
+    return tuple(spec for spec in REGISTRY if spec.group == group)
+
+
+# -- text helpers --------------------------------------------------------------------------------
+
+_LITERAL_RE = re.compile(r"'(?:[^']|'')*'|\$(\w*)\$.*?\$\1\$", re.DOTALL)
+_SPACE_RE = re.compile(r"\s+")
+
+
+def safe_query_text(raw: str | None, limit: int = QUERY_CHARS) -> str:
+    """Query text fit for Slack: literals blanked, secrets and emails scrubbed, one line, truncated."""
+    if not raw:
+        return "(no query text)"
+    flat = _SPACE_RE.sub(" ", _LITERAL_RE.sub("'…'", raw)).strip().replace("`", "'")
+    flat = scrub(flat)
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172_800:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86_400} days"
+
+
+def session_label(row: Any) -> str:
+    app = scrub(row.application_name or "no application_name")[:60]
+    return f"pid {row.pid} ({app}, user {scrub(row.usename or '?')[:40]})"
+
+
+def stamp(value: datetime) -> int:
+    return int(value.timestamp())

@@ -1,0 +1,242 @@
+"""Sessions and connections, checked every minute: the round trip, connection usage, long-running,
+idle-in-transaction and blocked queries.
+
+Activity checks look at the stage's database only; connection usage is cluster-wide because
+`max_connections` is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, text
+
+from bot.health.checks.base import (
+    MAX_FINDINGS,
+    OUR_SESSIONS,
+    CheckContext,
+    CheckReport,
+    Finding,
+    Severity,
+    check,
+    duration,
+    safe_query_text,
+    session_label,
+    stamp,
+)
+from bot.pii import scrub
+from bot.stages import APPLICATION_NAME
+
+
+def latency_report(latency_ms: float, ctx: CheckContext) -> CheckReport:
+    """The round trip of `SELECT 1` on an open connection (connecting is not part of it)."""
+    warn = ctx.settings.latency_warn_ms
+    summary = f"`SELECT 1` answered in {latency_ms:,.1f} ms" + (f" (warning over {warn:,} ms)" if warn else "")
+    if not warn or latency_ms <= warn:
+        return CheckReport("latency", "Round trip", "ok", summary)
+    finding = Finding(
+        check="latency",
+        object="select_1",
+        severity="warning",
+        title=f"slow round trip: `SELECT 1` took {latency_ms:,.0f} ms",
+        detail=(
+            f"A trivial statement on an open connection took {latency_ms:,.0f} ms (threshold {warn:,} ms): every "
+            "query of every client pays this on top of its own work."
+        ),
+        advice=(
+            "Look at the server's CPU and I/O (RDS Performance Insights: waits, load), at the network path "
+            "between the bot and the database (same region and VPC?), and at connection storms. "
+            "STAGE_LATENCY_WARN_MS sets the threshold."
+        ),
+    )
+    return CheckReport("latency", "Round trip", "findings", summary, [finding])
+
+
+# -- connections ------------------------------------------------------------------------------
+
+
+@check("connections", "Connections", group="activity")
+def check_connections(conn: Connection, ctx: CheckContext) -> CheckReport:
+    limits = conn.execute(
+        text(
+            "SELECT current_setting('max_connections')::int AS max_connections,"
+            " current_setting('superuser_reserved_connections')::int AS reserved"
+        )
+    ).one()
+    rows = conn.execute(
+        text(
+            "SELECT coalesce(nullif(application_name, ''), '(none)') AS app, count(*) AS n,"
+            " count(*) FILTER (WHERE state = 'active') AS active"
+            " FROM pg_stat_activity WHERE backend_type = 'client backend' GROUP BY 1 ORDER BY 2 DESC"
+        )
+    ).all()
+    used = sum(r.n for r in rows)
+    active = sum(r.active for r in rows)
+    ours = sum(r.n for r in rows if r.app.startswith(APPLICATION_NAME))
+    pct = 100.0 * used / max(limits.max_connections, 1)
+    summary = f"{used} of {limits.max_connections} connections in use ({pct:.0f}%), {active} active"
+    s = ctx.settings
+    if pct < s.connections_warn_pct:
+        return CheckReport("connections", "Connections", "ok", summary)
+    severity: Severity = "critical" if pct >= s.connections_critical_pct else "warning"
+    top = ", ".join(f"{scrub(r.app)[:40]}: {r.n}" for r in rows[:5])
+    finding = Finding(
+        check="connections",
+        object="max_connections",
+        severity=severity,
+        title=f"connections at {pct:.0f}% of max_connections ({used} of {limits.max_connections})",
+        detail=(
+            f"{used} client connections ({active} active) of {limits.max_connections} allowed, "
+            f"{limits.reserved} reserved for superusers; mcp-ops holds {ours}. "
+            f"By application: {top}. Thresholds: warning {s.connections_warn_pct}%, "
+            f"critical {s.connections_critical_pct}%."
+        ),
+        advice=(
+            "Find who holds them (`SELECT application_name, state, count(*) FROM pg_stat_activity GROUP BY 1, 2`); "
+            "idle ones point at a client pool that is too large or leaking. Put a pooler (PgBouncer, RDS Proxy) "
+            "in front, or lower the clients' pool sizes; raising max_connections needs a restart."
+        ),
+    )
+    return CheckReport("connections", "Connections", "findings", summary, [finding])
+
+
+# -- sessions: long-running, idle in transaction, blocked ------------------------------------------
+
+_SESSION_FILTER = (
+    " backend_type = 'client backend' AND pid <> pg_backend_pid() AND datname = current_database()"
+    " AND coalesce(application_name, '') NOT LIKE :ours"
+)
+
+
+@check("long_running", "Long-running queries", group="activity")
+def check_long_running(conn: Connection, ctx: CheckContext) -> CheckReport:
+    limit_s = ctx.settings.long_query_s
+    rows = conn.execute(
+        text(
+            "SELECT pid, usename, application_name, query_start, left(query, 1000) AS query,"
+            " extract(epoch FROM now() - query_start) AS running_s, count(*) OVER () AS total"
+            " FROM pg_stat_activity WHERE" + _SESSION_FILTER + " AND state = 'active'"
+            " AND query_start < now() - make_interval(secs => :limit_s)"
+            " ORDER BY query_start LIMIT :max_findings"
+        ),
+        {"ours": OUR_SESSIONS, "limit_s": limit_s, "max_findings": MAX_FINDINGS},
+    ).all()
+    total = rows[0].total if rows else 0
+    summary = f"{total} queries running longer than {duration(limit_s)}" if total else "none over " + duration(limit_s)
+    findings = [
+        Finding(
+            check="long_running",
+            object=f"pid {r.pid} query since {stamp(r.query_start)}",
+            severity="warning",
+            title=f"query running for {duration(r.running_s)}: {session_label(r)}",
+            detail=f"`{safe_query_text(r.query)}`",
+            advice=(
+                f"If it should not run this long: `SELECT pg_cancel_backend({r.pid});` "
+                f"(then `pg_terminate_backend({r.pid})` if it ignores the cancel). "
+                "Check its plan with EXPLAIN; long queries hold back vacuum."
+            ),
+        )
+        for r in rows
+    ]
+    return CheckReport("long_running", "Long-running queries", "findings" if findings else "ok", summary, findings)
+
+
+@check("idle_in_transaction", "Idle in transaction", group="activity")
+def check_idle_in_transaction(conn: Connection, ctx: CheckContext) -> CheckReport:
+    limit_s = ctx.settings.idle_in_transaction_s
+    rows = conn.execute(
+        text(
+            "SELECT pid, usename, application_name, xact_start, state, left(query, 1000) AS query,"
+            " extract(epoch FROM now() - state_change) AS idle_s,"
+            " extract(epoch FROM now() - xact_start) AS xact_s, count(*) OVER () AS total"
+            " FROM pg_stat_activity WHERE" + _SESSION_FILTER + " AND state LIKE 'idle in transaction%'"
+            " AND state_change < now() - make_interval(secs => :limit_s)"
+            " ORDER BY xact_start LIMIT :max_findings"
+        ),
+        {"ours": OUR_SESSIONS, "limit_s": limit_s, "max_findings": MAX_FINDINGS},
+    ).all()
+    total = rows[0].total if rows else 0
+    summary = (
+        f"{total} sessions idle in a transaction for over {duration(limit_s)}"
+        if total
+        else "none over " + duration(limit_s)
+    )
+    findings = [
+        Finding(
+            check="idle_in_transaction",
+            object=f"pid {r.pid} transaction since {stamp(r.xact_start)}",
+            severity="warning",
+            title=f"idle in transaction for {duration(r.idle_s)}: {session_label(r)}",
+            detail=(
+                f"Transaction open for {duration(r.xact_s)} ({r.state}); last statement: `{safe_query_text(r.query)}`"
+            ),
+            advice=(
+                "It holds its locks and stops vacuum from cleaning up. Fix the client so it commits or rolls back; "
+                f"`SELECT pg_terminate_backend({r.pid});` ends it now; `idle_in_transaction_session_timeout` "
+                "prevents it."
+            ),
+        )
+        for r in rows
+    ]
+    return CheckReport(
+        "idle_in_transaction", "Idle in transaction", "findings" if findings else "ok", summary, findings
+    )
+
+
+@check("blocked", "Blocked queries", group="activity")
+def check_blocked(conn: Connection, ctx: CheckContext) -> CheckReport:
+    limit_s = ctx.settings.blocked_s
+    rows = conn.execute(
+        text(
+            "SELECT pid, usename, application_name, query_start, left(query, 1000) AS query,"
+            " extract(epoch FROM now() - query_start) AS waiting_s, pg_blocking_pids(pid) AS blockers,"
+            " count(*) OVER () AS total"
+            " FROM pg_stat_activity WHERE" + _SESSION_FILTER + " AND wait_event_type = 'Lock'"
+            " AND query_start < now() - make_interval(secs => :limit_s)"
+            " ORDER BY query_start LIMIT :max_findings"
+        ),
+        {"ours": OUR_SESSIONS, "limit_s": limit_s, "max_findings": MAX_FINDINGS},
+    ).all()
+    total = rows[0].total if rows else 0
+    summary = f"{total} queries waiting on locks for over {duration(limit_s)}" if total else "none"
+    if not rows:
+        return CheckReport("blocked", "Blocked queries", "ok", summary)
+    blocker_pids = sorted({pid for r in rows for pid in r.blockers or []})
+    blockers: dict[int, Any] = {}
+    if blocker_pids:
+        blockers = {
+            b.pid: b
+            for b in conn.execute(
+                text(
+                    "SELECT pid, usename, application_name, state, left(query, 1000) AS query,"
+                    " extract(epoch FROM now() - xact_start) AS xact_s"
+                    " FROM pg_stat_activity WHERE pid IN :pids"
+                ).bindparams(bindparam("pids", expanding=True)),
+                {"pids": blocker_pids},
+            )
+        }
+    findings = []
+    for r in rows:
+        described = []
+        for pid in r.blockers or []:
+            b = blockers.get(pid)
+            if b is None:
+                described.append(f"pid {pid} (gone)")
+            else:
+                age = f", transaction open {duration(b.xact_s)}" if b.xact_s is not None else ""
+                described.append(f"{session_label(b)}, {b.state}{age}: `{safe_query_text(b.query, 150)}`")
+        first = (r.blockers or [0])[0]
+        findings.append(
+            Finding(
+                check="blocked",
+                object=f"pid {r.pid} query since {stamp(r.query_start)}",
+                severity="warning",
+                title=f"query blocked for {duration(r.waiting_s)} by pid {first}: {session_label(r)}",
+                detail=f"Waiting: `{safe_query_text(r.query, 150)}`\nBlocked by: " + "; ".join(described),
+                advice=(
+                    "Ask the owner of the blocking session to finish; if it is stuck: "
+                    f"`SELECT pg_cancel_backend({first});` or `pg_terminate_backend({first})`."
+                ),
+            )
+        )
+    return CheckReport("blocked", "Blocked queries", "findings", summary, findings)
