@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bot.config import ConfigError, Settings, load_settings
-from bot.logs import configure_logging
+from bot.logs import configure_file_logging, configure_logging
 
 
 def _fail(message: str) -> int:
@@ -54,10 +54,28 @@ def cmd_socket(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_console(settings: Settings, user: str, channel: str) -> int:
-    from bot.console.repl import Console
+def _quiet_logs(path: Path, level: str) -> None:
+    """Console and demo: JSON logs to a file, warnings on the screen, and one line saying where."""
+    path = path.expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    configure_file_logging(path, level)
+    print(f"Logs: {path} (only warnings are shown here)")
 
-    console = Console(settings, user=user, channel=channel)
+
+def _console_log_file() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "mcp-ops" / "console.log"
+
+
+def _run_console(settings: Settings, user: str, channel: str, hint: str) -> int:
+    from bot.console.repl import Console
+    from bot.runtime import BotDatabaseUnavailable
+
+    try:
+        console = Console(settings, user=user, channel=channel)
+    except BotDatabaseUnavailable as exc:
+        return _fail(f"{exc}: start PostgreSQL there or point BOT_DATABASE_URL at one (`make demo` brings its own)")
+    print(hint)
     try:
         console.loop()
     except KeyboardInterrupt:
@@ -68,23 +86,32 @@ def _run_console(settings: Settings, user: str, channel: str) -> int:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
+    from bot.console.repl import try_these
+
     settings = _settings(require_slack=False)
+    _quiet_logs(Path(args.log_file) if args.log_file else _console_log_file(), args.log_level)
     user = args.user or next(iter(sorted(settings.operators)), "UCONSOLE1")
-    return _run_console(settings, user, args.channel)
+    return _run_console(settings, user, args.channel, try_these(settings.stage_names()[0]))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from bot.demo import DEMO_APPROVER, DEMO_OPERATOR, DEMO_VIEWER, prepare_demo
+    from bot.console.repl import try_these
+    from bot.demo import DEMO_APPROVER, DEMO_OPERATOR, DEMO_SLUG, DEMO_VIEWER, prepare_demo
+    from bot.localpg import LocalPostgresError
 
-    cluster, env = prepare_demo(Path(args.dir), reset=args.reset)
+    base = Path(args.dir)
+    _quiet_logs(Path(args.log_file) if args.log_file else base / "mcp-ops.log", args.log_level)
+    try:
+        cluster, env = prepare_demo(base, reset=args.reset)
+    except (LocalPostgresError, OSError) as exc:
+        return _fail(f"the demo's PostgreSQL did not start: {exc} (`mcp-ops demo --reset` starts afresh)")
     try:
         settings = load_settings(env, require_slack=False)
         print(
-            f"\nDemo users: {DEMO_OPERATOR} (operator, acting now), {DEMO_APPROVER} (approver), "
-            f"{DEMO_VIEWER} (read-only). Stages: dev, staging, production (protected).\n"
-            "Try: /mcp list --stage dev   /mcp stats acme-analytics-mcp --stage dev   /mcp help\n"
+            f"Demo users: {DEMO_OPERATOR} (operator, acting now), {DEMO_APPROVER} (approver), "
+            f"{DEMO_VIEWER} (read-only). Stages: dev, staging, production (protected)."
         )
-        return _run_console(settings, args.user or DEMO_OPERATOR, args.channel)
+        return _run_console(settings, args.user or DEMO_OPERATOR, args.channel, try_these("dev", DEMO_SLUG))
     finally:
         if not args.keep:
             cluster.stop()
@@ -137,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     console = sub.add_parser("console", help="a local REPL that drives the bot like Slack does")
     console.add_argument("--user", help="acting Slack user id (default: the first operator)")
     console.add_argument("--channel", default="CCONSOLE")
+    console.add_argument("--log-file", help="where the logs go (default: ~/.cache/mcp-ops/console.log)")
     console.set_defaults(func=cmd_console)
 
     demo = sub.add_parser("demo", help="local PostgreSQL with demo data for three stages, then the console")
@@ -145,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave PostgreSQL running on exit")
     demo.add_argument("--user", help="acting Slack user id")
     demo.add_argument("--channel", default="CDEMO")
+    demo.add_argument("--log-file", help="where the logs go (default: DIR/mcp-ops.log)")
     demo.set_defaults(func=cmd_demo)
 
     data = sub.add_parser("demo-data", help="create the platform schema and load generated data into a database")

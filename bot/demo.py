@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
 from bot.config import parse_database_url
-from bot.localpg import LocalPostgres
+from bot.localpg import LocalPostgres, can_reach, cluster_owner, shared_cache
 from bot.platform.demo_data import DatasetSpec, load_demo_data
 from bot.platform.schema import create_platform_schema
 
@@ -17,6 +19,7 @@ DEMO_APPROVER = "UDEMOAPPR1"
 DEMO_VIEWER = "UDEMOVIEW1"
 DEMO_AUDIT_CHANNEL = "CDEMOAUDIT"
 DEMO_ALERT_CHANNEL = "CDEMOALERTS"
+DEMO_SLUG = DatasetSpec().big_slug
 STAGES = {
     "dev": DatasetSpec(),
     "staging": DatasetSpec(big_tool_calls=5_000, big_sessions=500, big_users=200, big_completions=300, small_servers=9),
@@ -42,15 +45,34 @@ def build_platform_database(url: str, spec: DatasetSpec) -> None:
         engine.dispose()
 
 
+def demo_cluster_dir(base_dir: Path) -> Path:
+    """Where the demo cluster of `base_dir` lives: in it, unless the cluster's OS user cannot enter it.
+
+    As root the cluster belongs to an unprivileged user (initdb refuses root); a checkout in root's home
+    directory or in a mode-700 folder is closed to that user, so the cluster then lives under the shared
+    cache, keyed by the checkout's path (one cluster per checkout, found again on the next start).
+    """
+    base_dir = base_dir.resolve()
+    base_dir.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or can_reach(cluster_owner("postgres"), base_dir):
+        return base_dir / "pg"
+    key = hashlib.sha256(str(base_dir).encode()).hexdigest()[:12]
+    outside = shared_cache() / f"demo-{key}"
+    outside.mkdir(mode=0o755, exist_ok=True)
+    return outside / "pg"
+
+
 def prepare_demo(
     base_dir: Path, *, reset: bool = False, log: Callable[[str], None] = print
 ) -> tuple[LocalPostgres, dict[str, str]]:
     """Start (or reuse) the demo cluster and return it with the environment the bot needs."""
-    cluster = LocalPostgres(base_dir / "pg")
+    cluster_dir = demo_cluster_dir(base_dir)
+    cluster = LocalPostgres(cluster_dir)
     if reset:
         cluster.destroy()
-        cluster = LocalPostgres(base_dir / "pg")
-    log(f"starting PostgreSQL in {cluster.base_dir} (port {cluster.port}) ...")
+        cluster = LocalPostgres(cluster_dir)
+    install = cluster.install
+    log(f"PostgreSQL {install.version} ({install.source}) in {cluster.base_dir}, port {cluster.port}")
     cluster.start()
     env: dict[str, str] = {}
     for stage, spec in STAGES.items():

@@ -177,7 +177,7 @@ def _version_key(path: str) -> float:
 FALLBACK_OS_USER = "mcp-ops-pg"
 
 
-def _cluster_owner(preferred: str) -> str:
+def cluster_owner(preferred: str) -> str:
     """An unprivileged OS user to own clusters when we run as root (initdb refuses root).
 
     The `postgres` user that Debian's packages create is preferred; on a machine without it
@@ -276,7 +276,7 @@ class LocalPostgres:
         self.fast_unsafe = fast_unsafe
         self.settings = settings or {}
         self.install = install or pick_installation()
-        self.run_as = _cluster_owner(os_user) if os.geteuid() == 0 else None
+        self.run_as = cluster_owner(os_user) if os.geteuid() == 0 else None
         self.bindir = self.install.bindir
         if self.run_as:
             self._owner = pwd.getpwnam(self.run_as)

@@ -86,3 +86,21 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
     root.setLevel(level.upper())
     for noisy in ("urllib3", "botocore", "boto3", "s3transfer", "apscheduler.executors.default", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class ScreenFormatter(logging.Formatter):
+    """One short, scrubbed line per warning for a terminal a person is reading."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"mcp-ops: {record.levelname.lower()}: {clean(record.getMessage())}"
+
+
+def configure_file_logging(path: Any, level: str = "INFO", screen: Any = None) -> None:
+    """JSON log lines to the file `path`; only warnings and errors reach the screen (the console, the demo)."""
+    configure_logging(level)
+    file_handler = logging.FileHandler(path, encoding="utf-8")
+    file_handler.setFormatter(JsonFormatter())
+    screen_handler = logging.StreamHandler(screen or sys.stderr)
+    screen_handler.setFormatter(ScreenFormatter())
+    screen_handler.setLevel(logging.WARNING)
+    logging.getLogger().handlers[:] = [file_handler, screen_handler]

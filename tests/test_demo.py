@@ -1,14 +1,23 @@
-"""`make demo`'s embedded default: its own PostgreSQL, demo data for three stages, a console."""
+"""`make demo`'s embedded default: its own PostgreSQL, demo data for three stages, a quiet console.
+
+The demo runs from a checkout in a mode-700 directory, as a root user cloning into their home directory
+would: the cluster's OS user cannot enter it, so the cluster must live elsewhere.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from bot.demo import demo_cluster_dir
+from bot.localpg import LocalPostgres
+
+ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = """\
 /mcp find acme-analytics-mcp --stage dev
 /mcp list --stage dev --limit 3
@@ -20,24 +29,52 @@ as UDEMOVIEW1
 /mcp audit
 quit
 """
+JSON_LOG_LINE = re.compile(r'^\s*\{"ts":', re.MULTILINE)
 
 
-def test_demo_reaches_a_console_that_answers_from_demo_data():
-    base = Path(tempfile.mkdtemp(prefix="mcp-ops-demo-"))
-    base.chmod(0o755)
+def run_cli(*args: str, cwd: Path, script: str = "quit\n", env: dict[str, str] | None = None):
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL_", "SLACK_", "BOT_", "PG_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**clean_env, "PYTHONPATH": str(ROOT), **(env or {})},
+        cwd=cwd,
+        check=False,
+    )
+
+
+def assert_quiet_with_hint(result: subprocess.CompletedProcess[str], log_file: Path) -> None:
+    """No log lines on the screen, one line saying where they went, the three-line hint first."""
+    assert not JSON_LOG_LINE.search(result.stdout) and not JSON_LOG_LINE.search(result.stderr), result.stderr[-2000:]
+    assert "Adding job" not in result.stdout + result.stderr
+    assert f"Logs: {log_file} (only warnings are shown here)" in result.stdout
+    lines = result.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Try these:"))
+    assert lines[start + 1].strip().startswith("/mcp") and "help" in lines[start + 2]
+    assert lines[start + 3].startswith("mcp-ops console: acting as")
+    assert JSON_LOG_LINE.search(log_file.read_text()), "the logs went to the file"
+
+
+def test_demo_starts_from_a_mode_700_checkout_and_answers_from_demo_data():
+    checkout = Path(tempfile.mkdtemp(prefix="mcp-ops-demo-"))
+    checkout.chmod(0o700)
+    cluster_dir = demo_cluster_dir(checkout / ".demo")
+    if os.geteuid() == 0:
+        # The cluster belongs to an unprivileged OS user that cannot enter the checkout.
+        assert checkout not in cluster_dir.parents
+    else:
+        print("not root: the cluster runs as this user, who can enter the mode-700 checkout; data stays in it")
+        assert cluster_dir == checkout.resolve() / ".demo" / "pg"
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "bot.cli", "--log-level", "WARNING", "demo", "--dir", str(base)],
-            input=SCRIPT,
-            capture_output=True,
-            text=True,
-            timeout=240,
-            env={k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL_", "SLACK_", "BOT_"))},
-            cwd=Path(__file__).parent.parent,
-            check=False,
-        )
+        result = run_cli("--log-level", "INFO", "demo", cwd=checkout, script=SCRIPT)
         out = result.stdout
         assert result.returncode == 0, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        assert_quiet_with_hint(result, checkout.resolve() / ".demo" / "mcp-ops.log")
+        assert f"in {cluster_dir}, port" in out
         assert "acting as UDEMOOPS1" in out
         assert "ID: `srv_big`" in out
         assert "20 servers on stage *dev*, newest first" in out
@@ -48,7 +85,41 @@ def test_demo_reaches_a_console_that_answers_from_demo_data():
         assert "unknown command `frobnicate`" in out
         assert "`audit` is for operators and approvers only" in out
         assert "[#audit]" in out
-        # The cluster was stopped on exit.
-        assert not (base / "pg" / "data" / "postmaster.pid").exists()
+        # The cluster was stopped on exit; a second start reuses it, --reset rebuilds it.
+        assert (cluster_dir / "data" / "PG_VERSION").exists()
+        assert not (cluster_dir / "data" / "postmaster.pid").exists()
+        again = run_cli("demo", cwd=checkout)
+        assert again.returncode == 0 and "creating stage" not in again.stdout, again.stderr[-2000:]
+        reset = run_cli("demo", "--reset", cwd=checkout)
+        assert reset.returncode == 0 and "creating stage dev with demo data" in reset.stdout, reset.stderr[-2000:]
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        LocalPostgres(cluster_dir).destroy()
+        shutil.rmtree(checkout, ignore_errors=True)
+
+
+def test_a_demo_that_cannot_start_says_what_to_do_in_one_line():
+    checkout = Path(tempfile.mkdtemp(prefix="mcp-ops-demo-fail-"))
+    checkout.chmod(0o700)
+    try:
+        result = run_cli("demo", cwd=checkout, env={"PG_MAJOR": "99"})
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("mcp-ops: the demo's PostgreSQL did not start: PostgreSQL 99")
+        assert "install the postgresql and postgresql-contrib packages" in line
+    finally:
+        shutil.rmtree(checkout, ignore_errors=True)
+
+
+def test_console_is_quiet_logs_to_a_file_and_starts_with_a_hint(stage_db, bot_db_url, tmp_path):
+    log_file = tmp_path / "console.log"
+    env = {"DATABASE_URL_DEV": stage_db.url, "BOT_DATABASE_URL": bot_db_url, "OPERATORS": "UOPS1"}
+    script = "/mcp list --stage dev --limit 2\nhelp\nquit\n"
+    result = run_cli(
+        "--log-level", "DEBUG", "console", "--log-file", str(log_file), cwd=tmp_path, script=script, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_quiet_with_hint(result, log_file)
+    assert "/mcp list --stage dev" in result.stdout.split("Try these:", 1)[1].splitlines()[0]
+    assert "servers on stage *dev*" in result.stdout
+    assert result.stderr == ""

@@ -30,6 +30,16 @@ HELP = """Type a slash command, e.g. `/mcp find acme-analytics-mcp --stage dev`.
   quit                leave"""
 
 
+def try_these(stage: str, slug: str | None = None) -> str:
+    """The three lines a newcomer sees first."""
+    example = f"/mcp stats {slug} --stage {stage}" if slug else "/mcp help"
+    return (
+        f"Try these:  /mcp list --stage {stage}   (servers on a stage; `press More` for the next page)\n"
+        f"            {example}   ({'usage of one server, with a chart' if slug else 'every command'})\n"
+        "            home   (your App Home)    as <USER_ID>   (act as someone else)    help   (the rest)"
+    )
+
+
 @dataclass
 class Clickable:
     element: dict[str, Any]
