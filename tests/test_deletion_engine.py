@@ -11,7 +11,16 @@ from sqlalchemy import text
 
 from bot.config import load_settings
 from bot.deletion.execute import Blocked, DeleteFailed, SnapshotChanged, execute_delete
-from bot.deletion.plan import PlanProblem, build_plan, compare_snapshots, plan_and_measure, snapshot_hash
+from bot.deletion.plan import (
+    PlanProblem,
+    ServerChanged,
+    ServerGone,
+    build_plan,
+    compare_snapshots,
+    plan_and_measure,
+    server_exists,
+    snapshot_hash,
+)
 from bot.errors import ConcurrentChange, NotFound, QueryTimeout, StageUnavailable
 from bot.stages import Stage, StageRegistry
 from tests.conftest import StageDb
@@ -353,3 +362,40 @@ def test_catalog_reads_search_path_and_schemas(db, stage):
         plan = build_plan(conn, BIG)
         assert conn.execute(text("SELECT 1")).scalar() == 1
     assert any(t.schema == "billing" for t in plan.graph.tables)
+
+
+def test_a_plan_bound_to_the_servers_primary_key_never_follows_a_reused_slug(db, stage):
+    slug = db.scalar("SELECT slug FROM mcp_servers WHERE id = 'srv_s1'")
+    by_slug, report = impact(stage, slug)
+    assert report.server_key == by_slug.server_key == {"id": "srv_s1"}
+    with stage.read() as conn:
+        by_key = build_plan(conn, server_key=report.server_key)
+        both = build_plan(conn, slug, server_key=report.server_key)
+    assert by_key.slug == both.slug == slug
+    assert [s.snapshot_key for s in by_key.steps] == [s.snapshot_key for s in by_slug.steps]
+
+    # Renamed: the key still finds it, but not under the slug people approved.
+    db.execute(
+        "INSERT INTO mcp_servers (id, organization_id, name, product_platform_or_tool, slug)"
+        " SELECT 'srv_bare', organization_id, 'bare', 'tool', 'bare-one' FROM mcp_servers WHERE id = 'srv_s2';"
+        " UPDATE mcp_servers SET slug = 'bare-two' WHERE id = 'srv_bare'"
+    )
+    with pytest.raises(ServerChanged, match="now called `bare-two`, not `bare-one`"), stage.read() as conn:
+        build_plan(conn, "bare-one", server_key={"id": "srv_bare"})
+
+    # Deleted, and the slug taken by another organisation's new server: the bound request finds nothing.
+    execute_delete(stage, server_key=report.server_key, expected=report.snapshot, budget_s=60)
+    db.execute(
+        "INSERT INTO mcp_servers (id, organization_id, name, product_platform_or_tool, slug)"
+        " SELECT 'srv_new', organization_id, 'new', 'tool', :s FROM mcp_servers WHERE id = 'srv_s2'",
+        s=slug,
+    )
+    before = checksums(db)
+    with stage.read() as conn:
+        assert not server_exists(conn, server_key=report.server_key)
+        assert server_exists(conn, slug)
+        with pytest.raises(ServerGone, match=r"\(id=srv_s1\) no longer exists"):
+            build_plan(conn, slug, server_key=report.server_key)
+    with pytest.raises(ServerGone):
+        execute_delete(stage, slug, server_key=report.server_key, expected=report.snapshot, budget_s=60)
+    assert checksums(db) == before

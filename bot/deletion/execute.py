@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +60,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.types import NullType
 
 from bot.deletion.catalog import TableRef
 from bot.deletion.plan import (
@@ -70,9 +69,10 @@ from bot.deletion.plan import (
     Step,
     build_plan,
     compare_snapshots,
+    server_exists,
     set_local,
 )
-from bot.deletion.scope import ROOT_KEY, ScopeSql, TempSource, equal, sa_table
+from bot.deletion.scope import ScopeSql, TempSource, equal, sa_table
 from bot.deletion.sqlext import Analyze, CreateTempTableAs, DropTable
 from bot.errors import UserFacingError
 from bot.stages import Stage
@@ -189,8 +189,9 @@ class _Budget:
 
 def execute_delete(
     stage: Stage,
-    slug: str,
+    slug: str | None = None,
     *,
+    server_key: Mapping[str, Any] | None = None,
     expected: dict[str, int] | None,
     drift_percent: float = 0.0,
     budget_s: float,
@@ -201,10 +202,12 @@ def execute_delete(
     work_name: str | None = None,
     plan_for: Callable[[Connection], DeletePlan] | None = None,
 ) -> DeleteResult:
-    """Delete server `slug` and its scope, or raise a UserFacingError with nothing changed.
+    """Delete one server and its scope, or raise a UserFacingError with nothing changed.
 
-    `plan_for(conn)`, if given, makes the plan inside the transaction instead of `build_plan(conn, slug)`
-    (a rooted plan: forget-user's scope starts at a person's rows; `slug` is then only its label).
+    The server is named as for `build_plan`: by `slug`, by `server_key` (its primary key, what a request
+    binds), or both; it is resolved inside the delete's own transaction.
+    `plan_for(conn)`, if given, makes the plan inside the transaction instead (a rooted plan: forget-user's
+    scope starts at a person's rows; `slug` is then only its label).
     """
     started = time.monotonic()
     report = progress or (lambda _p: None)
@@ -232,8 +235,9 @@ def execute_delete(
         ) as conn:
             budget = _Budget(conn, budget_s)
             set_local(conn, "work_mem", WORK_MEM)
-            plan = plan_for(conn) if plan_for is not None else build_plan(conn, slug)
+            plan = plan_for(conn) if plan_for is not None else build_plan(conn, slug, server_key=server_key)
             plan_holder.append(plan)
+            slug = plan.slug
             if plan.problems:
                 raise Blocked("the delete can't be planned: " + "; ".join(plan.problems))
             sql = plan.scope_sql(source_factory=TempSource, prefix="mcpops")
@@ -274,16 +278,18 @@ def execute_delete(
                 raise _DryRun
             committing = True
     except _DryRun:
-        return DeleteResult(slug, counts, results, elapsed(), dry_run=True, verified=True)
+        return DeleteResult(plan_holder[0].slug, counts, results, elapsed(), dry_run=True, verified=True)
     except UserFacingError:
         if committing:
-            return _after_uncertain_commit(stage, plan_holder, slug, counts, results, elapsed())
+            return _after_uncertain_commit(stage, plan_holder[0], counts, results, elapsed())
         raise
     except DBAPIError as exc:
         if committing:
-            return _after_uncertain_commit(stage, plan_holder, slug, counts, results, elapsed())
+            return _after_uncertain_commit(stage, plan_holder[0], counts, results, elapsed())
         raise DeleteFailed(_describe_db_error(exc)) from exc
-    return DeleteResult(slug, counts, results, elapsed(), dry_run=False, verified=not problems, verification=problems)
+    return DeleteResult(
+        plan_holder[0].slug, counts, results, elapsed(), dry_run=False, verified=not problems, verification=problems
+    )
 
 
 def _materialize(
@@ -388,26 +394,19 @@ def verify(session: Connection, plan: DeletePlan, scopes: list[MaterializedScope
     return problems
 
 
-def _root_rows_left(conn: Connection, plan: DeletePlan) -> int:
-    """Rows of the plan's root still there: the server row, or (rooted plan) the rows its first filter picks."""
+def _root_rows_left(conn: Connection, plan: DeletePlan) -> bool:
+    """Rows of the plan's root still there: the server row (by key), or (rooted plan) the rows its first filter picks."""
+    if plan.root_filters is None:
+        return server_exists(conn, server_key=plan.server_key)
     root = sa_table(plan.graph, plan.graph.root)
-    if plan.root_filters is not None:
-        where = plan.root_filters[plan.graph.root](root)
-    else:
-        where = root.c[ROOT_KEY] == literal(plan.slug, type_=NullType())
-    return int(conn.execute(select(func.count()).select_from(root).where(where)).scalar_one())
+    where = plan.root_filters[plan.graph.root](root)
+    return bool(conn.execute(select(func.count()).select_from(root).where(where)).scalar_one())
 
 
 def _after_uncertain_commit(
-    stage: Stage,
-    plan_holder: list[DeletePlan],
-    slug: str,
-    counts: dict[str, int],
-    results: list[StepResult],
-    elapsed: float,
+    stage: Stage, plan: DeletePlan, counts: dict[str, int], results: list[StepResult], elapsed: float
 ) -> DeleteResult:
     """The connection failed during COMMIT (or right after): the server row says whether it happened."""
-    plan = plan_holder[0]
     try:
         with stage.read() as conn:
             still_there = _root_rows_left(conn, plan)
@@ -421,7 +420,7 @@ def _after_uncertain_commit(
     # One transaction: the server row gone means everything went with it; the session that could
     # compare every key is gone, so say the check was not done rather than claim it.
     return DeleteResult(
-        slug,
+        plan.slug,
         counts,
         results,
         elapsed,

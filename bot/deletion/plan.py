@@ -14,7 +14,7 @@ import hashlib
 import json
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from sqlalchemy.types import NullType
 
 from bot.deletion.catalog import Catalog, ForeignKey, TableRef, load_catalog, resolve_table
 from bot.deletion.scope import (
-    ROOT_KEY,
+    ROOT_SLUG,
     ROOT_TABLE,
     SESSION_TABLE,
     USER_TABLE,
@@ -107,12 +107,16 @@ class DeletePlan:
     def set_steps(self) -> list[Step]:
         return [s for s in self.steps if s.action != "delete"]
 
+    @property
+    def server_key(self) -> dict[str, str]:
+        """The server's primary key, column -> value as text: what a request binds (see `build_plan`)."""
+        return {k: str(self.root_row[k]) for k in self.graph.key(self.graph.root) if k in self.root_row}
+
     def scope_sql(self, source_factory: Any = CteSource, prefix: str = "scope") -> ScopeSql:
         return ScopeSql(
             self.graph,
-            self.slug,
+            self.root_row,
             source_factory=source_factory,
-            root_row=self.root_row or None,
             prefix=prefix,
             root_filters=self.root_filters,
         )
@@ -124,7 +128,7 @@ class DeletePlan:
             if ref in self.root_filters:
                 reasons.append(f"the rows {self.slug} starts from")
         elif ref == self.graph.root:
-            reasons.append(f"the server (`{ROOT_KEY}`)")
+            reasons.append(f"the server (`{ROOT_SLUG}`)")
         if self.graph.orphans is not None and ref == self.graph.orphans.users:
             reasons.append(f"orphaned: every session in {self.graph.orphans.sessions} belongs to the server")
         for fk in self.graph.scope_edges.get(ref, []):
@@ -134,8 +138,69 @@ class DeletePlan:
         return reasons
 
 
-def build_plan(conn: Connection, slug: str) -> DeletePlan:
-    """Read the catalog and decide the steps; raises NotFound for an unknown slug."""
+class ServerGone(NotFound):
+    """The server a request was bound to (by primary key) no longer exists."""
+
+    outcome = "stale"
+
+
+class ServerChanged(UserFacingError):
+    """The server a request was bound to exists, but is no longer named by the slug people approved."""
+
+    outcome = "stale"
+
+
+def _describe_key(key: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in key.items())
+
+
+def find_server(
+    conn: Connection,
+    root: TableRef,
+    catalog: Catalog,
+    columns: Sequence[str],
+    *,
+    slug: str | None,
+    server_key: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The root row's `columns`, found by primary key (a bound request) or by slug (a command).
+
+    With both, the row found by key must still carry that slug: a slug reused by another server never
+    redirects a request, and a renamed server is not silently the one approved.
+    """
+    t = sa_table(catalog, root)
+    pk = catalog.table(root).key
+    query = select(*(t.c[c] for c in columns))
+    if server_key is not None:
+        if set(server_key) != set(pk):
+            raise PlanProblem(
+                f"the request names the server by ({', '.join(sorted(server_key))}), but the primary key of "
+                f"{root} is ({', '.join(pk)})"
+            )
+        query = query.where(*(t.c[k] == _param(f"key_{i}", server_key[k]) for i, k in enumerate(pk)))
+    elif slug is not None:
+        query = query.where(t.c[ROOT_SLUG] == _param("slug", slug))
+    else:
+        raise ValueError("a plan needs a slug or a server key")
+    found = conn.execute(query).first()
+    if found is None:
+        if server_key is not None:
+            raise ServerGone(f"the server ({_describe_key(server_key)}) no longer exists")
+        raise NotFound(f"no server with slug `{slug}`")
+    row = dict(zip(columns, found, strict=True))
+    if server_key is not None and slug is not None and str(row[ROOT_SLUG]) != slug:
+        raise ServerChanged(f"the server ({_describe_key(server_key)}) is now called `{row[ROOT_SLUG]}`, not `{slug}`")
+    return row
+
+
+def build_plan(conn: Connection, slug: str | None = None, *, server_key: Mapping[str, Any] | None = None) -> DeletePlan:
+    """Read the catalog and decide the steps for one server.
+
+    Name the server by `slug` (a command), by `server_key` (its primary key columns -> values, as
+    `ImpactReport.server_key` and `DeletePlan.server_key` give them: what a request binds), or by both
+    (the key decides; the slug must still match). Raises NotFound for an unknown slug, ServerGone for a
+    key that no longer exists, ServerChanged when the keyed row no longer carries the slug.
+    """
     catalog = load_catalog(conn)
     root = resolve_table(conn, ROOT_TABLE)
     if root is None or root not in catalog.tables:
@@ -146,14 +211,14 @@ def build_plan(conn: Connection, slug: str) -> DeletePlan:
         graph = build_graph(catalog, root, users, sessions)
     except ScopeError as exc:
         raise PlanProblem(str(exc)) from None
-    t = sa_table(catalog, root)
-    needed = graph.needed_columns(root)
-    found = conn.execute(select(*(t.c[c] for c in needed)).where(t.c[ROOT_KEY] == _param("slug", slug))).first()
-    if found is None:
-        raise NotFound(f"no server with slug `{slug}`")
-    root_row = dict(zip(needed, found, strict=True))
+    needed = list(graph.needed_columns(root))
+    if ROOT_SLUG not in needed:
+        needed.append(ROOT_SLUG)
+    root_row = find_server(conn, root, catalog, needed, slug=slug, server_key=server_key)
     steps, blocking, problems = _plan_steps(catalog, graph)
-    return DeletePlan(slug=slug, graph=graph, steps=steps, blocking=blocking, problems=problems, root_row=root_row)
+    return DeletePlan(
+        slug=str(root_row[ROOT_SLUG]), graph=graph, steps=steps, blocking=blocking, problems=problems, root_row=root_row
+    )
 
 
 def build_rooted_plan(
@@ -230,14 +295,18 @@ def _plan_steps(catalog: Catalog, graph: ScopeGraph) -> tuple[list[Step], list[F
     return steps, blocking, problems
 
 
-def server_exists(conn: Connection, slug: str) -> bool:
+def server_exists(conn: Connection, slug: str | None = None, *, server_key: Mapping[str, Any] | None = None) -> bool:
+    """Is the server there (by primary key if given, else by slug)? False when there is no root table either."""
     root = resolve_table(conn, ROOT_TABLE)
     if root is None:
         return False
-    t = table(root.name, column(ROOT_KEY), schema=root.schema)
-    return (
-        conn.execute(select(literal(1)).select_from(t).where(t.c[ROOT_KEY] == _param("slug", slug))).first() is not None
-    )
+    if server_key is not None:
+        t = table(root.name, *(column(k) for k in server_key), schema=root.schema)
+        where = [t.c[k] == _param(f"key_{i}", v) for i, (k, v) in enumerate(server_key.items())]
+    else:
+        t = table(root.name, column(ROOT_SLUG), schema=root.schema)
+        where = [t.c[ROOT_SLUG] == _param("slug", slug)]
+    return conn.execute(select(literal(1)).select_from(t).where(*where)).first() is not None
 
 
 def _param(name: str, value: Any) -> Any:
@@ -506,7 +575,7 @@ def measure_impact(conn: Connection, plan: DeletePlan, *, probe: bool = True) ->
         estimated_s += cascade_s
     return ImpactReport(
         slug=plan.slug,
-        server_key={k: str(plan.root_row[k]) for k in plan.graph.key(plan.graph.root) if k in plan.root_row},
+        server_key=plan.server_key,
         tables=tables,
         orphaned_users=orphaned,
         total_rows=total,
@@ -656,6 +725,9 @@ def create_index_statement(fk: ForeignKey) -> str:
     )
 
 
-def plan_and_measure(conn: Connection, slug: str, *, probe: bool = True) -> tuple[DeletePlan, ImpactReport]:
-    plan = build_plan(conn, slug)
+def plan_and_measure(
+    conn: Connection, slug: str | None = None, *, server_key: Mapping[str, Any] | None = None, probe: bool = True
+) -> tuple[DeletePlan, ImpactReport]:
+    """`build_plan` (by slug, primary key or both) and its impact report, in the caller's transaction."""
+    plan = build_plan(conn, slug, server_key=server_key)
     return plan, measure_impact(conn, plan, probe=probe)

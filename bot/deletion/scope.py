@@ -48,7 +48,7 @@ from bot.deletion.catalog import Catalog, ForeignKey, TableRef
 
 # The only platform names the engine knows: the root and the orphaned-user rule.
 ROOT_TABLE = "mcp_servers"
-ROOT_KEY = "slug"
+ROOT_SLUG = "slug"  # the column people name a server by (a request binds its primary key)
 USER_TABLE = "mcp_server_user"
 SESSION_TABLE = "mcp_server_session"
 
@@ -251,18 +251,16 @@ class ScopeSql:
     def __init__(
         self,
         graph: ScopeGraph,
-        slug: str,
+        root_row: dict[str, Any],
         *,
         source_factory: Callable[[ScopeSql], KeySource],
-        root_row: dict[str, Any] | None = None,
         phase_a: bool = False,
         prefix: str = "scope",
         root_filters: Mapping[TableRef, RootFilter] | None = None,
     ) -> None:
         self.graph = graph
-        self.slug = slug
-        self.root_row = root_row
-        # Rooted scopes (forget-user): which rows of each root table start the scope, instead of the slug.
+        self.root_row = root_row  # the server row's primary key and every column a foreign key points at
+        # Rooted scopes (forget-user): which rows of each root table start the scope, instead of the server row.
         self.root_filters = root_filters
         self.phase_a = phase_a
         self.prefix = prefix
@@ -283,8 +281,14 @@ class ScopeSql:
     def in_scope(self, ref: TableRef) -> bool:
         return ref in (self.graph.phase_a if self.phase_a else self.graph.scope_edges)
 
-    def root_slug(self) -> Any:
-        return bindparam("root_slug", self.slug, type_=NullType())
+    def root_match(self, alias: Any) -> ColumnElement[bool]:
+        """The server row itself, by its primary key (resolved once, in the same transaction)."""
+        return and_(
+            *(
+                alias.c[k] == bindparam(f"root_{i}", self.root_row[k], type_=NullType())
+                for i, k in enumerate(self.graph.key(self.graph.root))
+            )
+        )
 
     def base_predicate(self, ref: TableRef, alias: Any) -> ColumnElement[bool]:
         """The scope without self-references: root, orphans, and the union over incoming edges."""
@@ -293,7 +297,7 @@ class ScopeSql:
             if ref in self.root_filters:
                 parts.append(self.root_filters[ref](alias))
         elif ref == self.graph.root:
-            parts.append(alias.c[ROOT_KEY] == self.root_slug())
+            parts.append(self.root_match(alias))
         orphans = self.graph.orphans
         if orphans is not None and not self.phase_a and ref == orphans.users:
             parts.append(self.orphan_predicate(alias))
@@ -309,7 +313,7 @@ class ScopeSql:
         The root is one known row, so edges from it compare with its values: the planner
         then sees constants and its statistics (one server can own most of a table).
         """
-        if fk.parent == self.graph.root and self.root_row is not None:
+        if fk.parent == self.graph.root and self.root_row:
             return and_(
                 *(
                     alias.c[c] == literal(self.root_row[p], type_=NullType())
@@ -347,9 +351,8 @@ class ScopeSql:
         if self._phase_a_sql is None:
             self._phase_a_sql = ScopeSql(
                 self.graph,
-                self.slug,
+                self.root_row,
                 source_factory=CteSource,
-                root_row=self.root_row,
                 phase_a=True,
                 prefix=f"{self.prefix}_a",
                 root_filters=self.root_filters,
