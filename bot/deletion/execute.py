@@ -395,7 +395,7 @@ def verify(session: Connection, plan: DeletePlan, scopes: list[MaterializedScope
 
 
 def _root_rows_left(conn: Connection, plan: DeletePlan) -> bool:
-    """Rows of the plan's root still there: the server row (by key), or (rooted plan) the rows its first filter picks."""
+    """The plan's root rows still there: the server row (by key), or (rooted plan) those its first filter picks."""
     if plan.root_filters is None:
         return server_exists(conn, server_key=plan.server_key)
     root = sa_table(plan.graph, plan.graph.root)
