@@ -59,8 +59,7 @@ def _outbox_supersede_key(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE outbox ADD COLUMN IF NOT EXISTS supersede_key text"))
     conn.execute(
         text(
-            "CREATE INDEX IF NOT EXISTS outbox_supersede_idx ON outbox (supersede_key)"
-            " WHERE supersede_key IS NOT NULL"
+            "CREATE INDEX IF NOT EXISTS outbox_supersede_idx ON outbox (supersede_key) WHERE supersede_key IS NOT NULL"
         )
     )
 

@@ -24,7 +24,7 @@ STAGE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 FLAG_RE = re.compile(r"^--([a-z][a-z0-9-]{0,30})(?:=(.*))?$", re.DOTALL)
 SMART_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
 
-ArgKind = Literal["slug", "id", "text", "verb"]
+ArgKind = Literal["slug", "id", "text", "verb", "stage"]
 FlagKind = Literal["int", "text", "bool", "id", "slug"]
 
 
@@ -183,6 +183,14 @@ register(
     )
 )
 register(Verb("pending", "open delete and restore requests, with links (operators and approvers)", stage="optional"))
+register(
+    Verb(
+        "drift",
+        "how two stages' schemas differ (tables, columns, keys, indexes, triggers, enums, ...), by table",
+        (Positional("stage-a", "stage"), Positional("stage-b", "stage")),
+        stage="none",
+    )
+)
 
 
 def _clean_shown(value: str, limit: int = 40) -> str:
@@ -256,6 +264,10 @@ def _check_positional(verb: Verb, pos: Positional, value: str) -> str:
         )
     if pos.kind == "id" and not ID_RE.match(value):
         raise CommandError(f"`{_clean_shown(value)}` is not a valid {pos.name}", usage=verb.usage())
+    if pos.kind == "stage":
+        if not STAGE_RE.match(value):
+            raise CommandError(f"`{_clean_shown(value)}` is not a valid stage name", usage=verb.usage())
+        return value.lower()
     if pos.kind == "verb":
         value = value.lower()
         if value not in VERBS:

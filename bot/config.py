@@ -143,6 +143,18 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
+class SchemaSettings:
+    """Drizzle bookkeeping and schema drift (issue 14): where migrations live, what to compare against."""
+
+    migrations_dir: Path | None = None  # the platform's migrations folder as deployed
+    migrations_schema: str = "drizzle"
+    migrations_table: str = "__drizzle_migrations"
+    reference_stage: str | None = "staging"  # None: not configured here, so no lag check or impact comparison
+    lag_alert_hours: int = 72
+    drift_ignore: tuple[str, ...] = ()  # schema/table globs that are not the app's (Inngest shares the database)
+
+
+@dataclass(frozen=True)
 class Settings:
     signing_secret: str
     bot_token: str
@@ -167,6 +179,7 @@ class Settings:
     required_approvals: int = 1
     approval_ttl_minutes: int = 30
     approval_drift_percent: float = 1.0
+    schema: SchemaSettings = field(default_factory=SchemaSettings)
 
     def stage_names(self) -> list[str]:
         return sorted(self.stages)
@@ -462,6 +475,39 @@ def _backup_settings(env: Mapping[str, str]) -> BackupSettings:
     )
 
 
+IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+IGNORE_PATTERN_RE = re.compile(r"^[A-Za-z0-9_$*?.\[\]-]{1,200}$")
+
+
+def _schema_settings(env: Mapping[str, str], stages: Mapping[str, StageConfig]) -> SchemaSettings:
+    raw_dir = env.get("MIGRATIONS_DIR", "").strip()
+    directory = Path(raw_dir).expanduser() if raw_dir else None
+    if directory is not None and not directory.is_dir():
+        raise ConfigError("MIGRATIONS_DIR is not a directory: expected the platform's migrations folder")
+    names = {}
+    for var, default in (("MIGRATIONS_SCHEMA", "drizzle"), ("MIGRATIONS_TABLE", "__drizzle_migrations")):
+        names[var] = env.get(var, "").strip() or default
+        if not IDENTIFIER_RE.match(names[var]):
+            raise ConfigError(f"{var} is malformed: expected a PostgreSQL identifier such as {default}")
+    reference: str | None = env.get("MIGRATION_REFERENCE_STAGE", "").strip().lower()
+    if reference and reference not in stages:
+        raise ConfigError(f"MIGRATION_REFERENCE_STAGE names stage {reference!r}, which is not configured")
+    if not reference:
+        reference = "staging" if "staging" in stages else None
+    patterns = _csv(env.get("DRIFT_IGNORE", ""))
+    for pattern in patterns:
+        if not IGNORE_PATTERN_RE.match(pattern):
+            raise ConfigError("DRIFT_IGNORE is malformed: expected comma-separated schema.table patterns")
+    return SchemaSettings(
+        migrations_dir=directory,
+        migrations_schema=names["MIGRATIONS_SCHEMA"],
+        migrations_table=names["MIGRATIONS_TABLE"],
+        reference_stage=reference,
+        lag_alert_hours=_int(env, "MIGRATION_LAG_ALERT_HOURS", 72, 1, 87_600),
+        drift_ignore=tuple(patterns),
+    )
+
+
 def _channel_stages(env: Mapping[str, str], stages: Mapping[str, StageConfig]) -> dict[str, str]:
     bindings: dict[str, str] = {}
     for pair in _csv(env.get("CHANNEL_STAGES", "")):
@@ -538,4 +584,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_slack: bool =
         required_approvals=_int(env, "REQUIRED_APPROVALS", 1, 1, 10),
         approval_ttl_minutes=_int(env, "APPROVAL_TTL_MINUTES", 30, 1, 10_080),
         approval_drift_percent=_float(env, "APPROVAL_DRIFT_PERCENT", 1.0, 0.0, 100.0),
+        schema=_schema_settings(env, stages),
     )

@@ -77,7 +77,13 @@ class InternalError(UserFacingError):
 Operation = Callable[[Runtime, CommandRequest], Any]
 OPERATIONS: dict[str, Operation] = {}
 # Modules whose @operation functions implement the verbs; imported when the service starts.
-OPERATION_MODULES = ("bot.operations", "bot.health.operations", "bot.backups.operations", "bot.deletion.operations")
+OPERATION_MODULES = (
+    "bot.operations",
+    "bot.health.operations",
+    "bot.backups.operations",
+    "bot.deletion.operations",
+    "bot.schema.operations",
+)
 
 
 def operation(verb: str) -> Callable[[Operation], Operation]:

@@ -101,9 +101,11 @@ def valid_commands(draw: st.DrawFn) -> tuple[str, tuple[Any, ...]]:
             value = draw(st.from_regex(ID_RE, fullmatch=True).filter(lambda v: len(v) <= 60))
         elif pos.kind == "verb":
             value = draw(st.sampled_from(list(VERBS)))
+        elif pos.kind == "stage":
+            value = draw(st.from_regex(STAGE_RE, fullmatch=True))
         else:
             value = draw(st.text(min_size=1, max_size=30).filter(lambda v: not v.startswith("-")))
-        args[pos.name] = value.lower() if pos.kind == "verb" else value
+        args[pos.name] = value.lower() if pos.kind in ("verb", "stage") else value
         parts.append(draw(quoted(value)))
     flags = {flag.name: flag.default for flag in verb.flags}
     options: list[str] = []

@@ -1,0 +1,1 @@
+"""Which schema is each stage on: Drizzle migrations per stage, and schema drift between stages."""

@@ -1,0 +1,135 @@
+"""`/mcp drift`: two stages' catalogs compared, on databases built by real-looking Drizzle migrations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy import create_engine, event
+
+from bot.config import parse_database_url
+from bot.localpg import LocalPostgres
+from bot.pgcatalog import read_snapshot
+from tests.conftest import OPERATOR, VIEWER, unique_name
+from tests.schema_support import drizzle_migrate, execute, platform_migrations
+
+
+@pytest.fixture(scope="module")
+def migrated_template(pg: LocalPostgres) -> Iterator[str]:
+    """A database built by the platform's migrations, as drizzle-orm's migrator applies them."""
+    name = unique_name("drift_template")
+    url = pg.create_database(name)
+    drizzle_migrate(url, platform_migrations())
+    yield name
+    pg.drop_database(name)
+
+
+@pytest.fixture
+def migrated_db(pg: LocalPostgres, migrated_template: str) -> Iterator[Callable[[], str]]:
+    made: list[str] = []
+
+    def make() -> str:
+        name = unique_name("drift")
+        made.append(name)
+        return pg.create_database(name, template=migrated_template)
+
+    yield make
+    for name in made:
+        pg.drop_database(name)
+
+
+def test_two_databases_built_by_the_same_migrations_are_identical(make_bot, pg, migrated_db):
+    # Built separately (other OIDs, other order of creation in the catalog), not cloned.
+    fresh = unique_name("drift_fresh")
+    fresh_url = pg.create_database(fresh)
+    try:
+        drizzle_migrate(fresh_url, platform_migrations())
+        other = migrated_db()
+        # Noise that is not the app's schema: another migrations row, an Inngest table (DRIFT_IGNORE).
+        execute(other, "INSERT INTO drizzle.__drizzle_migrations (hash, created_at) VALUES ('x', 1)")
+        execute(other, "CREATE TABLE inngest_function_runs (run_id text PRIMARY KEY, status int NOT NULL)")
+        execute(other, "CREATE INDEX inngest_runs_status ON inngest_function_runs (status)")
+        bot = make_bot({"staging": fresh_url, "production": other}, DRIFT_IGNORE="public.inngest_*")
+        reply = bot.command("drift staging production", user=VIEWER).message()
+        text = reply["text"]
+        assert "identical" in text, text
+        blocks = str(reply["blocks"])
+        assert "drizzle.__drizzle_migrations" in blocks and "public.inngest_*" in blocks
+
+        # Without the pattern, the Inngest table is the one difference, named once (not once per column).
+        plain = make_bot({"staging": fresh_url, "production": other})
+        diff = plain.command("drift staging production").message()
+        assert "1 schema differences" in diff["text"]
+        assert "only on production: table `inngest_function_runs`" in str(diff["blocks"])
+    finally:
+        pg.drop_database(fresh)
+
+
+def test_drift_finds_each_kind_of_change_grouped_by_table(make_bot, migrated_db):
+    staging, production = migrated_db(), migrated_db()
+    execute(staging, "CREATE INDEX mcp_tool_calls_user_idx ON mcp_tool_calls (mcp_server_user_id)")
+    execute(production, "ALTER TABLE support_requests ALTER COLUMN priority SET DEFAULT 'low'")
+    execute(production, "ALTER TABLE mcp_servers ALTER COLUMN name DROP NOT NULL")
+    execute(
+        production,
+        "ALTER TABLE support_requests DROP CONSTRAINT support_requests_assignee_id_fkey,"
+        ' ADD CONSTRAINT support_requests_assignee_id_fkey FOREIGN KEY (assignee_id) REFERENCES "user"(id)'
+        " ON DELETE CASCADE NOT VALID",
+    )
+    execute(staging, "ALTER TYPE support_request_priority ADD VALUE 'critical'")
+    execute(production, "ALTER TABLE support_requests DISABLE TRIGGER support_requests_touch")
+
+    bot = make_bot({"staging": staging, "production": production})
+    reply = bot.command("drift staging production", user=OPERATOR).message()
+    assert reply["response_type"] == "in_channel"
+    body = "\n".join(block["text"]["text"] for block in reply["blocks"] if block["type"] == "section")
+    expected = [
+        "*table mcp_tool_calls*\n• only on staging: index `mcp_tool_calls_user_idx`",
+        "`support_requests.priority`: default `'medium'::support_request_priority` on staging, "
+        "`'low'::support_request_priority` on production",
+        "`mcp_servers.name`: `NOT NULL` on staging, `nullable` on production",
+        "foreign key `support_requests_assignee_id_fkey`: ON DELETE `SET NULL` on staging, `CASCADE` on production",
+        "foreign key `support_requests_assignee_id_fkey`: `valid` on staging, `NOT VALID` on production",
+        "enum `support_request_priority`: 'critical' only on staging",
+        "trigger `support_requests_touch`: `enabled` on staging, `disabled` on production",
+    ]
+    for line in expected:
+        assert line in body, (line, body)
+    assert "7 differences in 4 places" in body
+    # Nothing else differs: the summary counts exactly these.
+    assert reply["text"] == "staging vs production: 7 schema differences"
+
+    # Same stage twice, or a stage that does not exist: a short answer, only for the person.
+    same = bot.command("drift staging staging").message()
+    assert same["response_type"] == "ephemeral" and "two different stages" in same["text"]
+    unknown = bot.command("drift staging qa").message()
+    assert unknown["response_type"] == "ephemeral" and "unknown stage `qa`" in unknown["text"]
+    missing = bot.command("drift staging").message()
+    assert missing["response_type"] == "ephemeral" and "missing <stage-b>" in missing["text"]
+
+
+def test_the_snapshot_takes_the_same_number_of_queries_whatever_the_number_of_tables(migrated_db):
+    url = migrated_db()
+    engine = create_engine(parse_database_url("test", url))
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    try:
+        with engine.connect() as conn:
+            small = read_snapshot(conn)
+        before = len(statements)
+        execute(url, "CREATE EXTENSION pg_stat_statements")
+        execute(
+            url,
+            "DO $$ BEGIN FOR i IN 1..60 LOOP EXECUTE format("
+            "'CREATE TABLE pad_%s (id text PRIMARY KEY, server_id text REFERENCES mcp_servers(id), note text)', i);"
+            " EXECUTE format('CREATE INDEX pad_%s_server ON pad_%s (server_id)', i, i); END LOOP; END $$",
+        )
+        with engine.connect() as conn:
+            big = read_snapshot(conn)
+        assert len(statements) - before == before == small.queries == big.queries
+        assert len(big.groups()) == len(small.groups()) + 60
+        # Extension-owned objects are not the app's: the pg_stat_statements views never appear.
+        assert not [g for g in big.groups() if "pg_stat_statements" in g]
+        assert big.objects[("", "extension", "pg_stat_statements")].attr("version")
+    finally:
+        engine.dispose()
