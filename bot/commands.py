@@ -185,6 +185,13 @@ register(
 register(Verb("pending", "open delete and restore requests, with links (operators and approvers)", stage="optional"))
 register(
     Verb(
+        "migrations",
+        "which Drizzle migrations each stage has applied, and which are pending, skipped, edited or unknown",
+        stage="optional",
+    )
+)
+register(
+    Verb(
         "drift",
         "how two stages' schemas differ (tables, columns, keys, indexes, triggers, enums, ...), by table",
         (Positional("stage-a", "stage"), Positional("stage-b", "stage")),

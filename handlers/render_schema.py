@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 from bot.schema.drift import DriftReport, group_title
+from bot.schema.migrations import APPLIED, CRLF, EDITED, PENDING, SKIPPED, MigrationsReport, StageMigrations
 from bot.service import CommandRequest
-from handlers.blocks import Message, context, escape, lines_sections, message, section
+from handlers.blocks import Message, code, context, escape, lines_sections, message, section, when
 from handlers.render import renders
 
 MAX_DIFF_LINES = 25  # shown in the message; the whole diff goes in the attached file
@@ -57,3 +61,151 @@ def render_drift(request: CommandRequest, report: DriftReport) -> Message:
         blocks.append(section(f"_… and {len(report.differences) - shown:,} more differences_"))
     blocks.append(footer)
     return message(f"{report.stage_a} vs {report.stage_b}: {len(report.differences)} schema differences", blocks)
+
+
+STATE_WORDS = {
+    APPLIED: "applied",
+    CRLF: "CRLF-only",
+    EDITED: "EDITED",
+    PENDING: "pending",
+    SKIPPED: "SKIPPED",
+}
+STATE_LINES = {
+    PENDING: ":hourglass_flowing_sand: `{name}` pending: the next migrate runs it",
+    SKIPPED: ":no_entry: `{name}` *skipped*: older than the newest applied migration, so Drizzle's migrate will "
+    "never run it (generated on a branch merged after a newer one was applied)",
+    EDITED: ":pencil2: `{name}` *edited*: the applied migration's hash differs from the file's",
+    CRLF: ":page_facing_up: `{name}` applied; the file differs only in line endings (CRLF), not an edit",
+}
+MAX_MATRIX_ROWS = 40
+MAX_STAGE_LINES = 30
+
+
+def _generated(millis: int | None) -> str:
+    if millis is None:
+        return "?"
+    return datetime.fromtimestamp(millis / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _newest(stage: StageMigrations) -> str:
+    row = stage.newest
+    if row is None:
+        return "none applied"
+    label = code(stage.newest_name) if stage.newest_name else f"hash {code(row.hash[:12])}"
+    dated = f"applied {when(row.applied_at)}" if row.applied_at else f"generated {_generated(row.created_at)}"
+    return f"newest {label} ({dated})"
+
+
+def _stage_summary(report: MigrationsReport, stage: StageMigrations) -> str:
+    lock = " :lock:" if stage.protected else ""
+    head = f"*{escape(stage.stage)}*{lock}"
+    if not stage.readable:
+        return f"{head}: :grey_question: {escape(stage.reason or stage.table)}"
+    parts = [_newest(stage)]
+    counts = stage.counts()
+    if report.local:
+        problems = [f"{counts[s]} {STATE_WORDS[s].lower()}" for s in (PENDING, SKIPPED, EDITED, CRLF) if counts.get(s)]
+        parts.append(", ".join(problems) if problems else "every migration applied")
+    if stage.unknown:
+        parts.append(f"{len(stage.unknown)} unknown")
+    reference = report.stage(report.reference) if report.reference else None
+    if reference is not None and reference is not stage and reference.readable:
+        behind = report.behind(stage, reference)
+        if behind:
+            parts.append(f"{len(behind)} behind {escape(reference.stage)}")
+    return f"{head}: " + " · ".join(parts)
+
+
+def _matrix(report: MigrationsReport) -> list[str]:
+    readable = [s for s in report.stages if s.readable]
+    rows: list[tuple[str, list[str]]] = []
+    if report.local:
+        for name in report.not_everywhere():
+            rows.append((name, [STATE_WORDS.get(s.state_of(name) or "", "-") for s in readable]))
+        for stage in readable:
+            for row in stage.unknown:
+                rows.append((f"unknown {row.hash[:12]}", ["UNKNOWN" if s is stage else "-" for s in readable]))
+    else:
+        hashes: dict[str, int | None] = {}
+        for stage in readable:
+            for row in stage.rows:
+                hashes.setdefault(row.hash, row.created_at)
+        for digest, created in sorted(hashes.items(), key=lambda item: (item[1] or 0, item[0])):
+            have = ["yes" if digest in s.applied_keys() else "-" for s in readable]
+            if "-" in have:
+                rows.append((f"{digest[:12]} ({_generated(created)[:10]})", have))
+    if not rows:
+        return []
+    width = min(max(len(name) for name, _ in rows), 48)
+    widths = [max(len(s.stage), *(len(cells[i]) for _, cells in rows)) for i, s in enumerate(readable)]
+    header = (
+        "migration".ljust(width) + "  " + "  ".join(s.stage.ljust(w) for s, w in zip(readable, widths, strict=True))
+    )
+    body = [
+        name[:width].ljust(width) + "  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+        for name, cells in rows
+    ]
+    return [header.rstrip(), *(line.rstrip() for line in body)]
+
+
+def _code_sections(lines: list[str]) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    chunk: list[str] = []
+    for line in lines:
+        if chunk and sum(len(c) + 1 for c in chunk) + len(line) > 2800:
+            blocks.append(section("```" + escape("\n".join(chunk)) + "```"))
+            chunk = []
+        chunk.append(line)
+    if chunk:
+        blocks.append(section("```" + escape("\n".join(chunk)) + "```"))
+    return blocks
+
+
+def _stage_detail(report: MigrationsReport, stage: StageMigrations) -> list[str]:
+    lines = [
+        STATE_LINES[e.state].format(name=escape(e.name).replace("`", "'"))
+        for e in stage.entries
+        if e.state in STATE_LINES
+    ]
+    lines += [
+        f":question: unknown row {row.id}: hash {code(row.hash[:12])}"
+        + (f" name {code(row.name)}" if row.name else "")
+        + f" (created_at {_generated(row.created_at)}): no migration in the folder matches it"
+        for row in stage.unknown
+    ]
+    if len(lines) > MAX_STAGE_LINES:
+        lines = [*lines[:MAX_STAGE_LINES], f"_… and {len(lines) - MAX_STAGE_LINES} more_"]
+    return lines
+
+
+@renders("migrations")
+def render_migrations(request: CommandRequest, report: MigrationsReport) -> Message:
+    layout = "journal" if report.layout == "journal" else "one folder each"
+    folder = (
+        f"{len(report.local)} migrations in MIGRATIONS_DIR ({layout})"
+        if report.layout
+        else "no MIGRATIONS_DIR: the stages' tables are compared with each other"
+    )
+    if request.stage is not None:
+        stage = report.stage(request.stage.name)
+        assert stage is not None
+        blocks = [section(f":card_file_box: Migrations on {_stage_summary(report, stage)}"), context(folder)]
+        detail = _stage_detail(report, stage)
+        if stage.readable and not detail and report.local:
+            detail = [":white_check_mark: every migration in the folder is applied, none edited, no unknown rows"]
+        blocks[1:1] = lines_sections(detail)
+        return message(f"migrations on {stage.stage}", blocks)
+    ordered = sorted(report.stages, key=lambda s: (s.protected, s.stage == report.reference, s.stage))
+    report.stages = ordered
+    summary = [f"• {_stage_summary(report, s)}" for s in ordered]
+    matrix = _matrix(report)
+    blocks = [section(":card_file_box: Migrations across stages"), *lines_sections(summary)]
+    if matrix:
+        shown = matrix[: MAX_MATRIX_ROWS + 1]
+        blocks += _code_sections(shown)
+        if len(matrix) > len(shown):
+            blocks.append(section(f"_… and {len(matrix) - len(shown)} more rows_"))
+    elif any(s.readable for s in ordered):
+        blocks.append(section(":white_check_mark: every stage has the same migrations applied"))
+    blocks.append(context(folder))
+    return message("migrations across stages", blocks)

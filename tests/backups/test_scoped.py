@@ -83,8 +83,10 @@ def test_delete_then_restore_leaves_every_table_byte_identical(stage, store, ind
         assert data.count(b"\n") == step.rows
     raw = json.loads(store.read_bytes(record.manifest_key))
     order = raw["plan_order"]
-    assert order.index("public.mcp_tool_calls") < order.index("public.mcp_server_session") < order.index(
-        "public.mcp_servers"
+    assert (
+        order.index("public.mcp_tool_calls")
+        < order.index("public.mcp_server_session")
+        < order.index("public.mcp_servers")
     )  # children before parents
     assert set(raw["schema_fingerprint"]["tables"]) == {f"public.{s.table}" for s in steps}
     [notes] = [s for s in raw["steps"] if s["table"] == "server_notes"]
@@ -190,6 +192,7 @@ def test_a_store_failing_midway_blocks_the_delete_and_leaves_no_partial_backup(s
 
 def test_counts_that_disagree_with_the_plan_block_the_delete(stage, local_store, index):
     before = checksums(stage)
+
     def claim_one_tool_call(steps):
         return [replace(s, expected_rows=1) if s.table == "mcp_tool_calls" else s for s in steps]
 
