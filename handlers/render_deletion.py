@@ -297,12 +297,13 @@ def _status(request: DeleteRequest, progress: Progress | None) -> str:
         return f":no_entry: Rejected by <@{request.decided_by}>: {_clean(request.decision_reason or '')}"
     if state == "stale":
         successor = (request.result or {}).get("replaced_by") or request.replaced_by
-        again = (
-            f" The new numbers are posted as request #{successor} for a fresh approval."
-            if successor
-            else " Nothing can be deleted as it is now."
-        )
-        return f":arrows_counterclockwise: Stale, nothing was deleted: {_clean(request.error or '')}.{again}"
+        if (request.result or {}).get("target_changed"):
+            again = f" This is not what was approved; ask again if something still needs to be {past}."
+        elif successor:
+            again = f" The new numbers are posted as request #{successor} for a fresh approval."
+        else:
+            again = " Nothing can be deleted as it is now."
+        return f":arrows_counterclockwise: Stale, nothing was {past}: {_clean(request.error or '')}.{again}"
     return f":warning: {escape(STATE_WORDS.get(state, state))}"
 
 

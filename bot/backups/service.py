@@ -112,8 +112,15 @@ class Backups:
             snapshot=snapshot,
         )
 
-    def find_manifest(self, stage: str, request_id: str) -> tuple[BackupRow | None, Manifest]:
-        """The request's scoped backup: from the index, else from the store's layout (the index may be lost)."""
+    def find_manifest(
+        self, stage: str, request_id: str, backup_id: str | None = None
+    ) -> tuple[BackupRow | None, Manifest]:
+        """The request's scoped backup: from the index, else from the store's layout (the index may be lost).
+
+        Without `backup_id`, the newest one; with it, exactly that backup of that request, or NotFound.
+        """
+        if backup_id is not None:
+            return self._exact_manifest(stage, request_id, backup_id)
         row = self.index.find_for_request(stage, request_id)
         if row is not None and row.location:
             return row, load_manifest(self.store, row.location)
@@ -124,10 +131,38 @@ class Backups:
         newest = max(manifests, key=lambda o: (o.modified is not None, o.modified, o.key))
         return None, load_manifest(self.store, newest.key)
 
+    def _exact_manifest(self, stage: str, request_id: str, backup_id: str) -> tuple[BackupRow | None, Manifest]:
+        gone = NotFound(f"backup `{backup_id}` of request `{request_id}` on stage {stage} is no longer available")
+        row = self.index.get(backup_id)
+        if row is not None:
+            if (row.stage, row.request_id, row.kind) != (stage, request_id, "scoped") or row.state != "complete":
+                raise gone
+            if not row.location:
+                raise gone
+            key = row.location
+        else:  # the index was lost: the store's layout names the backup
+            suffix = f"/{backup_id}/{MANIFEST_NAME}"
+            keys = [o.key for o in self.store.list(f"{stage}/scoped/{request_id}/") if o.key.endswith(suffix)]
+            if not keys:
+                raise gone
+            key = keys[0]
+        manifest = load_manifest(self.store, key)
+        if (manifest.backup_id, manifest.request_id, manifest.stage) != (backup_id, request_id, stage):
+            raise gone
+        return row, manifest
+
     def restore(
-        self, stage: Stage, request_id: str, *, actor: str, dry_run: bool, work_name: str | None = None
+        self,
+        stage: Stage,
+        request_id: str,
+        *,
+        actor: str,
+        dry_run: bool,
+        work_name: str | None = None,
+        backup_id: str | None = None,
     ) -> RestoreReport:
-        row, manifest = self.find_manifest(stage.name, request_id)
+        """Restore the request's newest scoped backup, or exactly `backup_id` (what approvers saw)."""
+        row, manifest = self.find_manifest(stage.name, request_id, backup_id)
         with stage.write(statement_timeout_ms=RESTORE_STATEMENT_TIMEOUT_MS, application_name=work_name) as conn:
             report = restore(conn, self.store, manifest, stage=stage.name, dry_run=dry_run)
         if report.restored and row is not None:

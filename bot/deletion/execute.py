@@ -62,13 +62,13 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 
 from bot.deletion.catalog import TableRef
+from bot.deletion.identity import snapshot_changes
 from bot.deletion.plan import (
     WORK_MEM,
     DeletePlan,
     PlanProblem,
     Step,
     build_plan,
-    compare_snapshots,
     server_exists,
     set_local,
 )
@@ -201,6 +201,7 @@ def execute_delete(
     progress: ProgressCallback | None = None,
     work_name: str | None = None,
     plan_for: Callable[[Connection], DeletePlan] | None = None,
+    expected_hash: str | None = None,
 ) -> DeleteResult:
     """Delete one server and its scope, or raise a UserFacingError with nothing changed.
 
@@ -208,6 +209,8 @@ def execute_delete(
     binds), or both; it is resolved inside the delete's own transaction.
     `plan_for(conn)`, if given, makes the plan inside the transaction instead (a rooted plan: forget-user's
     scope starts at a person's rows; `slug` is then only its label).
+    `expected_hash`, the approved snapshot's hash, also binds which tables are in the plan
+    (bot/deletion/identity.py: `snapshot_changes`).
     """
     started = time.monotonic()
     report = progress or (lambda _p: None)
@@ -246,7 +249,7 @@ def execute_delete(
             scopes = _materialize(conn, plan, sql, source, budget, counts, report, elapsed, keep=not dry_run)
             kept.extend(scopes)
             if expected is not None:
-                changes = compare_snapshots(expected, counts, drift_percent)
+                changes = snapshot_changes(expected, counts, drift_percent, approved_hash=expected_hash)
                 if changes:
                     raise SnapshotChanged(
                         "the rows in scope changed since the plan was confirmed: " + "; ".join(changes[:6]),

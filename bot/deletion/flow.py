@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot import outbox
 from bot.audit import AuditEntry
 from bot.backups.delete_hook import DeleteBackup
-from bot.backups.scoped import BackupContext, RestoreReport
+from bot.backups.scoped import BackupContext, Manifest, RestoreReport, restore_order
 from bot.deletion.execute import (
     BeforeDelete,
     DeleteResult,
@@ -32,9 +32,10 @@ from bot.deletion.execute import (
     SnapshotChanged,
     execute_delete,
 )
-from bot.deletion.plan import ImpactReport, compare_snapshots, plan_and_measure, server_exists, snapshot_hash
+from bot.deletion.identity import TARGET_CHANGES, TargetChanged, snapshot_changes, stale_reason
+from bot.deletion.plan import ImpactReport, plan_and_measure, server_exists, snapshot_hash
 from bot.deletion.requests import OPEN_STATES, DeleteRequest, DeleteRequests, Notify, delete_requests
-from bot.errors import CommandError, UserFacingError
+from bot.errors import CommandError, NotFound, UserFacingError
 from bot.logs import request_id_var
 from bot.pii import scrub
 from bot.scheduler import OWNER
@@ -51,6 +52,7 @@ RUNNER_LOCK_CLASS = 0x6D6F7073  # "mops": advisory lock (class, request id) held
 RECOVER_INTERVAL_S = 15  # how soon a request a dead process left running is settled (once its session is gone)
 MIN_BUDGET_S = 120.0
 BUDGET_FACTOR = 3.0
+TARGET_CHANGED = {"target_changed": True}  # a stale request's result when its target is not the approved one
 BACKUP_S_PER_ROW = 10e-6  # a scoped backup exports ~200k rows/s (bench/bench_backup.py); doubled for safety
 
 
@@ -147,9 +149,10 @@ class DeletionFlow:
 
     # -- commands -------------------------------------------------------------------------
 
-    def impact(self, stage: Stage, slug: str) -> ImpactReport:
+    def impact(self, stage: Stage, slug: str, server_key: dict[str, str] | None = None) -> ImpactReport:
+        """The impact report of deleting `slug` (bound to `server_key` when a request re-checks it)."""
         with stage.read() as conn:
-            _, report = plan_and_measure(conn, slug)
+            _, report = plan_and_measure(conn, slug, server_key=server_key)
         report.limit_s = float(self.settings.delete_timeout_s)
         return report
 
@@ -232,7 +235,7 @@ class DeletionFlow:
         assert stage is not None and stage.protected
         reason = _reason(request, stage)
         checked = self.runtime.backups.restore(stage, source, actor=request.actor, dry_run=True)
-        counts = {f"{table} ({action})": rows for table, action, rows in checked.tables}
+        counts = restore_counts(checked)
         now = self.clock()
         created = self._create_audited(
             (request.actor, {"rows": checked.total_rows, "reason": reason}),
@@ -408,14 +411,22 @@ class DeletionFlow:
         stage = self.runtime.stages.get(request.stage)
         report = ImpactReport.from_json(request.impact)
         drift = self._drift(request)
+        if not request.server_key:
+            self._finish(
+                request, "stale", error="the request does not name its server by primary key", result=TARGET_CHANGED
+            )
+            return
         if request.protected:
             # Approved numbers are only good while they hold: look again before touching anything.
             try:
-                fresh = self.impact(stage, request.slug)
+                fresh = self.impact(stage, request.slug, request.server_key)
+            except TARGET_CHANGES as exc:
+                self._target_changed(stage, request, exc)
+                return
             except UserFacingError as exc:
                 self._finish(request, "failed", error=exc.message)
                 return
-            changes = compare_snapshots(request.snapshot, fresh.snapshot, drift)
+            changes = snapshot_changes(request.snapshot, fresh.snapshot, drift, approved_hash=request.snapshot_hash)
             if changes or not fresh.deletable:
                 self._go_stale(request, stage, fresh, changes or ["the database would now refuse the delete"])
                 return
@@ -441,13 +452,20 @@ class DeletionFlow:
                         before_delete=self._before_delete(backup),
                         progress=reporter.update,
                         work_name=stage.work_name(f"request-{request.id}"),
+                        server_key=request.server_key,
+                        expected_hash=request.snapshot_hash,
                     )
             finally:
                 self._settle(backup, committed=result is not None)
+        except TARGET_CHANGES as exc:
+            self._target_changed(stage, request, exc)
         except SnapshotChanged as exc:
             if request.protected:
                 try:
-                    fresh = self.impact(stage, request.slug)
+                    fresh = self.impact(stage, request.slug, request.server_key)
+                except TARGET_CHANGES as gone:
+                    self._target_changed(stage, request, gone)
+                    return
                 except UserFacingError as again:
                     self._finish(request, "failed", error=f"{exc.message}; {again.message}")
                     return
@@ -461,6 +479,15 @@ class DeletionFlow:
             self._finish(request, "failed", error=_unexpected())
         else:
             self._finish(request, "done", result=_result_json(result, backup))
+
+    def _target_changed(self, stage: Stage, request: DeleteRequest, exc: UserFacingError) -> None:
+        """The approved server is gone or renamed: stale, with which server the slug names now (if any)."""
+        try:
+            with stage.read() as conn:
+                reason = stale_reason(conn, request.slug, exc)
+        except UserFacingError:
+            reason = exc.message
+        self._finish(request, "stale", error=reason, result=TARGET_CHANGED)
 
     def _backup_for(self, request: DeleteRequest, stage: Stage, reporter: _ProgressReporter) -> DeleteBackup:
         """The scoped backup the delete takes inside its transaction (and the RDS snapshot before it, if any)."""
@@ -502,12 +529,29 @@ class DeletionFlow:
         """An approved restore: one transaction, parents first; a conflict found now writes nothing."""
         stage = self.runtime.stages.get(request.stage)
         source = str(request.options.get("source_request", ""))
+        backup_id = str(request.options.get("backup_id") or "")
         actor = request.decided_by or request.requester
         started = time.monotonic()
         try:
+            # Exactly the backup the approvers saw, with the rows they saw: never "the newest of the request".
+            if not backup_id:
+                raise TargetChanged("the request does not name the backup its approvers saw")
+            _, manifest = self.runtime.backups.find_manifest(stage.name, source, backup_id)
+            changes = snapshot_changes(request.snapshot, restore_counts(manifest), approved_hash=request.snapshot_hash)
+            if changes:
+                raise TargetChanged(
+                    f"backup `{backup_id}` no longer holds the approved rows: " + "; ".join(changes[:6])
+                )
             report = self.runtime.backups.restore(
-                stage, source, actor=actor, dry_run=False, work_name=stage.work_name(f"request-{request.id}")
+                stage,
+                source,
+                actor=actor,
+                dry_run=False,
+                work_name=stage.work_name(f"request-{request.id}"),
+                backup_id=backup_id,
             )
+        except (NotFound, TargetChanged) as exc:
+            self._finish(request, "stale", error=exc.message, result=TARGET_CHANGED)
         except UserFacingError as exc:
             self._finish(request, "failed", error=exc.message)
         except Exception:
@@ -803,6 +847,13 @@ def _result_json(result: DeleteResult, backup: DeleteBackup | None = None) -> di
             "snapshot": (record.manifest.snapshot or {}).get("snapshot_id"),
         }
     return done
+
+
+def restore_counts(source: RestoreReport | Manifest) -> dict[str, int]:
+    """A restore's snapshot: rows per table and action, from its dry run or from the backup's manifest."""
+    if isinstance(source, RestoreReport):
+        return {f"{table} ({action})": rows for table, action, rows in source.tables}
+    return {f"{s.qualified} ({s.action})": s.rows for s in restore_order(source)}
 
 
 def restore_impact(report: RestoreReport) -> dict[str, Any]:
