@@ -46,6 +46,12 @@ class AccessPolicy:
         if verb.name in PRIVILEGED_READS and not (self.is_operator(user_id) or self.is_approver(user_id)):
             raise PermissionDenied(f"`{verb.name}` is for operators and approvers only")
 
+    def alert_attention_refusal(self, user_id: str) -> str | None:
+        """Acknowledge and Snooze on alerts: operators and approvers (may ask Slack: after the ack)."""
+        if self.is_operator(user_id) or self.is_approver(user_id):
+            return None
+        return "only operators and approvers can acknowledge or snooze alerts"
+
     @staticmethod
     def restore_needs_approval(*, protected: bool, dry_run: bool) -> bool:
         """A restore writes to the stage: on a protected stage it needs the two-person approval of a delete."""

@@ -70,11 +70,20 @@ def _alert_clearing(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE alerts ADD COLUMN IF NOT EXISTS announced text"))
 
 
+def _alert_attention(conn: Connection) -> None:
+    """Alerts can be acknowledged and snoozed (bot/health/alerts.py); held: fired while snoozed."""
+    columns = ("acknowledged_by text", "acknowledged_at timestamptz", "snoozed_until timestamptz", "snoozed_by text")
+    for column in columns:
+        conn.execute(text(f"ALTER TABLE alerts ADD COLUMN IF NOT EXISTS {column}"))
+    conn.execute(text("ALTER TABLE alerts ADD COLUMN IF NOT EXISTS held boolean NOT NULL DEFAULT false"))
+
+
 # Numbered changes to existing tables, applied once each, in order.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _request_kinds),
     (2, _outbox_supersede_key),
     (3, _alert_clearing),
+    (4, _alert_attention),
 ]
 
 MIGRATION_LOCK_KEY = 0x6D63706F7073  # "mcpops"

@@ -172,7 +172,16 @@ class SlackRequestSender:
 
 
 def _action(element: dict[str, Any], block_id: str) -> dict[str, Any]:
-    """The `actions[0]` Slack sends for a pressed button element."""
+    """The `actions[0]` Slack sends for a pressed button element, or for an option chosen in a select menu."""
+    if "selected_option" in element:
+        return {
+            "type": element.get("type", "static_select"),
+            "action_id": element["action_id"],
+            "block_id": block_id,
+            "selected_option": element["selected_option"],
+            "placeholder": element.get("placeholder", {"type": "plain_text", "text": ""}),
+            "action_ts": f"{time.time():.6f}",
+        }
     action = {
         "type": element.get("type", "button"),
         "action_id": element["action_id"],

@@ -21,99 +21,24 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    Connection,
-    DateTime,
-    Engine,
-    Index,
-    Integer,
-    Table,
-    Text,
-    delete,
-    false,
-    func,
-    select,
-    text,
-    true,
-    update,
-)
+from sqlalchemy import Connection, Engine, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from bot import outbox
 from bot.audit import AuditEntry, AuditLog
-from bot.botdb import metadata
 from bot.config import Settings
+from bot.health.alert_rows import AlertView, alert_view, alerts, inherited_snooze
 from bot.health.checks import Finding
-from bot.health.messages import alert_message, orphan_message, reply_text
+from bot.health.messages import alert_message, material, orphan_message, reply_text, snoozed
 
 log = logging.getLogger(__name__)
 
 ACTOR = "mcp-ops"
 UNREACHABLE_CHECK = "connectivity"
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
-
-alerts = Table(
-    "alerts",
-    metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column("stage", Text, nullable=False),
-    Column("check_name", Text, nullable=False),
-    Column("object", Text, nullable=False),
-    Column("state", Text, nullable=False),  # pending | firing | resolved
-    Column("severity", Text, nullable=False),
-    Column("title", Text, nullable=False),
-    Column("detail", Text, nullable=False),
-    Column("advice", Text, nullable=False, server_default=""),
-    Column("remind", Boolean, nullable=False, server_default=true()),
-    Column("consecutive", Integer, nullable=False, server_default="1"),  # runs in a row that saw it
-    Column("absent", Integer, nullable=False, server_default="0"),  # runs in a row that did not, while firing
-    # The highest severity the channel has been told (first post, escalation replies): going back down
-    # and up again is an update of the message, not another broadcast.
-    Column("announced", Text),
-    Column("first_seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Column("last_seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Column("fired_at", DateTime(timezone=True)),
-    Column("resolved_at", DateTime(timezone=True)),
-    Column("last_notified_at", DateTime(timezone=True)),
-    Column("reminders", Integer, nullable=False, server_default="0"),
-    # The Slack message this alert owns: known once the outbox has delivered its first post.
-    Column("channel", Text),
-    Column("ts", Text),
-    Column("post_outbox_id", BigInteger),
-    # Slack work waiting for `sync`: rewrite the message, and/or reply in its thread.
-    Column("needs_update", Boolean, nullable=False, server_default=false()),
-    Column("reply_due", Text),  # reminder | escalated | resolved
-    Index(
-        "alerts_open_fingerprint",
-        "stage",
-        "check_name",
-        "object",
-        unique=True,
-        postgresql_where=text("state <> 'resolved'"),
-    ),
-    Index("alerts_unsynced", "id", postgresql_where=text("needs_update OR reply_due IS NOT NULL")),
-    Index("alerts_stage_state", "stage", "state"),
-)
-
-
-@dataclass(frozen=True)
-class AlertView:
-    id: int
-    stage: str
-    check: str
-    object: str
-    state: str
-    severity: str
-    title: str
-    consecutive: int
-    first_seen_at: datetime
-    last_seen_at: datetime
-    fired_at: datetime | None
 
 
 @dataclass
@@ -123,22 +48,6 @@ class Applied:
     reminded: list[int] = field(default_factory=list)
     escalated: list[int] = field(default_factory=list)
     suppressed: bool = False
-
-
-def _view(row: Any) -> AlertView:
-    return AlertView(
-        id=row.id,
-        stage=row.stage,
-        check=row.check_name,
-        object=row.object,
-        state=row.state,
-        severity=row.severity,
-        title=row.title,
-        consecutive=row.consecutive,
-        first_seen_at=row.first_seen_at,
-        last_seen_at=row.last_seen_at,
-        fired_at=row.fired_at,
-    )
 
 
 class AlertBook:
@@ -224,6 +133,7 @@ class AlertBook:
     ) -> None:
         content = {"severity": f.severity, "title": f.title[:500], "detail": f.detail[:2500], "advice": f.advice[:1500]}
         if row is None:
+            content.update(inherited_snooze(conn, stage, f.check, f.object[:300], now))
             row = conn.execute(
                 insert(alerts)
                 .values(
@@ -242,7 +152,7 @@ class AlertBook:
             changed = False
             escalated = False
         else:
-            changed = any(getattr(row, k) != v for k, v in content.items())
+            changed = material(row) != material(SimpleNamespace(**content))
             told = row.announced or row.severity
             escalated = row.state == "firing" and SEVERITY_ORDER.get(f.severity, 9) < SEVERITY_ORDER.get(told, 9)
             # A run that missed it in between (without resolving it) breaks the streak.
@@ -260,33 +170,59 @@ class AlertBook:
         values: dict[str, Any] = {}
         if changed:
             values["needs_update"] = True
+        if snoozed(row, now) and escalated and f.severity == "critical":
+            values.update(snoozed_until=None)  # an escalation to critical breaks the snooze
+            self.audit_alert(conn, row, "snooze broken", {"by": "escalation to critical"})
+        elif snoozed(row, now):
+            if values:
+                conn.execute(update(alerts).where(alerts.c.id == row.id).values(**values))
+            return
+        if row.held:  # it fired while snoozed; the snooze is over: post it now, as a first post
+            conn.execute(update(alerts).where(alerts.c.id == row.id).values(held=False, **values))
+            self._post(conn, row.id, now)
+            result.fired.append(row.id)
+            return
         repeat = self.settings.health.repeat_minutes_for(stage)
         due = row.last_notified_at is None or row.last_notified_at + timedelta(minutes=repeat) <= now
         if escalated:
             # The message is rewritten in place, which notifies nobody: say it in its thread, to the channel too.
             values.update(reply_due="escalated", last_notified_at=now, announced=f.severity)
             result.escalated.append(row.id)
-        elif row.remind and repeat > 0 and due:
+        elif row.remind and repeat > 0 and due and not row.acknowledged_by:
             values.update(reply_due="reminder", last_notified_at=now, reminders=row.reminders + 1)
             result.reminded.append(row.id)
         if values:
             conn.execute(update(alerts).where(alerts.c.id == row.id).values(**values))
 
     def _fire(self, conn: Connection, row: Any, now: datetime, result: Applied) -> None:
-        channel = self.settings.alert_channel_for(row.stage) or None
+        held = snoozed(row, now)
         row = conn.execute(
             update(alerts)
             .where(alerts.c.id == row.id)
-            .values(state="firing", fired_at=now, last_notified_at=now, channel=channel, announced=row.severity)
+            .values(state="firing", fired_at=now, held=held)
+            .returning(alerts)
+        ).one()
+        self.audit_alert(conn, row, "firing", {"held": "snoozed"} if held else None)
+        if held:
+            return
+        self._post(conn, row.id, now)
+        result.fired.append(row.id)
+
+    def _post(self, conn: Connection, alert_id: int, now: datetime) -> None:
+        """The alert's first message, in the stage's alert channel (if it has one)."""
+        row = conn.execute(select(alerts).where(alerts.c.id == alert_id)).one()
+        channel = self.settings.alert_channel_for(row.stage) or None
+        row = conn.execute(
+            update(alerts)
+            .where(alerts.c.id == alert_id)
+            .values(last_notified_at=now, channel=channel, announced=row.severity)
             .returning(alerts)
         ).one()
         if channel:
             post_id = outbox.enqueue(
                 conn, "chat.postMessage", {"channel": channel, **alert_message(row), "unfurl_links": False}
             )
-            conn.execute(update(alerts).where(alerts.c.id == row.id).values(post_outbox_id=post_id))
-        self._audit(conn, row, "firing")
-        result.fired.append(row.id)
+            conn.execute(update(alerts).where(alerts.c.id == alert_id).values(post_outbox_id=post_id))
 
     def _clear(self, conn: Connection, row: Any, needed: int, now: datetime, result: Applied) -> None:
         if row.state == "pending":  # never reported, so there is nothing to resolve
@@ -302,16 +238,18 @@ class AlertBook:
             .values(state="resolved", resolved_at=now, needs_update=told, reply_due="resolved" if told else None)
             .returning(alerts)
         ).one()
-        self._audit(conn, row, "resolved")
+        self.audit_alert(conn, row, "resolved")
         result.resolved.append(row.id)
 
-    def _audit(self, conn: Connection, row: Any, outcome: str) -> None:
-        detail: dict[str, Any] = {"alert_id": row.id, "severity": row.severity, "title": row.title}
+    def audit_alert(
+        self, conn: Connection, row: Any, outcome: str, extra: dict[str, Any] | None = None, actor: str = ACTOR
+    ) -> None:
+        detail: dict[str, Any] = {"alert_id": row.id, "severity": row.severity, "title": row.title, **(extra or {})}
         if outcome == "resolved" and row.fired_at is not None:
             detail["firing_s"] = int((row.resolved_at - row.fired_at).total_seconds())
         self.audit.record(
             AuditEntry(
-                actor=ACTOR,
+                actor=actor,
                 command="alert",
                 stage=row.stage,
                 args=f"{row.check_name} {row.object}",
@@ -379,5 +317,5 @@ class AlertBook:
         if stage:
             query = query.where(alerts.c.stage == stage)
         with self.engine.connect() as conn:
-            views = [_view(r) for r in conn.execute(query)]
+            views = [alert_view(r) for r in conn.execute(query)]
         return sorted(views, key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), a.stage))

@@ -7,6 +7,9 @@ section and context blocks, data escaped.
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +35,112 @@ def _context(markdown: str) -> dict[str, Any]:
     return {"type": "context", "elements": [{"type": "mrkdwn", "text": markdown[:SECTION_LIMIT]}]}
 
 
+# -- when is a change worth an edit ------------------------------------------------------------
+#
+# An alert's message is rewritten (chat.update) only when something a reader would act on changes:
+# its severity, its state, or its text once every number is reduced to the step it stands on.
+# Durations ("12 min", "1 h 5 min", "3 days") step at 10 s, 30 s, 1, 2, 5, 10, 15, 30 min, 1, 2, 4, 8,
+# 12 h, 1, 2, 7 days; percentages every 10 points; other numbers on a 1-2-5 scale (…, 10, 20, 50,
+# 100, …). A query running for 7 then 8 minutes, or a mean going from 52 to 61 ms, is not an edit;
+# crossing 10 minutes or 100 ms is. Between edits the stored row still follows every run.
+
+DURATION_STEPS_S = (0, 10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14_400, 28_800, 43_200, 86_400, 172_800)
+# One pass, so a step written in place is not read again as a number.
+STEP_RE = re.compile(
+    r"\b(?:(?P<hours>\d+) h )?(?P<amount>\d+) (?P<unit>s|min|h|days?)\b"  # a duration
+    r"|(?P<percent>\d+(?:\.\d+)?)%"
+    r"|(?P<number>\d[\d,]*(?:\.\d+)?)"
+)
+UNIT_S = {"s": 1, "min": 60, "h": 3600, "day": 86_400, "days": 86_400}
+
+
+def _step(match: re.Match[str]) -> str:
+    if match.group("unit"):
+        seconds = int(match.group("hours") or 0) * 3600 + int(match.group("amount")) * UNIT_S[match.group("unit")]
+        if seconds >= 604_800:
+            return "⟨a week or more⟩"
+        return f"⟨{max(step for step in DURATION_STEPS_S if step <= seconds)} s⟩"
+    if match.group("percent"):
+        return f"⟨{int(float(match.group('percent')) // 10 * 10)}%⟩"
+    value = float(match.group("number").replace(",", ""))
+    if value <= 0:
+        return "⟨0⟩"
+    decade = 10 ** math.floor(math.log10(value))
+    return f"⟨{max(m for m in (1, 2, 5) if m * decade <= value * (1 + 1e-9)) * decade:g}⟩"
+
+
+def material(alert: Any) -> tuple[str, str]:
+    """What an edit of the alert's message would tell a reader: severity and the text with numbers as steps."""
+    return alert.severity, STEP_RE.sub(_step, "\n".join((alert.title, alert.detail, alert.advice)))
+
+
+# -- the actions under an alert -------------------------------------------------------------------
+#
+# Each feature appends a function to ALERT_ACTIONS (or decorates it with @alert_action) that returns the
+# elements it adds under an open alert (possibly none). They are shown in one actions block, in
+# registration order; Acknowledge and Snooze are first.
+
+AlertActions = Callable[[Any], list[dict[str, Any]]]
+ALERT_ACTIONS: list[AlertActions] = []
+ACTIONS_LIMIT = 25  # elements in one actions block (Block Kit)
+ACK_ACTION = "alert_ack"
+SNOOZE_ACTION = "alert_snooze"
+SNOOZE_HOURS = (1, 4, 24)
+
+
+def alert_action(func: AlertActions) -> AlertActions:
+    ALERT_ACTIONS.append(func)
+    return func
+
+
+def snoozed(alert: Any, now: datetime) -> bool:
+    until = getattr(alert, "snoozed_until", None)
+    return until is not None and until > now
+
+
+@alert_action
+def acknowledge_and_snooze(alert: Any) -> list[dict[str, Any]]:
+    elements: list[dict[str, Any]] = []
+    if not getattr(alert, "acknowledged_by", None):
+        elements.append(
+            {
+                "type": "button",
+                "action_id": ACK_ACTION,
+                "text": {"type": "plain_text", "text": "Acknowledge"},
+                "value": str(alert.id),
+            }
+        )
+    options = [
+        {"text": {"type": "plain_text", "text": f"{hours} h"}, "value": f"{alert.id}:{hours}"} for hours in SNOOZE_HOURS
+    ]
+    elements.append(
+        {
+            "type": "static_select",
+            "action_id": SNOOZE_ACTION,
+            "placeholder": {"type": "plain_text", "text": "Snooze"},
+            "options": options,
+        }
+    )
+    return elements
+
+
+def actions_block(alert: Any) -> dict[str, Any] | None:
+    elements = [element for actions in ALERT_ACTIONS for element in actions(alert)]
+    if not elements:
+        return None
+    return {"type": "actions", "block_id": f"alert:{alert.id}", "elements": elements[:ACTIONS_LIMIT]}
+
+
+def _attention(alert: Any) -> list[str]:
+    """Who acknowledged it, and until when it is snoozed."""
+    notes = []
+    if getattr(alert, "acknowledged_by", None):
+        notes.append(f":eyes: Acknowledged by <@{alert.acknowledged_by}> at {_when(alert.acknowledged_at)}")
+    if getattr(alert, "snoozed_until", None) and getattr(alert, "snoozed_by", None):
+        notes.append(f":zzz: Snoozed until {_when(alert.snoozed_until)} by <@{alert.snoozed_by}>")
+    return notes
+
+
 def alert_message(alert: Any) -> dict[str, Any]:
     """The alert's one message, as first posted and as every update rewrites it."""
     resolved = alert.state == "resolved"
@@ -48,9 +157,13 @@ def alert_message(alert: Any) -> dict[str, Any]:
     timeline = f"firing since {_when(alert.fired_at)}"
     if resolved:
         timeline += f", resolved {_when(alert.resolved_at)}"
-    else:
-        timeline += f", last seen {_when(alert.last_seen_at)}"
     blocks.append(_context(f"`{escape(alert.check_name)}` · {escape(alert.object)} · {timeline}"))
+    notes = _attention(alert)
+    if notes:
+        blocks.append(_context(" · ".join(notes)))
+    actions = None if resolved else actions_block(alert)
+    if actions:
+        blocks.append(actions)
     return {"text": f"[{status}] {alert.stage}: {alert.title}"[:3000], "blocks": blocks}
 
 

@@ -1,0 +1,74 @@
+"""Acknowledge and Snooze under an alert: ack at once, then record it; the message is rewritten to say who."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_bolt import Ack, App, Respond
+
+from bot.health.attention import AlertAttention, AttentionOutcome
+from bot.health.messages import ACK_ACTION, SNOOZE_ACTION
+from bot.logs import new_request_id
+from bot.service import CommandService
+from handlers import render_deletion
+
+log = logging.getLogger(__name__)
+
+
+def _clicked(body: dict[str, Any]) -> tuple[int, int | None] | None:
+    """(alert id, snooze hours or None) from the clicked element; None when it is not readable."""
+    action = (body.get("actions") or [{}])[0]
+    raw = str(action.get("value") or (action.get("selected_option") or {}).get("value") or "")
+    alert, _, hours = raw.partition(":")
+    try:
+        return int(alert), (int(hours) if hours else None)
+    except ValueError:
+        return None
+
+
+def _answer(outcome: AttentionOutcome) -> str | None:
+    """What only the clicker is told; None when the rewritten alert message says it all."""
+    if outcome.outcome == "already":
+        return f"<@{outcome.who}> has already acknowledged this alert."
+    if outcome.outcome == "resolved":
+        return "This alert has resolved already; nothing to do."
+    if outcome.outcome == "missing":
+        return "This alert no longer exists."
+    return None
+
+
+def register(app: App, service: CommandService) -> None:
+    runtime = service.runtime
+    attention = AlertAttention(runtime.health.book)
+
+    def listener(snooze: bool) -> Any:
+        def on_click(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
+            ack()
+            new_request_id()
+            user = str((body.get("user") or {}).get("id", ""))
+            clicked = _clicked(body)
+
+            def work() -> None:
+                refusal = runtime.policy.alert_attention_refusal(user)
+                if clicked is None or (snooze and clicked[1] is None):
+                    refusal = "that button's data is not readable; look at the alert again"
+                if refusal is None and clicked is not None:
+                    alert_id, hours = clicked
+                    try:
+                        outcome = attention.snooze(alert_id, user, hours or 0) if snooze else None
+                    except ValueError as exc:
+                        refusal = str(exc)
+                    else:
+                        outcome = outcome or attention.acknowledge(alert_id, user)
+                        refusal = _answer(outcome)
+                        runtime.outbox_worker.notify()
+                if refusal and body.get("response_url"):
+                    respond(**render_deletion.refusal(refusal))
+
+            runtime.submit(work)
+
+        return on_click
+
+    app.action(ACK_ACTION)(listener(snooze=False))
+    app.action(SNOOZE_ACTION)(listener(snooze=True))
