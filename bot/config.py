@@ -17,6 +17,8 @@ from typing import Literal
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from bot.health.thresholds import CheckThresholds, load_thresholds
+
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 STAGE_URL_PREFIX = "DATABASE_URL_"
 ALERT_CHANNEL_PREFIX = "ALERT_CHANNEL_"
@@ -136,6 +138,7 @@ class HealthSettings:
     repeat_minutes: int | None = None
     stage_repeat_minutes: Mapping[str, int] = field(default_factory=dict)
     stage_alert_channels: Mapping[str, str] = field(default_factory=dict)
+    checks: CheckThresholds = field(default_factory=CheckThresholds)  # issue 17's checks and HEALTH_IGNORE
 
     def repeat_minutes_for(self, stage: str) -> int:
         fallback = self.repeat_minutes if self.repeat_minutes is not None else 0
@@ -294,6 +297,7 @@ def _health(env: Mapping[str, str], stages: Mapping[str, StageConfig]) -> Health
         repeat_minutes=repeat,
         stage_repeat_minutes=repeats,
         stage_alert_channels=channels,
+        checks=load_thresholds(env),
     )
 
 

@@ -164,7 +164,7 @@ class AlertBook:
                 .returning(alerts)
             ).one()
         if row.state == "pending":
-            if row.consecutive >= needed:
+            if row.consecutive >= needed and now - row.first_seen_at >= timedelta(seconds=f.pending_s):
                 self._fire(conn, row, now, result)
             return
         values: dict[str, Any] = {}

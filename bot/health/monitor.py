@@ -26,10 +26,11 @@ from bot import deadline
 from bot.audit import AuditLog
 from bot.config import Settings
 from bot.errors import UserFacingError
-from bot.health import statements
+from bot.health import history, statements
 from bot.health.alerts import UNREACHABLE_CHECK, AlertBook, AlertView
 from bot.health.checks import (
     REGISTRY,
+    UNAVAILABLE_PREFIX,
     CheckContext,
     CheckReport,
     CheckSpec,
@@ -92,6 +93,10 @@ class Round:
     @property
     def holds(self) -> set[tuple[str, str]]:
         return {h for r in self.reports for h in r.holds}
+
+    @property
+    def samples(self) -> list[history.Sample]:
+        return [s for r in self.reports for s in r.samples]
 
 
 @dataclass(frozen=True)
@@ -213,7 +218,9 @@ class HealthMonitor:
 
         The round trip of `SELECT 1` is measured every time (and exported); `latency` adds its report.
         """
-        ctx = CheckContext(stage=stage.name, settings=self.settings.health)
+        ctx = CheckContext(
+            stage=stage.name, settings=self.settings.health, history=history.History(self.bot_engine, stage.name)
+        )
         result = Round(stage=stage.name, reachable=True)
         self.engine(stage)
         budget = self.statement_budget_s
@@ -286,13 +293,14 @@ class HealthMonitor:
                 failing_finding(stage_name, r, h.failing_after_runs) for r in failing.values() if r.status == "error"
             ]
             clear_after = {
-                check: 1 if check in CLEAR_AT_ONCE or check in failing else h.clear_after_runs for check in covers
+                check: 1 if clears_at_once(check) or check in failing else h.clear_after_runs for check in covers
             }
             snapshot, interval, texts = result.snapshot, result.interval, result.texts
 
             def keep_snapshot(conn: Connection) -> None:
                 if snapshot is not None:
                     statements.store(conn, stage_name, snapshot, interval, texts)
+                history.store(conn, stage_name, result.samples)
 
             self.book.apply(
                 stage_name,
@@ -330,9 +338,11 @@ class HealthMonitor:
             latency=True,
             baseline=baseline,
         )
-        if keeps and result.snapshot is not None:
+        if keeps and result.reachable:
             with self.bot_engine.begin() as conn:
-                statements.store(conn, stage.name, result.snapshot, result.interval, result.texts)
+                if result.snapshot is not None:
+                    statements.store(conn, stage.name, result.snapshot, result.interval, result.texts)
+                history.store(conn, stage.name, result.samples)
         return HealthSummary(
             stage=stage.name,
             checked_at=datetime.now(UTC),
@@ -340,6 +350,11 @@ class HealthMonitor:
             open_alerts=self.book.open_alerts(stage.name),
             scheduled=not keeps,
         )
+
+
+def clears_at_once(check: str) -> bool:
+    """Alerts whose absence is proof resolve at the first run without them."""
+    return check in CLEAR_AT_ONCE or check.startswith(UNAVAILABLE_PREFIX)
 
 
 def failing_finding(stage: str, report: CheckReport, runs: int) -> Finding:

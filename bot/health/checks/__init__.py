@@ -15,6 +15,7 @@ from bot.health.checks.base import (
     OUR_SESSIONS,
     QUERY_CHARS,
     REGISTRY,
+    UNAVAILABLE_PREFIX,
     Check,
     CheckContext,
     CheckReport,
@@ -29,7 +30,18 @@ from bot.health.checks.base import (
 )
 
 # In the order `/mcp health` lists them within a group.
-MODULES = ("sessions", "wraparound", "indexes", "foreign_keys")
+MODULES = (
+    "sessions",
+    "vacuum",
+    "replication",
+    "wraparound",
+    "sequences",
+    "cache",
+    "indexes",
+    "foreign_keys",
+    "constraints",
+    "growth",
+)
 
 for _module in MODULES:
     importlib.import_module(f"{__name__}.{_module}")
@@ -59,6 +71,7 @@ __all__ = [
     "OUR_SESSIONS",
     "QUERY_CHARS",
     "REGISTRY",
+    "UNAVAILABLE_PREFIX",
     "Check",
     "CheckContext",
     "CheckReport",

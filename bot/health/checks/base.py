@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from bot.config import HealthSettings
+from bot.health.history import History, Sample
+from bot.health.thresholds import glob_regex
 from bot.pii import scrub
 from bot.stages import APPLICATION_NAME
 
@@ -27,8 +29,10 @@ Severity = Literal["info", "warning", "critical"]
 Status = Literal["ok", "findings", "unavailable", "error"]
 
 OUR_SESSIONS = f"{APPLICATION_NAME}%"
+UNAVAILABLE_PREFIX = "unavailable:"  # the alert check under which a check that cannot see enough says so
 MAX_FINDINGS = 10  # per check and run: the oldest first, the summary counts the rest
 QUERY_CHARS = 300
+MB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,9 @@ class Finding:
     detail: str
     advice: str
     remind: bool = True  # info-like findings (missing indexes, a missing extension) are said once
+    # Seen continuously this long before it fires (a slot inactive for an hour, where PostgreSQL does not
+    # say since when): the alert stays pending meanwhile, and a run without it starts the wait again.
+    pending_s: int = 0
 
 
 @dataclass
@@ -57,16 +64,70 @@ class CheckReport:
     # (check, object) of open alerts this run has no verdict on (a slow query that ran too few times
     # to be measured): they neither count as seen nor as absent.
     holds: tuple[tuple[str, str], ...] = ()
+    # Numbers to keep in the bot database for later runs (bot/health/history.py).
+    samples: list[Sample] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.covers is None:
-            self.covers = () if self.status == "error" else (self.check,)
+            self.covers = () if self.status == "error" else (self.check, unavailable_check(self.check))
 
 
 @dataclass
 class CheckContext:
     stage: str
     settings: HealthSettings
+    history: History | None = None
+    _server_version: int | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.history is None:
+            self.history = History(None, self.stage)  # no bot database: no past to compare with
+
+    @property
+    def past(self) -> History:
+        assert self.history is not None
+        return self.history
+
+    def server_version(self, conn: Connection) -> int:
+        """`server_version_num` of the stage (150004 for 15.4), read once per round."""
+        if self._server_version is None:
+            self._server_version = int(conn.execute(text("SHOW server_version_num")).scalar_one())
+        return self._server_version
+
+    @property
+    def ignore(self) -> dict[str, list[str]]:
+        """The bound parameter of `ignored(...)`: HEALTH_IGNORE as regular expressions."""
+        return {"ignore": [glob_regex(p) for p in self.settings.checks.ignore]}
+
+
+def ignored(schema: str, name: str) -> str:
+    """SQL condition true for objects HEALTH_IGNORE does not cover; bind `ctx.ignore` with it."""
+    return f"NOT ({schema} || '.' || {name} ~ ANY (CAST(:ignore AS text[])))"
+
+
+def unavailable_check(check: str) -> str:
+    return f"{UNAVAILABLE_PREFIX}{check}"
+
+
+def unavailable_finding(check: str, label: str, needs: str, detail: str, advice: str) -> Finding:
+    """Said once: the stage's role cannot see what `check` reads; resolves when it can."""
+    return Finding(
+        check=unavailable_check(check),
+        object="access",
+        severity="info",
+        title=f"{label}: unavailable, needs {needs}",
+        detail=detail,
+        advice=advice,
+        remind=False,
+    )
+
+
+def unavailable_report(check: str, label: str, needs: str, detail: str, advice: str) -> CheckReport:
+    """The whole check cannot run with this role: its own alerts are left as they are."""
+    finding = unavailable_finding(check, label, needs, detail, advice)
+    return CheckReport(
+        check, label, "unavailable", f"unavailable: needs {needs}", [finding], covers=(unavailable_check(check),)
+    )
 
 
 Check = Callable[[Connection, CheckContext], CheckReport]
@@ -128,6 +189,14 @@ def duration(seconds: float) -> str:
     if seconds < 172_800:
         return f"{seconds // 3600} h {seconds % 3600 // 60} min"
     return f"{seconds // 86_400} days"
+
+
+def size(n: float) -> str:
+    """Bytes for people: 1.2 GB, 340.0 MB, 12.0 kB."""
+    for unit, factor in (("TB", 1024**4), ("GB", 1024**3), ("MB", MB), ("kB", 1024)):
+        if abs(n) >= factor:
+            return f"{n / factor:,.1f} {unit}"
+    return f"{int(n)} bytes"
 
 
 def session_label(row: Any) -> str:

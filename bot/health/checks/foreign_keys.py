@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Connection, text
 
-from bot.health.checks.base import CheckContext, CheckReport, Finding, check
+from bot.health.checks.base import CheckContext, CheckReport, Finding, check, ignored
 
 MAX_FK_LINES = 15
 
@@ -12,11 +14,24 @@ MAX_FK_LINES = 15
 DELETE_RULES = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 
 
-@check("fk_without_index", "Foreign keys without an index", group="fk_indexes", clear_at_once=True)
-def check_fk_without_index(conn: Connection, ctx: CheckContext) -> CheckReport:
-    rows = conn.execute(
+def covers_foreign_key(index: str, constraint: str) -> str:
+    """SQL: index `index` (a pg_index row) leads with the columns of foreign key `constraint` (pg_constraint)."""
+    return (
+        f"{index}.indrelid = {constraint}.conrelid AND {index}.indisvalid AND {index}.indpred IS NULL"
+        f" AND ({index}.indkey::int2[])[0:cardinality({constraint}.conkey) - 1] @> {constraint}.conkey"
+    )
+
+
+def unindexed_foreign_keys(conn: Connection, ctx: CheckContext) -> list[Any]:
+    """Foreign keys whose columns lead no valid index, largest referencing tables first.
+
+    Rows: child, conname, on_delete, parent, child_rows, columns (quoted, comma-separated),
+    child_schema, child_table (raw names).
+    """
+    return conn.execute(
         text(
             "SELECT format('%I.%I', n.nspname, t.relname) AS child, con.conname, con.confdeltype AS on_delete,"
+            " n.nspname AS child_schema, t.relname AS child_table,"
             " format('%I.%I', pn.nspname, p.relname) AS parent, greatest(t.reltuples, 0)::bigint AS child_rows,"
             " (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord)"
             "    FROM unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)"
@@ -25,12 +40,17 @@ def check_fk_without_index(conn: Connection, ctx: CheckContext) -> CheckReport:
             " JOIN pg_class t ON t.oid = con.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
             " JOIN pg_class p ON p.oid = con.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace"
             " WHERE con.contype = 'f' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
-            " AND NOT EXISTS ("
-            "   SELECT 1 FROM pg_index i WHERE i.indrelid = con.conrelid AND i.indisvalid AND i.indpred IS NULL"
-            "   AND (i.indkey::int2[])[0:cardinality(con.conkey) - 1] @> con.conkey)"
+            " AND " + ignored("n.nspname", "t.relname") + " AND NOT EXISTS ("
+            "   SELECT 1 FROM pg_index i WHERE " + covers_foreign_key("i", "con") + ")"
             " ORDER BY t.reltuples DESC, 1, 2"
-        )
+        ),
+        ctx.ignore,
     ).all()
+
+
+@check("fk_without_index", "Foreign keys without an index", group="fk_indexes", clear_at_once=True)
+def check_fk_without_index(conn: Connection, ctx: CheckContext) -> CheckReport:
+    rows = unindexed_foreign_keys(conn, ctx)
     summary = f"{len(rows)} foreign keys without an index" if rows else "every foreign key has an index"
     if not rows:
         return CheckReport("fk_without_index", "Foreign keys without an index", "ok", summary)

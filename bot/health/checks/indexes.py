@@ -1,10 +1,40 @@
-"""Indexes: invalid ones left behind by a failed `CREATE INDEX CONCURRENTLY`."""
+"""Indexes: invalid ones left behind by a failed `CREATE INDEX CONCURRENTLY`, duplicate and redundant
+ones, and large ones nothing has used since the statistics began.
+
+An index is redundant when another index of the same table, same method, predicate and expressions,
+starts with its key columns (same operator classes, collations and orderings): every lookup it
+serves, the other serves too. A unique index is redundant only beside an identical unique one, and
+an index backing a constraint (primary key, unique, exclusion) is never the one to drop. For exact
+duplicates the one to drop is the one without a constraint, else the plain one beside a unique one,
+else the newer. Unused means no scan since the statistics were reset, large enough to matter, on
+statistics old enough to mean something (and an index the bot has watched that long): indexes
+that back a constraint or lead with a foreign key's columns (they serve deletes of the parent, which
+may be rare) are never called unused.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from sqlalchemy import Connection, text
 
-from bot.health.checks.base import CheckContext, CheckReport, Finding, check, safe_query_text
+from bot.health.checks.base import (
+    MAX_FINDINGS,
+    MB,
+    CheckContext,
+    CheckReport,
+    Finding,
+    check,
+    duration,
+    ignored,
+    safe_query_text,
+    size,
+)
+from bot.health.checks.foreign_keys import covers_foreign_key
+from bot.health.history import Sample
+
+DUPLICATE_LABEL = "Duplicate indexes"
+UNUSED_LABEL = "Unused indexes"
 
 
 @check("invalid_index", "Invalid indexes", group="maintenance", clear_at_once=True)
@@ -14,10 +44,12 @@ def check_invalid_indexes(conn: Connection, ctx: CheckContext) -> CheckReport:
             "SELECT format('%I.%I', n.nspname, c.relname) AS name, pg_get_indexdef(c.oid) AS definition,"
             " pg_relation_size(c.oid) AS bytes"
             " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE NOT i.indisvalid"
-            " AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid)"
+            " JOIN pg_class t ON t.oid = i.indrelid"
+            " WHERE NOT i.indisvalid AND " + ignored("n.nspname", "t.relname") + " AND NOT EXISTS"
+            " (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = i.indexrelid)"
             " ORDER BY 1"
-        )
+        ),
+        ctx.ignore,
     ).all()
     findings = [
         Finding(
@@ -38,3 +70,159 @@ def check_invalid_indexes(conn: Connection, ctx: CheckContext) -> CheckReport:
     ]
     summary = f"{len(rows)} invalid" if rows else "none"
     return CheckReport("invalid_index", "Invalid indexes", "findings" if rows else "ok", summary, findings)
+
+
+# Each valid index with its key columns, operator classes, collations and orderings as 1-based arrays.
+_INDEXES = """
+SELECT i.indexrelid, i.indrelid, c.relam, i.indisunique, i.indnatts, i.indnkeyatts,
+       (i.indkey::int2[])[0:i.indnkeyatts - 1] AS keys, i.indkey::int2[] AS all_keys,
+       (i.indclass::oid[])[0:i.indnkeyatts - 1] AS classes, (i.indcollation::oid[])[0:i.indnkeyatts - 1] AS colls,
+       (i.indoption::int2[])[0:i.indnkeyatts - 1] AS opts,
+       pg_get_expr(i.indexprs, i.indrelid) AS exprs, pg_get_expr(i.indpred, i.indrelid) AS pred,
+       EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.contype IN ('p', 'u', 'x'))
+         AS constraint_backed,
+       format('%I.%I', n.nspname, c.relname) AS name, format('%I.%I', n.nspname, t.relname) AS table_name,
+       pg_relation_size(i.indexrelid) AS bytes, pg_get_indexdef(i.indexrelid) AS definition
+  FROM pg_index i
+  JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid
+  JOIN pg_namespace n ON n.oid = t.relnamespace
+ WHERE i.indisvalid AND i.indisready AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+   AND {keep}
+"""
+DUPLICATES_SQL = (
+    "WITH idx AS ({indexes})"
+    " SELECT DISTINCT ON (a.indexrelid) a.name, a.table_name, a.bytes, a.definition, b.name AS keeper,"
+    " b.bytes AS keeper_bytes, b.definition AS keeper_definition, a.keys = b.keys AS exact,"
+    " coalesce(s.idx_scan, 0) AS scans"
+    " FROM idx a JOIN idx b ON b.indrelid = a.indrelid AND b.indexrelid <> a.indexrelid AND b.relam = a.relam"
+    "  AND a.exprs IS NOT DISTINCT FROM b.exprs AND a.pred IS NOT DISTINCT FROM b.pred"
+    "  AND b.keys[1:cardinality(a.keys)] = a.keys AND b.classes[1:cardinality(a.keys)] = a.classes"
+    "  AND b.colls[1:cardinality(a.keys)] = a.colls AND b.opts[1:cardinality(a.keys)] = a.opts"
+    " LEFT JOIN pg_stat_all_indexes s ON s.indexrelid = a.indexrelid"
+    " WHERE NOT a.constraint_backed"
+    # INCLUDE columns of its own would be lost, unless the other has exactly the same columns.
+    "  AND (a.indnatts = a.indnkeyatts OR a.all_keys = b.all_keys)"
+    "  AND CASE WHEN a.keys = b.keys THEN"
+    # exact duplicates: drop the one without a constraint, else the plain one, else the newer
+    "    (a.constraint_backed::int, a.indisunique::int, -a.indexrelid::bigint)"
+    "      < (b.constraint_backed::int, b.indisunique::int, -b.indexrelid::bigint)"
+    # a shorter prefix: only a plain b-tree index is redundant (a unique one enforces more)
+    "   ELSE NOT a.indisunique AND a.relam = (SELECT oid FROM pg_am WHERE amname = 'btree') END"
+    " ORDER BY a.indexrelid, b.constraint_backed DESC, b.indisunique DESC, b.indexrelid"
+)
+
+
+@check("duplicate_index", DUPLICATE_LABEL, group="fk_indexes", clear_at_once=True)
+def check_duplicate_indexes(conn: Connection, ctx: CheckContext) -> CheckReport:
+    rows = conn.execute(
+        text(DUPLICATES_SQL.format(indexes=_INDEXES.format(keep=ignored("n.nspname", "t.relname")))), ctx.ignore
+    ).all()
+    findings = []
+    for r in rows:
+        relation = "a duplicate of" if r.exact else "made redundant by"
+        findings.append(
+            Finding(
+                check="duplicate_index",
+                object=r.name,
+                severity="info",
+                title=f"index {r.name} is {relation} {r.keeper}",
+                detail=(
+                    f"On {r.table_name}: `{safe_query_text(r.definition, 250)}` ({size(r.bytes)}, {r.scans:,} scans) "
+                    f"is {relation} `{safe_query_text(r.keeper_definition, 250)}` ({size(r.keeper_bytes)}): "
+                    "every lookup it serves, the other serves too, and both are written on every insert and update."
+                ),
+                advice=(
+                    f"Drop {r.name} and keep {r.keeper}: `DROP INDEX CONCURRENTLY {r.name};` (outside a transaction; "
+                    "it waits for queries using the index, blocking nothing else)."
+                ),
+                remind=False,
+            )
+        )
+    summary = f"{len(rows)} to drop ({size(sum(r.bytes for r in rows))})" if rows else "none"
+    return CheckReport("duplicate_index", DUPLICATE_LABEL, "findings" if rows else "ok", summary, findings)
+
+
+STATS_KIND = "stats_epoch"
+SEEN_KIND = "index_seen"
+NEVER_RESET = "never reset"
+
+
+def _stats_age(conn: Connection, ctx: CheckContext) -> tuple[float, str, list[Sample]]:
+    """How old this database's statistics are (seconds), how that is known, and the sample that remembers it."""
+    reset = conn.execute(
+        text("SELECT stats_reset FROM pg_stat_database WHERE datname = current_database()")
+    ).scalar_one_or_none()
+    now = datetime.now(UTC)
+    if reset is not None:
+        return (now - reset).total_seconds(), f"reset {reset:%Y-%m-%d}", []
+    # Never reset (PostgreSQL 15+ keeps statistics across restarts): at least as old as the bot's first look.
+    first = ctx.past.oldest(STATS_KIND, [NEVER_RESET]).get(NEVER_RESET)
+    age = (now - first.taken_at).total_seconds() if first else 0.0
+    return (
+        age,
+        "never reset, watched by mcp-ops since " + (f"{first.taken_at:%Y-%m-%d}" if first else "now"),
+        [Sample(STATS_KIND, NEVER_RESET, 0)],
+    )
+
+
+@check("unused_index", UNUSED_LABEL, group="fk_indexes", clear_at_once=True)
+def check_unused_indexes(conn: Connection, ctx: CheckContext) -> CheckReport:
+    t = ctx.settings.checks
+    rows = conn.execute(
+        text(
+            "SELECT format('%I.%I', s.schemaname, s.indexrelname) AS name, format('%I.%I', s.schemaname, s.relname)"
+            " AS table_name, pg_relation_size(s.indexrelid) AS bytes, pg_get_indexdef(s.indexrelid) AS definition,"
+            " count(*) OVER () AS total"
+            " FROM pg_stat_user_indexes s JOIN pg_index i ON i.indexrelid = s.indexrelid"
+            " WHERE s.idx_scan = 0 AND i.indisvalid AND NOT i.indisunique AND NOT i.indisprimary"
+            " AND NOT i.indisexclusion AND pg_relation_size(s.indexrelid) >= :min_bytes"
+            " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = s.indexrelid)"
+            " AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND "
+            + covers_foreign_key("i", "f")
+            + ") AND "
+            + ignored("s.schemaname", "s.relname")
+            + " ORDER BY bytes DESC LIMIT :max_findings"
+        ),
+        {"min_bytes": t.unused_index_min_mb * MB, "max_findings": MAX_FINDINGS, **ctx.ignore},
+    ).all()
+    stats_age, stats_how, samples = _stats_age(conn, ctx)
+    needed = timedelta(days=t.unused_index_stats_days).total_seconds()
+    names = [r.name for r in rows]
+    seen = ctx.past.oldest(SEEN_KIND, names)
+    samples += [Sample(SEEN_KIND, r.name, int(r.bytes)) for r in rows]
+    now = datetime.now(UTC)
+    findings = []
+    young = 0
+    for r in rows:
+        watched = (now - seen[r.name].taken_at).total_seconds() if r.name in seen else 0.0
+        age = min(stats_age, watched)
+        if age < needed:
+            young += 1  # never suggested on young statistics
+            continue
+        findings.append(
+            Finding(
+                check="unused_index",
+                object=r.name,
+                severity="info",
+                title=f"index {r.name} ({size(r.bytes)}) has not been used in {duration(age)}",
+                detail=(
+                    f"On {r.table_name}: `{safe_query_text(r.definition, 250)}`. No scan since the statistics began "
+                    f"({stats_how}; statistics {duration(stats_age)} old), yet it is written on every insert and "
+                    "update and takes space in the cache."
+                ),
+                advice=(
+                    "Scans on read replicas are not counted here: check `pg_stat_user_indexes` there first. Then "
+                    f"`DROP INDEX CONCURRENTLY {r.name};` (keep its definition above to create it again if needed)."
+                ),
+                remind=False,
+            )
+        )
+    total = rows[0].total if rows else 0
+    summary = (f"{len(findings)} unused for {t.unused_index_stats_days}+ days" if findings else "none") + (
+        f" ({young} more on statistics younger than {t.unused_index_stats_days} days)" if young else ""
+    )
+    if total > len(rows):
+        summary += f", {total - len(rows)} smaller not listed"
+    return CheckReport(
+        "unused_index", UNUSED_LABEL, "findings" if findings else "ok", summary, findings, samples=samples
+    )

@@ -1,0 +1,404 @@
+"""The DBA's checks (issue 17), each induced on real PostgreSQL: one alert, then its resolution.
+
+Conditions that are cluster-wide (replication slots) or need a server setting (prepared
+transactions need max_prepared_transactions) live on a cluster of this module's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from bot.console.localslack import LocalSlack
+from bot.localpg import LocalPostgres
+from tests.conftest import eventually, throwaway_cluster, unique_name
+from tests.test_health import Health, _texts, health_factory
+
+
+@pytest.fixture
+def make_health(bot_db_url: str, fake_slack: LocalSlack) -> Iterator[Callable[..., Health]]:
+    yield from health_factory(bot_db_url, fake_slack)
+
+
+@pytest.fixture(scope="module")
+def twophase() -> Iterator[LocalPostgres]:
+    """A cluster with two-phase commit allowed; replication slots made here are seen by no other test."""
+    with throwaway_cluster("twophase", max_prepared_transactions="5") as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def plain_db(pg: LocalPostgres) -> Iterator[str]:
+    """An empty database on the shared cluster."""
+    name = unique_name("plain")
+    yield pg.create_database(name)
+    pg.drop_database(name)
+
+
+def run(url: str, *statements: str, **kwargs: Any) -> None:
+    with psycopg.connect(url, autocommit=True, **kwargs) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def firing(health: Health) -> list[Any]:
+    return [r for r in health.alert_rows() if r.state == "firing"]
+
+
+def resolves(health: Health, group: str, check: str, runs: int = 2) -> None:
+    """`runs` more runs of `group`: the alert of `check` resolves, and says so in its thread, once."""
+    for _ in range(runs):
+        health.run(group)
+    health.sync()
+    [row] = [r for r in health.alert_rows() if r.check_name == check]
+    assert row.state == "resolved"
+    [reply] = [r for r in health.replies() if r.payload["thread_ts"] == row.ts]
+    assert "Resolved after" in reply.payload["text"]
+    assert "RESOLVED" in _texts([u for u in health.updates() if u.payload["ts"] == row.ts][-1:])[0]
+
+
+# -- sequences --------------------------------------------------------------------------------------
+
+
+def test_a_sequence_near_its_columns_maximum_alerts_once_and_resolves_when_widened(make_health, plain_db):
+    run(
+        plain_db,
+        "CREATE TABLE counters (id serial PRIMARY KEY, note text)",
+        "CREATE TABLE events (id bigint GENERATED ALWAYS AS IDENTITY, at timestamptz)",
+        "CREATE SEQUENCE roomy AS bigint",
+        "SELECT setval('roomy', 2000000000)",  # far from bigint's end
+        "SELECT setval('counters_id_seq', 2040109465)",  # 95% of integer
+    )
+    health = make_health({"dev": plain_db})
+    health.run("maintenance")
+    health.run("maintenance")
+    [post] = health.posts()
+    [row] = firing(health)
+    assert (row.check_name, row.object, row.severity) == ("sequences", "public.counters_id_seq", "critical")
+    posted = _texts([post])[0]
+    assert "public.counters.id (integer) has used 95% of its values" in posted
+    assert "107,374,182 values left" in posted
+    assert "ALTER TABLE public.counters ALTER COLUMN id TYPE bigint;" in posted
+    assert "ALTER SEQUENCE public.counters_id_seq AS bigint;" in posted
+
+    run(plain_db, "ALTER TABLE counters ALTER COLUMN id TYPE bigint", "ALTER SEQUENCE counters_id_seq AS bigint")
+    resolves(health, "maintenance", "sequences", runs=1)  # widened: its absence is proof
+    assert len(health.posts()) == 1
+
+    # An identity column at 80% of its type: a warning, with the rate of use from a kept sample.
+    run(plain_db, "ALTER TABLE events ALTER COLUMN id TYPE integer", "SELECT setval('events_id_seq', 1717986918)")
+    with health.runtime.bot_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO health_samples (stage, kind, object, taken_at, value)"
+                " VALUES ('dev', 'sequence', 'public.events_id_seq', now() - interval '2 days', 1717786918)"
+            )
+        )
+    health.run("maintenance")
+    [_, identity] = health.posts()
+    posted = _texts([identity])[0]
+    assert "public.events.id (integer, identity) has used 80% of its values" in posted
+    assert "about 100,000 values a day" in posted and "WARNING" in posted
+
+
+# -- what holds back vacuum ----------------------------------------------------------------------------
+
+
+def test_a_prepared_transaction_holding_the_vacuum_horizon_alerts_once_and_resolves(make_health, twophase):
+    url = twophase.create_database(unique_name("horizon"))
+    run(url, "CREATE TABLE payments (id int PRIMARY KEY, amount int)")
+    health = make_health({"dev": url}, XMIN_HORIZON_SECONDS="0")
+    health.run("activity")
+    assert health.posts() == []  # nothing holds it back
+
+    coordinator = psycopg.connect(url, application_name="payments-coordinator")
+    coordinator.execute("INSERT INTO payments VALUES (1, 100)")
+    coordinator.execute("PREPARE TRANSACTION 'pay-1'")
+    coordinator.close()  # the session is gone; the prepared transaction stays
+    try:
+        health.run("activity")
+        health.run("activity")
+        [post] = health.posts()
+        [row] = firing(health)
+        assert (row.check_name, row.object) == ("vacuum_horizon", "prepared pay-1")
+        posted = _texts([post])[0]
+        assert "vacuum held back by prepared transaction pay-1" in posted
+        assert "COMMIT PREPARED 'pay-1';" in posted and "ROLLBACK PREPARED 'pay-1';" in posted
+    finally:
+        run(url, "ROLLBACK PREPARED 'pay-1'")
+    resolves(health, "activity", "vacuum_horizon")
+    assert len(health.posts()) == 1
+    twophase.drop_database(url.rsplit("/", 1)[1])
+
+
+def test_a_session_holding_the_horizon_waits_for_the_threshold(make_health, twophase):
+    url = twophase.create_database(unique_name("horizon"))
+    run(url, "CREATE TABLE t (id int)")
+    health = make_health({"dev": url})  # XMIN_HORIZON_SECONDS defaults to an hour
+    reader = psycopg.connect(url, application_name="report-job")
+    try:
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT count(*) FROM t")  # holds its snapshot, idle in transaction
+        summary = health.runtime.health.run_now(health.runtime.stages.get("dev"))
+        [report] = [r for r in summary.round.reports if r.check == "vacuum_horizon"]
+        assert report.status == "ok" and report.summary.startswith("held by backend (")
+        assert not report.findings
+    finally:
+        reader.close()
+    twophase.drop_database(url.rsplit("/", 1)[1])
+
+
+# -- replication slots --------------------------------------------------------------------------------
+
+
+def test_an_inactive_physical_slot_alerts_once_after_its_time_and_resolves_when_dropped(make_health, twophase):
+    url = twophase.create_database(unique_name("slots"))
+    run(url, "SELECT pg_create_physical_replication_slot('gone_standby', true)")
+    try:
+        # PostgreSQL 15 does not say since when a slot is inactive: it must be seen inactive for the threshold.
+        health = make_health({"dev": url}, REPLICATION_SLOT_INACTIVE_SECONDS="3600")
+        health.run("activity")
+        health.run("activity")
+        [row] = health.alert_rows()
+        assert (row.check_name, row.object, row.state) == ("replication_slots", "slot gone_standby", "pending")
+        assert health.posts() == []
+        with health.runtime.bot_engine.begin() as conn:
+            conn.execute(text("UPDATE alerts SET first_seen_at = first_seen_at - interval '61 minutes'"))
+        health.run("activity")
+        health.run("activity")
+        [post] = health.posts()
+        posted = _texts([post])[0]
+        assert "inactive replication slot gone_standby (physical)" in posted
+        assert "pg_drop_replication_slot('gone_standby')" in posted
+        assert [r.state for r in health.alert_rows()] == ["firing"]
+    finally:
+        run(url, "SELECT pg_drop_replication_slot('gone_standby')")
+    resolves(health, "activity", "replication_slots")
+    assert len(health.posts()) == 1
+    twophase.drop_database(url.rsplit("/", 1)[1])
+
+
+# -- indexes and constraints ------------------------------------------------------------------------------
+
+
+def test_a_duplicate_index_alerts_once_and_resolves_when_dropped_and_ignored_schemas_are_not_checked(
+    make_health, plain_db
+):
+    run(
+        plain_db,
+        "CREATE TABLE orders (id int PRIMARY KEY, customer int, placed date, note text)",
+        "CREATE INDEX orders_customer_placed ON orders (customer, placed)",
+        "CREATE INDEX orders_customer ON orders (customer)",  # a prefix of the one above: redundant
+        "CREATE INDEX orders_placed_desc ON orders (placed DESC)",  # another ordering: kept
+        "CREATE UNIQUE INDEX orders_note_uq ON orders (note)",
+        "CREATE INDEX orders_note ON orders (note) WHERE note IS NOT NULL",  # partial: kept
+        "CREATE SCHEMA inngest",
+        "CREATE TABLE inngest.runs (id int, fn text)",
+        "CREATE INDEX runs_fn ON inngest.runs (fn)",
+        "CREATE INDEX runs_fn_again ON inngest.runs (fn)",
+    )
+    health = make_health({"dev": plain_db}, HEALTH_IGNORE="inngest")
+    health.run("fk_indexes")
+    [post] = health.posts()
+    [row] = firing(health)
+    assert (row.check_name, row.object) == ("duplicate_index", "public.orders_customer")
+    posted = _texts([post])[0]
+    assert "index public.orders_customer is made redundant by public.orders_customer_placed" in posted
+    assert "DROP INDEX CONCURRENTLY public.orders_customer;" in posted
+
+    run(plain_db, "DROP INDEX orders_customer")
+    resolves(health, "fk_indexes", "duplicate_index", runs=1)
+    assert len(health.posts()) == 1
+
+
+def test_duplicate_indexes_of_the_platform_schema(make_health, stage_db):
+    health = make_health({"dev": stage_db.url})
+    stage = health.runtime.stages.get("dev")
+    from bot.health.checks import checks_in
+
+    result = health.runtime.health.round(stage, [s for s in checks_in("fk_indexes") if s.name == "duplicate_index"])
+    [report] = result.reports
+    [finding] = report.findings  # the unique constraint on (user, walkthrough, step) leads with the index's columns
+    assert finding.object == "public.wsc_user_walkthrough_idx"
+    assert finding.title == (
+        "index public.wsc_user_walkthrough_idx is made redundant by public.walkthrough_step_completions_uq"
+    )
+
+
+def test_a_not_valid_constraint_alerts_once_and_resolves_when_validated(make_health, plain_db):
+    run(
+        plain_db,
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance int)",
+        "INSERT INTO accounts VALUES (1, 10), (2, 20)",
+        "ALTER TABLE accounts ADD CONSTRAINT balance_positive CHECK (balance > 0) NOT VALID",
+    )
+    health = make_health({"dev": plain_db})
+    health.run("fk_indexes")
+    health.run("fk_indexes")
+    [post] = health.posts()
+    [row] = firing(health)
+    assert (row.check_name, row.object) == ("not_valid_constraint", "public.accounts.balance_positive")
+    assert "ALTER TABLE public.accounts VALIDATE CONSTRAINT balance_positive;" in _texts([post])[0]
+    run(plain_db, "ALTER TABLE accounts VALIDATE CONSTRAINT balance_positive")
+    resolves(health, "fk_indexes", "not_valid_constraint", runs=1)
+
+
+def _statistics_age(health: Health, days: int, *objects: tuple[str, str]) -> None:
+    """Pretend the bot has watched these (kind, object) for `days` days."""
+    with health.runtime.bot_engine.begin() as conn:
+        for kind, obj in objects:
+            conn.execute(
+                text(
+                    "INSERT INTO health_samples (stage, kind, object, taken_at, value)"
+                    " VALUES ('dev', :kind, :obj, now() - make_interval(days => :days), 0)"
+                ),
+                {"kind": kind, "obj": obj, "days": days},
+            )
+
+
+def test_unused_indexes_are_suggested_only_on_old_statistics_and_never_for_foreign_keys(make_health, plain_db):
+    run(
+        plain_db,
+        "CREATE TABLE customers (id int PRIMARY KEY)",
+        "CREATE TABLE invoices (id int PRIMARY KEY, customer int REFERENCES customers, status text)",
+        "INSERT INTO customers SELECT generate_series(1, 100)",
+        "INSERT INTO invoices SELECT i, i % 100 + 1, 'open' FROM generate_series(1, 20000) i",
+        "CREATE INDEX invoices_status ON invoices (status)",
+        "CREATE INDEX invoices_customer ON invoices (customer)",  # serves the foreign key
+    )
+    health = make_health({"dev": plain_db}, UNUSED_INDEX_MIN_MB="0")
+    stage = health.runtime.stages.get("dev")
+
+    def unused() -> Any:
+        summary = health.runtime.health.run_now(stage)
+        [report] = [r for r in summary.round.reports if r.check == "unused_index"]
+        return report
+
+    young = unused()
+    assert young.findings == [] and "(1 more on statistics younger than 7 days)" in young.summary
+    _statistics_age(health, 8, ("stats_epoch", "never reset"), ("index_seen", "public.invoices_status"))
+    [finding] = unused().findings
+    assert finding.object == "public.invoices_status"
+    assert "has not been used in 8 days" in finding.title
+    assert "DROP INDEX CONCURRENTLY public.invoices_status;" in finding.advice
+
+
+# -- tables not vacuumed -------------------------------------------------------------------------------
+
+
+def test_a_table_full_of_dead_rows_with_autovacuum_off_alerts_once_and_resolves_after_vacuum(make_health, plain_db):
+    run(
+        plain_db,
+        "CREATE TABLE jobs (id int PRIMARY KEY, payload text) WITH (autovacuum_enabled = false)",
+        "INSERT INTO jobs SELECT i, 'x' FROM generate_series(1, 2000) i",
+    )
+    run(plain_db, "SELECT pg_stat_force_next_flush()", "DELETE FROM jobs WHERE id <= 1000")
+    dead = "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'jobs'"
+    assert eventually(lambda: psycopg.connect(plain_db, autocommit=True).execute(dead).fetchone()[0] >= 1000)
+    health = make_health({"dev": plain_db})
+    health.run("maintenance")
+    health.run("maintenance")
+    [post] = health.posts()
+    [row] = firing(health)
+    assert (row.check_name, row.object) == ("stale_vacuum", "public.jobs")
+    posted = _texts([post])[0]
+    assert "public.jobs: 50% dead rows, never vacuumed" in posted
+    assert "ALTER TABLE public.jobs RESET (autovacuum_enabled);" in posted and "VACUUM (ANALYZE, VERBOSE)" in posted
+    run(plain_db, "VACUUM jobs")
+    resolves(health, "maintenance", "stale_vacuum", runs=1)
+    assert len(health.posts()) == 1
+
+
+# -- size growth, cache hit ratio -----------------------------------------------------------------------------
+
+
+def test_growth_is_measured_against_the_oldest_kept_sample_in_the_window(make_health, plain_db):
+    run(
+        plain_db,
+        "CREATE TABLE logs (id int, line text)",
+        "INSERT INTO logs SELECT i, 'x' FROM generate_series(1, 5000) i",
+    )
+    health = make_health({"dev": plain_db}, GROWTH_MIN_MB="0")
+    health.run("fk_indexes")
+    assert health.posts() == []  # the first sample: nothing to compare with yet
+    with health.runtime.bot_engine.begin() as conn:
+        conn.execute(text("UPDATE health_samples SET taken_at = now() - interval '6 days', value = value / 2"))
+    health.run("fk_indexes")
+    [post] = health.posts()
+    posted = _texts([post])[0]
+    assert "database grew 100% in 7 days" in posted
+    assert "public.logs" in posted and "(+100%)" in posted
+
+
+def test_the_cache_hit_ratio_of_large_tables(make_health, plain_db):
+    run(
+        plain_db,
+        "CREATE TABLE big (id int, pad text)",
+        "INSERT INTO big SELECT i, repeat('x', 200) FROM generate_series(1, 5000) i",
+    )
+    run(plain_db, "SELECT pg_stat_force_next_flush()", "SELECT count(*) FROM big")
+    health = make_health({"dev": plain_db}, CACHE_HIT_MIN_TABLE_MB="0", CACHE_HIT_WARN_PERCENT="100")
+    stage = health.runtime.stages.get("dev")
+
+    def report() -> Any:
+        [found] = [r for r in health.runtime.health.run_now(stage).round.reports if r.check == "cache_hit"]
+        return found
+
+    found = eventually(lambda: report().findings, timeout=20)
+    [finding] = found
+    assert finding.title.startswith("cache hit ratio") and "public.big" in finding.detail
+
+
+# -- a role that cannot see everything -------------------------------------------------------------------
+
+
+def test_a_role_without_grants_is_told_once_what_it_needs_and_the_other_checks_run(make_health, twophase):
+    name = unique_name("limited")
+    url = twophase.create_database(name)
+    role = unique_name("app_role")
+    run(
+        url,
+        f"CREATE ROLE {role} LOGIN",
+        "CREATE TABLE orders (id serial PRIMARY KEY)",
+        "SELECT setval('orders_id_seq', 2040109465)",
+    )
+    other = psycopg.connect(url, application_name="someone-else")  # a superuser's session: hidden from the role
+    other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    other.execute("SELECT 1")
+    try:
+        health = make_health({"dev": url.replace("postgres@", f"{role}@")}, XMIN_HORIZON_SECONDS="0")
+        for _ in range(3):
+            health.run("activity")
+            health.run("maintenance")
+        texts = _texts(health.posts())
+        assert len(texts) == 2, texts
+        assert sum("Vacuum horizon: unavailable, needs pg_read_all_stats" in t for t in texts) == 1
+        assert sum("Sequences: unavailable, needs SELECT on sequences" in t for t in texts) == 1
+        assert any("GRANT SELECT ON ALL SEQUENCES IN SCHEMA" in t for t in texts)
+        run(url, f"GRANT SELECT ON orders_id_seq TO {role}", f"GRANT pg_read_all_stats TO {role}")
+        health.run("maintenance")
+        health.run("activity")
+        states = {(r.check_name, r.state) for r in health.alert_rows()}
+        assert ("unavailable:sequences", "resolved") in states and ("unavailable:vacuum_horizon", "resolved") in states
+        assert ("sequences", "firing") in states and ("vacuum_horizon", "firing") in states
+    finally:
+        other.close()
+        health.runtime.stages.dispose()
+        twophase.drop_database(name)
+
+
+# -- /mcp health and App Home ------------------------------------------------------------------------------------
+
+
+def test_the_health_command_shows_every_check(make_bot, stage_db):
+    from bot.health.checks import REGISTRY
+
+    bot = make_bot({"dev": stage_db.url})
+    text_ = bot.command("health --stage dev").text()
+    for spec in REGISTRY:
+        assert f"*{spec.label}*:" in text_, spec.label
+    assert "made redundant by public.walkthrough_step_completions_uq" in text_
