@@ -46,6 +46,7 @@ TABLE_MODULES = (
     "bot.home",
     "bot.backups.index",
     "bot.deletion.requests",
+    "bot.schema.watch",
 )
 
 

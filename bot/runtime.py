@@ -30,6 +30,7 @@ from bot.outbox import Outbox, OutboxWorker
 from bot.ratelimit import RateLimiter
 from bot.readiness import ReadinessProbe
 from bot.scheduler import JobScheduler
+from bot.schema.watch import MigrationWatch
 from bot.slack_client import make_web_client
 from bot.stages import StageRegistry
 
@@ -63,6 +64,7 @@ class Runtime:
         # Jobs register here before start(); each runs once per slot across replicas.
         self.scheduler = JobScheduler(self.bot_engine)
         self.health = HealthMonitor(settings, self.stages, self.bot_engine, self.audit, self._changed("alerts"))
+        self.migration_watch = MigrationWatch(settings, self.stages, self.health.book)
         self.home = Home(self.bot_engine, self.policy, self.audit, self.health.book)
         self.backups = Backups(settings, self.bot_engine, self.audit)
         if settings.backup.retention_days and settings.backup.directory is not None:
@@ -177,6 +179,7 @@ class Runtime:
                 time.sleep(1)
         if self.settings.health.enabled:
             self.health.register_jobs(self.scheduler)
+            self.migration_watch.register(self.scheduler)  # daily, and once after start
         # Every scheduled run leaves a row in job_runs (about 1,750 a stage a day with health checks on).
         self.scheduler.add_pruning()
         if workers:

@@ -1,0 +1,106 @@
+"""The scheduled migration check: skipped migrations and a protected stage behind the reference raise alerts
+through the health alert lifecycle, once, and resolve when fixed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy import text
+
+from bot.localpg import LocalPostgres
+from bot.schema.watch import DAILY_JOB
+from tests.conftest import unique_name
+from tests.schema_support import BREAKPOINT, drizzle_migrate, execute, platform_migrations, write_journal_folder
+from tests.test_health import T0, health_factory
+from tests.test_schema_migrations import branch_migration
+
+
+@pytest.fixture
+def make_health(bot_db_url, fake_slack):
+    yield from health_factory(bot_db_url, fake_slack)
+
+
+@pytest.fixture
+def empty_db(pg: LocalPostgres) -> Iterator[Callable[[], str]]:
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(unique_name("watch"))
+        return pg.create_database(made[-1])
+
+    yield make
+    for name in made:
+        pg.drop_database(name)
+
+
+def test_skipped_and_lagging_stages_alert_once_and_resolve(make_health, empty_db, tmp_path):
+    base, branch = platform_migrations(), branch_migration()
+    folder = [*base, branch]
+    write_journal_folder(tmp_path / "migrations", folder)
+    staging, production = empty_db(), empty_db()
+    drizzle_migrate(staging, base)
+    drizzle_migrate(staging, folder)  # the branch migration is older than 0004: skipped on staging
+    drizzle_migrate(production, base[:3])  # production lacks 0003 and 0004, which staging has
+
+    health = make_health(
+        {"staging": staging, "production": production},
+        MIGRATIONS_DIR=str(tmp_path / "migrations"),
+        MIGRATION_LAG_ALERT_HOURS="1",
+    )
+    scheduler = health.runtime.scheduler
+    assert scheduler.jobs[DAILY_JOB].interval_s == 86_400
+    startup = [name for name in scheduler.jobs if name.startswith(f"{DAILY_JOB}:start:")]
+    assert len(startup) == 1  # this process's run after start
+
+    assert scheduler.run_slot(startup[0], now=T0)
+    health.deliver()
+    posts = health.posts()
+    assert len(posts) == 1, [p.payload["text"] for p in posts]
+    skipped = str(posts[0].payload["blocks"])
+    assert "migration 0005_branch_support_index was skipped on staging" in skipped and "CRITICAL" in skipped
+    # Behind for less than MIGRATION_LAG_ALERT_HOURS: not yet an alert.
+    with health.runtime.bot_engine.begin() as conn:
+        rows = conn.execute(text("SELECT stage, migration FROM migration_lag ORDER BY migration")).all()
+        assert [tuple(r) for r in rows] == [
+            ("production", "0003_server_description"),
+            ("production", "0004_walkthrough_public"),
+        ]
+        conn.execute(text("UPDATE migration_lag SET first_seen_at = now() - interval '2 hours'"))
+
+    assert scheduler.run_slot(DAILY_JOB, now=T0 + 86_400)
+    health.deliver()
+    posts = health.posts()
+    assert len(posts) == 2
+    lag = str(posts[1].payload["blocks"])
+    assert "production is 2 migrations behind staging" in lag
+    assert "0003_server_description, 0004_walkthrough_public" in lag
+
+    # The same findings again (the next day, or another replica's start): nothing new is posted.
+    assert scheduler.run_slot(DAILY_JOB, now=T0 + 2 * 86_400)
+    health.deliver()
+    assert len(health.posts()) == 2
+
+    # Fixed: production migrated (the branch migration is newer than its newest, so it runs there too);
+    # on staging the skipped migration is applied by hand and recorded as Drizzle would.
+    assert drizzle_migrate(production, folder) == [base[3].tag, base[4].tag, branch.tag]
+    for statement in branch.sql.split(BREAKPOINT):
+        execute(staging, statement)
+    execute(
+        staging,
+        f"INSERT INTO drizzle.__drizzle_migrations (hash, created_at) VALUES ('{branch.hash}', {branch.when})",
+    )
+    assert scheduler.run_slot(DAILY_JOB, now=T0 + 3 * 86_400)
+    health.sync()
+    states = {(r.stage, r.object): r.state for r in health.alert_rows()}
+    assert states == {
+        ("staging", "skipped:0005_branch_support_index"): "resolved",
+        ("production", "behind:staging"): "resolved",
+    }
+    assert len(health.posts()) == 2  # resolving edits the messages and replies in their threads
+    updates = health.updates()
+    assert len(updates) == 2 and all("RESOLVED" in str(u.payload["blocks"]) for u in updates)
+    assert sum("resolved" in r.payload["text"].lower() for r in health.replies()) == 2
+    with health.runtime.bot_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM migration_lag")).scalar_one() == 0
+    assert [a.outcome for a in health.audit()] == ["firing", "firing", "resolved", "resolved"]
