@@ -47,6 +47,7 @@ TABLE_MODULES = (
     "bot.backups.index",
     "bot.deletion.requests",
     "bot.schema.watch",
+    "bot.erasure.ledger",
 )
 
 

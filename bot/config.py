@@ -17,6 +17,7 @@ from typing import Literal
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from bot.erasure.settings import ErasureSettings, SettingError, load_erasure_settings
 from bot.health.thresholds import CheckThresholds, load_thresholds
 
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
@@ -183,6 +184,7 @@ class Settings:
     approval_ttl_minutes: int = 30
     approval_drift_percent: float = 1.0
     schema: SchemaSettings = field(default_factory=SchemaSettings)
+    erasure: ErasureSettings = field(default_factory=ErasureSettings)
 
     def stage_names(self) -> list[str]:
         return sorted(self.stages)
@@ -555,6 +557,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_slack: bool =
     protected_raw = env.get("PROTECTED_STAGES")
     protected = frozenset(s.lower() for s in _csv(protected_raw if protected_raw is not None else "production"))
     stages = _stages(env, protected)
+    try:
+        erasure = load_erasure_settings(env)
+    except SettingError as exc:
+        raise ConfigError(str(exc)) from None
     if not stages:
         hint = ""
         if env.get(SST_APP_VAR, "").strip():
@@ -589,4 +595,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_slack: bool =
         approval_ttl_minutes=_int(env, "APPROVAL_TTL_MINUTES", 30, 1, 10_080),
         approval_drift_percent=_float(env, "APPROVAL_DRIFT_PERCENT", 1.0, 0.0, 100.0),
         schema=_schema_settings(env, stages),
+        erasure=erasure,
     )

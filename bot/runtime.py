@@ -24,6 +24,8 @@ from bot.botdb import create_bot_engine, migrate
 from bot.changes import ChangeFeed
 from bot.config import Settings
 from bot.deletion.flow import DeletionFlow
+from bot.erasure.ledger import ErasureLedger
+from bot.erasure.service import Erasures
 from bot.health.monitor import HealthMonitor
 from bot.home import Home
 from bot.outbox import Outbox, OutboxWorker
@@ -69,6 +71,8 @@ class Runtime:
         self.backups = Backups(settings, self.bot_engine, self.audit)
         if settings.backup.retention_days and settings.backup.directory is not None:
             self.scheduler.add("backups:retention", self.backups.prune_local, 3600)
+        # Forget-user: the erasure ledger, and restores that apply erasures again (a hook on backups).
+        self.erasures = Erasures(settings.erasure, ErasureLedger(self.bot_engine), self.backups, self.audit)
         # Delete requests, their clicks, runs and jobs (renders through what the Slack layer injects).
         self.deletion = DeletionFlow(self)
         # Slow work runs here, after the Slack ack, so listener threads are free to ack the next request.

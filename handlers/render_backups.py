@@ -139,6 +139,8 @@ def render_restore(request: CommandRequest, result: RestoreReport | RestorePoste
         )
     lines = [f"• {code(table)}: {rows:,} rows" + COLUMN_NOTES.get(action, "") for table, action, rows in report.tables]
     blocks = [section(head), *lines_sections(lines)]
+    if report.notes:
+        blocks.append(context(":shield: " + escape("; ".join(report.notes))))
     if report.unchecked:
         blocks.append(
             context(

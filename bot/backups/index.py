@@ -44,7 +44,7 @@ backups = Table(
     Column("server_id", Text),
     Column("slug", Text),
     Column("request_id", Text),
-    Column("state", Text, nullable=False),  # running | complete | failed
+    Column("state", Text, nullable=False),  # running | complete | failed | expired | purged (forget-user)
     Column("destination", Text, nullable=False),
     Column("location", Text),  # the key of the manifest (scoped) or the dump (full) in the store
     Column("size_bytes", BigInteger),
@@ -215,6 +215,24 @@ class BackupIndex:
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
         return None if row is None else BackupRow(**row._mapping)
+
+    def complete_before(self, stage: str, before: datetime) -> list[BackupRow]:
+        """Every usable backup of a stage taken before `before`, oldest first (forget-user looks through them)."""
+        query = (
+            select(backups)
+            .where(backups.c.stage == stage, backups.c.state == "complete", backups.c.created_at <= before)
+            .order_by(backups.c.created_at, backups.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [BackupRow(**row._mapping) for row in conn.execute(query)]
+
+    def record_purge(self, backup_id: str, *, row_counts: Mapping[str, int] | None, size_bytes: int | None) -> None:
+        """A backup rewritten without a forgotten person (new counts), or deleted whole (`row_counts` None)."""
+        if row_counts is None:
+            values: dict[str, Any] = {"state": "purged", "location": None}
+        else:
+            values = {"row_counts": dict(row_counts), "total_rows": sum(row_counts.values()), "size_bytes": size_bytes}
+        self._write(update(backups).where(backups.c.id == backup_id).values(**values))
 
     def latest(self, *, stage: str | None = None, slug: str | None = None, limit: int = 20) -> list[BackupRow]:
         query = select(backups).order_by(desc(backups.c.created_at), desc(backups.c.id)).limit(limit)

@@ -539,6 +539,7 @@ class RestoreReport:
     unchecked: list[str] = field(default_factory=list)  # unique indexes too special to pre-check
     restored: bool = False
     seconds: dict[str, float] = field(default_factory=dict)  # per phase: staging, checks, writing
+    notes: list[str] = field(default_factory=list)  # from the service's after-restore hooks (erasures re-applied)
 
     @property
     def total_rows(self) -> int:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Connection, Engine, update
 
 from bot.audit import AuditEntry, AuditLog
 from bot.backups.full import FullBackupState, run_full_backup
@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 
 RESTORE_STATEMENT_TIMEOUT_MS = 30 * 60 * 1000
 
+# Runs inside a restore's transaction once the rows are back (a dry run: after its rollback). It may
+# change more (forget-user re-applies erasures), add notes to the report, or raise to refuse the whole
+# restore. It may return a callable to run once the restore has committed (recording what it did).
+AfterRestore = Callable[[Connection, Manifest, RestoreReport], Callable[[], None] | None]
+
 
 class Backups:
     def __init__(self, settings: Settings, bot_engine: Engine, audit: AuditLog) -> None:
@@ -48,6 +53,7 @@ class Backups:
         self.audit = audit
         self._store: BackupStore | None = None
         self._lock = threading.Lock()
+        self.after_restore: list[AfterRestore] = []
 
     @property
     def store(self) -> BackupStore:
@@ -163,8 +169,15 @@ class Backups:
     ) -> RestoreReport:
         """Restore the request's newest scoped backup, or exactly `backup_id` (what approvers saw)."""
         row, manifest = self.find_manifest(stage.name, request_id, backup_id)
+        committed: list[Callable[[], None]] = []
         with stage.write(statement_timeout_ms=RESTORE_STATEMENT_TIMEOUT_MS, application_name=work_name) as conn:
             report = restore(conn, self.store, manifest, stage=stage.name, dry_run=dry_run)
+            for hook in self.after_restore:
+                then = hook(conn, manifest, report)
+                if then is not None:
+                    committed.append(then)
+        for then in committed:
+            then()
         if report.restored and row is not None:
             self.index.mark_restored(row.id, actor)
         return report

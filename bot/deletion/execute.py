@@ -295,6 +295,44 @@ def execute_delete(
     )
 
 
+def delete_in_transaction(conn: Connection, plan: DeletePlan, *, budget_s: float) -> list[StepResult]:
+    """Materialise and apply a plan inside the caller's open write transaction: no commit, no check after.
+
+    For a delete that is one part of another change (forget-user re-applied inside a restore's
+    transaction). Its temporary tables are dropped before it returns, so it can run more than once
+    in one transaction. A refusal by the database raises DeleteFailed with its meaning.
+    """
+    if plan.problems:
+        raise Blocked("the delete can't be planned: " + "; ".join(plan.problems))
+    budget = _Budget(conn, budget_s)
+    set_local(conn, "work_mem", WORK_MEM)
+    sql = plan.scope_sql(source_factory=TempSource, prefix="mcpops")
+    source = sql.source
+    assert isinstance(source, TempSource)
+    counts: dict[str, int] = {}
+    results: list[StepResult] = []
+    try:
+        scopes = _materialize(conn, plan, sql, source, budget, counts, lambda _p: None, lambda: 0.0, keep=False)
+        for step, scope in zip(plan.steps, scopes, strict=True):
+            budget.arm()
+            started = time.monotonic()
+            rows = _apply(conn, plan, step, scope)
+            if rows != scope.rows:
+                raise DeleteFailed(
+                    f"{step.table}: expected to {step.action} {scope.rows:,} rows, the database reported {rows:,}"
+                )
+            seconds = time.monotonic() - started
+            results.append(StepResult(step.snapshot_key, str(step.table), step.action, rows, seconds))
+        for scope in scopes:
+            conn.execute(DropTable(scope.temp_table))
+    except DBAPIError as exc:
+        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+        if sqlstate.startswith(("23", "P0")):  # a constraint or a trigger refused; timeouts and lost links pass
+            raise DeleteFailed(_describe_db_error(exc)) from exc
+        raise
+    return results
+
+
 def _materialize(
     conn: Connection,
     plan: DeletePlan,
@@ -468,5 +506,6 @@ __all__ = [
     "PlanProblem",
     "Progress",
     "SnapshotChanged",
+    "delete_in_transaction",
     "execute_delete",
 ]

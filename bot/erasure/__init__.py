@@ -1,0 +1,1 @@
+"""`/mcp forget-user`: erase one end user everywhere, with a receipt and a ledger that restores honour."""

@@ -1,0 +1,155 @@
+"""Who is being forgotten, as digests only: the bot never stores (or logs) the identifier itself.
+
+An identifier is an email (compared case-insensitively), a `distinct_id` or a user id (exactly). The
+bot keeps sha256 digests: of the normalised identifier (trimmed; an email also lowercased), of the
+identifier as typed (trimmed: distinct ids and ids are exact), of each matched user row's key, and
+of each email the listed columns are matched on. Every match in the database is a comparison of
+digests computed by PostgreSQL (`sha256()`), so a request approved later, a re-application after a
+restore or a purge of backups needs nothing else. Emails inside JSON are found by a pattern, then
+compared by digest; a replaced email becomes `erased-<16 hex>`, the same stable token everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Text, and_, cast, column, exists, func, literal, or_, select
+from sqlalchemy.types import ARRAY
+
+# An email as found in free text or JSON; the same pattern works in Python and in PostgreSQL (ARE).
+EMAIL_PATTERN = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
+EMAIL_IN_TEXT = re.compile(EMAIL_PATTERN)
+LABEL_CHARS = 12  # the digest prefix shown in messages and audit lines
+TOKEN_PREFIX = "erased-"  # noqa: S105 - the anonymised value's prefix, not a secret
+TOKEN_CHARS = 16
+
+
+def normalise(identifier: str) -> str:
+    """How an identifier is compared: trimmed; an email (anything with `@`) also lowercased."""
+    value = identifier.strip()
+    return value.lower() if "@" in value else value
+
+
+def digest(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def email_digest(email: str) -> str:
+    return digest(email.strip().lower())
+
+
+def label(value_digest: str) -> str:
+    """`sha256:0123456789ab`: how a digest appears in messages and the audit trail."""
+    return f"sha256:{value_digest[:LABEL_CHARS]}"
+
+
+def identifier_label(identifier: str) -> str:
+    """The label of a typed identifier (the audit line of a forget-user command shows this)."""
+    return label(digest(normalise(identifier)))
+
+
+def token(value_digest: str) -> str:
+    """What an anonymised email becomes: stable, so the same person's rows still group together."""
+    return f"{TOKEN_PREFIX}{value_digest[:TOKEN_CHARS]}"
+
+
+@dataclass(frozen=True)
+class Person:
+    """The identifier as digests: `normalised` (the receipt's), `exact` (distinct ids and ids)."""
+
+    normalised: str
+    exact: str
+    is_email: bool
+
+    @classmethod
+    def of(cls, identifier: str) -> Person:
+        value = identifier.strip()
+        return cls(normalised=digest(normalise(value)), exact=digest(value), is_email="@" in value)
+
+    @property
+    def label(self) -> str:
+        return label(self.normalised)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"normalised": self.normalised, "exact": self.exact, "is_email": self.is_email}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Person:
+        return cls(str(data["normalised"]), str(data["exact"]), bool(data["is_email"]))
+
+
+# -- the same digests in SQL --------------------------------------------------------------------
+
+
+def sql_digest(expr: Any) -> ColumnElement[str]:
+    return func.encode(func.sha256(func.convert_to(cast(expr, Text), literal("UTF8"))), literal("hex"))
+
+
+def sql_email_digest(expr: Any) -> ColumnElement[str]:
+    return sql_digest(func.lower(func.btrim(cast(expr, Text))))
+
+
+def sql_key_text(alias: Any, key: Sequence[str]) -> ColumnElement[str]:
+    """A row's key as one text value (composite keys joined by U+001F), as `key_text` does in Python."""
+    if len(key) == 1:
+        return cast(alias.c[key[0]], Text)
+    return func.concat_ws(literal("\x1f"), *(cast(alias.c[k], Text) for k in key))
+
+
+def key_text(values: Sequence[Any]) -> str:
+    return "\x1f".join(str(v) for v in values)
+
+
+def sql_token(expr: Any) -> ColumnElement[str]:
+    """`erased-<16 hex>` of an email column's own value, computed by PostgreSQL."""
+    return literal(TOKEN_PREFIX) + func.left(sql_email_digest(expr), TOKEN_CHARS)
+
+
+def email_matches(expr: Any, email_digests: Collection[str]) -> ColumnElement[bool]:
+    if not email_digests:
+        return literal(False)
+    return sql_email_digest(expr).in_(sorted(email_digests))
+
+
+def person_matches(alias: Any, person: Person, *, email: str | None, exact: Sequence[str]) -> ColumnElement[bool]:
+    """User rows the identifier names: its email column case-insensitively, the `exact` columns exactly."""
+    parts: list[ColumnElement[bool]] = []
+    if email is not None and person.is_email:
+        parts.append(sql_email_digest(alias.c[email]) == person.normalised)
+    parts += [sql_digest(alias.c[c]) == person.exact for c in exact]
+    return or_(*parts) if parts else literal(False)
+
+
+def json_mentions(expr: Any, email_digests: Collection[str]) -> ColumnElement[bool]:
+    """A jsonb (or text) value mentions one of the emails, anywhere: keys, values, inside longer strings."""
+    if not email_digests:
+        return literal(False)
+    as_text = cast(expr, Text)
+    found = (
+        func.regexp_matches(as_text, literal(EMAIL_PATTERN), literal("g"))
+        .table_valued(column("m", ARRAY(Text)))
+        .render_derived(name="found")
+    )
+    return and_(
+        func.strpos(as_text, literal("@")) > 0,
+        exists(select(literal(1)).select_from(found).where(sql_email_digest(found.c.m[1]).in_(sorted(email_digests)))),
+    )
+
+
+def scrub_mentions(text: str, email_digests: Collection[str]) -> tuple[str, int]:
+    """Replace every email in `text` whose digest is listed by its token; returns (text, replacements)."""
+    replaced = 0
+
+    def swap(match: re.Match[str]) -> str:
+        nonlocal replaced
+        found = email_digest(match.group(0))
+        if found not in email_digests:
+            return match.group(0)
+        replaced += 1
+        return token(found)
+
+    return EMAIL_IN_TEXT.sub(swap, text), replaced

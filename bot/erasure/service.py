@@ -1,0 +1,194 @@
+"""Forget-user's domain entry: impact (one stage or all), run with receipt, backups, restore hook. No Slack.
+
+The run: the ledger row first (`running`), then the erasure in one transaction on the stage, the row
+settled with the counts, then the scoped backups taken before it are read for the person: listed in
+the receipt, or (`--purge-backups`) rewritten without them (deleted when nothing else is left) and
+recorded. Full dumps and RDS snapshots cannot be rewritten: the receipt names them as where the
+person may remain until they expire. Every audit line carries the digest label and counts only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from bot.audit import AuditEntry, AuditLog
+from bot.backups.scoped import load_manifest
+from bot.backups.service import Backups
+from bot.backups.store import BackupNotConfigured
+from bot.deletion.catalog import load_catalog
+from bot.deletion.execute import ProgressCallback
+from bot.erasure.backups import BackupFinding, BackupScanner, scoped_manifests
+from bot.erasure.identity import Person
+from bot.erasure.ledger import ErasureLedger
+from bot.erasure.plan import ErasureImpact, ErasureTarget, measure_erasure
+from bot.erasure.restore_hook import ReapplyErasures
+from bot.erasure.run import ErasureResult, run_erasure
+from bot.erasure.settings import ErasureSettings
+from bot.erasure.targets import resolve_targets
+from bot.errors import UserFacingError
+from bot.stages import Stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Receipt:
+    """What the receipt message says: what was erased where, and where the person may remain."""
+
+    erasure_id: int
+    stage: str
+    label: str
+    result: ErasureResult
+    backups: list[BackupFinding] = field(default_factory=list)  # scoped backups that held the person
+    purged: bool = False
+    full_backups: list[str] = field(default_factory=list)  # full dumps taken before (cannot be rewritten)
+    snapshots: list[str] = field(default_factory=list)  # RDS/Aurora snapshots taken before
+    backup_error: str | None = None  # the backups could not be read (no destination, store down)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "erasure": self.erasure_id,
+            "rows": self.result.total_rows,
+            "steps": self.result.steps,
+            "seconds": round(self.result.duration_s, 3),
+            "verified": self.result.verified,
+            "verification": self.result.verification,
+            "backups": [b.to_json() for b in self.backups],
+            "purged": self.purged,
+            "full_backups": self.full_backups,
+            "snapshots": self.snapshots,
+            "backup_error": self.backup_error,
+        }
+
+
+class Erasures:
+    def __init__(self, settings: ErasureSettings, ledger: ErasureLedger, backups: Backups, audit: AuditLog) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.backups = backups
+        self.audit = audit
+        backups.after_restore.append(ReapplyErasures(ledger, settings, audit))
+
+    def impact(self, stage: Stage, identifier: str) -> ErasureImpact:
+        with stage.read() as conn:
+            return measure_erasure(conn, self.settings, Person.of(identifier))
+
+    def run(
+        self,
+        stage: Stage,
+        target: ErasureTarget,
+        *,
+        expected: dict[str, int],
+        requested_by: str,
+        approved_by: tuple[str, ...] = (),
+        reason: str | None = None,
+        request_id: int | None = None,
+        purge_backups: bool = False,
+        budget_s: float,
+        drift_percent: float = 0.0,
+        lock_timeout_ms: int | None = None,
+        progress: ProgressCallback | None = None,
+        work_name: str | None = None,
+    ) -> Receipt:
+        """Erase, settle the ledger row, read (or purge) the backups; raises UserFacingError if nothing was erased."""
+        entry = self.ledger.start(
+            stage=stage.name,
+            target=target,
+            requested_by=requested_by,
+            approved_by=approved_by,
+            reason=reason,
+            request_id=request_id,
+        )
+        try:
+            result = run_erasure(
+                stage,
+                self.settings,
+                target,
+                expected=expected,
+                budget_s=budget_s,
+                drift_percent=drift_percent,
+                lock_timeout_ms=lock_timeout_ms,
+                progress=progress,
+                work_name=work_name,
+            )
+        except BaseException:
+            self.ledger.finish(entry.id, state="failed", counts={}, verified=None)
+            raise
+        counts = {f"{s['table']} ({s['action']})": s["rows"] for s in result.steps}
+        verified = "verified" if result.verified else "; ".join(result.verification)[:1000]
+        self.ledger.finish(entry.id, state="done", counts=counts, verified=verified)
+        receipt = Receipt(entry.id, stage.name, target.person.label, result)
+        self._backups(stage, entry.id, entry.started_at, target, receipt, purge=purge_backups)
+        self.audit.record(
+            AuditEntry(
+                actor=requested_by,
+                stage=stage.name,
+                command="forget-user",
+                args=f"#{entry.id} {target.person.label}",
+                outcome="done",
+                duration_ms=int(result.duration_s * 1000),
+                detail={"rows": result.total_rows, "tables": counts, "backups": len(receipt.backups)},
+            )
+        )
+        return receipt
+
+    def _backups(
+        self, stage: Stage, erasure_id: int, started: datetime, target: ErasureTarget, receipt: Receipt, *, purge: bool
+    ) -> None:
+        """Which backups taken before the erasure hold the person; with `purge`, rewrite or delete them."""
+        try:
+            rows = self.backups.index.complete_before(stage.name, started)
+            receipt.full_backups = [r.id for r in rows if r.kind == "full"]
+            receipt.snapshots = sorted(
+                {str(r.snapshot.get("snapshot_id")) for r in rows if r.snapshot and r.snapshot.get("snapshot_id")}
+            )
+            scoped = [r for r in rows if r.kind == "scoped"]
+            if not scoped:
+                return
+            store = self.backups.store
+            with stage.read() as conn:
+                catalog = load_catalog(conn)
+                targets = resolve_targets(conn, catalog, self.settings)
+            scanner = BackupScanner(store, catalog, targets, target, set(target.emails))
+            for manifest in scoped_manifests(store, scoped):
+                if purge:
+                    finding = scanner.purge(manifest, erasure_id)
+                    if finding.rows:
+                        self._record_purge(erasure_id, manifest.backup_id, finding, store)
+                else:
+                    finding, _ = scanner.scan(manifest)
+                if finding.rows:
+                    receipt.backups.append(finding)
+            receipt.purged = purge
+        except (BackupNotConfigured, UserFacingError) as exc:
+            receipt.backup_error = exc.message
+        self.ledger.set_backups(erasure_id, [b.to_json() for b in receipt.backups])
+
+    def _record_purge(self, erasure_id: int, backup_id: str, finding: BackupFinding, store: Any) -> None:
+        if finding.action == "deleted":
+            self.backups.index.record_purge(backup_id, row_counts=None, size_bytes=None)
+        else:
+            manifest = load_manifest(store, finding.location)
+            size = sum(s.stored_bytes for s in manifest.steps) + (store.size(manifest.key) or 0)
+            self.backups.index.record_purge(backup_id, row_counts=manifest.row_counts, size_bytes=size)
+        event = {
+            "event": "purged",
+            "backup": backup_id,
+            "action": finding.action,
+            "rows": finding.rows,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        self.ledger.add_event(erasure_id, event)
+        self.audit.record(
+            AuditEntry(
+                actor="system",
+                command="forget-user",
+                args=f"#{erasure_id} backup {backup_id}",
+                outcome=finding.action,
+                detail={"rows": finding.rows, "tables": finding.dropped | finding.rewritten},
+            ),
+            required=True,
+        )
