@@ -43,7 +43,7 @@ from bot.deletion.plan import (
     set_local,
     snapshot_hash,
 )
-from bot.deletion.scope import ROOT_KEY, ROOT_TABLE, ScopeSql, equal, sa_table
+from bot.deletion.scope import ROOT_SLUG, ROOT_TABLE, ScopeSql, equal, sa_table
 from bot.deletion.sqlext import ExplainAnalyze
 from bot.erasure.identity import (
     Person,
@@ -321,7 +321,7 @@ def _memberships(conn: Connection, plan: DeletePlan, sql: ScopeSql) -> list[str]
     """Slugs of the servers the rows in scope belong to (the user's sessions, tool calls, ...)."""
     catalog = plan.catalog
     servers = resolve_table(conn, ROOT_TABLE)
-    if servers is None or servers not in catalog.tables or ROOT_KEY not in catalog.table(servers).columns:
+    if servers is None or servers not in catalog.tables or ROOT_SLUG not in catalog.table(servers).columns:
         return []
     parts = []
     for fk in catalog.referencing(servers):
@@ -330,7 +330,7 @@ def _memberships(conn: Connection, plan: DeletePlan, sql: ScopeSql) -> list[str]
         s = sa_table(catalog, servers).alias()
         c = sa_table(catalog, fk.child).alias()
         parts.append(
-            select(s.c[ROOT_KEY].label("slug"))
+            select(s.c[ROOT_SLUG].label("slug"))
             .select_from(s.join(c, equal(c, s, fk.child_columns, fk.parent_columns)))
             .where(sql.predicate(fk.child, c))
         )
