@@ -81,12 +81,18 @@ def _alert_attention(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE alerts ADD COLUMN IF NOT EXISTS held boolean NOT NULL DEFAULT false"))
 
 
+def _home_published_at(conn: Connection) -> None:
+    """App Home publishes are spaced per person (bot/home.py)."""
+    conn.execute(text("ALTER TABLE home_viewers ADD COLUMN IF NOT EXISTS published_at timestamptz"))
+
+
 # Numbered changes to existing tables, applied once each, in order.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _request_kinds),
     (2, _outbox_supersede_key),
     (3, _alert_clearing),
     (4, _alert_attention),
+    (5, _home_published_at),
 ]
 
 MIGRATION_LOCK_KEY = 0x6D63706F7073  # "mcpops"

@@ -183,6 +183,8 @@ class Settings:
     required_approvals: int = 1
     approval_ttl_minutes: int = 30
     approval_drift_percent: float = 1.0
+    home_recent_minutes: int = 60  # App Home is refreshed for people who opened it this recently
+    home_publish_interval_s: int = 30  # and at most once per person per this many seconds
     schema: SchemaSettings = field(default_factory=SchemaSettings)
     erasure: ErasureSettings = field(default_factory=ErasureSettings)
 
@@ -594,6 +596,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_slack: bool =
         required_approvals=_int(env, "REQUIRED_APPROVALS", 1, 1, 10),
         approval_ttl_minutes=_int(env, "APPROVAL_TTL_MINUTES", 30, 1, 10_080),
         approval_drift_percent=_float(env, "APPROVAL_DRIFT_PERCENT", 1.0, 0.0, 100.0),
+        home_recent_minutes=_int(env, "HOME_RECENT_MINUTES", 60, 1, 10_080),
+        home_publish_interval_s=_int(env, "HOME_PUBLISH_INTERVAL_SECONDS", 30, 1, 3600),
         schema=_schema_settings(env, stages),
         erasure=erasure,
     )

@@ -1,7 +1,11 @@
 """What a person sees on the bot's App Home tab, and who has looked at it recently.
 
-The tab is refreshed for recent viewers whenever alerts, approvals or the audit trail
-change (bot/changes.py), so it is read from the database each time: replicas agree.
+The tab is refreshed whenever alerts, approvals or the audit trail change (bot/changes.py), read
+from the database each time so replicas agree; but only for people who opened it within
+HOME_RECENT_MINUTES, and at most once per person per HOME_PUBLISH_INTERVAL_SECONDS: a change inside
+that interval is sent when it ends, and later changes before then replace it in the outbox (its
+supersede key), so the last state is what arrives. `published_at` (shared by replicas) is when the
+person's latest publish was or will be sent.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Engine, Table, Text, func, select
+from sqlalchemy import Column, DateTime, Engine, Table, Text, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from bot import outbox
@@ -23,13 +27,13 @@ from bot.health.alerts import AlertBook, AlertView
 
 RECENT_AUDIT = 10
 MAX_REQUESTS = 10
-VIEWER_TTL = timedelta(days=7)
 
 home_viewers = Table(
     "home_viewers",
     metadata,
     Column("user_id", Text, primary_key=True),
     Column("opened_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("published_at", DateTime(timezone=True)),
 )
 
 
@@ -57,8 +61,10 @@ class Home:
         with self.engine.begin() as conn:
             conn.execute(
                 insert(home_viewers)
-                .values(user_id=user_id)
-                .on_conflict_do_update(index_elements=[home_viewers.c.user_id], set_={"opened_at": func.now()})
+                .values(user_id=user_id, published_at=func.now())
+                .on_conflict_do_update(
+                    index_elements=[home_viewers.c.user_id], set_={"opened_at": func.now(), "published_at": func.now()}
+                )
             )
         return self.view_for(user_id)
 
@@ -106,20 +112,34 @@ class Home:
         )
 
     def queue_publish(self, views: list[tuple[str, dict[str, Any]]]) -> None:
-        """Queue each viewer's rendered tab through the outbox: retried through Slack errors, and a newer
-        tab for the same person retires an older one still queued."""
+        """Queue each viewer's rendered tab through the outbox in that person's next publish slot: retried
+        through Slack errors, and a newer tab for the same person retires an older one still queued."""
         if not views:
             return
+        interval = timedelta(seconds=self.policy.settings.home_publish_interval_s)
         with self.engine.begin() as conn:
+            now: datetime = conn.execute(select(func.now())).scalar_one()
             for user_id, view in views:
-                outbox.enqueue(conn, "views.publish", {"user_id": user_id, "view": view})
+                last = conn.execute(
+                    select(home_viewers.c.published_at).where(home_viewers.c.user_id == user_id).with_for_update()
+                ).scalar()
+                if last is None or last <= now - interval:
+                    slot = now
+                elif last > now:  # one is already due then: this one replaces it
+                    slot = last
+                else:
+                    slot = last + interval
+                outbox.enqueue(conn, "views.publish", {"user_id": user_id, "view": view}, not_before=slot)
+                conn.execute(update(home_viewers).where(home_viewers.c.user_id == user_id).values(published_at=slot))
 
     def recent_viewers(self) -> list[str]:
+        """Who opened the tab within HOME_RECENT_MINUTES: only they get refreshes."""
+        recent = timedelta(minutes=self.policy.settings.home_recent_minutes)
         with self.engine.connect() as conn:
             return list(
                 conn.execute(
                     select(home_viewers.c.user_id)
-                    .where(home_viewers.c.opened_at > func.now() - VIEWER_TTL)
+                    .where(home_viewers.c.opened_at > func.now() - recent)
                     .order_by(home_viewers.c.user_id)
                 ).scalars()
             )

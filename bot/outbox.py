@@ -73,15 +73,12 @@ def supersede_key(method: str, payload: dict[str, Any]) -> str | None:
     return None
 
 
-def enqueue(conn: Connection, method: str, payload: dict[str, Any]) -> int:
-    """Queue a Slack Web API call inside the caller's transaction."""
-    return int(
-        conn.execute(
-            outbox.insert()
-            .values(method=method, payload=payload, supersede_key=supersede_key(method, payload))
-            .returning(outbox.c.id)
-        ).scalar_one()
-    )
+def enqueue(conn: Connection, method: str, payload: dict[str, Any], *, not_before: datetime | None = None) -> int:
+    """Queue a Slack Web API call inside the caller's transaction (sent from `not_before`, default now)."""
+    values: dict[str, Any] = {"method": method, "payload": payload, "supersede_key": supersede_key(method, payload)}
+    if not_before is not None:
+        values["next_attempt_at"] = not_before
+    return int(conn.execute(outbox.insert().values(**values).returning(outbox.c.id)).scalar_one())
 
 
 @dataclass

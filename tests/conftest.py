@@ -247,6 +247,7 @@ def base_env(*, bot_db_url: str, stages: dict[str, str], slack: LocalSlack) -> d
         "AUDIT_CHANNEL": AUDIT_CHANNEL,
         "ALERT_CHANNEL": ALERT_CHANNEL,
         "OUTBOX_INTERVAL_SECONDS": "1",
+        "HOME_PUBLISH_INTERVAL_SECONDS": "1",  # App Home refreshes within a test's patience
         "STAGE_CONNECT_TIMEOUT": "2",
         # Scheduled health checks would post alerts in the background; tests that want them
         # turn them on and drive the jobs with controlled time (tests/test_health*.py).
