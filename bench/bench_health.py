@@ -1,4 +1,9 @@
-"""One full health-check round on the big dataset: database time and connections per round."""
+"""Health rounds on the big dataset: database time and connections of the frequent round and of a full one.
+
+The stage database also holds a schema of another application (as Inngest shares the platform's
+database), ignored through HEALTH_IGNORE, and a few conditions the catalog checks report (a sequence
+near its maximum, a duplicate index, a NOT VALID constraint), so those checks do their whole work.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ ROLE = "mcp_health_bench"  # the health checks connect as this role, so pg_stat_
 ROUNDS = 10
 TARGET_MS = 50.0
 DISTINCT_STATEMENTS = 1000  # pg_stat_statements entries in the stage database, for a realistic snapshot
+OTHER_APP_TABLES = 150  # tables of the application sharing the database (each with a sequence, 2 indexes, an FK)
 
 DB_TIME = (
     "SELECT coalesce(sum(total_exec_time + total_plan_time), 0), coalesce(sum(calls), 0) FROM pg_stat_statements"
@@ -25,10 +31,10 @@ DB_TIME = (
     " AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
 )
 TOP_STATEMENTS = (
-    "SELECT calls, (total_exec_time + total_plan_time) / calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 70)"
+    "SELECT calls, (total_exec_time + total_plan_time) / calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 90)"
     " FROM pg_stat_statements WHERE userid = (SELECT oid FROM pg_roles WHERE rolname = %s)"
     " AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-    " ORDER BY total_exec_time + total_plan_time DESC LIMIT 6"
+    " ORDER BY total_exec_time + total_plan_time DESC LIMIT 10"
 )
 # The runbook's health check by hand: SELECT 1, active connections, slow queries by cumulative mean.
 RUNBOOK_SQL = (
@@ -70,6 +76,7 @@ def _prepare(ctx: BenchContext, url: str) -> str:
         conn.execute(f"GRANT pg_monitor TO {ROLE}")
         # Planning time counts as database time too.
         conn.execute(f"ALTER ROLE {ROLE} SET pg_stat_statements.track_planning = on")
+        _catalog(conn)
         # A busy application's statistics: this bench cluster's leftovers out, DISTINCT_STATEMENTS in.
         conn.execute("SELECT pg_stat_statements_reset()")
         for i in range(DISTINCT_STATEMENTS):
@@ -77,6 +84,24 @@ def _prepare(ctx: BenchContext, url: str) -> str:
         entries, chars = conn.execute("SELECT count(*), sum(length(query)) FROM pg_stat_statements").fetchone()
         print(f"pg_stat_statements: {entries:,} entries, {chars / 1e6:.1f} MB of query text")
     return url.replace("postgresql://postgres@", f"postgresql://{ROLE}@")
+
+
+def _catalog(conn: psycopg.Connection) -> None:
+    """Another application's schema beside the platform's, and conditions the catalog checks report."""
+    conn.execute("CREATE SCHEMA IF NOT EXISTS other_app")
+    for i in range(OTHER_APP_TABLES):
+        parent = f", parent_id int REFERENCES other_app.t{i - 1} (id)" if i else ""
+        conn.execute(f"CREATE TABLE IF NOT EXISTS other_app.t{i} (id serial PRIMARY KEY, name text{parent})")
+        conn.execute(f"CREATE INDEX IF NOT EXISTS t{i}_name ON other_app.t{i} (name)")
+    conn.execute("CREATE TABLE IF NOT EXISTS public.bench_counters (id serial PRIMARY KEY, note text)")
+    conn.execute("SELECT setval('public.bench_counters_id_seq', 1900000000)")
+    conn.execute("CREATE INDEX IF NOT EXISTS bench_dup_a ON public.mcp_servers (organization_id)")
+    conn.execute("CREATE INDEX IF NOT EXISTS bench_dup_b ON public.mcp_servers (organization_id)")
+    conn.execute(
+        "ALTER TABLE public.bench_counters DROP CONSTRAINT IF EXISTS note_short,"
+        " ADD CONSTRAINT note_short CHECK (length(note) < 100) NOT VALID"
+    )
+    conn.execute(f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {ROLE}")
 
 
 def run(ctx: BenchContext) -> None:
@@ -93,6 +118,7 @@ def run(ctx: BenchContext) -> None:
             "DATABASE_URL_BENCH": stage_url,
             "ALERT_CHANNEL": "CBENCHALERTS",
             "SLOW_QUERY_MS": "2",  # pg_sleep(0.003) is slow here, so alerting rounds read query text
+            "HEALTH_IGNORE": "other_app",
         }
     )
     runtime = Runtime(settings)
@@ -144,7 +170,34 @@ def run(ctx: BenchContext) -> None:
             walls.append(wall)
         return times, counts, conns, walls, findings, checks
 
+    def frequent() -> tuple[list[float], list[int], int]:
+        """ROUNDS scheduled rounds of the frequent group, as every HEALTH_INTERVAL_SECONDS runs it."""
+        times, conns = [], []
+        checks = 0
+        for index in range(ROUNDS + 1):
+            before_ms, _ = db_time()
+            connects_before = connects
+            result = monitor.run_group("bench", "activity")
+            after_ms, _ = db_time()
+            assert result.reachable and not [r for r in result.reports if r.status == "error"], result.reports
+            checks = len(result.reports)
+            if index:
+                times.append(after_ms - before_ms)
+                conns.append(connects - connects_before)
+        return times, conns, checks
+
     try:
+        times, conns, checks = frequent()
+        frequent_worst = max(times)
+        print(
+            f"frequent round (group activity, {checks} checks): database time median {statistics.median(times):.1f} ms,"
+            f" max {frequent_worst:.1f} ms over {ROUNDS}; connections {sorted(set(conns))}"
+        )
+        print(
+            f"TARGET frequent round <= {TARGET_MS:.0f} ms of database time and one connection: "
+            + ("met" if frequent_worst <= TARGET_MS and set(conns) == {1} else "MISSED")
+            + f" (worst {frequent_worst:.1f} ms, connections {sorted(set(conns))})"
+        )
         worst = 0.0
         all_conns: set[int] = set()
         medians: dict[bool, float] = {}
@@ -161,8 +214,8 @@ def run(ctx: BenchContext) -> None:
         print(f"SELECT 1 round trip (the latency gauge): median {statistics.median(latencies):.2f} ms")
         time_verdict = "met" if worst <= TARGET_MS else "MISSED"
         conn_verdict = "met" if all_conns == {1} else "MISSED"
-        print(f"TARGET database time per round <= {TARGET_MS:.0f} ms: {time_verdict} (worst {worst:.1f} ms)")
-        print(f"TARGET one connection per round: {conn_verdict} (seen {sorted(all_conns)})")
+        print(f"TARGET full round <= {TARGET_MS:.0f} ms of database time: {time_verdict} (worst {worst:.1f} ms)")
+        print(f"TARGET full round in one connection: {conn_verdict} (seen {sorted(all_conns)})")
         median = medians[False]
 
         for group in GROUPS:

@@ -19,11 +19,14 @@ def check_cache_hit(conn: Connection, ctx: CheckContext) -> CheckReport:
     t = ctx.settings.checks
     rows = conn.execute(
         text(
-            "SELECT format('%I.%I', schemaname, relname) AS name, pg_relation_size(relid) AS bytes,"
-            " coalesce(heap_blks_hit, 0) + coalesce(idx_blks_hit, 0) AS hit,"
-            " coalesce(heap_blks_read, 0) + coalesce(idx_blks_read, 0) AS read"
-            " FROM pg_statio_user_tables WHERE pg_relation_size(relid) >= :min_bytes AND "
-            + ignored("schemaname", "relname")
+            # relpages (as of the last VACUUM or ANALYZE) rather than pg_relation_size: no file is looked at.
+            "SELECT format('%I.%I', s.schemaname, s.relname) AS name,"
+            " c.relpages::bigint * current_setting('block_size')::int AS bytes,"
+            " coalesce(s.heap_blks_hit, 0) + coalesce(s.idx_blks_hit, 0) AS hit,"
+            " coalesce(s.heap_blks_read, 0) + coalesce(s.idx_blks_read, 0) AS read"
+            " FROM pg_statio_user_tables s JOIN pg_class c ON c.oid = s.relid"
+            " WHERE c.relpages::bigint * current_setting('block_size')::int >= :min_bytes AND "
+            + ignored("s.schemaname", "s.relname")
             + " ORDER BY bytes DESC"
         ),
         {"min_bytes": t.cache_hit_min_table_mb * MB, **ctx.ignore},

@@ -81,8 +81,7 @@ SELECT i.indexrelid, i.indrelid, c.relam, i.indisunique, i.indnatts, i.indnkeyat
        pg_get_expr(i.indexprs, i.indrelid) AS exprs, pg_get_expr(i.indpred, i.indrelid) AS pred,
        EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.contype IN ('p', 'u', 'x'))
          AS constraint_backed,
-       format('%I.%I', n.nspname, c.relname) AS name, format('%I.%I', n.nspname, t.relname) AS table_name,
-       pg_relation_size(i.indexrelid) AS bytes, pg_get_indexdef(i.indexrelid) AS definition
+       format('%I.%I', n.nspname, c.relname) AS name, format('%I.%I', n.nspname, t.relname) AS table_name
   FROM pg_index i
   JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid
   JOIN pg_namespace n ON n.oid = t.relnamespace
@@ -91,9 +90,10 @@ SELECT i.indexrelid, i.indrelid, c.relam, i.indisunique, i.indnatts, i.indnkeyat
 """
 DUPLICATES_SQL = (
     "WITH idx AS ({indexes})"
-    " SELECT DISTINCT ON (a.indexrelid) a.name, a.table_name, a.bytes, a.definition, b.name AS keeper,"
-    " b.bytes AS keeper_bytes, b.definition AS keeper_definition, a.keys = b.keys AS exact,"
-    " coalesce(s.idx_scan, 0) AS scans"
+    " SELECT *, pg_relation_size(dropped) AS bytes, pg_get_indexdef(dropped) AS definition,"
+    " pg_relation_size(kept) AS keeper_bytes, pg_get_indexdef(kept) AS keeper_definition FROM ("
+    " SELECT DISTINCT ON (a.indexrelid) a.indexrelid AS dropped, b.indexrelid AS kept, a.name, a.table_name,"
+    " b.name AS keeper, a.keys = b.keys AS exact, coalesce(s.idx_scan, 0) AS scans"
     " FROM idx a JOIN idx b ON b.indrelid = a.indrelid AND b.indexrelid <> a.indexrelid AND b.relam = a.relam"
     "  AND a.exprs IS NOT DISTINCT FROM b.exprs AND a.pred IS NOT DISTINCT FROM b.pred"
     "  AND b.keys[1:cardinality(a.keys)] = a.keys AND b.classes[1:cardinality(a.keys)] = a.classes"
@@ -108,7 +108,7 @@ DUPLICATES_SQL = (
     "      < (b.constraint_backed::int, b.indisunique::int, -b.indexrelid::bigint)"
     # a shorter prefix: only a plain b-tree index is redundant (a unique one enforces more)
     "   ELSE NOT a.indisunique AND a.relam = (SELECT oid FROM pg_am WHERE amname = 'btree') END"
-    " ORDER BY a.indexrelid, b.constraint_backed DESC, b.indisunique DESC, b.indexrelid"
+    " ORDER BY a.indexrelid, b.constraint_backed DESC, b.indisunique DESC, b.indexrelid) pairs"
 )
 
 
@@ -170,18 +170,23 @@ def check_unused_indexes(conn: Connection, ctx: CheckContext) -> CheckReport:
     t = ctx.settings.checks
     rows = conn.execute(
         text(
-            "SELECT format('%I.%I', s.schemaname, s.indexrelname) AS name, format('%I.%I', s.schemaname, s.relname)"
-            " AS table_name, pg_relation_size(s.indexrelid) AS bytes, pg_get_indexdef(s.indexrelid) AS definition,"
-            " count(*) OVER () AS total"
-            " FROM pg_stat_user_indexes s JOIN pg_index i ON i.indexrelid = s.indexrelid"
-            " WHERE s.idx_scan = 0 AND i.indisvalid AND NOT i.indisunique AND NOT i.indisprimary"
-            " AND NOT i.indisexclusion AND pg_relation_size(s.indexrelid) >= :min_bytes"
-            " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = s.indexrelid)"
+            # relpages (as of the last VACUUM, ANALYZE or CREATE INDEX) to choose; real sizes of those shown only.
+            # pg_stat_get_numscans is pg_stat_user_indexes.idx_scan, without the view's walk of all of pg_class.
+            "SELECT *, pg_relation_size(indexrelid) AS bytes, pg_get_indexdef(indexrelid) AS definition FROM ("
+            " SELECT i.indexrelid, format('%I.%I', n.nspname, c.relname) AS name,"
+            " format('%I.%I', n.nspname, t.relname) AS table_name, c.relpages, count(*) OVER () AS total"
+            " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid"
+            " JOIN pg_namespace n ON n.oid = t.relnamespace"
+            " WHERE i.indisvalid AND NOT i.indisunique AND NOT i.indisprimary AND NOT i.indisexclusion"
+            " AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'"
+            " AND c.relpages::bigint * current_setting('block_size')::int >= :min_bytes"
+            " AND pg_stat_get_numscans(i.indexrelid) = 0"
+            " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)"
             " AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND "
             + covers_foreign_key("i", "f")
             + ") AND "
-            + ignored("s.schemaname", "s.relname")
-            + " ORDER BY bytes DESC LIMIT :max_findings"
+            + ignored("n.nspname", "t.relname")
+            + " ORDER BY c.relpages DESC LIMIT :max_findings) candidates ORDER BY bytes DESC"
         ),
         {"min_bytes": t.unused_index_min_mb * MB, "max_findings": MAX_FINDINGS, **ctx.ignore},
     ).all()
