@@ -212,10 +212,11 @@ def run(ctx: BenchContext) -> None:
                 f"wall clock median {statistics.median(walls):.1f} ms incl. connect; connections {sorted(set(conns))}"
             )
         print(f"SELECT 1 round trip (the latency gauge): median {statistics.median(latencies):.2f} ms")
-        time_verdict = "met" if worst <= TARGET_MS else "MISSED"
-        conn_verdict = "met" if all_conns == {1} else "MISSED"
-        print(f"TARGET full round <= {TARGET_MS:.0f} ms of database time: {time_verdict} (worst {worst:.1f} ms)")
-        print(f"TARGET full round in one connection: {conn_verdict} (seen {sorted(all_conns)})")
+        # The target is the frequent round's (above); `/mcp health` runs every check on demand.
+        print(
+            f"full round (every check, on demand; no target): worst {worst:.1f} ms of database time, "
+            f"connections {sorted(all_conns)}"
+        )
         median = medians[False]
 
         for group in GROUPS:

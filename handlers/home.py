@@ -7,14 +7,24 @@ from typing import Any
 
 from slack_bolt import App
 
+from bot.health.alerts import SEVERITY_ORDER, AlertView
 from bot.home import HomeView
 from bot.service import CommandService
-from handlers.blocks import Block, context, divider, header, lines_sections, section, when
+from handlers.blocks import Block, context, divider, escape, header, lines_sections, section, when
 from handlers.render import audit_entry_line
 from handlers.render_deletion import home_request_blocks
 from handlers.render_health import alert_line
 
 log = logging.getLogger(__name__)
+
+
+def stage_alert_lines(stage: str, alerts: list[AlertView]) -> list[str]:
+    """A stage's worst open finding (the most severe, then the longest firing) and how many others there are."""
+    worst = min(alerts, key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), a.fired_at or a.first_seen_at))
+    lines = [f"*{escape(stage)}*", alert_line(worst)]
+    if len(alerts) > 1:
+        lines.append(f"_and {len(alerts) - 1} more: `/mcp alerts --stage {escape(stage)}`_")
+    return lines
 
 
 def render_home(view: HomeView) -> dict[str, Any]:
@@ -30,7 +40,7 @@ def render_home(view: HomeView) -> dict[str, Any]:
     blocks += [divider(), section("*Open alerts*")]
     if view.alerts_by_stage:
         for stage, alerts in view.alerts_by_stage.items():
-            blocks += lines_sections([f"*{stage}*", *(alert_line(a) for a in alerts)])
+            blocks += lines_sections(stage_alert_lines(stage, alerts))
     else:
         blocks.append(section("_Nothing is firing on any stage._ :white_check_mark:"))
     if view.recent_audit is not None:

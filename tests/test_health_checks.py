@@ -402,3 +402,26 @@ def test_the_health_command_shows_every_check(make_bot, stage_db):
     for spec in REGISTRY:
         assert f"*{spec.label}*:" in text_, spec.label
     assert "made redundant by public.walkthrough_step_completions_uq" in text_
+
+
+def test_app_home_shows_each_stages_worst_open_finding(make_bot, stage_db):
+    from bot.health.checks import Finding
+    from tests.conftest import OPERATOR, message_text
+
+    bot = make_bot({"dev": stage_db.url, "staging": stage_db.url})
+
+    def finding(check: str, severity: str, title: str) -> Finding:
+        return Finding(check=check, object="o", severity=severity, title=title, detail="d", advice="a")  # type: ignore[arg-type]
+
+    book = bot.runtime.health.book
+    book.apply("dev", ["unused_index"], [finding("unused_index", "info", "an unused index")])
+    book.apply("dev", ["sequences"], [finding("sequences", "critical", "a sequence at 95%")])
+    book.apply("dev", ["stale_vacuum"], [finding("stale_vacuum", "warning", "a table full of dead rows")])
+    book.apply("staging", ["multixact"], [finding("multixact", "warning", "multixact at 60%")])
+    bot.sender.event({"type": "app_home_opened", "user": OPERATOR, "tab": "home"})
+    [view] = [c.payload["view"] for c in bot.slack.wait_for_call("views.publish", lambda c: True, 15, 1)]
+    shown = message_text(view)
+    assert "a sequence at 95%" in shown and "multixact at 60%" in shown
+    assert "an unused index" not in shown and "a table full of dead rows" not in shown
+    assert "and 2 more: `/mcp alerts --stage dev`" in shown
+    assert "more: `/mcp alerts --stage staging`" not in shown
