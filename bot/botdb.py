@@ -41,6 +41,7 @@ TABLE_MODULES = (
     "bot.scheduler",
     "bot.health.alerts",
     "bot.health.statements",
+    "bot.health.statement_history",
     "bot.health.history",
     "bot.ratelimit",
     "bot.home",

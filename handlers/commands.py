@@ -11,6 +11,7 @@ from bot.errors import UserFacingError
 from bot.logs import new_request_id
 from bot.service import CommandRequest, CommandService, Invocation
 from handlers import render
+from handlers.charts import attach_chart
 from handlers.progress import SlackProgress
 
 
@@ -42,6 +43,9 @@ def register(app: App, service: CommandService) -> None:
         ack()
 
         def work() -> None:
-            respond(**render.outcome(service.run(with_progress(service, request))))
+            outcome = service.run(with_progress(service, request))
+            message = render.outcome(outcome)
+            respond(**message)
+            attach_chart(service.runtime, request, outcome, message, respond)
 
         service.runtime.submit(work)

@@ -46,7 +46,22 @@ class StoredMessage:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-JSON_FIELDS = ("blocks", "attachments", "view", "metadata")
+JSON_FIELDS = ("blocks", "attachments", "view", "metadata", "files")
+
+
+@dataclass
+class UploadedFile:
+    """A file sent through files.getUploadURLExternal, its bytes, then files.completeUploadExternal."""
+
+    id: str
+    filename: str
+    length: int
+    alt_txt: str | None = None
+    content: bytes | None = None
+    title: str | None = None
+    completed: bool = False
+    channel: str | None = None
+    thread_ts: str | None = None
 
 
 class LocalSlack:
@@ -56,6 +71,7 @@ class LocalSlack:
         self.calls: list[SlackCall] = []
         self.messages: dict[tuple[str, str], StoredMessage] = {}
         self.usergroups: dict[str, list[str]] = {}
+        self.files: dict[str, UploadedFile] = {}
         self.listeners: list[Callable[[SlackCall], None]] = []
         self._failures: list[Failure] = []
         self._cond = threading.Condition()
@@ -202,7 +218,42 @@ class LocalSlack:
             return {"ok": True, "channel": {"id": payload.get("channel"), "name": "local"}}
         if method == "response_url":
             return {"ok": True}
+        if method == "files.getUploadURLExternal":
+            return self._upload_url(payload)
+        if method == "files.completeUploadExternal":
+            return self._complete_upload(payload)
         return {"ok": False, "error": "unknown_method"}
+
+    def _upload_url(self, payload: dict[str, Any]) -> dict[str, Any]:
+        filename, length = str(payload.get("filename") or ""), str(payload.get("length") or "")
+        if not filename or not length.isdigit() or int(length) <= 0:
+            return {"ok": False, "error": "invalid_arguments"}
+        file_id = "F" + uuid.uuid4().hex[:10].upper()
+        self.files[file_id] = UploadedFile(file_id, filename, int(length), alt_txt=payload.get("alt_txt"))
+        return {"ok": True, "upload_url": f"{self.base_url}/upload/{file_id}", "file_id": file_id}
+
+    def receive_upload(self, file_id: str, content: bytes) -> bool:
+        """The bytes POSTed to an upload URL; False for an unknown file."""
+        with self._cond:
+            file = self.files.get(file_id)
+            if file is None:
+                return False
+            file.content = content
+            return True
+
+    def _complete_upload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        wanted = payload.get("files")
+        if not isinstance(wanted, list) or not wanted:
+            return {"ok": False, "error": "invalid_arguments"}
+        done = []
+        for entry in wanted:
+            file = self.files.get(str((entry or {}).get("id", "")))
+            if file is None or file.content is None:
+                return {"ok": False, "error": "file_not_found"}
+            file.completed, file.title = True, entry.get("title") or file.filename
+            file.channel, file.thread_ts = payload.get("channel_id"), payload.get("thread_ts")
+            done.append({"id": file.id, "name": file.filename, "title": file.title, "size": len(file.content)})
+        return {"ok": True, "files": done}
 
 
 def _decode(body: bytes, content_type: str, query: str) -> dict[str, Any]:
@@ -235,6 +286,10 @@ def _make_handler(slack: LocalSlack) -> type[BaseHTTPRequestHandler]:
             parsed = urlparse(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
+            if parsed.path.startswith("/upload/"):  # raw file bytes, as Slack's upload URLs take them
+                found = slack.receive_upload(parsed.path[len("/upload/") :], body)
+                self._send(200 if found else 404, {"ok": found}, {})
+                return
             payload = _decode(body, self.headers.get("Content-Type", ""), parsed.query)
             if parsed.path.startswith("/api/"):
                 method = parsed.path[len("/api/") :]

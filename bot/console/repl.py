@@ -111,6 +111,8 @@ class Console:
             }[call.method]
             if payload.get("response_type") == "ephemeral" and call.method == "response_url":
                 label = "only you"
+            if payload.get("replace_original") is True and call.method == "response_url":
+                label = "updated"
             self._show(label, channel, payload, response_url=None)
         elif call.method == "views.publish" and payload.get("user_id") == self.user and self._home_requested:
             self._home_requested = False

@@ -79,6 +79,8 @@ def render_blocks(blocks: list[dict[str, Any]], fallback: str = "") -> str:
                 for el in block.get("elements", [])
             ]
             lines.append("  " + " ".join(labels) + "   (type: press <label>)")
+        elif kind == "image":
+            lines.append(f"  [chart: {block.get('alt_text', '')}]")
         elif kind == "input":
             lines.append(f"  {_text_of(block.get('label'))}: ____")
     return "\n".join(lines)

@@ -58,6 +58,8 @@ class AlertBook:
         self.settings = settings
         self.audit = audit
         self._notify = notify or (lambda: None)
+        # Told the ids of alerts just posted, escalated or reminded of (handlers/charts.py: a chart in the thread).
+        self.on_announced: Callable[[list[int]], None] | None = None
 
     # -- findings in ------------------------------------------------------------------------
 
@@ -116,6 +118,8 @@ class AlertBook:
                     self._clear(conn, row, clear_after.get(row.check_name, 1), now, result)
         if result.fired or result.resolved or result.reminded or result.escalated:
             self._notify()
+        if (result.fired or result.escalated or result.reminded) and self.on_announced is not None:
+            self.on_announced([*result.fired, *result.escalated, *result.reminded])
         return result
 
     def _unreachable(self, conn: Connection, stage: str) -> bool:

@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.exc import DBAPIError
 
 from bot.botdb import metadata
+from bot.health import statement_history
 from bot.health.checks import CheckContext, CheckReport, Finding, duration, safe_query_text
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,8 @@ def store(conn: Connection, stage: str, snapshot: Snapshot, interval: Interval |
         .values(stage=stage, **values)
         .on_conflict_do_update(index_elements=[statement_snapshots.c.stage], set_=values)
     )
+    if interval is not None:
+        statement_history.record(conn, stage, interval, KEEP_QUERIES)
 
 
 # -- the check ---------------------------------------------------------------------------------

@@ -11,10 +11,10 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Generic, TypeVar
 
-from sqlalchemy import Connection, and_, func, literal, or_, select, tuple_
+from sqlalchemy import ColumnElement, Connection, Date, and_, cast, func, literal, or_, select, tuple_
 
 from bot.errors import CommandError, NotFound
 from bot.pii import mask_email
@@ -189,6 +189,66 @@ def list_servers(conn: Connection, *, org: str | None, limit: int, cursor: str |
     return Page(items=items, total=int(total), next_cursor=next_cursor)
 
 
+def _calls_in_window(server: ServerSummary, since_ms: int) -> ColumnElement[bool]:
+    return and_(mcp_tool_calls.c.mcp_server_id == server.id, mcp_tool_calls.c.created_at >= since_ms)
+
+
+def _sessions_in_window(slug: str, since_ms: int, since_date: date) -> ColumnElement[bool]:
+    """Sessions by their connection time, or by their date when an old row has no time."""
+    return and_(
+        mcp_server_session.c.mcp_server_slug == slug,
+        or_(
+            mcp_server_session.c.connection_timestamp >= since_ms,
+            and_(
+                mcp_server_session.c.connection_timestamp.is_(None), mcp_server_session.c.connection_date >= since_date
+            ),
+        ),
+    )
+
+
+def _utc_day(epoch_ms: ColumnElement[int]) -> ColumnElement[date]:
+    return cast(func.timezone("UTC", func.to_timestamp(epoch_ms / 1000.0)), Date)
+
+
+@dataclass(frozen=True)
+class DailyUsage:
+    """Tool calls and sessions of one server per UTC day of a window, days without any included."""
+
+    slug: str
+    days: list[date]
+    tool_calls: list[int]
+    sessions: list[int]
+
+
+def daily_usage(conn: Connection, slug: str, *, days: int, now_ms: int | None = None) -> DailyUsage:
+    """The same window and counting rules as `server_stats`, per day: two grouped queries."""
+    server = find_server(conn, slug)
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    since_ms = now_ms - days * DAY_MS
+    since_date = datetime.fromtimestamp(since_ms / 1000, tz=UTC).date()
+    call_day = _utc_day(mcp_tool_calls.c.created_at).label("day")
+    calls = {
+        day: count
+        for day, count in conn.execute(
+            select(call_day, func.count()).where(_calls_in_window(server, since_ms)).group_by(call_day)
+        )
+    }
+    session_day = func.coalesce(
+        _utc_day(mcp_server_session.c.connection_timestamp), mcp_server_session.c.connection_date
+    ).label("day")
+    sessions = {
+        day: count
+        for day, count in conn.execute(
+            select(session_day, func.count())
+            .where(_sessions_in_window(slug, since_ms, since_date))
+            .group_by(session_day)
+        )
+    }
+    today = datetime.fromtimestamp(now_ms / 1000, tz=UTC).date()
+    span = [since_date + timedelta(days=i) for i in range((today - since_date).days + 1)]
+    return DailyUsage(slug, span, [int(calls.get(d, 0)) for d in span], [int(sessions.get(d, 0)) for d in span])
+
+
 def server_stats(conn: Connection, slug: str, *, days: int, now_ms: int | None = None) -> ServerStats:
     """Counts in the window, each from its own table so no join multiplies them.
 
@@ -199,7 +259,7 @@ def server_stats(conn: Connection, slug: str, *, days: int, now_ms: int | None =
     since_ms = now_ms - days * DAY_MS
     since_date = datetime.fromtimestamp(since_ms / 1000, tz=UTC).date()
 
-    calls_in_window = and_(mcp_tool_calls.c.mcp_server_id == server.id, mcp_tool_calls.c.created_at >= since_ms)
+    calls_in_window = _calls_in_window(server, since_ms)
     per_tool = (
         select(
             mcp_tool_calls.c.tool_name,
@@ -212,15 +272,7 @@ def server_stats(conn: Connection, slug: str, *, days: int, now_ms: int | None =
     )
     tool_rows = conn.execute(select(per_tool).order_by(per_tool.c.calls.desc(), per_tool.c.tool_name)).all()
 
-    session_in_window = and_(
-        mcp_server_session.c.mcp_server_slug == slug,
-        or_(
-            mcp_server_session.c.connection_timestamp >= since_ms,
-            and_(
-                mcp_server_session.c.connection_timestamp.is_(None), mcp_server_session.c.connection_date >= since_date
-            ),
-        ),
-    )
+    session_in_window = _sessions_in_window(slug, since_ms, since_date)
     session_row = conn.execute(
         select(
             func.count().label("sessions"),

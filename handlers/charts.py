@@ -1,0 +1,108 @@
+"""Charts beside the numbers: rendered and uploaded after the answer is posted, never failing it.
+
+`/mcp stats` and `/mcp health` answers are posted first; then the chart (bot/chart_sources.py) is
+rendered, uploaded privately (files.getUploadURLExternal + files.completeUploadExternal) and the answer
+is replaced by the same blocks plus an image block referencing the file (`slack_file`). A slow-query
+alert gets its chart as a file in its thread once its first post (or escalation) is in Slack. Any
+failure is logged and leaves the numbers as they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from slack_bolt import App, Respond
+from slack_sdk import WebClient
+from sqlalchemy import select
+
+from bot import outbox
+from bot.chart_sources import CHARTS, SLOW_QUERY_CHECK, queryid_of, slow_query_chart
+from bot.charts import Chart
+from bot.health.alert_rows import alerts
+from bot.runtime import Runtime
+from bot.service import CommandOutcome, CommandRequest, CommandService
+
+log = logging.getLogger(__name__)
+POST_WAIT_S = 120.0  # how long an alert's chart waits for the alert's first post to reach Slack
+MAX_BLOCKS = 50
+
+
+def upload_chart(client: WebClient, chart: Chart, *, channel: str | None = None, thread_ts: str | None = None) -> str:
+    """Upload the PNG; private unless `channel` (and `thread_ts`) share it. Returns the file's id."""
+    extra: dict[str, Any] = {"channel": channel, "thread_ts": thread_ts} if channel else {}
+    response = client.files_upload_v2(
+        content=chart.png, filename=chart.filename, title=chart.title, alt_txt=chart.alt_text, **extra
+    )
+    file = response.get("file") or (response.get("files") or [{}])[0]
+    return str(file["id"])
+
+
+def image_block(file_id: str, chart: Chart) -> dict[str, Any]:
+    return {
+        "type": "image",
+        "slack_file": {"id": file_id},
+        "alt_text": chart.alt_text,
+        "title": {"type": "plain_text", "text": chart.title[:2000]},
+    }
+
+
+def attach_chart(
+    runtime: Runtime, request: CommandRequest, outcome: CommandOutcome, message: dict[str, Any], respond: Respond
+) -> None:
+    """After `message` (the answer) was posted: add the verb's chart to it, if it has one."""
+    source = CHARTS.get(request.verb)
+    blocks = message.get("blocks") or []
+    if source is None or outcome.error is not None or len(blocks) >= MAX_BLOCKS:
+        return
+    try:
+        chart = source(runtime, request, outcome.result)
+        if chart is None:
+            return
+        file_id = upload_chart(runtime.slack, chart)
+        respond(**{**message, "blocks": [*blocks, image_block(file_id, chart)], "replace_original": True})
+    except Exception as exc:
+        log.warning("chart not shown", extra={"verb": request.verb, "error": type(exc).__name__}, exc_info=True)
+
+
+def _posted_ts(runtime: Runtime, alert_id: int) -> tuple[Any, str | None, str | None]:
+    with runtime.bot_engine.connect() as conn:
+        row = conn.execute(select(alerts).where(alerts.c.id == alert_id)).first()
+        if row is None or row.ts:
+            return row, (row.channel if row else None), (row.ts if row else None)
+        if row.post_outbox_id is None:
+            return row, None, None
+        posted = conn.execute(select(outbox.outbox.c.result).where(outbox.outbox.c.id == row.post_outbox_id)).scalar()
+    result = posted or {}
+    return row, result.get("channel"), result.get("ts")
+
+
+def alert_chart(runtime: Runtime, alert_id: int) -> None:
+    """A slow-query alert's mean time per interval, as a file in its thread (when there are enough points)."""
+    try:
+        deadline = time.monotonic() + POST_WAIT_S
+        row, channel, ts = _posted_ts(runtime, alert_id)
+        waiting = row is not None and row.check_name == SLOW_QUERY_CHECK and row.post_outbox_id is not None
+        while waiting and not ts and runtime.accepting and time.monotonic() < deadline:
+            time.sleep(0.5)
+            row, channel, ts = _posted_ts(runtime, alert_id)
+        queryid = queryid_of(row.object) if row is not None and row.check_name == SLOW_QUERY_CHECK else None
+        if queryid is None or not channel or not ts:
+            return
+        chart = slow_query_chart(runtime, row.stage, queryid)
+        if chart is not None:
+            upload_chart(runtime.slack, chart, channel=channel, thread_ts=ts)
+    except Exception as exc:
+        log.warning("alert chart not shown", extra={"alert_id": alert_id, "error": type(exc).__name__})
+
+
+def register(app: App, service: CommandService) -> None:
+    """Slow-query alerts that are posted or escalate get their chart in their thread."""
+    runtime = service.runtime
+
+    def announced(alert_ids: list[int]) -> None:
+        for alert_id in alert_ids:
+            runtime.submit(alert_chart, runtime, alert_id)
+
+    runtime.health.book.on_announced = announced
