@@ -65,5 +65,5 @@ def test_a_burst_of_changes_is_one_publish_per_recent_viewer_and_none_for_others
     for user in (OPERATOR, VIEWER):
         views = published(user)
         assert len(views) == 2, f"{user}: the open, then one publish for the whole burst"
-        assert "finding number 9" in message_text(views[-1])  # the last state arrived
+        assert "and 9 more" in message_text(views[-1])  # the last state arrived: ten open findings
     assert len(published(APPROVER)) == 1  # only the publish of their own open
