@@ -145,6 +145,13 @@ register(
     )
 )
 register(Verb("alerts", "open health and slow-query alerts", stage="optional"))
+register(
+    Verb(
+        "explain",
+        "the generic plan of a query that /mcp slow-queries shows (planned, never run), with the plan as a file",
+        (Positional("queryid", "text"),),
+    )
+)
 register(Verb("backup", "full pg_dump of a stage's database to the backup destination (operators)", mutating=True))
 register(
     Verb(

@@ -1,4 +1,4 @@
-"""Buttons on read-only replies (paging)."""
+"""Buttons on read-only replies: paging, and Explain (under slow-query alerts and `/mcp slow-queries`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from slack_bolt import Ack, App, Respond
 
 from bot.errors import CommandError, UserFacingError
+from bot.health.messages import EXPLAIN_ACTION
 from bot.logs import new_request_id
 from bot.service import CommandService, Invocation
 from handlers import render
@@ -26,6 +27,7 @@ def button_value(body: dict[str, Any]) -> dict[str, Any]:
 
 def register(app: App, service: CommandService) -> None:
     @app.action(render.PAGE_ACTION)
+    @app.action(EXPLAIN_ACTION)  # runs `explain <queryid> --stage S` as if typed
     def page_more(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
         ack()
         new_request_id()

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from bot.health.alerts import AlertView
 from bot.health.checks import CheckReport, duration
+from bot.health.explain import ExplainResult
+from bot.health.messages import EXPLAIN_ACTION, explain_command
 from bot.health.monitor import HealthSummary
 from bot.health.operations import AlertsResult, SlowQueriesResult
 from bot.service import CommandRequest
-from handlers.blocks import Message, code, context, escape, lines_sections, message, section, when
+from handlers.blocks import Message, button, code, context, escape, lines_sections, message, section, when
 from handlers.render import _stage_tag, renders
 
 SEVERITY_ICONS = {"critical": ":red_circle:", "warning": ":large_orange_circle:", "info": ":large_blue_circle:"}
 STATUS_ICONS = {"ok": ":white_check_mark:", "unavailable": ":grey_question:", "error": ":warning:"}
 MAX_FINDING_LINES = 20
+EXPLAIN_BUTTONS = 44  # a section per entry, within Slack's 50 blocks a message
 
 
 def _icon(report: CheckReport) -> str:
@@ -72,7 +75,12 @@ def render_slow_queries(request: CommandRequest, result: SlowQueriesResult) -> M
         f"{r.total_ms:,.0f} ms total · queryid {r.queryid}\n{code(r.text)}"
         for i, r in enumerate(result.rows, 1)
     ] or ["_no statement ran in this interval_"]
-    blocks = [section(title), *lines_sections(lines)]
+    # Each entry carries Explain (its generic plan); past EXPLAIN_BUTTONS the rest are plain lines.
+    explained = [
+        section(line, accessory=button("Explain", EXPLAIN_ACTION, {"t": explain_command(result.stage, r.queryid)}))
+        for line, r in zip(lines[:EXPLAIN_BUTTONS], result.rows, strict=False)
+    ]
+    blocks = [section(title), *explained, *lines_sections(lines[len(explained) :])]
     if result.note:
         blocks.append(section(f":grey_question: {escape(result.note)}"))
     taken = (
@@ -106,3 +114,36 @@ def render_alerts(request: CommandRequest, result: AlertsResult) -> Message:
     lines = [alert_line(a) for a in result.alerts] or ["_nothing is firing_ :white_check_mark:"]
     title = f":rotating_light: {count} open alert{'s' if count != 1 else ''}{where}"
     return message(title.split(" ", 1)[1], [section(title), *lines_sections(lines)])
+
+
+@renders("explain")
+def render_explain(request: CommandRequest, result: ExplainResult) -> Message:
+    title = (
+        f":mag: Generic plan of queryid {result.queryid} on {_stage_tag(request)}: planned, never run "
+        f"({escape(result.method)}, PostgreSQL {escape(result.server_version)})"
+    )
+    first = [
+        f"• Sequential scan of *{escape(s.table)}* (~{s.table_rows:,} rows in the table, ~{s.plan_rows:,} estimated"
+        + (f" to match {code(s.filter)}" if s.filter else " read")
+        + ")"
+        for s in result.seq_scans
+    ] or ["• No sequential scan of a table over 10,000 rows."]
+    if result.costliest is not None:
+        c = result.costliest
+        on = f" on {escape(c.on)}" if c.on else ""
+        first.append(f"• Costliest step: *{escape(c.node)}*{on}, {c.share:.0f}% of the plan's cost ({c.cost:,.1f})")
+    first += [
+        f"• Foreign key `{escape(h.constraint)}` on {escape(h.table)} ({escape(h.columns)}) has no index and this plan "
+        f"filters on it: {code(h.create)}"
+        for h in result.hints
+    ]
+    blocks = [
+        section(title),
+        section(code(result.query)),
+        section(f"*Look at first* (estimated total cost {result.total_cost:,.1f}, ~{result.plan_rows:,} rows)"),
+        *lines_sections(first),
+        context(
+            "Costs and rows are the planner's estimates for any parameter values, in its own units."
+        ),
+    ]
+    return message(f"plan of queryid {result.queryid}", blocks)

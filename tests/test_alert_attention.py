@@ -95,7 +95,7 @@ def test_acknowledge_shows_who_stops_reminders_and_the_alert_still_resolves(clic
     _sleep_statements(stage_db.url, 4)
     health.run("statements")
     [post] = health.posts()
-    assert _labels(post) == ["Acknowledge", "Snooze 1 h", "Snooze 4 h", "Snooze 24 h"]
+    assert _labels(post) == ["Acknowledge", "Explain", "Snooze 1 h", "Snooze 4 h", "Snooze 24 h"]
 
     # Not acknowledged: an hour later it reminds in its thread.
     _age_notification(health)

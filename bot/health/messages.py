@@ -7,6 +7,7 @@ section and context blocks, data escaped.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable
@@ -122,6 +123,31 @@ def acknowledge_and_snooze(alert: Any) -> list[dict[str, Any]]:
         }
     )
     return elements
+
+
+EXPLAIN_ACTION = "explain_query"
+
+
+def explain_command(stage: str, queryid: int | str) -> str:
+    """The command an Explain button runs (handlers/actions.py runs it as if typed)."""
+    return f"explain {queryid} --stage {stage}"
+
+
+@alert_action
+def explain_button(alert: Any) -> list[dict[str, Any]]:
+    """Slow-query alerts (object `queryid N`) carry Explain: the query's generic plan, never run."""
+    queryid = str(alert.object).removeprefix("queryid ")
+    if alert.check_name != "slow_queries" or queryid == alert.object:
+        return []
+    value = json.dumps({"t": explain_command(alert.stage, queryid)}, separators=(",", ":"))
+    return [
+        {
+            "type": "button",
+            "action_id": EXPLAIN_ACTION,
+            "text": {"type": "plain_text", "text": "Explain"},
+            "value": value,
+        }
+    ]
 
 
 def actions_block(alert: Any) -> dict[str, Any] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from bot.health import statements
+from bot.health import explain, statements
 from bot.health.alerts import AlertView
 from bot.health.monitor import HealthSummary
 from bot.runtime import Runtime
@@ -104,3 +104,10 @@ def run_slow_queries(runtime: Runtime, request: CommandRequest) -> SlowQueriesRe
 def run_alerts(runtime: Runtime, request: CommandRequest) -> AlertsResult:
     stage = request.stage.name if request.stage else None
     return AlertsResult(stage=stage, alerts=runtime.health.book.open_alerts(stage))
+
+
+@operation("explain")
+def run_explain(runtime: Runtime, request: CommandRequest) -> explain.ExplainResult:
+    assert request.stage is not None
+    queryid = explain.parse_queryid(request.parsed.args["queryid"])
+    return explain.explain(request.stage, runtime.settings, queryid)

@@ -1,0 +1,120 @@
+"""Explain (issue 15): the generic plan of a pg_stat_statements entry, planned on the test cluster's
+PostgreSQL (15, or 18 with PG_MAJOR=18: EXPLAIN (GENERIC_PLAN) from 16 on), never run; a clear refusal
+for what has no plan; Explain buttons under `/mcp slow-queries` entries and slow-query alerts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+
+from bot.console.text import buttons_in
+from tests.conftest import CHANNEL, OPERATOR, message_text
+from tests.test_health import SLOW, _sleep_statements
+
+BY_USER = "SELECT id, tool_name FROM mcp_tool_calls WHERE mcp_server_user_id = %s"
+
+
+def queryid(url: str, like: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT queryid FROM pg_stat_statements WHERE query LIKE %s AND toplevel"
+            " AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            (like,),
+        ).fetchone()
+    assert row is not None, like
+    return int(row[0])
+
+
+def server_version(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        return int(conn.execute("SHOW server_version_num").fetchone()[0])
+
+
+def test_explain_plans_a_dollar_one_statement_without_running_it(make_bot, stage_db):
+    with psycopg.connect(stage_db.url, autocommit=True, application_name="platform-api") as conn:
+        conn.execute(BY_USER, ("nobody",))  # bound server-side: pg_stat_statements keeps `= $1`
+        conn.execute("UPDATE mcp_tool_calls SET tool_name = %s WHERE id = %s", ("renamed", "none"))
+    before = stage_db.scalar("SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM mcp_tool_calls t")
+    bot = make_bot({"dev": stage_db.url})
+
+    qid = queryid(stage_db.url, "SELECT id, tool_name FROM mcp_tool_calls WHERE mcp_server_user_id = $1%")
+    shown = bot.command(f"explain {qid} --stage dev").text()
+    method = "EXPLAIN (GENERIC_PLAN)" if server_version(stage_db.url) >= 160000 else "PREPARE and EXPLAIN EXECUTE"
+    assert f"Generic plan of queryid {qid} on stage *dev*: planned, never run ({method}" in shown
+    assert "WHERE mcp_server_user_id = $1" in shown
+    assert "Costliest step: *Seq Scan* on public.mcp_tool_calls" in shown
+    # The plan scans on an unindexed foreign key column: the hint ties it to the foreign-key check.
+    assert "has no index and this plan filters on it" in shown
+    assert "CREATE INDEX CONCURRENTLY ON public.mcp_tool_calls (mcp_server_user_id);" in shown
+
+    # A write statement is planned, not run: the table is as it was.
+    update = queryid(stage_db.url, "UPDATE mcp_tool_calls SET tool_name = $1 WHERE id = $2%")
+    planned = bot.command(f"explain {update} --stage dev").text()
+    assert "Generic plan of queryid" in planned and "ModifyTable" not in planned.split("Look at first")[0]
+    assert stage_db.scalar("SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM mcp_tool_calls t") == before
+    assert stage_db.scalar("SELECT count(*) FROM mcp_tool_calls WHERE tool_name = 'renamed'") == 0
+    # Its own connection, gone afterwards: no prepared statement or session is left behind.
+    assert stage_db.scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'mcp-ops/explain/dev'") == 0
+    outcomes = [(r.command, r.outcome) for r in bot.wait_audit(2)]
+    assert outcomes == [("explain", "ok"), ("explain", "ok")]
+
+
+def test_explain_refuses_ddl_and_says_why_other_statements_cannot_be_planned(make_bot, stage_db):
+    with psycopg.connect(stage_db.url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE explain_scratch (id int)")
+        conn.execute("SELECT now() - interval '1 day'")  # normalised to `interval $1`: not valid SQL
+    bot = make_bot({"dev": stage_db.url})
+
+    ddl = queryid(stage_db.url, "CREATE TABLE explain_scratch%")
+    refused = bot.command(f"explain {ddl} --stage dev").text()
+    assert f"queryid {ddl} cannot be explained: `CREATE` is a utility statement or DDL" in refused
+    assert "only SELECT, INSERT, UPDATE, DELETE, MERGE and VALUES have a plan" in refused
+
+    typed = queryid(stage_db.url, "SELECT now() - interval $1%")
+    unparsable = bot.command(f"explain {typed} --stage dev").text()
+    assert f"queryid {typed} cannot be prepared: syntax error" in unparsable
+    assert "normalised text is not always valid SQL" in unparsable
+
+    assert "is not in pg_stat_statements of this database" in bot.command("explain 42 --stage dev").text()
+    assert "`abc` is not a queryid" in bot.command("explain abc --stage dev").text()
+    assert "missing <queryid>" in bot.command("explain --stage dev").text()
+
+
+def _element(payload: dict[str, Any], label: str) -> tuple[dict[str, Any], str]:
+    found = [(e, block) for e, block in buttons_in(payload.get("blocks", [])) if e["text"]["text"] == label]
+    assert found, f"no {label} button"
+    return found[0]
+
+
+def test_slow_query_entries_and_alerts_carry_explain(make_bot, stage_db):
+    bot = make_bot({"dev": stage_db.url}, **SLOW)
+    bot.runtime.health.run_group("dev", "statements")
+    _sleep_statements(stage_db.url, 4)
+    bot.runtime.health.run_group("dev", "statements")  # the slow query fires an alert
+
+    # The alert carries Explain, which runs the query's explain.
+    bot.runtime.outbox.drain()
+    [alert] = [
+        c.payload
+        for c in bot.slack.calls_to("chat.postMessage")
+        if c.payload.get("channel") == bot.settings.alert_channel and "slow query" in c.payload["text"]
+    ]
+    element, _ = _element(alert, "Explain")
+    qid = queryid(stage_db.url, "SELECT pg_sleep($1)%")
+    assert json.loads(element["value"]) == {"t": f"explain {qid} --stage dev"}
+
+    # `/mcp slow-queries` entries carry it too; pressing it answers with the plan.
+    listing = bot.command("slow-queries --stage dev").message()
+    element, block_id = _element(listing, "Explain")
+    response_url = bot.sender.new_response_url()
+    reply = bot.sender.block_actions(
+        element, user=OPERATOR, channel=CHANNEL, message=listing, block_id=block_id, response_url=response_url
+    )
+    assert reply.status == 200
+    path = response_url.split(bot.slack.base_url, 1)[1]
+    [answer] = bot.slack.wait_for_call("response_url", lambda c: c.path == path, 15, 1)
+    assert f"Generic plan of queryid {qid}" in message_text(answer.payload)
+    assert "Costliest step: *Result*" in message_text(answer.payload)
