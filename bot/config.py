@@ -103,6 +103,7 @@ class BackupSettings:
     retention_days: int | None = None
     snapshot_wait_s: int = 1800
     progress_interval_s: float = 2.0
+    pg_dump: Path | None = None  # PG_DUMP: this pg_dump for full backups, else the newest suitable one installed
 
     @property
     def destination(self) -> str:
@@ -480,6 +481,7 @@ def _backup_settings(env: Mapping[str, str]) -> BackupSettings:
         retention_days=retention,
         snapshot_wait_s=_int(env, "RDS_SNAPSHOT_WAIT_SECONDS", 1800, 10, 7200),
         progress_interval_s=float(_int(env, "BACKUP_PROGRESS_SECONDS", 2, 1, 600)),
+        pg_dump=Path(env["PG_DUMP"].strip()).expanduser() if env.get("PG_DUMP", "").strip() else None,
     )
 
 

