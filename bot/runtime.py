@@ -72,7 +72,7 @@ class Runtime:
         if settings.backup.retention_days and settings.backup.directory is not None:
             self.scheduler.add("backups:retention", self.backups.prune_local, 3600)
         # Forget-user: the erasure ledger, and restores that apply erasures again (a hook on backups).
-        self.erasures = Erasures(settings.erasure, ErasureLedger(self.bot_engine), self.backups, self.audit)
+        self.erasures = Erasures(settings, ErasureLedger(self.bot_engine), self.backups, self.audit)
         # Delete requests, their clicks, runs and jobs (renders through what the Slack layer injects).
         self.deletion = DeletionFlow(self)
         # Slow work runs here, after the Slack ack, so listener threads are free to ack the next request.

@@ -30,8 +30,9 @@ connection (use it, do not commit it). `scopes` is a list of `MaterializedScope`
   - `key`: the table's primary-key columns;
   - `action`: "delete", "set null" or "set default"; `columns`: the columns a set action changes;
   - `temp_table`: the name of the temporary table holding the scope's primary keys
-    (columns named like the key), so `COPY (SELECT t.* FROM <table> t JOIN <temp_table> USING (<key>))
-    TO STDOUT` exports exactly the rows about to change;
+    (columns named like the key; a delete scope also has `mcpops_tid`, each row's ctid), so
+    `COPY (SELECT t.* FROM <table> t JOIN <temp_table> USING (<key>)) TO STDOUT` exports exactly
+    the rows about to change;
   - `rows`: how many rows it holds.
 Any exception it raises rolls the whole delete back and is reported as the failure.
 """
@@ -47,6 +48,8 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    any_,
+    cast,
     column,
     delete,
     exists,
@@ -59,7 +62,9 @@ from sqlalchemy import (
     table,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.types import UserDefinedType
 
 from bot.deletion.catalog import TableRef
 from bot.deletion.identity import snapshot_changes
@@ -80,6 +85,7 @@ from bot.stages import Stage
 log = logging.getLogger(__name__)
 
 MIN_STATEMENT_MS = 1000
+TID_COLUMN = "mcpops_tid"  # a delete scope's temp table also holds each row's ctid, under this name
 VERIFY_STATEMENT_MS = 300_000
 
 
@@ -356,13 +362,18 @@ def _materialize(
         t = sa_table(graph, ref).alias()
         key = graph.key(ref)
         budget.arm()
-        query = select(*(t.c[k] for k in key)).where(sql.predicate(ref, t))
-        if plan.catalog.referencing(ref):
+        # Each row's ctid too: the DELETE then finds its rows by TID (a TID scan), not by joining the
+        # keys back to the table (a scan and a hash of the whole table: 7x slower for 10% of a big one).
+        tid = column("ctid", _selectable=t)
+        query = select(*(t.c[k] for k in key), tid.label(TID_COLUMN)).where(sql.predicate(ref, t))
+        referenced = bool(plan.catalog.referencing(ref))
+        if referenced:
             # Parents go in their physical order: every deleted row fires its RI triggers, and
             # heap-ordered parents keep those probes local (users: about half the time of hash order).
-            query = query.order_by(column("ctid", _selectable=t))
+            query = query.order_by(tid)
         rows = conn.execute(CreateTempTableAs(name, query, preserve=keep)).rowcount
-        conn.execute(Analyze(name))
+        if referenced:  # its children's scopes are planned against it; a leaf's is only read whole
+            conn.execute(Analyze(name))
         source.names[ref] = name
         counts[step.snapshot_key] = rows
         by_step[step] = MaterializedScope(ref, key, "delete", (), name, rows)
@@ -395,12 +406,20 @@ def _outside(plan: DeletePlan, sql: ScopeSql, source: TempSource, fk: Any, x: An
     return conditions
 
 
+class _Tid(UserDefinedType[Any]):
+    cache_ok = True
+
+    def get_col_spec(self, **_kw: Any) -> str:
+        return "tid"
+
+
 def _apply(conn: Connection, plan: DeletePlan, step: Step, scope: MaterializedScope) -> int:
-    """One set-based statement joined to the step's temp table of keys."""
+    """One set-based statement: a delete by the scope's TIDs, an update joined to its keys."""
     t = sa_table(plan.graph, step.table)
-    tmp = table(scope.temp_table, *(column(k) for k in scope.key))
+    tmp = table(scope.temp_table, *(column(k) for k in scope.key), column(TID_COLUMN))
     if step.action == "delete":
-        stmt: Any = delete(t).where(equal(t, tmp, step.key, step.key))
+        tids = cast(select(func.array_agg(tmp.c[TID_COLUMN])).scalar_subquery(), ARRAY(_Tid()))
+        stmt: Any = delete(t).where(column("ctid", _selectable=t) == any_(tids))
     else:
         value: Any = None if step.action == "set null" else literal_column("DEFAULT")
         stmt = update(t).where(equal(t, tmp, step.key, step.key)).values({c: value for c in step.columns})

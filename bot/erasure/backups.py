@@ -78,7 +78,7 @@ class BackupScanner:
     """Reads (and, for a purge, rewrites) one scoped backup for one erasure target."""
 
     def __init__(
-        self, store: BackupStore, catalog: Catalog, targets: Targets, target: ErasureTarget, emails: set[str]
+        self, store: BackupStore, catalog: Catalog, targets: Targets, target: ErasureTarget, emails: dict[str, int]
     ) -> None:
         self.store = store
         self.catalog = catalog

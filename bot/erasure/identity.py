@@ -7,17 +7,19 @@ of each email the listed columns are matched on. Every match in the database is 
 digests computed by PostgreSQL (`sha256()`), so a request approved later, a re-application after a
 restore or a purge of backups needs nothing else. Emails inside JSON are found by a pattern, then
 compared by digest; a replaced email becomes `erased-<16 hex>`, the same stable token everywhere.
+Each digest travels with the length of what it digests: PostgreSQL compares the length first and
+computes a sha256 only for values of that length (most rows of a big table cost no hash at all).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, and_, cast, column, exists, func, literal, or_, select
+from sqlalchemy import ColumnElement, Text, and_, case, cast, column, exists, false, func, literal, or_, select
 from sqlalchemy.types import ARRAY
 
 # An email as found in free text or JSON; the same pattern works in Python and in PostgreSQL (ARE).
@@ -57,29 +59,48 @@ def token(value_digest: str) -> str:
     return f"{TOKEN_PREFIX}{value_digest[:TOKEN_CHARS]}"
 
 
+# Digests with the length of what they digest: {sha256 hex: characters}.
+Digests = Mapping[str, int]
+
+
 @dataclass(frozen=True)
 class Person:
-    """The identifier as digests: `normalised` (the receipt's), `exact` (distinct ids and ids)."""
+    """The identifier as digests: `normalised` (the receipt's), `exact` (distinct ids and ids), and lengths."""
 
     normalised: str
     exact: str
     is_email: bool
+    length: int
+    exact_length: int
 
     @classmethod
     def of(cls, identifier: str) -> Person:
         value = identifier.strip()
-        return cls(normalised=digest(normalise(value)), exact=digest(value), is_email="@" in value)
+        norm = normalise(value)
+        return cls(digest(norm), digest(value), "@" in value, len(norm), len(value))
 
     @property
     def label(self) -> str:
         return label(self.normalised)
 
     def to_json(self) -> dict[str, Any]:
-        return {"normalised": self.normalised, "exact": self.exact, "is_email": self.is_email}
+        return {
+            "normalised": self.normalised,
+            "exact": self.exact,
+            "is_email": self.is_email,
+            "length": self.length,
+            "exact_length": self.exact_length,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Person:
-        return cls(str(data["normalised"]), str(data["exact"]), bool(data["is_email"]))
+        return cls(
+            str(data["normalised"]),
+            str(data["exact"]),
+            bool(data["is_email"]),
+            int(data["length"]),
+            int(data["exact_length"]),
+        )
 
 
 # -- the same digests in SQL --------------------------------------------------------------------
@@ -109,19 +130,25 @@ def sql_token(expr: Any) -> ColumnElement[str]:
     return literal(TOKEN_PREFIX) + func.left(sql_email_digest(expr), TOKEN_CHARS)
 
 
-def email_matches(expr: Any, email_digests: Collection[str]) -> ColumnElement[bool]:
-    if not email_digests:
-        return literal(False)
-    return sql_email_digest(expr).in_(sorted(email_digests))
+def digest_in(value: Any, digests: Digests) -> ColumnElement[bool]:
+    """`value` (text) has one of the digests; its sha256 computed only when its length is one of theirs."""
+    if not digests:
+        return false()
+    lengths = sorted(set(digests.values()))
+    return case((func.char_length(value).in_(lengths), sql_digest(value).in_(sorted(digests))), else_=false())
+
+
+def email_matches(expr: Any, emails: Digests) -> ColumnElement[bool]:
+    return digest_in(func.lower(func.btrim(cast(expr, Text))), emails)
 
 
 def person_matches(alias: Any, person: Person, *, email: str | None, exact: Sequence[str]) -> ColumnElement[bool]:
     """User rows the identifier names: its email column case-insensitively, the `exact` columns exactly."""
     parts: list[ColumnElement[bool]] = []
     if email is not None and person.is_email:
-        parts.append(sql_email_digest(alias.c[email]) == person.normalised)
-    parts += [sql_digest(alias.c[c]) == person.exact for c in exact]
-    return or_(*parts) if parts else literal(False)
+        parts.append(email_matches(alias.c[email], {person.normalised: person.length}))
+    parts += [digest_in(cast(alias.c[c], Text), {person.exact: person.exact_length}) for c in exact]
+    return or_(*parts) if parts else false()
 
 
 def json_mentions(expr: Any, email_digests: Collection[str]) -> ColumnElement[bool]:

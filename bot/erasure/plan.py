@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,14 +46,15 @@ from bot.deletion.plan import (
 from bot.deletion.scope import ROOT_SLUG, ROOT_TABLE, ScopeSql, equal, sa_table
 from bot.deletion.sqlext import ExplainAnalyze
 from bot.erasure.identity import (
+    Digests,
     Person,
     digest,
+    digest_in,
     email_matches,
     json_mentions,
     key_text,
     person_matches,
     sql_digest,
-    sql_email_digest,
     sql_key_text,
 )
 from bot.erasure.settings import ErasureSettings
@@ -66,18 +67,18 @@ SCAN_SAMPLE_PAGES = 1000  # an ERASURE_SCAN_ALL table's scan is timed on its fir
 
 @dataclass(frozen=True)
 class ErasureTarget:
-    """What a request keeps to find the person again: digests, never the identifier."""
+    """What a request keeps to find the person again: digests (with lengths), never the identifier."""
 
     person: Person
-    user_keys: tuple[str, ...]  # digests of the matched user rows' keys
-    emails: tuple[str, ...]  # digests of the emails the listed columns are matched on
+    user_keys: dict[str, int]  # the matched user rows' keys
+    emails: dict[str, int]  # the emails the listed columns are matched on
 
     def to_json(self) -> dict[str, Any]:
-        return {"person": self.person.to_json(), "user_keys": list(self.user_keys), "emails": list(self.emails)}
+        return {"person": self.person.to_json(), "user_keys": dict(self.user_keys), "emails": dict(self.emails)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ErasureTarget:
-        return cls(Person.from_json(data["person"]), tuple(data["user_keys"]), tuple(data["emails"]))
+        return cls(Person.from_json(data["person"]), dict(data["user_keys"]), dict(data["emails"]))
 
 
 @dataclass
@@ -85,15 +86,15 @@ class Found:
     """The person as this transaction sees them; key values stay in memory, never in the bot database."""
 
     user_keys: list[tuple[Any, ...]]
-    emails: set[str]
+    emails: dict[str, int]
     root_row: dict[str, Any] | None
 
     @property
-    def user_key_digests(self) -> tuple[str, ...]:
-        return tuple(sorted(digest(key_text(k)) for k in self.user_keys))
+    def user_key_digests(self) -> dict[str, int]:
+        return {digest(key_text(k)): len(key_text(k)) for k in self.user_keys}
 
     def target(self, person: Person) -> ErasureTarget:
-        return ErasureTarget(person, self.user_key_digests, tuple(sorted(self.emails)))
+        return ErasureTarget(person, self.user_key_digests, dict(self.emails))
 
 
 def keys_in(alias: Any, key: Sequence[str], values: Sequence[tuple[Any, ...]]) -> ColumnElement[bool]:
@@ -106,12 +107,12 @@ def keys_in(alias: Any, key: Sequence[str], values: Sequence[tuple[Any, ...]]) -
     return tuple_(*(alias.c[k] for k in key)).in_(rows)
 
 
-def identity_match(alias: Any, table: IdentityTable, emails: Collection[str]) -> ColumnElement[bool]:
+def identity_match(alias: Any, table: IdentityTable, emails: Digests) -> ColumnElement[bool]:
     return or_(*(email_matches(alias.c[c], emails) for c in table.columns))
 
 
 def find_person(
-    conn: Connection, catalog: Catalog, targets: Targets, person: Person, *, known: Collection[str] = ()
+    conn: Connection, catalog: Catalog, targets: Targets, person: Person, *, known: Digests | None = None
 ) -> Found:
     """User rows the identifier names (or whose key digest is `known`), and the emails to match elsewhere."""
     users = sa_table(catalog, targets.users).alias()
@@ -121,15 +122,18 @@ def find_person(
         referenced += [c for c in fk.parent_columns if c not in referenced]
     where = person_matches(users, person, email=targets.user_email, exact=targets.user_exact)
     if known:
-        where = or_(where, sql_digest(sql_key_text(users, info.key)).in_(sorted(known)))
+        where = or_(where, digest_in(sql_key_text(users, info.key), known))
     email_digest_col: Any = null()
+    email_length: Any = null()
     if targets.user_email is not None:
-        value = users.c[targets.user_email]
-        blank = func.nullif(func.btrim(cast(value, Text)), literal("")).is_(None)
-        email_digest_col = case((blank, null()), else_=sql_email_digest(value))
-    rows = conn.execute(select(*(users.c[c] for c in referenced), email_digest_col.label("d")).where(where)).all()
-    emails = {person.normalised} if person.is_email else set()
-    emails |= {str(r.d) for r in rows if r.d}
+        value = func.lower(func.btrim(cast(users.c[targets.user_email], Text)))
+        blank = func.nullif(value, literal("")).is_(None)
+        email_digest_col = case((blank, null()), else_=sql_digest(value))
+        email_length = func.char_length(value)
+    found = select(*(users.c[c] for c in referenced), email_digest_col.label("d"), email_length.label("n"))
+    rows = conn.execute(found.where(where)).all()
+    emails = {person.normalised: person.length} if person.is_email else {}
+    emails |= {str(r.d): int(r.n) for r in rows if r.d}
     keys = [tuple(r[: len(info.key)]) for r in rows]
     root_row = dict(zip(referenced, rows[0][: len(referenced)], strict=True)) if len(rows) == 1 else None
     return Found(user_keys=keys, emails=emails, root_row=root_row)
@@ -139,7 +143,7 @@ def delete_plan(conn: Connection, catalog: Catalog, targets: Targets, found: Fou
     """The engine's plan rooted at the person's user rows and the `delete`-mode rows of ERASURE_COLUMNS."""
     key = catalog.table(targets.users).key
     user_keys = list(found.user_keys)
-    emails = set(found.emails)
+    emails = dict(found.emails)
     roots: dict[TableRef, Any] = {targets.users: lambda t: keys_in(t, key, user_keys)}
     for table in targets.delete_roots:
         if table.table == targets.users:
@@ -303,7 +307,7 @@ def _json_counts(
     return entry
 
 
-def _scan_estimate(conn: Connection, catalog: Catalog, jc: Any, emails: Collection[str]) -> float:
+def _scan_estimate(conn: Connection, catalog: Catalog, jc: Any, emails: Digests) -> float:
     """Seconds to read the whole table looking for the emails: its first blocks timed, scaled by its size."""
     pages = max(catalog.table(jc.table).pages, 1)
     sample = min(pages, SCAN_SAMPLE_PAGES)

@@ -174,9 +174,7 @@ def run_erasure(
         if targets.problems:
             raise PlanProblem("the erasure can't be planned: " + "; ".join(targets.problems))
         found = find_person(conn, catalog, targets, target.person, known=target.user_keys)
-        if expected is not None and (
-            found.user_key_digests != tuple(sorted(target.user_keys)) or sorted(found.emails) != sorted(target.emails)
-        ):
+        if expected is not None and (found.user_key_digests != target.user_keys or found.emails != target.emails):
             raise SnapshotChanged(
                 f"the user rows or emails matching {target.person.label} changed since the plan; nothing was erased",
                 changes=["the person's user rows or emails"],
@@ -270,7 +268,7 @@ def reapply(conn: Connection, settings: ErasureSettings, target: ErasureTarget, 
     if targets.problems:
         raise PlanProblem("the erasure can't be re-applied: " + "; ".join(targets.problems))
     found = find_person(conn, catalog, targets, target.person, known=target.user_keys)
-    found.emails |= set(target.emails)
+    found.emails.update(target.emails)
     plan = delete_plan(conn, catalog, targets, found)
     counts = {s.key: s.rows for s in delete_in_transaction(conn, plan, budget_s=budget_s) if s.rows}
     extras = apply_extras(conn, catalog, targets, found, lambda _ref, _alias: true())

@@ -18,6 +18,7 @@ from bot.audit import AuditEntry, AuditLog
 from bot.backups.scoped import load_manifest
 from bot.backups.service import Backups
 from bot.backups.store import BackupNotConfigured
+from bot.config import Settings
 from bot.deletion.catalog import load_catalog
 from bot.deletion.execute import ProgressCallback
 from bot.erasure.backups import BackupFinding, BackupScanner, scoped_manifests
@@ -26,12 +27,41 @@ from bot.erasure.ledger import ErasureLedger
 from bot.erasure.plan import ErasureImpact, ErasureTarget, measure_erasure
 from bot.erasure.restore_hook import ReapplyErasures
 from bot.erasure.run import ErasureResult, run_erasure
-from bot.erasure.settings import ErasureSettings
 from bot.erasure.targets import resolve_targets
-from bot.errors import UserFacingError
-from bot.stages import Stage
+from bot.errors import NotFound, UserFacingError
+from bot.stages import Stage, StageRegistry
 
 log = logging.getLogger(__name__)
+
+MIN_BUDGET_S = 120.0
+BUDGET_FACTOR = 3.0
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """The impact and the real counts of a rolled-back run on one stage."""
+
+    stage: str
+    protected: bool
+    impact: ErasureImpact
+    result: ErasureResult
+
+
+@dataclass(frozen=True)
+class StageDryRun:
+    stage: str
+    protected: bool
+    dry_run: DryRun | None = None
+    nothing: bool = False  # nothing on the stage matches the identifier
+    error: str | None = None  # unreachable, blocked, ...
+
+
+@dataclass(frozen=True)
+class AllStages:
+    """`--all-stages`: one dry run per stage, combined; the erasures themselves stay per stage."""
+
+    label: str
+    stages: list[StageDryRun]
 
 
 @dataclass
@@ -65,16 +95,48 @@ class Receipt:
 
 
 class Erasures:
-    def __init__(self, settings: ErasureSettings, ledger: ErasureLedger, backups: Backups, audit: AuditLog) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, ledger: ErasureLedger, backups: Backups, audit: AuditLog) -> None:
+        self.bot_settings = settings
+        self.settings = settings.erasure
         self.ledger = ledger
         self.backups = backups
         self.audit = audit
-        backups.after_restore.append(ReapplyErasures(ledger, settings, audit))
+        backups.after_restore.append(ReapplyErasures(ledger, self.settings, audit))
 
     def impact(self, stage: Stage, identifier: str) -> ErasureImpact:
         with stage.read() as conn:
             return measure_erasure(conn, self.settings, Person.of(identifier))
+
+    def budget_s(self, impact: ErasureImpact) -> float:
+        """The transaction's time budget: 3x the estimate, at least 2 minutes, at most DELETE_TIMEOUT_SECONDS."""
+        expected = impact.delete.estimated_s + sum(j.scan_estimated_s for j in impact.json)
+        return min(max(MIN_BUDGET_S, expected * BUDGET_FACTOR), float(self.bot_settings.delete_timeout_s))
+
+    def dry_run(self, stage: Stage, identifier: str) -> DryRun:
+        """The impact, then the whole erasure in a transaction that is rolled back (the real counts)."""
+        impact = self.impact(stage, identifier)
+        result = run_erasure(
+            stage,
+            self.settings,
+            ErasureTarget.from_json(impact.target),
+            expected=None,
+            budget_s=self.budget_s(impact),
+            lock_timeout_ms=self.bot_settings.lock_timeout_ms,
+            dry_run=True,
+        )
+        return DryRun(stage.name, stage.protected, impact, result)
+
+    def all_stages(self, stages: StageRegistry, identifier: str) -> AllStages:
+        entries = []
+        for name in stages.names():
+            stage = stages.get(name)
+            try:
+                entries.append(StageDryRun(name, stage.protected, dry_run=self.dry_run(stage, identifier)))
+            except NotFound:
+                entries.append(StageDryRun(name, stage.protected, nothing=True))
+            except UserFacingError as exc:
+                entries.append(StageDryRun(name, stage.protected, error=exc.message))
+        return AllStages(Person.of(identifier).label, entries)
 
     def run(
         self,
@@ -152,7 +214,7 @@ class Erasures:
             with stage.read() as conn:
                 catalog = load_catalog(conn)
                 targets = resolve_targets(conn, catalog, self.settings)
-            scanner = BackupScanner(store, catalog, targets, target, set(target.emails))
+            scanner = BackupScanner(store, catalog, targets, target, dict(target.emails))
             for manifest in scoped_manifests(store, scoped):
                 if purge:
                     finding = scanner.purge(manifest, erasure_id)

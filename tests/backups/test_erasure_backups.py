@@ -1,0 +1,176 @@
+"""A forgotten person and the scoped backups taken before: listed in the receipt, purged (local files and
+moto S3), and a restore of an older backup that applies the erasure again instead of bringing them back."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+
+from bot.erasure.plan import ErasureTarget
+from tests.conftest import OPERATOR, BotHarness, StageDb
+from tests.deletion_support import fingerprints, press, start_delete, wait_state
+
+PAT = """
+INSERT INTO mcp_server_user (id, distinct_id, email, profile_data) VALUES
+ ('msu_pat', 'did_pat', 'Pat.Smith@Example.org', '{"note": "vip"}');
+INSERT INTO mcp_server_session (mcp_server_session_id, mcp_server_slug, connection_date, mcp_server_user_id)
+ SELECT 'ses_pat', slug, current_date, 'msu_pat' FROM mcp_servers WHERE id = 'srv_s3';
+INSERT INTO mcp_tool_calls (id, mcp_server_id, tool_name, mcp_server_user_id, mcp_server_session_id, input) VALUES
+ ('tc_pat_1', 'srv_s3', 'search', 'msu_pat', 'ses_pat', '{"q": "hello"}'),
+ ('tc_pat_2', 'srv_s3', 'search', 'msu_pat', 'ses_pat', '{"q": "again"}');
+INSERT INTO support_requests (id, email, organization_id, mcp_server_id, title) VALUES
+ ('sr_pat', 'pat.smith@example.org', 'org_1', 'srv_big', 'Please forget me');
+"""
+EMAIL = "pat.smith@example.org"
+PAT_ROWS = {
+    "public.mcp_server_user": {"msu_pat"},
+    "public.mcp_server_session": {"ses_pat"},
+    "public.mcp_tool_calls": {"tc_pat_1", "tc_pat_2"},
+    "public.support_requests": {"sr_pat"},
+}
+
+
+def delete_small_server_with_backup(bot: BotHarness, db: StageDb) -> int:
+    """srv_s3 (Pat used only it) deleted through Slack with `--backup`: Pat's rows go into its scoped backup."""
+    slug = db.scalar("SELECT slug FROM mcp_servers WHERE id = 'srv_s3'")
+    request_id = start_delete(bot, slug, extra="--backup")
+    press(bot, request_id, "Delete", OPERATOR)
+    row = wait_state(bot, request_id, {"done", "failed"})
+    assert row.state == "done", row.error
+    assert db.scalar("SELECT count(*) FROM mcp_server_user WHERE id = 'msu_pat'") == 0  # orphaned, deleted
+    return request_id
+
+
+def forget_pat(bot: BotHarness, *, purge: bool):
+    stage = bot.runtime.stages.get("dev")
+    erasures = bot.runtime.erasures
+    impact = erasures.impact(stage, EMAIL.upper())
+    return erasures.run(
+        stage,
+        ErasureTarget.from_json(impact.target),
+        expected=impact.snapshot,
+        requested_by=OPERATOR,
+        purge_backups=purge,
+        budget_s=60,
+    )
+
+
+def without_pat(before: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    return {t: {k: v for k, v in rows.items() if k not in PAT_ROWS.get(t, set())} for t, rows in before.items()}
+
+
+@pytest.fixture
+def pat_db(stage_db: StageDb) -> StageDb:
+    stage_db.execute(PAT)
+    return stage_db
+
+
+def test_a_restore_of_an_older_backup_applies_the_erasure_again(make_bot, pat_db):
+    bot = make_bot({"dev": pat_db.url})
+    before = fingerprints(pat_db)
+    request_id = delete_small_server_with_backup(bot, pat_db)
+    receipt = forget_pat(bot, purge=False)
+    assert receipt.result.verified and pat_db.scalar("SELECT count(*) FROM support_requests WHERE id = 'sr_pat'") == 0
+    [held] = receipt.backups  # the server's backup holds Pat's user row, session and tool calls
+    assert held.action == "found" and held.dropped["public.mcp_server_user"] == 1 and held.rows >= 4
+
+    reply = bot.command(f"restore {request_id} --stage dev").text(timeout=60)
+    assert f"erasure #{receipt.erasure_id}" in reply and "applied again" in reply, reply
+    assert fingerprints(pat_db) == without_pat(before)  # the server is back, Pat is not
+    ledger = bot.runtime.erasures.ledger.get(receipt.erasure_id)
+    assert ledger is not None and [e["event"] for e in ledger.events] == ["reapplied"]
+    assert ledger.events[0]["counts"]["public.mcp_server_user"] == 1
+    reapplied = [r for r in bot.audit_rows() if r.command == "forget-user" and r.outcome == "reapplied"]
+    assert len(reapplied) == 1 and EMAIL not in str(reapplied[0]).lower()
+
+
+def test_the_dry_run_of_a_restore_names_the_erasure_it_would_apply_again(make_bot, pat_db):
+    bot = make_bot({"dev": pat_db.url})
+    request_id = delete_small_server_with_backup(bot, pat_db)
+    receipt = forget_pat(bot, purge=False)
+    reply = bot.command(f"restore {request_id} --stage dev --dry-run").text(timeout=60)
+    assert f"#{receipt.erasure_id} ({receipt.label})" in reply
+    assert pat_db.scalar("SELECT count(*) FROM mcp_servers WHERE id = 'srv_s3'") == 0
+
+
+def test_a_restore_that_cannot_apply_the_erasure_again_is_refused_naming_it(make_bot, pat_db):
+    bot = make_bot({"dev": pat_db.url})
+    request_id = delete_small_server_with_backup(bot, pat_db)
+    receipt = forget_pat(bot, purge=False)
+    # Since the erasure, a row protects Pat's user id: applying the erasure again would be refused.
+    pat_db.execute(
+        "CREATE TABLE legal_holds (user_id text PRIMARY KEY REFERENCES mcp_server_user(id) ON DELETE RESTRICT);"
+        " CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        "  IF NEW.id = 'msu_pat' THEN INSERT INTO legal_holds VALUES (NEW.id); END IF; RETURN NULL; END $$;"
+        " CREATE TRIGGER hold AFTER INSERT ON mcp_server_user FOR EACH ROW EXECUTE FUNCTION hold()"
+    )
+    reply = bot.command(f"restore {request_id} --stage dev").text(timeout=60)
+    assert f"erasure #{receipt.erasure_id} ({receipt.label})" in reply and "nothing was restored" in reply, reply
+    assert pat_db.scalar("SELECT count(*) FROM mcp_servers WHERE id = 'srv_s3'") == 0
+    assert pat_db.scalar("SELECT count(*) FROM mcp_server_user WHERE id = 'msu_pat'") == 0
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _mentions_pat(files: dict[str, bytes]) -> list[str]:
+    found = []
+    for name, data in files.items():
+        text = (gzip.decompress(data) if name.endswith(".gz") else data).decode().lower()
+        if "msu_pat" in text or "ses_pat" in text or EMAIL in text:
+            found.append(name)
+    return found
+
+
+def test_purge_rewrites_a_local_backup_without_the_person_and_it_still_restores(make_bot, pat_db):
+    bot = make_bot({"dev": pat_db.url})
+    root = Path(bot.env["BACKUP_DIR"])
+    before = fingerprints(pat_db)
+    request_id = delete_small_server_with_backup(bot, pat_db)
+    assert _mentions_pat(_files(root))  # the backup holds Pat
+    receipt = forget_pat(bot, purge=True)
+    [purged] = receipt.backups
+    assert purged.action == "rewritten" and receipt.purged
+    files = _files(root)
+    assert _mentions_pat(files) == []
+    [manifest_name] = [n for n in files if n.endswith("manifest.json")]
+    manifest = json.loads(files[manifest_name])
+    assert manifest["purged"] == [{"erasure": receipt.erasure_id, "person": receipt.label, "rows": purged.rows}]
+    assert len(files) == len(manifest["steps"]) + 1  # the old files are gone, the new ones named in the manifest
+    row = bot.runtime.backups.index.get(purged.backup_id)
+    assert row is not None and row.row_counts["public.mcp_server_user"] == manifest_users(manifest)
+    assert [e["event"] for e in bot.runtime.erasures.ledger.get(receipt.erasure_id).events] == ["purged"]
+
+    reply = bot.command(f"restore {request_id} --stage dev").text(timeout=60)
+    assert "Restored backup" in reply, reply
+    assert fingerprints(pat_db) == without_pat(before)
+
+
+def manifest_users(manifest: dict) -> int:
+    return sum(s["rows"] for s in manifest["steps"] if s["table"] == "mcp_server_user" and s["action"] == "delete")
+
+
+def test_purge_rewrites_s3_objects(make_bot, make_bucket, pat_db):
+    make_bucket("mcp-ops-backups")
+    bot = make_bot({"dev": pat_db.url}, BACKUP_BUCKET="mcp-ops-backups", BACKUP_PREFIX="team")
+    delete_small_server_with_backup(bot, pat_db)
+    s3 = boto3.client("s3")
+
+    def objects() -> dict[str, bytes]:
+        listed = s3.list_objects_v2(Bucket="mcp-ops-backups", Prefix="team/dev/scoped/").get("Contents", [])
+        return {o["Key"]: s3.get_object(Bucket="mcp-ops-backups", Key=o["Key"])["Body"].read() for o in listed}
+
+    old = objects()
+    assert _mentions_pat(old)
+    receipt = forget_pat(bot, purge=True)
+    assert [b.action for b in receipt.backups] == ["rewritten"]
+    new = objects()
+    assert _mentions_pat(new) == []
+    replaced = set(old) - set(new)
+    assert replaced and all(".erased-" not in k for k in replaced)  # the files that held Pat were removed
+    assert {k for k in new if ".erased-" in k} and len(new) == len(old)
