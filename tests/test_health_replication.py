@@ -1,0 +1,139 @@
+"""A stage with a real standby (pg_basebackup of a primary of this module's own): replication lag, and a
+standby's `hot_standby_feedback` holding back vacuum through its slot, each alerting once and resolving."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from bot.console.localslack import LocalSlack
+from bot.localpg import LocalPostgres
+from tests.conftest import eventually, throwaway_cluster, unique_name
+from tests.test_health import Health, _texts, health_factory
+from tests.test_health_checks import firing, resolves
+
+SLOT = "replica_one"
+
+
+@dataclass
+class Pair:
+    primary: LocalPostgres
+    standby: LocalPostgres
+    url: str  # a database on the primary
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[Pair]:
+    with throwaway_cluster("primary") as primary:
+        base = Path(tempfile.mkdtemp(prefix="mcp-ops-test-standby-"))
+        base.chmod(0o755)
+        standby = LocalPostgres(
+            base / "pg",
+            fast_unsafe=True,
+            settings={
+                "hot_standby_feedback": "on",
+                "recovery_min_apply_delay": "2s",
+                "wal_receiver_status_interval": "1s",
+            },
+        )
+        for path in (standby.base_dir, standby.socket_dir):
+            path.mkdir(parents=True, exist_ok=True)
+            standby._chown(path)
+        standby._run(
+            "pg_basebackup",
+            *("-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres", "-D", str(standby.data_dir)),
+            *("-R", "-X", "stream", "-C", "-S", SLOT, "--no-sync"),
+        )
+        standby.start()
+        try:
+            yield Pair(primary, standby, primary.create_database(unique_name("replicated")))
+        finally:
+            standby.destroy()
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def make_health(bot_db_url: str, fake_slack: LocalSlack) -> Iterator[Callable[..., Health]]:
+    yield from health_factory(bot_db_url, fake_slack)
+
+
+def _replay_lag(url: str) -> float:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT extract(epoch FROM max(replay_lag)) FROM pg_stat_replication").fetchone()
+    return float(row[0] or 0)
+
+
+def test_a_lagging_standby_alerts_once_per_replica_and_resolves_when_it_catches_up(make_health, pair):
+    health = make_health({"dev": pair.url}, REPLICATION_LAG_SECONDS="1", XMIN_HORIZON_SECONDS="3600")
+    health.run("activity")
+    assert [r for r in health.alert_rows() if r.check_name == "replication_lag"] == []
+
+    with psycopg.connect(pair.url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS ticks (at timestamptz)")
+        conn.execute("INSERT INTO ticks VALUES (now())")  # replayed 2 s late (recovery_min_apply_delay)
+    assert eventually(lambda: _replay_lag(pair.url) > 1, timeout=30)
+    health.run("activity")
+    [post] = health.posts()
+    [row] = [r for r in firing(health) if r.check_name == "replication_lag"]
+    assert row.object.startswith("standby ") and "lags" in _texts([post])[0]
+
+    with psycopg.connect(pair.standby.dsn("postgres"), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET recovery_min_apply_delay = 0")
+        conn.execute("SELECT pg_reload_conf()")
+    with psycopg.connect(pair.url, autocommit=True) as conn:
+        conn.execute("INSERT INTO ticks VALUES (now())")
+    assert eventually(lambda: _replay_lag(pair.url) < 1, timeout=30)
+    resolves(health, "activity", "replication_lag")
+    assert len(health.posts()) == 1
+
+
+def test_a_standby_query_holding_the_horizon_through_its_slot_alerts_once(make_health, pair):
+    health = make_health({"dev": pair.url}, REPLICATION_LAG_SECONDS="3600")  # XMIN_HORIZON_SECONDS: an hour
+
+    def slot_xmin() -> str | None:
+        with psycopg.connect(pair.url, autocommit=True) as conn:
+            row = conn.execute("SELECT xmin::text FROM pg_replication_slots WHERE slot_name = %s", (SLOT,)).fetchone()
+        return row[0]
+
+    def primary_moves_on() -> None:
+        with psycopg.connect(pair.url, autocommit=True) as conn:
+            for _ in range(3):
+                conn.execute("SELECT txid_current()")
+
+    reader = psycopg.connect(pair.standby.dsn(pair.url.rsplit("/", 1)[1]))
+    try:
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT 1")  # a snapshot on the standby: its feedback pins the slot's xmin
+        held = eventually(slot_xmin, timeout=30)
+        primary_moves_on()
+        health.run("activity")
+        # A slot does not say since when it holds this xmin: pending until the same xmin has been seen an hour.
+        [row] = [r for r in health.alert_rows() if r.check_name == "vacuum_horizon"]
+        assert (row.object, row.state) == (f"slot {SLOT} xmin {held}", "pending")
+        with health.runtime.bot_engine.begin() as conn:
+            conn.execute(text("UPDATE alerts SET first_seen_at = first_seen_at - interval '61 minutes'"))
+        health.run("activity")
+        [post] = health.posts()
+        text_ = _texts([post])[0]
+        assert f"vacuum held back by physical replication slot {SLOT}" in text_
+        assert "hot_standby_feedback" in text_ and "Cancel it there" in text_
+    finally:
+        reader.close()
+    primary_moves_on()
+    assert eventually(lambda: slot_xmin() != held, timeout=30)  # the next feedback releases it
+    for _ in range(2):
+        health.run("activity")
+    health.sync()
+    states = {r.object: r.state for r in health.alert_rows() if r.check_name == "vacuum_horizon"}
+    assert states.pop(f"slot {SLOT} xmin {held}") == "resolved"
+    assert set(states.values()) <= {"pending"}  # a younger xmin, not held long enough to matter
+    [reply] = health.replies()
+    assert "Resolved after" in reply.payload["text"]
+    assert len(health.posts()) == 1
