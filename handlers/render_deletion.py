@@ -128,6 +128,9 @@ def impact_blocks(report: ImpactReport, *, protected: bool) -> list[Block]:
     ]
     slow = [k for k in report.slow_keys if k.estimated_s >= SLOW_KEY_WARN_S]
     warnings += [_slow_key_line(k) for k in slow]
+    if report.schema_warnings:
+        first, *rest = report.schema_warnings
+        warnings.append(":twisted_rightwards_arrows: " + escape(first) + "".join(f"\n• {escape(r)}" for r in rest))
     if warnings:
         blocks += lines_sections(warnings)
     minor = [k for k in report.slow_keys if k.estimated_s < SLOW_KEY_WARN_S]

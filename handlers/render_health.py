@@ -142,8 +142,6 @@ def render_explain(request: CommandRequest, result: ExplainResult) -> Message:
         section(code(result.query)),
         section(f"*Look at first* (estimated total cost {result.total_cost:,.1f}, ~{result.plan_rows:,} rows)"),
         *lines_sections(first),
-        context(
-            "Costs and rows are the planner's estimates for any parameter values, in its own units."
-        ),
+        context("Costs and rows are the planner's estimates for any parameter values, in its own units."),
     ]
     return message(f"plan of queryid {result.queryid}", blocks)

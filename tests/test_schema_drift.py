@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, event
 from bot.config import parse_database_url
 from bot.localpg import LocalPostgres
 from bot.pgcatalog import read_snapshot
-from tests.conftest import OPERATOR, VIEWER, unique_name
+from tests.conftest import OPERATOR, TEST_SPEC, VIEWER, dead_database_url, message_text, unique_name
 from tests.schema_support import drizzle_migrate, execute, platform_migrations
 
 
@@ -133,3 +133,26 @@ def test_the_snapshot_takes_the_same_number_of_queries_whatever_the_number_of_ta
         assert big.objects[("", "extension", "pg_stat_statements")].attr("version")
     finally:
         engine.dispose()
+
+
+def test_the_impact_report_warns_when_tables_in_scope_differ_from_the_reference(make_bot, make_stage_db):
+    staging, production = make_stage_db(), make_stage_db()
+    production.execute("ALTER TABLE support_requests ALTER COLUMN priority SET DEFAULT 'low'")
+    production.execute("CREATE INDEX mcp_tool_calls_user_idx ON mcp_tool_calls (mcp_server_user_id)")
+    production.execute("ALTER TABLE \"user\" ALTER COLUMN name SET DEFAULT 'x'")  # not in the delete's scope
+    bot = make_bot({"staging": staging.url, "production": production.url})
+
+    text = message_text(bot.command(f"impact {TEST_SPEC.big_slug} --stage production").message(timeout=60))
+    assert "The schema differs from staging (MIGRATION_REFERENCE_STAGE) in 2 tables in scope" in text, text
+    assert "only on production: index `mcp_tool_calls_user_idx`" in text
+    assert "`support_requests.priority`: default `'low'::support_request_priority` on production" in text
+    assert "user.name" not in text and "`user`" not in text.split("in scope", 1)[1].split("\n")[0]
+    # The reference itself, and a stage identical to it: no warning.
+    same = message_text(bot.command(f"impact {TEST_SPEC.big_slug} --stage staging").message(timeout=60))
+    assert "schema differs" not in same and "not compared" not in same
+
+    # A reference that cannot be reached is said, and the report is still made.
+    gone = make_bot({"staging": dead_database_url(), "production": production.url})
+    text = message_text(gone.command(f"impact {TEST_SPEC.big_slug} --stage production").message(timeout=60))
+    assert "The schema was not compared with staging (MIGRATION_REFERENCE_STAGE): stage staging is unreachable" in text
+    assert "Expected duration" in text

@@ -39,6 +39,7 @@ from bot.errors import CommandError, NotFound, UserFacingError
 from bot.logs import request_id_var
 from bot.pii import scrub
 from bot.scheduler import OWNER
+from bot.schema.impact import scope_drift_warnings
 from bot.stages import Stage
 
 if TYPE_CHECKING:
@@ -154,6 +155,8 @@ class DeletionFlow:
         with stage.read() as conn:
             _, report = plan_and_measure(conn, slug, server_key=server_key)
         report.limit_s = float(self.settings.delete_timeout_s)
+        tables = [t.table for t in report.tables]
+        report.schema_warnings = scope_drift_warnings(self.runtime.stages, stage, tables, self.settings.schema)
         return report
 
     def request_delete(self, request: CommandRequest) -> DeletePosted | DeleteRefused | DryRunDone:

@@ -374,6 +374,8 @@ class ImpactReport:
     limit_s: float = 0.0  # the most a delete may take on this stage (DELETE_TIMEOUT_SECONDS); 0 if unknown
     # Rows in scope that point at another server: they go because an orphaned user of this one goes.
     elsewhere: list[ElsewhereRows] = field(default_factory=list)
+    # How the tables in scope differ from MIGRATION_REFERENCE_STAGE, in plain lines (bot/schema/impact.py).
+    schema_warnings: list[str] = field(default_factory=list)
 
     @property
     def deletable(self) -> bool:
