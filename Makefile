@@ -29,11 +29,10 @@ test: lint
 # the preferred installation (the system's: 15 on Debian 12). CI runs both (.ci/run).
 PG18_TESTS := tests/test_deletion_engine.py tests/backups/test_commands.py \
 	tests/backups/test_scoped.py tests/backups/test_delete_backups.py tests/backups/test_pg_versions.py \
-	tests/test_health.py tests/test_health_checks.py tests/test_schema_drift.py tests/test_schema_migrations.py
-# Known to fail on 18 (reported to the health checks' owner): deselected here, never skipped in the code.
-PG18_DESELECT := \
-	--deselect tests/test_health_checks.py::test_an_inactive_physical_slot_alerts_once_after_its_time_and_resolves_when_dropped \
-	--deselect tests/test_health_checks.py::test_the_cache_hit_ratio_of_large_tables
+	tests/test_health.py tests/test_health_checks.py tests/test_schema_drift.py tests/test_schema_migrations.py \
+	tests/test_explain.py tests/test_health_replication.py
+# Known to fail on 18: deselected here, never skipped in the code.
+PG18_DESELECT :=
 test-pg18: $(STAMP)
 	PG_MAJOR=18 $(BIN)/pytest $(PG18_TESTS) $(PG18_DESELECT)
 

@@ -100,7 +100,9 @@ def test_slow_query_entries_and_alerts_carry_explain(make_bot, stage_db):
     [alert] = [
         c.payload
         for c in bot.slack.calls_to("chat.postMessage")
-        if c.payload.get("channel") == bot.settings.alert_channel and "slow query" in c.payload["text"]
+        if c.payload.get("channel") == bot.settings.alert_channel
+        and not c.payload.get("thread_ts")
+        and "slow query" in c.payload["text"]
     ]
     element, _ = _element(alert, "Explain")
     qid = queryid(stage_db.url, "SELECT pg_sleep($1)%")
@@ -115,6 +117,6 @@ def test_slow_query_entries_and_alerts_carry_explain(make_bot, stage_db):
     )
     assert reply.status == 200
     path = response_url.split(bot.slack.base_url, 1)[1]
-    [answer] = bot.slack.wait_for_call("response_url", lambda c: c.path == path, 15, 1)
+    [answer] = bot.slack.wait_for_call("response_url", lambda c: c.path == path, 30, 1)
     assert f"Generic plan of queryid {qid}" in message_text(answer.payload)
     assert "Costliest step: *Result*" in message_text(answer.payload)
