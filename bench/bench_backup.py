@@ -142,4 +142,3 @@ def run(ctx: BenchContext) -> None:
     stage.dispose()
     ctx.cluster.drop_database(bot_db)
     shutil.rmtree(root, ignore_errors=True)
-

@@ -138,3 +138,6 @@ SEQUENCES = text(
 )
 
 EXTENSIONS = text("SELECT x.extname AS name, x.extversion AS version FROM pg_extension x")
+
+# Every catalog statement of a snapshot, in the order read_snapshot runs them (the bench runs them raw).
+ALL = (RELATIONS, COLUMNS, CONSTRAINTS, INDEXES, TRIGGERS, POLICIES, SEQUENCES, ENUMS, EXTENSIONS)
