@@ -9,9 +9,11 @@ import time
 import psycopg
 
 from bench.common import BenchContext, bench_stage, best_of, peak_rss_mb, ratio_line
-from bot.deletion.execute import Progress, _apply, _Budget, _materialize, execute_delete
-from bot.deletion.plan import WORK_MEM, build_plan, measure_impact, set_local
-from bot.deletion.scope import TempSource
+from bot.deletion.execute import Progress, _Budget, execute_delete
+from bot.deletion.impact import measure_impact
+from bot.deletion.plan import WORK_MEM, build_plan, set_local
+from bot.deletion.scopesql import TempSource
+from bot.deletion.steps import apply, materialize
 from bot.platform.demo_data import BENCH_SPEC
 from bot.stages import Stage
 
@@ -257,12 +259,8 @@ def _measure_subset(stage: Stage) -> tuple[float, float]:
         started = time.perf_counter()
         plan = build_plan(conn, SLUG)
         sql = plan.scope_sql(source_factory=TempSource, prefix="mcpops")
-        source = sql.source
-        assert isinstance(source, TempSource)
         counts: dict[str, int] = {}
-        scopes = _materialize(
-            conn, plan, sql, source, _Budget(conn, 3600), counts, lambda _p: None, lambda: 0.0, keep=False
-        )
+        scopes = materialize(conn, plan, sql, _Budget(conn, 3600).arm, counts, lambda _t: None, keep=False)
         other = time.perf_counter() - started
         user_step = user_scope = None
         for step, scope in zip(plan.steps, scopes, strict=True):
@@ -270,7 +268,7 @@ def _measure_subset(stage: Stage) -> tuple[float, float]:
                 user_step, user_scope = step, scope
                 continue
             t0 = time.perf_counter()
-            _apply(conn, plan, step, scope)
+            apply(conn, plan, step, scope)
             other += time.perf_counter() - t0
         assert user_step is not None and user_scope is not None
         ids = [r[0] for r in conn.exec_driver_sql(f'SELECT id FROM "{user_scope.temp_table}"')]

@@ -186,6 +186,7 @@ class Settings:
     approval_drift_percent: float = 1.0
     home_recent_minutes: int = 60  # App Home is refreshed for people who opened it this recently
     home_publish_interval_s: int = 30  # and at most once per person per this many seconds
+    no_action_edges: str = "delete"  # NO_ACTION_EDGES: rows tied by ON DELETE NO ACTION are deleted, or block
     schema: SchemaSettings = field(default_factory=SchemaSettings)
     erasure: ErasureSettings = field(default_factory=ErasureSettings)
 
@@ -232,6 +233,14 @@ def _float(env: Mapping[str, str], name: str, default: float, low: float, high: 
     if not low <= value <= high:
         raise ConfigError(f"{name} is out of range: expected {low:g}..{high:g}")
     return value
+
+
+def _one_of(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (the first is the default)."""
+    raw = env.get(name, "").strip().lower() or choices[0]
+    if raw not in choices:
+        raise ConfigError(f"{name} is malformed: expected {' or '.join(choices)}")
+    return raw
 
 
 def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -600,6 +609,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_slack: bool =
         approval_drift_percent=_float(env, "APPROVAL_DRIFT_PERCENT", 1.0, 0.0, 100.0),
         home_recent_minutes=_int(env, "HOME_RECENT_MINUTES", 60, 1, 10_080),
         home_publish_interval_s=_int(env, "HOME_PUBLISH_INTERVAL_SECONDS", 30, 1, 3600),
+        no_action_edges=_one_of(env, "NO_ACTION_EDGES", ("delete", "block")),
         schema=_schema_settings(env, stages),
         erasure=erasure,
     )

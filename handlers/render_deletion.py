@@ -11,8 +11,8 @@ from typing import Any
 
 from bot.deletion.execute import Progress
 from bot.deletion.flow import DeletePosted, DeleteRefused, DryRunDone, RequestView, permalink
+from bot.deletion.impact import Blocker, ImpactReport, SlowKey, TriggerNote
 from bot.deletion.operations import PendingRequests
-from bot.deletion.plan import Blocker, ImpactReport, SlowKey
 from bot.deletion.requests import DeleteRequest
 from bot.pii import scrub
 from bot.service import CommandRequest
@@ -104,6 +104,21 @@ def _blocker_lines(blockers: list[Blocker]) -> list[str]:
     return lines
 
 
+RESTORE_WORDS = {
+    "": "",
+    "disabled": " A restore disables it while it puts rows back.",
+    "fires": " A restore would fire it too (the bot's role does not own the table, so it can't disable it).",
+}
+
+
+def _trigger_lines(triggers: list[TriggerNote]) -> list[str]:
+    return [
+        f":zap: {code(t.trigger)} on {code(t.table)} ({_clean(t.definition)}) fires during the delete: whatever it "
+        f"changes is not counted here nor in the backup.{RESTORE_WORDS.get(t.on_restore, '')}"
+        for t in triggers
+    ]
+
+
 def impact_blocks(report: ImpactReport, *, protected: bool) -> list[Block]:
     blocks: list[Block] = [*lines_sections(_table_lines(report))]
     summary = (
@@ -139,6 +154,8 @@ def impact_blocks(report: ImpactReport, *, protected: bool) -> list[Block]:
         blocks.append(
             context(f"Foreign keys without an index, scanned once per deleted parent row (cheap here): {listed}")
         )
+    if report.triggers:
+        blocks += lines_sections(["*Triggers that fire on these tables:*", *_trigger_lines(report.triggers)])
     if report.blockers:
         blocks += lines_sections(["*The database would refuse this delete:*", *_blocker_lines(report.blockers)])
     blocks.append(

@@ -115,7 +115,8 @@ TRUTH: dict[str, str] = {
     "public.mcp_server_user": ORPHANS,
     "public.mcp_server_session": SESSIONS,
     "public.mcp_tool_calls": f"""SELECT id FROM mcp_tool_calls
-        WHERE mcp_server_session_id IN ({SESSIONS}) OR mcp_server_user_id IN ({ORPHANS})""",
+        WHERE mcp_server_session_id IN ({SESSIONS}) OR mcp_server_user_id IN ({ORPHANS})
+           OR mcp_server_id IN ({SERVER})""",
     "public.walkthrough_step_completions": f"""SELECT id FROM walkthrough_step_completions
         WHERE mcp_server_id IN ({SERVER}) OR mcp_server_session_id IN ({SESSIONS})
            OR mcp_server_user_id IN ({ORPHANS})""",
@@ -131,7 +132,8 @@ TRUTH: dict[str, str] = {
         WHERE deploy_id IN (SELECT id FROM deploys WHERE server_id IN ({SERVER}))""",
     "public.deploy_logs": f"""SELECT id::text FROM deploy_logs
         WHERE deploy_id IN (SELECT id FROM deploys WHERE server_id IN ({SERVER}))""",
-    "billing.usage_records": f"SELECT id FROM billing.usage_records WHERE session_id IN ({SESSIONS})",
+    "billing.usage_records": f"""SELECT id FROM billing.usage_records
+        WHERE session_id IN ({SESSIONS}) OR server_id IN ({SERVER})""",
     "public.server_notes": f"""WITH RECURSIVE r AS (SELECT id FROM server_notes WHERE server_id IN ({SERVER})
         UNION SELECT n.id FROM server_notes n JOIN r ON n.parent_id = r.id) SELECT id FROM r""",
     "public.user_prefs": f"SELECT user_id FROM user_prefs WHERE user_id IN ({ORPHANS})",

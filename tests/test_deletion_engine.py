@@ -10,17 +10,10 @@ import pytest
 from sqlalchemy import text
 
 from bot.config import load_settings
-from bot.deletion.execute import Blocked, DeleteFailed, SnapshotChanged, execute_delete
-from bot.deletion.plan import (
-    PlanProblem,
-    ServerChanged,
-    ServerGone,
-    build_plan,
-    compare_snapshots,
-    plan_and_measure,
-    server_exists,
-    snapshot_hash,
-)
+from bot.deletion.execute import DeleteFailed, SnapshotChanged, execute_delete
+from bot.deletion.impact import compare_snapshots, plan_and_measure, snapshot_hash
+from bot.deletion.plan import PlanProblem, ServerChanged, ServerGone, build_plan, server_exists
+from bot.deletion.scope import Rules
 from bot.errors import ConcurrentChange, NotFound, QueryTimeout, StageUnavailable
 from bot.stages import Stage, StageRegistry
 from tests.conftest import StageDb
@@ -66,10 +59,14 @@ def test_discovers_tables_no_code_names_with_their_rules(stage):
     assert any("cascade from deploy_steps (deploy_id, step_no)" in v for v in tables["public.deploy_logs"].via)
     nulls = [t for t in report.tables if t.action == "set null"]
     assert [(t.table, t.columns) for t in nulls] == [("session_bookmarks", ["session_id"])]
+    # NO ACTION (no rule declared): rows pointing at the server are deleted with it, and say so.
+    assert "no ON DELETE rule: deleted with the server (server_id → mcp_servers)" in tables["billing.usage_records"].via
+    assert (
+        "no ON DELETE rule: deleted with the server (mcp_server_id → mcp_servers)"
+        in tables["public.mcp_tool_calls"].via
+    )
     blocking = {(fk.child.qualified, fk.on_delete) for fk in plan.blocking}
-    assert ("billing.usage_records", "no action") in blocking  # handled: its rows are in scope via sessions
-    assert ("public.legal_holds", "restrict") in blocking  # outside the scope: checked, no rows here
-    assert ("public.mcp_tool_calls", "no action") in blocking
+    assert blocking == {("public.legal_holds", "restrict")}  # outside the scope: checked, no rows here
     assert report.blockers == []
     # children before parents: every delete comes after the deletes of the tables referencing it
     order = [s.table.qualified for s in plan.delete_steps]
@@ -182,12 +179,22 @@ def test_restrict_edge_from_outside_the_scope_blocks_and_shows_the_rows(db, stag
     assert checksums(db) == before
 
 
-def test_no_action_row_outside_the_scope_is_a_blocker(db, stage):
-    # A usage record of the big server whose session belongs to another server: NO ACTION would fail.
+def test_no_action_rows_go_with_the_server_unless_the_team_blocks_them(db, stage):
+    # A usage record of the big server whose session belongs to another server: NO ACTION, no rule declared.
     db.execute("INSERT INTO billing.usage_records VALUES ('ur_odd', 'ses_s2_0', 'srv_big', 1)")
     _, report = impact(stage)
-    assert [b.table for b in report.blockers] == ["billing.usage_records"]
-    assert report.blockers[0].sample[0]["id"] == "ur_odd"
+    assert report.blockers == []
+    assert report.snapshot["billing.usage_records"] == len(truth(db)["billing.usage_records"])
+    assert "ur_odd" in truth(db)["billing.usage_records"]
+    with stage.read() as conn:
+        _, strict = plan_and_measure(conn, BIG, rules=Rules(no_action="block"))
+    assert [b.table for b in strict.blockers] == ["billing.usage_records", "mcp_tool_calls"][:1]
+    assert strict.blockers[0].sample[0]["id"] == "ur_odd"
+    assert "NO_ACTION_EDGES=block" in strict.blockers[0].reason
+    before = checksums(db)
+    with pytest.raises(DeleteFailed, match="usage_records"):
+        execute_delete(stage, BIG, expected=None, budget_s=60, rules=Rules(no_action="block"))
+    assert checksums(db) == before
 
 
 def test_forced_failure_mid_plan_rolls_everything_back(db, stage):
@@ -308,21 +315,6 @@ def test_unindexed_foreign_keys_are_measured_and_an_index_is_proposed(db, stage)
     db.execute(slow.create_index.replace(" CONCURRENTLY", ""))
     _, after = impact(stage)
     assert ("mcp_tool_calls", ("mcp_server_user_id",)) not in {(k.table, tuple(k.columns)) for k in after.slow_keys}
-
-
-def test_cascade_cycle_between_tables_is_reported(db, stage):
-    db.execute(
-        """
-        CREATE TABLE cyc_a (id text PRIMARY KEY, server_id text REFERENCES mcp_servers(id) ON DELETE CASCADE,
-                            b_id text);
-        CREATE TABLE cyc_b (id text PRIMARY KEY, a_id text REFERENCES cyc_a(id) ON DELETE CASCADE);
-        ALTER TABLE cyc_a ADD FOREIGN KEY (b_id) REFERENCES cyc_b(id) ON DELETE CASCADE;
-        """
-    )
-    _, report = impact(stage)
-    assert any("cycle" in b.reason and "cyc_a" in b.reason for b in report.blockers)
-    with pytest.raises(Blocked, match="cycle"):
-        execute_delete(stage, BIG, expected=report.snapshot, budget_s=60)
 
 
 def test_unknown_slug_and_missing_key(db, stage):

@@ -9,7 +9,8 @@ from sqlalchemy import Connection, text
 
 from bot.deletion.catalog import TableRef
 from bot.deletion.execute import execute_delete
-from bot.deletion.plan import DeletePlan, build_rooted_plan, measure_impact
+from bot.deletion.impact import measure_impact
+from bot.deletion.plan import DeletePlan, build_rooted_plan
 from bot.stages import Stage
 from tests.conftest import StageDb
 from tests.deletion_support import assert_only_scope_changed, fingerprints, truth

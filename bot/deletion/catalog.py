@@ -1,8 +1,9 @@
-"""The live database's foreign-key graph, read from pg_constraint and pg_index at plan time.
+"""The live database's foreign-key graph, read from the catalog at plan time (four queries).
 
 A hard-coded list of tables is how the runbook misses tables; here every table, key and
-ON DELETE rule comes from the catalog, composite keys and keys to non-primary unique
-columns (sessions point at `mcp_servers.slug`) included.
+ON DELETE rule comes from the catalog: composite keys, keys to non-primary unique columns
+(sessions point at `mcp_servers.slug`), partitions and inheritance children, row-level
+security and privileges as the connected role sees them, user triggers and column defaults.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy import Connection, text
 ON_DELETE = {"a": "no action", "r": "restrict", "c": "cascade", "n": "set null", "d": "set default"}
 BLOCKING_RULES = frozenset({"no action", "restrict"})
 SETTING_RULES = frozenset({"set null", "set default"})
+PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 
 _NOT_SYSTEM = r"n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_%'"
 
@@ -37,6 +39,8 @@ _FOREIGN_KEYS = text(
                  JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
                  ORDER BY k.ord) AS set_columns,
            con.confdeltype::text AS on_delete,
+           con.condeferrable AS deferrable, con.condeferred AS deferred, con.convalidated AS validated,
+           con.confmatchtype::text AS match,
            EXISTS (
                SELECT 1
                FROM pg_index i
@@ -60,15 +64,38 @@ _FOREIGN_KEYS = text(
     """
 )
 
+# Every table with what the connected role may do to it and see of it. `rls_hides`: row-level
+# security filters this role's reads (not a superuser, no BYPASSRLS, and not the owner or the owner
+# under FORCE ROW LEVEL SECURITY), so counts taken as this role could be short.
 _TABLES = text(
     """
-    SELECT n.nspname AS schema, c.relname AS name, c.reltuples::float8 AS estimated_rows,
+    WITH me AS (SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user)
+    SELECT n.nspname AS schema, c.relname AS name, c.relkind::text AS kind, current_user::text AS role,
+           CASE WHEN c.relkind = 'p' THEN
+               coalesce((SELECT sum(greatest(x.reltuples, 0)) FROM pg_partition_tree(c.oid) pt
+                         JOIN pg_class x ON x.oid = pt.relid WHERE pt.isleaf), 0)
+           ELSE greatest(c.reltuples, 0) END::float8 AS estimated_rows,
            (pg_relation_size(c.oid) / current_setting('block_size')::int)::bigint AS pages,
-           ARRAY(SELECT a.attname::text FROM pg_attribute a
-                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull) AS not_null,
-           ARRAY(SELECT a.attname::text FROM pg_attribute a
-                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) AS columns
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           CASE WHEN c.relispartition THEN
+               (SELECT rn.nspname || '.' || r.relname FROM pg_class r JOIN pg_namespace rn ON rn.oid = r.relnamespace
+                WHERE r.oid = pg_partition_root(c.oid))
+           END AS partition_root,
+           c.relrowsecurity AND NOT (me.rolsuper OR me.rolbypassrls)
+               AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE')) AS rls_hides,
+           pg_has_role(c.relowner, 'USAGE') AS owned,
+           has_schema_privilege(n.oid, 'USAGE') AS schema_usage,
+           ARRAY(SELECT p FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) AS p
+                 WHERE has_table_privilege(c.oid, p)) AS privileges,
+           coalesce((SELECT json_agg(json_build_array(
+                        a.attname::text, format_type(a.atttypid, a.atttypmod),
+                        a.attnotnull OR coalesce(t.typnotnull, false), a.attgenerated::text,
+                        coalesce(pg_get_expr(d.adbin, d.adrelid), pg_get_expr(t.typdefaultbin, 0)))
+                        ORDER BY a.attnum)
+                     FROM pg_attribute a
+                     LEFT JOIN pg_type t ON t.oid = a.atttypid AND t.typtype = 'd'
+                     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]') AS columns
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace CROSS JOIN me
     WHERE c.relkind IN ('r', 'p') AND """
     + _NOT_SYSTEM
 )
@@ -90,6 +117,22 @@ _KEYS = text(
     CROSS JOIN LATERAL (SELECT (string_to_array(i.indkey::text, ' ')::int2[])[1:i.indnkeyatts] AS cols) AS k
     WHERE (i.indisprimary OR i.indisunique) AND i.indisvalid AND i.indpred IS NULL AND """
     + _NOT_SYSTEM
+)
+
+# User triggers (not the ones foreign keys and partitioning make). tgtype bits: 1 row, 2 before,
+# 4 insert, 8 delete, 16 update, 32 truncate, 64 instead of.
+_TRIGGERS = text(
+    """
+    SELECT n.nspname AS schema, c.relname AS table_name, t.tgname AS name, t.tgtype::int AS type,
+           t.tgenabled::text AS enabled, t.tgfoid::regproc::text AS function, t.tgconstraint <> 0 AS constraint_trigger
+    FROM pg_trigger t
+    JOIN pg_class c ON c.oid = t.tgrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE NOT t.tgisinternal AND c.relkind IN ('r', 'p') AND t.tgparentid = 0 AND """
+    + _NOT_SYSTEM
+    + """
+    ORDER BY n.nspname, c.relname, t.tgname
+    """
 )
 
 
@@ -117,6 +160,10 @@ class ForeignKey:
     on_delete: str
     set_columns: tuple[str, ...]
     indexed: bool
+    deferrable: bool = False
+    deferred: bool = False  # INITIALLY DEFERRED
+    validated: bool = True
+    match: str = "s"  # s simple, f full
 
     @property
     def blocking(self) -> bool:
@@ -137,7 +184,54 @@ class ForeignKey:
     def describe(self) -> str:
         cols = ", ".join(self.child_columns)
         pcols = ", ".join(self.parent_columns)
-        return f"{self.child}({cols}) → {self.parent}({pcols}) ON DELETE {self.on_delete.upper()}"
+        extra = " DEFERRABLE" if self.deferrable else ""
+        return f"{self.child}({cols}) → {self.parent}({pcols}) ON DELETE {self.on_delete.upper()}{extra}"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A user trigger: what it fires on, and whether it fires at all (`enabled`: O, A, R or D)."""
+
+    table: TableRef
+    name: str
+    type: int
+    enabled: str
+    function: str
+    constraint_trigger: bool = False
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        bits = (("INSERT", 4), ("DELETE", 8), ("UPDATE", 16), ("TRUNCATE", 32))
+        return tuple(name for name, bit in bits if self.type & bit)
+
+    @property
+    def timing(self) -> str:
+        return "INSTEAD OF" if self.type & 64 else "BEFORE" if self.type & 2 else "AFTER"
+
+    @property
+    def level(self) -> str:
+        return "ROW" if self.type & 1 else "STATEMENT"
+
+    @property
+    def fires(self) -> bool:
+        """Fires in a normal session (session_replication_role = origin)."""
+        return self.enabled in ("O", "A")
+
+    @property
+    def summary(self) -> str:
+        return f"{self.timing} {' OR '.join(self.events)} FOR EACH {self.level}, {self.function}()"
+
+    def describe(self) -> str:
+        return f"trigger {self.name} on {self.table} ({self.summary})"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # format_type(): already quoted where it needs to be
+    not_null: bool  # the column's own NOT NULL, or its domain's
+    generated: bool
+    default: str | None  # the default expression (the column's, else its domain's)
 
 
 @dataclass(frozen=True)
@@ -148,17 +242,47 @@ class TableInfo:
     not_null: frozenset[str]
     estimated_rows: float
     pages: int = 0
+    kind: str = "r"  # r: a table (read and written with ONLY: inheritance children are tables of their own)
+    partition_root: TableRef | None = None  # a partition: the partitioned table its rows are reached through
+    rls_hides: bool = False
+    owned: bool = True
+    privileges: frozenset[str] = frozenset(PRIVILEGES)
+    column_info: tuple[Column, ...] = ()
+    triggers: tuple[Trigger, ...] = ()
+
+    @property
+    def partitioned(self) -> bool:
+        return self.kind == "p"
+
+    @property
+    def only(self) -> bool:
+        """Plain tables are named with ONLY: rows of tables that inherit from them are not theirs."""
+        return self.kind == "r"
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.column_info if c.name == name)
+
+    def type_of(self, name: str) -> str:
+        return self.column(name).type
+
+    def missing(self, *privileges: str) -> list[str]:
+        return [p for p in privileges if p not in self.privileges]
 
 
 @dataclass
 class Catalog:
     tables: dict[TableRef, TableInfo]
     foreign_keys: list[ForeignKey]
+    role: str = ""  # the connected role, whose privileges and row-level security the tables were read with
     _by_parent: dict[TableRef, list[ForeignKey]] = field(default_factory=dict, repr=False)
+    _partitions: dict[TableRef, list[TableRef]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for fk in self.foreign_keys:
             self._by_parent.setdefault(fk.parent, []).append(fk)
+        for ref, info in sorted(self.tables.items()):
+            if info.partition_root is not None:
+                self._partitions.setdefault(info.partition_root, []).append(ref)
 
     def referencing(self, parent: TableRef) -> list[ForeignKey]:
         """Foreign keys whose parent is `parent`, in a stable order."""
@@ -169,6 +293,31 @@ class Catalog:
 
     def table(self, ref: TableRef) -> TableInfo:
         return self.tables[ref]
+
+    def node(self, ref: TableRef) -> TableRef:
+        """The table a relation's rows are deleted through: a partition's partitioned root, else itself."""
+        info = self.tables.get(ref)
+        return info.partition_root if info is not None and info.partition_root is not None else ref
+
+    def partitions(self, ref: TableRef) -> list[TableRef]:
+        """Every partition (any depth) of a partitioned table."""
+        return self._partitions.get(ref, [])
+
+    def relations(self, ref: TableRef) -> list[TableRef]:
+        """The table and, if partitioned, its partitions: where its rows live and its triggers fire."""
+        return [ref, *self.partitions(ref)]
+
+    def firing(self, ref: TableRef, events: Iterable[str]) -> list[Trigger]:
+        """User triggers that fire when rows of `ref` (and its partitions) see one of `events`.
+
+        A partition written directly also fires the row triggers its partitioned table declares.
+        """
+        wanted = set(events)
+        found = [t for r in self.relations(ref) for t in self.tables[r].triggers]
+        root = self.tables[ref].partition_root
+        if root is not None:
+            found += [t for t in self.tables[root].triggers if t.level == "ROW"]
+        return [t for t in found if t.fires and wanted & set(t.events)]
 
 
 def resolve_table(conn: Connection, name: str) -> TableRef | None:
@@ -188,24 +337,49 @@ def _choose_key(candidates: Iterable[tuple[bool, tuple[str, ...]]]) -> tuple[str
     return ordered[0][1] if ordered else ()
 
 
+def _ref(qualified: str | None) -> TableRef | None:
+    if not qualified:
+        return None
+    schema, _, name = qualified.partition(".")
+    return TableRef(schema, name)
+
+
 def load_catalog(conn: Connection) -> Catalog:
-    """Three catalog queries; cheap enough to run for every plan, so a plan never uses a stale graph."""
+    """Four catalog queries; cheap enough to run for every plan, so a plan never uses a stale graph."""
     keys: dict[TableRef, list[tuple[bool, tuple[str, ...]]]] = {}
     for row in conn.execute(_KEYS):
         if not row.usable:
             continue
         keys.setdefault(TableRef(row.schema, row.name), []).append((row.is_primary, tuple(row.columns)))
-    tables = {
-        TableRef(row.schema, row.name): TableInfo(
-            ref=TableRef(row.schema, row.name),
-            columns=tuple(row.columns),
-            key=_choose_key(keys.get(TableRef(row.schema, row.name), [])),
-            not_null=frozenset(row.not_null),
+    triggers: dict[TableRef, list[Trigger]] = {}
+    for row in conn.execute(_TRIGGERS):
+        ref = TableRef(row.schema, row.table_name)
+        triggers.setdefault(ref, []).append(
+            Trigger(ref, row.name, row.type, row.enabled, row.function, bool(row.constraint_trigger))
+        )
+    tables: dict[TableRef, TableInfo] = {}
+    role = ""
+    for row in conn.execute(_TABLES):
+        role = row.role
+        ref = TableRef(row.schema, row.name)
+        columns = tuple(
+            Column(name, type_, bool(nn), bool(gen), default) for name, type_, nn, gen, default in row.columns
+        )
+        tables[ref] = TableInfo(
+            ref=ref,
+            columns=tuple(c.name for c in columns),
+            key=_choose_key(keys.get(ref, [])),
+            not_null=frozenset(c.name for c in columns if c.not_null),
             estimated_rows=max(float(row.estimated_rows), 0.0),
             pages=int(row.pages or 0),
+            kind=row.kind,
+            partition_root=_ref(row.partition_root),
+            rls_hides=bool(row.rls_hides),
+            owned=bool(row.owned),
+            privileges=frozenset(row.privileges) if row.schema_usage else frozenset(),
+            column_info=columns,
+            triggers=tuple(triggers.get(ref, ())),
         )
-        for row in conn.execute(_TABLES)
-    }
     foreign_keys = [
         ForeignKey(
             name=row.name,
@@ -216,7 +390,11 @@ def load_catalog(conn: Connection) -> Catalog:
             on_delete=ON_DELETE.get(row.on_delete, "no action"),
             set_columns=tuple(row.set_columns) or tuple(row.child_columns),
             indexed=bool(row.indexed),
+            deferrable=bool(row.deferrable),
+            deferred=bool(row.deferred),
+            validated=bool(row.validated),
+            match=row.match,
         )
         for row in conn.execute(_FOREIGN_KEYS)
     ]
-    return Catalog(tables=tables, foreign_keys=foreign_keys)
+    return Catalog(tables=tables, foreign_keys=foreign_keys, role=role)

@@ -33,8 +33,10 @@ from bot.deletion.execute import (
     execute_delete,
 )
 from bot.deletion.identity import TARGET_CHANGES, TargetChanged, snapshot_changes, stale_reason
-from bot.deletion.plan import ImpactReport, plan_and_measure, server_exists, snapshot_hash
+from bot.deletion.impact import ImpactReport, plan_and_measure, snapshot_hash
+from bot.deletion.plan import server_exists
 from bot.deletion.requests import OPEN_STATES, DeleteRequest, DeleteRequests, Notify, delete_requests
+from bot.deletion.scope import Rules
 from bot.errors import CommandError, NotFound, UserFacingError
 from bot.logs import request_id_var
 from bot.pii import scrub
@@ -141,6 +143,11 @@ class DeletionFlow:
         return self.runtime.settings
 
     @property
+    def rules(self) -> Rules:
+        """How the engine reads edge rules the schema leaves open (NO_ACTION_EDGES)."""
+        return Rules(no_action=self.settings.no_action_edges)
+
+    @property
     def ttl(self) -> timedelta:
         return timedelta(minutes=self.settings.approval_ttl_minutes)
 
@@ -153,7 +160,7 @@ class DeletionFlow:
     def impact(self, stage: Stage, slug: str, server_key: dict[str, str] | None = None) -> ImpactReport:
         """The impact report of deleting `slug` (bound to `server_key` when a request re-checks it)."""
         with stage.read() as conn:
-            _, report = plan_and_measure(conn, slug, server_key=server_key)
+            _, report = plan_and_measure(conn, slug, server_key=server_key, rules=self.rules)
         report.limit_s = float(self.settings.delete_timeout_s)
         tables = [t.table for t in report.tables]
         report.schema_warnings = scope_drift_warnings(self.runtime.stages, stage, tables, self.settings.schema)
@@ -172,6 +179,7 @@ class DeletionFlow:
                 budget_s=self.budget_s(report),
                 lock_timeout_ms=self.settings.lock_timeout_ms,
                 dry_run=True,
+                rules=self.rules,
             )
             return DryRunDone(report, result)
         reason = _reason(request, stage)
@@ -457,6 +465,7 @@ class DeletionFlow:
                         work_name=stage.work_name(f"request-{request.id}"),
                         server_key=request.server_key,
                         expected_hash=request.snapshot_hash,
+                        rules=self.rules,
                     )
             finally:
                 self._settle(backup, committed=result is not None)

@@ -19,7 +19,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from bot.deletion.plan import ServerChanged, ServerGone, build_plan, compare_snapshots, snapshot_hash
+from bot.deletion.impact import compare_snapshots, snapshot_hash
+from bot.deletion.plan import ServerChanged, ServerGone, build_plan
 from bot.errors import NotFound, UserFacingError
 
 # What a bound server can turn into between approval and execution.

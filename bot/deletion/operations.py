@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.deletion.flow import DeletePosted, DeleteRefused, DryRunDone
-from bot.deletion.plan import ImpactReport
+from bot.deletion.impact import ImpactReport
 from bot.deletion.requests import DeleteRequest
 from bot.errors import NotFound, UserFacingError
 from bot.platform import servers

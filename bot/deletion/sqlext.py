@@ -7,7 +7,36 @@ from typing import Any
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement
-from sqlalchemy.sql.selectable import Select
+from sqlalchemy.sql.selectable import Select, TableClause
+from sqlalchemy.types import UserDefinedType
+
+
+class OnlyTable(TableClause):
+    """A table read and written with `ONLY`: rows of tables that inherit from it are not its rows.
+
+    (Inheritance children are tables of their own, with their own keys and foreign keys; a plain
+    table without children reads the same either way. Partitioned tables are never named with ONLY.)
+    """
+
+    inherit_cache = True
+
+
+@compiles(OnlyTable)
+def _only(element: OnlyTable, compiler: Any, **kw: Any) -> str:
+    name = compiler.visit_table(element, **kw)
+    return f"ONLY {name}" if kw.get("asfrom") else name
+
+
+class CatalogType(UserDefinedType[Any]):
+    """A column type as `format_type()` spells it (already quoted), for casts back from text."""
+
+    cache_ok = True
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return self.spec
 
 
 class CreateTempTableAs(Executable, ClauseElement):

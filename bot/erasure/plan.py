@@ -34,16 +34,10 @@ from sqlalchemy import (
 from sqlalchemy.types import NullType
 
 from bot.deletion.catalog import Catalog, TableRef, load_catalog, resolve_table
-from bot.deletion.plan import (
-    DeletePlan,
-    ImpactReport,
-    PlanProblem,
-    build_rooted_plan,
-    measure_impact,
-    set_local,
-    snapshot_hash,
-)
-from bot.deletion.scope import ROOT_SLUG, ROOT_TABLE, ScopeSql, equal, sa_table
+from bot.deletion.impact import ImpactReport, measure_impact, snapshot_hash
+from bot.deletion.plan import DeletePlan, PlanProblem, build_rooted_plan, set_local
+from bot.deletion.scope import ROOT_SLUG, ROOT_TABLE
+from bot.deletion.scopesql import ScopeSql, equal, sa_table
 from bot.deletion.sqlext import ExplainAnalyze
 from bot.erasure.identity import (
     Digests,

@@ -45,8 +45,9 @@ from bot.deletion.execute import (
     delete_in_transaction,
     execute_delete,
 )
-from bot.deletion.plan import DeletePlan, PlanProblem, compare_snapshots
-from bot.deletion.scope import equal, sa_table
+from bot.deletion.impact import compare_snapshots
+from bot.deletion.plan import DeletePlan, PlanProblem
+from bot.deletion.scopesql import equal, sa_table
 from bot.erasure.identity import json_mentions, person_matches, scrub_mentions, sql_token
 from bot.erasure.plan import (
     LABEL,

@@ -1,0 +1,70 @@
+"""A database error in words: which constraint, table, privilege or trigger message, never a bare SQLSTATE.
+
+Only the parts of the server's diagnostics that name schema objects (constraint, table, column) or
+that a schema's own code wrote (a trigger's RAISE text) are shown, scrubbed; the server's full
+message can name hosts and roles and is not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.pii import scrub
+
+MAX_TEXT = 300
+
+
+def _diag(exc: BaseException) -> tuple[str, Any]:
+    orig = getattr(exc, "orig", None) or exc
+    return getattr(orig, "sqlstate", None) or "", getattr(orig, "diag", None)
+
+
+def _field(diag: Any, name: str) -> str:
+    value = getattr(diag, name, None) if diag is not None else None
+    return scrub(str(value))[:MAX_TEXT] if value else ""
+
+
+def _where(table: str, schema: str) -> str:
+    if not table:
+        return ""
+    return f" on `{table}`" if schema in ("", "public") else f" on `{schema}.{table}`"
+
+
+def describe(exc: BaseException, *, at_commit: bool = False) -> str:
+    """What the database refused, in words (for a delete, a dry run or a restore)."""
+    sqlstate, diag = _diag(exc)
+    constraint = _field(diag, "constraint_name")
+    table = _where(_field(diag, "table_name"), _field(diag, "schema_name"))
+    column = _field(diag, "column_name")
+    primary = _field(diag, "message_primary")
+    when = " when committing (a deferred constraint)" if at_commit else ""
+    if sqlstate == "23503":
+        detail = _field(diag, "message_detail")
+        return f"the database refused{when}: foreign key `{constraint}`{table} would be violated" + (
+            f" ({detail})" if detail else ""
+        )
+    if sqlstate == "23502":
+        return f"the database refused{when}: column `{column}`{table} may not be NULL"
+    if sqlstate == "23505":
+        return f"the database refused{when}: unique constraint `{constraint}`{table} would be violated"
+    if sqlstate == "23514":
+        return f"the database refused{when}: check constraint `{constraint}`{table} would be violated"
+    if sqlstate == "23P01":
+        return f"the database refused{when}: exclusion constraint `{constraint}`{table} would be violated"
+    if sqlstate.startswith("23"):
+        return f"the database refused{when}: constraint `{constraint}`{table} would be violated"
+    if sqlstate.startswith("P0"):
+        context = _field(diag, "context").splitlines()
+        source = f" ({context[0]})" if context else ""
+        return f"a trigger or function refused{when}: {primary or 'no message'}{source}"
+    if sqlstate == "42501":
+        return f"the database refused: {primary or 'permission denied'} (the bot's role lacks a privilege)"
+    if sqlstate in ("40001", "40P01"):
+        return "the data changed while it ran (a concurrent write or deadlock); nothing was changed"
+    if sqlstate == "55P03":
+        return "a lock could not be taken in time (another session holds it); nothing was changed"
+    if sqlstate == "57014":
+        return "a statement ran past its time limit and was cancelled; nothing was changed"
+    if sqlstate.startswith("22"):
+        return f"the database rejected a value{table}: {primary or 'invalid data'}"
+    return f"the database reported an error{table}: {primary or 'no message'}"
