@@ -330,6 +330,20 @@ def db(stage_db: StageDb) -> StageDb:
 
 
 @pytest.fixture
+def make_empty_db(pg: LocalPostgres) -> Iterator[Callable[[], str]]:
+    """Fresh empty databases (from template1), dropped after the test: `make_empty_db()` returns a URL."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(unique_name("empty"))
+        return pg.create_database(made[-1])
+
+    yield make
+    for name in made:
+        pg.drop_database(name)
+
+
+@pytest.fixture
 def database_without_extension(pg: LocalPostgres) -> Iterator[str]:
     """A database where pg_stat_statements was never created (made from template1)."""
     name = unique_name("noext")

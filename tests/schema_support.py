@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -113,18 +113,40 @@ def _table(schema: str, table: str) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
 
 
+V0_COLUMNS = "id SERIAL PRIMARY KEY, hash text NOT NULL, created_at bigint"
+V1_COLUMNS = V0_COLUMNS + ", name text, applied_at timestamp with time zone DEFAULT now()"
+
+
+def _migrations_table(conn: psycopg.Connection, schema: str, table: str, columns: str) -> sql.Composed:
+    """CREATE SCHEMA/TABLE IF NOT EXISTS as the migrator does; returns the table's qualified name."""
+    target = _table(schema, table)
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (" + columns + ")").format(target))  # type: ignore[arg-type]
+    return target
+
+
+def _run(conn: psycopg.Connection, m: Migration, target: sql.Composed, **record: object) -> None:
+    """The migration's statements (split on breakpoints), then its row: hash, created_at and `record`."""
+    for statement in m.sql.split(BREAKPOINT):
+        if statement.strip():
+            conn.execute(statement)  # type: ignore[arg-type]
+    values = {"hash": m.hash, "created_at": m.when, **record}
+    conn.execute(
+        sql.SQL("insert into {} ({}) values ({})").format(
+            target,
+            sql.SQL(", ").join(map(sql.Identifier, values)),
+            sql.SQL(", ").join(sql.Placeholder() * len(values)),
+        ),
+        list(values.values()),
+    )
+
+
 def drizzle_migrate(
     url: str, migrations: list[Migration], *, schema: str = "drizzle", table: str = "__drizzle_migrations"
 ) -> list[str]:
     """drizzle-orm 0.x `migrate()`: returns the tags it ran."""
-    target = _table(schema, table)
     with psycopg.connect(_dsn(url), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at bigint)"
-            ).format(target)
-        )
+        target = _migrations_table(conn, schema, table, V0_COLUMNS)
         last = conn.execute(
             sql.SQL("select id, hash, created_at from {} order by created_at desc limit 1").format(target)
         ).fetchone()
@@ -132,13 +154,7 @@ def drizzle_migrate(
         with conn.transaction():
             for m in migrations:
                 if last is None or int(last[2]) < m.when:
-                    for statement in m.sql.split(BREAKPOINT):
-                        if statement.strip():
-                            conn.execute(statement)  # type: ignore[arg-type]
-                    conn.execute(
-                        sql.SQL('insert into {} ("hash", "created_at") values (%s, %s)').format(target),
-                        (m.hash, m.when),
-                    )
+                    _run(conn, m, target)
                     ran.append(m.tag)
         return ran
 
@@ -146,32 +162,21 @@ def drizzle_migrate(
 def drizzle_v1_migrate(
     url: str, migrations: list[Migration], *, schema: str = "drizzle", table: str = "__drizzle_migrations"
 ) -> list[str]:
-    """drizzle-orm 1.x `migrate()` on a new database: runs every migration whose name has no row."""
-    target = _table(schema, table)
+    """drizzle-orm 1.x `migrate()` on a new database: runs every migration whose name has no row.
+
+    Its created_at is the folder name's timestamp (seconds), which is what 1.x records.
+    """
     with psycopg.connect(_dsn(url), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at bigint,"
-                " name text, applied_at timestamp with time zone DEFAULT now())"
-            ).format(target)
-        )
+        target = _migrations_table(conn, schema, table, V1_COLUMNS)
         names = {r[0] for r in conn.execute(sql.SQL("select name from {}").format(target)) if r[0]}
         ran: list[str] = []
         with conn.transaction():
             for m in sorted(migrations, key=v1_name):
                 name = v1_name(m)
-                if name in names:
-                    continue
-                for statement in m.sql.split(BREAKPOINT):
-                    if statement.strip():
-                        conn.execute(statement)  # type: ignore[arg-type]
-                millis = int(datetime.strptime(name[:14], "%Y%m%d%H%M%S").replace(tzinfo=UTC).timestamp() * 1000)
-                conn.execute(
-                    sql.SQL('insert into {} ("hash", "created_at", "name") values (%s, %s, %s)').format(target),
-                    (m.hash, millis, name),
-                )
-                ran.append(name)
+                if name not in names:
+                    seconds = datetime.strptime(name[:14], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+                    _run(conn, replace(m, when=int(seconds.timestamp() * 1000)), target, name=name)
+                    ran.append(name)
         return ran
 
 

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-import pytest
-
-from bot.localpg import LocalPostgres
 from tests.conftest import VIEWER, message_text, unique_name
 from tests.schema_support import (
     BASE_WHEN,
@@ -22,19 +18,6 @@ from tests.schema_support import (
 )
 
 DAY = 86_400_000
-
-
-@pytest.fixture
-def empty_db(pg: LocalPostgres) -> Iterator[Callable[[], str]]:
-    made: list[str] = []
-
-    def make() -> str:
-        made.append(unique_name("mig"))
-        return pg.create_database(made[-1])
-
-    yield make
-    for name in made:
-        pg.drop_database(name)
 
 
 def branch_migration() -> Migration:
@@ -52,7 +35,7 @@ def hotfix_migration() -> Migration:
     )
 
 
-def test_every_state_per_stage_and_the_matrix(make_bot, empty_db, tmp_path):
+def test_every_state_per_stage_and_the_matrix(make_bot, make_empty_db, tmp_path):
     base = platform_migrations()  # 0000 .. 0004
     branch = branch_migration()
     # The folder as deployed today: the branch migration merged (journal order = generation order of merging),
@@ -64,7 +47,7 @@ def test_every_state_per_stage_and_the_matrix(make_bot, empty_db, tmp_path):
     folder_migrations = [base[0], edited_0001, crlf_0002, base[3], base[4], branch]
     write_journal_folder(tmp_path / "migrations", folder_migrations)
 
-    dev, staging, production, qa = empty_db(), empty_db(), empty_db(), empty_db()
+    dev, staging, production, qa = make_empty_db(), make_empty_db(), make_empty_db(), make_empty_db()
     # dev: a fresh database migrated from today's folder: everything applied.
     assert len(drizzle_migrate(dev, folder_migrations)) == 6
     # staging: migrated before the branch merged, with the original 0001 and LF 0002; then again from today's folder.
@@ -111,8 +94,8 @@ def test_every_state_per_stage_and_the_matrix(make_bot, empty_db, tmp_path):
     assert rows["unknown"][1:] == ["-", "-", "UNKNOWN"]
 
 
-def test_a_table_the_role_cannot_read_is_a_line_not_an_error(make_bot, empty_db, pg, tmp_path):
-    url = empty_db()
+def test_a_table_the_role_cannot_read_is_a_line_not_an_error(make_bot, make_empty_db, pg, tmp_path):
+    url = make_empty_db()
     drizzle_migrate(url, platform_migrations()[:1])
     role = unique_name("reader")
     execute(url, f"CREATE ROLE {role} LOGIN")
@@ -127,9 +110,9 @@ def test_a_table_the_role_cannot_read_is_a_line_not_an_error(make_bot, empty_db,
         assert f"*{stage}*: :grey_question: the stage's role may not read drizzle.__drizzle_migrations" in text
 
 
-def test_without_a_folder_the_stages_tables_are_compared(make_bot, empty_db):
+def test_without_a_folder_the_stages_tables_are_compared(make_bot, make_empty_db):
     base = platform_migrations()
-    staging, production = empty_db(), empty_db()
+    staging, production = make_empty_db(), make_empty_db()
     drizzle_migrate(staging, base)
     drizzle_migrate(production, base[:3])
     bot = make_bot({"staging": staging, "production": production})
@@ -141,10 +124,10 @@ def test_without_a_folder_the_stages_tables_are_compared(make_bot, empty_db):
     assert f"*production* :lock:: newest hash `{base[2].hash[:12]}` (generated 2025-01-03 00:00 UTC)" in text
 
 
-def test_drizzle_v1_layout_named_rows_and_custom_table(make_bot, empty_db, tmp_path):
+def test_drizzle_v1_layout_named_rows_and_custom_table(make_bot, make_empty_db, tmp_path):
     base = platform_migrations()
     folder = write_v1_folder(tmp_path / "drizzle", base[:4])
-    url = empty_db()
+    url = make_empty_db()
     assert drizzle_v1_migrate(url, base[:4], schema="app_meta", table="migrations_log") == [
         v1_name(m) for m in base[:4]
     ]

@@ -3,14 +3,10 @@ through the health alert lifecycle, once, and resolve when fixed."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 import pytest
 from sqlalchemy import text
 
-from bot.localpg import LocalPostgres
 from bot.schema.watch import DAILY_JOB
-from tests.conftest import unique_name
 from tests.schema_support import BREAKPOINT, drizzle_migrate, execute, platform_migrations, write_journal_folder
 from tests.test_health import T0, health_factory
 from tests.test_schema_migrations import branch_migration
@@ -21,24 +17,11 @@ def make_health(bot_db_url, fake_slack):
     yield from health_factory(bot_db_url, fake_slack)
 
 
-@pytest.fixture
-def empty_db(pg: LocalPostgres) -> Iterator[Callable[[], str]]:
-    made: list[str] = []
-
-    def make() -> str:
-        made.append(unique_name("watch"))
-        return pg.create_database(made[-1])
-
-    yield make
-    for name in made:
-        pg.drop_database(name)
-
-
-def test_skipped_and_lagging_stages_alert_once_and_resolve(make_health, empty_db, tmp_path):
+def test_skipped_and_lagging_stages_alert_once_and_resolve(make_health, make_empty_db, tmp_path):
     base, branch = platform_migrations(), branch_migration()
     folder = [*base, branch]
     write_journal_folder(tmp_path / "migrations", folder)
-    staging, production = empty_db(), empty_db()
+    staging, production = make_empty_db(), make_empty_db()
     drizzle_migrate(staging, base)
     drizzle_migrate(staging, folder)  # the branch migration is older than 0004: skipped on staging
     drizzle_migrate(production, base[:3])  # production lacks 0003 and 0004, which staging has
