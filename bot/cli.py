@@ -143,6 +143,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     sources = ", ".join(f"{name} ({cfg.source_detail})" for name, cfg in sorted(settings.stages.items()))
     print(f"stage credentials: {sources}")
     print(f"backups: {settings.backup.destination}")
+    schema = settings.schema
+    folder = (
+        str(schema.migrations_dir) if schema.migrations_dir else "no MIGRATIONS_DIR (stages compared with each other)"
+    )
+    reference = schema.reference_stage or "none"
+    print(
+        f"migrations: {folder}; table {schema.migrations_schema}.{schema.migrations_table}; "
+        f"reference stage {reference}, lag alert after {schema.lag_alert_hours} h"
+    )
     return 0
 
 

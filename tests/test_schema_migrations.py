@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
+from bot.config import ConfigError, load_settings
 from tests.conftest import VIEWER, message_text, unique_name
 from tests.schema_support import (
     BASE_WHEN,
@@ -145,3 +148,29 @@ def test_drizzle_v1_layout_named_rows_and_custom_table(make_bot, make_empty_db, 
     assert f"`{v1_name(base[2])}` *edited*" in text
     assert f"newest `{v1_name(base[3])}` (applied 20" in text  # applied_at, not the generation time
     assert "5 migrations in MIGRATIONS_DIR (one folder each)" in text
+
+
+def test_schema_settings_defaults_and_one_line_errors(tmp_path):
+
+    base = {"BOT_DATABASE_URL": "postgresql://u@h/bot", "DATABASE_URL_DEV": "postgresql://u@h/dev"}
+    plain = load_settings(base, require_slack=False).schema
+    assert (plain.migrations_schema, plain.migrations_table, plain.lag_alert_hours) == (
+        "drizzle",
+        "__drizzle_migrations",
+        72,
+    )
+    assert plain.reference_stage is None and plain.migrations_dir is None  # no staging configured here
+    with_staging = load_settings({**base, "DATABASE_URL_STAGING": "postgresql://u@h/s"}, require_slack=False)
+    assert with_staging.schema.reference_stage == "staging"
+    cases = [
+        ({"MIGRATIONS_DIR": str(tmp_path / "nope")}, "MIGRATIONS_DIR is not a directory"),
+        ({"MIGRATIONS_SCHEMA": 'drizzle"; drop'}, "MIGRATIONS_SCHEMA is malformed"),
+        ({"MIGRATIONS_TABLE": "a b"}, "MIGRATIONS_TABLE is malformed"),
+        ({"MIGRATION_REFERENCE_STAGE": "qa"}, "MIGRATION_REFERENCE_STAGE names stage 'qa'"),
+        ({"MIGRATION_LAG_ALERT_HOURS": "soon"}, "MIGRATION_LAG_ALERT_HOURS is malformed"),
+        ({"DRIFT_IGNORE": "public.x;y"}, "DRIFT_IGNORE is malformed"),
+    ]
+    for env, expected in cases:
+        with pytest.raises(ConfigError) as caught:
+            load_settings({**base, **env}, require_slack=False)
+        assert str(caught.value).startswith(expected), (env, caught.value)
