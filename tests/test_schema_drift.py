@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, event
 
 from bot.config import parse_database_url
-from bot.localpg import LocalPostgres
+from bot.localpg import LocalPostgres, installations
 from bot.pgcatalog import read_snapshot
 from tests.conftest import OPERATOR, TEST_SPEC, VIEWER, dead_database_url, message_text, unique_name
 from tests.schema_support import drizzle_migrate, execute, platform_migrations
@@ -156,3 +159,24 @@ def test_the_impact_report_warns_when_tables_in_scope_differ_from_the_reference(
     text = message_text(gone.command(f"impact {TEST_SPEC.big_slug} --stage production").message(timeout=60))
     assert "The schema was not compared with staging (MIGRATION_REFERENCE_STAGE): stage staging is unreachable" in text
     assert "Expected duration" in text
+
+
+def test_the_same_migrations_on_the_oldest_and_newest_installed_server_compare_identical(make_bot, pg):
+    """PostgreSQL 18 also lists NOT NULL constraints in pg_constraint: nullability must not read as drift."""
+    newest = max(installations(), key=lambda i: i.major)
+    base = Path(tempfile.mkdtemp(prefix="mcp-ops-test-drift18-"))
+    base.chmod(0o755)
+    other = LocalPostgres(base / "pg", fast_unsafe=True, install=newest)
+    other.start()
+    try:
+        here = pg.create_database(unique_name("drift_here"))
+        there = other.create_database("drift_there")
+        for url in (here, there):
+            drizzle_migrate(url, platform_migrations())
+        bot = make_bot({"staging": here, "production": there})
+        reply = bot.command("drift staging production").message()
+        assert "identical" in reply["text"], message_text(reply)
+        pg.drop_database(here.rsplit("/", 1)[1])
+    finally:
+        other.destroy()
+        shutil.rmtree(base, ignore_errors=True)
