@@ -31,14 +31,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot import outbox
 from bot.botdb import metadata
-from bot.config import SLACK_ID_RE
 from bot.errors import UserFacingError
 from bot.logs import request_id_var
 from bot.pii import scrub
+from bot.slacktext import Mrkdwn, code, md, mention, truncate
+from bot.slacktext.limits import TEXT_RECOMMENDED
 
 log = logging.getLogger(__name__)
 
 MAX_ARGS_CHARS = 500
+LINE_CHARS = TEXT_RECOMMENDED
 
 audit_log = Table(
     "audit_log",
@@ -109,14 +111,14 @@ def _clean_detail(value: Any) -> Any:
     return value
 
 
-def audit_line(entry: AuditEntry) -> str:
-    icon = OUTCOME_ICONS.get(entry.outcome, ":information_source:")
-    where = f" on *{entry.stage}*" if entry.stage else ""
-    took = f" ({entry.duration_ms} ms)" if entry.duration_ms is not None else ""
-    args = f" {entry.args}" if entry.args else ""
-    # Scheduled work (alerts) acts as the bot itself, which is no Slack user to mention.
-    who = f"<@{entry.actor}>" if SLACK_ID_RE.match(entry.actor) else f"*{entry.actor}*"
-    return f"{icon} {who} `{entry.command}{args}`{where}: {entry.outcome}{took}"
+def audit_line(entry: AuditEntry) -> Mrkdwn:
+    """The audit channel's line: the command as typed is data (a `--reason` can hold anything), shown as code."""
+    icon = Mrkdwn(OUTCOME_ICONS.get(entry.outcome, ":information_source:"))
+    where = md(" on *{}*", entry.stage) if entry.stage else Mrkdwn("")
+    took = md(" ({:,} ms)", entry.duration_ms) if entry.duration_ms is not None else Mrkdwn("")
+    command = code(f"{entry.command} {entry.args}".strip())
+    # Scheduled work (alerts) acts as the bot itself, which is no Slack user to mention: `mention` shows it in bold.
+    return truncate(md("{} {} {}{}: {}{}", icon, mention(entry.actor), command, where, entry.outcome, took), LINE_CHARS)
 
 
 class AuditLog:

@@ -18,10 +18,10 @@ from bot.errors import CommandError
 
 MAX_TEXT_CHARS = 4000
 MAX_TOKEN_CHARS = 256
-SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-STAGE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
-FLAG_RE = re.compile(r"^--([a-z][a-z0-9-]{0,30})(?:=(.*))?$", re.DOTALL)
+SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
+STAGE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}\Z")
+FLAG_RE = re.compile(r"^--([a-z][a-z0-9-]{0,30})(?:=(.*))?\Z", re.DOTALL)
 SMART_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
 
 ArgKind = Literal["slug", "id", "text", "verb", "stage"]

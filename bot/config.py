@@ -36,14 +36,14 @@ SST_RESOURCE_HINT = (
     "no SST_RESOURCE_<Name> holds a Postgres link (host, port, username, password, database); "
     "set SST_DATABASE_RESOURCE to the link's name"
 )
-SECRET_ID_RE = re.compile(r"^[A-Za-z0-9/_+=.@:!-]{1,2048}$")
-HOST_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
-BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()/-]{0,200}$")
-KMS_KEY_RE = re.compile(r"^[A-Za-z0-9:/_-]{1,2048}$")
-RDS_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
-STAGE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-SLACK_ID_RE = re.compile(r"^[A-Z][A-Z0-9]{2,31}$")
+SECRET_ID_RE = re.compile(r"^[A-Za-z0-9/_+=.@:!-]{1,2048}\Z")
+HOST_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}\Z")
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()/-]{0,200}\Z")
+KMS_KEY_RE = re.compile(r"^[A-Za-z0-9:/_-]{1,2048}\Z")
+RDS_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}\Z")
+STAGE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
+SLACK_ID_RE = re.compile(r"^[A-Z][A-Z0-9]{2,31}\Z")
 PG_DRIVERS = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "postgresql+pg8000"}
 
 
@@ -404,7 +404,7 @@ def _looks_like_postgres_link(raw: str) -> bool:
 def _sst_link_var(env: Mapping[str, str]) -> tuple[str, str] | None:
     """Which SST_RESOURCE_<Name> holds the database link, and why: named, the default, or the only one shaped so."""
     explicit = env.get("SST_DATABASE_RESOURCE", "").strip()
-    if explicit and not re.match(r"^[A-Za-z][A-Za-z0-9]{0,63}$", explicit):
+    if explicit and not re.match(r"^[A-Za-z][A-Za-z0-9]{0,63}\Z", explicit):
         raise ConfigError("SST_DATABASE_RESOURCE is malformed: expected a resource name such as Postgres")
     if explicit:
         var = f"{SST_RESOURCE_PREFIX}{explicit}"
@@ -494,8 +494,8 @@ def _backup_settings(env: Mapping[str, str]) -> BackupSettings:
     )
 
 
-IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
-IGNORE_PATTERN_RE = re.compile(r"^[A-Za-z0-9_$*?.\[\]-]{1,200}$")
+IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}\Z")
+IGNORE_PATTERN_RE = re.compile(r"^[A-Za-z0-9_$*?.\[\]-]{1,200}\Z")
 
 
 def _schema_settings(env: Mapping[str, str], stages: Mapping[str, StageConfig]) -> SchemaSettings:

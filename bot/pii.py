@@ -1,20 +1,47 @@
-"""Masking of personal data and scrubbing of secrets, in one place for every output."""
+"""Masking of personal data and scrubbing of secrets, in one place for every output.
+
+`scrub` is what every text bound for Slack, the logs or the audit table goes through
+(bot/slacktext applies it to every text object it builds): secrets out, emails masked,
+whichever column or message they came from.
+"""
 
 from __future__ import annotations
 
 import re
 
-EMAIL_RE = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
+# An email anywhere in a text, internationalised ones included (`jürgen@bücher.de`): `\w` is Unicode.
+# The domain needs a dot and a final label of two or more characters (`xn--p1ai` too).
+_LOCAL = r"[\w.%+\-]"
+_LABEL = r"[\w](?:[\w\-]*[\w])?"
+EMAIL_RE = re.compile(rf"({_LOCAL}){_LOCAL}*@((?:{_LABEL}\.)+[\w\-]*[^\W\d_][\w\-]*)")
+
+# Names of settings and fields that hold a secret: any identifier ending in one of these words,
+# so `PGPASSWORD=`, `DB_PASSWORD=`, `aws_secret_access_key =` and `"api_key": "..."` all match
+# (and `mcp_oauth_tokens: 5`, a table and its count, does not).
+_SECRET_WORDS = r"(?:password|passwd|pwd|secret|token|api[_\-]?key|access[_\-]?key|private[_\-]?key|credential)"  # noqa: S105 - names, not a secret
+_SECRET_NAME = rf"[\w\-.]*{_SECRET_WORDS}(?![\w\-])"
+
 SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"xox[abeposr]-[A-Za-z0-9\-]+"), "xox*-***"),
+    # Slack tokens (bot, user, app, refresh, config) and webhook / response_url capability links.
+    (re.compile(r"xox[a-z](?:\.xox[a-z])?-[A-Za-z0-9\-.]+"), "xox*-***"),
     (re.compile(r"xapp-[A-Za-z0-9\-]+"), "xapp-***"),
-    (re.compile(r"\b(postgres(?:ql)?(?:\+\w+)?)://[^\s'\"]+", re.IGNORECASE), r"\1://***"),
-    (re.compile(r"(?i)\b(password|passwd|pwd|secret|token)\s*([=:])\s*[^\s,;'\"]+"), r"\1\2***"),
-    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "AKIA***"),
-    # Credentials in any other URL, Slack's response_url capability links, bearer tokens.
-    (re.compile(r"\b([a-z][a-z0-9+.\-]*)://[^\s/@'\"]+@", re.IGNORECASE), r"\1://***@"),
-    (re.compile(r"https://hooks\.slack\.com/[^\s'\"]+"), "https://hooks.slack.com/***"),
+    (re.compile(r"https://hooks\.slack\.com/[^\s'\"<>|]+"), "https://hooks.slack.com/***"),
+    # Database URLs lose everything after the scheme; any other URL loses its user:password@.
+    (re.compile(r"\b(postgres(?:ql)?(?:\+\w+)?)://[^\s'\"<>|]+", re.IGNORECASE), r"\1://***"),
+    (re.compile(r"\b([a-z][a-z0-9+.\-]*)://[^\s/@'\"<>|]+@", re.IGNORECASE), r"\1://***@"),
+    # `NAME=value`, `name: value`, `"name": "value"`, `name => 'value'`, for any secret-looking name.
+    (
+        re.compile(rf"(?i)({_SECRET_NAME})([\"']?\s*(?:=>?|:)\s*[\"']?)[^\s,;'\"&<>|]+"),
+        r"\1\2***",
+    ),
     (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]+=*"), "Bearer ***"),
+    # AWS access key ids, JSON web tokens, PEM private keys.
+    (re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[0-9A-Z]{16}\b"), "AKIA***"),
+    (re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"), "***jwt***"),
+    (
+        re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.DOTALL),
+        "***private key***",
+    ),
 )
 
 
@@ -29,11 +56,16 @@ def mask_email(value: str | None) -> str:
 
 
 def mask_emails_in(text: str) -> str:
+    """Every email-looking part of `text` masked, whatever the text is (a name, an id, a query)."""
     return EMAIL_RE.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+
+
+def scrub_secrets(text: str) -> str:
+    for pattern, replacement in SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 def scrub(text: str) -> str:
     """Remove secrets and emails from free text bound for logs, Slack or the audit table."""
-    for pattern, replacement in SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return mask_emails_in(text)
+    return mask_emails_in(scrub_secrets(text))

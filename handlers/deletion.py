@@ -13,6 +13,7 @@ from bot.logs import new_request_id
 from bot.service import CommandService
 from handlers import render, render_deletion
 from handlers.actions import button_value
+from handlers.blocks import payload
 
 BUTTONS = {
     render_deletion.CONFIRM_ACTION: "confirm",
@@ -38,7 +39,7 @@ def _answer(body: dict[str, Any], respond: Respond, client: WebClient, message: 
     if body.get("response_url"):
         respond(**render_deletion.refusal(message))
     elif channel:
-        client.chat_postEphemeral(channel=channel, user=_user(body), text=message)
+        client.chat_postEphemeral(channel=channel, user=_user(body), **payload(render_deletion.refusal(message)))
 
 
 def register(app: App, service: CommandService) -> None:
@@ -109,6 +110,7 @@ def register(app: App, service: CommandService) -> None:
         def work() -> None:
             outcome = flow.click(request_id, user, "reject", reason=reason)
             if not outcome.ok and outcome.message and outcome.channel:
-                client.chat_postEphemeral(channel=outcome.channel, user=user, text=outcome.message)
+                refusal = payload(render_deletion.refusal(outcome.message))
+                client.chat_postEphemeral(channel=outcome.channel, user=user, **refusal)
 
         runtime.submit(work)

@@ -10,7 +10,7 @@ from slack_bolt import App
 from bot.health.alerts import SEVERITY_ORDER, AlertView
 from bot.home import HomeView
 from bot.service import CommandService
-from handlers.blocks import Block, context, divider, escape, header, lines_sections, section, when
+from handlers.blocks import Block, Mrkdwn, code, context, divider, header, lines_sections, md, section, view, when
 from handlers.render import audit_entry_line
 from handlers.render_deletion import home_request_blocks
 from handlers.render_health import alert_line
@@ -18,36 +18,38 @@ from handlers.render_health import alert_line
 log = logging.getLogger(__name__)
 
 
-def stage_alert_lines(stage: str, alerts: list[AlertView]) -> list[str]:
+def stage_alert_lines(stage: str, alerts: list[AlertView]) -> list[Mrkdwn]:
     """A stage's worst open finding (the most severe, then the longest firing) and how many others there are."""
     worst = min(alerts, key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), a.fired_at or a.first_seen_at))
-    lines = [f"*{escape(stage)}*", alert_line(worst)]
+    lines = [md("*{}*", stage), alert_line(worst)]
     if len(alerts) > 1:
-        lines.append(f"_and {len(alerts) - 1} more: `/mcp alerts --stage {escape(stage)}`_")
+        lines.append(md("_and {:,} more: {}_", len(alerts) - 1, code(f"/mcp alerts --stage {stage}")))
     return lines
 
 
-def render_home(view: HomeView) -> dict[str, Any]:
-    roles = [name for name, held in (("operator", view.is_operator), ("approver", view.is_approver)) if held]
+def render_home(home: HomeView) -> dict[str, Any]:
+    roles = [name for name, held in (("operator", home.is_operator), ("approver", home.is_approver)) if held]
     blocks: list[Block] = [
         header("mcp-ops"),
-        context(f"You are {' and '.join(roles) if roles else 'a read-only user'}. Type `/mcp help` anywhere."),
+        context(
+            md("You are {}. Type {} anywhere.", " and ".join(roles) if roles else "a read-only user", code("/mcp help"))
+        ),
     ]
-    if view.requests:
-        blocks += [divider(), section("*Waiting for you*")]
-        for request in view.requests:
-            blocks += home_request_blocks(request, view.viewer)
-    blocks += [divider(), section("*Open alerts*")]
-    if view.alerts_by_stage:
-        for stage, alerts in view.alerts_by_stage.items():
+    if home.requests:
+        blocks += [divider(), section(Mrkdwn("*Waiting for you*"))]
+        for request in home.requests:
+            blocks += home_request_blocks(request, home.viewer)
+    blocks += [divider(), section(Mrkdwn("*Open alerts*"))]
+    if home.alerts_by_stage:
+        for stage, alerts in home.alerts_by_stage.items():
             blocks += lines_sections(stage_alert_lines(stage, alerts))
     else:
-        blocks.append(section("_Nothing is firing on any stage._ :white_check_mark:"))
-    if view.recent_audit is not None:
-        blocks += [divider(), section("*Latest activity*")]
-        blocks += lines_sections([audit_entry_line(r) for r in view.recent_audit] or ["_no entries yet_"])
-    blocks.append(context(f"Updated {when(view.generated_at)}"))
-    return {"type": "home", "blocks": blocks[:100]}
+        blocks.append(section(Mrkdwn("_Nothing is firing on any stage._ :white_check_mark:")))
+    if home.recent_audit is not None:
+        blocks += [divider(), section(Mrkdwn("*Latest activity*"))]
+        blocks += lines_sections([audit_entry_line(r) for r in home.recent_audit] or [Mrkdwn("_no entries yet_")])
+    blocks.append(context(md("Updated {}", when(home.generated_at))))
+    return view("home", blocks)
 
 
 def register(app: App, service: CommandService) -> None:

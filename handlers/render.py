@@ -8,22 +8,25 @@ from typing import Any
 
 from bot.audit import AuditRow
 from bot.commands import overview
-from bot.config import SLACK_ID_RE
 from bot.errors import UserFacingError
 from bot.operations import AuditResult, HelpResult
 from bot.platform.servers import Page, ServerStats, ServerSummary, ServerUser
 from bot.service import CommandOutcome, CommandRequest
 from handlers.blocks import (
     Message,
+    Mrkdwn,
     actions,
     button,
     code,
     context,
-    escape,
     fields,
     header,
     lines_sections,
+    md,
+    mention,
     message,
+    plural,
+    prose,
     section,
     when,
 )
@@ -52,11 +55,18 @@ def renders_progress(verb: str) -> Callable[[Renderer], Renderer]:
     return register
 
 
+def usage_text(usage: str) -> Mrkdwn:
+    """One usage line as code, or the overview's lines (already `code: summary`); `<slug>` shows as typed."""
+    if "\n" in usage:
+        return md("Usage:\n{}", prose(usage))
+    return md("Usage: {}", code(usage))
+
+
 def error(exc: UserFacingError) -> Message:
-    blocks = [section(f":warning: {exc.message}")]
+    blocks = [section(md(":warning: {}", prose(exc.message)))]
     if exc.usage:
-        blocks.append(context(f"Usage:\n{exc.usage}" if "\n" in exc.usage else f"Usage: `{exc.usage}`"))
-    return message(exc.message, blocks, ephemeral=True)
+        blocks.append(context(usage_text(exc.usage)))
+    return message(prose(exc.message), blocks, ephemeral=True)
 
 
 def outcome(result: CommandOutcome) -> Message:
@@ -66,11 +76,11 @@ def outcome(result: CommandOutcome) -> Message:
     return RENDERERS[result.request.verb](result.request, result.result)
 
 
-def _stage_tag(request: CommandRequest) -> str:
+def _stage_tag(request: CommandRequest) -> Mrkdwn:
     if request.stage is None:
-        return ""
-    lock = " :lock:" if request.stage.protected else ""
-    return f"stage *{escape(request.stage.name)}*{lock}"
+        return Mrkdwn("")
+    lock = Mrkdwn(" :lock:" if request.stage.protected else "")
+    return md("stage *{}*{}", request.stage.name, lock)
 
 
 def _more_button(request: CommandRequest, cursor: str | None, on_page: int, total: int) -> list[dict[str, Any]]:
@@ -78,77 +88,80 @@ def _more_button(request: CommandRequest, cursor: str | None, on_page: int, tota
         return []
     seen = request.seen + on_page
     value = {"t": request.parsed.canonical(), "c": cursor, "n": seen}
-    return [actions(button(f"More ({total - seen} left)" if total > seen else "More", PAGE_ACTION, value))]
+    return [actions(button(f"More ({total - seen:,} left)" if total > seen else "More", PAGE_ACTION, value))]
 
 
-def _paged(request: CommandRequest, page: Page[Any], title: str, lines: list[str], text: str) -> Message:
+def _paged(request: CommandRequest, page: Page[Any], title: Mrkdwn, lines: list[Mrkdwn], text: str) -> Message:
     """A page of a list: title with position, the lines, and More while rows remain."""
     title += _continued(request, len(page.items), page.total)
     more = _more_button(request, page.next_cursor, len(page.items), page.total)
     return message(text, [section(title), *lines_sections(lines), *more])
 
 
-def _continued(request: CommandRequest, on_page: int, total: int) -> str:
+def _continued(request: CommandRequest, on_page: int, total: int) -> Mrkdwn:
     if not request.cursor:
-        return ""
-    return f" ({request.seen + 1} to {request.seen + on_page} of {total:,})"
+        return Mrkdwn("")
+    return md(" ({:,} to {:,} of {:,})", request.seen + 1, request.seen + on_page, total)
 
 
 @renders("help")
 def render_help(request: CommandRequest, result: HelpResult) -> Message:
     if result.topic is not None:
         verb = result.topic
-        lines = [f"`{verb.usage()}`", verb.summary]
-        lines += [f"• `{flag.usage()}`: {flag.help}" for flag in verb.flags]
+        lines = [code(verb.usage()), verb.summary]
+        lines += [md("• {}: {}", code(flag.usage()), flag.help) for flag in verb.flags]
         if verb.stage != "none":
-            lines.append("• `--stage <stage>`: which database (or run it in a channel bound to a stage)")
-        return message(verb.summary, [section("\n".join(lines))], ephemeral=True)
-    blocks = [header("mcp-ops commands"), *lines_sections(overview().splitlines())]
+            lines.append(md("• {}: which database (or run it in a channel bound to a stage)", code("--stage <stage>")))
+        return message(verb.summary, [section(Mrkdwn("\n").join(lines))], ephemeral=True)
+    blocks = [header("mcp-ops commands"), *lines_sections([prose(line) for line in overview().splitlines()])]
     blocks.append(
         context(
-            "Every command that touches a database names its stage with `--stage`, "
-            "unless the channel is bound to one. `/mcp help <command>` shows one command."
+            md(
+                "Every command that touches a database names its stage with {}, unless the channel is bound "
+                "to one. {} shows one command.",
+                code("--stage"),
+                code("/mcp help <command>"),
+            )
         )
     )
     return message("mcp-ops commands", blocks, ephemeral=True)
 
 
 def _server_fields(server: ServerSummary) -> list[tuple[str, str]]:
-    org = escape(server.organization_name or "?")
     return [
-        ("Name", escape(server.name)),
+        ("Name", server.name),
         ("Slug", code(server.slug)),
         ("ID", code(server.id)),
-        ("Organization", f"{org} ({code(server.organization_id)})"),
-        ("Product", escape(server.product)),
+        ("Organization", md("{} ({})", server.organization_name or "?", code(server.organization_id))),
+        ("Product", server.product),
         ("Created", when(server.created_at)),
     ]
 
 
 @renders("find")
 def render_find(request: CommandRequest, server: ServerSummary) -> Message:
-    blocks = [section(f":mag: {code(server.slug)} on {_stage_tag(request)}"), fields(_server_fields(server))]
+    blocks = [section(md(":mag: {} on {}", code(server.slug), _stage_tag(request))), fields(_server_fields(server))]
     return message(f"{server.slug}: {server.name}", blocks)
 
 
 @renders("list")
 def render_list(request: CommandRequest, page: Page[ServerSummary]) -> Message:
     org = request.parsed.flags.get("org")
-    scope = f" in organization {code(org)}" if org else ""
-    title = f":card_index: {page.total} servers{scope} on {_stage_tag(request)}, newest first"
+    scope = md(" in organization {}", code(org)) if org else Mrkdwn("")
+    title = md(":card_index: {}{} on {}, newest first", plural(page.total, "server"), scope, _stage_tag(request))
     lines = [
-        f"• {code(s.slug)}: {escape(s.name)} · {escape(s.organization_name or s.organization_id)}"
-        f" · {when(s.created_at)}"
+        md("• {}: {} · {} · {}", code(s.slug), s.name, s.organization_name or s.organization_id, when(s.created_at))
         for s in page.items
     ]
-    return _paged(request, page, title, lines or ["_no servers_"], f"{page.total} servers")
+    return _paged(request, page, title, lines or [Mrkdwn("_no servers_")], plural(page.total, "server"))
 
 
 @renders("stats")
 def render_stats(request: CommandRequest, stats: ServerStats) -> Message:
-    top = "\n".join(f"{i}. {code(t.tool_name)}: {t.calls:,}" for i, t in enumerate(stats.top_tools, 1))
+    top = Mrkdwn("\n").join(md("{}. {}: {:,}", i, code(t.tool_name), t.calls) for i, t in enumerate(stats.top_tools, 1))
+    window = plural(stats.days, "day") if stats.days != 1 else "day"
     blocks = [
-        section(f":bar_chart: {code(stats.server.slug)} on {_stage_tag(request)}, last {stats.days} days"),
+        section(md(":bar_chart: {} on {}, last {}", code(stats.server.slug), _stage_tag(request), window)),
         fields(
             [
                 ("Tool calls", f"{stats.tool_calls:,}"),
@@ -157,43 +170,52 @@ def render_stats(request: CommandRequest, stats: ServerStats) -> Message:
                 ("Last activity", when(stats.last_activity)),
             ]
         ),
-        section(f"*Top tools*\n{top}" if top else "*Top tools*\n_no tool calls in this window_"),
+        section(md("*Top tools*\n{}", top) if top else Mrkdwn("*Top tools*\n_no tool calls in this window_")),
         context(
-            f"Since {when(stats.since)}. Sessions and users are counted from sessions, tool calls from "
-            "tool calls: no join multiplies them."
+            md(
+                "Since {}. Sessions and users are counted from sessions, tool calls from tool calls: "
+                "no join multiplies them.",
+                when(stats.since),
+            )
         ),
     ]
-    text = f"{stats.server.slug}: {stats.tool_calls} tool calls, {stats.sessions} sessions, {stats.users} users"
+    text = (
+        f"{stats.server.slug}: {plural(stats.tool_calls, 'tool call')}, {plural(stats.sessions, 'session')}, "
+        f"{plural(stats.users, 'user')}"
+    )
     return message(text, blocks)
 
 
 @renders("users")
 def render_users(request: CommandRequest, page: Page[ServerUser]) -> Message:
     slug = request.parsed.args["slug"]
-    title = f":busts_in_silhouette: {page.total:,} users of {code(slug)} on {_stage_tag(request)}"
+    title = md(":busts_in_silhouette: {} of {} on {}", plural(page.total, "user"), code(slug), _stage_tag(request))
     lines = [
-        f"• {code(u.id)} · {escape(u.masked_email)} · {code(u.distinct_id or '-')} · first seen {when(u.first_seen_at)}"
+        md(
+            "• {} · {} · {} · first seen {}",
+            code(u.id),
+            u.masked_email,
+            code(u.distinct_id or "-"),
+            when(u.first_seen_at),
+        )
         for u in page.items
     ]
-    return _paged(request, page, title, lines or ["_no users_"], f"{page.total} users of {slug}")
+    return _paged(request, page, title, lines or [Mrkdwn("_no users_")], f"{plural(page.total, 'user')} of {slug}")
 
 
-def _actor(actor: str) -> str:
-    # Scheduled work (alerts) is audited as the bot itself, which is no Slack user to mention.
-    return f"<@{actor}>" if SLACK_ID_RE.match(actor) else f"*{escape(actor)}*"
-
-
-def audit_entry_line(row: AuditRow) -> str:
-    where = f" on {escape(row.stage)}" if row.stage else ""
-    return f"• {when(row.at)} {_actor(row.actor)} {code((row.command + ' ' + row.args).strip())}{where}: {row.outcome}"
+def audit_entry_line(row: AuditRow) -> Mrkdwn:
+    # Scheduled work (alerts) is audited as the bot itself, which is no Slack user to mention: shown in bold.
+    where = md(" on {}", row.stage) if row.stage else Mrkdwn("")
+    command = code((row.command + " " + row.args).strip())
+    return md("• {} {} {}{}: {}", when(row.at), mention(row.actor), command, where, row.outcome)
 
 
 @renders("audit")
 def render_audit(request: CommandRequest, result: AuditResult) -> Message:
-    where = f" on stage *{escape(result.stage)}*" if result.stage else ""
-    lines = [audit_entry_line(r) for r in result.rows] or ["_no entries_"]
+    where = md(" on stage *{}*", result.stage) if result.stage else Mrkdwn("")
+    lines = [audit_entry_line(r) for r in result.rows] or [Mrkdwn("_no entries_")]
     return message(
-        "audit log", [section(f":scroll: Latest audit entries{where}"), *lines_sections(lines)], ephemeral=True
+        "audit log", [section(md(":scroll: Latest audit entries{}", where)), *lines_sections(lines)], ephemeral=True
     )
 
 

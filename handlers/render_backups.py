@@ -11,13 +11,16 @@ from bot.deletion.flow import RestorePosted
 from bot.service import CommandRequest
 from handlers.blocks import (
     Message,
+    Mrkdwn,
     code,
     context,
-    escape,
     fields,
     human_bytes,
     lines_sections,
+    md,
+    mention,
     message,
+    plural,
     section,
     when,
 )
@@ -42,72 +45,98 @@ STATE_ICONS = {
 
 @renders("backups")
 def render_backups(request: CommandRequest, result: BackupList) -> Message:
-    where = f" on stage *{escape(result.stage)}*" if result.stage else ""
-    of = f" of {code(result.slug)}" if result.slug else ""
+    where = md(" on stage *{}*", result.stage) if result.stage else Mrkdwn("")
+    of = md(" of {}", code(result.slug)) if result.slug else Mrkdwn("")
     lines = []
     for row in result.rows:
-        icon = STATE_ICONS.get(row.state, ":grey_question:")
-        what = f"scoped {code(row.slug or row.server_id or '?')} request {code(row.request_id or '-')}"
+        icon = Mrkdwn(STATE_ICONS.get(row.state, ":grey_question:"))
+        what = md("scoped {} request {}", code(row.slug or row.server_id or "?"), code(row.request_id or "-"))
         if row.kind == "full":
-            what = "full dump"
-        rows = f" · {row.total_rows:,} rows in {len(row.row_counts)} tables" if row.total_rows is not None else ""
-        extra = ""
+            what = Mrkdwn("full dump")
+        rows = (
+            md(" · {} in {}", plural(row.total_rows, "row"), plural(len(row.row_counts), "table"))
+            if row.total_rows is not None
+            else Mrkdwn("")
+        )
+        extra = Mrkdwn("")
         if row.restored_at:
-            extra += f" · restored {age(row.restored_at, result.now)} by <@{row.restored_by}>"
+            extra += md(" · restored {} by {}", age(row.restored_at, result.now), mention(row.restored_by))
         if row.delete_state == "rolled_back":
-            extra += " · the delete rolled back"
+            extra += Mrkdwn(" · the delete rolled back")
         if row.snapshot and row.snapshot.get("snapshot_id"):
-            extra += f" · RDS snapshot {code(str(row.snapshot['snapshot_id']))}"
+            extra += md(" · RDS snapshot {}", code(str(row.snapshot["snapshot_id"])))
         if row.state == "failed" and row.error:
-            extra += f" · {escape(row.error[:120])}"
+            extra += md(" · {}", row.error[:120])
         lines.append(
-            f"{icon} {code(row.id)} *{escape(row.stage)}* {what}: {human_bytes(row.size_bytes)}{rows}"
-            f" · {age(row.created_at, result.now)} by <@{row.created_by}>{extra}"
+            md(
+                "{} {} *{}* {}: {}{} · {} by {}{}",
+                icon,
+                code(row.id),
+                row.stage,
+                what,
+                human_bytes(row.size_bytes),
+                rows,
+                age(row.created_at, result.now),
+                mention(row.created_by),
+                extra,
+            )
         )
     blocks = [
-        section(f":floppy_disk: Latest backups{of}{where}"),
-        *lines_sections(lines or ["_no backups yet_"]),
+        section(md(":floppy_disk: Latest backups{}{}", of, where)),
+        *lines_sections(lines or [Mrkdwn("_no backups yet_")]),
         context(
-            f"Destination: {escape(result.destination)}. Scoped backups: `/mcp restore <request-id> --stage <stage>`;"
-            " full dumps: `pg_restore` (see the README)."
+            md(
+                "Destination: {}. Scoped backups: {}; full dumps: {} (see the README).",
+                result.destination,
+                code("/mcp restore <request-id> --stage <stage>"),
+                code("pg_restore"),
+            )
         ),
     ]
-    return message(f"{len(result.rows)} backups", blocks, ephemeral=True)
+    return message(plural(len(result.rows), "backup"), blocks, ephemeral=True)
 
 
 @renders_progress("backup")
 def render_backup_progress(request: CommandRequest, state: FullBackupState) -> Message:
-    stage = escape(state.stage)
+    stage = state.stage
+    size = human_bytes(state.bytes)
     if state.state == "complete":
-        head = f":white_check_mark: Full backup of *{stage}* done: {human_bytes(state.bytes)} in {state.seconds:.0f} s"
+        head = md(":white_check_mark: Full backup of *{}* done: {} in {:.0f} s", stage, size, state.seconds)
     elif state.state == "failed":
-        head = f":x: Full backup of *{stage}* failed: {escape(state.error or 'unknown error')}"
+        head = md(":x: Full backup of *{}* failed: {}", stage, state.error or "unknown error")
     elif state.state == "snapshot":
-        head = f":camera: Full backup of *{stage}*: dump stored ({human_bytes(state.bytes)}), taking the RDS snapshot…"
+        head = md(":camera: Full backup of *{}*: dump stored ({}), taking the RDS snapshot…", stage, size)
     else:
-        head = f":hourglass_flowing_sand: Full backup of *{stage}* running: {human_bytes(state.bytes)} so far"
-    pairs = [("Backup", code(state.backup_id)), ("By", f"<@{state.actor}>"), ("Started", when(state.started_at))]
+        head = md(":hourglass_flowing_sand: Full backup of *{}* running: {} so far", stage, size)
+    pairs: list[tuple[str, str]] = [
+        ("Backup", code(state.backup_id)),
+        ("By", mention(state.actor)),
+        ("Started", when(state.started_at)),
+    ]
     if state.location:
         pairs.append(("Stored at", code(state.location)))
     else:
-        pairs.append(("Destination", escape(state.destination)))
+        pairs.append(("Destination", state.destination))
     if state.snapshot and state.snapshot.get("snapshot_id"):
         pairs.append(("RDS snapshot", code(str(state.snapshot["snapshot_id"]))))
     blocks = [section(head), fields(pairs)]
     if state.notes:
-        blocks.append(context(":warning: " + escape("; ".join(state.notes))))
+        blocks.append(context(md(":warning: {}", "; ".join(state.notes))))
     return message(f"backup of {state.stage}: {state.state}", blocks)
 
 
 @renders("backup")
 def render_backup(request: CommandRequest, state: FullBackupState) -> Message:
-    text = (
-        f":white_check_mark: Full backup {code(state.backup_id)} of *{escape(state.stage)}*:"
-        f" {human_bytes(state.bytes)} stored at {code(state.location or '?')}"
+    text = md(
+        ":white_check_mark: Full backup {} of *{}*: {} stored at {}",
+        code(state.backup_id),
+        state.stage,
+        human_bytes(state.bytes),
+        code(state.location or "?"),
     )
     blocks = [section(text)]
     if state.notes:
-        blocks.append(context(":warning: " + escape("; ".join(state.notes))))
+        blocks.append(context(md(":warning: {}", "; ".join(state.notes))))
     return message(f"backup {state.backup_id} done", blocks, ephemeral=True)
 
 
@@ -118,34 +147,51 @@ COLUMN_NOTES = {"set_null": " (nulled columns set back)", "set_default": " (defa
 def render_restore(request: CommandRequest, result: RestoreReport | RestorePosted) -> Message:
     if isinstance(result, RestorePosted):
         posted = result.request
-        text = (
-            f"The restore of {code(result.report.slug or '?')} from backup {code(result.report.backup_id)} "
-            f"({result.report.total_rows:,} rows, no conflicts now) is posted in this channel as request "
-            f"#{posted.id}: it needs {posted.required_approvals} approval(s) from APPROVERS other than you before "
-            f"{when(posted.expires_at)}. You can *Cancel* it."
+        text = md(
+            "The restore of {} from backup {} ({}, no conflicts now) is posted in this channel as request #{}: "
+            "it needs {} from APPROVERS other than you before {}. You can *Cancel* it.",
+            code(result.report.slug or "?"),
+            code(result.report.backup_id),
+            plural(result.report.total_rows, "row"),
+            posted.id,
+            plural(posted.required_approvals, "approval"),
+            when(posted.expires_at),
         )
         return message(text, [section(text)], ephemeral=True)
     report = result
-    server = f" of {code(report.slug)}" if report.slug else ""
+    server = md(" of {}", code(report.slug)) if report.slug else Mrkdwn("")
+    rows_word = plural(report.total_rows, "row")
     if report.dry_run:
-        head = (
-            f":mag: Dry run: backup {code(report.backup_id)}{server} (request {code(report.request_id)}) can be"
-            f" restored on *{escape(report.stage)}*: {report.total_rows:,} rows, no conflicts. Nothing was written."
+        head = md(
+            ":mag: Dry run: backup {}{} (request {}) can be restored on *{}*: {}, no conflicts. Nothing was written.",
+            code(report.backup_id),
+            server,
+            code(report.request_id),
+            report.stage,
+            rows_word,
         )
     else:
-        head = (
-            f":leftwards_arrow_with_hook: Restored backup {code(report.backup_id)}{server} on"
-            f" *{escape(report.stage)}*: {report.total_rows:,} rows, parents first, in one transaction."
+        head = md(
+            ":leftwards_arrow_with_hook: Restored backup {}{} on *{}*: {}, parents first, in one transaction.",
+            code(report.backup_id),
+            server,
+            report.stage,
+            rows_word,
         )
-    lines = [f"• {code(table)}: {rows:,} rows" + COLUMN_NOTES.get(action, "") for table, action, rows in report.tables]
+    lines = [
+        md("• {}: {}{}", code(table), plural(rows, "row"), COLUMN_NOTES.get(action, ""))
+        for table, action, rows in report.tables
+    ]
     blocks = [section(head), *lines_sections(lines)]
     if report.notes:
         blocks.append(context(":shield: " + escape("; ".join(report.notes))))
     if report.unchecked:
         blocks.append(
             context(
-                "Not pre-checked (expression or partial unique indexes, columns set to their default): "
-                + escape(", ".join(report.unchecked))
+                md(
+                    "Not pre-checked (expression or partial unique indexes, columns set to their default): {}",
+                    ", ".join(report.unchecked),
+                )
             )
         )
     return message(f"restore of {report.backup_id}", blocks, ephemeral=report.dry_run)

@@ -1,7 +1,8 @@
 """How impact reports, delete requests and their results look in Slack.
 
-Everything shown comes from plan data (table names, counts, sample keys) and passes through
-`escape`/`scrub`: a value from the database is never trusted to be free of emails or markup.
+Everything shown comes from plan data (table names, counts, sample keys) and reaches Slack
+through the text boundary (bot/slacktext): a value from the database is data, escaped, scrubbed
+and masked, never markup.
 """
 
 from __future__ import annotations
@@ -14,22 +15,30 @@ from bot.deletion.flow import DeletePosted, DeleteRefused, DryRunDone, RequestVi
 from bot.deletion.impact import Blocker, ImpactReport, SlowKey, TriggerNote
 from bot.deletion.operations import PendingRequests
 from bot.deletion.requests import DeleteRequest
-from bot.pii import scrub
 from bot.service import CommandRequest
 from handlers.blocks import (
     Block,
     Message,
+    Mrkdwn,
     actions,
     button,
     code,
+    code_block,
     confirm_dialog,
     context,
     divider,
-    escape,
     header,
     human_bytes,
     lines_sections,
+    link,
+    md,
+    mention,
+    mentions,
     message,
+    noun,
+    payload,
+    plural,
+    prose,
     section,
     when,
 )
@@ -57,23 +66,30 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _clean(value: Any) -> str:
-    return escape(scrub(str(value)))
+def _rows(count: int) -> Mrkdwn:
+    """`*1* row`, `*1,234* rows`."""
+    return md("*{:,}* {}", count, noun(count, "row"))
 
 
-def _table_lines(report: ImpactReport) -> list[str]:
-    lines: list[str] = []
+def _table_lines(report: ImpactReport) -> list[Mrkdwn]:
+    lines: list[Mrkdwn] = []
     for t in report.tables:
         if t.action == "delete":
-            via = f" ({_clean('; '.join(t.via))})" if t.via else ""
-            lines.append(f"• {code(t.table)}: *{t.rows:,}* rows to delete{via}")
+            via = md(" ({})", "; ".join(t.via)) if t.via else Mrkdwn("")
+            lines.append(md("• {}: {} to delete{}", code(t.table), _rows(t.rows), via))
         elif t.rows:
             lines.append(
-                f"• {code(t.table)}: *{t.rows:,}* rows to set to {t.action.removeprefix('set ').upper()} "
-                f"({_clean(', '.join(t.columns))}; {_clean('; '.join(t.via))})"
+                md(
+                    "• {}: {} to set to {} ({}; {})",
+                    code(t.table),
+                    _rows(t.rows),
+                    t.action.removeprefix("set ").upper(),
+                    ", ".join(t.columns),
+                    "; ".join(t.via),
+                )
             )
     if len(lines) > MAX_TABLE_LINES:
-        lines = [*lines[:MAX_TABLE_LINES], f"… and {len(lines) - MAX_TABLE_LINES} more tables"]
+        lines = [*lines[:MAX_TABLE_LINES], md("… and {} more", plural(len(lines) - MAX_TABLE_LINES, "table"))]
     return lines
 
 
@@ -81,26 +97,29 @@ def _key_name(key: SlowKey) -> str:
     return f"{key.table}({', '.join(key.columns)})"
 
 
-def _slow_key_line(key: SlowKey) -> str:
-    return (
-        f":warning: {code(_key_name(key))} has no index: each of the *{key.parent_rows:,}* deleted "
-        f"{code(key.parent)} rows makes the database scan it (~{key.per_row_ms:,.1f} ms each, "
-        f"*~{duration(key.estimated_s)}* in all). Create the index first, outside the delete:\n"
-        f"```{escape(key.create_index)}```"
+def _slow_key_line(key: SlowKey) -> Mrkdwn:
+    return md(
+        ":warning: {} has no index: each of the {} deleted {} rows makes the database scan it "
+        "(~{:,.1f} ms each, *~{}* in all). Create the index first, outside the delete:\n{}",
+        code(_key_name(key)),
+        md("*{:,}*", key.parent_rows),
+        code(key.parent),
+        key.per_row_ms,
+        duration(key.estimated_s),
+        code_block(key.create_index),
     )
 
 
-def _blocker_lines(blockers: list[Blocker]) -> list[str]:
-    lines: list[str] = []
+def _blocker_lines(blockers: list[Blocker]) -> list[Mrkdwn]:
+    lines: list[Mrkdwn] = []
     for blocker in blockers:
-        lines.append(f":no_entry: {_clean(blocker.reason)}")
+        lines.append(md(":no_entry: {}", blocker.reason))
         if blocker.edge:
-            lines.append(f"    {code(blocker.edge)}")
+            lines.append(md("    {}", code(blocker.edge)))
         for row in blocker.sample:
-            shown = ", ".join(f"{_clean(k)}={code(scrub(v))}" for k, v in row.items())
-            lines.append(f"    ◦ {shown}")
+            lines.append(md("    ◦ {}", Mrkdwn(", ").join(md("{}={}", k, code(v)) for k, v in row.items())))
         if blocker.rows > len(blocker.sample) and blocker.sample:
-            lines.append(f"    ◦ … {blocker.rows - len(blocker.sample):,} more")
+            lines.append(md("    ◦ … {:,} more", blocker.rows - len(blocker.sample)))
     return lines
 
 
@@ -121,47 +140,68 @@ def _trigger_lines(triggers: list[TriggerNote]) -> list[str]:
 
 def impact_blocks(report: ImpactReport, *, protected: bool) -> list[Block]:
     blocks: list[Block] = [*lines_sections(_table_lines(report))]
-    summary = (
-        f"*Total: {report.total_rows:,} rows* in {sum(1 for t in report.tables if t.action == 'delete' and t.rows)} "
-        f"tables, {report.orphaned_users:,} orphaned users (users whose every session is on this server). "
-        f"Expected duration: *~{duration(report.estimated_s)}*."
+    tables = sum(1 for t in report.tables if t.action == "delete" and t.rows)
+    summary = md(
+        "*Total: {}* in {}, {} (users whose every session is on this server). Expected duration: *~{}*.",
+        plural(report.total_rows, "row"),
+        plural(tables, "table"),
+        plural(report.orphaned_users, "orphaned user"),
+        duration(report.estimated_s),
     )
     blocks.append(section(summary))
-    warnings: list[str] = []
+    warnings: list[Mrkdwn] = []
     if protected:
-        warnings.append(":lock: This stage is protected.")
+        warnings.append(Mrkdwn(":lock: This stage is protected."))
     if report.limit_s and report.estimated_s > report.limit_s:
         warnings.append(
-            f":warning: The delete is expected to take ~{duration(report.estimated_s)}, more than the "
-            f"{duration(report.limit_s)} a delete may run (`DELETE_TIMEOUT_SECONDS`): it would be cancelled and "
-            "rolled back. Create the missing index below first."
+            md(
+                ":warning: The delete is expected to take ~{}, more than the {} a delete may run ({}): it would be "
+                "cancelled and rolled back. Create the missing index below first.",
+                duration(report.estimated_s),
+                duration(report.limit_s),
+                code("DELETE_TIMEOUT_SECONDS"),
+            )
         )
     warnings += [
-        f":warning: *{e.rows:,}* rows of {code(e.table)} in the delete do not belong to this server "
-        f"({_clean(e.edge)} points elsewhere): they go because they hang off this server's orphaned users."
+        md(
+            ":warning: {} of {} in the delete {} not belong to this server ({} points elsewhere): they go because "
+            "they hang off this server's orphaned users.",
+            _rows(e.rows),
+            code(e.table),
+            "does" if e.rows == 1 else "do",
+            e.edge,
+        )
         for e in report.elsewhere
     ]
     slow = [k for k in report.slow_keys if k.estimated_s >= SLOW_KEY_WARN_S]
     warnings += [_slow_key_line(k) for k in slow]
     if report.schema_warnings:
         first, *rest = report.schema_warnings
-        warnings.append(":twisted_rightwards_arrows: " + escape(first) + "".join(f"\n• {escape(r)}" for r in rest))
+        warnings.append(
+            md(":twisted_rightwards_arrows: {}", prose(first)) + Mrkdwn("").join(md("\n• {}", prose(r)) for r in rest)
+        )
     if warnings:
         blocks += lines_sections(warnings)
     minor = [k for k in report.slow_keys if k.estimated_s < SLOW_KEY_WARN_S]
     if minor:
-        listed = ", ".join(f"{code(_key_name(k))} ({k.parent_rows:,} rows x ~{k.per_row_ms:.2f} ms)" for k in minor)
+        listed = Mrkdwn(", ").join(
+            md("{} ({} x ~{:.2f} ms)", code(_key_name(k)), plural(k.parent_rows, "row"), k.per_row_ms) for k in minor
+        )
         blocks.append(
-            context(f"Foreign keys without an index, scanned once per deleted parent row (cheap here): {listed}")
+            context(md("Foreign keys without an index, scanned once per deleted parent row (cheap here): {}", listed))
         )
     if report.triggers:
         blocks += lines_sections(["*Triggers that fire on these tables:*", *_trigger_lines(report.triggers)])
     if report.blockers:
-        blocks += lines_sections(["*The database would refuse this delete:*", *_blocker_lines(report.blockers)])
+        blocks += lines_sections([Mrkdwn("*The database would refuse this delete:*"), *_blocker_lines(report.blockers)])
     blocks.append(
         context(
-            f"Counted by the database in {report.took_ms:,} ms from the live catalog "
-            f"({report.checked_tables} tables checked). Snapshot `{report.snapshot_hash[:12]}`."
+            md(
+                "Counted by the database in {:,} ms from the live catalog ({} checked). Snapshot {}.",
+                report.took_ms,
+                plural(report.checked_tables, "table"),
+                code(report.snapshot_hash[:12]),
+            )
         )
     )
     return blocks
@@ -171,12 +211,18 @@ def impact_blocks(report: ImpactReport, *, protected: bool) -> list[Block]:
 def render_impact(request: CommandRequest, report: ImpactReport) -> Message:
     stage = request.stage
     assert stage is not None
-    verdict = "can be deleted" if report.deletable else "can't be deleted as it is"
+    head = (
+        md(":mag: {} on stage *{}* can be deleted. Deleting it removes:", code(report.slug), stage.name)
+        if report.deletable
+        else md(
+            ":mag: {} on stage *{}* can't be deleted as it is. Deleting it would touch:", code(report.slug), stage.name
+        )
+    )
     blocks = [
-        section(f":mag: Deleting {code(report.slug)} on stage *{escape(stage.name)}* {verdict}:"),
+        section(head),
         *impact_blocks(report, protected=stage.protected),
     ]
-    return message(f"Impact of deleting {report.slug}: {report.total_rows} rows", blocks)
+    return message(f"Impact of deleting {report.slug}: {plural(report.total_rows, 'row')}", blocks)
 
 
 @renders("delete")
@@ -186,33 +232,47 @@ def render_delete(request: CommandRequest, result: DeletePosted | DeleteRefused 
     if isinstance(result, DeletePosted):
         posted = result.request
         if posted.protected:
-            text = (
-                f"The delete request for {code(result.report.slug)} is posted in this channel as request "
-                f"#{posted.id}: it needs {posted.required_approvals} approval(s) from APPROVERS other than you "
-                f"before {when(posted.expires_at)}. You can *Cancel* it."
+            text = md(
+                "The delete request for {} is posted in this channel as request #{}: it needs {} from APPROVERS "
+                "other than you before {}. You can *Cancel* it.",
+                code(result.report.slug),
+                posted.id,
+                plural(posted.required_approvals, "approval"),
+                when(posted.expires_at),
             )
         else:
-            text = (
-                f"The delete plan for {code(result.report.slug)} is posted in this channel as request "
-                f"#{posted.id}. Only you can press *Delete* (or *Cancel*); it expires at {when(posted.expires_at)}."
+            text = md(
+                "The delete plan for {} is posted in this channel as request #{}. Only you can press *Delete* "
+                "(or *Cancel*); it expires at {}.",
+                code(result.report.slug),
+                posted.id,
+                when(posted.expires_at),
             )
         return message(text, [section(text)], ephemeral=True)
     if isinstance(result, DeleteRefused):
         blocks = [
-            section(f":no_entry: {code(result.report.slug)} on *{escape(stage.name)}* can't be deleted as it is:"),
+            section(md(":no_entry: {} on *{}* can't be deleted as it is:", code(result.report.slug), stage.name)),
             *impact_blocks(result.report, protected=stage.protected),
         ]
         return message(f"{result.report.slug} can't be deleted", blocks)
     run = result.result
-    lines = [f"• {code(s.table)}: {s.rows:,} rows {'deleted' if s.action == 'delete' else s.action}" for s in run.steps]
+    lines = [
+        md("• {}: {} {}", code(s.table), plural(s.rows, "row"), "deleted" if s.action == "delete" else s.action)
+        for s in run.steps
+    ]
     blocks = [
         section(
-            f":test_tube: Dry run of deleting {code(result.report.slug)} on *{escape(stage.name)}*: "
-            f"*{run.total_rows:,} rows* in {duration(run.duration_s)}, then rolled back. Nothing changed."
+            md(
+                ":test_tube: Dry run of deleting {} on *{}*: *{}* in {}, then rolled back. Nothing changed.",
+                code(result.report.slug),
+                stage.name,
+                plural(run.total_rows, "row"),
+                duration(run.duration_s),
+            )
         ),
         *lines_sections(lines),
     ]
-    return message(f"Dry run: {run.total_rows} rows, rolled back", blocks)
+    return message(f"Dry run: {plural(run.total_rows, 'row')}, rolled back", blocks)
 
 
 STATE_WORDS = {
@@ -237,99 +297,120 @@ def _state_word(request: DeleteRequest) -> str:
 PAST = {"delete": "deleted", "restore": "restored"}
 
 
-def _backup_done(request: DeleteRequest) -> str:
+def _backup_done(request: DeleteRequest) -> Mrkdwn:
     backup = (request.result or {}).get("backup")
     if not backup:
-        return ""
-    snapshot = f" after RDS snapshot {code(str(backup['snapshot']))}" if backup.get("snapshot") else ""
-    return (
-        f"\n:floppy_disk: Backup {code(str(backup['id']))}{snapshot} holds the {int(backup['rows']):,} rows "
-        f"({code(str(backup['location']))}): `/mcp restore {request.id} --stage {escape(request.stage)}` "
-        "puts them back."
+        return Mrkdwn("")
+    snapshot = md(" after RDS snapshot {}", code(str(backup["snapshot"]))) if backup.get("snapshot") else Mrkdwn("")
+    rows = int(backup["rows"])
+    return md(
+        "\n:floppy_disk: Backup {}{} holds the {} ({}): {} puts {} back.",
+        code(str(backup["id"])),
+        snapshot,
+        plural(rows, "row"),
+        code(str(backup["location"])),
+        code(f"/mcp restore {request.id} --stage {request.stage}"),
+        "it" if rows == 1 else "them",
     )
 
 
-def _running(request: DeleteRequest, progress: Progress | None) -> str:
+def _running(request: DeleteRequest, progress: Progress | None) -> Mrkdwn:
     if request.kind == "restore":
-        return ":gear: Running: staging the backup, checking for conflicts, inserting parents first…"
+        return Mrkdwn(":gear: Running: staging the backup, checking for conflicts, inserting parents first…")
     if progress is None or progress.phase == "counting":
-        where = f" ({code(progress.table)})" if progress and progress.table else ""
-        return f":gear: Running: materialising and re-counting the scope{where}…"
+        where = md(" ({})", code(progress.table)) if progress and progress.table else Mrkdwn("")
+        return md(":gear: Running: materialising and re-counting the scope{}…", where)
     if progress.phase == "backup":
-        return (
-            f":floppy_disk: Running: backing up {code(progress.table)} ({human_bytes(progress.rows_done)} stored), "
-            f"{duration(progress.elapsed_s)} elapsed."
+        return md(
+            ":floppy_disk: Running: backing up {} ({} stored), {} elapsed.",
+            code(progress.table),
+            human_bytes(progress.rows_done),
+            duration(progress.elapsed_s),
         )
     if progress.phase == "hook":
-        return ":gear: Running: backing up what it deletes…" if request.takes_backup else ":gear: Running: preparing…"
+        return Mrkdwn(
+            ":gear: Running: backing up what it deletes…" if request.takes_backup else ":gear: Running: preparing…"
+        )
     if progress.phase == "verifying":
-        return ":gear: Running: committed, verifying…"
-    table = f" from {code(progress.table)}" if progress.table else ""
-    return (
-        f":gear: Running: deleting{table}, {progress.rows_done:,} of {progress.rows_total:,} rows so far, "
-        f"{duration(progress.elapsed_s)} elapsed."
+        return Mrkdwn(":gear: Running: committed, verifying…")
+    table = md(" from {}", code(progress.table)) if progress.table else Mrkdwn("")
+    return md(
+        ":gear: Running: deleting{}, {:,} of {} so far, {} elapsed.",
+        table,
+        progress.rows_done,
+        plural(progress.rows_total, "row"),
+        duration(progress.elapsed_s),
     )
 
 
-def _status(request: DeleteRequest, progress: Progress | None) -> str:
-    who = f"<@{request.requester}>"
+def _status(request: DeleteRequest, progress: Progress | None) -> Mrkdwn:
+    who = mention(request.requester)
     state = request.state
     past = PAST.get(request.kind, "changed")
-    approvers = ", ".join(f"<@{a}>" for a in request.approvals)
+    approvers = mentions(request.approvals)
     if state == "pending" and request.protected:
-        so_far = f"; approved so far by {approvers}" if approvers else ""
-        return (
-            f":hourglass_flowing_sand: Needs *{request.required_approvals}* approval(s) from APPROVERS other "
-            f"than {who} before {when(request.expires_at)}: {len(request.approvals)} of "
-            f"{request.required_approvals}{so_far}."
+        so_far = md("; approved so far by {}", approvers) if approvers else Mrkdwn("")
+        return md(
+            ":hourglass_flowing_sand: Needs *{}* {} from APPROVERS other than {} before {}: {} of {}{}.",
+            request.required_approvals,
+            noun(request.required_approvals, "approval"),
+            who,
+            when(request.expires_at),
+            len(request.approvals),
+            request.required_approvals,
+            so_far,
         )
     if state == "pending":
-        return (
-            f":hourglass_flowing_sand: Waiting for {who} to press *Delete* (or *Cancel*) before "
-            f"{when(request.expires_at)}."
+        return md(
+            ":hourglass_flowing_sand: Waiting for {} to press *Delete* (or *Cancel*) before {}.",
+            who,
+            when(request.expires_at),
         )
     if state == "approved":
         verb = "Approved" if request.protected else "Confirmed"
-        return f":white_check_mark: {verb} by {approvers or f'<@{request.decided_by}>'}; starting."
+        return md(":white_check_mark: {} by {}; starting.", verb, approvers or mention(request.decided_by))
     if state == "running":
         return _running(request, progress)
     if state == "done":
         result = request.result or {}
         if result.get("recovered"):
-            return f":white_check_mark: Done: the {request.kind} committed, but the bot restarted before reporting it."
-        if request.kind == "restore":
-            return (
-                f":white_check_mark: Done: restored *{result.get('rows', 0):,} rows* in "
-                f"{duration(float(result.get('seconds', 0)))}, parents first, in one transaction."
+            return md(
+                ":white_check_mark: Done: the {} committed, but the bot restarted before reporting it.", request.kind
             )
+        rows = plural(int(result.get("rows", 0)), "row")
+        took = duration(float(result.get("seconds", 0)))
+        if request.kind == "restore":
+            return md(":white_check_mark: Done: restored *{}* in {}, parents first, in one transaction.", rows, took)
         verified = "verified" if result.get("verified") else "committed; verification found problems"
-        return (
-            f":white_check_mark: Done: deleted *{result.get('rows', 0):,} rows* in "
-            f"{duration(float(result.get('seconds', 0)))} ({verified})." + _backup_done(request)
-        )
+        return md(":white_check_mark: Done: deleted *{}* in {} ({}).{}", rows, took, verified, _backup_done(request))
     if state == "failed":
-        return f":x: Failed and rolled back, nothing was {past}: {_clean(request.error or 'unknown error')}"
+        return md(":x: Failed and rolled back, nothing was {}: {}", past, prose(request.error or "unknown error"))
     if state == "cancelled":
-        return f":no_entry_sign: Cancelled by <@{request.decided_by}>."
+        return md(":no_entry_sign: Cancelled by {}.", mention(request.decided_by))
     if state == "expired":
-        return f":alarm_clock: Expired: nobody confirmed it in time. Nothing was {past}."
+        return md(":alarm_clock: Expired: nobody confirmed it in time. Nothing was {}.", past)
     if state == "rejected":
-        return f":no_entry: Rejected by <@{request.decided_by}>: {_clean(request.decision_reason or '')}"
+        return md(":no_entry: Rejected by {}: {}", mention(request.decided_by), request.decision_reason or "")
     if state == "stale":
         successor = (request.result or {}).get("replaced_by") or request.replaced_by
         if (request.result or {}).get("target_changed"):
-            again = f" This is not what was approved; ask again if something still needs to be {past}."
+            again = md(" This is not what was approved; ask again if something still needs to be {}.", past)
         elif successor:
-            again = f" The new numbers are posted as request #{successor} for a fresh approval."
+            again = md(" The new numbers are posted as request #{} for a fresh approval.", successor)
         else:
-            again = " Nothing can be deleted as it is now."
-        return f":arrows_counterclockwise: Stale, nothing was {past}: {_clean(request.error or '')}.{again}"
-    return f":warning: {escape(STATE_WORDS.get(state, state))}"
+            again = Mrkdwn(" Nothing can be deleted as it is now.")
+        return md(":arrows_counterclockwise: Stale, nothing was {}: {}.{}", past, prose(request.error or ""), again)
+    return md(":warning: {}", STATE_WORDS.get(state, state))
 
 
-def _restore_lines(impact: dict[str, Any]) -> list[str]:
+def _restore_lines(impact: dict[str, Any]) -> list[Mrkdwn]:
     return [
-        f"• {code(str(t['table']))}: *{int(t['rows']):,}* rows to put back{COLUMN_NOTES.get(str(t['action']), '')}"
+        md(
+            "• {}: {} to put back{}",
+            code(str(t["table"])),
+            _rows(int(t["rows"])),
+            COLUMN_NOTES.get(str(t["action"]), ""),
+        )
         for t in impact.get("tables", [])
     ]
 
@@ -339,24 +420,28 @@ def _restore_blocks(request: DeleteRequest) -> list[Block]:
     blocks: list[Block] = [
         divider(),
         section(
-            f"From backup {code(str(impact.get('backup_id', '?')))} of delete request "
-            f"#{escape(str(impact.get('source_request', '?')))}: *{int(impact.get('total_rows', 0)):,} rows*, "
-            "checked by a dry run (schema fingerprint, checksums, no conflicting rows). Inserted parents first in "
-            "one transaction; a conflict found at run time writes nothing."
+            md(
+                "From backup {} of delete request #{}: *{}*, checked by a dry run (schema fingerprint, checksums, "
+                "no conflicting rows). Inserted parents first in one transaction; a conflict found at run time "
+                "writes nothing.",
+                code(str(impact.get("backup_id", "?"))),
+                str(impact.get("source_request", "?")),
+                plural(int(impact.get("total_rows", 0)), "row"),
+            )
         ),
         *lines_sections(_restore_lines(impact)),
     ]
     if impact.get("unchecked"):
-        blocks.append(context("Not pre-checked: " + _clean(", ".join(impact["unchecked"]))))
+        blocks.append(context(md("Not pre-checked: {}", ", ".join(impact["unchecked"]))))
     return blocks
 
 
-def _approved_by(request: DeleteRequest) -> str:
+def _approved_by(request: DeleteRequest) -> Mrkdwn:
     """Who approved, on every message after the quorum (an update can be skipped, this line can't)."""
     if not request.protected or request.state not in ("approved", "running", "done", "failed", "stale"):
-        return ""
+        return Mrkdwn("")
     approvals = [a for a in request.approvals if a != request.requester]
-    return f". Approved by {', '.join(f'<@{a}>' for a in approvals)}" if approvals else ""
+    return md(". Approved by {}", mentions(approvals)) if approvals else Mrkdwn("")
 
 
 def request_message(view: RequestView) -> dict[str, Any]:
@@ -366,32 +451,40 @@ def request_message(view: RequestView) -> dict[str, Any]:
     lock = " :lock:" if request.protected else ""
     title = "Restore" if request.kind == "restore" else "Delete"
     blocks: list[Block] = [
-        header(f"{title} {request.slug} on {request.stage}"[:150]),
+        header(f"{title} {request.slug} on {request.stage}"),
         section(_status(request, view.progress)),
         context(
-            f"Request #{request.id} by <@{request.requester}> on stage *{escape(request.stage)}*{lock}"
-            + (f". Reason: {_clean(request.reason)}" if request.reason else "")
-            + (f". Replaces request #{request.replaces}" if request.replaces else "")
+            md("Request #{} by {} on stage *{}*{}", request.id, mention(request.requester), request.stage, lock)
+            + (md(". Reason: {}", request.reason) if request.reason else Mrkdwn(""))
+            + (md(". Replaces request #{}", request.replaces) if request.replaces else Mrkdwn(""))
             + _approved_by(request)
         ),
     ]
     if request.kind == "restore":
         blocks += _restore_blocks(request)
         blocks += _buttons(request, 0)
-        return {"text": scrub(f"{title} {request.slug} on {request.stage}: {word}"), "blocks": blocks}
+        return payload(message(f"{title} {request.slug} on {request.stage}: {word}", blocks))
     report = ImpactReport.from_json(request.impact)
     blocks.append(
         context(
-            f":floppy_disk: Backup before the delete: {_clean(view.backup_note)}"
+            md(":floppy_disk: Backup before the delete: {}", prose(view.backup_note))
             if view.backup_note
-            else ":floppy_disk: Backup before the delete: none (add `--backup` to the command to keep the rows)"
+            else md(
+                ":floppy_disk: Backup before the delete: none (add {} to the command to keep the rows)",
+                code("--backup"),
+            )
         )
     )
     if request.state == "done" and (request.result or {}).get("steps"):
         steps = (request.result or {})["steps"]
         lines = [
-            f"• {code(s['table'])}: {int(s['rows']):,} rows {'deleted' if s['action'] == 'delete' else s['action']}"
-            f" ({duration(float(s['seconds']))})"
+            md(
+                "• {}: {} {} ({})",
+                code(s["table"]),
+                plural(int(s["rows"]), "row"),
+                "deleted" if s["action"] == "delete" else s["action"],
+                duration(float(s["seconds"])),
+            )
             for s in steps
         ]
         blocks += lines_sections(lines)
@@ -399,8 +492,7 @@ def request_message(view: RequestView) -> dict[str, Any]:
         blocks.append(divider())
         blocks += impact_blocks(report, protected=request.protected)
     blocks += _buttons(request, report.total_rows)
-    text = f"Delete {request.slug} on {request.stage}: {word}"
-    return {"text": scrub(text), "blocks": blocks}
+    return payload(message(f"Delete {request.slug} on {request.stage}: {word}", blocks))
 
 
 def _buttons(request: DeleteRequest, rows: int) -> list[Block]:
@@ -429,10 +521,11 @@ def _buttons(request: DeleteRequest, rows: int) -> list[Block]:
 
 def _delete_button(request: DeleteRequest, rows: int) -> dict[str, Any]:
     """The requester's confirmation on an unprotected stage: danger style, behind Slack's confirm dialog."""
+    kept = ("It is" if rows == 1 else "They are") + " kept in a scoped backup first."
     dialog = confirm_dialog(
         "Delete for good?",
-        f"Delete `{escape(request.slug)}` on {escape(request.stage)}: {rows:,} rows. "
-        + ("They are kept in a scoped backup first." if request.takes_backup else "This can't be undone."),
+        f"Delete {request.slug} on {request.stage}: {plural(rows, 'row')}. "
+        + (kept if request.takes_backup else "This can't be undone."),
         "Delete",
         danger=True,
     )
@@ -441,19 +534,19 @@ def _delete_button(request: DeleteRequest, rows: int) -> dict[str, Any]:
 
 def home_request_blocks(request: DeleteRequest, viewer: str) -> list[Block]:
     """One pending request on the viewer's App Home: what it is, and only the buttons they may press."""
-    link = permalink(request.channel, request.message_ts)
-    title = f"#{request.id} {request.kind} {code(request.slug)} on *{escape(request.stage)}*"
+    url = permalink(request.channel, request.message_ts)
+    title = md("#{} {} {} on *{}*", request.id, request.kind, code(request.slug), request.stage)
     rows = int(request.impact.get("total_rows", 0))
     mine = request.requester == viewer
     if request.protected:
-        progress = f"{len(request.approvals)} of {request.required_approvals} approvals"
-        who = "you asked" if mine else f"asked by <@{request.requester}>"
+        progress = md("{} of {} approvals", len(request.approvals), request.required_approvals)
+        who = Mrkdwn("you asked") if mine else md("asked by {}", mention(request.requester))
     else:
-        progress, who = "waiting for your confirmation", "you asked"
+        progress, who = Mrkdwn("waiting for your confirmation"), Mrkdwn("you asked")
     line = (
-        f"{title}: {rows:,} rows, {progress}, {who}, expires {when(request.expires_at)}"
-        + (f". Reason: {_clean(request.reason)}" if request.reason else "")
-        + (f" (<{link}|message>)" if link else "")
+        md("{}: {}, {}, {}, expires {}", title, plural(rows, "row"), progress, who, when(request.expires_at))
+        + (md(". Reason: {}", request.reason) if request.reason else Mrkdwn(""))
+        + (md(" ({})", link(url, "message")) if url else Mrkdwn(""))
     )
     value = {"r": request.id}
     if mine:
@@ -469,7 +562,8 @@ def home_request_blocks(request: DeleteRequest, viewer: str) -> list[Block]:
 
 
 def refusal(text: str) -> Message:
-    msg = message(text, [section(f":no_entry: {text}")], ephemeral=True)
+    shown = prose(text, keep_mentions=True)  # "only <@U1>, who asked for it, can cancel it"
+    msg = message(shown, [section(md(":no_entry: {}", shown))], ephemeral=True)
     msg["replace_original"] = False
     return msg
 
@@ -484,7 +578,7 @@ def reject_modal(request_id: int) -> dict[str, Any]:
         "submit": {"type": "plain_text", "text": "Reject"},
         "close": {"type": "plain_text", "text": "Back"},
         "blocks": [
-            section(f"Why reject request #{request_id}? The reason is shown on the request and audited."),
+            section(md("Why reject request #{}? The reason is shown on the request and audited.", request_id)),
             {
                 "type": "input",
                 "block_id": REASON_BLOCK,
@@ -502,16 +596,27 @@ def reject_modal(request_id: int) -> dict[str, Any]:
 
 @renders("pending")
 def render_pending(request: CommandRequest, result: PendingRequests) -> Message:
-    where = f" on stage *{escape(result.stage)}*" if result.stage else ""
-    lines: list[str] = []
+    where = md(" on stage *{}*", result.stage) if result.stage else Mrkdwn("")
+    lines: list[Mrkdwn] = []
     for r in result.requests:
-        link = permalink(r.channel, r.message_ts)
-        title = f"#{r.id} {r.kind} {escape(r.slug)}"
-        shown = f"<{link}|{title}>" if link else title
-        approvals = f", {len(r.approvals)} of {r.required_approvals} approvals" if r.protected else ""
+        url = permalink(r.channel, r.message_ts)
+        title = f"#{r.id} {r.kind} {r.slug}"
+        shown = link(url, title) if url else md("{}", title)
+        approvals = md(", {} of {} approvals", len(r.approvals), r.required_approvals) if r.protected else Mrkdwn("")
         lines.append(
-            f"• {shown} on *{escape(r.stage)}*: {_state_word(r)}{approvals}, by <@{r.requester}>, "
-            f"expires {when(r.expires_at)}" + (f" ({_clean(r.reason)})" if r.reason else "")
+            md(
+                "• {} on *{}*: {}{}, by {}, expires {}",
+                shown,
+                r.stage,
+                _state_word(r),
+                approvals,
+                mention(r.requester),
+                when(r.expires_at),
+            )
+            + (md(" ({})", r.reason) if r.reason else Mrkdwn(""))
         )
-    blocks = [section(f":inbox_tray: Open requests{where}: {len(lines)}"), *lines_sections(lines or ["_none_"])]
-    return message(f"{len(lines)} open requests", blocks, ephemeral=True)
+    blocks = [
+        section(md(":inbox_tray: Open requests{}: {:,}", where, len(lines))),
+        *lines_sections(lines or [Mrkdwn("_none_")]),
+    ]
+    return message(plural(len(lines), "open request"), blocks, ephemeral=True)

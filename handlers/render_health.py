@@ -9,7 +9,20 @@ from bot.health.messages import EXPLAIN_ACTION, explain_command
 from bot.health.monitor import HealthSummary
 from bot.health.operations import AlertsResult, SlowQueriesResult
 from bot.service import CommandRequest
-from handlers.blocks import Message, button, code, context, escape, lines_sections, message, section, when
+from handlers.blocks import (
+    Message,
+    Mrkdwn,
+    button,
+    code,
+    context,
+    lines_sections,
+    md,
+    message,
+    plural,
+    prose,
+    section,
+    when,
+)
 from handlers.render import _stage_tag, renders
 
 SEVERITY_ICONS = {"critical": ":red_circle:", "warning": ":large_orange_circle:", "info": ":large_blue_circle:"}
@@ -28,21 +41,22 @@ def _icon(report: CheckReport) -> str:
 @renders("health")
 def render_health(request: CommandRequest, summary: HealthSummary) -> Message:
     result = summary.round
-    title = f":stethoscope: Health of {_stage_tag(request)} at {when(summary.checked_at)}"
+    title = md(":stethoscope: Health of {} at {}", _stage_tag(request), when(summary.checked_at))
     if not result.reachable:
-        blocks = [section(title), section(f":red_circle: {escape(result.reason or 'unreachable')}")]
+        blocks = [section(title), section(md(":red_circle: {}", prose(result.reason or "unreachable")))]
         return message(f"{summary.stage}: unreachable", blocks)
-    lines = [f"{_icon(r)} *{escape(r.label)}*: {escape(r.summary)}" for r in result.reports]
+    lines = [md("{} *{}*: {}", Mrkdwn(_icon(r)), r.label, prose(r.summary)) for r in result.reports]
     findings = result.findings
     finding_lines = [
-        f"{SEVERITY_ICONS.get(f.severity, ':warning:')} {escape(f.title)}" for f in findings[:MAX_FINDING_LINES]
+        md("{} {}", Mrkdwn(SEVERITY_ICONS.get(f.severity, ":warning:")), prose(f.title))
+        for f in findings[:MAX_FINDING_LINES]
     ]
     if len(findings) > MAX_FINDING_LINES:
-        finding_lines.append(f"_… and {len(findings) - MAX_FINDING_LINES} more_")
+        finding_lines.append(md("_… and {:,} more_", len(findings) - MAX_FINDING_LINES))
     # The round trip of `SELECT 1` alone is the "Round trip" line; connecting costs several.
-    blocks = [section(f"{title}\nConnected in {result.connect_ms or 0:,.0f} ms."), *lines_sections(lines)]
+    blocks = [section(md("{}\nConnected in {:,.0f} ms.", title, result.connect_ms or 0)), *lines_sections(lines)]
     if finding_lines:
-        blocks += [section("*Findings*"), *lines_sections(finding_lines)]
+        blocks += [section(Mrkdwn("*Findings*")), *lines_sections(finding_lines)]
     alerts = summary.open_alerts
     who = (
         "the scheduled checks raise alerts"
@@ -51,30 +65,44 @@ def render_health(request: CommandRequest, summary: HealthSummary) -> Message:
     )
     blocks.append(
         context(
-            f"{len(alerts)} open alert{'s' if len(alerts) != 1 else ''} on this stage (`/mcp alerts --stage "
-            f"{escape(summary.stage)}`). This run is read-only and posts nothing; {who}."
+            md(
+                "{} on this stage ({}). This run is read-only and posts nothing; {}.",
+                plural(len(alerts), "open alert"),
+                code(f"/mcp alerts --stage {summary.stage}"),
+                who,
+            )
         )
     )
-    text = f"{summary.stage}: {len(findings)} findings" if findings else f"{summary.stage}: all checks passed"
+    text = f"{summary.stage}: {plural(len(findings), 'finding')}" if findings else f"{summary.stage}: all checks passed"
     return message(text, blocks)
 
 
 @renders("slow-queries")
 def render_slow_queries(request: CommandRequest, result: SlowQueriesResult) -> Message:
     if result.interval_start is None or result.interval_end is None:
-        blocks = [section(f":snail: Slow queries on {_stage_tag(request)}"), section(escape(result.note or ""))]
+        blocks = [section(md(":snail: Slow queries on {}", _stage_tag(request))), section(prose(result.note or ""))]
         return message("no interval measured yet", blocks)
     span = duration((result.interval_end - result.interval_start).total_seconds())
-    title = (
-        f":snail: Busiest queries on {_stage_tag(request)} from {when(result.interval_start)} "
-        f"to {when(result.interval_end)} ({span}), by total time"
+    title = md(
+        ":snail: Busiest queries on {} from {} to {} ({}), by total time",
+        _stage_tag(request),
+        when(result.interval_start),
+        when(result.interval_end),
+        span,
     )
     lines = [
-        f"{i}. {':warning: *slow* · ' if r.slow else ''}mean *{r.mean_ms:,.1f} ms* · {r.calls:,} "
-        f"call{'s' if r.calls != 1 else ''} · "
-        f"{r.total_ms:,.0f} ms total · queryid {r.queryid}\n{code(r.text)}"
+        md(
+            "{}. {}mean *{:,.1f} ms* · {} · {:,.0f} ms total · queryid {}\n{}",
+            i,
+            Mrkdwn(":warning: *slow* · " if r.slow else ""),
+            r.mean_ms,
+            plural(r.calls, "call"),
+            r.total_ms,
+            r.queryid,
+            code(r.text),
+        )
         for i, r in enumerate(result.rows, 1)
-    ] or ["_no statement ran in this interval_"]
+    ] or [Mrkdwn("_no statement ran in this interval_")]
     # Each entry carries Explain (its generic plan); past EXPLAIN_BUTTONS the rest are plain lines.
     explained = [
         section(line, accessory=button("Explain", EXPLAIN_ACTION, {"t": explain_command(result.stage, r.queryid)}))
@@ -82,65 +110,93 @@ def render_slow_queries(request: CommandRequest, result: SlowQueriesResult) -> M
     ]
     blocks = [section(title), *explained, *lines_sections(lines[len(explained) :])]
     if result.note:
-        blocks.append(section(f":grey_question: {escape(result.note)}"))
+        blocks.append(section(md(":grey_question: {}", prose(result.note))))
     taken = (
-        f"taken every {duration(result.snapshot_every_s)}"
+        md("taken every {}", duration(result.snapshot_every_s))
         if result.snapshot_every_s
-        else "taken by `/mcp health`, the scheduled checks being off"
+        else md("taken by {}, the scheduled checks being off", code("/mcp health"))
     )
     blocks.append(
         context(
-            f"Counted between two pg_stat_statements snapshots ({taken}), "
-            f"not since the last reset. Slow means a mean over {result.threshold_ms:,} ms with at least "
-            f"{result.min_calls} calls. Showing {len(result.rows)} of {result.statements}."
+            md(
+                "Counted between two pg_stat_statements snapshots ({}), not since the last reset. Slow means a "
+                "mean over {:,} ms with at least {}. Showing {:,} of {:,}.",
+                taken,
+                result.threshold_ms,
+                plural(result.min_calls, "call"),
+                len(result.rows),
+                result.statements,
+            )
         )
     )
     slow = sum(r.slow for r in result.rows)
-    return message(f"{len(result.rows)} busiest queries, {slow} slow", blocks)
+    return message(f"{plural(len(result.rows), 'busiest query', 'busiest queries')}, {slow} slow", blocks)
 
 
-def alert_line(alert: AlertView) -> str:
-    runs = f"{alert.consecutive} run{'s' if alert.consecutive != 1 else ''}"
-    return (
-        f"{SEVERITY_ICONS.get(alert.severity, ':warning:')} *{escape(alert.stage)}* {escape(alert.title)} · "
-        f"{code(alert.check)} · firing since {when(alert.fired_at)} · seen in {runs} in a row"
+def alert_line(alert: AlertView) -> Mrkdwn:
+    return md(
+        "{} *{}* {} · {} · firing since {} · seen in {} in a row",
+        Mrkdwn(SEVERITY_ICONS.get(alert.severity, ":warning:")),
+        alert.stage,
+        prose(alert.title),
+        code(alert.check),
+        when(alert.fired_at),
+        plural(alert.consecutive, "run"),
     )
 
 
 @renders("alerts")
 def render_alerts(request: CommandRequest, result: AlertsResult) -> Message:
-    where = f" on stage *{escape(result.stage)}*" if result.stage else ""
-    count = len(result.alerts)
-    lines = [alert_line(a) for a in result.alerts] or ["_nothing is firing_ :white_check_mark:"]
-    title = f":rotating_light: {count} open alert{'s' if count != 1 else ''}{where}"
-    return message(title.split(" ", 1)[1], [section(title), *lines_sections(lines)])
+    where = md(" on stage *{}*", result.stage) if result.stage else Mrkdwn("")
+    count = plural(len(result.alerts), "open alert")
+    lines = [alert_line(a) for a in result.alerts] or [Mrkdwn("_nothing is firing_ :white_check_mark:")]
+    blocks = [section(md(":rotating_light: {}{}", count, where)), *lines_sections(lines)]
+    return message(md("{}{}", count, where), blocks)
 
 
 @renders("explain")
 def render_explain(request: CommandRequest, result: ExplainResult) -> Message:
-    title = (
-        f":mag: Generic plan of queryid {result.queryid} on {_stage_tag(request)}: planned, never run "
-        f"({escape(result.method)}, PostgreSQL {escape(result.server_version)})"
+    title = md(
+        ":mag: Generic plan of queryid {} on {}: planned, never run ({}, PostgreSQL {})",
+        result.queryid,
+        _stage_tag(request),
+        result.method,
+        result.server_version,
     )
     first = [
-        f"• Sequential scan of *{escape(s.table)}* (~{s.table_rows:,} rows in the table, ~{s.plan_rows:,} estimated"
-        + (f" to match {code(s.filter)}" if s.filter else " read")
-        + ")"
+        md(
+            "• Sequential scan of *{}* (~{} in the table, ~{:,} estimated{})",
+            s.table,
+            plural(s.table_rows, "row"),
+            s.plan_rows,
+            md(" to match {}", code(s.filter)) if s.filter else Mrkdwn(" read"),
+        )
         for s in result.seq_scans
-    ] or ["• No sequential scan of a table over 10,000 rows."]
+    ] or [Mrkdwn("• No sequential scan of a table over 10,000 rows.")]
     if result.costliest is not None:
         c = result.costliest
-        on = f" on {escape(c.on)}" if c.on else ""
-        first.append(f"• Costliest step: *{escape(c.node)}*{on}, {c.share:.0f}% of the plan's cost ({c.cost:,.1f})")
+        on = md(" on {}", c.on) if c.on else Mrkdwn("")
+        first.append(md("• Costliest step: *{}*{}, {:.0f}% of the plan's cost ({:,.1f})", c.node, on, c.share, c.cost))
     first += [
-        f"• Foreign key `{escape(h.constraint)}` on {escape(h.table)} ({escape(h.columns)}) has no index and this plan "
-        f"filters on it: {code(h.create)}"
+        md(
+            "• Foreign key {} on {} ({}) has no index and this plan filters on it: {}",
+            code(h.constraint),
+            h.table,
+            h.columns,
+            code(h.create),
+        )
         for h in result.hints
     ]
     blocks = [
         section(title),
         section(code(result.query)),
-        section(f"*Look at first* (estimated total cost {result.total_cost:,.1f}, ~{result.plan_rows:,} rows)"),
+        section(
+            md(
+                "*Look at first* (estimated total cost {:,.1f}, ~{})",
+                result.total_cost,
+                plural(result.plan_rows, "row"),
+            )
+        ),
         *lines_sections(first),
         context("Costs and rows are the planner's estimates for any parameter values, in its own units."),
     ]

@@ -181,6 +181,9 @@ class Reply:
     def text(self, timeout: float = 15) -> str:
         return message_text(self.message(timeout))
 
+    def shown(self, timeout: float = 15) -> str:
+        return shown_text(self.message(timeout))
+
 
 def message_text(payload: dict[str, Any]) -> str:
     """Everything readable in a message: its text and every block's text, fields and buttons."""
@@ -198,6 +201,15 @@ def message_text(payload: dict[str, Any]) -> str:
 
     walk(payload.get("blocks", []))
     return "\n".join(parts)
+
+
+def shown_text(payload: dict[str, Any]) -> str:
+    """What a reader sees of a message's mrkdwn: Slack shows `&lt;`, `&gt;` and `&amp;` as `<`, `>`, `&`.
+
+    (`message_text` is the markup Slack receives: a live mention is `<@U1>` there, an escaped one `&lt;@U1&gt;`.)
+    """
+    text = message_text(payload)
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 @dataclass

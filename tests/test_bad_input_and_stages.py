@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from bot.commands import parse
 from bot.errors import CommandError, StageUnavailable
-from tests.conftest import TEST_SPEC, dead_database_url, message_text
+from tests.conftest import TEST_SPEC, dead_database_url, message_text, shown_text
 
 BIG = TEST_SPEC.big_slug
 
@@ -40,7 +40,7 @@ def test_bad_input_gets_a_private_usage_reply(bot, stage_db, command, expected):
     message = reply.ack
     assert message is not None, "bad input is answered in the ack itself"
     assert message["response_type"] == "ephemeral"
-    text = message_text(message)
+    text = shown_text(message)
     assert expected in text
     assert "Traceback" not in text and "Error" not in text
     assert len(message["text"]) < 300

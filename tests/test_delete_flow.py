@@ -63,7 +63,7 @@ def test_rows_of_other_servers_reached_through_orphaned_users_are_flagged(app, d
         u=orphan,
     )
     body = app.command(f"impact {BIG} --stage dev").text(timeout=30)
-    assert "*1* rows of `mcp_tool_calls` in the delete do not belong to this server" in body
+    assert "*1* row of `mcp_tool_calls` in the delete does not belong to this server" in body
     assert "mcp_tool_calls(mcp_server_id) → mcp_servers(id) ON DELETE NO ACTION points elsewhere" in body
     small = db.scalar("SELECT slug FROM mcp_servers WHERE id = 'srv_s2'")
     assert "do not belong to this server" not in app.command(f"impact {small} --stage dev").text(timeout=30)
@@ -75,7 +75,7 @@ def test_bad_slugs_and_stages_answer_clearly(app):
     assert "no server with slug `acme-analytics`" in close and "`acme-analytics-mcp`" in close
     assert "unknown stage `nowhere`" in app.command(f"impact {BIG} --stage nowhere").text()
     assert "name a stage" in app.command(f"delete {BIG}").text()
-    assert "missing <slug>" in app.command("delete --stage dev").text()
+    assert "missing <slug>" in app.command("delete --stage dev").shown()
     assert "not a valid slug" in app.command("delete 'x;drop table' --stage dev").text()
     assert "only operators" in app.command(f"delete {BIG} --stage dev", user=VIEWER).text()
     assert requests_rows(app) == []

@@ -6,7 +6,7 @@ import json
 import re
 import time
 
-from tests.conftest import CHANNEL, OPERATOR, TEST_SPEC, VIEWER, message_text
+from tests.conftest import CHANNEL, OPERATOR, TEST_SPEC, VIEWER, message_text, shown_text
 
 BIG = TEST_SPEC.big_slug
 DAY_MS = 86_400_000
@@ -172,4 +172,4 @@ def test_a_channel_bound_to_a_stage_needs_no_flag(make_bot, stage_db):
     assert "srv_big" in harness.command(f"find {BIG}", channel=CHANNEL).text()
     elsewhere = harness.command(f"find {BIG}", channel="COTHER0001").message()
     assert elsewhere["response_type"] == "ephemeral"
-    assert "name a stage with `--stage <name>`; known stages: dev, production" in message_text(elsewhere)
+    assert "name a stage with `--stage <name>`; known stages: dev, production" in shown_text(elsewhere)

@@ -1,8 +1,8 @@
 """The Slack text of alert messages and their thread replies.
 
 Alerts are posted by scheduled jobs through the outbox, with no command or handler on the
-path, so (like `audit_line` in bot/audit.py) their text is composed here: plain mrkdwn in
-section and context blocks, data escaped.
+path, so (like `audit_line` in bot/audit.py) their text is composed here, through the text boundary (bot/slacktext): every value from a
+stage (titles carry query text and application_name, which any client chooses) is data.
 """
 
 from __future__ import annotations
@@ -15,25 +15,13 @@ from datetime import datetime
 from typing import Any
 
 from bot.health.checks import duration
+from bot.slacktext import Mrkdwn, button, code, context, md, mention, message, payload, plain_text, prose, section
 
 SEVERITY_ICONS = {"critical": ":red_circle:", "warning": ":large_orange_circle:", "info": ":large_blue_circle:"}
-SECTION_LIMIT = 2900
-
-
-def escape(value: str) -> str:
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC") if value else "-"
-
-
-def _section(markdown: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": markdown[:SECTION_LIMIT]}}
-
-
-def _context(markdown: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": markdown[:SECTION_LIMIT]}]}
 
 
 # -- when is a change worth an edit ------------------------------------------------------------
@@ -103,22 +91,13 @@ def snoozed(alert: Any, now: datetime) -> bool:
 def acknowledge_and_snooze(alert: Any) -> list[dict[str, Any]]:
     elements: list[dict[str, Any]] = []
     if not getattr(alert, "acknowledged_by", None):
-        elements.append(
-            {
-                "type": "button",
-                "action_id": ACK_ACTION,
-                "text": {"type": "plain_text", "text": "Acknowledge"},
-                "value": str(alert.id),
-            }
-        )
-    options = [
-        {"text": {"type": "plain_text", "text": f"{hours} h"}, "value": f"{alert.id}:{hours}"} for hours in SNOOZE_HOURS
-    ]
+        elements.append(button("Acknowledge", ACK_ACTION, str(alert.id)))
+    options = [{"text": plain_text(f"{hours} h", 75), "value": f"{alert.id}:{hours}"} for hours in SNOOZE_HOURS]
     elements.append(
         {
             "type": "static_select",
             "action_id": SNOOZE_ACTION,
-            "placeholder": {"type": "plain_text", "text": "Snooze"},
+            "placeholder": plain_text("Snooze", 150),
             "options": options,
         }
     )
@@ -157,13 +136,15 @@ def actions_block(alert: Any) -> dict[str, Any] | None:
     return {"type": "actions", "block_id": f"alert:{alert.id}", "elements": elements[:ACTIONS_LIMIT]}
 
 
-def _attention(alert: Any) -> list[str]:
+def _attention(alert: Any) -> list[Mrkdwn]:
     """Who acknowledged it, and until when it is snoozed."""
     notes = []
     if getattr(alert, "acknowledged_by", None):
-        notes.append(f":eyes: Acknowledged by <@{alert.acknowledged_by}> at {_when(alert.acknowledged_at)}")
+        notes.append(
+            md(":eyes: Acknowledged by {} at {}", mention(alert.acknowledged_by), _when(alert.acknowledged_at))
+        )
     if getattr(alert, "snoozed_until", None) and getattr(alert, "snoozed_by", None):
-        notes.append(f":zzz: Snoozed until {_when(alert.snoozed_until)} by <@{alert.snoozed_by}>")
+        notes.append(md(":zzz: Snoozed until {} by {}", _when(alert.snoozed_until), mention(alert.snoozed_by)))
     return notes
 
 
@@ -171,43 +152,43 @@ def alert_message(alert: Any) -> dict[str, Any]:
     """The alert's one message, as first posted and as every update rewrites it."""
     resolved = alert.state == "resolved"
     status = "RESOLVED" if resolved else alert.severity.upper()
-    icon = ":white_check_mark:" if resolved else SEVERITY_ICONS.get(alert.severity, ":warning:")
-    title = escape(alert.title)
-    shown_title = f"~{title}~" if resolved else title
+    icon = Mrkdwn(":white_check_mark:" if resolved else SEVERITY_ICONS.get(alert.severity, ":warning:"))
+    shown_title = md("~{}~", prose(alert.title)) if resolved else prose(alert.title)
     blocks = [
-        _section(f"{icon} *{status}* on stage *{escape(alert.stage)}*: {shown_title}"),
-        _section(escape(alert.detail)),
+        section(md("{} *{}* on stage *{}*: {}", icon, status, alert.stage, shown_title)),
+        section(prose(alert.detail)),
     ]
     if not resolved and alert.advice:
-        blocks.append(_section(f"*What to do*\n{escape(alert.advice)}"))
+        blocks.append(section(md("*What to do*\n{}", prose(alert.advice))))
     timeline = f"firing since {_when(alert.fired_at)}"
     if resolved:
         timeline += f", resolved {_when(alert.resolved_at)}"
-    blocks.append(_context(f"`{escape(alert.check_name)}` · {escape(alert.object)} · {timeline}"))
+    blocks.append(context(md("{} · {} · {}", code(alert.check_name), alert.object, timeline)))
     notes = _attention(alert)
     if notes:
-        blocks.append(_context(" · ".join(notes)))
+        blocks.append(context(Mrkdwn(" · ").join(notes)))
     actions = None if resolved else actions_block(alert)
     if actions:
         blocks.append(actions)
-    return {"text": f"[{status}] {alert.stage}: {alert.title}"[:3000], "blocks": blocks}
+    return payload(message(f"[{status}] {alert.stage}: {alert.title}", blocks))
 
 
-def reply_text(alert: Any, kind: str, now: datetime | None = None) -> str:
+def reply_text(alert: Any, kind: str, now: datetime | None = None) -> Mrkdwn:
     """A reply in the alert's thread: its resolution, its escalation, or a reminder that it still fires."""
     fired = alert.fired_at
     if kind == "resolved":
         lasted = duration((alert.resolved_at - fired).total_seconds()) if fired and alert.resolved_at else "a while"
-        return f":white_check_mark: Resolved after {lasted}: {escape(alert.title)}"
+        return md(":white_check_mark: Resolved after {}: {}", lasted, prose(alert.title))
+    title = prose(alert.title)
     if kind == "escalated":
-        icon = SEVERITY_ICONS.get(alert.severity, ":warning:")
-        return f"{icon} Escalated to *{alert.severity.upper()}* on stage *{escape(alert.stage)}*: {escape(alert.title)}"
+        icon = Mrkdwn(SEVERITY_ICONS.get(alert.severity, ":warning:"))
+        return md("{} Escalated to *{}* on stage *{}*: {}", icon, alert.severity.upper(), alert.stage, title)
     since = duration(((now or alert.last_notified_at) - fired).total_seconds()) if fired else "a while"
-    return f":repeat: Still firing after {since} on stage *{escape(alert.stage)}*: {escape(alert.title)}"
+    return md(":repeat: Still firing after {} on stage *{}*: {}", since, alert.stage, title)
 
 
 def orphan_message(alert: Any, kind: str) -> dict[str, Any]:
     """When the alert's first post never reached Slack, its resolution or reminder is a message of its own."""
-    message = alert_message(alert)
-    message["blocks"].insert(0, _section(reply_text(alert, kind)))
-    return message
+    shown = alert_message(alert)
+    shown["blocks"].insert(0, section(reply_text(alert, kind)))
+    return shown
