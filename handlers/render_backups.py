@@ -21,6 +21,7 @@ from handlers.blocks import (
     mention,
     message,
     plural,
+    prose,
     section,
     when,
 )
@@ -184,7 +185,7 @@ def render_restore(request: CommandRequest, result: RestoreReport | RestorePoste
     ]
     blocks = [section(head), *lines_sections(lines)]
     if report.notes:
-        blocks.append(context(":shield: " + escape("; ".join(report.notes))))
+        blocks.append(context(md(":shield: {}", prose("; ".join(report.notes)))))
     if report.unchecked:
         blocks.append(
             context(

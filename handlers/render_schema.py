@@ -8,7 +8,19 @@ from typing import Any
 from bot.schema.drift import DriftReport, group_title
 from bot.schema.migrations import APPLIED, CRLF, EDITED, PENDING, SKIPPED, MigrationsReport, StageMigrations
 from bot.service import CommandRequest
-from handlers.blocks import Message, code, context, escape, lines_sections, message, section, when
+from handlers.blocks import (
+    Message,
+    Mrkdwn,
+    code,
+    code_block,
+    context,
+    lines_sections,
+    md,
+    message,
+    plural,
+    section,
+    when,
+)
 from handlers.render import renders
 
 MAX_DIFF_LINES = 25  # shown in the message; the whole diff goes in the attached file
@@ -20,47 +32,54 @@ def _clip(line: str) -> str:
     return line if len(line) <= MAX_LINE_CHARS else line[: MAX_LINE_CHARS - 1] + "…"
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count:,} {word}{'' if count == 1 else 's'}"
-
-
 @renders("drift")
 def render_drift(request: CommandRequest, report: DriftReport) -> Message:
-    a, b = escape(report.stage_a), escape(report.stage_b)
-    left_out = ", ".join(f"`{escape(p)}`" for p in (*report.excluded, *report.ignored))
+    a, b = report.stage_a, report.stage_b
+    left_out = Mrkdwn(", ").join(code(p) for p in (*report.excluded, *report.ignored))
     footer = context(
-        f"{_plural(report.tables_compared, 'table')} compared from the catalogs in {report.took_ms:,} ms "
-        f"({max(report.queries.values(), default=0)} catalog queries per stage); left out: {left_out} "
-        "and objects that belong to extensions."
+        md(
+            "{} compared from the catalogs in {:,} ms ({} per stage); left out: {} and objects that belong "
+            "to extensions.",
+            plural(report.tables_compared, "table"),
+            report.took_ms,
+            plural(max(report.queries.values(), default=0), "catalog query", "catalog queries"),
+            left_out,
+        )
     )
     if report.identical:
         text = f"{report.stage_a} and {report.stage_b}: identical schemas"
-        return message(text, [section(f":white_check_mark: *{a}* and *{b}* have identical schemas."), footer])
+        return message(text, [section(md(":white_check_mark: *{}* and *{}* have identical schemas.", a, b)), footer])
     grouped = report.by_group()
     summary = ", ".join(
-        f"{escape(group.removeprefix('public.') or 'database')} ({len(diffs)})"
+        f"{group.removeprefix('public.') or 'database'} ({len(diffs)})"
         for group, diffs in list(grouped.items())[:MAX_SUMMARY_GROUPS]
     )
     if len(grouped) > MAX_SUMMARY_GROUPS:
         summary += f" and {len(grouped) - MAX_SUMMARY_GROUPS:,} more"
-    title = (
-        f":twisted_rightwards_arrows: Schema drift between *{a}* and *{b}*: "
-        f"{_plural(len(report.differences), 'difference')} in {_plural(len(grouped), 'place')}: {summary}"
+    title = md(
+        ":twisted_rightwards_arrows: Schema drift between *{}* and *{}*: {} in {}: {}",
+        a,
+        b,
+        plural(len(report.differences), "difference"),
+        plural(len(grouped), "place"),
+        summary,
     )
-    lines: list[str] = []
+    lines: list[Mrkdwn] = []
     shown = 0
     for group, diffs in grouped.items():
         if shown >= MAX_DIFF_LINES:
             break
-        lines.append(f"*{escape(group_title(group))}*")
+        lines.append(md("*{}*", group_title(group)))
         for diff in diffs[: MAX_DIFF_LINES - shown]:
-            lines.append(f"• {escape(_clip(diff.describe(report.stage_a, report.stage_b)))}")
+            lines.append(md("• {}", _clip(diff.describe(report.stage_a, report.stage_b))))
             shown += 1
     blocks = [section(title), *lines_sections(lines)]
     if shown < len(report.differences):
-        blocks.append(section(f"_… and {len(report.differences) - shown:,} more differences_"))
+        blocks.append(section(md("_… and {} more_", plural(len(report.differences) - shown, "difference"))))
     blocks.append(footer)
-    return message(f"{report.stage_a} vs {report.stage_b}: {len(report.differences)} schema differences", blocks)
+    return message(
+        f"{report.stage_a} vs {report.stage_b}: {plural(len(report.differences), 'schema difference')}", blocks
+    )
 
 
 STATE_WORDS = {
@@ -87,21 +106,21 @@ def _generated(millis: int | None) -> str:
     return datetime.fromtimestamp(millis / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _newest(stage: StageMigrations) -> str:
+def _newest(stage: StageMigrations) -> Mrkdwn:
     row = stage.newest
     if row is None:
-        return "none applied"
-    label = code(stage.newest_name) if stage.newest_name else f"hash {code(row.hash[:12])}"
+        return Mrkdwn("none applied")
+    label = code(stage.newest_name) if stage.newest_name else md("hash {}", code(row.hash[:12]))
     dated = f"applied {when(row.applied_at)}" if row.applied_at else f"generated {_generated(row.created_at)}"
-    return f"newest {label} ({dated})"
+    return md("newest {} ({})", label, dated)
 
 
-def _stage_summary(report: MigrationsReport, stage: StageMigrations) -> str:
-    lock = " :lock:" if stage.protected else ""
-    head = f"*{escape(stage.stage)}*{lock}"
+def _stage_summary(report: MigrationsReport, stage: StageMigrations) -> Mrkdwn:
+    lock = Mrkdwn(" :lock:" if stage.protected else "")
+    head = md("*{}*{}", stage.stage, lock)
     if not stage.readable:
-        return f"{head}: :grey_question: {escape(stage.reason or stage.table)}"
-    parts = [_newest(stage)]
+        return md("{}: :grey_question: {}", head, stage.reason or stage.table)
+    parts: list[str] = [_newest(stage)]
     counts = stage.counts()
     if report.local:
         problems = [f"{counts[s]} {STATE_WORDS[s].lower()}" for s in (PENDING, SKIPPED, EDITED, CRLF) if counts.get(s)]
@@ -112,8 +131,8 @@ def _stage_summary(report: MigrationsReport, stage: StageMigrations) -> str:
     if reference is not None and reference is not stage and reference.readable:
         behind = report.behind(stage, reference)
         if behind:
-            parts.append(f"{len(behind)} behind {escape(reference.stage)}")
-    return f"{head}: " + " · ".join(parts)
+            parts.append(f"{len(behind)} behind {reference.stage}")
+    return md("{}: {}", head, Mrkdwn(" · ").join(parts))
 
 
 def _matrix(report: MigrationsReport) -> list[str]:
@@ -153,28 +172,24 @@ def _code_sections(lines: list[str]) -> list[dict[str, Any]]:
     chunk: list[str] = []
     for line in lines:
         if chunk and sum(len(c) + 1 for c in chunk) + len(line) > 2800:
-            blocks.append(section("```" + escape("\n".join(chunk)) + "```"))
+            blocks.append(section(code_block("\n".join(chunk))))
             chunk = []
         chunk.append(line)
     if chunk:
-        blocks.append(section("```" + escape("\n".join(chunk)) + "```"))
+        blocks.append(section(code_block("\n".join(chunk))))
     return blocks
 
 
-def _stage_detail(report: MigrationsReport, stage: StageMigrations) -> list[str]:
-    lines = [
-        STATE_LINES[e.state].format(name=escape(e.name).replace("`", "'"))
-        for e in stage.entries
-        if e.state in STATE_LINES
-    ]
+def _stage_detail(report: MigrationsReport, stage: StageMigrations) -> list[Mrkdwn]:
+    lines = [md(STATE_LINES[e.state], name=e.name) for e in stage.entries if e.state in STATE_LINES]
     lines += [
-        f":question: unknown row {row.id}: hash {code(row.hash[:12])}"
-        + (f" name {code(row.name)}" if row.name else "")
-        + f" (created_at {_generated(row.created_at)}): no migration in the folder matches it"
+        md(":question: unknown row {}: hash {}", row.id, code(row.hash[:12]))
+        + (md(" name {}", code(row.name)) if row.name else Mrkdwn(""))
+        + md(" (created_at {}): no migration in the folder matches it", _generated(row.created_at))
         for row in stage.unknown
     ]
     if len(lines) > MAX_STAGE_LINES:
-        lines = [*lines[:MAX_STAGE_LINES], f"_… and {len(lines) - MAX_STAGE_LINES} more_"]
+        lines = [*lines[:MAX_STAGE_LINES], md("_… and {:,} more_", len(lines) - MAX_STAGE_LINES)]
     return lines
 
 
@@ -189,23 +204,25 @@ def render_migrations(request: CommandRequest, report: MigrationsReport) -> Mess
     if request.stage is not None:
         stage = report.stage(request.stage.name)
         assert stage is not None
-        blocks = [section(f":card_file_box: Migrations on {_stage_summary(report, stage)}"), context(folder)]
+        blocks = [section(md(":card_file_box: Migrations on {}", _stage_summary(report, stage))), context(folder)]
         detail = _stage_detail(report, stage)
         if stage.readable and not detail and report.local:
-            detail = [":white_check_mark: every migration in the folder is applied, none edited, no unknown rows"]
+            detail = [
+                Mrkdwn(":white_check_mark: every migration in the folder is applied, none edited, no unknown rows")
+            ]
         blocks[1:1] = lines_sections(detail)
         return message(f"migrations on {stage.stage}", blocks)
     ordered = sorted(report.stages, key=lambda s: (s.protected, s.stage == report.reference, s.stage))
     report.stages = ordered
-    summary = [f"• {_stage_summary(report, s)}" for s in ordered]
+    summary = [md("• {}", _stage_summary(report, s)) for s in ordered]
     matrix = _matrix(report)
-    blocks = [section(":card_file_box: Migrations across stages"), *lines_sections(summary)]
+    blocks = [section(Mrkdwn(":card_file_box: Migrations across stages")), *lines_sections(summary)]
     if matrix:
         shown = matrix[: MAX_MATRIX_ROWS + 1]
         blocks += _code_sections(shown)
         if len(matrix) > len(shown):
-            blocks.append(section(f"_… and {len(matrix) - len(shown)} more rows_"))
+            blocks.append(section(md("_… and {} more_", plural(len(matrix) - len(shown), "row"))))
     elif any(s.readable for s in ordered):
-        blocks.append(section(":white_check_mark: every stage has the same migrations applied"))
+        blocks.append(section(Mrkdwn(":white_check_mark: every stage has the same migrations applied")))
     blocks.append(context(folder))
     return message("migrations across stages", blocks)

@@ -62,7 +62,7 @@ def test_two_databases_built_by_the_same_migrations_are_identical(make_bot, pg, 
         # Without the pattern, the Inngest table is the one difference, named once (not once per column).
         plain = make_bot({"staging": fresh_url, "production": other})
         diff = plain.command("drift staging production").message()
-        assert "1 schema differences" in diff["text"]
+        assert "1 schema difference" in diff["text"]
         assert "only on production: table `inngest_function_runs`" in str(diff["blocks"])
     finally:
         pg.drop_database(fresh)

@@ -1,8 +1,9 @@
 """The Slack text of alert messages and their thread replies.
 
 Alerts are posted by scheduled jobs through the outbox, with no command or handler on the
-path, so (like `audit_line` in bot/audit.py) their text is composed here, through the text boundary (bot/slacktext): every value from a
-stage (titles carry query text and application_name, which any client chooses) is data.
+path, so (like `audit_line` in bot/audit.py) their text is composed here, through the text
+boundary (bot/slacktext): every value from a stage (titles carry query text and
+application_name, which any client chooses) is data.
 """
 
 from __future__ import annotations
