@@ -18,6 +18,7 @@ from handlers.blocks import (
     md,
     message,
     plural,
+    prose,
     section,
     when,
 )
@@ -69,9 +70,9 @@ def render_drift(request: CommandRequest, report: DriftReport) -> Message:
     for group, diffs in grouped.items():
         if shown >= MAX_DIFF_LINES:
             break
-        lines.append(md("*{}*", group_title(group)))
+        lines.append(md("*{}*", prose(group_title(group))))
         for diff in diffs[: MAX_DIFF_LINES - shown]:
-            lines.append(md("• {}", _clip(diff.describe(report.stage_a, report.stage_b))))
+            lines.append(md("• {}", prose(_clip(diff.describe(report.stage_a, report.stage_b)))))
             shown += 1
     blocks = [section(title), *lines_sections(lines)]
     if shown < len(report.differences):
@@ -119,7 +120,7 @@ def _stage_summary(report: MigrationsReport, stage: StageMigrations) -> Mrkdwn:
     lock = Mrkdwn(" :lock:" if stage.protected else "")
     head = md("*{}*{}", stage.stage, lock)
     if not stage.readable:
-        return md("{}: :grey_question: {}", head, stage.reason or stage.table)
+        return md("{}: :grey_question: {}", head, prose(stage.reason or stage.table))
     parts: list[str] = [_newest(stage)]
     counts = stage.counts()
     if report.local:

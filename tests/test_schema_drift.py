@@ -108,7 +108,7 @@ def test_drift_finds_each_kind_of_change_grouped_by_table(make_bot, migrated_db)
     unknown = bot.command("drift staging qa").message()
     assert unknown["response_type"] == "ephemeral" and "unknown stage `qa`" in unknown["text"]
     missing = bot.command("drift staging").message()
-    assert missing["response_type"] == "ephemeral" and "missing <stage-b>" in missing["text"]
+    assert missing["response_type"] == "ephemeral" and "missing &lt;stage-b&gt;" in missing["text"]
 
 
 def test_the_snapshot_takes_the_same_number_of_queries_whatever_the_number_of_tables(migrated_db):
