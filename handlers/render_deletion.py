@@ -130,10 +130,15 @@ RESTORE_WORDS = {
 }
 
 
-def _trigger_lines(triggers: list[TriggerNote]) -> list[str]:
+def _trigger_lines(triggers: list[TriggerNote]) -> list[Mrkdwn]:
     return [
-        f":zap: {code(t.trigger)} on {code(t.table)} ({_clean(t.definition)}) fires during the delete: whatever it "
-        f"changes is not counted here nor in the backup.{RESTORE_WORDS.get(t.on_restore, '')}"
+        md(
+            ":zap: {} on {} ({}) fires during the delete: whatever it changes is not counted here nor in the backup.{}",
+            code(t.trigger),
+            code(t.table),
+            t.definition,
+            RESTORE_WORDS.get(t.on_restore, ""),
+        )
         for t in triggers
     ]
 
@@ -191,7 +196,7 @@ def impact_blocks(report: ImpactReport, *, protected: bool) -> list[Block]:
             context(md("Foreign keys without an index, scanned once per deleted parent row (cheap here): {}", listed))
         )
     if report.triggers:
-        blocks += lines_sections(["*Triggers that fire on these tables:*", *_trigger_lines(report.triggers)])
+        blocks += lines_sections([Mrkdwn("*Triggers that fire on these tables:*"), *_trigger_lines(report.triggers)])
     if report.blockers:
         blocks += lines_sections([Mrkdwn("*The database would refuse this delete:*"), *_blocker_lines(report.blockers)])
     blocks.append(
