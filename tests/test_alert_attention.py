@@ -83,25 +83,31 @@ def _labels(call: SlackCall) -> list[str]:
     return [(e.get("text") or {}).get("text", "") for e, _ in buttons_in(call.payload.get("blocks") or [])]
 
 
-def _age_notification(health: Health) -> None:
+def _slow_query_alert(clicky: Callable[..., Clicker], stage_db: Any) -> tuple[Clicker, SlackCall]:
+    """A slow-query alert posted, on a stage that reminds every hour."""
+    clicker = clicky({"dev": stage_db.url}, **SLOW, ALERT_REPEAT_MINUTES_DEV="60")
+    clicker.health.run("statements")
+    _sleep_statements(stage_db.url, 4)
+    clicker.health.run("statements")
+    [post] = clicker.health.posts()
+    return clicker, post
+
+
+def _an_hour_later_still_slow(health: Health, stage_db: Any) -> None:
     with health.runtime.bot_engine.begin() as conn:
         conn.execute(text("UPDATE alerts SET last_notified_at = now() - interval '61 minutes'"))
-
-
-def test_acknowledge_shows_who_stops_reminders_and_the_alert_still_resolves(clicky, stage_db):
-    clicker = clicky({"dev": stage_db.url}, **SLOW, ALERT_REPEAT_MINUTES_DEV="60")
-    health = clicker.health
-    health.run("statements")
-    _sleep_statements(stage_db.url, 4)
-    health.run("statements")
-    [post] = health.posts()
-    assert _labels(post) == ["Acknowledge", "Explain", "Snooze 1 h", "Snooze 4 h", "Snooze 24 h"]
-
-    # Not acknowledged: an hour later it reminds in its thread.
-    _age_notification(health)
     _sleep_statements(stage_db.url, 4)
     health.run("statements")
     health.sync()
+
+
+def test_acknowledge_shows_who_stops_reminders_and_the_alert_still_resolves(clicky, stage_db):
+    clicker, post = _slow_query_alert(clicky, stage_db)
+    health = clicker.health
+    assert _labels(post) == ["Acknowledge", "Explain", "Snooze 1 h", "Snooze 4 h", "Snooze 24 h"]
+
+    # Not acknowledged: an hour later it reminds in its thread.
+    _an_hour_later_still_slow(health, stage_db)
     assert ["Still firing after" in r.payload["text"] for r in health.replies()] == [True]
 
     clicker.press(post, "Acknowledge", user=VIEWER)
@@ -117,10 +123,7 @@ def test_acknowledge_shows_who_stops_reminders_and_the_alert_still_resolves(clic
     assert acked.actor == OPERATOR and acked.stage == "dev"
 
     # Acknowledged: an hour later, no reminder.
-    _age_notification(health)
-    _sleep_statements(stage_db.url, 4)
-    health.run("statements")
-    health.sync()
+    _an_hour_later_still_slow(health, stage_db)
     assert len(health.replies()) == 1
 
     # It still resolves, in its thread.
@@ -133,12 +136,8 @@ def test_acknowledge_shows_who_stops_reminders_and_the_alert_still_resolves(clic
 
 
 def test_snooze_silences_reminders_and_refires_until_an_escalation_to_critical(clicky, stage_db):
-    clicker = clicky({"dev": stage_db.url}, **SLOW, ALERT_REPEAT_MINUTES_DEV="60")
+    clicker, post = _slow_query_alert(clicky, stage_db)
     health = clicker.health
-    health.run("statements")
-    _sleep_statements(stage_db.url, 4)
-    health.run("statements")
-    [post] = health.posts()
 
     clicker.press(post, "Snooze 4 h")
     [update] = health.updates()
@@ -147,10 +146,7 @@ def test_snooze_silences_reminders_and_refires_until_an_escalation_to_critical(c
     assert snoozed.actor == OPERATOR and snoozed.detail["hours"] == 4
 
     # Snoozed: an hour later, no reminder.
-    _age_notification(health)
-    _sleep_statements(stage_db.url, 4)
-    health.run("statements")
-    health.sync()
+    _an_hour_later_still_slow(health, stage_db)
     assert health.replies() == []
 
     # It resolves, then the same query is slow again: still snoozed, so nothing new is posted.

@@ -119,7 +119,10 @@ class AlertBook:
         if result.fired or result.resolved or result.reminded or result.escalated:
             self._notify()
         if (result.fired or result.escalated or result.reminded) and self.on_announced is not None:
-            self.on_announced([*result.fired, *result.escalated, *result.reminded])
+            try:
+                self.on_announced([*result.fired, *result.escalated, *result.reminded])
+            except Exception:  # extras (charts) never fail the run that recorded the alerts
+                log.warning("alert listener failed", exc_info=True)
         return result
 
     def _unreachable(self, conn: Connection, stage: str) -> bool:
