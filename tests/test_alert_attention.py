@@ -6,7 +6,6 @@ requests to the real HTTP endpoint of the same runtime, and Slack is the local f
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -21,7 +20,7 @@ from bot.console.text import buttons_in
 from bot.health.checks import duration
 from bot.health.messages import material
 from handlers.server import build_wsgi, serve_in_thread
-from tests.conftest import OPERATOR, SIGNING_SECRET
+from tests.conftest import OPERATOR, SIGNING_SECRET, eventually
 from tests.test_health import SLOW, Health, _sleep_statements, _texts, health_factory
 
 VIEWER = "UVIEWER01"
@@ -52,13 +51,15 @@ class Clicker:
             message_ts=stored.ts,
         )
         assert reply.status == 200
-        if user == OPERATOR:  # the click's work runs after the ack: wait for its audit row, then deliver
-            deadline = time.monotonic() + 15
-            while len(self.health.audit()) == before and time.monotonic() < deadline:
-                time.sleep(0.05)
+        if user == OPERATOR:  # the click's work runs after the ack: its audit row, then its message rewrite queued
+            assert eventually(lambda: len(self.health.audit()) > before and not self._unsynced())
         else:
             self.health.slack.wait_for_call("response_url", lambda c: True, 15)
         self.health.deliver()
+
+    def _unsynced(self) -> bool:
+        with self.health.runtime.bot_engine.connect() as conn:
+            return bool(conn.execute(text("SELECT count(*) FROM alerts WHERE needs_update")).scalar())
 
 
 @pytest.fixture
