@@ -17,8 +17,10 @@ from sqlalchemy import Connection, create_engine, text
 
 from bench.common import BENCH_DIR, BenchContext, bench_stage, peak_rss_mb, ratio_line
 from bot.backups.delete_hook import DeleteBackup, backup_steps
+from bot.backups.export import ScopedBackup
 from bot.backups.index import BackupIndex
-from bot.backups.scoped import BackupContext, BackupRecord, BackupStep, ScopedBackup, load_manifest, restore
+from bot.backups.manifest import BackupContext, BackupRecord, BackupStep, load_manifest
+from bot.backups.restore import restore
 from bot.backups.store import LocalStore
 from bot.botdb import create_bot_engine, migrate
 from bot.config import parse_database_url
@@ -64,8 +66,8 @@ def run(ctx: BenchContext) -> None:
     # Backup vs raw COPY, interleaved, inside a dry-run delete's transaction holding the engine's scopes.
     measured: dict[str, Any] = {"raw": [], "ours": []}
 
-    def compare(conn: Connection, _plan: Any, scopes: Any) -> None:
-        steps = backup_steps(scopes)
+    def compare(conn: Connection, plan: Any, scopes: Any) -> None:
+        steps = backup_steps(plan, scopes)
         measured["rows"] = sum(s.expected_rows or 0 for s in steps)
         measured["tables"] = len(steps)
         for attempt in range(3):

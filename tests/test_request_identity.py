@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from bot.backups.scoped import BackupContext
+from bot.backups.manifest import BackupContext
 from tests.backups.deleting import delete_with_backup
 from tests.conftest import APPROVER, OPERATOR, TEST_SPEC, BotHarness, StageDb, message_text
 from tests.deletion_support import (

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from bot.audit import AuditEntry
 from bot.backups.full import FullBackupState
 from bot.backups.index import BackupRow
-from bot.backups.scoped import RestoreReport
+from bot.backups.restore import RestoreReport
 from bot.deletion.flow import RestorePosted
 from bot.runtime import Runtime
 from bot.service import CommandRequest, operation

@@ -17,17 +17,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine, update
 
 from bot.audit import AuditEntry, AuditLog
+from bot.backups.export import ScopedBackup
 from bot.backups.full import FullBackupState, run_full_backup
 from bot.backups.index import BackupIndex, BackupRow, backups
-from bot.backups.scoped import (
-    MANIFEST_NAME,
-    BackupContext,
-    Manifest,
-    RestoreReport,
-    ScopedBackup,
-    load_manifest,
-    restore,
-)
+from bot.backups.manifest import MANIFEST_NAME, BackupContext, Manifest, load_manifest
+from bot.backups.restore import RestoreReport, restore
 from bot.backups.snapshot import SnapshotFailed, take_snapshot
 from bot.backups.store import BackupStore, LocalStore, make_store
 from bot.config import BackupSettings, Settings

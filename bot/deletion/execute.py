@@ -64,7 +64,8 @@ from bot.deletion.steps import (
     Progress,
     ProgressCallback,
     apply,
-    left_over,
+    apply_batch,
+    batches,
     materialize,
     root_rows_left,
     verify,
@@ -293,26 +294,24 @@ def _apply_steps(
     budget: _Budget,
     before_each: Callable[[Any, int], None],
 ) -> list[StepResult]:
-    """Every step in plan order, each checked against its scope's row count."""
+    """Every step in plan order (a batch of tables in one statement), each checked against its scope's count."""
     results: list[StepResult] = []
     done = 0
-    for step, scope in zip(plan.steps, scopes, strict=True):
-        before_each(step, done)
+    for group in batches(plan, scopes):
+        first = group[0][0]
+        before_each(first, done)
         budget.arm()
         step_started = time.monotonic()
-        rows = apply(conn, plan, step, scope)
-        if rows != scope.rows and not (step.relaxed and rows < scope.rows):
-            raise DeleteFailed(
-                f"{step.table}: expected to {step.action} {scope.rows:,} rows, the database reported {rows:,}"
-            )
-        if step.action == "delete":
-            done += rows
-        results.append(
-            StepResult(step.snapshot_key, str(step.table), step.action, rows, time.monotonic() - step_started)
-        )
-    for step, scope in zip(plan.steps, scopes, strict=True):
-        if step.relaxed and (left := left_over(conn, plan, scope)):
-            raise DeleteFailed(f"{step.table}: {left:,} of its {scope.rows:,} rows in scope are still there")
+        counted = apply(conn, plan, first, group[0][1]) if len(group) == 1 else apply_batch(conn, plan, group)
+        seconds = (time.monotonic() - step_started) / len(group)
+        for (step, scope), rows in zip(group, [counted] if isinstance(counted, int) else counted, strict=True):
+            if rows != scope.rows:
+                raise DeleteFailed(
+                    f"{step.table}: expected to {step.action} {scope.rows:,} rows, the database reported {rows:,}"
+                )
+            if step.action == "delete":
+                done += rows
+            results.append(StepResult(step.snapshot_key, str(step.table), step.action, rows, seconds))
     return results
 
 

@@ -23,7 +23,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot import outbox
 from bot.audit import AuditEntry
 from bot.backups.delete_hook import DeleteBackup
-from bot.backups.scoped import BackupContext, Manifest, RestoreReport, restore_order
+from bot.backups.manifest import BackupContext, Manifest
+from bot.backups.restore import RestoreReport, restore_order
 from bot.deletion.execute import (
     BeforeDelete,
     DeleteResult,

@@ -12,10 +12,10 @@ database's per-row triggers find nothing left to do:
   `SET CONSTRAINTS ALL DEFERRED` and checks everything (`SET CONSTRAINTS ALL IMMEDIATE`) before its
   commit.
 
-Tables that cascade into each other (a cycle of CASCADE edges) are deleted in an order the
-hard rules (NO ACTION, RESTRICT) allow; a cascade may then remove some of a later table's rows
-first, so those steps are checked as "at most the scope, and nothing of it left" instead of an
-exact count. Only a cycle of hard edges is refused: no order satisfies it.
+Tables on a cycle of such edges (two tables that cascade into each other, or reference each
+other with NO ACTION) are deleted in one statement, one data-modifying CTE per table: the
+database's checks and cascades run at the statement's end, when all of them are gone, as they
+would after PostgreSQL's own cascade.
 
 The plan also refuses, naming the table, when the connected role could not see every row it
 counts (row-level security) or lacks a privilege the delete needs.
@@ -73,9 +73,9 @@ class Step:
     action: str  # "delete", "set null" or "set default"
     columns: tuple[str, ...] = ()
     edge: ForeignKey | None = None
-    # A cascade from a table deleted earlier (tables that cascade into each other) may remove some
-    # of this table's rows first: checked as "at most the scope, and none of it left".
-    relaxed: bool = False
+    # Tables whose deletes depend on each other (a cycle of foreign keys that force an order) share a
+    # batch: deleted in one statement (data-modifying CTEs), so every check runs at its end.
+    batch: int = 0
 
     @property
     def snapshot_key(self) -> str:
@@ -339,20 +339,8 @@ def _plan_steps(catalog: Catalog, graph: ScopeGraph) -> tuple[list[Step], list[F
         elif fk.blocking and not graph.scope_edge(fk):
             blocking.append(fk)
     hard, cascade, deferrable = _order_edges(catalog, graph)
-    order: list[TableRef] = []
-    relaxed: set[TableRef] = set()
-    for comp in ordered_components(sorted(nodes), hard + cascade):
-        if len(comp) == 1:
-            order.extend(comp)
-            continue
-        inner = [(c, p) for c, p in hard if c in comp and p in comp]
-        sub = ordered_components(list(comp), inner)
-        for cycle in (s for s in sub if len(s) > 1):
-            names = ", ".join(str(t) for t in cycle)
-            problems.append(f"foreign keys between {names} form a cycle no delete order satisfies (NO ACTION/RESTRICT)")
-        order.extend(t for s in sub for t in s)
-        relaxed.update(comp)
-    position = {t: i for i, t in enumerate(order)}
+    batches = ordered_components(sorted(nodes), hard + cascade)
+    position = {t: i for i, comp in enumerate(batches) for t in comp}
     defer = any(position[graph.node(fk.parent)] < position[graph.node(fk.child)] for fk in deferrable)
     for ref in sorted(nodes):
         missing = catalog.table(ref).missing("DELETE")
@@ -364,7 +352,9 @@ def _plan_steps(catalog: Catalog, graph: ScopeGraph) -> tuple[list[Step], list[F
                 f"the role `{catalog.role}` lacks the UPDATE privilege on {step.table}, whose rows the delete sets to "
                 f"{step.action.removeprefix('set ').upper()}"
             )
-    steps += [Step(table=ref, key=graph.key(ref), action="delete", relaxed=ref in relaxed) for ref in order]
+    steps += [
+        Step(table=ref, key=graph.key(ref), action="delete", batch=i) for i, comp in enumerate(batches) for ref in comp
+    ]
     return steps, blocking, problems, defer
 
 

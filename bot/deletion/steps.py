@@ -178,13 +178,28 @@ def apply(conn: Connection, plan: DeletePlan, step: Step, scope: MaterializedSco
     return rows
 
 
-def left_over(conn: Connection, plan: DeletePlan, scope: MaterializedScope) -> int:
-    """Rows of a scope still there (for steps a cascade may have partly done before them)."""
-    t = sa_table(plan.graph, scope.table)
-    tmp = table(scope.temp_table, *(column(k) for k in scope.key))
-    return int(
-        conn.execute(select(func.count()).select_from(t.join(tmp, equal(t, tmp, scope.key, scope.key)))).scalar_one()
-    )
+def batches(plan: DeletePlan, scopes: list[MaterializedScope]) -> list[list[tuple[Step, MaterializedScope]]]:
+    """Steps in plan order, grouped: every SET step alone, delete steps by their batch."""
+    groups: list[list[tuple[Step, MaterializedScope]]] = []
+    for step, scope in zip(plan.steps, scopes, strict=True):
+        last = groups[-1][-1][0] if groups else None
+        if last is not None and step.action == last.action == "delete" and step.batch == last.batch:
+            groups[-1].append((step, scope))
+        else:
+            groups.append([(step, scope)])
+    return groups
+
+
+def apply_batch(conn: Connection, plan: DeletePlan, group: list[tuple[Step, MaterializedScope]]) -> list[int]:
+    """Tables on a cycle of order-forcing keys: one DELETE per table, all in one statement (data-modifying
+    CTEs), so the database's checks and cascades run once all of them are gone."""
+    counts = []
+    for i, (step, scope) in enumerate(group):
+        t = sa_table(plan.graph, step.table)
+        tmp = table(scope.temp_table, *(column(k) for k in scope.key))
+        gone = delete(t).where(equal(t, tmp, step.key, step.key)).returning(literal(1)).cte(f"mcpops_gone_{i}")
+        counts.append(select(func.count()).select_from(gone).scalar_subquery())
+    return [int(n) for n in conn.execute(select(*counts)).one()]
 
 
 def verify(session: Connection, plan: DeletePlan, scopes: list[MaterializedScope]) -> list[str]:

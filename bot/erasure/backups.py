@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.backups.index import BackupRow
-from bot.backups.scoped import COMPRESSION_LEVEL, MANIFEST_NAME, Manifest, ManifestStep, load_manifest, restore_order
+from bot.backups.manifest import COMPRESSION_LEVEL, MANIFEST_NAME, Manifest, ManifestStep, load_manifest
+from bot.backups.restore import restore_order
 from bot.backups.store import BackupStore
 from bot.deletion.catalog import Catalog, ForeignKey, TableRef
 from bot.erasure import copytext

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection
 
 from bot.audit import AuditEntry, AuditLog
-from bot.backups.scoped import Manifest, RestoreReport
+from bot.backups.manifest import Manifest
+from bot.backups.restore import RestoreReport
 from bot.erasure.ledger import ErasureLedger
 from bot.erasure.run import reapply
 from bot.erasure.settings import ErasureSettings

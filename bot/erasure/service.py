@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.audit import AuditEntry, AuditLog
-from bot.backups.scoped import load_manifest
+from bot.backups.manifest import load_manifest
 from bot.backups.service import Backups
 from bot.backups.store import BackupNotConfigured
 from bot.config import Settings

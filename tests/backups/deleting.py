@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import Connection
 
 from bot.backups.delete_hook import backup_steps
-from bot.backups.scoped import BackupRecord, BackupStep, ScopedBackup
+from bot.backups.export import ScopedBackup
+from bot.backups.manifest import BackupRecord, BackupStep
 from bot.deletion.execute import DeleteResult, execute_delete
 from bot.stages import Stage
 from tests.conftest import TEST_SPEC
@@ -33,8 +34,8 @@ def delete_with_backup(
     """One engine delete whose transaction writes the backup first; `adjust` tampers with the steps."""
     taken: dict[str, Any] = {}
 
-    def hook(conn: Connection, _plan: Any, scopes: Any) -> None:
-        steps = backup_steps(scopes)
+    def hook(conn: Connection, plan: Any, scopes: Any) -> None:
+        steps = backup_steps(plan, scopes)
         taken["steps"] = adjust(steps) if adjust else steps
         taken["record"] = backup.write(conn, taken["steps"])
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from bot.backups.full import pg_dump_command, pg_dump_environment
-from bot.backups.scoped import BackupContext
+from bot.backups.manifest import BackupContext
 from bot.config import parse_database_url
 from bot.localpg import find_bindir
 from tests.backups.deleting import delete_with_backup

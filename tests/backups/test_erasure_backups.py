@@ -101,12 +101,12 @@ def test_a_restore_that_cannot_apply_the_erasure_again_is_refused_naming_it(make
     bot = make_bot({"dev": pat_db.url})
     request_id = delete_small_server_with_backup(bot, pat_db)
     receipt = forget_pat(bot, purge=False)
-    # Since the erasure, a row protects Pat's user id: applying the erasure again would be refused.
+    # Since the erasure, a row protects Pat's user id (its key is NOT VALID, so it may name the id before the
+    # restore brings the user back): applying the erasure again would be refused. (A trigger creating the hold
+    # would not do: the restore turns user triggers off while it writes.)
     pat_db.execute(
-        "CREATE TABLE legal_holds (user_id text PRIMARY KEY REFERENCES mcp_server_user(id) ON DELETE RESTRICT);"
-        " CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-        "  IF NEW.id = 'msu_pat' THEN INSERT INTO legal_holds VALUES (NEW.id); END IF; RETURN NULL; END $$;"
-        " CREATE TRIGGER hold AFTER INSERT ON mcp_server_user FOR EACH ROW EXECUTE FUNCTION hold()"
+        "CREATE TABLE legal_holds (user_id text PRIMARY KEY); INSERT INTO legal_holds VALUES ('msu_pat');"
+        " ALTER TABLE legal_holds ADD FOREIGN KEY (user_id) REFERENCES mcp_server_user(id) ON DELETE RESTRICT NOT VALID"
     )
     reply = bot.command(f"restore {request_id} --stage dev").text(timeout=60)
     assert f"erasure #{receipt.erasure_id} ({receipt.label})" in reply and "nothing was restored" in reply, reply

@@ -10,18 +10,10 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import text
 
+from bot.backups.export import BackupFailed, BackupMismatch, ScopedBackup
 from bot.backups.index import BackupIndex
-from bot.backups.scoped import (
-    BackupContext,
-    BackupCorrupt,
-    BackupFailed,
-    BackupMismatch,
-    RestoreConflict,
-    SchemaChanged,
-    ScopedBackup,
-    load_manifest,
-    restore,
-)
+from bot.backups.manifest import BackupContext, BackupCorrupt, load_manifest
+from bot.backups.restore import RestoreConflict, SchemaChanged, restore
 from bot.backups.store import BackupStoreError, LocalStore, S3Store
 from bot.config import load_settings
 from bot.stages import Stage

@@ -8,7 +8,7 @@ import boto3
 import pytest
 from sqlalchemy import text
 
-from bot.backups.scoped import BackupContext, load_manifest
+from bot.backups.manifest import BackupContext, load_manifest
 from bot.backups.snapshot import SnapshotFailed, snapshot_identifier
 from tests.backups.deleting import delete_with_backup
 from tests.conftest import OPERATOR, message_text
