@@ -85,6 +85,7 @@ def test_demo_starts_from_a_mode_700_checkout_and_answers_from_demo_data():
         assert "unknown command `frobnicate`" in out
         assert "`audit` is for operators and approvers only" in out
         assert "[#audit]" in out
+        assert "in CDEMOALERTS]" not in out  # alerts of the demo data are one line each, not whole messages
         # The cluster was stopped on exit; a second start reuses it, --reset rebuilds it.
         assert (cluster_dir / "data" / "PG_VERSION").exists()
         assert not (cluster_dir / "data" / "postmaster.pid").exists()

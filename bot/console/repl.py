@@ -83,6 +83,7 @@ class Console:
             self.server.events_url, self.settings.signing_secret, response_base=self.slack.base_url
         )
         self.clickables: list[Clickable] = []
+        self._alert_channels = {self.settings.alert_channel_for(stage) for stage in self.settings.stage_names()} - {""}
         self._print_lock = threading.Lock()
         self._response_channels: dict[str, str] = {}
         self._pending_modal: dict[str, Any] | None = None
@@ -102,6 +103,12 @@ class Console:
             channel = payload.get("channel") or self._response_channels.get(call.path, self.channel)
             if call.method == "chat.postMessage" and channel in {self.settings.audit_channel}:
                 self._print(f"  [#audit] {render_blocks([], payload.get('text', ''))}")
+                return
+            if call.method in ("chat.postMessage", "chat.update") and channel in self._alert_channels:
+                # Alerts arrive on their own schedule: one line each, so they neither flood the screen nor
+                # take the buttons of the reply being read (`/mcp alerts --stage S` shows them in full).
+                edited = " (updated)" if call.method == "chat.update" else ""
+                self._print(f"  [#alerts]{edited} {render_blocks([], payload.get('text', ''))}")
                 return
             label = {
                 "response_url": "reply",
