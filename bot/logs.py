@@ -103,4 +103,6 @@ def configure_file_logging(path: Any, level: str = "INFO", screen: Any = None) -
     screen_handler = logging.StreamHandler(screen or sys.stderr)
     screen_handler.setFormatter(ScreenFormatter())
     screen_handler.setLevel(logging.WARNING)
+    # A loaded machine makes APScheduler warn that a start-up run was late: the file keeps it, the screen doesn't.
+    screen_handler.addFilter(lambda r: not (r.name.startswith("apscheduler") and r.levelno < logging.ERROR))
     logging.getLogger().handlers[:] = [file_handler, screen_handler]
