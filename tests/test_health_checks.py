@@ -383,6 +383,7 @@ def test_a_role_without_grants_is_told_once_what_it_needs_and_the_other_checks_r
         f"CREATE ROLE {role} LOGIN",
         "CREATE TABLE orders (id serial PRIMARY KEY)",
         "SELECT setval('orders_id_seq', 2040109465)",
+        "REVOKE EXECUTE ON FUNCTION pg_database_size(name) FROM PUBLIC",  # a hardened server
     )
     other = psycopg.connect(url, application_name="someone-else")  # a superuser's session: hidden from the role
     other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -397,11 +398,26 @@ def test_a_role_without_grants_is_told_once_what_it_needs_and_the_other_checks_r
         assert sum("Vacuum horizon: unavailable, needs pg_read_all_stats" in t for t in texts) == 1
         assert sum("Sequences: unavailable, needs SELECT on sequences" in t for t in texts) == 1
         assert any("GRANT SELECT ON ALL SEQUENCES IN SCHEMA" in t for t in texts)
-        run(url, f"GRANT SELECT ON orders_id_seq TO {role}", f"GRANT pg_read_all_stats TO {role}")
+        # A refused function (SQLSTATE 42501) is the same: said once, with the grant; not an error run after run.
+        for _ in range(3):
+            health.run("fk_indexes")
+        [denied] = _texts(health.posts()[2:])
+        assert "Size growth: unavailable, needs EXECUTE on function pg_database_size" in denied
+        assert "GRANT EXECUTE ON FUNCTION pg_database_size TO &lt;role&gt;;" in denied  # escaped mrkdwn
+        assert not [r for r in health.alert_rows() if r.check_name.startswith("check_failing:")]
+
+        run(
+            url,
+            f"GRANT SELECT ON orders_id_seq TO {role}",
+            f"GRANT pg_read_all_stats TO {role}",
+            f"GRANT EXECUTE ON FUNCTION pg_database_size(name) TO {role}",
+        )
         health.run("maintenance")
         health.run("activity")
+        health.run("fk_indexes")
         states = {(r.check_name, r.state) for r in health.alert_rows()}
-        assert ("unavailable:sequences", "resolved") in states and ("unavailable:vacuum_horizon", "resolved") in states
+        for check in ("sequences", "vacuum_horizon", "size_growth"):
+            assert (f"unavailable:{check}", "resolved") in states
         assert ("sequences", "firing") in states and ("vacuum_horizon", "firing") in states
     finally:
         other.close()

@@ -36,6 +36,7 @@ from bot.health.checks import (
     CheckSpec,
     Finding,
     checks_in,
+    denied_report,
     duration,
     latency_report,
 )
@@ -176,6 +177,9 @@ class HealthMonitor:
         except DBAPIError as exc:
             if exc.connection_invalidated or limit.expired:
                 raise
+            if getattr(exc.orig, "sqlstate", None) == "42501":  # insufficient_privilege: say what it needs, once
+                diag = getattr(exc.orig, "diag", None)
+                return denied_report(spec.name, spec.label, getattr(diag, "message_primary", None) or str(exc.orig))
             return self._error_report(spec.name, spec.label, ctx, exc)
 
     def _run_slow_queries(

@@ -25,6 +25,7 @@ from bot.health.checks.base import (
     Status,
     check,
     checks_in,
+    denied_report,
     duration,
     safe_query_text,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "check_long_running",
     "check_wraparound",
     "checks_in",
+    "denied_report",
     "duration",
     "latency_report",
     "safe_query_text",

@@ -122,6 +122,34 @@ def unavailable_finding(check: str, label: str, needs: str, detail: str, advice:
     )
 
 
+_DENIED_FOR = re.compile(
+    r"permission denied for (function|table|view|relation|sequence|schema|materialized view) (\S+)"
+)
+_ROLE_NEEDED = re.compile(r"privileges of (?:the )?\"?(\w+)\"? role|have privileges of (\w+)")
+
+
+def denied_report(check: str, label: str, message: str) -> CheckReport:
+    """A check PostgreSQL refused to this role (SQLSTATE 42501): said once, with the grant it needs."""
+    denied = _DENIED_FOR.search(message)
+    role = _ROLE_NEEDED.search(message)
+    if denied:
+        kind, name = denied.groups()
+        needs = f"{'EXECUTE' if kind == 'function' else 'USAGE' if kind == 'schema' else 'SELECT'} on {kind} {name}"
+        grant = f"`GRANT {needs.replace(' on ', ' ON ', 1).replace(kind, kind.upper(), 1)} TO <role>;`"
+    elif role:
+        needs = role.group(1) or role.group(2)
+        grant = f"`GRANT {needs} TO <role>;`"
+    else:
+        needs, grant = "pg_monitor", "`GRANT pg_monitor TO <role>;`"
+    return unavailable_report(
+        check,
+        label,
+        needs,
+        f"PostgreSQL refused this check to the stage's role: {message.strip().splitlines()[0][:300]}.",
+        f"{grant} (`<role>` is the role of this stage's DATABASE_URL; on RDS, grant as the master user).",
+    )
+
+
 def unavailable_report(check: str, label: str, needs: str, detail: str, advice: str) -> CheckReport:
     """The whole check cannot run with this role: its own alerts are left as they are."""
     finding = unavailable_finding(check, label, needs, detail, advice)
