@@ -13,7 +13,7 @@ from bot.console.localslack import LocalSlack
 from bot.platform.demo_data import BENCH_SPEC
 from bot.platform.servers import DAY_MS, server_stats
 from bot.runtime import Runtime
-from handlers.server import build_wsgi, serve_in_thread
+from handlers.server import build_asgi, serve_in_thread
 
 DAYS = 30
 # What a DBA would type: the server, tool calls per tool in the window, sessions and users in the window.
@@ -61,7 +61,7 @@ def run(ctx: BenchContext) -> None:
     raw_t = min(raw_t, best_of(raw, repeat=3, warmup=0))
     print(ratio_line("stats, domain call (engine pool, read-only transaction)", ours_t, raw_t, 1.5))
 
-    server = serve_in_thread(build_wsgi(runtime))
+    server = serve_in_thread(build_asgi(runtime))
     sender = SlackRequestSender(server.events_url, "bench-secret", response_base=slack.base_url)
 
     def command() -> None:

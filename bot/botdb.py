@@ -49,6 +49,7 @@ TABLE_MODULES = (
     "bot.deletion.requests",
     "bot.schema.watch",
     "bot.erasure.ledger",
+    "bot.deliveries",
 )
 
 

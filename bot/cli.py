@@ -22,17 +22,18 @@ def _settings(**kwargs: bool) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
     from bot.runtime import Runtime
-    from handlers.server import run_gunicorn
+    from handlers.server import serve
 
     settings = _settings()
-    run_gunicorn(
-        lambda: Runtime(settings),
-        host=args.host,
-        port=args.port,
-        threads=args.threads,
-        graceful_timeout=args.graceful_timeout,
-    )
+    drained = serve(Runtime(settings), host=args.host, port=args.port, graceful_timeout=args.graceful_timeout)
+    if not drained:
+        # Work still running past the graceful timeout is cut off here (its transactions roll back in
+        # PostgreSQL); waiting for its threads at interpreter exit would let it go on.
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 
@@ -152,6 +153,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"migrations: {folder}; table {schema.migrations_schema}.{schema.migrations_table}; "
         f"reference stage {reference}, lag alert after {schema.lag_alert_hours} h"
     )
+    edge = settings.edge
+    if edge.team_ids:
+        print(f"workspaces: {', '.join(sorted(edge.team_ids))}")
+    else:
+        print(
+            "warning: SLACK_TEAM_ID is not set: a correctly signed request from any workspace of this app is served;"
+            " set it to your workspace's team ID (or your organisation's enterprise ID)"
+        )
+    metrics_where = f"port {edge.metrics_port}" if edge.metrics_port else "the main port"
+    print(f"metrics: on {metrics_where}, {'bearer token required' if edge.metrics_token else 'no token'}")
     return 0
 
 
@@ -160,10 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve Slack over HTTP (gunicorn)")
+    serve = sub.add_parser("serve", help="serve Slack over HTTP (uvicorn)")
     serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))  # noqa: S104 - a server listens
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
-    serve.add_argument("--threads", type=int, default=32)
     serve.add_argument("--graceful-timeout", type=int, default=120)
     serve.set_defaults(func=cmd_serve)
 

@@ -65,6 +65,7 @@ class Verb:
     stage: StageUse = "required"
     mutating: bool = False
     aliases: tuple[str, ...] = ()
+    heavy: bool = False  # a read that can take long on a big stage: capped per person and per stage
 
     def usage(self) -> str:
         parts = [f"/mcp {self.name}"]
@@ -132,16 +133,18 @@ register(
         "tool calls, sessions, users and top tools of a server",
         (Positional("slug"),),
         (Flag("days", "int", "window in days", default=30, minimum=1, maximum=3650),),
+        heavy=True,
     )
 )
 register(Verb("users", "users of a server (emails masked)", (Positional("slug"),), (LIMIT,)))
 register(Verb("audit", "latest audit entries (operators and approvers)", flags=(LIMIT,), stage="optional"))
-register(Verb("health", "run every health check on a stage now and summarise"))
+register(Verb("health", "run every health check on a stage now and summarise", heavy=True))
 register(
     Verb(
         "slow-queries",
         "the busiest queries of the last snapshot interval, slow ones marked",
         flags=(Flag("limit", "int", "queries to show", default=10, minimum=1, maximum=50),),
+        heavy=True,
     )
 )
 register(Verb("alerts", "open health and slow-query alerts", stage="optional"))
@@ -174,7 +177,12 @@ register(
     )
 )
 register(
-    Verb("impact", "what deleting a server would touch, table by table, and what could go wrong", (Positional("slug"),))
+    Verb(
+        "impact",
+        "what deleting a server would touch, table by table, and what could go wrong",
+        (Positional("slug"),),
+        heavy=True,
+    )
 )
 register(
     Verb(

@@ -17,6 +17,7 @@ from typing import Literal
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from bot.edge_config import EdgeSettings, load_edge_settings
 from bot.erasure.settings import ErasureSettings, SettingError, load_erasure_settings
 from bot.health.thresholds import CheckThresholds, load_thresholds
 
@@ -189,6 +190,7 @@ class Settings:
     no_action_edges: str = "delete"  # NO_ACTION_EDGES: rows tied by ON DELETE NO ACTION are deleted, or block
     schema: SchemaSettings = field(default_factory=SchemaSettings)
     erasure: ErasureSettings = field(default_factory=ErasureSettings)
+    edge: EdgeSettings = field(default_factory=EdgeSettings)
 
     def stage_names(self) -> list[str]:
         return sorted(self.stages)
@@ -612,4 +614,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_slack: bool =
         no_action_edges=_one_of(env, "NO_ACTION_EDGES", ("delete", "block")),
         schema=_schema_settings(env, stages),
         erasure=erasure,
+        edge=load_edge_settings(env),
     )

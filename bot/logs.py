@@ -84,7 +84,7 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("urllib3", "botocore", "boto3", "s3transfer", "apscheduler.executors.default", "werkzeug"):
+    for noisy in ("urllib3", "botocore", "boto3", "s3transfer", "apscheduler.executors.default", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -5,11 +5,14 @@ gauges read at scrape time from the bot database and the connection pools.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401 - the type /metrics answers with
 from prometheus_client.exposition import generate_latest
 from sqlalchemy import Connection, Engine, column, func, inspect, select, table
 from sqlalchemy.exc import SQLAlchemyError
@@ -116,11 +119,80 @@ def outbox_backlog(conn: Connection) -> int:
     return int(conn.execute(select(func.count()).select_from(outbox).where(pending)).scalar_one())
 
 
-class ScrapeCollector:
-    """What one scrape reads from the running bot: pools, the outbox and state tables."""
+class BotDatabaseGauges:
+    """The metrics read from the bot database (outbox backlog, approvals, alerts), refreshed by a
+    background thread every `interval_s` and soon after a change is published, never by a scrape:
+    a scrape costs no query, however often it comes, and a slow bot database cannot slow it."""
 
-    def __init__(self, bot_engine: Engine, stage_engines: Mapping[str, Engine | None], *, draining: bool) -> None:
-        self.bot_engine = bot_engine
+    def __init__(self, engine: Engine, interval_s: float, *, min_gap_s: float = 1.0) -> None:
+        self.engine = engine
+        self.interval_s = interval_s
+        self.min_gap_s = min(min_gap_s, interval_s)
+        self._families: list[Metric] = []
+        self._up = 0
+        self._refreshed_at: float | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                families = [
+                    GaugeMetricFamily(
+                        "mcp_ops_outbox_backlog", "Slack posts waiting in the outbox", value=outbox_backlog(conn)
+                    ),
+                    *approval_and_alert_gauges(conn),
+                ]
+        except SQLAlchemyError as exc:
+            log.warning("metrics: bot database unavailable", extra={"error": type(exc).__name__})
+            with self._lock:
+                self._up, self._refreshed_at = 0, time.monotonic()
+            return
+        with self._lock:
+            self._families, self._up, self._refreshed_at = families, 1, time.monotonic()
+
+    def nudge(self, *_: object) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.refresh()
+            self._stop.wait(self.min_gap_s)  # a burst of changes costs one refresh a gap
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            families, up, refreshed_at = list(self._families), self._up, self._refreshed_at
+        yield GaugeMetricFamily("mcp_ops_bot_database_up", "1 if the latest refresh could read the bot database", up)
+        age = time.monotonic() - refreshed_at if refreshed_at is not None else -1.0
+        yield GaugeMetricFamily(
+            "mcp_ops_metrics_age_seconds", "Age of the values read from the bot database (-1: not read yet)", age
+        )
+        yield from families
+
+
+class ScrapeCollector:
+    """What one scrape shows: counters, pools (in memory) and the cached bot-database gauges."""
+
+    def __init__(
+        self, cached: BotDatabaseGauges, stage_engines: Mapping[str, Engine | None], *, draining: bool
+    ) -> None:
+        self.cached = cached
         self.stage_engines = stage_engines
         self.draining = draining
 
@@ -135,7 +207,7 @@ class ScrapeCollector:
         capacity = GaugeMetricFamily(
             "mcp_ops_db_pool_size", "Most connections the pool may open, per database", labels=["database"]
         )
-        engines: dict[str, Engine | None] = {"bot": self.bot_engine}
+        engines: dict[str, Engine | None] = {"bot": self.cached.engine}
         engines.update({f"stage:{name}": engine for name, engine in self.stage_engines.items()})
         for label, engine in engines.items():
             usage = pool_usage(engine)
@@ -144,20 +216,7 @@ class ScrapeCollector:
             capacity.add_metric([label], usage.capacity)
         yield from (checked_out, opened, capacity)
         yield GaugeMetricFamily("mcp_ops_draining", "1 while the process drains before exit", value=int(self.draining))
-        up = GaugeMetricFamily("mcp_ops_bot_database_up", "1 if this scrape could read the bot database")
-        try:
-            with self.bot_engine.connect() as conn:
-                backlog = outbox_backlog(conn)
-                state_metrics = list(approval_and_alert_gauges(conn))
-        except SQLAlchemyError as exc:
-            log.warning("metrics: bot database unavailable", extra={"error": type(exc).__name__})
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
-        yield GaugeMetricFamily("mcp_ops_outbox_backlog", "Slack posts waiting in the outbox", value=backlog)
-        yield from state_metrics
+        yield from self.cached.collect()
 
 
 def exposition(collector: ScrapeCollector) -> bytes:

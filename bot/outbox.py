@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -233,6 +234,7 @@ class OutboxWorker:
     def __init__(self, outbox_: Outbox, interval: float) -> None:
         self.outbox = outbox_
         self.interval = interval
+        self.on_delivered: Callable[[], None] = lambda: None  # e.g. refresh the backlog gauge
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -256,7 +258,8 @@ class OutboxWorker:
 
     def _safe_drain(self) -> None:
         try:
-            self.outbox.drain()
+            if self.outbox.drain().delivered:
+                self.on_delivered()
         except SQLAlchemyError as exc:
             log.warning("outbox drain failed: bot database unavailable", extra={"error": type(exc).__name__})
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Column, DateTime, Engine, Index, Table, Text, delete, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from bot import deliveries
 from bot.botdb import metadata
 from bot.errors import RateLimited, UserFacingError
 
@@ -38,13 +39,19 @@ class RateLimiter:
         self.per_minute = per_minute
         self.clock = clock or (lambda: datetime.now(UTC))
 
-    def check(self, actor: str) -> None:
-        """Count one mutating command for `actor`, or raise RateLimited; fails closed."""
+    def check(self, actor: str, *, delivery: str | None = None) -> None:
+        """Count one mutating command for `actor`, or raise RateLimited; fails closed.
+
+        `delivery` (Slack's trigger_id) is claimed first: a retry of a command already counted
+        raises DuplicateDelivery and counts nothing (bot/deliveries.py).
+        """
         now = self.clock()
         since = now - WINDOW
         try:
             with self.engine.begin() as conn:
                 conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('mcp-ops rate:' || :a))"), {"a": actor})
+                if delivery:
+                    deliveries.claim(conn, delivery)
                 conn.execute(
                     delete(rate_limit_hits).where(rate_limit_hits.c.actor == actor, rate_limit_hits.c.at <= since)
                 )

@@ -10,12 +10,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
+from bot import deliveries
 from bot.access import AccessPolicy
 from bot.approvers import ApproverDirectory
 from bot.audit import AuditLog
@@ -28,6 +29,8 @@ from bot.erasure.ledger import ErasureLedger
 from bot.erasure.service import Erasures
 from bot.health.monitor import HealthMonitor
 from bot.home import Home
+from bot.lanes import HeavyReads, Lane
+from bot.metrics import BotDatabaseGauges
 from bot.outbox import Outbox, OutboxWorker
 from bot.ratelimit import RateLimiter
 from bot.readiness import ReadinessProbe
@@ -75,8 +78,18 @@ class Runtime:
         self.erasures = Erasures(settings, ErasureLedger(self.bot_engine), self.backups, self.audit)
         # Delete requests, their clicks, runs and jobs (renders through what the Slack layer injects).
         self.deletion = DeletionFlow(self)
-        # Slow work runs here, after the Slack ack, so listener threads are free to ack the next request.
-        self._jobs = ThreadPoolExecutor(max_workers=16, thread_name_prefix="job")
+        # Slow work runs on lanes, after the Slack ack, so listener threads are free to ack the next request:
+        # reads on one, everything that changes things (clicks, approved executions) on another.
+        edge = settings.edge
+        self.lanes = {
+            "read": Lane("read", edge.read_workers, edge.read_queue),
+            "work": Lane("work", edge.work_workers, edge.work_queue),
+        }
+        self.heavy_reads = HeavyReads(edge.heavy_reads_per_user, edge.heavy_reads_per_stage)
+        # Bot-database gauges for /metrics, refreshed in the background (and soon after a change).
+        self.gauges = BotDatabaseGauges(self.bot_engine, edge.metrics_refresh_s)
+        self.changes.subscribe(self.gauges.nudge)
+        self.outbox_worker.on_delivered = self.gauges.nudge
         self.readiness = ReadinessProbe(
             self.bot_engine, self.stages.all, timeout_s=settings.connect_timeout_s, draining=lambda: not self.accepting
         )
@@ -91,6 +104,7 @@ class Runtime:
         self._quiet = threading.Condition()
         self._started = False
         self._closed = False
+        self._drained = False
         self._close_lock = threading.Lock()
 
     def _changed(self, kind: str) -> Callable[[], None]:
@@ -150,8 +164,11 @@ class Runtime:
                 else:
                     self._quiet.wait(deadline - now)
 
-    def submit(self, func: Callable[..., Any], *args: Any) -> Future[Any]:
-        """Run `func` after the ack; exceptions are logged, never lost silently."""
+    def submit(self, func: Callable[..., Any], *args: Any, lane: str = "work") -> Future[Any]:
+        """Run `func` after the ack on `lane` ("work" or "read"); exceptions are logged, never lost silently.
+
+        Raises `bot.lanes.Busy` when the lane is full, RuntimeError once drained.
+        """
 
         def guarded() -> Any:
             self._yield_to_acks()
@@ -163,7 +180,8 @@ class Runtime:
 
         self._enter()
         try:
-            future = self._jobs.submit(contextvars.copy_context().run, guarded)
+            context = contextvars.copy_context()  # the request id of the request that queued it
+            future = self.lanes[lane].submit(lambda: context.run(guarded))
         except BaseException:
             self._leave()
             raise
@@ -186,9 +204,11 @@ class Runtime:
             self.migration_watch.register(self.scheduler)  # daily, and once after start
         # Every scheduled run leaves a row in job_runs (about 1,750 a stage a day with health checks on).
         self.scheduler.add_pruning()
+        self.scheduler.add("deliveries:prune", lambda: deliveries.prune(self.bot_engine), 3600)
         if workers:
             self.outbox_worker.start()
             self.scheduler.start()
+            self.gauges.start()
         self._started = True
 
     def drain(self, timeout: float | None = None) -> bool:
@@ -201,22 +221,28 @@ class Runtime:
         log.info("draining: refusing new work", extra={"in_flight": self._busy})
         with self._idle:
             finished = self._idle.wait_for(lambda: self._busy == 0, timeout)
-        self._jobs.shutdown(wait=finished)
+        for lane in self.lanes.values():
+            lane.shutdown(wait=finished)
         if not finished:
             log.warning("drain timed out; unfinished work will roll back", extra={"busy": self._busy})
         return finished
 
-    def close(self, timeout: float | None = None) -> None:
-        """Drain, flush the outbox and release connections; safe to call twice."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Drain, flush the outbox and release connections; safe to call twice.
+
+        True if the accepted work finished within `timeout` (the first call's answer, every time).
+        """
         with self._close_lock:
             if self._closed:
-                return
+                return self._drained
             self._closed = True
             self._accepting.clear()
             self.scheduler.shutdown(wait=True)
             self.changes.close()
-            self.drain(timeout)
+            self._drained = self.drain(timeout)
             self.outbox_worker.stop(flush=self._started)
+            self.gauges.stop()
             self.stages.dispose()
             self.bot_engine.dispose()
             log.info("drained and closed")
+            return self._drained

@@ -19,6 +19,7 @@ from bot import metrics
 from bot.audit import AuditEntry
 from bot.commands import VERBS, ParsedCommand, parse
 from bot.errors import BotDatabaseUnreachable, UserFacingError
+from bot.lanes import Busy
 from bot.logs import request_id_var
 from bot.progress import Progress
 from bot.runtime import Runtime
@@ -34,6 +35,7 @@ class Invocation:
     user_id: str
     channel_id: str | None
     text: str
+    delivery: str | None = None  # Slack's trigger_id: a retried changing command runs once (bot/deliveries.py)
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,39 @@ class CommandService:
         elif parsed.verb.stage == "optional" and parsed.stage:
             stage = self.runtime.stages.get(parsed.stage)
         if parsed.verb.mutating:  # last, so a command refused for another reason costs nothing
-            self.runtime.rate_limiter.check(invocation.user_id)
+            self.runtime.rate_limiter.check(invocation.user_id, delivery=invocation.delivery)
         return CommandRequest(invocation=invocation, parsed=parsed, stage=stage, cursor=cursor, seen=max(seen, 0))
+
+    def start(self, request: CommandRequest, work: Callable[[], None]) -> None:
+        """Queue the command's work on its lane, or raise Busy (a full lane, a heavy-read cap).
+
+        Changing commands go on the work lane with clicks and approved executions; reads on the
+        read lane, where heavy ones (`Verb.heavy`) are also capped per person and per stage.
+        """
+        verb = request.parsed.verb
+        release: Callable[[], None] = lambda: None  # noqa: E731
+        if verb.heavy:
+            stage = request.stage.name if request.stage else ""
+            release = self.runtime.heavy_reads.acquire(request.actor, stage, verb.name)
+
+        def run_then_release() -> None:
+            try:
+                work()
+            finally:
+                release()
+
+        try:
+            self.runtime.submit(run_then_release, lane="work" if verb.mutating else "read")
+        except BaseException:
+            release()
+            raise
+
+    def refuse_later(self, invocation: Invocation, error: UserFacingError) -> None:
+        """Audit a refusal after the ack, on the read lane; one that cannot be queued under load is logged."""
+        try:
+            self.runtime.submit(self.refuse, invocation, error, lane="read")
+        except Busy:
+            log.warning("refusal not audited: the read lane is full", extra={"outcome": error.outcome})
 
     def refuse(self, invocation: Invocation, error: UserFacingError) -> None:
         """Audit a command that never ran (bad input, no permission, unknown stage)."""

@@ -39,12 +39,11 @@ def register(app: App, service: CommandService) -> None:
             invocation = Invocation(user_id=user, channel_id=channel, text=str(value.get("t", "")))
             seen = value.get("n") if isinstance(value.get("n"), int) else 0
             request = service.prepare(invocation, cursor=str(value.get("c") or "") or None, seen=seen)
+
+            def work() -> None:
+                respond(**render.outcome(service.run(request)))
+
+            service.start(request, work)
         except UserFacingError as exc:
             respond(**render.error(exc))
-            service.runtime.submit(service.refuse, invocation, exc)
-            return
-
-        def work() -> None:
-            respond(**render.outcome(service.run(request)))
-
-        service.runtime.submit(work)
+            service.refuse_later(invocation, exc)

@@ -7,6 +7,7 @@ from typing import Any
 
 from slack_bolt import Ack, App, Respond
 
+from bot.deliveries import DuplicateDelivery
 from bot.errors import UserFacingError
 from bot.logs import new_request_id
 from bot.service import CommandRequest, CommandService, Invocation
@@ -33,19 +34,23 @@ def register(app: App, service: CommandService) -> None:
             user_id=str(command.get("user_id", "")),
             channel_id=command.get("channel_id"),
             text=str(command.get("text", "")),
+            delivery=str(command.get("trigger_id") or "") or None,
         )
         try:
             request = service.prepare(invocation)
+
+            def work() -> None:
+                outcome = service.run(with_progress(service, request))
+                message = render.outcome(outcome)
+                respond(**message)
+                attach_chart(service.runtime, request, outcome, message, respond)
+
+            service.start(request, work)  # held back until this ack is out (Runtime.submit)
+        except DuplicateDelivery:
+            ack()  # Slack retried a command that is already running: it answers once
+            return
         except UserFacingError as exc:
             ack(**render.error(exc))
-            service.runtime.submit(service.refuse, invocation, exc)
+            service.refuse_later(invocation, exc)
             return
         ack()
-
-        def work() -> None:
-            outcome = service.run(with_progress(service, request))
-            message = render.outcome(outcome)
-            respond(**message)
-            attach_chart(service.runtime, request, outcome, message, respond)
-
-        service.runtime.submit(work)

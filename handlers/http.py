@@ -1,17 +1,30 @@
-"""The HTTP surface: Slack events, health, readiness and metrics, as one WSGI app."""
+"""The HTTP surface: Slack events, health, readiness and metrics, as one ASGI app (Starlette).
+
+A Slack request reaches Bolt only after its whole body was read within the body deadline and
+the size cap, its signature verified, and its workspace checked (`SLACK_TEAM_ID`). Until then
+it costs the event loop a few bytes and no thread; Bolt's dispatch (which waits for the
+listener's ack) then runs on a bounded thread pool.
+"""
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
+from typing import Any
 
-from flask import Flask, Response, jsonify, request
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from slack_bolt import App
-from slack_bolt.adapter.flask import SlackRequestHandler
-from werkzeug.exceptions import HTTPException
+import anyio
+from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt.request.internals import extract_enterprise_id, extract_team_id, extract_user_id
+from slack_sdk.signature import SignatureVerifier
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
 from bot import metrics
+from bot.audit import AuditEntry
 from bot.logs import assign_request_id, clear_request_id
 from bot.runtime import Runtime
 
@@ -19,72 +32,168 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
 EVENTS_PATH = "/slack/events"
+SIGNATURE_MAX_AGE_S = 300
+CLOSE = {"Connection": "close"}  # the rest of a refused request is not worth reading
+# Payloads Slack sends without a workspace: the endpoint check when the app is configured.
+WORKSPACELESS_TYPES = {"url_verification", "ssl_check"}
 
 
-def create_wsgi_app(runtime: Runtime, bolt_app: App) -> Flask:
-    web = Flask("mcp-ops")
-    web.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    slack_handler = SlackRequestHandler(bolt_app)
+def _refused(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
+    metrics.http_refused_total.labels(status=str(status)).inc()
+    return PlainTextResponse(text, status_code=status, headers={**CLOSE, **(headers or {})})
 
-    @web.before_request
-    def start_request() -> None:
+
+class SlackEndpoint:
+    """POST /slack/events: bounded read, signature, workspace, then Bolt on a worker thread."""
+
+    def __init__(self, runtime: Runtime, bolt_app: App) -> None:
+        self.runtime = runtime
+        self.bolt_app = bolt_app
+        self.edge = runtime.settings.edge
+        self.verifier = SignatureVerifier(runtime.settings.signing_secret)
+        self.limiter = anyio.CapacityLimiter(self.edge.dispatch_threads)
+
+    async def endpoint(self, request: Request) -> Response:
         assign_request_id()
+        try:
+            return await self._handle(request)
+        finally:
+            clear_request_id()
 
-    @web.teardown_request
-    def end_request(_: BaseException | None) -> None:
-        clear_request_id()
+    async def _read_body(self, request: Request) -> bytes | Response:
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            return _refused(413, "request body too large")
+        body = bytearray()  # within the body deadline, or the server closes the connection (server.py)
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    return _refused(413, "request body too large")
+        except ClientDisconnect:
+            return Response(status_code=400, headers=CLOSE)
+        return bytes(body)
 
-    @web.post(EVENTS_PATH)
-    def slack_events() -> Response:
+    def _signature_headers_fresh(self, request: Request) -> bool:
+        timestamp = request.headers.get("x-slack-request-timestamp", "")
+        if not request.headers.get("x-slack-signature") or not timestamp.isdigit():
+            return False
+        return abs(time.time() - int(timestamp)) <= SIGNATURE_MAX_AGE_S
+
+    async def _handle(self, request: Request) -> Response:
         started = time.perf_counter()
-        with runtime.handling_request() as accepted:
+        # Cheap refusals first: a request without fresh signature headers is not worth its body.
+        if not self._signature_headers_fresh(request):
+            return _refused(401, "invalid request")
+        body = await self._read_body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:  # Slack sends UTF-8 only
+            return _refused(400, "malformed request")
+        headers = {key: value for key, value in request.headers.items()}
+        if not self.verifier.is_valid(
+            text, headers.get("x-slack-request-timestamp", ""), headers.get("x-slack-signature", "")
+        ):
+            return _refused(401, "invalid request")
+        with self.runtime.handling_request() as accepted:
             if not accepted:
-                metrics.http_refused_total.labels(status="503").inc()
-                return Response("shutting down", status=503, headers={"Retry-After": "5"})
+                return _refused(503, "shutting down", {"Retry-After": "5"})
             try:
-                response = slack_handler.handle(request)
-            except HTTPException:
-                raise
-            except Exception as exc:
-                # Bolt could not make sense of a signed body (e.g. a `payload` that is not JSON).
+                bolt_request = BoltRequest(body=text, query=request.url.query, headers=headers)
+            except Exception as exc:  # a `payload` that is not JSON
                 log.warning("malformed Slack request", extra={"error": type(exc).__name__})
-                metrics.http_refused_total.labels(status="400").inc()
-                return Response("malformed request", status=400, mimetype="text/plain")
-        if response.status_code in (401, 403):
-            metrics.http_refused_total.labels(status=str(response.status_code)).inc()
-        else:
-            metrics.ack_latency_seconds.observe(time.perf_counter() - started)
-        return response
+                return _refused(400, "malformed request")
+            if not self._workspace_allowed(bolt_request.body):
+                await run_in_threadpool(self._audit_foreign_workspace, bolt_request.body)
+                return _refused(403, "this workspace is not served here")
+            try:
+                response: BoltResponse = await anyio.to_thread.run_sync(
+                    self.bolt_app.dispatch, bolt_request, limiter=self.limiter
+                )
+            except Exception as exc:
+                log.warning("malformed Slack request", extra={"error": type(exc).__name__})
+                return _refused(400, "malformed request")
+        metrics.ack_latency_seconds.observe(time.perf_counter() - started)
+        reply_headers = {k: v[0] for k, v in response.headers.items() if v and k.lower() != "content-length"}
+        if "x-slack-retry-num" in request.headers:
+            reply_headers["X-Slack-No-Retry"] = "1"  # it was handled (or deduplicated): no more retries
+        return Response(response.body, status_code=response.status, headers=reply_headers)
 
-    @web.get("/healthz")
-    def healthz() -> Response:
-        return Response("ok", mimetype="text/plain")
+    def _workspace_allowed(self, body: dict[str, Any]) -> bool:
+        allowed = self.edge.team_ids
+        if not allowed:
+            return True
+        if body.get("type") in WORKSPACELESS_TYPES:
+            return True
+        ids = {extract_team_id(body), extract_enterprise_id(body)}
+        return bool(ids & allowed)
 
-    @web.get("/readyz")
-    def readyz() -> tuple[Response, int]:
-        report = runtime.readiness.check()
-        return jsonify(report.as_dict()), 200 if report.ready else 503
+    def _audit_foreign_workspace(self, body: dict[str, Any]) -> None:
+        team, enterprise = extract_team_id(body), extract_enterprise_id(body)
+        self.runtime.audit.record(
+            AuditEntry(
+                actor=extract_user_id(body) or "unknown",
+                command="request",
+                outcome="denied",
+                detail={
+                    "reason": "a request from a workspace not in SLACK_TEAM_ID",
+                    "team_id": str(team or "")[:40],
+                    "enterprise_id": str(enterprise or "")[:40],
+                },
+            )
+        )
 
-    @web.get("/metrics")
-    def prometheus() -> Response:
+
+class MetricsEndpoint:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        token = runtime.settings.edge.metrics_token
+        self.expected = f"Bearer {token}".encode() if token else None
+
+    async def endpoint(self, request: Request) -> Response:
+        if self.expected is not None:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, self.expected):
+                return PlainTextResponse("unauthorized", status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        runtime = self.runtime
         collector = metrics.ScrapeCollector(
-            runtime.bot_engine,
+            runtime.gauges,
             {name: stage.created_engine for name, stage in runtime.stages.all.items()},
             draining=not runtime.accepting,
         )
-        return Response(metrics.exposition(collector), mimetype=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(collector), media_type=metrics.CONTENT_TYPE)
 
-    @web.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> tuple[Response, int]:
-        code = exc.code or 500
-        if code == 413:
-            metrics.http_refused_total.labels(status="413").inc()
-        return Response(f"{code} {exc.name}", mimetype="text/plain"), code
 
-    @web.errorhandler(Exception)
-    def unexpected(exc: Exception) -> tuple[Response, int]:
+def metrics_app(runtime: Runtime) -> Starlette:
+    """/metrics alone, for METRICS_PORT."""
+    app = Starlette(routes=[Route("/metrics", MetricsEndpoint(runtime).endpoint, methods=["GET"])])
+    app.state.edge = runtime.settings.edge
+    return app
+
+
+def create_asgi_app(runtime: Runtime, bolt_app: App) -> Starlette:
+    async def healthz(_: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(_: Request) -> Response:
+        report = await run_in_threadpool(runtime.readiness.check)
+        return JSONResponse(report.as_dict(), status_code=200 if report.ready else 503)
+
+    routes = [
+        Route(EVENTS_PATH, SlackEndpoint(runtime, bolt_app).endpoint, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    if runtime.settings.edge.metrics_port is None:
+        routes.append(Route("/metrics", MetricsEndpoint(runtime).endpoint, methods=["GET"]))
+
+    async def unexpected(_: Request, exc: Exception) -> Response:
         # Never a traceback on the wire; the log line carries the request id to find it.
         log.error("unhandled error in the HTTP layer", exc_info=exc)
-        return Response("internal error", mimetype="text/plain"), 500
+        return PlainTextResponse("internal error", status_code=500)
 
-    return web
+    app = Starlette(routes=routes, exception_handlers={Exception: unexpected})
+    app.state.edge = runtime.settings.edge  # the server's limits (handlers/server.py)
+    return app

@@ -1,130 +1,208 @@
-"""Ways to serve the WSGI app: gunicorn for production, a thread for the console and tests."""
+"""Serving the ASGI app with uvicorn: `mcp-ops serve`, and a thread for the console and tests.
+
+Slow or idle clients cost no thread: connections live on one event loop, and uvicorn's
+protocol is extended (its documented `http=` protocol-class hook) with what it lacks:
+- a header deadline from the connection (or a kept-alive request's first byte) to its last
+  header, and a body deadline from there to the body's last byte; past either, the client
+  gets 408 (when nothing was answered yet) and the connection is closed;
+- a cap on open connections per client address: one over it gets 429 and is closed at once.
+Only a request read whole within both deadlines reaches the app, which verifies its signature
+before anything else (handlers/http.py).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
+import socket
 import threading
-from collections.abc import Callable
+import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask
-from werkzeug.serving import BaseWSGIServer, make_server
+import uvicorn
+from starlette.applications import Starlette
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from bot import metrics
+from bot.edge_config import EdgeSettings
 from bot.runtime import Runtime
 from handlers.app import build_app
-from handlers.http import EVENTS_PATH, create_wsgi_app
+from handlers.http import EVENTS_PATH, create_asgi_app, metrics_app
 
 log = logging.getLogger(__name__)
 
-SHM = "/dev/shm"  # noqa: S108 - gunicorn's per-worker heartbeat file, the documented place for it
+TOO_MANY = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+TOO_SLOW = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+KEEP_ALIVE_S = 5  # an idle kept-alive connection is closed after this
 
 
-def build_wsgi(runtime: Runtime) -> Flask:
-    return create_wsgi_app(runtime, build_app(runtime))
+def build_asgi(runtime: Runtime) -> Starlette:
+    return create_asgi_app(runtime, build_app(runtime))
+
+
+def guarded_protocol(edge: EdgeSettings) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with read deadlines and a per-address connection cap."""
+    open_per_client: Counter[str] = Counter()  # one event loop touches it: no lock needed
+
+    class GuardedProtocol(HttpToolsProtocol):
+        _deadline: asyncio.TimerHandle | None = None
+        _counted: str | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            address = self.client[0] if self.client else ""
+            if open_per_client[address] >= edge.max_connections_per_client:
+                metrics.http_refused_total.labels(status="429").inc()
+                transport.write(TOO_MANY)
+                transport.close()
+                return
+            open_per_client[address] += 1
+            self._counted = address
+            self._arm(edge.header_timeout_s)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            if self._counted is not None:
+                open_per_client[self._counted] -= 1
+                if open_per_client[self._counted] <= 0:
+                    del open_per_client[self._counted]
+                self._counted = None
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self._deadline is None:  # a kept-alive connection's next request: its headers' deadline
+                self._arm(edge.header_timeout_s)
+
+        def on_headers_complete(self) -> None:
+            self._arm(edge.body_timeout_s)
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            super().on_message_complete()
+
+        def _arm(self, seconds: float) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(seconds, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if self.transport.is_closing():
+                return
+            metrics.http_refused_total.labels(status="408").inc()
+            cycle = self.cycle  # the request being read, or the previous one on a kept-alive connection
+            if cycle is None or cycle.response_complete or not cycle.response_started:
+                self.transport.write(TOO_SLOW)
+            self.transport.close()
+
+    return GuardedProtocol
+
+
+def server_config(app: Starlette, edge: EdgeSettings, *, graceful_s: float, **where: Any) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        http=guarded_protocol(edge),
+        lifespan="off",  # the runtime is started and closed around the server
+        log_config=None,  # uvicorn's lines go through the root logger: JSON like the rest
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        timeout_graceful_shutdown=max(int(graceful_s), 1),
+        **where,
+    )
 
 
 @dataclass
 class ThreadedServer:
-    server: BaseWSGIServer
+    server: uvicorn.Server
     thread: threading.Thread
+    port: int
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}"
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def events_url(self) -> str:
         return self.base_url + EVENTS_PATH
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
 
 
-def serve_in_thread(wsgi: Flask, port: int = 0) -> ThreadedServer:
-    """A threaded WSGI server on 127.0.0.1 for the console and the test suite."""
-    server = make_server("127.0.0.1", port, wsgi, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="wsgi", daemon=True)
+def serve_in_thread(app: Starlette, port: int = 0, host: str = "127.0.0.1") -> ThreadedServer:
+    """The same server on a thread of its own (no signal handling): the console, the tests, METRICS_PORT."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = uvicorn.Server(server_config(app, app.state.edge, graceful_s=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http", daemon=True)
     thread.start()
-    return ThreadedServer(server, thread)
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the HTTP server did not start")
+        time.sleep(0.01)
+    return ThreadedServer(server, thread, sock.getsockname()[1])
 
 
-def run_gunicorn(
-    make_runtime: Callable[[], Runtime], *, host: str, port: int, threads: int, graceful_timeout: int
-) -> None:
-    """Serve with gunicorn: one worker process (the runtime's job pool and outbox live in it), many threads.
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM (or SIGINT), drain before the server stops listening.
 
-    On SIGTERM the worker drains before it stops listening: /readyz and new Slack requests get
-    503 (a load balancer probing /readyz stops routing here; Slack retries only Events API
-    deliveries, so a slash command or click that still arrives fails and its person runs it
-    again), accepted work finishes within 80% of `graceful_timeout` (or is cut off when gunicorn
-    kills the worker at the timeout, and its transactions roll back), the outbox is flushed,
-    and only then does gunicorn close the worker.
+    /readyz and new Slack requests get 503 meanwhile (a load balancer probing /readyz stops
+    routing here; Slack retries only Events API deliveries, so a slash command or click that
+    still arrives fails and its person runs it again); accepted work finishes within 80% of
+    `graceful_s` (else it is cut off at exit, and its transactions roll back), the outbox is
+    flushed, and only then does the server close. A second signal stops it at once.
     """
-    from gunicorn.app.base import BaseApplication
-    from gunicorn.glogging import Logger
-    from gunicorn.workers.gthread import ThreadWorker
 
-    from bot.logs import JsonFormatter
+    def __init__(self, config: uvicorn.Config, runtime: Runtime, graceful_s: float) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+        self.graceful_s = graceful_s
+        self.drained = False
+        self._draining = False
 
-    class JsonLogger(Logger):
-        """gunicorn's own lines as JSON too, like every other line the process writes."""
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self._draining:
+            self.should_exit = self.force_exit = True
+            return
+        self._draining = True
+        threading.Thread(target=self._drain_then_exit, name="drain", daemon=True).start()
 
-        def setup(self, cfg: Any) -> None:
-            super().setup(cfg)
-            for logger in (self.error_log, self.access_log):
-                for handler in logger.handlers:
-                    handler.setFormatter(JsonFormatter())
+    def _drain_then_exit(self) -> None:
+        log.info("SIGTERM: draining")
+        try:
+            self.drained = self.runtime.close(timeout=max(self.graceful_s * 0.8, 1.0))
+        finally:
+            self.should_exit = True
 
-    class DrainingWorker(ThreadWorker):
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            runtime = getattr(self.app, "runtime", None)
-            if runtime is None or getattr(self, "draining", False):
-                super().handle_exit(sig, frame)
-                return
-            self.draining = True
-            threading.Thread(target=self._drain_then_exit, args=(runtime, sig), name="drain", daemon=True).start()
 
-        def _drain_then_exit(self, runtime: Runtime, sig: int) -> None:
-            log.info("SIGTERM: draining")
-            try:
-                runtime.close(timeout=max(graceful_timeout * 0.8, 1.0))
-            finally:
-                ThreadWorker.handle_exit(self, sig, None)
-
-    def worker_exit(server: Any, worker: Any) -> None:
-        runtime = getattr(worker.app, "runtime", None)
-        if runtime is not None:
-            runtime.close(timeout=max(graceful_timeout * 0.5, 1.0))
-
-    class Gunicorn(BaseApplication):
-        runtime: Runtime | None = None
-
-        def load_config(self) -> None:
-            self.cfg.set("bind", f"{host}:{port}")
-            self.cfg.set("workers", 1)
-            self.cfg.set("worker_class", DrainingWorker)
-            self.cfg.set("threads", threads)
-            self.cfg.set("graceful_timeout", graceful_timeout)
-            self.cfg.set("timeout", 60)
-            self.cfg.set("keepalive", 5)
-            self.cfg.set("accesslog", None)
-            self.cfg.set("logger_class", JsonLogger)
-            self.cfg.set("worker_exit", worker_exit)
-            self.cfg.set("control_socket_disable", True)  # nothing manages it; replicas on one host would clash
-            self.cfg.set("limit_request_line", 8190)
-            self.cfg.set("limit_request_fields", 100)
-            self.cfg.set("limit_request_field_size", 8190)
-            if os.path.isdir(SHM):  # the heartbeat file off overlay filesystems (containers)
-                self.cfg.set("worker_tmp_dir", SHM)
-
-        def load(self) -> Flask:
-            runtime = make_runtime()
-            runtime.start()
-            self.runtime = runtime
-            return build_wsgi(runtime)
-
-    Gunicorn().run()
+def serve(runtime: Runtime, *, host: str, port: int, graceful_timeout: int) -> bool:
+    """Serve until SIGTERM; True if all accepted work finished (False: the caller exits hard)."""
+    runtime.start()
+    edge = runtime.settings.edge
+    metrics_server = None
+    try:
+        if edge.metrics_port is not None:
+            app = metrics_app(runtime)
+            app.state.edge = edge
+            metrics_server = serve_in_thread(app, edge.metrics_port, host)
+        config = server_config(build_asgi(runtime), edge, graceful_s=graceful_timeout * 0.2, host=host, port=port)
+        server = DrainingServer(config, runtime, graceful_timeout)
+        server.run()
+        return server.drained or runtime.close(timeout=max(graceful_timeout * 0.5, 1.0))
+    finally:
+        if metrics_server is not None:
+            metrics_server.stop()
+        runtime.close(timeout=1.0)

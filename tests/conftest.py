@@ -23,11 +23,12 @@ from sqlalchemy.engine import Engine
 from bot.config import Settings, load_settings, parse_database_url
 from bot.console.client import HttpReply, SlackRequestSender
 from bot.console.localslack import LocalSlack, SlackCall
+from bot.console.process import ServeProcess
 from bot.demo import build_platform_database
 from bot.localpg import LocalPostgres
 from bot.platform.demo_data import DatasetSpec
 from bot.runtime import Runtime
-from handlers.server import ThreadedServer, build_wsgi, serve_in_thread
+from handlers.server import ThreadedServer, build_asgi, serve_in_thread
 
 OPERATOR = "UOPERATOR1"
 APPROVER = "UAPPROVER1"
@@ -289,7 +290,7 @@ def make_bot(
         settings = load_settings(env)
         runtime = Runtime(settings)
         runtime.start()
-        server = serve_in_thread(build_wsgi(runtime))
+        server = serve_in_thread(build_asgi(runtime))
         sender = SlackRequestSender(server.events_url, SIGNING_SECRET, response_base=fake_slack.base_url)
         harness = BotHarness(settings, runtime, server, fake_slack, sender, env)
         harnesses.append(harness)
@@ -298,6 +299,25 @@ def make_bot(
     yield make
     for harness in harnesses:
         harness.close()
+
+
+@pytest.fixture
+def serve(
+    tmp_path: Path, bot_db_url: str, stage_db: StageDb, fake_slack: LocalSlack
+) -> Iterator[Callable[..., ServeProcess]]:
+    """`mcp-ops serve` as a real subprocess on stage `dev`; `overrides` are environment variables."""
+    processes: list[ServeProcess] = []
+
+    def start(*args: str, **overrides: str) -> ServeProcess:
+        env = base_env(bot_db_url=bot_db_url, stages={"dev": stage_db.url}, slack=fake_slack)
+        env.update(overrides)
+        process = ServeProcess(env, tmp_path / f"serve{len(processes)}.log", args=args).start()
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.stop()
 
 
 @pytest.fixture

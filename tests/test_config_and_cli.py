@@ -89,6 +89,16 @@ def test_the_cli_fails_start_up_with_one_line():
     assert result.returncode == 0
     assert "stages: dev, production (protected: production)" in result.stdout
     assert SECRET not in result.stdout + result.stderr
+    assert "warning: SLACK_TEAM_ID is not set" in result.stdout
+
+
+def test_check_config_names_the_served_workspaces_and_refuses_malformed_ids():
+    result = _cli("check-config", env={**GOOD, "SLACK_TEAM_ID": "T0123ABCD, E0ORG1"})
+    assert result.returncode == 0
+    assert "workspaces: E0ORG1, T0123ABCD" in result.stdout and "warning" not in result.stdout
+    result = _cli("check-config", env={**GOOD, "SLACK_TEAM_ID": "acme"})
+    assert result.returncode == 2
+    assert "SLACK_TEAM_ID is malformed" in result.stderr
 
 
 def test_socket_mode_needs_an_app_token():

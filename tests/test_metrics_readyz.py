@@ -91,7 +91,8 @@ def test_the_outbox_backlog_rises_while_slack_fails_and_drains_after(bot):
     for index in range(3):
         bot.command(f"find backlog-{index} --stage dev").text()
     bot.wait_audit(3)
-    assert value(scrape(bot), "mcp_ops_outbox_backlog") == 3
+    # Values read from the bot database are refreshed in the background, soon after a change.
+    assert eventually(lambda: value(scrape(bot), "mcp_ops_outbox_backlog") == 3)
     bot.slack.clear_failures()
     with bot.runtime.bot_engine.begin() as conn:  # due now rather than after the back-off
         conn.execute(text("UPDATE outbox SET next_attempt_at = now()"))
@@ -105,16 +106,15 @@ def test_approvals_are_counted_by_state_from_real_requests(bot):
         return scrape(bot).get(("mcp_ops_approvals", (("state", state),)))
 
     # Every state is exported from the start, 0 included.
-    assert {state: approvals(state) for state in STATES} == dict.fromkeys(STATES, 0)
+    assert eventually(lambda: {state: approvals(state) for state in STATES} == dict.fromkeys(STATES, 0))
     # A protected delete asked for through the bot waits for its approval ...
     request_id = start_delete(bot, stage="production", extra='--reason "x"')
     assert wait_state(bot, request_id, {"pending"}).protected
-    assert approvals("pending") == 1
+    assert eventually(lambda: approvals("pending") == 1)
     # ... until its requester cancels it.
     press(bot, request_id, "Cancel", OPERATOR)
     wait_state(bot, request_id, {"cancelled"})
-    assert approvals("cancelled") == 1
-    assert approvals("pending") == 0
+    assert eventually(lambda: approvals("cancelled") == 1 and approvals("pending") == 0)
 
 
 class Blackhole:
@@ -201,6 +201,6 @@ def test_firing_alerts_are_counted_from_the_health_alerts_table(bot):
                     detail="d",
                 )
             )
-    samples = scrape(bot)
-    assert value(samples, "mcp_ops_alerts_firing", stage="dev") == 1
-    assert value(samples, "mcp_ops_alerts_firing", stage="production") == 1
+    bot.runtime.changes.publish("alerts")  # what the health monitor does after it commits
+    assert eventually(lambda: value(scrape(bot), "mcp_ops_alerts_firing", stage="dev") == 1)
+    assert value(scrape(bot), "mcp_ops_alerts_firing", stage="production") == 1

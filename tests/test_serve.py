@@ -1,4 +1,4 @@
-"""`mcp-ops serve` as a real gunicorn subprocess: serves, refuses bad requests, drains on SIGTERM."""
+"""`mcp-ops serve` as a real subprocess: serves, refuses bad requests, drains on SIGTERM."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import signal
 import time
 
 import psycopg
-import pytest
 from sqlalchemy import create_engine, text
 
 from bot.config import parse_database_url
@@ -19,27 +18,10 @@ from tests.conftest import (
     SIGNING_SECRET,
     TEST_SPEC,
     StageDb,
-    base_env,
     eventually,
     message_text,
 )
 from tests.deletion_support import SLOW_TOOL_CALL_DELETE, buttons, checksums
-
-
-@pytest.fixture
-def serve(tmp_path, bot_db_url, stage_db, fake_slack):
-    processes: list[ServeProcess] = []
-
-    def start(*args: str, **overrides: str) -> ServeProcess:
-        env = base_env(bot_db_url=bot_db_url, stages={"dev": stage_db.url}, slack=fake_slack)
-        env.update(overrides)
-        process = ServeProcess(env, tmp_path / f"serve{len(processes)}.log", args=args).start()
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        process.stop()
 
 
 def bot_db_scalar(url: str, sql: str):
@@ -99,7 +81,7 @@ def test_sigterm_drains_accepted_work_refuses_new_work_and_flushes_the_outbox(se
     lines = server.log_lines()
     assert any("draining" in line for line in lines)
     for line in lines:
-        json.loads(line)  # gunicorn's own lines included
+        json.loads(line)  # the server's own lines included
 
 
 def test_the_production_server_refuses_forged_stale_and_oversized_requests(serve, fake_slack):

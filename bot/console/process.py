@@ -1,4 +1,4 @@
-"""`mcp-ops serve` as a real subprocess (gunicorn and all), for tests and benchmarks."""
+"""`mcp-ops serve` as a real subprocess (uvicorn and all), for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class ServeProcess:
         argv = [*self.command, "serve", "--host", "127.0.0.1", "--port", str(self.port), *self.args]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            # Its own process group, so `kill()` takes the gunicorn master and its worker down together.
+            # Its own process group, so `kill()` takes the server and anything it started down together.
             self.process = subprocess.Popen(
                 argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )

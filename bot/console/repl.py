@@ -73,10 +73,10 @@ class Console:
         self.runtime = Runtime(self.settings)
         self.runtime.start()
         if server_factory is None:
-            from handlers.server import build_wsgi, serve_in_thread
+            from handlers.server import build_asgi, serve_in_thread
 
             def server_factory(runtime: Runtime) -> Any:
-                return serve_in_thread(build_wsgi(runtime))
+                return serve_in_thread(build_asgi(runtime))
 
         self.server = server_factory(self.runtime)
         self.sender = SlackRequestSender(

@@ -1,0 +1,155 @@
+"""Slow and idle clients against `mcp-ops serve` (a real subprocess), over raw loopback sockets.
+
+Bounded: at most 200 client sockets, every one closed by the test, every wait capped; the
+clients connect from other loopback addresses (127.0.0.2 and up) than the checks (127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bot.console.client import sign
+from tests.conftest import CHANNEL, OPERATOR, SIGNING_SECRET, eventually, message_text
+
+SLOW_CLIENTS = 200
+
+
+def connect(port: int, source: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    sock.settimeout(30)
+    return sock
+
+
+def stalled_headers() -> bytes:
+    """A request line and part of its headers; the rest never comes."""
+    return b"POST /slack/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlen"
+
+
+def stalled_body() -> bytes:
+    """Whole, plausibly signed headers announcing a body of which only a little ever comes."""
+    timestamp = int(time.time())
+    head = (
+        "POST /slack/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: 50000\r\nX-Slack-Request-Timestamp: {timestamp}\r\n"
+        f"X-Slack-Signature: {sign(SIGNING_SECRET, b'x', timestamp)}\r\n\r\n"
+    )
+    return head.encode() + b"token=x&team_id=T0"
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (or 30 s pass)."""
+    data = b""
+    with contextlib.suppress(TimeoutError, ConnectionResetError):
+        while chunk := sock.recv(4096):
+            data += chunk
+    return data
+
+
+@contextlib.contextmanager
+def slow_clients(port: int, count: int) -> Iterator[list[socket.socket]]:
+    clients: list[socket.socket] = []
+    try:
+        for index in range(count):
+            sock = connect(port, f"127.0.0.{2 + index % 50}")
+            clients.append(sock)
+            sock.sendall(stalled_headers() if index % 2 else stalled_body())
+        yield clients
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+def signed_help_answers(server, fake_slack) -> str:
+    sender = server.sender(SIGNING_SECRET, fake_slack.base_url)
+    url = sender.new_response_url()
+    reply = sender.slash("help", user=OPERATOR, channel=CHANNEL, response_url=url)
+    assert reply.status == 200
+    if reply.body.strip().startswith("{"):
+        return message_text(reply.json())
+    path = url.split(fake_slack.base_url, 1)[1]
+    return message_text(fake_slack.wait_for_call("response_url", lambda c: c.path == path, 20)[0].payload)
+
+
+def test_200_slow_clients_leave_healthz_and_signed_commands_answering(serve, fake_slack):
+    # Deadlines far beyond the test: the clients hold on for as long as the checks take.
+    server = serve(HTTP_HEADER_TIMEOUT_SECONDS="120", HTTP_BODY_TIMEOUT_SECONDS="120")
+    with slow_clients(server.port, SLOW_CLIENTS):
+        assert server.get("/healthz", timeout=10) == (200, "ok")
+        assert "/mcp find" in signed_help_answers(server, fake_slack)
+        assert server.get("/readyz", timeout=10)[0] == 200
+        assert server.get("/healthz", timeout=10) == (200, "ok")
+
+
+def test_read_deadlines_answer_408_and_close_the_connection(serve):
+    server = serve(HTTP_HEADER_TIMEOUT_SECONDS="1", HTTP_BODY_TIMEOUT_SECONDS="1")
+    idle = connect(server.port, "127.0.0.2")  # says nothing at all
+    headers = connect(server.port, "127.0.0.2")
+    body = connect(server.port, "127.0.0.2")
+    try:
+        headers.sendall(stalled_headers())
+        body.sendall(stalled_body())
+        for sock in (idle, headers, body):
+            answer = read_all(sock)  # returns once the server has closed the connection
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+        # A kept-alive connection that starts a second request and stalls is cut too.
+        kept = connect(server.port, "127.0.0.2")
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHo")
+        answer = read_all(kept)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 408 " in answer
+        kept.close()
+    finally:
+        for sock in (idle, headers, body):
+            sock.close()
+    assert server.get("/healthz") == (200, "ok")
+
+
+def test_connections_per_client_address_are_capped(serve):
+    server = serve(HTTP_MAX_CONNECTIONS_PER_CLIENT="10", HTTP_HEADER_TIMEOUT_SECONDS="120")
+    held = [connect(server.port, "127.0.0.3") for _ in range(10)]
+    try:
+        for sock in held:
+            sock.sendall(stalled_headers())
+        over = connect(server.port, "127.0.0.3")
+        answer = read_all(over)
+        over.close()
+        assert answer.startswith(b"HTTP/1.1 429 ")
+        # Other addresses are not affected.
+        assert server.get("/healthz") == (200, "ok")
+        # A place freed is a place for the next connection from that address.
+        held.pop().close()
+
+        def admitted() -> bool:
+            sock = connect(server.port, "127.0.0.3")
+            try:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return read_all(sock).startswith(b"HTTP/1.1 200 ")
+            finally:
+                sock.close()
+
+        assert eventually(admitted, timeout=20, interval=0.2)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+@pytest.mark.parametrize("declared", ["2000000", "abc"])
+def test_an_oversized_or_bogus_length_is_refused_before_the_body_is_read(serve, declared):
+    server = serve()
+    sock = connect(server.port, "127.0.0.2")
+    try:
+        timestamp = int(time.time())
+        sock.sendall(
+            (
+                f"POST /slack/events HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n"
+                f"X-Slack-Request-Timestamp: {timestamp}\r\nX-Slack-Signature: v0=00\r\n\r\n"
+            ).encode()
+        )
+        answer = read_all(sock)
+    finally:
+        sock.close()
+    assert answer.startswith((b"HTTP/1.1 413 ", b"HTTP/1.1 400 "))
