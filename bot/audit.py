@@ -180,6 +180,7 @@ class AuditLog:
                 conn,
                 "chat.postMessage",
                 {"channel": self.channel, "text": audit_line(clean), "unfurl_links": False},
+                priority=outbox.AUDIT,
             )
         return int(audit_id)
 

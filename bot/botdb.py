@@ -88,6 +88,19 @@ def _home_published_at(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE home_viewers ADD COLUMN IF NOT EXISTS published_at timestamptz"))
 
 
+def _outbox_lanes(conn: Connection) -> None:
+    """Outbox rows go by priority, and a 429 holds back one method on one channel (bot/outbox.py)."""
+    conn.execute(text("ALTER TABLE outbox ADD COLUMN IF NOT EXISTS priority smallint NOT NULL DEFAULT 0"))
+    conn.execute(text("ALTER TABLE outbox ADD COLUMN IF NOT EXISTS channel text NOT NULL DEFAULT ''"))
+    conn.execute(text("UPDATE outbox SET channel = coalesce(payload->>'channel', '') WHERE delivered_at IS NULL"))
+    conn.execute(
+        text(
+            "CREATE INDEX IF NOT EXISTS outbox_due_idx ON outbox (priority, id)"
+            " WHERE delivered_at IS NULL AND dead_at IS NULL"
+        )
+    )
+
+
 # Numbered changes to existing tables, applied once each, in order.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _request_kinds),
@@ -95,6 +108,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (3, _alert_clearing),
     (4, _alert_attention),
     (5, _home_published_at),
+    (6, _outbox_lanes),
 ]
 
 MIGRATION_LOCK_KEY = 0x6D63706F7073  # "mcpops"

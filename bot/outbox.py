@@ -3,7 +3,10 @@
 A message that must reach Slack is first a row in the bot database, written in the same
 transaction as the fact it reports. A worker posts due rows one at a time under
 `FOR UPDATE SKIP LOCKED`, so several workers (or replicas) never post the same row, and a
-429 or a 5xx streak only postpones delivery. A call that replaces what an earlier one showed
+429 or a 5xx streak only postpones delivery. Rows go out by priority (request messages and
+alerts, then App Home tabs, then audit lines), oldest first within one. A 429 holds back only
+its method on its channel, for its Retry-After, in every replica (`outbox_holds`): a rate
+limit on the audit channel delays no alert and no request's message. A call that replaces what an earlier one showed
 (`chat.update` of one message, `views.publish` of one person's App Home) carries a
 `supersede_key`: a newer call with the same key retires the older one, which is then never
 sent, even when it is retried after the newer was delivered, so nothing goes back to an
@@ -29,6 +32,7 @@ from sqlalchemy import (
     Engine,
     Index,
     Integer,
+    SmallInteger,
     Table,
     Text,
     func,
@@ -36,7 +40,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.botdb import metadata
@@ -58,8 +62,22 @@ outbox = Table(
     Column("last_error", Text),
     Column("result", JSONB),
     Column("supersede_key", Text),  # calls with the same key replace each other; only the newest is sent
+    Column("priority", SmallInteger, nullable=False, server_default="0"),  # URGENT, NORMAL, AUDIT
+    Column("channel", Text, nullable=False, server_default=""),  # what a 429 holds back, with the method
     Index("outbox_supersede_idx", "supersede_key", postgresql_where=text("supersede_key IS NOT NULL")),
+    Index("outbox_due_idx", "priority", "id", postgresql_where=text("delivered_at IS NULL AND dead_at IS NULL")),
 )
+
+# A method rate limited on one channel ("" for calls without one), until Retry-After has passed.
+outbox_holds = Table(
+    "outbox_holds",
+    metadata,
+    Column("method", Text, primary_key=True),
+    Column("channel", Text, primary_key=True),
+    Column("until", DateTime(timezone=True), nullable=False),
+)
+
+URGENT, NORMAL, AUDIT = 0, 1, 2
 
 MAX_BACKOFF = timedelta(minutes=5)  # a long Slack outage still ends with delivery minutes after it
 PERMANENT_ATTEMPTS = 20  # a payload Slack keeps refusing (not a 429/5xx) is given up after this
@@ -74,9 +92,27 @@ def supersede_key(method: str, payload: dict[str, Any]) -> str | None:
     return None
 
 
-def enqueue(conn: Connection, method: str, payload: dict[str, Any], *, not_before: datetime | None = None) -> int:
-    """Queue a Slack Web API call inside the caller's transaction (sent from `not_before`, default now)."""
-    values: dict[str, Any] = {"method": method, "payload": payload, "supersede_key": supersede_key(method, payload)}
+def enqueue(
+    conn: Connection,
+    method: str,
+    payload: dict[str, Any],
+    *,
+    not_before: datetime | None = None,
+    priority: int | None = None,
+) -> int:
+    """Queue a Slack Web API call inside the caller's transaction (sent from `not_before`, default now).
+
+    By default messages (requests, alerts) are URGENT and App Home tabs NORMAL; audit lines pass AUDIT.
+    """
+    if priority is None:
+        priority = NORMAL if method == "views.publish" else URGENT
+    values: dict[str, Any] = {
+        "method": method,
+        "payload": payload,
+        "supersede_key": supersede_key(method, payload),
+        "priority": priority,
+        "channel": str(payload.get("channel") or "")[:100],
+    }
     if not_before is not None:
         values["next_attempt_at"] = not_before
     return int(conn.execute(outbox.insert().values(**values).returning(outbox.c.id)).scalar_one())
@@ -129,20 +165,35 @@ class Outbox:
             )
 
     def drain(self, limit: int = 200) -> DrainResult:
-        """Deliver due rows until none is due, a 429/5xx says stop, or `limit` is reached."""
+        """Deliver due rows until none is due, a 5xx or a failed call says stop, or `limit` is reached.
+
+        A 429 only holds back its method on its channel: the drain goes on with the others.
+        """
         result = DrainResult()
-        while result.delivered < limit:
+        with self.engine.begin() as conn:
+            conn.execute(outbox_holds.delete().where(outbox_holds.c.until < func.now()))
+        for _ in range(limit):
             outcome = self._deliver_one()
             if outcome == "empty":
                 break
             if outcome == "delivered":
                 result.delivered += 1
-            elif outcome == "postponed":
+            elif outcome in ("postponed", "held"):
                 result.postponed = True
-                break
+                if outcome == "postponed":
+                    break
         return result
 
     def _deliver_one(self) -> str:
+        held = (
+            select(outbox_holds.c.method)
+            .where(
+                outbox_holds.c.method == outbox.c.method,
+                outbox_holds.c.channel == outbox.c.channel,
+                outbox_holds.c.until > func.now(),
+            )
+            .exists()
+        )
         with self.engine.begin() as conn:
             row = conn.execute(
                 select(outbox)
@@ -150,10 +201,11 @@ class Outbox:
                     outbox.c.delivered_at.is_(None),
                     outbox.c.dead_at.is_(None),
                     outbox.c.next_attempt_at <= func.now(),
+                    ~held,
                 )
-                .order_by(outbox.c.id)
+                .order_by(outbox.c.priority, outbox.c.id)
                 .limit(1)
-                .with_for_update(skip_locked=True)
+                .with_for_update(of=outbox, skip_locked=True)
             ).first()
             if row is None:
                 return "empty"
@@ -210,21 +262,19 @@ class Outbox:
             values["dead_at"] = func.now()
         conn.execute(update(outbox).where(outbox.c.id == row.id).values(**values))
         if status == 429:
-            # Slack limits a method for the whole app: every queued call of it waits (in every
-            # replica, since the wait is in the table) instead of each spending an attempt on a 429.
-            # Rows another replica holds are skipped, not waited for.
-            waiting = (
-                select(outbox.c.id)
-                .where(
-                    outbox.c.method == row.method,
-                    outbox.c.delivered_at.is_(None),
-                    outbox.c.dead_at.is_(None),
-                    outbox.c.next_attempt_at < until,
+            # Slack limits a method per channel (chat.postMessage) or per app: every queued call of
+            # this method to this channel waits (in every replica, since the hold is a row) instead
+            # of each spending an attempt on a 429; other channels and methods go on.
+            hold = insert(outbox_holds).values(method=row.method, channel=row.channel, until=until)
+            conn.execute(
+                hold.on_conflict_do_update(
+                    index_elements=[outbox_holds.c.method, outbox_holds.c.channel],
+                    set_={"until": func.greatest(outbox_holds.c.until, hold.excluded.until)},
                 )
-                .with_for_update(skip_locked=True)
             )
-            conn.execute(update(outbox).where(outbox.c.id.in_(waiting)).values(next_attempt_at=until))
         log.warning("slack delivery postponed", extra={"outbox_id": row.id, "error": description, "wait_s": wait})
+        if status == 429:
+            return "held"
         return "postponed" if transient else "failed"
 
 

@@ -19,7 +19,7 @@ from bot.console.localslack import LocalSlack, SlackCall
 from bot.console.text import buttons_in
 from bot.health.checks import duration
 from bot.health.messages import material
-from handlers.server import build_wsgi, serve_in_thread
+from handlers.server import build_asgi, serve_in_thread
 from tests.conftest import OPERATOR, SIGNING_SECRET, eventually
 from tests.test_health import SLOW, Health, _sleep_statements, _texts, health_factory
 
@@ -70,7 +70,7 @@ def clicky(bot_db_url: str, fake_slack: LocalSlack) -> Iterator[Callable[..., Cl
 
     def make(stages: dict[str, str], **env: str) -> Clicker:
         health = make_health(stages, **env)
-        server = serve_in_thread(build_wsgi(health.runtime))
+        server = serve_in_thread(build_asgi(health.runtime))
         servers.append(server)
         return Clicker(health, SlackRequestSender(server.events_url, SIGNING_SECRET, response_base=fake_slack.base_url))
 

@@ -30,6 +30,7 @@ def make_due(bot) -> None:
     """Let the back-off pass: what a few seconds or minutes would do."""
     with bot.runtime.bot_engine.begin() as conn:
         conn.execute(text("UPDATE outbox SET next_attempt_at = now() WHERE delivered_at IS NULL"))
+        conn.execute(text("UPDATE outbox_holds SET until = now() - interval '1 second'"))
 
 
 def test_a_429_holds_back_every_queued_post_for_retry_after_then_each_is_delivered_once(bot):
@@ -37,12 +38,13 @@ def test_a_429_holds_back_every_queued_post_for_retry_after_then_each_is_deliver
     bot.slack.fail("chat.postMessage", status=429, times=1, retry_after=30)
     first = bot.runtime.outbox.drain()
     assert (first.delivered, first.postponed) == (0, True)
-    # Retry-After applies to the method, not just to the row that met it: nothing else is tried.
+    # Retry-After applies to the method on that channel, not just to the row that met it: nothing else is tried.
     again = bot.runtime.outbox.drain()
     assert (again.delivered, failed_posts(bot.slack), len(audit_texts(bot.slack))) == (0, 1, 0)
     with bot.runtime.bot_engine.connect() as conn:
         waits = conn.execute(
-            text("SELECT min(next_attempt_at - now()) FROM outbox WHERE delivered_at IS NULL")
+            text("SELECT until - now() FROM outbox_holds WHERE method = 'chat.postMessage' AND channel = :c"),
+            {"c": AUDIT_CHANNEL},
         ).scalar_one()
         attempts = sorted(conn.execute(text("SELECT attempts FROM outbox ORDER BY id")).scalars())
     assert waits.total_seconds() > 20  # Retry-After: 30 was honoured for all three

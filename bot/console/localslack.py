@@ -36,6 +36,7 @@ class Failure:
     status: int
     remaining: int
     retry_after: int | None = None
+    channel: str | None = None  # only calls to this channel (Slack rate limits chat.postMessage per channel)
 
 
 @dataclass
@@ -110,10 +111,18 @@ class LocalSlack:
 
     # -- control ---------------------------------------------------------------------
 
-    def fail(self, method: str = "*", *, status: int = 500, times: int = 1, retry_after: int | None = None) -> None:
-        """Answer the next `times` calls of `method` with `status` (429 carries Retry-After)."""
+    def fail(
+        self,
+        method: str = "*",
+        *,
+        status: int = 500,
+        times: int = 1,
+        retry_after: int | None = None,
+        channel: str | None = None,
+    ) -> None:
+        """Answer the next `times` calls of `method` (to `channel`, if given) with `status` (429: Retry-After)."""
         with self._cond:
-            self._failures.append(Failure(method, status, times, retry_after))
+            self._failures.append(Failure(method, status, times, retry_after, channel))
 
     def clear_failures(self) -> None:
         with self._cond:
@@ -154,8 +163,10 @@ class LocalSlack:
 
     # -- request handling ------------------------------------------------------------
 
-    def _take_failure(self, method: str) -> Failure | None:
+    def _take_failure(self, method: str, channel: str | None) -> Failure | None:
         for failure in self._failures:
+            if failure.channel is not None and failure.channel != channel:
+                continue
             if failure.remaining > 0 and failure.method in ("*", method):
                 failure.remaining -= 1
                 return failure
@@ -165,7 +176,7 @@ class LocalSlack:
         self, method: str, payload: dict[str, Any], token: str | None, path: str
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         with self._cond:
-            failure = self._take_failure(method)
+            failure = self._take_failure(method, payload.get("channel"))
             if failure is not None:
                 self.calls.append(SlackCall(method, payload, time.time(), ok=False, path=path))
                 headers = {"Retry-After": str(failure.retry_after)} if failure.retry_after is not None else {}
