@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import SQLAlchemyError
 
+from bot import audit_coalesce as coalesce
 from bot import outbox
 from bot.botdb import metadata
 from bot.errors import UserFacingError
@@ -121,11 +122,26 @@ def audit_line(entry: AuditEntry) -> Mrkdwn:
     return truncate(md("{} {} {}{}: {}{}", icon, mention(entry.actor), command, where, entry.outcome, took), LINE_CHARS)
 
 
+def held_line(held: coalesce.Held, window_s: int) -> str:
+    """The summary of refusals held back in one coalescing window."""
+    entry = AuditEntry(actor=held.actor, command=held.command, outcome=held.outcome, stage=held.stage, args=held.args)
+    times = "time" if held.count == 1 else "times"
+    return f"{audit_line(entry)}, {held.count} more {times} within {window_s} s of the first"
+
+
 class AuditLog:
-    def __init__(self, engine: Engine, channel: str, on_enqueue: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        channel: str,
+        on_enqueue: Callable[[], None] | None = None,
+        *,
+        coalesce_s: int = 0,
+    ) -> None:
         self.engine = engine
         self.channel = channel
         self._on_enqueue = on_enqueue or (lambda: None)
+        self.coalesce_s = coalesce_s  # repeated refusals within this many seconds: one post (0: every one)
 
     def record(self, entry: AuditEntry, *, required: bool = False, conn: Connection | None = None) -> int | None:
         """Write the row and queue its Slack post.
@@ -175,14 +191,38 @@ class AuditLog:
             )
             .returning(audit_log.c.id)
         ).scalar_one()
-        if self.channel:
-            outbox.enqueue(
-                conn,
-                "chat.postMessage",
-                {"channel": self.channel, "text": audit_line(clean), "unfurl_links": False},
-                priority=outbox.AUDIT,
+        if not self.channel:
+            return int(audit_id)
+        post = True
+        if self.coalesce_s and clean.outcome in coalesce.COALESCED_OUTCOMES:
+            post, held = coalesce.admit(
+                conn, clean.actor, clean.command, clean.outcome, clean.stage, clean.args, self.coalesce_s
             )
+            if held is not None:
+                self._post(conn, held_line(held, self.coalesce_s))
+        if post:
+            self._post(conn, audit_line(clean))
         return int(audit_id)
+
+    def _post(self, conn: Connection, line: str) -> None:
+        outbox.enqueue(
+            conn,
+            "chat.postMessage",
+            {"channel": self.channel, "text": line, "unfurl_links": False},
+            priority=outbox.AUDIT,
+        )
+
+    def post_held_refusals(self) -> int:
+        """Post the count of refusals held back in coalescing windows that are over (a scheduled job)."""
+        if not self.channel or not self.coalesce_s:
+            return 0
+        with self.engine.begin() as conn:
+            held = coalesce.due(conn, self.coalesce_s)
+            for item in held:
+                self._post(conn, held_line(item, self.coalesce_s))
+        if held:
+            self._on_enqueue()
+        return len(held)
 
     def latest(self, *, stage: str | None, limit: int) -> list[AuditRow]:
         query = select(audit_log).order_by(desc(audit_log.c.id)).limit(limit)

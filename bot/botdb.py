@@ -37,6 +37,7 @@ schema_version = Table(
 # Modules that declare tables on `metadata`; imported before create_all.
 TABLE_MODULES = (
     "bot.audit",
+    "bot.audit_coalesce",
     "bot.outbox",
     "bot.scheduler",
     "bot.health.alerts",

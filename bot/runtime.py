@@ -65,7 +65,12 @@ class Runtime:
         self.outbox_worker = OutboxWorker(self.outbox, settings.outbox_interval_s)
         # Committed changes people look at: queued Slack posts go out, App Home tabs refresh.
         self.changes = ChangeFeed()
-        self.audit = AuditLog(self.bot_engine, settings.audit_channel, on_enqueue=self._changed("audit"))
+        self.audit = AuditLog(
+            self.bot_engine,
+            settings.audit_channel,
+            on_enqueue=self._changed("audit"),
+            coalesce_s=settings.edge.audit_coalesce_s,
+        )
         # Jobs register here before start(); each runs once per slot across replicas.
         self.scheduler = JobScheduler(self.bot_engine)
         self.health = HealthMonitor(settings, self.stages, self.bot_engine, self.audit, self._changed("alerts"))
@@ -205,6 +210,10 @@ class Runtime:
         # Every scheduled run leaves a row in job_runs (about 1,750 a stage a day with health checks on).
         self.scheduler.add_pruning()
         self.scheduler.add("deliveries:prune", lambda: deliveries.prune(self.bot_engine), 3600)
+        if self.settings.edge.audit_coalesce_s:
+            self.scheduler.add(
+                "audit:held-refusals", self.audit.post_held_refusals, self.settings.edge.audit_coalesce_s
+            )
         if workers:
             self.outbox_worker.start()
             self.scheduler.start()
