@@ -6,62 +6,14 @@ clients connect from other loopback addresses (127.0.0.2 and up) than the checks
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from bot.console.client import sign
+from bot.console.slow import connect, read_all, slow_clients, stalled_body, stalled_headers
 from tests.conftest import CHANNEL, OPERATOR, SIGNING_SECRET, eventually, message_text
 
 SLOW_CLIENTS = 200
-
-
-def connect(port: int, source: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
-    sock.settimeout(30)
-    return sock
-
-
-def stalled_headers() -> bytes:
-    """A request line and part of its headers; the rest never comes."""
-    return b"POST /slack/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlen"
-
-
-def stalled_body() -> bytes:
-    """Whole, plausibly signed headers announcing a body of which only a little ever comes."""
-    timestamp = int(time.time())
-    head = (
-        "POST /slack/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-        f"Content-Length: 50000\r\nX-Slack-Request-Timestamp: {timestamp}\r\n"
-        f"X-Slack-Signature: {sign(SIGNING_SECRET, b'x', timestamp)}\r\n\r\n"
-    )
-    return head.encode() + b"token=x&team_id=T0"
-
-
-def read_all(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection (or 30 s pass)."""
-    data = b""
-    with contextlib.suppress(TimeoutError, ConnectionResetError):
-        while chunk := sock.recv(4096):
-            data += chunk
-    return data
-
-
-@contextlib.contextmanager
-def slow_clients(port: int, count: int) -> Iterator[list[socket.socket]]:
-    clients: list[socket.socket] = []
-    try:
-        for index in range(count):
-            sock = connect(port, f"127.0.0.{2 + index % 50}")
-            clients.append(sock)
-            sock.sendall(stalled_headers() if index % 2 else stalled_body())
-        yield clients
-    finally:
-        for sock in clients:
-            sock.close()
 
 
 def signed_help_answers(server, fake_slack) -> str:
@@ -78,7 +30,7 @@ def signed_help_answers(server, fake_slack) -> str:
 def test_200_slow_clients_leave_healthz_and_signed_commands_answering(serve, fake_slack):
     # Deadlines far beyond the test: the clients hold on for as long as the checks take.
     server = serve(HTTP_HEADER_TIMEOUT_SECONDS="120", HTTP_BODY_TIMEOUT_SECONDS="120")
-    with slow_clients(server.port, SLOW_CLIENTS):
+    with slow_clients(server.port, SLOW_CLIENTS, SIGNING_SECRET):
         assert server.get("/healthz", timeout=10) == (200, "ok")
         assert "/mcp find" in signed_help_answers(server, fake_slack)
         assert server.get("/readyz", timeout=10)[0] == 200
@@ -92,7 +44,7 @@ def test_read_deadlines_answer_408_and_close_the_connection(serve):
     body = connect(server.port, "127.0.0.2")
     try:
         headers.sendall(stalled_headers())
-        body.sendall(stalled_body())
+        body.sendall(stalled_body(SIGNING_SECRET))
         for sock in (idle, headers, body):
             answer = read_all(sock)  # returns once the server has closed the connection
             assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
