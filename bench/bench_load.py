@@ -7,10 +7,12 @@ demo-size dataset; every request is a correctly signed `/mcp` command (a mix of 
 Latency is measured by the client, from sending the request to reading the ack: what Slack's
 3-second clock sees behind a load balancer, whose connections to the bot are already open
 (each request still gets a connection of its own, opened just before the burst).
-Targets: p99 < 500 ms, none over 3 s, zero errors; and every command's reply and audit row
-must arrive. Slow clients (bot/console/slow.py: half stalled in their headers, half in their
-bodies, from 127.0.0.2 and up) must leave /healthz and signed commands answering: 20 of each,
-one after the other, timed while the 200 hold on (target: every one answered, none over 3 s).
+Targets: p99 < 500 ms, none over 3 s, zero errors; and every command answered (its reply, or
+a busy answer in the ack for heavy reads past the stage's cap) and audited. The 200 come from
+200 people (one person's flood is capped per person). Slow clients (bot/console/slow.py: half
+stalled in their headers, half in their bodies, from 127.0.0.2 and up) must leave /healthz and
+signed commands answering: 20 of each, one after the other, timed while the 200 hold on (target:
+every one answered, none over 3 s).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from bot.platform.demo_data import DatasetSpec
 CONCURRENCY = 200
 SECRET = "bench-load-signing-secret"  # noqa: S105 - a local benchmark's own key
 OPERATOR = "UBENCHOPS1"
+PEOPLE = "UBLOAD"  # the burst's 200 people: UBLOAD0000 ...
 SPEC = DatasetSpec()
 TARGET_P99_S = 0.5
 TARGET_MAX_S = 3.0
@@ -80,21 +83,21 @@ def _request_bytes(host: str, port: int, path: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
-async def _one(host: str, port: int, raw: bytes, start: asyncio.Event) -> tuple[float, int]:
+async def _one(host: str, port: int, raw: bytes, start: asyncio.Event) -> tuple[float, int, bytes]:
     reader, writer = await asyncio.open_connection(host, port)
     await start.wait()
     began = time.perf_counter()
     writer.write(raw)
     await writer.drain()
     status_line = await reader.readline()
-    await reader.read()  # the rest of the ack; the server closes the connection
+    rest = await reader.read()  # the rest of the ack; the server closes the connection
     elapsed = time.perf_counter() - began
     writer.close()
     parts = status_line.split()
-    return elapsed, int(parts[1]) if len(parts) > 1 else 0
+    return elapsed, int(parts[1]) if len(parts) > 1 else 0, rest
 
 
-async def _burst(host: str, port: int, requests: list[bytes]) -> list[tuple[float, int] | BaseException]:
+async def _burst(host: str, port: int, requests: list[bytes]) -> list[tuple[float, int, bytes] | BaseException]:
     start = asyncio.Event()
     tasks = [asyncio.create_task(_one(host, port, raw, start)) for raw in requests]
     await asyncio.sleep(0.2)  # every connection open and waiting: then all requests go at once
@@ -141,8 +144,9 @@ def run(ctx: BenchContext) -> None:
             sender.slash(text, user=OPERATOR, channel="CBENCH")
         reply_urls = [sender.new_response_url() for _ in range(CONCURRENCY)]
         reply_paths = {urlsplit(url).path for url in reply_urls}
+        # 200 people at once (one person's flood is capped: HEAVY_READS_PER_USER, the rate limit).
         bodies = [
-            sender.slash_body(texts[i % len(texts)], user=OPERATOR, channel="CBENCH", response_url=url)
+            sender.slash_body(texts[i % len(texts)], user=f"{PEOPLE}{i:04d}", channel="CBENCH", response_url=url)
             for i, url in enumerate(reply_urls)
         ]
         results = asyncio.run(_burst(host, port, [_request_bytes(host, port, path, b) for b in bodies]))
@@ -162,21 +166,28 @@ def run(ctx: BenchContext) -> None:
         statuses = sorted({r[1] for r in results if not isinstance(r, BaseException)})
         print(f"  errors: {errors} (HTTP statuses seen: {statuses})")
 
+        # A heavy read past the stage's cap is answered in its ack ("busy ... try again in N s").
+        busy = len([r for r in results if not isinstance(r, BaseException) and b"try again in" in r[2]])
+
         def replies() -> int:
             return len({c.path for c in slack.calls_to("response_url")} & reply_paths)
 
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and replies() < CONCURRENCY:
+        while time.monotonic() < deadline and replies() + busy < CONCURRENCY:
             time.sleep(0.2)
         with psycopg.connect(ctx.dsn(bot_db)) as conn:
-            audited = conn.execute("SELECT count(*) FROM audit_log WHERE actor = %s", (OPERATOR,)).fetchone()[0]
-            audited -= len(texts)  # the warm-up
+            query = "SELECT count(*) FROM audit_log WHERE actor LIKE %s"
+            audited = conn.execute(query, (PEOPLE + "%",)).fetchone()[0]
         delivered = replies()
-        print(f"  replies delivered: {delivered}/{CONCURRENCY}, audit rows: {audited}/{CONCURRENCY}")
-        met = p99 < TARGET_P99_S and worst < TARGET_MAX_S and errors == 0 and delivered == audited == CONCURRENCY
+        print(
+            f"  answered: {delivered} replies + {busy} busy (heavy reads past HEAVY_READS_PER_STAGE) "
+            f"= {delivered + busy}/{CONCURRENCY}, audit rows: {audited}/{CONCURRENCY}"
+        )
+        answered = delivered + busy == audited == CONCURRENCY
+        met = p99 < TARGET_P99_S and worst < TARGET_MAX_S and errors == 0 and answered
         print(
             f"  target p99 < {TARGET_P99_S * 1000:.0f} ms, max < {TARGET_MAX_S:.0f} s, zero errors, "
-            f"every reply and audit row: {'met' if met else 'MISSED'}"
+            f"every command answered and audited: {'met' if met else 'MISSED'}"
         )
         _under_slow_clients(server, sender)
     finally:

@@ -26,7 +26,7 @@ class EdgeSettings:
     metrics_port: int | None = None  # when set, /metrics is served on this port only
     metrics_refresh_s: float = 15.0  # how often the metrics read from the bot database are refreshed
     read_workers: int = 12  # read-only commands run on their own lane...
-    read_queue: int = 64  # ...which holds at most this many waiting; more answer "busy"
+    read_queue: int = 256  # ...which holds at most this many waiting; more answer "busy"
     work_workers: int = 8  # clicks, approved executions and changing commands: a lane reads cannot fill
     work_queue: int = 512
     heavy_reads_per_user: int = 2  # impact, health, stats, slow-queries running at once for one person
@@ -55,7 +55,7 @@ def load_edge_settings(env: Mapping[str, str]) -> EdgeSettings:
         metrics_port=metrics_port,
         metrics_refresh_s=_float(env, "METRICS_REFRESH_SECONDS", 15.0, 0.5, 3600.0),
         read_workers=_int(env, "READ_WORKERS", 12, 1, 256),
-        read_queue=_int(env, "READ_QUEUE", 64, 0, 100_000),
+        read_queue=_int(env, "READ_QUEUE", 256, 0, 100_000),
         work_workers=_int(env, "WORK_WORKERS", 8, 1, 256),
         work_queue=_int(env, "WORK_QUEUE", 512, 0, 100_000),
         heavy_reads_per_user=_int(env, "HEAVY_READS_PER_USER", 2, 1, 1000),

@@ -89,6 +89,8 @@ class Runtime:
         self.lanes = {
             "read": Lane("read", edge.read_workers, edge.read_queue),
             "work": Lane("work", edge.work_workers, edge.work_queue),
+            # Audit rows of refusals: short inserts, kept off the other two lanes.
+            "audit": Lane("audit", 2, edge.read_queue + edge.work_queue),
         }
         self.heavy_reads = HeavyReads(edge.heavy_reads_per_user, edge.heavy_reads_per_stage)
         # Bot-database gauges for /metrics, refreshed in the background (and soon after a change).

@@ -144,11 +144,11 @@ class CommandService:
             raise
 
     def refuse_later(self, invocation: Invocation, error: UserFacingError) -> None:
-        """Audit a refusal after the ack, on the read lane; one that cannot be queued under load is logged."""
+        """Audit a refusal after the ack, on the audit lane; one that cannot be queued under load is logged."""
         try:
-            self.runtime.submit(self.refuse, invocation, error, lane="read")
+            self.runtime.submit(self.refuse, invocation, error, lane="audit")
         except Busy:
-            log.warning("refusal not audited: the read lane is full", extra={"outcome": error.outcome})
+            log.warning("refusal not audited: the audit lane is full", extra={"outcome": error.outcome})
 
     def refuse(self, invocation: Invocation, error: UserFacingError) -> None:
         """Audit a command that never ran (bad input, no permission, unknown stage)."""
