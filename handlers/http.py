@@ -40,6 +40,7 @@ WORKSPACELESS_TYPES = {"url_verification", "ssl_check"}
 
 def _refused(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
     metrics.http_refused_total.labels(status=str(status)).inc()
+    log.info("request refused", extra={"status": status, "reason": text})  # never its body
     return PlainTextResponse(text, status_code=status, headers={**CLOSE, **(headers or {})})
 
 
