@@ -5,7 +5,8 @@ protocol is extended (its documented `http=` protocol-class hook) with what it l
 - a header deadline from the connection (or a kept-alive request's first byte) to its last
   header, and a body deadline from there to the body's last byte; past either, the client
   gets 408 (when nothing was answered yet) and the connection is closed;
-- a cap on open connections per client address: one over it gets 429 and is closed at once.
+- a cap on open connections per client address: one over it gets 429 and is closed at once;
+- a cap on a request's header bytes (32 KiB): past it, 431 and the connection is closed.
 Only a request read whole within both deadlines reaches the app, which verifies its signature
 before anything else (handlers/http.py).
 """
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 TOO_MANY = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 TOO_SLOW = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+TOO_BIG = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+MAX_HEADER_BYTES = 32 * 1024
 KEEP_ALIVE_S = 5  # an idle kept-alive connection is closed after this
 
 
@@ -49,6 +52,8 @@ def guarded_protocol(edge: EdgeSettings) -> type[asyncio.Protocol]:
     class GuardedProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
         _counted: str | None = None
+        _in_headers = True  # no end of headers yet for the request being read
+        _header_bytes = 0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -71,12 +76,23 @@ def guarded_protocol(edge: EdgeSettings) -> type[asyncio.Protocol]:
                 self._counted = None
             super().connection_lost(exc)
 
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._in_headers and not self.transport.is_closing():  # all of it was headers
+                self._header_bytes += len(data)
+                if self._header_bytes > MAX_HEADER_BYTES:
+                    metrics.http_refused_total.labels(status="431").inc()
+                    self.transport.write(TOO_BIG)
+                    self.transport.close()
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._in_headers = True
             if self._deadline is None:  # a kept-alive connection's next request: its headers' deadline
                 self._arm(edge.header_timeout_s)
 
         def on_headers_complete(self) -> None:
+            self._in_headers, self._header_bytes = False, 0
             self._arm(edge.body_timeout_s)
             super().on_headers_complete()
 

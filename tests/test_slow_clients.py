@@ -89,6 +89,22 @@ def test_connections_per_client_address_are_capped(serve):
             sock.close()
 
 
+def test_headers_past_32_kib_are_refused_with_431(serve):
+    server = serve()
+    sock = connect(server.port, "127.0.0.2")
+    try:
+        sock.sendall(b"POST /slack/events HTTP/1.1\r\nHost: x\r\n")
+        for index in range(40):  # 40 KiB of headers, never ending
+            sock.sendall(f"X-Pad-{index}: {'a' * 1000}\r\n".encode())
+        answer = read_all(sock)
+    except (BrokenPipeError, ConnectionResetError):
+        answer = read_all(sock)
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert server.get("/healthz") == (200, "ok")
+
+
 @pytest.mark.parametrize("declared", ["2000000", "abc"])
 def test_an_oversized_or_bogus_length_is_refused_before_the_body_is_read(serve, declared):
     server = serve()
