@@ -77,3 +77,18 @@ def test_heavy_reads_are_capped_per_person_with_a_busy_answer(make_bot, stage_db
         assert BIG in reply.text(timeout=60)
     busy = [r for r in bot.wait_audit(5) if r.outcome == "busy"]
     assert [(r.actor, r.command) for r in busy] == [("UREADER001", "stats")]
+
+
+def test_a_full_read_lane_answers_busy(make_bot, stage_db: StageDb):
+    bot = make_bot({"dev": stage_db.url}, READ_WORKERS="1", READ_QUEUE="1", **PATIENT)
+    blocker = psycopg.connect(stage_db.url)
+    try:
+        blocker.execute("LOCK TABLE mcp_servers IN ACCESS EXCLUSIVE MODE")
+        running, waiting = (bot.command(f"find {BIG} --stage dev", user=user) for user in readers(2))
+        assert eventually(lambda: stage_db.scalar(WAITING) == 1, timeout=30)
+        refused = bot.command(f"find {BIG} --stage dev", user="UREADER009")
+        assert refused.ack is not None and "the bot is busy right now; try again in" in refused.text()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert BIG in running.text(timeout=60) and BIG in waiting.text(timeout=60)
