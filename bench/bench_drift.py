@@ -21,7 +21,7 @@ from bot.pgcatalog import read_snapshot
 from bot.platform.schema import create_platform_schema
 from bot.runtime import Runtime
 from bot.schema.drift import drift, skip_for
-from handlers.server import build_wsgi, serve_in_thread
+from handlers.server import build_asgi, serve_in_thread
 
 TABLES = 500
 TARGET_S = 2.0
@@ -145,7 +145,7 @@ def run(ctx: BenchContext) -> None:
             snapshot_t = best_of(lambda: read_snapshot(conn, skip), repeat=5)
         print(f"one stage's snapshot alone: {snapshot_t * 1000:.0f} ms")
 
-        server = serve_in_thread(build_wsgi(runtime))
+        server = serve_in_thread(build_asgi(runtime))
         sender = SlackRequestSender(server.events_url, "bench-secret", response_base=slack.base_url)
 
         def command() -> None:
