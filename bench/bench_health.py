@@ -220,13 +220,16 @@ def run(ctx: BenchContext) -> None:
         median = medians[False]
 
         for group in GROUPS:
-            before_ms, _ = db_time()
-            connects_before = connects
-            monitor.run_group("bench", group)
-            spent, _ = db_time()
+            spent, opened = [], set()
+            for _ in range(5):
+                before_ms, _ = db_time()
+                connects_before = connects
+                monitor.run_group("bench", group)
+                spent.append(db_time()[0] - before_ms)
+                opened.add(connects - connects_before)
             print(
-                f"  scheduled group {group:<12} stage database time {spent - before_ms:6.1f} ms, "
-                f"connections {connects - connects_before}"
+                f"  scheduled group {group:<12} stage database time median {statistics.median(spent):6.1f} ms, "
+                f"max {max(spent):6.1f} ms over 5 runs; connections {sorted(opened)}"
             )
 
         print("  where the time goes (health statements, mean per call incl. planning):")
