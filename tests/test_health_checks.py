@@ -459,3 +459,27 @@ def test_app_home_shows_each_stages_worst_open_finding(make_bot, stage_db):
     assert "an unused index" not in shown and "a table full of dead rows" not in shown
     assert "and 2 more: `/mcp alerts --stage dev`" in shown
     assert "more: `/mcp alerts --stage staging`" not in shown
+
+
+def test_a_check_the_server_does_not_offer_is_said_once_not_failing_run_after_run(make_health, plain_db, monkeypatch):
+    from bot.health.checks import ACTIVITY_CHECKS, CheckSpec
+    from bot.health.monitor import GROUPS, Group
+
+    def withheld(conn: Any, ctx: Any) -> Any:  # as a managed service answers for a function it withholds
+        conn.execute(
+            text(
+                "DO $$ BEGIN RAISE EXCEPTION 'pg_current_wal_lsn() is not supported here'"
+                " USING ERRCODE = 'feature_not_supported'; END $$"
+            )
+        )
+
+    spec = CheckSpec("withheld", "Withheld", withheld, "activity")
+    monkeypatch.setitem(GROUPS, "activity", Group("activity", (*ACTIVITY_CHECKS, spec), connectivity=True))
+    health = make_health({"dev": plain_db}, CHECK_FAILING_AFTER_RUNS="2")
+    for _ in range(3):
+        health.run("activity")
+    [post] = health.posts()
+    posted = _texts([post])[0]
+    assert "Withheld: unavailable, needs a feature this server does not offer" in posted
+    assert "pg_current_wal_lsn() is not supported here" in posted
+    assert [r.check_name for r in health.alert_rows()] == ["unavailable:withheld"]

@@ -177,9 +177,11 @@ class HealthMonitor:
         except DBAPIError as exc:
             if exc.connection_invalidated or limit.expired:
                 raise
-            if getattr(exc.orig, "sqlstate", None) == "42501":  # insufficient_privilege: say what it needs, once
+            sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+            if sqlstate in ("42501", "0A000"):  # not allowed to this role, or not offered here: said once
                 diag = getattr(exc.orig, "diag", None)
-                return denied_report(spec.name, spec.label, getattr(diag, "message_primary", None) or str(exc.orig))
+                message = getattr(diag, "message_primary", None) or str(exc.orig)
+                return denied_report(spec.name, spec.label, message, sqlstate=sqlstate)
             return self._error_report(spec.name, spec.label, ctx, exc)
 
     def _run_slow_queries(

@@ -128,8 +128,18 @@ _DENIED_FOR = re.compile(
 _ROLE_NEEDED = re.compile(r"privileges of (?:the )?\"?(\w+)\"? role|have privileges of (\w+)")
 
 
-def denied_report(check: str, label: str, message: str) -> CheckReport:
-    """A check PostgreSQL refused to this role (SQLSTATE 42501): said once, with the grant it needs."""
+def denied_report(check: str, label: str, message: str, *, sqlstate: str = "42501") -> CheckReport:
+    """A check PostgreSQL refused to this role (42501), or that this server does not support (0A000, as some
+    managed services answer for functions they withhold): said once, with what it needs."""
+    if sqlstate == "0A000":
+        first = message.strip().splitlines()[0][:300]
+        return unavailable_report(
+            check,
+            label,
+            "a feature this server does not offer",
+            f"The server does not support what this check reads: {first}.",
+            "Nothing to grant: this check cannot run on this server (managed services withhold some functions).",
+        )
     denied = _DENIED_FOR.search(message)
     role = _ROLE_NEEDED.search(message)
     if denied:
