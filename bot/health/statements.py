@@ -378,9 +378,10 @@ def check_slow_queries(
                 f"(threshold: mean over {s.slow_query_ms:,} ms with at least {s.slow_query_min_calls} calls)."
             ),
             advice=(
-                "Run `EXPLAIN (ANALYZE, BUFFERS)` on it with typical parameters (in a transaction you roll back, "
-                "or on a replica): look for sequential scans of large tables and missing indexes. "
-                f"`/mcp slow-queries --stage {ctx.stage}` shows the busiest queries of the interval."
+                f"Explain (below, or `/mcp explain {q.queryid} --stage {ctx.stage}`) shows its generic plan without "
+                "running it: sequential scans of large tables, the costliest step, missing indexes. With typical "
+                "parameters, `EXPLAIN (ANALYZE, BUFFERS)` in a transaction you roll back (or on a replica) shows "
+                f"where the time goes. `/mcp slow-queries --stage {ctx.stage}` shows the busiest queries."
             ),
         )
         for q in offenders
