@@ -483,3 +483,20 @@ def test_a_check_the_server_does_not_offer_is_said_once_not_failing_run_after_ru
     assert "Withheld: unavailable, needs a feature this server does not offer" in posted
     assert "pg_current_wal_lsn() is not supported here" in posted
     assert [r.check_name for r in health.alert_rows()] == ["unavailable:withheld"]
+
+
+def test_multixact_age_is_reported_as_transaction_ids_are(make_health, plain_db):
+    from dataclasses import replace
+
+    from bot.health.checks import CheckContext
+    from bot.health.checks.wraparound import check_multixact
+
+    health = make_health({"dev": plain_db})
+    settings = health.runtime.settings.health
+    stage = health.runtime.stages.get("dev")
+    with stage.read() as conn:
+        assert check_multixact(conn, CheckContext("dev", settings)).status == "ok"  # a new database: age ~0
+        strict = replace(settings, checks=replace(settings.checks, multixact_warn_pct=0))
+        [finding] = check_multixact(conn, CheckContext("dev", strict)).findings
+    assert finding.check == "multixact" and finding.title.startswith("MultiXact ID wraparound:")
+    assert "VACUUM (FREEZE" in finding.advice and "FOR SHARE" in finding.advice
