@@ -125,18 +125,23 @@ def _blocker_lines(blockers: list[Blocker]) -> list[Mrkdwn]:
 
 RESTORE_WORDS = {
     "": "",
-    "disabled": " A restore disables it while it puts rows back.",
-    "fires": " A restore would fire it too (the bot's role does not own the table, so it can't disable it).",
+    "disabled": " A restore turns it off while it puts the rows back.",
+    "fires": " A restore would fire it (the bot's role does not own the table, so it can't turn it off).",
+}
+DELETE_WORDS = {
+    True: "fires during the delete: whatever it changes is not counted here nor kept in the backup.",
+    False: "fires when rows are put back.",
 }
 
 
 def _trigger_lines(triggers: list[TriggerNote]) -> list[Mrkdwn]:
     return [
         md(
-            ":zap: {} on {} ({}) fires during the delete: whatever it changes is not counted here nor in the backup.{}",
+            ":zap: {} on {} ({}) {}{}",
             code(t.trigger),
             code(t.table),
             t.definition,
+            DELETE_WORDS[t.on_delete],
             RESTORE_WORDS.get(t.on_restore, ""),
         )
         for t in triggers

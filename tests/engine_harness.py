@@ -25,7 +25,7 @@ from bot.backups.restore import RestoreReport
 from bot.backups.service import Backups
 from bot.config import Settings, load_settings
 from bot.deletion.execute import DeleteResult, execute_delete
-from bot.deletion.impact import ImpactReport, plan_and_measure
+from bot.deletion.impact import ImpactReport, plan_and_measure, report_order
 from bot.deletion.plan import DeletePlan
 from bot.deletion.scope import Rules
 from bot.errors import UserFacingError
@@ -72,6 +72,7 @@ class Outcome:
     restored: RestoreReport
     before: dict[str, tuple[int, str]]
     deleted: dict[str, tuple[int, str]]  # the database after the bot's delete (= after PostgreSQL's own)
+    db: CaseDb
 
 
 @dataclass
@@ -181,8 +182,13 @@ class EngineHarness:
         rules: Rules | None = None,
         role: str | None = None,
         exact_counts: bool = True,
+        lost: tuple[str, ...] = (),
     ) -> Outcome:
-        """The whole comparison; returns what happened for the case's own extra assertions."""
+        """The whole comparison; returns what happened for the case's own extra assertions.
+
+        `lost`: tables whose rows a trigger changed during the delete, which no backup of the delete's
+        own rows can put back (they must differ after the restore; every other table must not).
+        """
         db = self.database(sql)
         ref = self.clone(db)
         before = checksums(db.dsn)
@@ -192,6 +198,7 @@ class EngineHarness:
 
         plan, report, result, backups, request_id = self.delete(db, slug, rules=rules, role=role)
         assert result.verified, result.verification
+        assert [t.key for t in report.tables] == [s.snapshot_key for s in report_order(plan)], "a table is missing"
         deleted = checksums(db.dsn)
         assert differences(deleted, expected) == [], "the bot's delete differs from PostgreSQL's own"
         if exact_counts:
@@ -206,16 +213,26 @@ class EngineHarness:
         assert not checked.restored and checksums(db.dsn) == deleted, "a dry-run restore wrote"
         restored = backups.restore(stage, request_id, actor="UTEST", dry_run=False)
         assert restored.restored
-        assert differences(checksums(db.dsn), before) == [], "delete + restore is not the database before"
-        return Outcome(plan, report, result, restored, before, deleted)
+        after = checksums(db.dsn)
+        assert differences(after, before) == [f"{t}: {after[t]} vs {before[t]}" for t in sorted(lost)], (
+            "delete + restore is not the database before"
+        )
+        return Outcome(plan, report, result, restored, before, deleted, db)
 
     def refuse(
-        self, sql: str, *, slug: str = "s1", rules: Rules | None = None, role: str | None = None
+        self,
+        sql: str,
+        *,
+        slug: str = "s1",
+        rules: Rules | None = None,
+        role: str | None = None,
+        foreseen: bool = True,
     ) -> tuple[str, ImpactReport | None]:
         """The right answer is a refusal: returns its words (impact blockers or the error), nothing changed.
 
-        The impact either raises (nothing could be counted) or reports blockers; the delete is then
-        attempted anyway and must raise, leaving every table as it was.
+        The impact either raises (nothing could be counted) or reports blockers (unless the refusal is not
+        `foreseen`: a trigger's own decision); the delete is then attempted anyway and must raise, leaving
+        every table as it was.
         """
         db = self.database(sql)
         before = checksums(db.dsn)
@@ -225,7 +242,7 @@ class EngineHarness:
         try:
             _, report = self.impact(stage, slug, rules)
             words += [b.reason for b in report.blockers]
-            assert report.blockers, "the impact shows no blocker"
+            assert bool(report.blockers) == foreseen, report.blockers
         except UserFacingError as exc:
             words.append(exc.message)
         try:

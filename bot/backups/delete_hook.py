@@ -40,7 +40,7 @@ def backup_steps(plan: DeletePlan, scopes: Sequence[MaterializedScope]) -> list[
 
 def fired_triggers(plan: DeletePlan) -> list[str]:
     """The user triggers that fire during the delete, in words, for the manifest."""
-    return [f"{n.trigger} on {n.table} ({n.definition})" for n in trigger_notes(plan)]
+    return [f"{n.trigger} on {n.table} ({n.definition})" for n in trigger_notes(plan) if n.on_delete]
 
 
 class DeleteBackup:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import NullType
 
 from bot.deletion import dberrors
-from bot.deletion.catalog import ForeignKey, TableRef, Trigger
+from bot.deletion.catalog import ForeignKey, TableRef
 from bot.deletion.cost import DELETE_ROW_MS, SlowKey, estimate_cascades, key_sample
 from bot.deletion.plan import WORK_MEM, DeletePlan, PlanProblem, Step, build_plan, set_local
 from bot.deletion.scope import Rules
@@ -345,33 +345,25 @@ def _missing_default_parent(
 
 
 def trigger_notes(plan: DeletePlan) -> list[TriggerNote]:
-    """User triggers on what the delete changes: fired by the delete, and by a restore unless it may disable them."""
+    """User triggers on what the delete changes: what fires during the delete, and what a restore of its
+    rows would fire (unless it may turn them off: the role owns the table)."""
     catalog = plan.catalog
-    notes: list[TriggerNote] = []
-    seen: set[tuple[TableRef, str]] = set()
-
-    def add(step: Step, trigger: Trigger, restore_events: tuple[str, ...]) -> None:
-        if (trigger.table, trigger.name) in seen:
-            return
-        seen.add((trigger.table, trigger.name))
-        restores = bool(set(trigger.events) & set(restore_events))
-        owned = catalog.table(trigger.table).owned
-        notes.append(
-            TriggerNote(
+    notes: dict[tuple[TableRef, str], TriggerNote] = {}
+    for step in plan.steps:
+        deleting = ("DELETE",) if step.action == "delete" else ("UPDATE",)
+        restoring = ("INSERT",) if step.action == "delete" else ("UPDATE",)
+        for trigger in catalog.firing(step.table, deleting + restoring):
+            if (trigger.table, trigger.name) in notes:
+                continue
+            restores = bool(set(trigger.events) & set(restoring))
+            notes[(trigger.table, trigger.name)] = TriggerNote(
                 table=str(trigger.table),
                 trigger=trigger.name,
                 definition=trigger.summary,
-                on_delete=True,
-                on_restore="" if not restores else "disabled" if owned else "fires",
+                on_delete=bool(set(trigger.events) & set(deleting)),
+                on_restore="" if not restores else "disabled" if catalog.table(trigger.table).owned else "fires",
             )
-        )
-
-    for step in plan.steps:
-        events = ("DELETE",) if step.action == "delete" else ("UPDATE",)
-        restore_events = ("INSERT",) if step.action == "delete" else ("UPDATE",)
-        for trigger in catalog.firing(step.table, events):
-            add(step, trigger, restore_events)
-    return notes
+    return list(notes.values())
 
 
 def measure_impact(conn: Connection, plan: DeletePlan, *, probe: bool = True) -> ImpactReport:
@@ -402,7 +394,7 @@ def measure_impact(conn: Connection, plan: DeletePlan, *, probe: bool = True) ->
             via=plan.via(step.table) if step.action == "delete" else [step.edge.describe()] if step.edge else [],
             columns=list(step.columns),
         )
-        for step in _report_order(plan)
+        for step in report_order(plan)
     ]
     orphans = plan.graph.orphans
     orphaned = counts.get(orphans.users.qualified, 0) if orphans else 0
@@ -430,7 +422,7 @@ def measure_impact(conn: Connection, plan: DeletePlan, *, probe: bool = True) ->
     )
 
 
-def _report_order(plan: DeletePlan) -> list[Step]:
+def report_order(plan: DeletePlan) -> list[Step]:
     """Parents first reads best: the server, then what hangs off it; SET NULL rows last."""
     position = {ref: i for i, ref in enumerate(plan.graph.order)}
     deletes = sorted(plan.delete_steps, key=lambda s: position.get(s.table, len(position)))
