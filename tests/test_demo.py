@@ -95,6 +95,8 @@ def test_demo_starts_from_a_mode_700_checkout_and_answers_from_demo_data():
         assert reset.returncode == 0 and "creating stage dev with demo data" in reset.stdout, reset.stderr[-2000:]
     finally:
         LocalPostgres(cluster_dir).destroy()
+        if checkout not in cluster_dir.parents:
+            shutil.rmtree(cluster_dir.parent, ignore_errors=True)  # the checkout's folder in the shared cache
         shutil.rmtree(checkout, ignore_errors=True)
 
 

@@ -80,7 +80,7 @@ def test_explain_refuses_ddl_and_says_why_other_statements_cannot_be_planned(mak
 
     assert "is not in pg_stat_statements of this database" in bot.command("explain 42 --stage dev").text()
     assert "`abc` is not a queryid" in bot.command("explain abc --stage dev").text()
-    assert "missing <queryid>" in bot.command("explain --stage dev").text()
+    assert "missing &lt;queryid&gt;" in bot.command("explain --stage dev").text()  # escaped mrkdwn
 
 
 def _element(payload: dict[str, Any], label: str) -> tuple[dict[str, Any], str]:
