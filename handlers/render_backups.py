@@ -144,6 +144,28 @@ def render_backup(request: CommandRequest, state: FullBackupState) -> Message:
 COLUMN_NOTES = {"set_null": " (nulled columns set back)", "set_default": " (defaulted columns set back)"}
 
 
+def restore_trigger_lines(disabled: list[str], fire: list[str], not_restored: list[str]) -> list[Mrkdwn]:
+    """What a restore does about user triggers, said before anyone approves it (and after it ran)."""
+    lines = [md(":zap: Turned off while the rows go back, then on again: {}", "; ".join(disabled))] if disabled else []
+    if fire:
+        lines.append(
+            md(
+                ":warning: These triggers will fire as the rows go back (the bot's role does not own their tables, "
+                "so it can't turn them off): {}",
+                "; ".join(fire),
+            )
+        )
+    if not_restored:
+        lines.append(
+            md(
+                ":warning: These triggers fired during the delete; whatever they changed is not in the backup and "
+                "is not put back: {}",
+                "; ".join(not_restored),
+            )
+        )
+    return lines
+
+
 @renders("restore")
 def render_restore(request: CommandRequest, result: RestoreReport | RestorePosted) -> Message:
     if isinstance(result, RestorePosted):
@@ -183,7 +205,11 @@ def render_restore(request: CommandRequest, result: RestoreReport | RestorePoste
         md("• {}: {}{}", code(table), plural(rows, "row"), COLUMN_NOTES.get(action, ""))
         for table, action, rows in report.tables
     ]
-    blocks = [section(head), *lines_sections(lines)]
+    blocks = [
+        section(head),
+        *lines_sections(lines),
+        *lines_sections(restore_trigger_lines(report.triggers_disabled, report.triggers_fire, report.not_restored)),
+    ]
     if report.notes:
         blocks.append(context(md(":shield: {}", prose("; ".join(report.notes)))))
     if report.unchecked:

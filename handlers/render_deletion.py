@@ -43,7 +43,7 @@ from handlers.blocks import (
     when,
 )
 from handlers.render import renders
-from handlers.render_backups import COLUMN_NOTES
+from handlers.render_backups import COLUMN_NOTES, restore_trigger_lines
 
 CONFIRM_ACTION = "delete_confirm"
 CANCEL_ACTION = "delete_cancel"
@@ -440,6 +440,11 @@ def _restore_blocks(request: DeleteRequest) -> list[Block]:
             )
         ),
         *lines_sections(_restore_lines(impact)),
+        *lines_sections(
+            restore_trigger_lines(
+                impact.get("triggers_disabled", []), impact.get("triggers_fire", []), impact.get("not_restored", [])
+            )
+        ),
     ]
     if impact.get("unchecked"):
         blocks.append(context(md("Not pre-checked: {}", ", ".join(impact["unchecked"]))))
