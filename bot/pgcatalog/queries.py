@@ -58,7 +58,7 @@ CONSTRAINTS = text(
     """
     SELECT n.nspname AS schema, c.relname AS table_name, con.conname AS name, con.contype::text AS type,
            pg_get_constraintdef(con.oid) AS definition, con.convalidated AS valid,
-           con.confdeltype::text AS on_delete, con.confupdtype::text AS on_update,
+           -- ON DELETE / ON UPDATE are read from the definition, with SET NULL (columns) lists kept
            con.condeferrable AS deferrable, con.condeferred AS deferred
     FROM pg_constraint con
     JOIN pg_class c ON c.oid = con.conrelid

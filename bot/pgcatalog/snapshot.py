@@ -29,7 +29,6 @@ CONSTRAINT_KINDS = {
     "f": "foreign key",
     "x": "exclusion constraint",
 }
-FK_RULES = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 TRIGGER_STATES = {"O": "enabled", "D": "disabled", "R": "enabled on replicas only", "A": "enabled always"}
 POLICY_COMMANDS = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "ALL"}
 # Clauses of pg_get_constraintdef that are compared as attributes of their own.
