@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from bot.approvers import ApproverDirectory, Membership
 from bot.commands import Verb
 from bot.config import Settings
 from bot.errors import PermissionDenied
+from bot.policy import UnknownKind, rule_for
 
 # Read-only verbs that still show other people's activity.
 PRIVILEGED_READS = frozenset({"audit", "backups", "pending"})
@@ -52,12 +54,31 @@ class AccessPolicy:
             return None
         return "only operators and approvers can acknowledge or snooze alerts"
 
-    @staticmethod
-    def restore_needs_approval(*, protected: bool, dry_run: bool) -> bool:
-        """A restore writes to the stage: on a protected stage it needs the two-person approval of a delete."""
-        return protected and not dry_run
+    # -- requests: every rule comes from bot/policy.py's table --------------------------------------
 
-    def delete_click_refusal(
+    def required_approvals(self, kind: str, protected: bool) -> int:
+        rule = rule_for(kind, protected)
+        return self.settings.required_approvals if rule.approvals is None else rule.approvals
+
+    def runs_without_request(self, kind: str, *, protected: bool) -> bool:
+        """The command itself is the confirmation (a restore on an unprotected stage)."""
+        return rule_for(kind, protected).approvers == "none"
+
+    def restore_needs_approval(self, *, protected: bool, dry_run: bool) -> bool:
+        """A restore writes to the stage: whether it goes through a request is the table's answer."""
+        return not dry_run and not self.runs_without_request("restore", protected=protected)
+
+    def request_refusal(self, user_id: str, kind: str, *, protected: bool) -> str | None:
+        """Why `user_id` may not ask for `kind` on a stage (protected or not) now, or None."""
+        try:
+            rule = rule_for(kind, protected)
+        except UnknownKind:
+            return f"`{kind}` is not an operation the bot knows"
+        if rule.requesters == "operators" and not self.is_operator(user_id):
+            return "only operators may ask for this (ask an admin to add you to OPERATORS)"
+        return None
+
+    def click_refusal(
         self,
         user_id: str,
         action: str,
@@ -67,20 +88,21 @@ class AccessPolicy:
         approver: Membership | None = None,
         kind: str = "delete",
     ) -> str | None:
-        """Why `user_id` may not press `action` on a delete request, or None; checked at every click.
+        """Why `user_id` may not press `action` on a request, or None; checked at every click.
 
         `approver` is the clicker's APPROVERS membership as resolved at the time of the click.
         """
+        rule = rule_for(kind, protected)
         if action in ("confirm", "cancel"):
             if user_id != requester:
                 return f"only <@{requester}>, who asked for it, can {action} it"
             if not self.is_operator(user_id):
                 return "you are no longer an operator"
-            if action == "confirm" and protected:
+            if action == "confirm" and rule.approvers != "requester":
                 return "on a protected stage someone else has to approve it"
             return None
         if action in ("approve", "reject"):
-            if not protected:
+            if rule.approvers != "approvers":
                 return "this stage needs no approval; the requester confirms it"
             if user_id == requester:
                 return (
@@ -88,9 +110,42 @@ class AccessPolicy:
                     if action == "approve"
                     else f"you asked for this {kind}; use Cancel instead"
                 )
-            if approver is None or not approver.is_approver:
-                if approver is not None and approver.unresolved:
-                    return "your approver group membership could not be checked with Slack just now; try again"
-                return "you are not in APPROVERS"
-            return None
+            return self._approver_refusal(approver)
         return "unknown action"
+
+    # The historic name of `click_refusal`.
+    delete_click_refusal = click_refusal
+
+    @staticmethod
+    def _approver_refusal(approver: Membership | None) -> str | None:
+        if approver is None or not approver.is_approver:
+            if approver is not None and approver.unresolved:
+                return "your approver group membership could not be checked with Slack just now; try again"
+            return "you are not in APPROVERS"
+        return None
+
+    def standing_refusal(
+        self, *, kind: str, protected: bool, requester: str, approvals: list[str], membership: Any
+    ) -> tuple[str, bool] | None:
+        """Do the people behind a request still hold their rights now? Checked at every transition.
+
+        The requester must still be allowed to ask; on a two-person stage each approval counted
+        must come from someone still in APPROVERS (`membership(user)` resolves it now). Returns
+        None, or (why not, transient): a lost right ends the request `revoked`; an approver group
+        Slack could not resolve just now (transient) only holds it back.
+        """
+        if self.request_refusal(requester, kind, protected=protected):
+            return (
+                f"<@{requester}>, who asked for it, is no longer allowed to ask for a {kind} (not in OPERATORS)",
+                False,
+            )
+        if rule_for(kind, protected).approvers == "approvers":
+            for user in approvals:
+                if user == requester:
+                    continue
+                found = membership(user)
+                if not found.is_approver and found.unresolved:
+                    return f"the approval of <@{user}> can't be checked with Slack just now", True
+                if not found.is_approver:
+                    return f"<@{user}>, who approved it, is no longer in APPROVERS", False
+        return None

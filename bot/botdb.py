@@ -47,7 +47,7 @@ TABLE_MODULES = (
     "bot.ratelimit",
     "bot.home",
     "bot.backups.index",
-    "bot.deletion.requests",
+    "bot.requests.store",
     "bot.schema.watch",
     "bot.erasure.ledger",
     "bot.deliveries",
@@ -102,6 +102,14 @@ def _outbox_lanes(conn: Connection) -> None:
     )
 
 
+def _request_revoked(conn: Connection) -> None:
+    """Requests can end `revoked`: a right lost before the request ran (bot/requests/store.py)."""
+    from bot.requests.store import STATE_CHECK
+
+    conn.execute(text("ALTER TABLE delete_requests DROP CONSTRAINT IF EXISTS delete_requests_state_check"))
+    conn.execute(text(f"ALTER TABLE delete_requests ADD CONSTRAINT delete_requests_state_check CHECK ({STATE_CHECK})"))
+
+
 # Numbered changes to existing tables, applied once each, in order.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _request_kinds),
@@ -110,6 +118,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (4, _alert_attention),
     (5, _home_published_at),
     (6, _outbox_lanes),
+    (7, _request_revoked),
 ]
 
 MIGRATION_LOCK_KEY = 0x6D63706F7073  # "mcpops"

@@ -22,7 +22,7 @@ from bot.access import AccessPolicy
 from bot.approvers import Membership
 from bot.audit import AuditLog, AuditRow
 from bot.botdb import metadata
-from bot.deletion.requests import DeleteRequest, DeleteRequests
+from bot.requests.store import Request, RequestStore
 from bot.health.alerts import AlertBook, AlertView
 
 RECENT_AUDIT = 10
@@ -47,7 +47,7 @@ class HomeView:
     generated_at: datetime
     notes: list[str] = field(default_factory=list)
     # Pending requests waiting for this viewer: to approve or reject, or their own to confirm or cancel.
-    requests: list[DeleteRequest] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)
 
 
 class Home:
@@ -68,18 +68,18 @@ class Home:
             )
         return self.view_for(user_id)
 
-    def waiting_for(self, user_id: str, *, approver: bool) -> list[DeleteRequest]:
+    def waiting_for(self, user_id: str, *, approver: bool) -> list[Request]:
         """Pending requests `user_id` can act on now: the same rules the buttons check when pressed."""
         waiting = []
         now = datetime.now(UTC)
-        for request in DeleteRequests(self.engine).list(states=("pending",), limit=200):
+        for request in RequestStore(self.engine).list(states=("pending",), limit=200):
             if request.expires_at <= now:
                 continue
             if request.requester == user_id or (
                 request.protected
                 and approver
                 and user_id not in {v.voter for v in request.votes}
-                and self.policy.delete_click_refusal(
+                and self.policy.click_refusal(
                     user_id,
                     "approve",
                     requester=request.requester,

@@ -67,7 +67,7 @@ def pool_usage(engine: Engine | None) -> PoolUsage:
 
 
 # Bot-database tables owned by other modules, counted by state at scrape time. Approvals are the
-# two-person requests of bot/deletion/requests.py (deletes, and restores on protected stages);
+# two-person requests of bot/requests/store.py (deletes, and restores on protected stages);
 # alerts are the health checks' lifecycle rows (bot/health/alerts.py). Both are created by the
 # start-up migration; the has_table checks only keep a scrape harmless before it has run.
 APPROVAL_TABLE = "delete_requests"
@@ -82,7 +82,7 @@ def approval_and_alert_gauges(conn: Connection) -> Iterator[Metric]:
     """Approvals by state and firing alerts per stage, read from the bot database if the tables exist."""
     inspector = inspect(conn)
     if inspector.has_table(APPROVAL_TABLE):
-        from bot.deletion.requests import STATES
+        from bot.requests.store import STATES
 
         approvals = table(APPROVAL_TABLE, column(APPROVAL_STATE_COLUMN))
         state = approvals.c[APPROVAL_STATE_COLUMN]

@@ -24,7 +24,6 @@ from bot.backups.service import Backups
 from bot.botdb import create_bot_engine, migrate
 from bot.changes import ChangeFeed
 from bot.config import Settings
-from bot.deletion.flow import DeletionFlow
 from bot.erasure.ledger import ErasureLedger
 from bot.erasure.service import Erasures
 from bot.health.monitor import HealthMonitor
@@ -34,6 +33,7 @@ from bot.metrics import BotDatabaseGauges
 from bot.outbox import Outbox, OutboxWorker
 from bot.ratelimit import RateLimiter
 from bot.readiness import ReadinessProbe
+from bot.requests.machine import Requests
 from bot.scheduler import JobScheduler
 from bot.schema.watch import MigrationWatch
 from bot.slack_client import make_web_client
@@ -81,8 +81,10 @@ class Runtime:
             self.scheduler.add("backups:retention", self.backups.prune_local, 3600)
         # Forget-user: the erasure ledger, and restores that apply erasures again (a hook on backups).
         self.erasures = Erasures(settings, ErasureLedger(self.bot_engine), self.backups, self.audit)
-        # Delete requests, their clicks, runs and jobs (renders through what the Slack layer injects).
-        self.deletion = DeletionFlow(self)
+        # Requests of every kind (delete, restore, cancel, ...), their clicks, runs and jobs (rendered
+        # through what the Slack layer injects). `deletion` is its former name.
+        self.requests = Requests(self)
+        self.deletion = self.requests
         # Slow work runs on lanes, after the Slack ack, so listener threads are free to ack the next request:
         # reads on one, everything that changes things (clicks, approved executions) on another.
         edge = settings.edge

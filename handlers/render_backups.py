@@ -7,7 +7,7 @@ from datetime import datetime
 from bot.backups.full import FullBackupState
 from bot.backups.operations import BackupList
 from bot.backups.restore import RestoreReport
-from bot.deletion.flow import RestorePosted
+from bot.kinds.restore import RestorePosted
 from bot.service import CommandRequest
 from handlers.blocks import (
     Message,

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from bot.deletion.requests import STATES
+from bot.requests.store import STATES
 from tests.conftest import OPERATOR, TEST_SPEC, BotHarness, StageDb
 
 BIG = TEST_SPEC.big_slug

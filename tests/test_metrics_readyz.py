@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from bot.deletion.requests import STATES
+from bot.requests.store import STATES
 from tests.conftest import AUDIT_CHANNEL, OPERATOR, TEST_SPEC, VIEWER, dead_database_url, eventually
 from tests.deletion_support import press, start_delete, wait_state
 

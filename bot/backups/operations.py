@@ -9,7 +9,7 @@ from bot.audit import AuditEntry
 from bot.backups.full import FullBackupState
 from bot.backups.index import BackupRow
 from bot.backups.restore import RestoreReport
-from bot.deletion.flow import RestorePosted
+from bot.kinds.restore import RestorePosted, restore_kind
 from bot.runtime import Runtime
 from bot.service import CommandRequest, operation
 from bot.stages import Stage
@@ -65,7 +65,7 @@ def run_restore(runtime: Runtime, request: CommandRequest) -> RestoreReport | Re
     dry_run = bool(request.parsed.flags.get("dry-run"))
     source = request.parsed.args["request-id"]
     if runtime.policy.restore_needs_approval(protected=stage.protected, dry_run=dry_run):
-        return runtime.deletion.request_restore(request, source)
+        return restore_kind(runtime).request(request, source)
     if not dry_run:
         _audit_start(runtime, request)
     return runtime.backups.restore(stage, source, actor=request.actor, dry_run=dry_run)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.deletion.flow import DeletePosted, DeleteRefused, DryRunDone
 from bot.deletion.impact import ImpactReport
-from bot.deletion.requests import DeleteRequest
 from bot.errors import NotFound, UserFacingError
+from bot.kinds.delete import DeletePosted, DeleteRefused, DryRunDone, delete_kind
 from bot.platform import servers
+from bot.requests.store import Request
 from bot.runtime import Runtime
 from bot.service import CommandRequest, operation
 from bot.stages import Stage
@@ -35,7 +35,7 @@ def _with_suggestions(stage: Stage, error: NotFound, slug: str) -> NotFound:
 def run_impact(runtime: Runtime, request: CommandRequest) -> ImpactReport:
     slug = request.parsed.args["slug"]
     try:
-        return runtime.deletion.impact(_stage(request), slug)
+        return delete_kind(runtime).impact(_stage(request), slug)
     except NotFound as exc:
         raise _with_suggestions(_stage(request), exc, slug) from None
 
@@ -44,18 +44,18 @@ def run_impact(runtime: Runtime, request: CommandRequest) -> ImpactReport:
 def run_delete(runtime: Runtime, request: CommandRequest) -> DeletePosted | DeleteRefused | DryRunDone:
     slug = request.parsed.args["slug"]
     try:
-        return runtime.deletion.request_delete(request)
+        return delete_kind(runtime).request(request)
     except NotFound as exc:
         raise _with_suggestions(_stage(request), exc, slug) from None
 
 
 @dataclass(frozen=True)
 class PendingRequests:
-    requests: list[DeleteRequest]
+    requests: list[Request]
     stage: str | None
 
 
 @operation("pending")
 def run_pending(runtime: Runtime, request: CommandRequest) -> PendingRequests:
     stage = request.stage.name if request.stage else None
-    return PendingRequests(runtime.deletion.pending(stage), stage)
+    return PendingRequests(runtime.requests.pending(stage), stage)

@@ -1,10 +1,13 @@
-"""Two-person requests in the bot database: a state machine whose every move is a compare-and-set.
+"""Requests in the bot database: a state machine whose every move is a compare-and-set.
 
-A request is a delete (`kind = 'delete'`, on any stage) or a restore of a delete's scoped
-backup on a protected stage (`kind = 'restore'`); both follow the same rules.
+A request asks for one operation of some kind (`delete`, `restore`, `cancel`, ...: bot/kinds/) on
+one stage; this module knows nothing of kinds. Its row names the target by identity (`target`,
+stored in the historic `server_key` column: a server's primary key, a backend's pid and
+`backend_start`, an index's table and columns) with a short `subject` in words (stored in the
+historic `slug` column), and keeps the snapshot of counts its approvers saw with its hash.
 
-    pending -> approved -> running -> done | failed
-    pending -> rejected | cancelled | expired | stale
+    pending -> approved -> running -> done | failed | stale | revoked
+    pending -> rejected | cancelled | expired | stale | revoked
 
 Each transition is one `UPDATE ... WHERE id = :id AND state = <expected> RETURNING *`; no row
 back means somebody else moved it first (a second click, another replica), and the caller
@@ -15,6 +18,7 @@ On an unprotected stage the requester's own confirmation is the approval (quorum
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,17 +38,31 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    cast,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
 from bot.botdb import metadata
 
-STATES = ("pending", "approved", "running", "done", "failed", "rejected", "cancelled", "expired", "stale")
+STATES = (
+    "pending",
+    "approved",
+    "running",
+    "done",
+    "failed",
+    "rejected",
+    "cancelled",
+    "expired",
+    "stale",
+    "revoked",  # the requester (or an approver) lost the right before it ran: it never runs
+)
 OPEN_STATES = ("pending", "approved", "running")
-FINAL_STATES = ("done", "failed", "rejected", "cancelled", "expired", "stale")
+FINAL_STATES = tuple(s for s in STATES if s not in OPEN_STATES)
+STATE_CHECK = f"state IN ({', '.join(repr(s) for s in STATES)})"
 
 delete_requests = Table(
     "delete_requests",
@@ -76,9 +94,9 @@ delete_requests = Table(
     Column("reminded_at", DateTime(timezone=True)),
     Column("replaces", BigInteger),
     Column("replaced_by", BigInteger),
-    Column("kind", Text, nullable=False, server_default="delete"),  # delete | restore
-    Column("options", JSONB, nullable=False, server_default="{}"),  # delete: {"backup": bool}; restore: its source
-    CheckConstraint(f"state IN ({', '.join(repr(s) for s in STATES)})", name="delete_requests_state_check"),
+    Column("kind", Text, nullable=False, server_default="delete"),  # a kind of bot/kinds/
+    Column("options", JSONB, nullable=False, server_default="{}"),  # the kind's own (delete: {"backup": bool})
+    CheckConstraint(STATE_CHECK, name="delete_requests_state_check"),
     Index("delete_requests_open_idx", "state", "expires_at"),
     Index("delete_requests_stage_idx", "stage", "state"),
 )
@@ -105,7 +123,7 @@ class Vote:
 
 
 @dataclass(frozen=True)
-class DeleteRequest:
+class Request:
     id: int
     stage: str
     slug: str
@@ -142,35 +160,42 @@ class DeleteRequest:
         return [v.voter for v in self.votes if v.vote in ("approve", "confirm")]
 
     @property
-    def takes_backup(self) -> bool:
-        return self.kind == "delete" and bool(self.options.get("backup"))
+    def subject(self) -> str:
+        """What the request is about, in words (a slug, `pid 4242`, `public.t (a, b)`)."""
+        return self.slug
+
+    @property
+    def target(self) -> dict[str, Any]:
+        """The target's identity by key, as the approvers saw it; the kind's check compares it."""
+        return self.server_key
+
 
     @property
     def is_open(self) -> bool:
         return self.state in OPEN_STATES
 
 
-def _request(row: Any, votes: tuple[Vote, ...] = ()) -> DeleteRequest:
+def _request(row: Any, votes: tuple[Vote, ...] = ()) -> Request:
     values = {c.name: row._mapping[c.name] for c in delete_requests.columns}
-    return DeleteRequest(**values, votes=votes)
+    return Request(**values, votes=votes)
 
 
 # Called inside a transition's transaction with the request as it now is: queues its Slack update.
-Notify = Callable[[Connection, DeleteRequest], None]
+Notify = Callable[[Connection, Request], None]
 
 
 @dataclass(frozen=True)
 class VoteOutcome:
-    request: DeleteRequest
+    request: Request
     recorded: bool  # False: this voter had already voted (double click)
     approved_now: bool  # this vote completed the quorum
 
 
-class DeleteRequests:
+class RequestStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def create(self, conn: Connection | None = None, **values: Any) -> DeleteRequest:
+    def create(self, conn: Connection | None = None, **values: Any) -> Request:
         stmt = delete_requests.insert().values(**values).returning(*delete_requests.columns)
         if conn is not None:
             return _request(conn.execute(stmt).one())
@@ -183,20 +208,40 @@ class DeleteRequests:
         )
         return tuple(Vote(r.voter, r.vote, r.reason, r.at) for r in rows)
 
-    def get(self, request_id: int, conn: Connection | None = None) -> DeleteRequest | None:
+    def get(self, request_id: int, conn: Connection | None = None) -> Request | None:
         if conn is None:
             with self.engine.connect() as own:
                 return self.get(request_id, own)
         row = conn.execute(select(delete_requests).where(delete_requests.c.id == request_id)).first()
         return _request(row, self._votes(conn, request_id)) if row else None
 
-    def list(self, *, states: tuple[str, ...], stage: str | None = None, limit: int = 50) -> list[DeleteRequest]:
+    def list(self, *, states: tuple[str, ...], stage: str | None = None, limit: int = 50) -> list[Request]:
         query = select(delete_requests).where(delete_requests.c.state.in_(states))
         if stage:
             query = query.where(delete_requests.c.stage == stage)
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(delete_requests.c.id).limit(limit)).all()
             return [_request(r, self._votes(conn, r.id)) for r in rows]
+
+    def find_open(self, conn: Connection, *, stage: str, kind: str, target: dict[str, Any]) -> Request | None:
+        """An open request for the same operation on the same target (a double click), under a lock on that key.
+
+        The lock is held until `conn`'s transaction ends, so two clicks at once create one request.
+        """
+        key = f"{stage}/{kind}/{json.dumps(target, sort_keys=True, default=str)}"
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+        row = conn.execute(
+            select(delete_requests)
+            .where(
+                delete_requests.c.stage == stage,
+                delete_requests.c.kind == kind,
+                delete_requests.c.server_key == cast(target, JSONB),
+                delete_requests.c.state.in_(OPEN_STATES),
+            )
+            .order_by(delete_requests.c.id.desc())
+            .limit(1)
+        ).first()
+        return _request(row, self._votes(conn, row.id)) if row else None
 
     def ids_where(self, *conditions: Any) -> list[int]:
         with self.engine.connect() as conn:
@@ -219,7 +264,7 @@ class DeleteRequests:
         notify: Notify | None = None,
         where: tuple[Any, ...] = (),
         **values: Any,
-    ) -> DeleteRequest | None:
+    ) -> Request | None:
         """Move `expect` -> `to` atomically; None if the request was not in `expect` (someone else won)."""
         expected = (expect,) if isinstance(expect, str) else expect
         with self.engine.begin() as conn:
@@ -235,6 +280,10 @@ class DeleteRequests:
             if notify is not None:
                 notify(conn, request)
             return request
+
+    def add_vote(self, conn: Connection, request_id: int, voter: str, vote: str) -> None:
+        """A vote recorded with the request's creation (the asking click was the confirmation)."""
+        conn.execute(insert(delete_votes).values(request_id=request_id, voter=voter, vote=vote))
 
     def vote(
         self,
