@@ -136,7 +136,7 @@ class AccessPolicy:
         """
         if self.request_refusal(requester, kind, protected=protected):
             return (
-                f"<@{requester}>, who asked for it, is no longer allowed to ask for a {kind} (not in OPERATORS)",
+                f"the requester ({requester}) is no longer allowed to ask for a {kind} (not in OPERATORS)",
                 False,
             )
         if rule_for(kind, protected).approvers == "approvers":
@@ -145,7 +145,7 @@ class AccessPolicy:
                     continue
                 found = membership(user)
                 if not found.is_approver and found.unresolved:
-                    return f"the approval of <@{user}> can't be checked with Slack just now", True
+                    return f"the approval of {user} can't be checked with Slack just now", True
                 if not found.is_approver:
-                    return f"<@{user}>, who approved it, is no longer in APPROVERS", False
+                    return f"an approval no longer counts: {user} is no longer in APPROVERS", False
         return None

@@ -22,8 +22,8 @@ from bot.access import AccessPolicy
 from bot.approvers import Membership
 from bot.audit import AuditLog, AuditRow
 from bot.botdb import metadata
-from bot.requests.store import Request, RequestStore
 from bot.health.alerts import AlertBook, AlertView
+from bot.requests.store import Request, RequestStore
 
 RECENT_AUDIT = 10
 MAX_REQUESTS = 10

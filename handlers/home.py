@@ -12,8 +12,8 @@ from bot.home import HomeView
 from bot.service import CommandService
 from handlers.blocks import Block, Mrkdwn, code, context, divider, header, lines_sections, md, section, view, when
 from handlers.render import audit_entry_line
-from handlers.render_deletion import home_request_blocks
 from handlers.render_health import alert_line
+from handlers.render_requests import home_request_blocks
 
 log = logging.getLogger(__name__)
 

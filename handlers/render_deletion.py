@@ -1,57 +1,44 @@
-"""How impact reports, delete requests and their results look in Slack.
+"""How impact reports, delete and restore requests and their results look in Slack.
 
 Everything shown comes from plan data (table names, counts, sample keys) and reaches Slack
 through the text boundary (bot/slacktext): a value from the database is data, escaped, scrubbed
-and masked, never markup.
+and masked, never markup. The frame every request shares (status, buttons, App Home) is
+handlers/render_requests.py; the delete and restore views are registered here.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from bot.deletion.execute import Progress
-from bot.deletion.flow import DeletePosted, DeleteRefused, DryRunDone, RequestView, permalink
 from bot.deletion.impact import Blocker, ImpactReport, SlowKey, TriggerNote
-from bot.deletion.operations import PendingRequests
-from bot.deletion.requests import DeleteRequest
+from bot.kinds.delete import DeletePosted, DeleteRefused, DryRunDone
+from bot.requests.messages import RequestView
+from bot.requests.store import Request
 from bot.service import CommandRequest
 from handlers.blocks import (
     Block,
     Message,
     Mrkdwn,
-    actions,
-    button,
     code,
     code_block,
-    confirm_dialog,
     context,
     divider,
-    header,
     human_bytes,
     lines_sections,
-    link,
     md,
-    mention,
-    mentions,
     message,
     noun,
-    payload,
     plural,
     prose,
     section,
     when,
 )
 from handlers.render import renders
-from handlers.render_backups import COLUMN_NOTES, restore_trigger_lines
+from handlers.render_backups import COLUMN_NOTES
+from handlers.render_requests import KindView, kind_view
+from handlers.render_requests import refusal as refusal  # handlers/alerts.py answers with it
 
-CONFIRM_ACTION = "delete_confirm"
-CANCEL_ACTION = "delete_cancel"
-APPROVE_ACTION = "delete_approve"
-REJECT_ACTION = "delete_reject"
-REJECT_MODAL = "delete_reject_modal"
-REASON_BLOCK = "reason"
-REASON_INPUT = "reason"
 SLOW_KEY_WARN_S = 1.0  # below this a missing index is listed, not shouted about
 MAX_TABLE_LINES = 40
 
@@ -285,29 +272,7 @@ def render_delete(request: CommandRequest, result: DeletePosted | DeleteRefused 
     return message(f"Dry run: {plural(run.total_rows, 'row')}, rolled back", blocks)
 
 
-STATE_WORDS = {
-    "pending": "waiting for confirmation",
-    "pending approval": "waiting for approval",
-    "approved": "confirmed, starting",
-    "running": "running",
-    "done": "done",
-    "failed": "failed, rolled back",
-    "rejected": "rejected",
-    "cancelled": "cancelled",
-    "expired": "expired",
-    "stale": "stale",
-}
-
-
-def _state_word(request: DeleteRequest) -> str:
-    key = "pending approval" if request.state == "pending" and request.protected else request.state
-    return STATE_WORDS.get(key, request.state)
-
-
-PAST = {"delete": "deleted", "restore": "restored"}
-
-
-def _backup_done(request: DeleteRequest) -> Mrkdwn:
+def _backup_done(request: Request) -> Mrkdwn:
     backup = (request.result or {}).get("backup")
     if not backup:
         return Mrkdwn("")
@@ -324,11 +289,10 @@ def _backup_done(request: DeleteRequest) -> Mrkdwn:
     )
 
 
-def _running(request: DeleteRequest, progress: Progress | None) -> Mrkdwn:
-    if request.kind == "restore":
-        return Mrkdwn(":gear: Running: staging the backup, checking for conflicts, inserting parents first…")
-    if progress is None or progress.phase == "counting":
-        where = md(" ({})", code(progress.table)) if progress and progress.table else Mrkdwn("")
+def _delete_running(view: RequestView) -> Mrkdwn:
+    request, progress = view.request, view.progress
+    if not isinstance(progress, Progress) or progress.phase == "counting":
+        where = md(" ({})", code(progress.table)) if isinstance(progress, Progress) and progress.table else Mrkdwn("")
         return md(":gear: Running: materialising and re-counting the scope{}…", where)
     if progress.phase == "backup":
         return md(
@@ -338,9 +302,8 @@ def _running(request: DeleteRequest, progress: Progress | None) -> Mrkdwn:
             duration(progress.elapsed_s),
         )
     if progress.phase == "hook":
-        return Mrkdwn(
-            ":gear: Running: backing up what it deletes…" if request.takes_backup else ":gear: Running: preparing…"
-        )
+        backup = request.options.get("backup")
+        return Mrkdwn(":gear: Running: backing up what it deletes…" if backup else ":gear: Running: preparing…")
     if progress.phase == "verifying":
         return Mrkdwn(":gear: Running: committed, verifying…")
     table = md(" from {}", code(progress.table)) if progress.table else Mrkdwn("")
@@ -353,64 +316,67 @@ def _running(request: DeleteRequest, progress: Progress | None) -> Mrkdwn:
     )
 
 
-def _status(request: DeleteRequest, progress: Progress | None) -> Mrkdwn:
-    who = mention(request.requester)
-    state = request.state
-    past = PAST.get(request.kind, "changed")
-    approvers = mentions(request.approvals)
-    if state == "pending" and request.protected:
-        so_far = md("; approved so far by {}", approvers) if approvers else Mrkdwn("")
-        return md(
-            ":hourglass_flowing_sand: Needs *{}* {} from APPROVERS other than {} before {}: {} of {}{}.",
-            request.required_approvals,
-            noun(request.required_approvals, "approval"),
-            who,
-            when(request.expires_at),
-            len(request.approvals),
-            request.required_approvals,
-            so_far,
-        )
-    if state == "pending":
-        return md(
-            ":hourglass_flowing_sand: Waiting for {} to press *Delete* (or *Cancel*) before {}.",
-            who,
-            when(request.expires_at),
-        )
-    if state == "approved":
-        verb = "Approved" if request.protected else "Confirmed"
-        return md(":white_check_mark: {} by {}; starting.", verb, approvers or mention(request.decided_by))
-    if state == "running":
-        return _running(request, progress)
-    if state == "done":
-        result = request.result or {}
-        if result.get("recovered"):
-            return md(
-                ":white_check_mark: Done: the {} committed, but the bot restarted before reporting it.", request.kind
+def _delete_done(request: Request) -> Mrkdwn:
+    result = request.result or {}
+    rows = plural(int(result.get("rows", 0)), "row")
+    took = duration(float(result.get("seconds", 0)))
+    verified = "verified" if result.get("verified") else "committed; verification found problems"
+    return md(":white_check_mark: Done: deleted *{}* in {} ({}).{}", rows, took, verified, _backup_done(request))
+
+
+def _delete_body(view: RequestView) -> list[Block]:
+    request = view.request
+    blocks: list[Block] = [
+        context(
+            md(":floppy_disk: Backup before the delete: {}", prose(view.backup_note))
+            if view.backup_note
+            else md(
+                ":floppy_disk: Backup before the delete: none (add {} to the command to keep the rows)",
+                code("--backup"),
             )
-        rows = plural(int(result.get("rows", 0)), "row")
-        took = duration(float(result.get("seconds", 0)))
-        if request.kind == "restore":
-            return md(":white_check_mark: Done: restored *{}* in {}, parents first, in one transaction.", rows, took)
-        verified = "verified" if result.get("verified") else "committed; verification found problems"
-        return md(":white_check_mark: Done: deleted *{}* in {} ({}).{}", rows, took, verified, _backup_done(request))
-    if state == "failed":
-        return md(":x: Failed and rolled back, nothing was {}: {}", past, prose(request.error or "unknown error"))
-    if state == "cancelled":
-        return md(":no_entry_sign: Cancelled by {}.", mention(request.decided_by))
-    if state == "expired":
-        return md(":alarm_clock: Expired: nobody confirmed it in time. Nothing was {}.", past)
-    if state == "rejected":
-        return md(":no_entry: Rejected by {}: {}", mention(request.decided_by), request.decision_reason or "")
-    if state == "stale":
-        successor = (request.result or {}).get("replaced_by") or request.replaced_by
-        if (request.result or {}).get("target_changed"):
-            again = md(" This is not what was approved; ask again if something still needs to be {}.", past)
-        elif successor:
-            again = md(" The new numbers are posted as request #{} for a fresh approval.", successor)
-        else:
-            again = Mrkdwn(" Nothing can be deleted as it is now.")
-        return md(":arrows_counterclockwise: Stale, nothing was {}: {}.{}", past, prose(request.error or ""), again)
-    return md(":warning: {}", STATE_WORDS.get(state, state))
+        )
+    ]
+    steps = (request.result or {}).get("steps")
+    if request.state == "done" and steps:
+        lines = [
+            md(
+                "• {}: {} {} ({})",
+                code(s["table"]),
+                plural(int(s["rows"]), "row"),
+                "deleted" if s["action"] == "delete" else s["action"],
+                duration(float(s["seconds"])),
+            )
+            for s in steps
+        ]
+        return blocks + lines_sections(lines)
+    report = ImpactReport.from_json(request.impact)
+    return [*blocks, divider(), *impact_blocks(report, protected=request.protected)]
+
+
+def _delete_confirm_text(request: Request) -> str:
+    rows = int(request.impact.get("total_rows", 0))
+    kept = ("It is" if rows == 1 else "They are") + " kept in a scoped backup first."
+    return f"Delete {request.subject} on {request.stage}: {plural(rows, 'row')}. " + (
+        kept if request.options.get("backup") else "This can't be undone."
+    )
+
+
+def _row_count(request: Request) -> Mrkdwn:
+    return md("{}", plural(int(request.impact.get("total_rows", 0)), "row"))
+
+
+@kind_view("delete")
+def _delete_view() -> KindView:
+    return KindView(
+        title=lambda r: f"Delete {r.subject} on {r.stage}",
+        body=_delete_body,
+        running=_delete_running,
+        done=_delete_done,
+        summary=_row_count,
+        confirm="Delete",
+        confirm_title="Delete for good?",
+        confirm_text=_delete_confirm_text,
+    )
 
 
 def _restore_lines(impact: dict[str, Any]) -> list[Mrkdwn]:
@@ -425,8 +391,8 @@ def _restore_lines(impact: dict[str, Any]) -> list[Mrkdwn]:
     ]
 
 
-def _restore_blocks(request: DeleteRequest) -> list[Block]:
-    impact = request.impact
+def _restore_body(view: RequestView) -> list[Block]:
+    impact = view.request.impact
     blocks: list[Block] = [
         divider(),
         section(
@@ -440,198 +406,28 @@ def _restore_blocks(request: DeleteRequest) -> list[Block]:
             )
         ),
         *lines_sections(_restore_lines(impact)),
-        *lines_sections(
-            restore_trigger_lines(
-                impact.get("triggers_disabled", []), impact.get("triggers_fire", []), impact.get("not_restored", [])
-            )
-        ),
     ]
     if impact.get("unchecked"):
         blocks.append(context(md("Not pre-checked: {}", ", ".join(impact["unchecked"]))))
     return blocks
 
 
-def _approved_by(request: DeleteRequest) -> Mrkdwn:
-    """Who approved, on every message after the quorum (an update can be skipped, this line can't)."""
-    if not request.protected or request.state not in ("approved", "running", "done", "failed", "stale"):
-        return Mrkdwn("")
-    approvals = [a for a in request.approvals if a != request.requester]
-    return md(". Approved by {}", mentions(approvals)) if approvals else Mrkdwn("")
+def _restore_done(request: Request) -> Mrkdwn:
+    result = request.result or {}
+    rows = plural(int(result.get("rows", 0)), "row")
+    took = duration(float(result.get("seconds", 0)))
+    return md(":white_check_mark: Done: restored *{}* in {}, parents first, in one transaction.", rows, took)
 
 
-def request_message(view: RequestView) -> dict[str, Any]:
-    """The request's message in every state; chat.postMessage and chat.update send exactly this."""
-    request = view.request
-    word = _state_word(request)
-    lock = " :lock:" if request.protected else ""
-    title = "Restore" if request.kind == "restore" else "Delete"
-    blocks: list[Block] = [
-        header(f"{title} {request.slug} on {request.stage}"),
-        section(_status(request, view.progress)),
-        context(
-            md("Request #{} by {} on stage *{}*{}", request.id, mention(request.requester), request.stage, lock)
-            + (md(". Reason: {}", request.reason) if request.reason else Mrkdwn(""))
-            + (md(". Replaces request #{}", request.replaces) if request.replaces else Mrkdwn(""))
-            + _approved_by(request)
+@kind_view("restore")
+def _restore_view() -> KindView:
+    return KindView(
+        title=lambda r: f"Restore {r.subject} on {r.stage}",
+        body=_restore_body,
+        running=lambda view: Mrkdwn(
+            ":gear: Running: staging the backup, checking for conflicts, inserting parents first…"
         ),
-    ]
-    if request.kind == "restore":
-        blocks += _restore_blocks(request)
-        blocks += _buttons(request, 0)
-        return payload(message(f"{title} {request.slug} on {request.stage}: {word}", blocks))
-    report = ImpactReport.from_json(request.impact)
-    blocks.append(
-        context(
-            md(":floppy_disk: Backup before the delete: {}", prose(view.backup_note))
-            if view.backup_note
-            else md(
-                ":floppy_disk: Backup before the delete: none (add {} to the command to keep the rows)",
-                code("--backup"),
-            )
-        )
+        done=_restore_done,
+        summary=_row_count,
+        confirm="Restore",
     )
-    if request.state == "done" and (request.result or {}).get("steps"):
-        steps = (request.result or {})["steps"]
-        lines = [
-            md(
-                "• {}: {} {} ({})",
-                code(s["table"]),
-                plural(int(s["rows"]), "row"),
-                "deleted" if s["action"] == "delete" else s["action"],
-                duration(float(s["seconds"])),
-            )
-            for s in steps
-        ]
-        blocks += lines_sections(lines)
-    else:
-        blocks.append(divider())
-        blocks += impact_blocks(report, protected=request.protected)
-    blocks += _buttons(request, report.total_rows)
-    return payload(message(f"Delete {request.slug} on {request.stage}: {word}", blocks))
-
-
-def _buttons(request: DeleteRequest, rows: int) -> list[Block]:
-    """Approve/Reject/Cancel while a protected request waits; Delete (confirm dialog)/Cancel elsewhere."""
-    blocks: list[Block] = []
-    if request.state == "pending" and request.protected:
-        value = {"r": request.id}
-        blocks.append(
-            actions(
-                button("Approve", APPROVE_ACTION, value, style="primary"),
-                button("Reject", REJECT_ACTION, value, style="danger"),
-                button("Cancel", CANCEL_ACTION, value),
-                block_id=f"delete_request_{request.id}",
-            )
-        )
-    elif request.state == "pending":
-        blocks.append(
-            actions(
-                _delete_button(request, rows),
-                button("Cancel", CANCEL_ACTION, {"r": request.id}),
-                block_id=f"delete_request_{request.id}",
-            )
-        )
-    return blocks
-
-
-def _delete_button(request: DeleteRequest, rows: int) -> dict[str, Any]:
-    """The requester's confirmation on an unprotected stage: danger style, behind Slack's confirm dialog."""
-    kept = ("It is" if rows == 1 else "They are") + " kept in a scoped backup first."
-    dialog = confirm_dialog(
-        "Delete for good?",
-        f"Delete {request.slug} on {request.stage}: {plural(rows, 'row')}. "
-        + (kept if request.takes_backup else "This can't be undone."),
-        "Delete",
-        danger=True,
-    )
-    return button("Delete", CONFIRM_ACTION, {"r": request.id}, style="danger", confirm=dialog)
-
-
-def home_request_blocks(request: DeleteRequest, viewer: str) -> list[Block]:
-    """One pending request on the viewer's App Home: what it is, and only the buttons they may press."""
-    url = permalink(request.channel, request.message_ts)
-    title = md("#{} {} {} on *{}*", request.id, request.kind, code(request.slug), request.stage)
-    rows = int(request.impact.get("total_rows", 0))
-    mine = request.requester == viewer
-    if request.protected:
-        progress = md("{} of {} approvals", len(request.approvals), request.required_approvals)
-        who = Mrkdwn("you asked") if mine else md("asked by {}", mention(request.requester))
-    else:
-        progress, who = Mrkdwn("waiting for your confirmation"), Mrkdwn("you asked")
-    line = (
-        md("{}: {}, {}, {}, expires {}", title, plural(rows, "row"), progress, who, when(request.expires_at))
-        + (md(". Reason: {}", request.reason) if request.reason else Mrkdwn(""))
-        + (md(" ({})", link(url, "message")) if url else Mrkdwn(""))
-    )
-    value = {"r": request.id}
-    if mine:
-        buttons = [button("Cancel", CANCEL_ACTION, value)]
-        if not request.protected:
-            buttons.insert(0, _delete_button(request, rows))
-    else:
-        buttons = [
-            button("Approve", APPROVE_ACTION, value, style="primary"),
-            button("Reject", REJECT_ACTION, value, style="danger"),
-        ]
-    return [section(line), actions(*buttons, block_id=f"home_request_{request.id}")]
-
-
-def refusal(text: str) -> Message:
-    shown = prose(text, keep_mentions=True)  # "only <@U1>, who asked for it, can cancel it"
-    msg = message(shown, [section(md(":no_entry: {}", shown))], ephemeral=True)
-    msg["replace_original"] = False
-    return msg
-
-
-def reject_modal(request_id: int) -> dict[str, Any]:
-    """The form that asks a rejecting approver why."""
-    return {
-        "type": "modal",
-        "callback_id": REJECT_MODAL,
-        "private_metadata": json.dumps({"r": request_id}),
-        "title": {"type": "plain_text", "text": "Reject request"},
-        "submit": {"type": "plain_text", "text": "Reject"},
-        "close": {"type": "plain_text", "text": "Back"},
-        "blocks": [
-            section(md("Why reject request #{}? The reason is shown on the request and audited.", request_id)),
-            {
-                "type": "input",
-                "block_id": REASON_BLOCK,
-                "label": {"type": "plain_text", "text": "Reason"},
-                "element": {
-                    "type": "plain_text_input",
-                    "action_id": REASON_INPUT,
-                    "multiline": True,
-                    "max_length": 500,
-                },
-            },
-        ],
-    }
-
-
-@renders("pending")
-def render_pending(request: CommandRequest, result: PendingRequests) -> Message:
-    where = md(" on stage *{}*", result.stage) if result.stage else Mrkdwn("")
-    lines: list[Mrkdwn] = []
-    for r in result.requests:
-        url = permalink(r.channel, r.message_ts)
-        title = f"#{r.id} {r.kind} {r.slug}"
-        shown = link(url, title) if url else md("{}", title)
-        approvals = md(", {} of {} approvals", len(r.approvals), r.required_approvals) if r.protected else Mrkdwn("")
-        lines.append(
-            md(
-                "• {} on *{}*: {}{}, by {}, expires {}",
-                shown,
-                r.stage,
-                _state_word(r),
-                approvals,
-                mention(r.requester),
-                when(r.expires_at),
-            )
-            + (md(" ({})", r.reason) if r.reason else Mrkdwn(""))
-        )
-    blocks = [
-        section(md(":inbox_tray: Open requests{}: {:,}", where, len(lines))),
-        *lines_sections(lines or [Mrkdwn("_none_")]),
-    ]
-    return message(plural(len(lines), "open request"), blocks, ephemeral=True)

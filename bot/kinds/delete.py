@@ -241,9 +241,7 @@ class DeleteKind(Kind):
 
     # -- the backup inside the delete's transaction ----------------------------------------
 
-    def _backup_for(
-        self, request: Request, stage: Stage, progress: ProgressCallback, started: float
-    ) -> DeleteBackup:
+    def _backup_for(self, request: Request, stage: Stage, progress: ProgressCallback, started: float) -> DeleteBackup:
         """The scoped backup the delete takes inside its transaction (and the RDS snapshot before it, if any)."""
         backups = self.runtime.backups
         backups.require_destination()

@@ -122,7 +122,10 @@ class RestoreKind(Kind):
             back = server_exists(conn, request.subject)
         if back:
             return "done", None
-        return "failed", "the bot stopped while the restore ran; the transaction was rolled back and nothing was restored"
+        return (
+            "failed",
+            "the bot stopped while the restore ran; the transaction was rolled back and nothing was restored",
+        )
 
 
 def restore_kind(runtime: Runtime) -> RestoreKind:

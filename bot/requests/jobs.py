@@ -30,23 +30,19 @@ class RequestJobs:
     clock: Callable[[], datetime]
     ttl: timedelta
 
-    def kind(self, name: str) -> Kind:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by the machine and its other parts
 
-    def _audited(self, actor: str | None, outcome: str, detail: dict[str, Any] | None = None) -> Notify:
-        raise NotImplementedError
+        def kind(self, name: str) -> Kind: ...
 
-    def _nudge(self) -> None:
-        raise NotImplementedError
+        def _audited(self, actor: str | None, outcome: str, detail: dict[str, Any] | None = None) -> Notify: ...
 
-    def _runner_lock(self, request_id: int) -> AbstractContextManager[bool]:
-        raise NotImplementedError
+        def _nudge(self) -> None: ...
 
-    def run(self, request_id: int) -> None:
-        raise NotImplementedError
+        def _runner_lock(self, request_id: int) -> AbstractContextManager[bool]: ...
 
-    def finish(self, request: Request, state: str, *, error: str | None = None, **values: Any) -> None:
-        raise NotImplementedError
+        def run(self, request_id: int) -> None: ...
+
+        def finish(self, request: Request, state: str, *, error: str | None = None, **values: Any) -> None: ...
 
     def expire_due(self, now: datetime | None = None) -> int:
         """Close pending requests past their expiry; their messages say so."""

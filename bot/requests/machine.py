@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, func, text
+from sqlalchemy import func, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.deletion.execute import Heartbeat
@@ -25,6 +24,7 @@ from bot.errors import PermissionDenied, UserFacingError
 from bot.logs import request_id_var
 from bot.pii import scrub
 from bot.policy import rule_for
+from bot.requests.clicks import RequestClicks
 from bot.requests.jobs import RequestJobs
 from bot.requests.kinds import KINDS, Kind, Proposal, Stale
 from bot.requests.messages import ProgressReporter, Renderer, RequestMessages
@@ -38,14 +38,6 @@ log = logging.getLogger(__name__)
 
 RUNNER_LOCK_CLASS = 0x6D6F7073  # "mops": advisory lock (class, request id) held while a request runs
 RECOVER_INTERVAL_S = 15  # how soon a request a dead process left running is settled (once its session is gone)
-
-
-@dataclass(frozen=True)
-class ClickOutcome:
-    ok: bool
-    message: str = ""
-    channel: str | None = None  # where the request lives (for an ephemeral answer without response_url)
-    overdue: bool = False  # still pending but past its expiry: the click closes it
 
 
 class AlreadyRequested(UserFacingError):
@@ -66,7 +58,7 @@ def unexpected() -> str:
     return f"an unexpected error (reference `{request_id_var.get()}`); nothing was changed or it was rolled back"
 
 
-class Requests(RequestMessages, RequestJobs):
+class Requests(RequestClicks, RequestMessages, RequestJobs):
     def __init__(self, runtime: Runtime) -> None:
         import bot.kinds  # noqa: F401 - registers every kind
 
@@ -108,19 +100,34 @@ class Requests(RequestMessages, RequestJobs):
         reason: str | None,
         channel: str | None,
         detail: dict[str, Any] | None = None,
-        replaces: int | None = None,
     ) -> Request:
         """Turn a kind's plan into a request (audited), post its message; run it if the asking was the confirmation."""
+        created = self._create(proposal, requester=requester, reason=reason, channel=channel, detail=detail)
+        posted = self._post(created)
+        if created.state == "approved":
+            self.runtime.submit(self.run, created.id)
+        return posted
+
+    def _create(
+        self,
+        proposal: Proposal,
+        *,
+        requester: str,
+        reason: str | None,
+        channel: str | None,
+        detail: dict[str, Any] | None = None,
+        replaces: int | None = None,
+    ) -> Request:
+        """The request and its audit rows, in one transaction; the policy decides whether it is confirmed at once."""
         stage = self.runtime.stages.get(proposal.stage)
         refusal = self.runtime.policy.request_refusal(requester, proposal.kind, protected=stage.protected)
         if refusal:
             raise PermissionDenied(refusal)
-        rule = rule_for(proposal.kind, stage.protected)
-        at_once = rule.confirmed_by_request
+        at_once = rule_for(proposal.kind, stage.protected).confirmed_by_request
         now = self.clock()
         with self.runtime.bot_engine.begin() as conn:
             existing = self.store.find_open(conn, stage=stage.name, kind=proposal.kind, target=proposal.target)
-            if existing is not None:
+            if existing is not None and existing.id != replaces:
                 raise AlreadyRequested(existing)
             created = self.store.create(
                 conn,
@@ -150,145 +157,10 @@ class Requests(RequestMessages, RequestJobs):
             if at_once:
                 self._audit(created, requester, "confirmed", detail={"approvals": 1}, conn=conn)
         self._nudge()
-        posted = self._post(created)
-        if at_once:
-            self.runtime.submit(self.run, created.id)
-        return posted
+        return created
 
     def pending(self, stage: str | None) -> list[Request]:
         return self.store.list(states=OPEN_STATES, stage=stage)
-
-    # -- clicks ---------------------------------------------------------------------------
-
-    def refusal(self, request: Request, actor: str, action: str) -> str | None:
-        """The rules, resolved now (APPROVERS membership included); None if `actor` may press `action`."""
-        membership = self.approvers.membership(actor) if action in ("approve", "reject") else None
-        return self.runtime.policy.click_refusal(
-            actor,
-            action,
-            requester=request.requester,
-            protected=request.protected,
-            approver=membership,
-            kind=request.kind,
-        )
-
-    def standing(self, request: Request) -> tuple[str, bool] | None:
-        """Do the requester and the approvals counted so far still stand? (see AccessPolicy.standing_refusal)"""
-        return self.runtime.policy.standing_refusal(
-            kind=request.kind,
-            protected=request.protected,
-            requester=request.requester,
-            approvals=request.approvals,
-            membership=self.approvers.membership,
-        )
-
-    def check_click(self, request_id: int, actor: str, action: str) -> ClickOutcome:
-        """May `actor` press `action` now? (Used before opening the reject form.) Refusals are audited."""
-        current = self.store.get(request_id)
-        if current is None:
-            return ClickOutcome(False, "That request no longer exists.")
-        refusal = self.refusal(current, actor, action)
-        if refusal:
-            self._audit(current, actor, "denied", detail={"click": action, "reason": refusal}, required=False)
-            return ClickOutcome(False, f"You can't {action} this: {refusal}.", current.channel)
-        if current.state != "pending" or current.expires_at <= self.clock():
-            overdue = current.state == "pending"
-            return ClickOutcome(False, self._too_late(request_id), current.channel, overdue=overdue)
-        return ClickOutcome(True, channel=current.channel)
-
-    def click(self, request_id: int, actor: str, action: str, *, reason: str | None = None) -> ClickOutcome:
-        """A button on a request's message; every rule is checked here, nothing is taken from the payload."""
-        try:
-            return self._click(request_id, actor, action, reason)
-        except SQLAlchemyError:
-            # The vote or state change and its audit row commit together, or neither does.
-            log.warning("click not recorded", extra={"request": request_id, "click": action}, exc_info=True)
-            return ClickOutcome(False, "The bot database could not record that, so nothing changed; try again.")
-
-    def _click(self, request_id: int, actor: str, action: str, reason: str | None) -> ClickOutcome:
-        if action in ("confirm", "approve"):
-            lost = self._lost_standing(request_id)
-            if lost is not None:
-                return lost
-        checked = self.check_click(request_id, actor, action)
-        if not checked.ok:
-            if checked.overdue:
-                self.expire_due()  # a click on an overdue request closes it now rather than at the next job run
-            return checked
-        channel = checked.channel
-        if action == "cancel":
-            done = self.store.transition(
-                request_id, "pending", "cancelled", decided_by=actor, notify=self._audited(actor, "cancelled")
-            )
-            if done is None:
-                return ClickOutcome(False, self._too_late(request_id), channel)
-            self._nudge()
-            return ClickOutcome(True, channel=channel)
-        if action not in ("confirm", "approve", "reject"):
-            return ClickOutcome(False, "That button does nothing here.", channel)
-        approved = "confirmed" if action == "confirm" else "approved"
-
-        def audited_vote(conn: Connection, request: Request) -> None:
-            self._notify(conn, request)
-            outcome = {"rejected": "rejected", "approved": approved}.get(request.state, "voted")
-            detail = {"reason": reason or ""} if outcome == "rejected" else {"approvals": len(request.approvals)}
-            self._audit(request, actor, outcome, detail=detail, conn=conn)
-
-        outcome = self.store.vote(request_id, actor, action, now=self.clock(), reason=reason, notify=audited_vote)
-        if outcome is None:
-            self.expire_due()
-            return ClickOutcome(False, self._too_late(request_id), channel)
-        if not outcome.recorded:
-            return ClickOutcome(
-                False,
-                f"You already voted on this {outcome.request.kind} ({self._state_words(outcome.request)}).",
-                channel,
-            )
-        self._nudge()
-        if outcome.approved_now:
-            self.runtime.submit(self.run, request_id)
-        return ClickOutcome(True, channel=channel)
-
-    def _lost_standing(self, request_id: int) -> ClickOutcome | None:
-        """Before a confirmation or approval counts: do the requester and earlier approvals still stand?"""
-        current = self.store.get(request_id)
-        if current is None or current.state != "pending":
-            return None
-        lost = self.standing(current)
-        if lost is None:
-            return None
-        reason, transient = lost
-        if transient:
-            return ClickOutcome(False, f"Not now: {reason}; try again.", current.channel)
-        self._revoke(current, "pending", reason)
-        return ClickOutcome(False, f"This request can't go on: {reason}. It is closed.", current.channel)
-
-    def _revoke(self, request: Request, expect: str, reason: str) -> None:
-        """A right was lost before the request ran: it ends `revoked`, audited, its message says why."""
-        self.store.transition(
-            request.id,
-            expect,
-            "revoked",
-            decided_by="system",
-            finished_at=func.now(),
-            error=reason,
-            notify=self._audited("system", "revoked", {"reason": reason}),
-        )
-        self._nudge()
-
-    @staticmethod
-    def _state_words(request: Request) -> str:
-        if request.state == "pending":
-            return f"{len(request.approvals)} of {request.required_approvals} approvals so far"
-        return f"it is {request.state}"
-
-    def _too_late(self, request_id: int) -> str:
-        now = self.store.get(request_id)
-        state = now.state if now else "gone"
-        if now is not None and state == "pending" and now.expires_at <= self.clock():
-            state = "expired"
-        kind = now.kind if now else "this"
-        return f"This {kind} request is already {state}; nothing more to do."
 
     # -- running --------------------------------------------------------------------------
 
@@ -362,30 +234,32 @@ class Requests(RequestMessages, RequestJobs):
 
     def _go_stale(self, request: Request, stale: Stale) -> None:
         """Not the approved target any more: close it; a kind that planned afresh gets a new request posted."""
-        self.finish(request, "stale", error=stale.message, result={**stale.result, "replaced_by": None})
-        if stale.successor is None:
-            return
-        try:
-            successor = self.propose(
-                stale.successor,
-                requester=request.requester,
-                reason=request.reason,
-                channel=request.channel,
-                detail={"replaces": request.id, "rows": stale.successor.impact.get("total_rows", 0)},
-                replaces=request.id,
-            )
-        except UserFacingError as exc:
-            log.warning("the fresh request could not be posted", extra={"request": request.id, "why": exc.message})
-            return
-        self.store.transition(
-            request.id,
+        successor: Request | None = None
+        if stale.successor is not None:
+            try:
+                successor = self._create(
+                    stale.successor,
+                    requester=request.requester,
+                    reason=request.reason,
+                    channel=request.channel,
+                    detail={"replaces": request.id, "rows": stale.successor.impact.get("total_rows", 0)},
+                    replaces=request.id,
+                )
+            except UserFacingError as exc:  # the requester may no longer ask, say
+                log.warning("no fresh request", extra={"request": request.id, "why": exc.message})
+        replaced_by = successor.id if successor else None
+        self.finish(
+            request,
             "stale",
-            "stale",
-            replaced_by=successor.id,
-            result={**stale.result, "replaced_by": successor.id},
-            notify=self._notify,
+            error=stale.message,
+            result={**stale.result, "replaced_by": replaced_by},
+            replaced_by=replaced_by,
         )
-        self._nudge()
+        if successor is not None:
+            try:
+                self._post(successor)
+            except UserFacingError:
+                log.warning("the fresh request could not be posted", extra={"request": successor.id})
 
     def finish(
         self,

@@ -169,7 +169,6 @@ class Request:
         """The target's identity by key, as the approvers saw it; the kind's check compares it."""
         return self.server_key
 
-
     @property
     def is_open(self) -> bool:
         return self.state in OPEN_STATES

@@ -1,4 +1,4 @@
-"""Buttons and the reject form on delete requests: ack at once, then let the deletion flow decide."""
+"""Buttons and the reject form on requests of every kind: ack at once, then let the request machine decide."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ from slack_sdk import WebClient
 from bot.errors import UserFacingError
 from bot.logs import new_request_id
 from bot.service import CommandService
-from handlers import render, render_deletion
+from handlers import render, render_requests
+from handlers import render_deletion as _render_deletion  # noqa: F401 - registers the delete and restore views
 from handlers.actions import button_value
 from handlers.blocks import payload
 
 BUTTONS = {
-    render_deletion.CONFIRM_ACTION: "confirm",
-    render_deletion.CANCEL_ACTION: "cancel",
-    render_deletion.APPROVE_ACTION: "approve",
+    render_requests.CONFIRM_ACTION: "confirm",
+    render_requests.CANCEL_ACTION: "cancel",
+    render_requests.APPROVE_ACTION: "approve",
 }
 
 
@@ -37,15 +38,16 @@ def _answer(body: dict[str, Any], respond: Respond, client: WebClient, message: 
     """Only the clicker sees it: under the message they clicked, or (an App Home button has no
     response_url) in the request's channel."""
     if body.get("response_url"):
-        respond(**render_deletion.refusal(message))
+        respond(**render_requests.refusal(message))
     elif channel:
         client.chat_postEphemeral(channel=channel, user=_user(body), **payload(render_deletion.refusal(message)))
 
 
 def register(app: App, service: CommandService) -> None:
     runtime = service.runtime
-    flow = runtime.deletion
-    flow.set_renderer(render_deletion.request_message)
+    flow = runtime.requests
+    # Each kind's look is registered by its render module (imported above); then the machine may render.
+    flow.set_renderer(render_requests.request_message)
 
     def listener_for(action: str) -> Any:
         def on_click(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
@@ -71,7 +73,7 @@ def register(app: App, service: CommandService) -> None:
     for action_id, action in BUTTONS.items():
         app.action(action_id)(listener_for(action))
 
-    @app.action(render_deletion.REJECT_ACTION)
+    @app.action(render_requests.REJECT_ACTION)
     def on_reject(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
         ack()
         new_request_id()
@@ -87,18 +89,18 @@ def register(app: App, service: CommandService) -> None:
         if not checked.ok:
             _answer(body, respond, client, checked.message, checked.channel)
             return
-        client.views_open(trigger_id=body["trigger_id"], view=render_deletion.reject_modal(request_id))
+        client.views_open(trigger_id=body["trigger_id"], view=render_requests.reject_modal(request_id))
 
-    @app.view(render_deletion.REJECT_MODAL)
+    @app.view(render_requests.REJECT_MODAL)
     def on_reject_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
         new_request_id()
         values = (view.get("state") or {}).get("values") or {}
         reason = str(
-            ((values.get(render_deletion.REASON_BLOCK) or {}).get(render_deletion.REASON_INPUT) or {}).get("value")
+            ((values.get(render_requests.REASON_BLOCK) or {}).get(render_requests.REASON_INPUT) or {}).get("value")
             or ""
         ).strip()
         if not reason:
-            ack(response_action="errors", errors={render_deletion.REASON_BLOCK: "Say why you reject it."})
+            ack(response_action="errors", errors={render_requests.REASON_BLOCK: "Say why you reject it."})
             return
         ack()
         user = _user(body)
