@@ -113,9 +113,6 @@ class AccessPolicy:
             return self._approver_refusal(approver)
         return "unknown action"
 
-    # The historic name of `click_refusal`.
-    delete_click_refusal = click_refusal
-
     @staticmethod
     def _approver_refusal(approver: Membership | None) -> str | None:
         if approver is None or not approver.is_approver:

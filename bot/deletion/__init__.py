@@ -6,8 +6,9 @@
 - `plan`     orders the steps (children before parents), finds blockers, unindexed foreign keys
              and the expected duration, and produces the impact report and its snapshot.
 - `execute`  runs a plan in one transaction: materialise, re-count, compare, hook, delete, verify.
-- `requests` the delete requests and their state machine in the bot database.
-- `flow`     what happens on each command and click (no Slack imports; rendering is injected).
+- `identity` binds a request to the server's primary key and the snapshot's hash.
+
+The request to delete (its approvals, its run) is the `delete` kind of bot/requests (bot/kinds/delete.py).
 
 Nothing here names a platform table except the root (`mcp_servers`, found by slug) and the
 orphaned-user rule (`mcp_server_user` reached through `mcp_server_session`).
