@@ -110,6 +110,11 @@ def _request_revoked(conn: Connection) -> None:
     conn.execute(text(f"ALTER TABLE delete_requests ADD CONSTRAINT delete_requests_state_check CHECK ({STATE_CHECK})"))
 
 
+def _alert_actions(conn: Connection) -> None:
+    """Alerts keep their finding's operation buttons (Cancel query, Create index, ...: bot/requests/buttons.py)."""
+    conn.execute(text("ALTER TABLE alerts ADD COLUMN IF NOT EXISTS actions jsonb NOT NULL DEFAULT '[]'"))
+
+
 # Numbered changes to existing tables, applied once each, in order.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _request_kinds),
@@ -119,6 +124,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (5, _home_published_at),
     (6, _outbox_lanes),
     (7, _request_revoked),
+    (8, _alert_actions),
 ]
 
 MIGRATION_LOCK_KEY = 0x6D63706F7073  # "mcpops"

@@ -213,6 +213,17 @@ register(
         stage="none",
     )
 )
+register(
+    Verb(
+        "sessions",
+        "what the session checks see (long-running, idle in transaction, blocked), with Cancel/Terminate buttons",
+        flags=(
+            Flag("blocked", "bool", "only queries waiting on a lock (the buttons act on their blocker)"),
+            Flag("idle", "bool", "only sessions idle in a transaction"),
+            Flag("long", "bool", "only long-running queries"),
+        ),
+    )
+)
 
 
 def _clean_shown(value: str, limit: int = 40) -> str:

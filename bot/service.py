@@ -85,6 +85,7 @@ OPERATION_MODULES = (
     "bot.backups.operations",
     "bot.deletion.operations",
     "bot.schema.operations",
+    "bot.sessions.operations",
 )
 
 

@@ -12,13 +12,13 @@ from slack_sdk import WebClient
 from bot.logs import ContextThreadPoolExecutor
 from bot.runtime import Runtime
 from bot.service import CommandService
-from handlers import actions, alerts, charts, commands, home, requests
+from handlers import actions, alerts, charts, commands, home, operations, requests
 from handlers import render_backups as _render_backups  # noqa: F401 - registers the backup verbs' renderers
 
 log = logging.getLogger(__name__)
 
 # Each module has `register(app, service)` and adds its listeners.
-LISTENER_MODULES = (commands, actions, home, requests, alerts, charts)
+LISTENER_MODULES = (commands, actions, home, requests, alerts, charts, operations)
 
 
 def build_app(runtime: Runtime) -> App:

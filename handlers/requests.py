@@ -11,8 +11,9 @@ from slack_sdk import WebClient
 from bot.errors import UserFacingError
 from bot.logs import new_request_id
 from bot.service import CommandService
-from handlers import render, render_requests
-from handlers import render_deletion as _render_deletion  # noqa: F401 - registers the delete and restore views
+
+# Each kind's look (and its verbs' renderers) registers itself when its module is imported.
+from handlers import render, render_deletion, render_requests, render_sessions  # noqa: F401
 from handlers.actions import button_value
 from handlers.blocks import payload
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     text,
     true,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 from bot.botdb import metadata
 
@@ -63,6 +64,7 @@ alerts = Table(
     Column("snoozed_until", DateTime(timezone=True)),
     Column("snoozed_by", Text),
     Column("held", Boolean, nullable=False, server_default=false()),  # fired while snoozed: not posted yet
+    Column("actions", JSONB, nullable=False, server_default="[]"),  # its finding's operation buttons
     Index(
         "alerts_open_fingerprint",
         "stage",

@@ -139,6 +139,7 @@ class AlertBook:
         self, conn: Connection, stage: str, f: Finding, row: Any, needed: int, now: datetime, result: Applied
     ) -> None:
         content = {"severity": f.severity, "title": f.title[:500], "detail": f.detail[:2500], "advice": f.advice[:1500]}
+        content["actions"] = list(f.actions)
         if row is None:
             content.update(inherited_snooze(conn, stage, f.check, f.object[:300], now))
             row = conn.execute(
@@ -159,7 +160,7 @@ class AlertBook:
             changed = False
             escalated = False
         else:
-            changed = material(row) != material(SimpleNamespace(**content))
+            changed = material(row) != material(SimpleNamespace(**content)) or row.actions != content["actions"]
             told = row.announced or row.severity
             escalated = row.state == "firing" and SEVERITY_ORDER.get(f.severity, 9) < SEVERITY_ORDER.get(told, 9)
             # A run that missed it in between (without resolving it) breaks the streak.

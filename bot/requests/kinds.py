@@ -26,6 +26,7 @@ from bot.requests.store import Request
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
+    from bot.stages import Stage
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,10 @@ class Kind:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+
+    def plan(self, stage: Stage, target: dict[str, Any], options: dict[str, Any]) -> Proposal:
+        """A button's ask (an alert's, a listing's): the target as it is now; a UserFacingError says why not."""
+        raise UserFacingError(f"a {self.name} is not asked for with a button")
 
     def check(self, request: Request) -> None:
         """Raise Stale unless the target is still the one approved. Runs right before `run`."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from bot.audit import AuditEntry
 from bot.deletion.execute import Heartbeat
 from bot.deletion.plan import snapshot_hash
 from bot.errors import PermissionDenied, UserFacingError
@@ -60,7 +61,9 @@ def unexpected() -> str:
 
 class Requests(RequestClicks, RequestMessages, RequestJobs):
     def __init__(self, runtime: Runtime) -> None:
-        import bot.kinds  # noqa: F401 - registers every kind
+        # Every kind registers itself, and the operation buttons under alerts with them.
+        import bot.kinds
+        import bot.requests.buttons  # noqa: F401
 
         self.runtime = runtime
         self.store = RequestStore(runtime.bot_engine)
@@ -158,6 +161,35 @@ class Requests(RequestClicks, RequestMessages, RequestJobs):
                 self._audit(created, requester, "confirmed", detail={"approvals": 1}, conn=conn)
         self._nudge()
         return created
+
+    def ask(
+        self, kind: str, stage: str, target: dict[str, Any], *, requester: str, channel: str | None, thread: str | None
+    ) -> Request | str:
+        """A button asks for `kind` on `target`: the request made (and run at once where the policy says the click
+        was the confirmation), or why not in words (audited): not allowed, already asked, gone, refused."""
+        try:
+            if kind not in self.kinds:
+                raise UserFacingError(f"`{kind[:40]}` is not an operation the bot knows")
+            where = self.runtime.stages.get(stage)
+            refusal = self.runtime.policy.request_refusal(requester, kind, protected=where.protected)
+            if refusal:
+                raise PermissionDenied(refusal)
+            proposal = self.kind(kind).plan(where, target, {"thread_ts": thread} if thread else {})
+            return self.propose(proposal, requester=requester, reason=None, channel=channel, detail=proposal.impact)
+        except AlreadyRequested as exc:
+            return f"That is already request #{exc.request.id} ({exc.request.state}); nothing new was asked."
+        except UserFacingError as exc:
+            self.runtime.audit.record(
+                AuditEntry(
+                    actor=requester,
+                    stage=stage[:40],
+                    command=kind[:40],
+                    args=str(target.get("pid") or target.get("table") or target.get("index") or "")[:200],
+                    outcome=exc.outcome,
+                    detail={"reason": exc.message},
+                )
+            )
+            return exc.message + "."
 
     def pending(self, stage: str | None) -> list[Request]:
         return self.store.list(states=OPEN_STATES, stage=stage)

@@ -25,6 +25,7 @@ from bot.health.checks.base import (
     stamp,
 )
 from bot.pii import scrub
+from bot.sessions.targets import ACTIVE, BLOCKING, IDLE_IN_TRANSACTION, session_actions
 from bot.stages import APPLICATION_NAME
 
 
@@ -113,7 +114,7 @@ def check_long_running(conn: Connection, ctx: CheckContext) -> CheckReport:
     limit_s = ctx.settings.long_query_s
     rows = conn.execute(
         text(
-            "SELECT pid, usename, application_name, query_start, left(query, 1000) AS query,"
+            "SELECT pid, usename, application_name, backend_start, query_start, left(query, 1000) AS query,"
             " extract(epoch FROM now() - query_start) AS running_s, count(*) OVER () AS total"
             " FROM pg_stat_activity WHERE" + _SESSION_FILTER + " AND state = 'active'"
             " AND query_start < now() - make_interval(secs => :limit_s)"
@@ -135,6 +136,7 @@ def check_long_running(conn: Connection, ctx: CheckContext) -> CheckReport:
                 f"(then `pg_terminate_backend({r.pid})` if it ignores the cancel). "
                 "Check its plan with EXPLAIN; long queries hold back vacuum."
             ),
+            actions=session_actions(r, ACTIVE),
         )
         for r in rows
     ]
@@ -146,7 +148,7 @@ def check_idle_in_transaction(conn: Connection, ctx: CheckContext) -> CheckRepor
     limit_s = ctx.settings.idle_in_transaction_s
     rows = conn.execute(
         text(
-            "SELECT pid, usename, application_name, xact_start, state, left(query, 1000) AS query,"
+            "SELECT pid, usename, application_name, backend_start, xact_start, state, left(query, 1000) AS query,"
             " extract(epoch FROM now() - state_change) AS idle_s,"
             " extract(epoch FROM now() - xact_start) AS xact_s, count(*) OVER () AS total"
             " FROM pg_stat_activity WHERE" + _SESSION_FILTER + " AND state LIKE 'idle in transaction%'"
@@ -175,6 +177,7 @@ def check_idle_in_transaction(conn: Connection, ctx: CheckContext) -> CheckRepor
                 f"`SELECT pg_terminate_backend({r.pid});` ends it now; `idle_in_transaction_session_timeout` "
                 "prevents it."
             ),
+            actions=session_actions(r, IDLE_IN_TRANSACTION),
         )
         for r in rows
     ]
@@ -209,7 +212,7 @@ def check_blocked(conn: Connection, ctx: CheckContext) -> CheckReport:
             for b in conn.execute(
                 text(
                     "SELECT pid, usename, application_name, state, left(query, 1000) AS query,"
-                    " extract(epoch FROM now() - xact_start) AS xact_s"
+                    " backend_start, xact_start, query_start, extract(epoch FROM now() - xact_start) AS xact_s"
                     " FROM pg_stat_activity WHERE pid IN :pids"
                 ).bindparams(bindparam("pids", expanding=True)),
                 {"pids": blocker_pids},
@@ -237,6 +240,7 @@ def check_blocked(conn: Connection, ctx: CheckContext) -> CheckReport:
                     "Ask the owner of the blocking session to finish; if it is stuck: "
                     f"`SELECT pg_cancel_backend({first});` or `pg_terminate_backend({first})`."
                 ),
+                actions=session_actions(blockers.get(first), BLOCKING),
             )
         )
     return CheckReport("blocked", "Blocked queries", "findings", summary, findings)

@@ -1,0 +1,67 @@
+"""Buttons that ask for an operation where the trouble is shown: under an alert, in a listing.
+
+An action is `{"kind", "label", "target", "confirm"?}`: a finding carries its actions (a health
+check puts them on `Finding.actions`, the alert row keeps them), a listing builds them the same
+way. The button's value names the kind, the stage and the target's identity; the click only
+*asks*: the machine checks who may ask, the kind re-reads the target, and the policy table says
+whether the click was the confirmation (unprotected stages) or approvers must agree.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bot.errors import CommandError
+from bot.health.messages import alert_action
+
+ACTION_PREFIX = "op:"
+VALUE_LIMIT = 2000  # Block Kit: a button's value
+DANGER = frozenset({"terminate", "drop-index"})
+
+
+def operation_button(stage: str, action: dict[str, Any], index: int) -> dict[str, Any] | None:
+    """The Block Kit button for one action on `stage`; None if its value would not fit."""
+    kind = str(action["kind"])
+    value = json.dumps({"k": kind, "s": stage, "t": action["target"]}, separators=(",", ":"), sort_keys=True)
+    if len(value) > VALUE_LIMIT:
+        return None
+    label = str(action.get("label") or kind)[:75]
+    element: dict[str, Any] = {
+        "type": "button",
+        "action_id": f"{ACTION_PREFIX}{kind}:{index}",
+        "text": {"type": "plain_text", "text": label},
+        "value": value,
+    }
+    if kind in DANGER:
+        element["style"] = "danger"
+    confirm = action.get("confirm")
+    if confirm:
+        element["confirm"] = {
+            "title": {"type": "plain_text", "text": f"{label[:90]}?"[:100]},
+            "text": {"type": "mrkdwn", "text": str(confirm)[:300]},
+            "confirm": {"type": "plain_text", "text": label[:30]},
+            "deny": {"type": "plain_text", "text": "Back"},
+            **({"style": "danger"} if kind in DANGER else {}),
+        }
+    return element
+
+
+def operation_buttons(stage: str, actions: list[dict[str, Any]], start: int = 0) -> list[dict[str, Any]]:
+    found = (operation_button(stage, action, start + i) for i, action in enumerate(actions))
+    return [element for element in found if element is not None]
+
+
+def read_value(value: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """(kind, stage, target) from a clicked button's value; CommandError when it is not one of ours."""
+    kind, stage, target = value.get("k"), value.get("s"), value.get("t")
+    if not isinstance(kind, str) or not isinstance(stage, str) or not isinstance(target, dict):
+        raise CommandError("that button's data is not readable; look at the alert or the list again")
+    return kind, stage, target
+
+
+@alert_action
+def alert_operations(alert: Any) -> list[dict[str, Any]]:
+    """The operations a firing alert's finding carries (Cancel query, Terminate session, Create index, ...)."""
+    actions = getattr(alert, "actions", None) or []
+    return operation_buttons(alert.stage, [a for a in actions if isinstance(a, dict) and "kind" in a])
