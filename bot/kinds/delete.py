@@ -22,11 +22,14 @@ from bot.backups.delete_hook import DeleteBackup
 from bot.backups.scoped import BackupContext
 from bot.deletion.execute import BeforeDelete, DeleteResult, Progress, SnapshotChanged, execute_delete
 from bot.deletion.identity import TARGET_CHANGES, snapshot_changes, stale_reason
-from bot.deletion.plan import ImpactReport, plan_and_measure, server_exists
+from bot.deletion.impact import ImpactReport, plan_and_measure
+from bot.deletion.plan import server_exists
+from bot.deletion.scope import Rules
 from bot.errors import UserFacingError
 from bot.requests.asking import reason_for
 from bot.requests.kinds import Kind, ProgressCallback, Proposal, Stale, kind
 from bot.requests.store import Request
+from bot.schema.impact import scope_drift_warnings
 from bot.stages import Stage
 
 if TYPE_CHECKING:
@@ -74,6 +77,11 @@ class DeleteKind(Kind):
     def settings(self) -> Any:
         return self.runtime.settings
 
+    @property
+    def rules(self) -> Rules:
+        """How the engine reads edge rules the schema leaves open (NO_ACTION_EDGES)."""
+        return Rules(no_action=self.settings.no_action_edges)
+
     def budget_s(self, report: ImpactReport, *, backup: bool = False) -> float:
         expected = report.estimated_s + (report.total_rows * BACKUP_S_PER_ROW if backup else 0.0)
         return min(max(MIN_BUDGET_S, expected * BUDGET_FACTOR), float(self.settings.delete_timeout_s))
@@ -83,8 +91,10 @@ class DeleteKind(Kind):
     def impact(self, stage: Stage, slug: str | None, server_key: dict[str, str] | None = None) -> ImpactReport:
         """The impact report of deleting `slug` (bound to `server_key` when a request re-checks it)."""
         with stage.read() as conn:
-            _, report = plan_and_measure(conn, slug, server_key=server_key)
+            _, report = plan_and_measure(conn, slug, server_key=server_key, rules=self.rules)
         report.limit_s = float(self.settings.delete_timeout_s)
+        tables = [t.table for t in report.tables]
+        report.schema_warnings = scope_drift_warnings(self.runtime.stages, stage, tables, self.settings.schema)
         return report
 
     @staticmethod
@@ -114,6 +124,7 @@ class DeleteKind(Kind):
                 budget_s=self.budget_s(report),
                 lock_timeout_ms=self.settings.lock_timeout_ms,
                 dry_run=True,
+                rules=self.rules,
             )
             return DryRunDone(report, result)
         reason = reason_for(command, stage)
@@ -216,6 +227,7 @@ class DeleteKind(Kind):
                     before_delete=self._before_delete(backup),
                     progress=progress,
                     work_name=stage.work_name(f"request-{request.id}"),
+                    rules=self.rules,
                 )
             finally:
                 self._settle(backup, committed=result is not None)

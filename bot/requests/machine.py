@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot.audit import AuditEntry
 from bot.deletion.execute import Heartbeat
-from bot.deletion.plan import snapshot_hash
+from bot.deletion.impact import snapshot_hash
 from bot.errors import PermissionDenied, UserFacingError
 from bot.logs import request_id_var
 from bot.pii import scrub
