@@ -18,6 +18,7 @@ from bot.logs import new_request_id
 from bot.requests.buttons import ACTION_PREFIX, read_value
 from bot.service import CommandService
 from handlers.actions import button_value
+from handlers.blocks import payload
 from handlers.render_requests import refusal
 
 
@@ -51,6 +52,6 @@ def register(app: App, service: CommandService) -> None:
                 if body.get("response_url"):
                     respond(**refusal(asked))
                 elif channel:
-                    client.chat_postEphemeral(channel=channel, user=user, text=asked)
+                    client.chat_postEphemeral(channel=channel, user=user, **payload(refusal(asked)))
 
         runtime.submit(work)

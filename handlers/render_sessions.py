@@ -8,30 +8,34 @@ from bot.requests.messages import RequestView
 from bot.requests.store import Request
 from bot.service import CommandRequest
 from bot.sessions.activity import Backend, SessionList
-from handlers.blocks import Block, Message, actions, code, context, escape, lines_sections, message, section
+from handlers.blocks import Block, Message, Mrkdwn, actions, code, context, lines_sections, md, message, plural, section
 from handlers.render import renders
-from handlers.render_requests import KindView, clean, kind_view
+from handlers.render_requests import KindView, kind_view
 
 CATEGORY_WORDS = {"long": "running for", "idle": "idle in a transaction for", "blocked": "waiting on a lock for"}
 MAX_BUTTON_ROWS = 20  # actions blocks in one message (it may hold 50 blocks)
 
 
-def _line(backend: Backend) -> str:
-    line = (
-        f"• *{escape(backend.category)}* {clean(backend.label)}, {CATEGORY_WORDS[backend.category]} "
-        f"{duration(backend.seconds)}: {code(backend.query)}"
+def _line(backend: Backend) -> Mrkdwn:
+    line = md(
+        "• *{}* {}, {} {}: {}",
+        backend.category,
+        backend.label,
+        CATEGORY_WORDS[backend.category],
+        duration(backend.seconds),
+        code(backend.query),
     )
     if backend.blocked_by:
-        line += "\n    blocked by " + "; ".join(clean(b) for b in backend.blocked_by)
+        line += md("\n    blocked by {}", "; ".join(backend.blocked_by))
     return line
 
 
 @renders("sessions")
 def render_sessions(request: CommandRequest, result: SessionList) -> Message:
     limits = ", ".join(f"{c} over {duration(result.thresholds[c])}" for c in result.which)
-    head = f":busts_in_silhouette: Sessions on *{escape(result.stage)}* ({limits}): {result.total}"
+    head = md(":busts_in_silhouette: Sessions on *{}* ({}): {:,}", result.stage, limits, result.total)
     if not result.backends:
-        return message(head, [section(head), context("Nothing over the thresholds right now.")], ephemeral=True)
+        return message(head, [section(head), context(Mrkdwn("Nothing over the thresholds right now."))], ephemeral=True)
     blocks: list[Block] = [section(head)]
     rows = 0
     for index, backend in enumerate(result.backends):
@@ -41,16 +45,22 @@ def render_sessions(request: CommandRequest, result: SessionList) -> Message:
             blocks.append(actions(*buttons, block_id=f"session_{index}"))
             rows += 1
     if result.total > len(result.backends):
+        more = result.total - len(result.backends)
         blocks.append(
-            context(f"… and {result.total - len(result.backends)} more; narrow with --long, --idle, --blocked")
+            context(
+                md("… and {:,} more; narrow with {}, {}, {}", more, code("--long"), code("--idle"), code("--blocked"))
+            )
         )
     blocks.append(
         context(
-            "*Cancel query* stops the statement (a client that rolls back releases its locks); *Terminate session* "
-            "ends the connection and rolls its transaction back. Both re-check the session right before signalling."
+            Mrkdwn(
+                "*Cancel query* stops the statement (a client that rolls back releases its locks); *Terminate "
+                "session* ends the connection and rolls its transaction back. Both re-check the session right "
+                "before signalling."
+            )
         )
     )
-    return message(f"{result.total} sessions on {result.stage}", blocks, ephemeral=True)
+    return message(f"{plural(result.total, 'session')} on {result.stage}", blocks, ephemeral=True)
 
 
 # -- the requests ---------------------------------------------------------------------------------
@@ -59,35 +69,50 @@ VERBS = {"cancel": "Cancel the query of", "terminate": "Terminate the session of
 
 
 def _body(view: RequestView) -> list[Block]:
-    request = view.request
-    impact = request.impact
+    impact = view.request.impact
     lines = [
-        f"{clean(impact.get('label', request.subject))}, {escape(str(impact.get('state', '?')))}: "
-        f"{code(str(impact.get('query', '')))}",
+        md(
+            "{}, {}: {}",
+            impact.get("label", view.request.subject),
+            impact.get("state", "?"),
+            code(impact.get("query", "")),
+        )
     ]
     if impact.get("blocking"):
-        lines.append(f"It blocks *{int(impact['blocking'])}* other session(s).")
-    blocks = lines_sections(lines)
-    blocks.append(
-        context(
-            "Sent only if it is still the same session doing the same thing (pid, backend start, query or "
-            "transaction start); never to the bot's own, superuser or replication sessions."
+        lines.append(
+            md(
+                "It blocks *{}* other {}.",
+                int(impact["blocking"]),
+                "session" if impact["blocking"] == 1 else "sessions",
+            )
         )
-    )
-    return blocks
+    return [
+        *lines_sections(lines),
+        context(
+            Mrkdwn(
+                "Sent only if it is still the same session doing the same thing (pid, backend start, query or "
+                "transaction start); never to the bot's own, superuser or replication sessions."
+            )
+        ),
+    ]
 
 
-def _done(request: Request) -> str:
+def _done(request: Request) -> Mrkdwn:
     result = request.result or {}
     what = "query cancelled" if result.get("signal") == "cancel" else "session terminated"
+    state = str(result.get("state_after", "?"))
     outcome = (
-        f"it stopped ({escape(str(result.get('state_after', '?')))} now)"
+        md("it stopped ({} now)", state)
         if result.get("ended")
-        else f"it is still there ({escape(str(result.get('state_after', '?')))}): try *Terminate session*"
+        else md("it is still there ({}): try *Terminate session*", state)
     )
-    return (
-        f":white_check_mark: Done: pid {int(result.get('pid', 0))} {what}; {outcome}. Sessions waiting on locks: "
-        f"*{int(result.get('blocked_before', 0))}* before, *{int(result.get('blocked_after', 0))}* after."
+    return md(
+        ":white_check_mark: Done: pid {} {}; {}. Sessions waiting on locks: *{}* before, *{}* after.",
+        int(result.get("pid", 0)),
+        what,
+        outcome,
+        int(result.get("blocked_before", 0)),
+        int(result.get("blocked_after", 0)),
     )
 
 
@@ -95,9 +120,9 @@ def _view(kind: str) -> KindView:
     return KindView(
         title=lambda r: f"{VERBS[kind]} {r.subject} on {r.stage}",
         body=_body,
-        running=lambda view: ":gear: Running: re-checking the session, then signalling it…",
+        running=lambda view: Mrkdwn(":gear: Running: re-checking the session, then signalling it…"),
         done=_done,
-        summary=lambda r: clean(r.impact.get("label", r.subject)),
+        summary=lambda r: md("{}", r.impact.get("label", r.subject)),
         confirm="Cancel query" if kind == "cancel" else "Terminate session",
         failed="Failed",
     )

@@ -14,9 +14,9 @@ from typing import Any
 
 from bot.errors import CommandError
 from bot.health.messages import alert_action
+from bot.slacktext import button, confirm_dialog
 
 ACTION_PREFIX = "op:"
-VALUE_LIMIT = 2000  # Block Kit: a button's value
 DANGER = frozenset({"terminate", "drop-index"})
 
 
@@ -24,27 +24,15 @@ def operation_button(stage: str, action: dict[str, Any], index: int) -> dict[str
     """The Block Kit button for one action on `stage`; None if its value would not fit."""
     kind = str(action["kind"])
     value = json.dumps({"k": kind, "s": stage, "t": action["target"]}, separators=(",", ":"), sort_keys=True)
-    if len(value) > VALUE_LIMIT:
-        return None
-    label = str(action.get("label") or kind)[:75]
-    element: dict[str, Any] = {
-        "type": "button",
-        "action_id": f"{ACTION_PREFIX}{kind}:{index}",
-        "text": {"type": "plain_text", "text": label},
-        "value": value,
-    }
-    if kind in DANGER:
-        element["style"] = "danger"
+    label = str(action.get("label") or kind)
+    danger = kind in DANGER
     confirm = action.get("confirm")
-    if confirm:
-        element["confirm"] = {
-            "title": {"type": "plain_text", "text": f"{label[:90]}?"[:100]},
-            "text": {"type": "mrkdwn", "text": str(confirm)[:300]},
-            "confirm": {"type": "plain_text", "text": label[:30]},
-            "deny": {"type": "plain_text", "text": "Back"},
-            **({"style": "danger"} if kind in DANGER else {}),
-        }
-    return element
+    dialog = confirm_dialog(f"{label}?", str(confirm), label, "Back", danger=danger) if confirm else None
+    style = "danger" if danger else None
+    try:
+        return button(label, f"{ACTION_PREFIX}{kind}:{index}", value, style=style, confirm=dialog)
+    except ValueError:  # over Slack's limit for a button's value: the finding still says what to run
+        return None
 
 
 def operation_buttons(stage: str, actions: list[dict[str, Any]], start: int = 0) -> list[dict[str, Any]]:

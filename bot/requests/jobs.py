@@ -12,6 +12,7 @@ from sqlalchemy import Connection
 from bot import outbox
 from bot.errors import UserFacingError
 from bot.requests.store import Notify, Request, RequestStore, delete_requests
+from bot.slacktext import code, md, mention, noun
 
 if TYPE_CHECKING:
     from bot.requests.kinds import Kind
@@ -92,18 +93,22 @@ class RequestJobs:
         if not request.channel or not request.message_ts or self.render is None:
             return
         missing = max(request.required_approvals - len(request.approvals), 0)
-        who = "approval" + ("s" if missing != 1 else "") if request.protected else "confirmation"
-        needed = f"{missing} more {who}" if request.protected else f"a confirmation from <@{request.requester}>"
+        if request.protected:
+            needed = md("{} more {}", missing, noun(missing, "approval"))
+        else:
+            needed = md("a confirmation from {}", mention(request.requester))
         remaining = max(round((request.expires_at - (request.reminded_at or self.clock())).total_seconds() / 60), 0)
+        text = md(
+            ":alarm_clock: Reminder: {} request #{} for {} on {} expires in about {} min; it still needs {}.",
+            request.kind,
+            request.id,
+            code(request.subject),
+            request.stage,
+            remaining,
+            needed,
+        )
         outbox.enqueue(
-            conn,
-            "chat.postMessage",
-            {
-                "channel": request.channel,
-                "thread_ts": request.message_ts,
-                "text": f":alarm_clock: Reminder: {request.kind} request #{request.id} for `{request.subject}` on "
-                f"{request.stage} expires in about {remaining} min; it still needs {needed}.",
-            },
+            conn, "chat.postMessage", {"channel": request.channel, "thread_ts": request.message_ts, "text": text}
         )
 
     def recover(self) -> int:

@@ -109,13 +109,6 @@ class RequestMessages:
             return
         outbox.enqueue(conn, "chat.update", {"channel": request.channel, "ts": request.message_ts, **payload})
 
-    def _say_in_thread(self, conn: Connection, request: Request, text: str) -> None:
-        """A reply under the request's message (or the alert it came from), queued with the change."""
-        thread = request.options.get("thread_ts") or request.message_ts
-        if not request.channel or not thread:
-            return
-        outbox.enqueue(conn, "chat.postMessage", {"channel": request.channel, "thread_ts": thread, "text": text})
-
     def _nudge(self) -> None:
         """After a commit: queued Slack calls go out, and App Home tabs showing requests refresh."""
         self.runtime.outbox_worker.notify()

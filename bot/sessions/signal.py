@@ -52,9 +52,7 @@ _LOOK = text(
     " FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid WHERE" + _IDENTITY
 )
 
-_HIDDEN = text(
-    "SELECT pid, backend_start IS NULL AS hidden, current_user AS me FROM pg_stat_activity WHERE pid = :pid"
-)
+_HIDDEN = text("SELECT pid, backend_start IS NULL AS hidden, current_user AS me FROM pg_stat_activity WHERE pid = :pid")
 _STATE = text("SELECT state FROM pg_stat_activity WHERE pid = :pid AND backend_start = CAST(:bs AS timestamptz)")
 
 

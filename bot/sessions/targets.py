@@ -46,10 +46,21 @@ def session_actions(row: Any, expect: str) -> tuple[dict[str, Any], ...]:
     if row is None or row.backend_start is None:
         return ()
     state = str(getattr(row, "state", "") or "")
+    target = backend_target(row, expect)
+    terminate = {
+        "kind": "terminate",
+        "label": TERMINATE_LABEL,
+        "target": target,
+        "confirm": f"End the whole session of pid {row.pid}, rolling back its open transaction? "
+        "Sent only if it is still the same session.",
+    }
     if expect == ACTIVE or (expect == BLOCKING and state == ACTIVE):
-        target = backend_target(row, expect)
-        return (
-            {"kind": "cancel", "label": CANCEL_LABEL, "target": target},
-            {"kind": "terminate", "label": TERMINATE_LABEL, "target": target},
-        )
-    return ({"kind": "terminate", "label": TERMINATE_LABEL, "target": backend_target(row, expect)},)
+        cancel = {
+            "kind": "cancel",
+            "label": CANCEL_LABEL,
+            "target": target,
+            "confirm": f"Cancel the running query of pid {row.pid}? Sent only if it is still the same session "
+            "running the same query (a protected stage asks approvers first).",
+        }
+        return cancel, {**terminate, "confirm": terminate["confirm"] + " Cancel query is usually enough."}
+    return (terminate,)
