@@ -224,6 +224,12 @@ register(
         ),
     )
 )
+register(
+    Verb(
+        "indexes",
+        "foreign keys without an index, invalid and duplicate indexes, with Create index / Drop index buttons",
+    )
+)
 
 
 def _clean_shown(value: str, limit: int = 40) -> str:

@@ -182,6 +182,7 @@ class Settings:
     rate_limit_per_minute: int = 10
     backup: BackupSettings = field(default_factory=BackupSettings)
     delete_timeout_s: int = 3600
+    index_build_timeout_s: int = 7200  # INDEX_BUILD_TIMEOUT_SECONDS: the statement_timeout of CREATE INDEX CONCURRENTLY
     required_approvals: int = 1
     approval_ttl_minutes: int = 30
     approval_drift_percent: float = 1.0
@@ -606,6 +607,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_slack: bool =
         rate_limit_per_minute=_int(env, "RATE_LIMIT_PER_MINUTE", 10, 1, 10_000),
         backup=_backup_settings(env),
         delete_timeout_s=_int(env, "DELETE_TIMEOUT_SECONDS", 3600, 10, 86_400),
+        index_build_timeout_s=_int(env, "INDEX_BUILD_TIMEOUT_SECONDS", 7200, 10, 86_400),
         required_approvals=_int(env, "REQUIRED_APPROVALS", 1, 1, 10),
         approval_ttl_minutes=_int(env, "APPROVAL_TTL_MINUTES", 30, 1, 10_080),
         approval_drift_percent=_float(env, "APPROVAL_DRIFT_PERCENT", 1.0, 0.0, 100.0),

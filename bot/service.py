@@ -86,6 +86,7 @@ OPERATION_MODULES = (
     "bot.deletion.operations",
     "bot.schema.operations",
     "bot.sessions.operations",
+    "bot.indexes.operations",
 )
 
 

@@ -286,6 +286,24 @@ class Stage:
                     raw.invalidate()  # its temporary tables go with the session
                     raise
 
+    @contextmanager
+    def autocommit(
+        self, *, statement_timeout_ms: int, lock_timeout_ms: int, application_name: str | None = None
+    ) -> Iterator[Connection]:
+        """One session outside any transaction, for what PostgreSQL forbids inside one (`CREATE INDEX
+        CONCURRENTLY`, `DROP INDEX CONCURRENTLY`): every statement commits on its own, with these time
+        budgets. Its own connection, closed afterwards, so nothing it sets outlives it."""
+        engine = self.component_engine("autocommit")
+        with self._guarded(statement_timeout_ms), engine.connect() as raw:
+            conn = raw.execution_options(isolation_level="AUTOCOMMIT")
+            conn.execute(
+                text("SELECT set_config('statement_timeout', :st, false), set_config('lock_timeout', :lt, false)"),
+                {"st": str(statement_timeout_ms), "lt": str(lock_timeout_ms)},
+            )
+            if application_name:
+                conn.execute(text("SELECT set_config('application_name', :n, false)"), {"n": application_name})
+            yield conn
+
     def work_name(self, label: str) -> str:
         """The `application_name` a long write runs under, so another process can tell it is still going."""
         return f"{APPLICATION_NAME}/{self.name}/{label}"[:63]

@@ -12,7 +12,9 @@ from typing import Any
 
 from bot.deletion.execute import Progress
 from bot.deletion.impact import Blocker, ImpactReport, SlowKey, TriggerNote
+from bot.indexes.targets import create_index_action
 from bot.kinds.delete import DeletePosted, DeleteRefused, DryRunDone
+from bot.requests.buttons import operation_buttons
 from bot.requests.messages import RequestView
 from bot.requests.store import Request
 from bot.service import CommandRequest
@@ -20,6 +22,7 @@ from handlers.blocks import (
     Block,
     Message,
     Mrkdwn,
+    actions,
     code,
     code_block,
     context,
@@ -39,6 +42,7 @@ from handlers.render_backups import COLUMN_NOTES
 from handlers.render_requests import KindView, kind_view
 from handlers.render_requests import refusal as refusal  # handlers/alerts.py answers with it
 
+ACTIONS_PER_BLOCK = 5  # Create index buttons under an impact report
 SLOW_KEY_WARN_S = 1.0  # below this a missing index is listed, not shouted about
 MAX_TABLE_LINES = 40
 
@@ -135,7 +139,17 @@ def _trigger_lines(triggers: list[TriggerNote]) -> list[Mrkdwn]:
     ]
 
 
-def impact_blocks(report: ImpactReport, *, protected: bool) -> list[Block]:
+def _create_index_buttons(report: ImpactReport, stage: str | None) -> list[Block]:
+    """Create index on every foreign key the delete scans without one (the warning above, done for you)."""
+    keys = [k for k in report.slow_keys if k.schema and k.name]
+    if stage is None or not keys:
+        return []
+    found = [create_index_action(k.schema, k.name, k.columns, label=f"Create index: {_key_name(k)}") for k in keys]
+    buttons = operation_buttons(stage, found[:ACTIONS_PER_BLOCK])
+    return [actions(*buttons, block_id="impact_create_index")] if buttons else []
+
+
+def impact_blocks(report: ImpactReport, *, protected: bool, stage: str | None = None) -> list[Block]:
     blocks: list[Block] = [*lines_sections(_table_lines(report))]
     tables = sum(1 for t in report.tables if t.action == "delete" and t.rows)
     summary = md(
@@ -179,6 +193,7 @@ def impact_blocks(report: ImpactReport, *, protected: bool) -> list[Block]:
         )
     if warnings:
         blocks += lines_sections(warnings)
+    blocks += _create_index_buttons(report, stage)
     minor = [k for k in report.slow_keys if k.estimated_s < SLOW_KEY_WARN_S]
     if minor:
         listed = Mrkdwn(", ").join(
@@ -217,7 +232,7 @@ def render_impact(request: CommandRequest, report: ImpactReport) -> Message:
     )
     blocks = [
         section(head),
-        *impact_blocks(report, protected=stage.protected),
+        *impact_blocks(report, protected=stage.protected, stage=stage.name),
     ]
     return message(f"Impact of deleting {report.slug}: {plural(report.total_rows, 'row')}", blocks)
 
@@ -350,7 +365,8 @@ def _delete_body(view: RequestView) -> list[Block]:
         ]
         return blocks + lines_sections(lines)
     report = ImpactReport.from_json(request.impact)
-    return [*blocks, divider(), *impact_blocks(report, protected=request.protected)]
+    stage = request.stage if request.state == "pending" else None  # Create index buttons while it waits
+    return [*blocks, divider(), *impact_blocks(report, protected=request.protected, stage=stage)]
 
 
 def _delete_confirm_text(request: Request) -> str:

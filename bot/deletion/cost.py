@@ -18,7 +18,6 @@ The cost model, calibrated once with bench/bench_delete.py on PostgreSQL 15:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from bot.deletion.catalog import Catalog, ForeignKey, TableRef
 from bot.deletion.plan import set_local
 from bot.deletion.scopesql import CteSource, ScopeSql, sa_table
 from bot.deletion.sqlext import ExplainAnalyze
+from bot.indexes.naming import index_name
 
 if TYPE_CHECKING:
     from bot.deletion.plan import DeletePlan
@@ -58,6 +58,8 @@ class SlowKey:
     estimated_s: float
     create_index: str
     rule: str
+    schema: str = ""  # the table's schema and name apart (for the Create index button)
+    name: str = ""
 
 
 def _param(name: str, value: Any) -> Any:
@@ -170,6 +172,8 @@ def estimate_cascades(
                         estimated_s=round(cost_s, 3),
                         create_index=create_index_statement(fk),
                         rule=fk.on_delete,
+                        schema=fk.child.schema,
+                        name=fk.child.name,
                     )
                 )
     slow.sort(key=lambda s: s.estimated_s, reverse=True)
@@ -179,9 +183,7 @@ def estimate_cascades(
 def create_index_statement(fk: ForeignKey) -> str:
     """The index that turns each per-row scan into an index lookup; run it outside the delete."""
     quote = _QUOTE
-    name = f"{fk.child.name}_{'_'.join(fk.child_columns)}_idx"
-    if len(name) > 63:
-        name = name[:54] + "_" + hashlib.sha1(name.encode()).hexdigest()[:8]  # noqa: S324 - a name, not security
+    name = index_name(fk.child.name, fk.child_columns)  # the name the bot's Create index gives it
     columns = ", ".join(quote(c) for c in fk.child_columns)
     return (
         f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {quote(name)} "

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from bot.health.checks.base import CheckContext, CheckReport, Finding, check, ignored
+from bot.indexes.targets import create_index_action
 
 MAX_FK_LINES = 15
 
@@ -31,6 +32,9 @@ def unindexed_foreign_keys(conn: Connection, ctx: CheckContext) -> list[Any]:
     return conn.execute(
         text(
             "SELECT format('%I.%I', n.nspname, t.relname) AS child, con.conname, con.confdeltype AS on_delete,"
+            " ARRAY(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)"
+            "   JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum ORDER BY k.ord)"
+            " AS column_names,"
             " n.nspname AS child_schema, t.relname AS child_table,"
             " format('%I.%I', pn.nspname, p.relname) AS parent, greatest(t.reltuples, 0)::bigint AS child_rows,"
             " (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord)"
@@ -74,5 +78,11 @@ def check_fk_without_index(conn: Connection, ctx: CheckContext) -> CheckReport:
             "transaction, largest tables first."
         ),
         remind=False,
+        actions=tuple(
+            create_index_action(
+                r.child_schema, r.child_table, r.column_names, label=f"Create index: {r.child} ({r.columns})"
+            )
+            for r in rows[:MAX_FK_LINES]
+        ),
     )
     return CheckReport("fk_without_index", "Foreign keys without an index", "findings", summary, [finding])

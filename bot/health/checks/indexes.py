@@ -32,6 +32,7 @@ from bot.health.checks.base import (
 )
 from bot.health.checks.foreign_keys import covers_foreign_key
 from bot.health.history import Sample
+from bot.indexes.targets import drop_index_action
 
 DUPLICATE_LABEL = "Duplicate indexes"
 UNUSED_LABEL = "Unused indexes"
@@ -42,7 +43,7 @@ def check_invalid_indexes(conn: Connection, ctx: CheckContext) -> CheckReport:
     rows = conn.execute(
         text(
             "SELECT format('%I.%I', n.nspname, c.relname) AS name, pg_get_indexdef(c.oid) AS definition,"
-            " pg_relation_size(c.oid) AS bytes"
+            " pg_relation_size(c.oid) AS bytes, n.nspname AS schema_name, c.relname AS index_name"
             " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
             " JOIN pg_class t ON t.oid = i.indrelid"
             " WHERE NOT i.indisvalid AND " + ignored("n.nspname", "t.relname") + " AND NOT EXISTS"
@@ -65,6 +66,7 @@ def check_invalid_indexes(conn: Connection, ctx: CheckContext) -> CheckReport:
                 f"`REINDEX INDEX CONCURRENTLY {r.name};`, or `DROP INDEX CONCURRENTLY {r.name};` and create it again."
             ),
             remind=False,
+            actions=(drop_index_action(r.schema_name, r.index_name, r.definition, "invalid"),),
         )
         for r in rows
     ]
@@ -81,7 +83,8 @@ SELECT i.indexrelid, i.indrelid, c.relam, i.indisunique, i.indnatts, i.indnkeyat
        pg_get_expr(i.indexprs, i.indrelid) AS exprs, pg_get_expr(i.indpred, i.indrelid) AS pred,
        EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.contype IN ('p', 'u', 'x'))
          AS constraint_backed,
-       format('%I.%I', n.nspname, c.relname) AS name, format('%I.%I', n.nspname, t.relname) AS table_name
+       format('%I.%I', n.nspname, c.relname) AS name, format('%I.%I', n.nspname, t.relname) AS table_name,
+       n.nspname AS schema_name, c.relname AS index_name
   FROM pg_index i
   JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid
   JOIN pg_namespace n ON n.oid = t.relnamespace
@@ -93,6 +96,7 @@ DUPLICATES_SQL = (
     " SELECT *, pg_relation_size(dropped) AS bytes, pg_get_indexdef(dropped) AS definition,"
     " pg_relation_size(kept) AS keeper_bytes, pg_get_indexdef(kept) AS keeper_definition FROM ("
     " SELECT DISTINCT ON (a.indexrelid) a.indexrelid AS dropped, b.indexrelid AS kept, a.name, a.table_name,"
+    " a.schema_name, a.index_name,"
     " b.name AS keeper, a.keys = b.keys AS exact, coalesce(s.idx_scan, 0) AS scans"
     " FROM idx a JOIN idx b ON b.indrelid = a.indrelid AND b.indexrelid <> a.indexrelid AND b.relam = a.relam"
     "  AND a.exprs IS NOT DISTINCT FROM b.exprs AND a.pred IS NOT DISTINCT FROM b.pred"
@@ -136,6 +140,7 @@ def check_duplicate_indexes(conn: Connection, ctx: CheckContext) -> CheckReport:
                     "it waits for queries using the index, blocking nothing else)."
                 ),
                 remind=False,
+                actions=(drop_index_action(r.schema_name, r.index_name, r.definition, "duplicate", r.keeper),),
             )
         )
     summary = f"{len(rows)} to drop ({size(sum(r.bytes for r in rows))})" if rows else "none"

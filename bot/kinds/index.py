@@ -1,0 +1,217 @@
+"""Kinds `create-index` and `drop-index` (bot/indexes/).
+
+create-index
+- plan: from **Create index** on an unindexed-foreign-key finding (the daily check, the impact report,
+  `/mcp indexes`): the table and columns, refused if an equivalent valid index exists already; the
+  predictable name (`<table>_<columns>_idx`) and the exact statement.
+- check: still no equivalent index, the table and columns still there.
+- run: `CREATE INDEX CONCURRENTLY` outside any transaction with `lock_timeout`, progress from
+  `pg_stat_progress_create_index`; a failed or cancelled build's INVALID index is dropped, and said.
+- verify: the index is valid.
+
+drop-index
+- plan: from **Drop index** on an invalid or duplicate index (the health checks, `/mcp indexes`): the
+  index by name *and* definition; refused for an index that backs a constraint.
+- check: the same index, still invalid (or still a duplicate of the one that stays).
+- run: `DROP INDEX CONCURRENTLY` outside any transaction with `lock_timeout`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.errors import CommandError, UserFacingError
+from bot.indexes.build import BuildFailed, build, create_statement, drop, drop_leftover
+from bot.indexes.catalog import equivalent_index, index_now, table_now
+from bot.indexes.naming import index_name
+from bot.requests.kinds import Kind, ProgressCallback, Proposal, Stale, kind
+from bot.requests.store import Request
+from bot.stages import Stage
+
+
+class Refused(UserFacingError):
+    outcome = "denied"
+
+
+def _text(target: dict[str, Any], key: str) -> str:
+    value = target.get(key)
+    if not isinstance(value, str) or not value or len(value) > 63:
+        raise CommandError("that button's data is not readable; look at the finding again")
+    return value
+
+
+def _columns(target: dict[str, Any]) -> list[str]:
+    columns = target.get("columns")
+    if not isinstance(columns, list) or not 0 < len(columns) <= 32:
+        raise CommandError("that button's data is not readable; look at the finding again")
+    return [_text({"column": c}, "column") for c in columns]
+
+
+@kind
+class CreateIndexKind(Kind):
+    name = "create-index"
+    title = "Create index"
+    done = "built"
+
+    def _look(self, stage: Stage, target: dict[str, Any]) -> dict[str, Any]:
+        """The plan as the catalog is now; Refused (a UserFacingError) when there is nothing to build."""
+        schema, table, columns = _text(target, "schema"), _text(target, "table"), _columns(target)
+        shown = f"{schema}.{table} ({', '.join(columns)})"
+        with stage.read() as conn:
+            now = table_now(conn, schema, table, columns)
+            if now is None:
+                raise Refused(f"table {schema}.{table} no longer exists")
+            if now.missing:
+                raise Refused(f"table {schema}.{table} has no column {', '.join(now.missing)}")
+            equivalent = equivalent_index(conn, now)
+            if equivalent is not None:
+                raise Refused(f"an equivalent index exists already on {shown}: `{equivalent[1]}`")
+            name = index_name(table, columns)
+            named = index_now(conn, schema, name)
+            if named is not None and named.valid:
+                raise Refused(f"an index named `{name}` exists already, on other columns: `{named.definition}`")
+            statement = create_statement(conn, schema, table, columns, name)
+        return {
+            "name": name,
+            "statement": statement,
+            "table": f"{schema}.{table}",
+            "columns": columns,
+            "rows": now.rows,
+            "bytes": now.bytes,
+            "leftover": named is not None,  # an INVALID index of that name, from an earlier failed build
+        }
+
+    def plan(self, stage: Stage, target: dict[str, Any], options: dict[str, Any]) -> Proposal:
+        impact = self._look(stage, target)
+        return Proposal(
+            kind=self.name,
+            stage=stage.name,
+            subject=f"{impact['table']} ({', '.join(impact['columns'])})",
+            target={"schema": target["schema"], "table": target["table"], "columns": impact["columns"]},
+            impact=impact,
+            options=options,
+        )
+
+    def check(self, request: Request) -> None:
+        try:
+            self._look(self.runtime.stages.get(request.stage), request.target)
+        except Refused as exc:
+            raise Stale(exc.message, target_changed=True) from None
+
+    def run(self, request: Request, progress: ProgressCallback) -> dict[str, Any]:
+        stage = self.runtime.stages.get(request.stage)
+        target = request.target
+        name = str(request.impact["name"])
+        settings = self.runtime.settings
+        cleaned = None
+        with stage.read() as conn:
+            leftover = index_now(conn, target["schema"], name)
+        if leftover is not None and not leftover.valid:
+            cleaned = drop_leftover(stage, target["schema"], name, settings.lock_timeout_ms)
+        built = build(
+            stage,
+            target["schema"],
+            target["table"],
+            target["columns"],
+            name,
+            lock_timeout_ms=settings.lock_timeout_ms,
+            statement_timeout_ms=settings.index_build_timeout_s * 1000,
+            work_name=stage.work_name(f"request-{request.id}"),
+            progress=progress,
+        )
+        return {
+            "index": built.name,
+            "definition": built.definition,
+            "bytes": built.bytes,
+            "seconds": round(built.seconds, 3),
+            "cleaned": cleaned,
+        }
+
+    def verify(self, request: Request, result: dict[str, Any]) -> list[str]:
+        stage = self.runtime.stages.get(request.stage)
+        with stage.read() as conn:
+            made = index_now(conn, request.target["schema"], str(result["index"]))
+        if made is None or not made.valid or not made.ready:
+            return [f"the index `{result['index']}` is not valid"]
+        return []
+
+    def recover(self, request: Request) -> tuple[str, str | None] | None:
+        """The bot stopped during the build: a valid index means it finished; an INVALID one is dropped."""
+        stage = self.runtime.stages.get(request.stage)
+        name = str(request.impact.get("name", ""))
+        with stage.read() as conn:
+            made = index_now(conn, request.target["schema"], name)
+        if made is not None and made.valid:
+            return "done", None
+        cleaned = drop_leftover(stage, request.target["schema"], name, self.runtime.settings.lock_timeout_ms)
+        return "failed", f"the bot stopped while the index was being built; {cleaned}"
+
+
+@kind
+class DropIndexKind(Kind):
+    name = "drop-index"
+    title = "Drop index"
+    done = "dropped"
+
+    def _look(self, stage: Stage, target: dict[str, Any]) -> dict[str, Any]:
+        schema, index = _text(target, "schema"), _text(target, "index")
+        reason = target.get("reason")
+        shown = f"{schema}.{index}"
+        with stage.read() as conn:
+            now = index_now(conn, schema, index)
+            if now is None:
+                raise Refused(f"index {shown} no longer exists")
+            if now.definition != target.get("definition"):
+                raise Refused(f"index {shown} is not the one shown any more: it is now `{now.definition}`")
+            if now.constraint_backed:
+                raise Refused(f"index {shown} backs a constraint: drop or change the constraint instead")
+            if now.building:
+                raise Refused(f"index {shown} is being built right now")
+            if reason == "invalid" and now.valid:
+                raise Refused(f"index {shown} is valid now")
+            if reason == "duplicate":
+                keeper = str(target.get("keeper") or "")
+                keeper_schema, _, keeper_name = keeper.rpartition(".")
+                twin = index_now(conn, keeper_schema.strip('"') or schema, keeper_name.strip('"'))
+                if twin is None or not twin.valid:
+                    raise Refused(f"index {shown} is no longer a duplicate: {keeper or 'its twin'} is gone or invalid")
+            elif reason != "invalid":
+                raise CommandError("that button's data is not readable; look at the finding again")
+        return {
+            "index": shown,
+            "definition": now.definition,
+            "bytes": now.bytes,
+            "reason": reason,
+            "keeper": target.get("keeper"),
+        }
+
+    def plan(self, stage: Stage, target: dict[str, Any], options: dict[str, Any]) -> Proposal:
+        impact = self._look(stage, target)
+        return Proposal(
+            kind=self.name,
+            stage=stage.name,
+            subject=impact["index"],
+            target=dict(target),
+            impact=impact,
+            options=options,
+        )
+
+    def check(self, request: Request) -> None:
+        try:
+            self._look(self.runtime.stages.get(request.stage), request.target)
+        except Refused as exc:
+            raise Stale(exc.message, target_changed=True) from None
+
+    def run(self, request: Request, progress: ProgressCallback) -> dict[str, Any]:
+        stage = self.runtime.stages.get(request.stage)
+        lock_ms = self.runtime.settings.lock_timeout_ms
+        left = drop(
+            stage,
+            request.target["schema"],
+            request.target["index"],
+            lock_timeout_ms=lock_ms,
+            statement_timeout_ms=max(lock_ms * 10, 60_000),
+        )
+        if left is not None:
+            raise BuildFailed(f"index {request.subject} is still there after DROP INDEX CONCURRENTLY")
+        return {"index": request.subject, "bytes": int(request.impact.get("bytes", 0))}
