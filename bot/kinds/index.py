@@ -47,8 +47,32 @@ def _columns(target: dict[str, Any]) -> list[str]:
     return [_text({"column": c}, "column") for c in columns]
 
 
+class _IndexKind(Kind):
+    """A plan is the catalog looked at now (`_look`: the impact, or Refused); the check looks again."""
+
+    def _look(self, stage: Stage, target: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _named(self, target: dict[str, Any], impact: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """(subject, target as stored) of a plan."""
+        raise NotImplementedError
+
+    def plan(self, stage: Stage, target: dict[str, Any], options: dict[str, Any]) -> Proposal:
+        impact = self._look(stage, target)
+        subject, stored = self._named(target, impact)
+        return Proposal(
+            kind=self.name, stage=stage.name, subject=subject, target=stored, impact=impact, options=options
+        )
+
+    def check(self, request: Request) -> None:
+        try:
+            self._look(self.runtime.stages.get(request.stage), request.target)
+        except Refused as exc:
+            raise Stale(exc.message, target_changed=True) from None
+
+
 @kind
-class CreateIndexKind(Kind):
+class CreateIndexKind(_IndexKind):
     name = "create-index"
     title = "Create index"
     done = "built"
@@ -81,22 +105,9 @@ class CreateIndexKind(Kind):
             "leftover": named is not None,  # an INVALID index of that name, from an earlier failed build
         }
 
-    def plan(self, stage: Stage, target: dict[str, Any], options: dict[str, Any]) -> Proposal:
-        impact = self._look(stage, target)
-        return Proposal(
-            kind=self.name,
-            stage=stage.name,
-            subject=f"{impact['table']} ({', '.join(impact['columns'])})",
-            target={"schema": target["schema"], "table": target["table"], "columns": impact["columns"]},
-            impact=impact,
-            options=options,
-        )
-
-    def check(self, request: Request) -> None:
-        try:
-            self._look(self.runtime.stages.get(request.stage), request.target)
-        except Refused as exc:
-            raise Stale(exc.message, target_changed=True) from None
+    def _named(self, target: dict[str, Any], impact: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        subject = f"{impact['table']} ({', '.join(impact['columns'])})"
+        return subject, {"schema": target["schema"], "table": target["table"], "columns": impact["columns"]}
 
     def run(self, request: Request, progress: ProgressCallback) -> dict[str, Any]:
         stage = self.runtime.stages.get(request.stage)
@@ -148,7 +159,7 @@ class CreateIndexKind(Kind):
 
 
 @kind
-class DropIndexKind(Kind):
+class DropIndexKind(_IndexKind):
     name = "drop-index"
     title = "Drop index"
     done = "dropped"
@@ -185,22 +196,8 @@ class DropIndexKind(Kind):
             "keeper": target.get("keeper"),
         }
 
-    def plan(self, stage: Stage, target: dict[str, Any], options: dict[str, Any]) -> Proposal:
-        impact = self._look(stage, target)
-        return Proposal(
-            kind=self.name,
-            stage=stage.name,
-            subject=impact["index"],
-            target=dict(target),
-            impact=impact,
-            options=options,
-        )
-
-    def check(self, request: Request) -> None:
-        try:
-            self._look(self.runtime.stages.get(request.stage), request.target)
-        except Refused as exc:
-            raise Stale(exc.message, target_changed=True) from None
+    def _named(self, target: dict[str, Any], impact: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return impact["index"], dict(target)
 
     def run(self, request: Request, progress: ProgressCallback) -> dict[str, Any]:
         stage = self.runtime.stages.get(request.stage)
