@@ -141,3 +141,13 @@ def test_the_daily_alert_and_indexes_carry_create_and_drop_buttons(bot, stage_db
     press_request(bot, request.id, "Approve", APPROVER, message)
     assert wait_state(bot, request.id, {"done", "failed", "stale"}, timeout=60).state == "done"
     assert index_valid(stage_db, SESSION_KEY) is True
+
+
+def test_index_names_are_predictable_and_fit_in_63_bytes():
+    from bot.indexes.naming import index_name
+
+    assert index_name("support_requests", ["mcp_server_session_id"]) == SESSION_KEY
+    long = index_name("ünterschiedlich_lange_tabelle_" * 2, ["spalte_eins", "spalte_zwei"])
+    assert len(long.encode()) <= 63 and long.encode().decode() == long  # cut on a character boundary
+    assert long == index_name("ünterschiedlich_lange_tabelle_" * 2, ["spalte_eins", "spalte_zwei"])
+    assert long != index_name("ünterschiedlich_lange_tabelle_" * 2, ["spalte_eins", "spalte_drei"])
