@@ -1,4 +1,4 @@
-"""The `/mcp impact`, `/mcp delete` and `/mcp pending` verbs: thin calls into the deletion flow."""
+"""The `/mcp impact`, `/mcp delete` and `/mcp pending` verbs: thin calls into the delete kind and the request machine."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import Connection
 
 from bot.backups.delete_hook import DeleteBackup
-from bot.backups.scoped import BackupContext
+from bot.backups.manifest import BackupContext
 from bot.deletion.execute import BeforeDelete, DeleteResult, Progress, SnapshotChanged, execute_delete
 from bot.deletion.identity import TARGET_CHANGES, snapshot_changes, stale_reason
 from bot.deletion.impact import ImpactReport, plan_and_measure

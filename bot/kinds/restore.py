@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from bot.backups.scoped import Manifest, RestoreReport, restore_order
+from bot.backups.manifest import Manifest
+from bot.backups.restore import RestoreReport, restore_order
 from bot.deletion.identity import snapshot_changes
 from bot.deletion.plan import server_exists
 from bot.errors import NotFound
