@@ -264,7 +264,7 @@ def render_delete(request: CommandRequest, result: DeletePosted | DeleteRefused 
     if isinstance(result, DeleteRefused):
         blocks = [
             section(md(":no_entry: {} on *{}* can't be deleted as it is:", code(result.report.slug), stage.name)),
-            *impact_blocks(result.report, protected=stage.protected),
+            *impact_blocks(result.report, protected=stage.protected, stage=stage.name),
         ]
         return message(f"{result.report.slug} can't be deleted", blocks)
     run = result.result
@@ -365,8 +365,7 @@ def _delete_body(view: RequestView) -> list[Block]:
         ]
         return blocks + lines_sections(lines)
     report = ImpactReport.from_json(request.impact)
-    stage = request.stage if request.state == "pending" else None  # Create index buttons while it waits
-    return [*blocks, divider(), *impact_blocks(report, protected=request.protected, stage=stage)]
+    return [*blocks, divider(), *impact_blocks(report, protected=request.protected)]
 
 
 def _delete_confirm_text(request: Request) -> str:

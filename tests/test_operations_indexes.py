@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.conftest import ALERT_CHANNEL, APPROVER, CHANNEL, OPERATOR, TEST_SPEC, BotHarness, StageDb, message_text
-from tests.deletion_support import ephemeral_on, request_message, requests_rows, wait_state
+from tests.deletion_support import ephemeral_on, request_message, requests_rows, wait_state, wait_update
 from tests.test_operations_sessions import alert_message, buttons, latest_request
 
 BIG = TEST_SPEC.big_slug
@@ -55,7 +55,7 @@ def test_create_index_from_the_impact_report_builds_it_and_the_estimate_uses_it(
     assert request.state == "done", request.error
     assert request.result["index"] == USER_KEY and index_valid(stage_db, USER_KEY) is True
     assert request.server_key == {"schema": "public", "table": "mcp_tool_calls", "columns": ["mcp_server_user_id"]}
-    assert f"index `{USER_KEY}` built in" in message_text(request_message(bot, request.id))
+    assert f"index `{USER_KEY}` built in" in message_text(wait_update(bot, request.id, ": done"))
     assert [r.outcome for r in bot.audit_rows() if r.command == "create-index"] == [
         "requested",
         "confirmed",
@@ -96,7 +96,7 @@ def test_a_failed_build_leaves_no_invalid_index_behind(bot, stage_db):
     assert f"the build of `{SESSION_KEY}` failed: a lock could not be taken within lock_timeout" in request.error
     assert f"it left an INVALID index `{SESSION_KEY}`, which was dropped" in request.error
     assert stage_db.scalar(INVALID) == 0 and index_valid(stage_db, SESSION_KEY) is None
-    assert "Failed, nothing was built" in message_text(request_message(bot, request.id))
+    assert "Failed, nothing was built" in message_text(wait_update(bot, request.id, ": failed"))
 
 
 def test_the_daily_alert_and_indexes_carry_create_and_drop_buttons(bot, stage_db):
@@ -104,7 +104,7 @@ def test_the_daily_alert_and_indexes_carry_create_and_drop_buttons(bot, stage_db
         conn.execute("CREATE UNIQUE INDEX CONCURRENTLY tool_name_uq ON mcp_tool_calls (tool_name)")
     stage_db.execute("CREATE INDEX session_slug_twin ON mcp_server_session (mcp_server_slug)")
     bot.runtime.health.run_group("dev", "fk_indexes")
-    _ts, alert = alert_message(bot, "without an index")
+    _ts, alert = alert_message(bot, "on stage *dev*", "without an index")
     assert "Create index: public.support_requests (mcp_server_session_id)" in buttons(alert)
 
     listing = bot.command("indexes --stage dev").message(timeout=30)
@@ -129,7 +129,7 @@ def test_the_daily_alert_and_indexes_carry_create_and_drop_buttons(bot, stage_db
 
     # On a protected stage the same button asks approvers; the requester cannot approve it.
     bot.runtime.health.run_group("production", "fk_indexes")
-    _ts, alert = alert_message(bot, "on stage *production*")
+    _ts, alert = alert_message(bot, "on stage *production*", "without an index")
     press(bot, alert, "Create index: public.support_requests (mcp_server_session_id)", channel=ALERT_CHANNEL)
     request = wait_state(bot, latest_request(bot, "create-index").id, {"pending"})
     assert request.protected and index_valid(stage_db, SESSION_KEY) is None

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from bot.requests.buttons import operation_button
 from bot.sessions.targets import ACTIVE, session_actions
 from tests.conftest import ALERT_CHANNEL, APPROVER, CHANNEL, OPERATOR, BotHarness, StageDb, message_text
-from tests.deletion_support import ephemeral_on, request_message, requests_rows, wait_state
+from tests.deletion_support import ephemeral_on, request_message, requests_rows, wait_state, wait_update
 
 APP_ROLE = "app_worker"  # the platform's own sessions: not superusers, so the bot may signal them
 LOCKED_ROW = "UPDATE organization SET name = name WHERE id = 'org_1'"
@@ -119,16 +119,16 @@ def blocked_alerts(bot: BotHarness, stage: str) -> list[Any]:
         )
 
 
-def alert_message(bot: BotHarness, needle: str, timeout: float = 20) -> tuple[str, dict[str, Any]]:
-    """(ts, payload) of the alert message in the alert channel whose text has `needle`."""
+def alert_message(bot: BotHarness, *needles: str, timeout: float = 20) -> tuple[str, dict[str, Any]]:
+    """(ts, payload) of the alert message in the alert channel whose text has every one of `needles`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         bot.runtime.outbox.drain()
         for (channel, ts), stored in list(bot.slack.messages.items()):
-            if channel == ALERT_CHANNEL and needle in message_text(stored.payload):
+            if channel == ALERT_CHANNEL and all(n in message_text(stored.payload) for n in needles):
                 return ts, stored.payload
         time.sleep(0.05)
-    raise AssertionError(f"no alert message with {needle!r}")
+    raise AssertionError(f"no alert message with {needles!r}")
 
 
 def buttons(payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -185,7 +185,7 @@ def test_a_blocking_chain_alerts_and_cancel_on_an_unprotected_stage_ends_it(bot,
         assert "waiter0" not in chain.errors and "waiter1" not in chain.errors  # they went through
 
     # The report is in the alert's thread; the alert resolves through its normal lifecycle.
-    report = request_message(bot, request.id)
+    report = wait_update(bot, request.id, ": done")
     assert f"pid {holder.pid} query cancelled" in message_text(report)
     assert "*2* before, *0* after" in message_text(report)
     thread = [c for c in bot.slack.calls_to("chat.postMessage") if c.payload.get("thread_ts") == ts]
@@ -271,7 +271,7 @@ def test_a_pid_whose_session_ended_and_was_replaced_is_not_signalled(bot, app_db
         press_on_request(bot, request.id, "Approve", APPROVER, request_message(bot, request.id))
         stale = wait_state(bot, request.id, {"done", "failed", "stale"})
         assert stale.state == "stale" and "already gone or changed, nothing sent" in stale.error
-        assert "Stale, nothing was signalled" in message_text(request_message(bot, request.id))
+        assert "Stale, nothing was signalled" in message_text(wait_update(bot, request.id, ": stale"))
     finally:
         app_db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'report-job'")
         sessions.join()
@@ -355,7 +355,7 @@ def test_sessions_lists_what_the_checks_see_with_the_same_buttons(bot, app_db):
         assert request.state == "done", request.error
         assert request.result["ended"] and request.result["state_after"] == "gone"
         assert app_db.scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'billing-worker'") == 0
-        assert "session terminated" in message_text(request_message(bot, request.id))
+        assert "session terminated" in message_text(wait_update(bot, request.id, ": done"))
         assert "pid" in message_text(bot.command("sessions --stage dev --long").message(timeout=20))
     finally:
         idle.close()

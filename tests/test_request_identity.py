@@ -19,6 +19,7 @@ from tests.deletion_support import (
     requests_rows,
     start_delete,
     wait_state,
+    wait_update,
 )
 
 REASON = '--reason "retired customer"'
@@ -56,7 +57,7 @@ def assert_stale_for_another_server(bot: BotHarness, request_id: int) -> None:
     assert "the server (id=srv_first) no longer exists" in row.error
     assert f"`{SLUG}` now names another server (id=srv_second)" in row.error
     assert row.replaced_by is None  # no fresh request for a server nobody asked to delete
-    body = message_text(request_message(bot, request_id))
+    body = message_text(wait_update(bot, request_id, ": stale"))
     assert "Stale, nothing was deleted" in body and "This is not what was approved" in body
 
 
@@ -151,4 +152,4 @@ def test_an_approved_restore_whose_backup_is_gone_goes_stale(app, stage_db):
     assert row.state == "stale", row.error
     assert f"backup `{first}` of request `req_gone`" in row.error and "no longer available" in row.error
     assert checksums(stage_db) == after
-    assert "Stale, nothing was restored" in message_text(request_message(app, request.id))
+    assert "Stale, nothing was restored" in message_text(wait_update(app, request.id, ": stale"))

@@ -17,6 +17,7 @@ from tests.deletion_support import (
     request_message,
     start_delete,
     wait_state,
+    wait_update,
 )
 
 REASON = '--reason "customer left"'
@@ -33,7 +34,7 @@ def assert_revoked(bot: BotHarness, request_id: int, why: str, db, before) -> No
     assert why in row.error
     assert checksums(db) == before
     assert "revoked" in audit_outcomes(bot)
-    body = message_text(request_message(bot, request_id))
+    body = message_text(wait_update(bot, request_id, ": revoked"))
     assert "Revoked, nothing was deleted" in body and why in body
 
 
