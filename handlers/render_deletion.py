@@ -38,7 +38,7 @@ from handlers.blocks import (
     when,
 )
 from handlers.render import renders
-from handlers.render_backups import COLUMN_NOTES
+from handlers.render_backups import COLUMN_NOTES, restore_trigger_lines
 from handlers.render_requests import KindView, kind_view
 from handlers.render_requests import refusal as refusal  # handlers/alerts.py answers with it
 
@@ -421,6 +421,11 @@ def _restore_body(view: RequestView) -> list[Block]:
             )
         ),
         *lines_sections(_restore_lines(impact)),
+        *lines_sections(
+            restore_trigger_lines(
+                impact.get("triggers_disabled", []), impact.get("triggers_fire", []), impact.get("not_restored", [])
+            )
+        ),
     ]
     if impact.get("unchecked"):
         blocks.append(context(md("Not pre-checked: {}", ", ".join(impact["unchecked"]))))

@@ -1,4 +1,4 @@
-"""The `/mcp impact`, `/mcp delete` and `/mcp pending` verbs: thin calls into the delete kind and the request machine."""
+"""The `/mcp impact`, `/mcp delete` and `/mcp pending` verbs: thin calls into the delete kind and the requests."""
 
 from __future__ import annotations
 

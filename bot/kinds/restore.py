@@ -51,6 +51,9 @@ def restore_impact(report: RestoreReport) -> dict[str, Any]:
         "tables": [{"table": t, "action": a, "rows": r} for t, a, r in report.tables],
         "total_rows": report.total_rows,
         "unchecked": list(report.unchecked),
+        "triggers_disabled": list(report.triggers_disabled),
+        "triggers_fire": list(report.triggers_fire),
+        "not_restored": list(report.not_restored),
     }
 
 
