@@ -190,11 +190,17 @@ class ScrapeCollector:
     """What one scrape shows: counters, pools (in memory) and the cached bot-database gauges."""
 
     def __init__(
-        self, cached: BotDatabaseGauges, stage_engines: Mapping[str, Engine | None], *, draining: bool
+        self,
+        cached: BotDatabaseGauges,
+        stage_engines: Mapping[str, Engine | None],
+        *,
+        draining: bool,
+        lanes: Mapping[str, int] | None = None,
     ) -> None:
         self.cached = cached
         self.stage_engines = stage_engines
         self.draining = draining
+        self.lanes = lanes or {}  # jobs running or waiting, per work lane
 
     def collect(self) -> Iterable[Metric]:
         yield from registry.collect()
@@ -216,6 +222,10 @@ class ScrapeCollector:
             capacity.add_metric([label], usage.capacity)
         yield from (checked_out, opened, capacity)
         yield GaugeMetricFamily("mcp_ops_draining", "1 while the process drains before exit", value=int(self.draining))
+        held = GaugeMetricFamily("mcp_ops_lane_jobs", "Jobs running or waiting, per work lane", labels=["lane"])
+        for lane, count in sorted(self.lanes.items()):
+            held.add_metric([lane], count)
+        yield held
         yield from self.cached.collect()
 
 

@@ -163,6 +163,7 @@ class MetricsEndpoint:
             runtime.gauges,
             {name: stage.created_engine for name, stage in runtime.stages.all.items()},
             draining=not runtime.accepting,
+            lanes={name: lane.held for name, lane in runtime.lanes.items()},
         )
         return Response(metrics.exposition(collector), media_type=metrics.CONTENT_TYPE)
 

@@ -8,6 +8,7 @@ import psycopg
 
 from tests.conftest import APPROVER, TEST_SPEC, BotHarness, StageDb, eventually
 from tests.deletion_support import checksums, press, start_delete, wait_state
+from tests.test_metrics_readyz import scrape, value
 
 BIG = TEST_SPEC.big_slug
 # Reads of the platform tables wait on the test's lock instead of failing at the usual 3 s.
@@ -88,6 +89,7 @@ def test_a_full_read_lane_answers_busy(make_bot, stage_db: StageDb):
         assert eventually(lambda: stage_db.scalar(WAITING) == 1, timeout=30)
         refused = bot.command(f"find {BIG} --stage dev", user="UREADER009")
         assert refused.ack is not None and "the bot is busy right now; try again in" in refused.text()
+        assert value(scrape(bot), "mcp_ops_lane_jobs", lane="read") == 2
     finally:
         blocker.rollback()
         blocker.close()
