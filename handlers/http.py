@@ -31,6 +31,7 @@ from bot.runtime import Runtime
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+DRAIN_LIMIT = 4 * MAX_BODY_BYTES  # a larger declared body is refused without reading it
 EVENTS_PATH = "/slack/events"
 SIGNATURE_MAX_AGE_S = 300
 CLOSE = {"Connection": "close"}  # the rest of a refused request is not worth reading
@@ -62,17 +63,26 @@ class SlackEndpoint:
             clear_request_id()
 
     async def _read_body(self, request: Request) -> bytes | Response:
+        """The whole body, or 413 past MAX_BODY_BYTES (the server's body deadline bounds the time)."""
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        if declared is not None and not declared.isdigit():
+            return _refused(400, "malformed request")
+        if declared is not None and int(declared) > DRAIN_LIMIT:
             return _refused(413, "request body too large")
-        body = bytearray()  # within the body deadline, or the server closes the connection (server.py)
+        body, total = bytearray(), 0
         try:
             async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_BODY_BYTES:
+                total += len(chunk)
+                if total > DRAIN_LIMIT:
                     return _refused(413, "request body too large")
+                if len(body) <= MAX_BODY_BYTES:
+                    body += chunk
+                # Past the cap the rest is read and dropped (up to DRAIN_LIMIT), so the client, still
+                # sending, can read the 413: closing on unread data would reset the connection.
         except ClientDisconnect:
             return Response(status_code=400, headers=CLOSE)
+        if len(body) > MAX_BODY_BYTES:
+            return _refused(413, "request body too large")
         return bytes(body)
 
     def _signature_headers_fresh(self, request: Request) -> bool:
