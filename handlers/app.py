@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from slack_bolt import App, BoltResponse
+from slack_bolt import App, BoltResponse, Respond
 from slack_bolt.authorization import AuthorizeResult
 from slack_sdk import WebClient
 
+from bot.lanes import Busy
 from bot.logs import ContextThreadPoolExecutor
 from bot.runtime import Runtime
 from bot.service import CommandService
-from handlers import actions, alerts, charts, commands, home, operations, requests
+from handlers import actions, alerts, charts, commands, home, operations, render, requests
 from handlers import render_backups as _render_backups  # noqa: F401 - registers the backup verbs' renderers
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,11 @@ def build_app(runtime: Runtime) -> App:
         module.register(app, service)
 
     @app.error
-    def on_error(error: Exception, body: dict[str, Any]) -> BoltResponse:
+    def on_error(error: Exception, body: dict[str, Any], respond: Respond | None = None) -> BoltResponse:
+        if isinstance(error, Busy) and respond is not None:
+            # A click's work found its lane full (bot/lanes.py): say so to the clicker only.
+            respond(**render.error(error), replace_original=False)
+            return BoltResponse(status=200, body="")
         log.error("unhandled listener error", exc_info=error)
         return BoltResponse(status=200, body="")
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import psycopg
 
-from tests.conftest import APPROVER, TEST_SPEC, BotHarness, StageDb, eventually
-from tests.deletion_support import checksums, press, start_delete, wait_state
+from tests.conftest import APPROVER, OPERATOR, TEST_SPEC, BotHarness, StageDb, eventually
+from tests.deletion_support import checksums, ephemeral_on, press, start_delete, wait_state
 from tests.test_metrics_readyz import scrape, value
 
 BIG = TEST_SPEC.big_slug
@@ -94,3 +95,19 @@ def test_a_full_read_lane_answers_busy(make_bot, stage_db: StageDb):
         blocker.rollback()
         blocker.close()
     assert BIG in running.text(timeout=60) and BIG in waiting.text(timeout=60)
+
+
+def test_a_click_that_finds_the_work_lane_full_is_told_busy(make_bot, stage_db: StageDb):
+    bot = make_bot({"dev": stage_db.url}, WORK_WORKERS="1", WORK_QUEUE="0")
+    request_id = start_delete(bot)
+    release = threading.Event()
+    bot.runtime.submit(release.wait, 60)  # something long holds the work lane's only place
+    try:
+        url = press(bot, request_id, "Cancel", OPERATOR)
+        text = ephemeral_on(bot, url)["text"]
+        assert "busy" in text and "try again in" in text
+        assert wait_state(bot, request_id, {"pending"}).state == "pending"
+    finally:
+        release.set()
+    press(bot, request_id, "Cancel", OPERATOR)
+    assert wait_state(bot, request_id, {"cancelled"}).state == "cancelled"
