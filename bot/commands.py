@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from bot.erasure.identity import identifier_label
 from bot.errors import CommandError
 
 MAX_TEXT_CHARS = 4000
@@ -24,7 +25,8 @@ STAGE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}\Z")
 FLAG_RE = re.compile(r"^--([a-z][a-z0-9-]{0,30})(?:=(.*))?\Z", re.DOTALL)
 SMART_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
 
-ArgKind = Literal["slug", "id", "text", "verb", "stage"]
+# "person": an email, distinct id or user id (forget-user); shown everywhere as its digest label only.
+ArgKind = Literal["slug", "id", "text", "verb", "stage", "person"]
 FlagKind = Literal["int", "text", "bool", "id", "slug"]
 
 
@@ -96,7 +98,8 @@ class ParsedCommand:
     def canonical(self, *, include_stage: bool = True) -> str:
         """The command as the audit log and messages show it: quoted, no secrets by construction."""
         parts = [self.verb.name]
-        parts += [shlex.quote(v) for v in self.args.values()]
+        kinds = {pos.name: pos.kind for pos in self.verb.positionals}
+        parts += [identifier_label(v) if kinds.get(k) == "person" else shlex.quote(v) for k, v in self.args.items()]
         for name, value in self.flags.items():
             flag = self.verb.flag(name)
             if flag is None or value == flag.default:
@@ -232,6 +235,23 @@ register(
 )
 
 
+register(
+    Verb(
+        "forget-user",
+        "erase one end user (email, distinct id or user id) and everything hanging off them, with a receipt",
+        (Positional("email|distinct-id|user-id", "person"),),
+        (
+            Flag("dry-run", "bool", "run the whole erasure in a transaction and roll it back", default=False),
+            Flag("reason", "text", "why (required on protected stages; kept with the request and the receipt)"),
+            Flag("all-stages", "bool", "dry-run it on every stage and post one combined impact", default=False),
+            Flag("purge-backups", "bool", "also rewrite (or delete) scoped backups holding the person", default=False),
+        ),
+        stage="optional",
+        mutating=True,
+    )
+)
+
+
 def _clean_shown(value: str, limit: int = 40) -> str:
     shown = value.replace("`", "'").replace("\n", " ")
     return shown[:limit] + ("…" if len(shown) > limit else "")
@@ -307,6 +327,8 @@ def _check_positional(verb: Verb, pos: Positional, value: str) -> str:
         if not STAGE_RE.match(value):
             raise CommandError(f"`{_clean_shown(value)}` is not a valid stage name", usage=verb.usage())
         return value.lower()
+    if pos.kind == "person" and (not value.strip() or any(ord(c) < 32 for c in value)):
+        raise CommandError(f"<{pos.name}> must be an email, a distinct id or a user id", usage=verb.usage())
     if pos.kind == "verb":
         value = value.lower()
         if value not in VERBS:

@@ -87,6 +87,7 @@ OPERATION_MODULES = (
     "bot.schema.operations",
     "bot.sessions.operations",
     "bot.indexes.operations",
+    "bot.erasure.operations",
 )
 
 
@@ -157,13 +158,17 @@ class CommandService:
         word = _verb_word(invocation.text).lower()
         # Only known verbs become label values: free text must not grow the metric without bound.
         metrics.commands_total.labels(verb=word if word in VERBS else "unknown", outcome=error.outcome).inc()
+        args = _after_verb(invocation.text)[:200]
+        reason = error.message
+        if word in VERBS and any(pos.kind == "person" for pos in VERBS[word].positionals):
+            args, reason = "(a person's identifier, withheld)", f"refused ({error.outcome})"  # never stored as typed
         self.runtime.audit.record(
             AuditEntry(
                 actor=invocation.user_id,
                 command=_verb_word(invocation.text),
-                args=_after_verb(invocation.text)[:200],
+                args=args,
                 outcome=error.outcome,
-                detail={"reason": error.message},
+                detail={"reason": reason},
             )
         )
 

@@ -153,6 +153,13 @@ class ErasureLedger:
             row = conn.execute(select(erasures).where(erasures.c.id == erasure_id)).first()
         return None if row is None else _erasure(row)
 
+    def for_request(self, request_id: int) -> Erasure | None:
+        """The newest erasure a request ran (a request left running by a dead process is settled from it)."""
+        query = select(erasures).where(erasures.c.request_id == request_id).order_by(desc(erasures.c.id)).limit(1)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _erasure(row)
+
     def binding_since(self, stage: str, since: datetime) -> list[Erasure]:
         """Erasures on `stage` that may have committed and started after `since` (oldest first)."""
         query = (

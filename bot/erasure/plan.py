@@ -198,11 +198,12 @@ class ErasureImpact:
         return self.total_rows > 0 or any(j.in_deleted or j.replaced for j in self.json)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "total_rows": self.total_rows}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ErasureImpact:
         values = dict(data)
+        values.pop("total_rows", None)
         values["delete"] = ImpactReport.from_json(data["delete"])
         values["anonymised"] = [Anonymised(**a) for a in data.get("anonymised", [])]
         values["json"] = [JsonFound(**j) for j in data.get("json", [])]

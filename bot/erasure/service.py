@@ -104,8 +104,12 @@ class Erasures:
         backups.after_restore.append(ReapplyErasures(ledger, self.settings, audit))
 
     def impact(self, stage: Stage, identifier: str) -> ErasureImpact:
+        return self.impact_of(stage, Person.of(identifier))
+
+    def impact_of(self, stage: Stage, person: Person) -> ErasureImpact:
+        """The impact from digests alone (a request's check before it runs); NotFound when nothing matches."""
         with stage.read() as conn:
-            return measure_erasure(conn, self.settings, Person.of(identifier))
+            return measure_erasure(conn, self.settings, person)
 
     def budget_s(self, impact: ErasureImpact) -> float:
         """The transaction's time budget: 3x the estimate, at least 2 minutes, at most DELETE_TIMEOUT_SECONDS."""
