@@ -8,13 +8,12 @@ import time
 import psycopg
 from psycopg import sql
 
-from bench.common import BenchContext, bench_stage, ratio_line
+from bench.common import BenchContext, add_fk_indexes, bench_stage, ratio_line
 from bot.deletion.execute import Progress
 from bot.erasure.identity import Person
 from bot.erasure.plan import ErasureTarget, measure_erasure
 from bot.erasure.run import run_erasure
 from bot.erasure.settings import load_erasure_settings
-from bot.platform.schema import MISSING_FK_INDEXES
 
 USER = "msu_big_8"  # has an email (every 7th generated user has none)
 TOOL_CALLS = 100_000
@@ -68,12 +67,7 @@ def forget_template(ctx: BenchContext, *, with_fk_indexes: bool) -> str:
         for statement in PREPARE:
             conn.execute(statement, {"u": USER, "n": calls})
         if with_fk_indexes:
-            for index, table, column in MISSING_FK_INDEXES:
-                conn.execute(
-                    sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
-                        sql.Identifier(index), sql.Identifier(table), sql.Identifier(column)
-                    )
-                )
+            add_fk_indexes(conn)
         conn.execute("VACUUM ANALYZE")
     with psycopg.connect(ctx.cluster.dsn("postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(building), sql.Identifier(name)))

@@ -40,8 +40,9 @@ INSERT INTO session_bookmarks VALUES ('bm_alice', 'ses_a2', 'hers');
 ANALYZE;
 """
 
-# The erase written by hand for this schema, for the default settings (support_requests.email deleted).
-HAND_ERASE = """
+# The erase written by hand for this schema: the person's user rows, emails and sessions, then what
+# hangs off them, children first.
+_HAND_SCOPE = """
 CREATE TEMP TABLE u ON COMMIT DROP AS SELECT id, lower(btrim(email)) AS email FROM mcp_server_user
     WHERE lower(btrim(email)) = :email OR distinct_id = :typed OR id = :typed;
 CREATE TEMP TABLE e ON COMMIT DROP AS SELECT email FROM u WHERE email IS NOT NULL UNION SELECT :email;
@@ -53,28 +54,27 @@ DELETE FROM walkthrough_step_completions
     WHERE mcp_server_user_id IN (SELECT id FROM u) OR mcp_server_session_id IN (SELECT id FROM s);
 DELETE FROM mcp_tool_calls
     WHERE mcp_server_user_id IN (SELECT id FROM u) OR mcp_server_session_id IN (SELECT id FROM s);
-DELETE FROM support_requests
-    WHERE mcp_server_session_id IN (SELECT id FROM s) OR lower(btrim(email)) IN (SELECT email FROM e);
+"""
+_HAND_USER = """
 DELETE FROM mcp_oauth_tokens WHERE mcp_server_user_id IN (SELECT id FROM u);
 DELETE FROM user_prefs WHERE user_id IN (SELECT id FROM u);
 DELETE FROM mcp_server_session WHERE mcp_server_session_id IN (SELECT id FROM s);
 DELETE FROM mcp_server_user WHERE id IN (SELECT id FROM u);
 """
-
-# The same with support_requests anonymised (title, description cleared) and the email replaced in
-# every tool call input that still mentions it (ERASURE_SCAN_ALL).
-HAND_ANONYMISE = """
-CREATE TEMP TABLE u ON COMMIT DROP AS SELECT id, lower(btrim(email)) AS email FROM mcp_server_user
-    WHERE lower(btrim(email)) = :email OR distinct_id = :typed OR id = :typed;
-CREATE TEMP TABLE e ON COMMIT DROP AS SELECT email FROM u WHERE email IS NOT NULL UNION SELECT :email;
-CREATE TEMP TABLE s ON COMMIT DROP AS SELECT mcp_server_session_id AS id FROM mcp_server_session
-    WHERE mcp_server_user_id IN (SELECT id FROM u);
-UPDATE session_bookmarks SET session_id = NULL WHERE session_id IN (SELECT id FROM s);
-DELETE FROM billing.usage_records WHERE session_id IN (SELECT id FROM s);
-DELETE FROM walkthrough_step_completions
-    WHERE mcp_server_user_id IN (SELECT id FROM u) OR mcp_server_session_id IN (SELECT id FROM s);
-DELETE FROM mcp_tool_calls
-    WHERE mcp_server_user_id IN (SELECT id FROM u) OR mcp_server_session_id IN (SELECT id FROM s);
+# The default settings: support_requests.email rows deleted.
+HAND_ERASE = (
+    _HAND_SCOPE
+    + """
+DELETE FROM support_requests
+    WHERE mcp_server_session_id IN (SELECT id FROM s) OR lower(btrim(email)) IN (SELECT email FROM e);
+"""
+    + _HAND_USER
+)
+# support_requests anonymised (title, description cleared) and the email replaced in every tool call
+# input that still mentions it (ERASURE_SCAN_ALL).
+HAND_ANONYMISE = (
+    _HAND_SCOPE
+    + """
 DELETE FROM support_requests WHERE mcp_server_session_id IN (SELECT id FROM s);
 UPDATE support_requests
     SET email = 'erased-' || left(encode(sha256(convert_to(lower(btrim(email)), 'UTF8')), 'hex'), 16),
@@ -83,11 +83,9 @@ UPDATE support_requests
 UPDATE mcp_tool_calls
     SET input = regexp_replace(input::text, :pattern, :token, 'gi')::jsonb
     WHERE input::text ~* :pattern;
-DELETE FROM mcp_oauth_tokens WHERE mcp_server_user_id IN (SELECT id FROM u);
-DELETE FROM user_prefs WHERE user_id IN (SELECT id FROM u);
-DELETE FROM mcp_server_session WHERE mcp_server_session_id IN (SELECT id FROM s);
-DELETE FROM mcp_server_user WHERE id IN (SELECT id FROM u);
 """
+    + _HAND_USER
+)
 
 ANONYMISE_ENV = {
     "ERASURE_MODE_support_requests": "anonymise",
