@@ -30,9 +30,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.botdb import metadata
 from bot.erasure.plan import ErasureTarget
+from bot.errors import UserFacingError
 from bot.pii import scrub
 
 STATES = ("running", "done", "failed")
@@ -89,6 +91,10 @@ def _erasure(row: Any) -> Erasure:
     return Erasure(**values)
 
 
+class LedgerUnavailable(UserFacingError):
+    outcome = "unavailable"
+
+
 class ErasureLedger:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -103,22 +109,25 @@ class ErasureLedger:
         reason: str | None = None,
         request_id: int | None = None,
     ) -> Erasure:
-        """Recorded before the stage's transaction opens (see the module docstring)."""
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                erasures.insert()
-                .values(
-                    stage=stage,
-                    identifier_sha256=target.person.normalised,
-                    target=target.to_json(),
-                    state="running",
-                    requested_by=requested_by,
-                    approved_by=list(approved_by),
-                    reason=scrub(reason) if reason else None,  # free text: an email in it is masked
-                    request_id=request_id,
-                )
-                .returning(*erasures.columns)
-            ).one()
+        """Recorded before the stage's transaction opens (see the module docstring); no ledger, no erasure."""
+        try:
+            with self.engine.begin() as conn:
+                row = conn.execute(
+                    erasures.insert()
+                    .values(
+                        stage=stage,
+                        identifier_sha256=target.person.normalised,
+                        target=target.to_json(),
+                        state="running",
+                        requested_by=requested_by,
+                        approved_by=list(approved_by),
+                        reason=scrub(reason) if reason else None,  # free text: an email in it is masked
+                        request_id=request_id,
+                    )
+                    .returning(*erasures.columns)
+                ).one()
+        except SQLAlchemyError as exc:
+            raise LedgerUnavailable("the erasure ledger (bot database) is unavailable, so nothing was erased") from exc
         return _erasure(row)
 
     def finish(self, erasure_id: int, *, state: str, counts: dict[str, int], verified: str | None) -> Erasure:

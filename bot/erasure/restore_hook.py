@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.audit import AuditEntry, AuditLog
 from bot.backups.manifest import Manifest
@@ -46,7 +47,13 @@ class ReapplyErasures:
         self.audit = audit
 
     def __call__(self, conn: Connection, manifest: Manifest, report: RestoreReport) -> Callable[[], None] | None:
-        binding = self.ledger.binding_since(report.stage, _taken_at(manifest))
+        try:
+            binding = self.ledger.binding_since(report.stage, _taken_at(manifest))
+        except SQLAlchemyError as exc:
+            raise ErasureRestoreRefused(
+                "the restore was refused: the erasure ledger (bot database) can't be read, and the backup could"
+                " bring back a forgotten person; nothing was restored"
+            ) from exc
         if not binding:
             return None
         if report.dry_run:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from bot.audit import AuditEntry, AuditLog
 from bot.backups.manifest import load_manifest
 from bot.backups.service import Backups
@@ -181,11 +183,11 @@ class Erasures:
                 work_name=work_name,
             )
         except BaseException:
-            self.ledger.finish(entry.id, state="failed", counts={}, verified=None)
+            self._settle(entry.id, state="failed", counts={}, verified=None)
             raise
         counts = {f"{s['table']} ({s['action']})": s["rows"] for s in result.steps}
         verified = "verified" if result.verified else "; ".join(result.verification)[:1000]
-        self.ledger.finish(entry.id, state="done", counts=counts, verified=verified)
+        self._settle(entry.id, state="done", counts=counts, verified=verified)
         receipt = Receipt(entry.id, stage.name, target.person.label, result)
         self._backups(stage, entry.id, entry.started_at, target, receipt, purge=purge_backups)
         self.audit.record(
@@ -200,6 +202,13 @@ class Erasures:
             )
         )
         return receipt
+
+    def _settle(self, erasure_id: int, **values: Any) -> None:
+        """After the stage's transaction: a bot database that fails now leaves the row `running` (still binding)."""
+        try:
+            self.ledger.finish(erasure_id, **values)
+        except SQLAlchemyError:
+            log.warning("could not settle the erasure's ledger row", extra={"erasure": erasure_id})
 
     def _backups(
         self, stage: Stage, erasure_id: int, started: datetime, target: ErasureTarget, receipt: Receipt, *, purge: bool
@@ -231,7 +240,10 @@ class Erasures:
             receipt.purged = purge
         except (BackupNotConfigured, UserFacingError) as exc:
             receipt.backup_error = exc.message
-        self.ledger.set_backups(erasure_id, [b.to_json() for b in receipt.backups])
+        try:
+            self.ledger.set_backups(erasure_id, [b.to_json() for b in receipt.backups])
+        except SQLAlchemyError:
+            log.warning("could not record the erasure's backups", extra={"erasure": erasure_id})
 
     def _record_purge(self, erasure_id: int, backup_id: str, finding: BackupFinding, store: Any) -> None:
         if finding.action == "deleted":
