@@ -67,7 +67,7 @@ def test_dry_run_reports_the_real_counts_and_changes_nothing(app, person_db, log
     assert "Dry run on *dev*" in body and "rolled back" in body
     assert "`mcp_tool_calls`: 3 rows deleted" in body
     assert "`support_requests`: 2 rows deleted" in body
-    assert "`session_bookmarks`: 1 rows set to NULL" in body
+    assert "`session_bookmarks`: 1 row set to NULL" in body
     slugs = [r[0] for r in person_db.rows("SELECT slug FROM mcp_servers WHERE id IN ('srv_big', 'srv_s1') ORDER BY 1")]
     assert "Servers this person used: " + ", ".join(f"`{s}`" for s in slugs) in body
     assert "The servers themselves are untouched." in body
@@ -94,7 +94,7 @@ def test_every_stage_dry_run_is_one_combined_impact(app, person_db, log_lines):
     body = app.command(f"forget-user {EMAIL} --all-stages").text(timeout=90)
     assert "Dry run on every stage" in body and "on 2 of 3 stage(s)" in body
     assert "*staging*: nothing matches." in body
-    assert "*production* (protected): 9 rows" in body and "*dev*: 9 rows" in body
+    assert "*production* (protected): 11 rows" in body and "*dev*: 11 rows" in body, body
     assert checksums(person_db) == before
     assert_nowhere(app, log_lines, EMAIL)
 

@@ -134,7 +134,7 @@ class Erasures:
 
     def all_stages(self, stages: StageRegistry, identifier: str) -> AllStages:
         entries = []
-        for name in stages.names():
+        for name in sorted(stages.names):
             stage = stages.get(name)
             try:
                 entries.append(StageDryRun(name, stage.protected, dry_run=self.dry_run(stage, identifier)))
