@@ -100,7 +100,7 @@ def test_every_stage_dry_run_is_one_combined_impact(app, person_db, log_lines):
 
 
 def test_bad_input_is_refused_with_the_usage(app, log_lines):
-    assert "missing <email|distinct-id|user-id>" in app.command("forget-user --stage dev").text()
+    assert "missing &lt;email|distinct-id|user-id&gt;" in app.command("forget-user --stage dev").text()
     assert "only operators" in app.command(f"forget-user {EMAIL} --stage dev", user=VIEWER).text()
     assert "unknown stage" in app.command(f"forget-user {EMAIL} --stage nowhere").text()
     assert "name a stage" in app.command(f"forget-user {EMAIL} --dry-run").text(timeout=30)
