@@ -96,10 +96,20 @@ class ParsedCommand:
     stage: str | None = None
 
     def canonical(self, *, include_stage: bool = True) -> str:
-        """The command as the audit log and messages show it: quoted, no secrets by construction."""
+        """The command as it parses back to itself: quoted, no secrets by construction (see `shown`)."""
+        return self._text(include_stage=include_stage, personal=False)
+
+    def shown(self, *, include_stage: bool = True) -> str:
+        """The command as the audit log shows it: `canonical`, with a person's identifier as its digest label."""
+        return self._text(include_stage=include_stage, personal=True)
+
+    def _text(self, *, include_stage: bool, personal: bool) -> str:
         parts = [self.verb.name]
         kinds = {pos.name: pos.kind for pos in self.verb.positionals}
-        parts += [identifier_label(v) if kinds.get(k) == "person" else shlex.quote(v) for k, v in self.args.items()]
+        parts += [
+            identifier_label(v) if personal and kinds.get(k) == "person" else shlex.quote(v)
+            for k, v in self.args.items()
+        ]
         for name, value in self.flags.items():
             flag = self.verb.flag(name)
             if flag is None or value == flag.default:

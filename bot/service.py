@@ -203,7 +203,7 @@ class CommandService:
                 actor=request.actor,
                 stage=request.stage.name if request.stage else None,
                 command=request.verb,
-                args=request.parsed.canonical(include_stage=False).removeprefix(request.verb).strip(),
+                args=request.parsed.shown(include_stage=False).removeprefix(request.verb).strip(),
                 outcome=outcome.status,
                 duration_ms=outcome.duration_ms,
                 detail=detail,

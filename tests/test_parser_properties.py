@@ -103,6 +103,12 @@ def valid_commands(draw: st.DrawFn) -> tuple[str, tuple[Any, ...]]:
             value = draw(st.sampled_from(list(VERBS)))
         elif pos.kind == "stage":
             value = draw(st.from_regex(STAGE_RE, fullmatch=True))
+        elif pos.kind == "person":  # an email, distinct id or user id: any printable text
+            value = draw(
+                st.text(min_size=1, max_size=30).filter(
+                    lambda v: v.strip() and not v.startswith("-") and all(ord(c) >= 32 for c in v)
+                )
+            )
         else:
             value = draw(st.text(min_size=1, max_size=30).filter(lambda v: not v.startswith("-")))
         args[pos.name] = value.lower() if pos.kind in ("verb", "stage") else value
