@@ -176,4 +176,4 @@ def _all_stages(request: CommandRequest, result: AllStages) -> Message:
             blocks.append(section(md("{}: {} {}", name, f"{rows:,}", noun(rows, "row"))))
             blocks += lines_sections([*step_lines(run.result.steps), *detail_lines(run.impact)])
     blocks.append(context(md("Scoped backups are looked through when an erasure runs; its receipt lists them.")))
-    return message("forget-user on every stage", blocks, ephemeral=True)
+    return message("forget-user on every stage", blocks)  # posted: the combined impact is for the channel
