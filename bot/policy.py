@@ -47,6 +47,8 @@ RULES: dict[tuple[str, bool], Rule] = {
     ("create-index", True): TWO_PERSON,
     ("drop-index", False): SELF_AT_ONCE,
     ("drop-index", True): TWO_PERSON,
+    ("forget-user", False): SELF,  # the erasure's plan is posted; its requester presses Forget
+    ("forget-user", True): TWO_PERSON,
 }
 
 

@@ -220,6 +220,6 @@ def render_audit(request: CommandRequest, result: AuditResult) -> Message:
 
 
 # Modules with more @renders functions, imported once this module's names exist.
-RENDER_MODULES = ("handlers.render_health", "handlers.render_schema", "handlers.render_erasure")
+RENDER_MODULES = ("handlers.render_health", "handlers.render_schema")
 for _module in RENDER_MODULES:
     importlib.import_module(_module)

@@ -12,7 +12,10 @@ from bot.erasure.identity import normalise
 from bot.erasure.operations import IDENTIFIER
 from bot.erasure.plan import ErasureImpact
 from bot.erasure.service import AllStages, DryRun
+from bot.kinds.forget_user import ErasurePosted, ErasureRefused
 from bot.pii import mask_email
+from bot.requests.messages import RequestView
+from bot.requests.store import Request
 from bot.service import CommandRequest
 from handlers.blocks import (
     Block,
@@ -25,10 +28,13 @@ from handlers.blocks import (
     md,
     message,
     noun,
+    plural,
     prose,
     section,
+    when,
 )
 from handlers.render import renders
+from handlers.render_requests import KindView, kind_view
 
 ACTIONS = {
     "delete": "deleted",
@@ -146,6 +152,15 @@ def render_forget_user(request: CommandRequest, result: Any) -> Message:
         return message(f"forget-user dry run on {result.stage}", dry_run_blocks(result, request), ephemeral=True)
     if isinstance(result, AllStages):
         return _all_stages(request, result)
+    if isinstance(result, ErasurePosted):
+        return _posted(request, result)
+    if isinstance(result, ErasureRefused):
+        head = md(
+            ":no_entry: {} can't be forgotten on *{}* as it is: the database would refuse. Nothing was asked.",
+            who(request, result.impact.label),
+            result.stage,
+        )
+        return message("forget-user refused", [section(head), *impact_blocks(result.impact)], ephemeral=True)
     raise TypeError(f"no renderer for {type(result).__name__}")
 
 
@@ -177,3 +192,110 @@ def _all_stages(request: CommandRequest, result: AllStages) -> Message:
             blocks += lines_sections([*step_lines(run.result.steps), *detail_lines(run.impact)])
     blocks.append(context(md("Scoped backups are looked through when an erasure runs; its receipt lists them.")))
     return message("forget-user on every stage", blocks)  # posted: the combined impact is for the channel
+
+
+def _posted(request: CommandRequest, result: ErasurePosted) -> Message:
+    posted = result.request
+    if posted.protected:
+        text = md(
+            "The erasure of {} is posted in this channel as request #{}: it needs {} from APPROVERS other than you"
+            " before {}. You can *Cancel* it.",
+            who(request, result.impact.label),
+            str(posted.id),
+            plural(posted.required_approvals, "approval"),
+            when(posted.expires_at),
+        )
+    else:
+        text = md(
+            "The erasure of {} is posted in this channel as request #{}. Only you can press *Forget* (or *Cancel*);"
+            " it expires at {}.",
+            who(request, result.impact.label),
+            str(posted.id),
+            when(posted.expires_at),
+        )
+    return message(text, [section(text)], ephemeral=True)
+
+
+# -- the request and its receipt (kind `forget-user`) -------------------------------------------------
+
+BACKUP_FATES = {"rewritten": "rewritten without them", "deleted": "deleted (it held nothing else)"}
+
+
+def receipt_lines(result: dict[str, Any]) -> list[Mrkdwn]:
+    """What was erased where, and where the person may remain."""
+    lines = [md("Erasure #{} is recorded in the erasure ledger (digests only).", str(result.get("erasure")))]
+    lines += step_lines(list(result.get("steps") or []))
+    if result.get("verified"):
+        lines.append(md(":white_check_mark: Checked after the commit: nothing matching the person is left."))
+    else:
+        lines.append(md(":warning: The check after the commit found: {}", "; ".join(result.get("verification") or [])))
+    backups = list(result.get("backups") or [])
+    if result.get("backup_error"):
+        lines.append(md(":warning: The scoped backups could not be read: {}", prose(result["backup_error"])))
+    elif not backups:
+        lines.append(md("No scoped backup taken before the erasure holds the person."))
+    for backup in backups:
+        fate = BACKUP_FATES.get(
+            str(backup.get("action")), "still holds them; a restore of it applies this erasure again"
+        )
+        rows = int(backup.get("rows") or 0)
+        lines.append(
+            md("• scoped backup {}: {} of the person, {}", code(backup.get("backup_id")), plural(rows, "row"), fate)
+        )
+    full = [str(b) for b in result.get("full_backups") or []]
+    if full:
+        shown = Mrkdwn(", ").join(code(b) for b in full[:5])
+        more = ", …" if len(full) > 5 else ""
+        lines.append(
+            md("May remain until they expire: {} taken before ({}{})", plural(len(full), "full dump"), shown, more)
+        )
+    for snapshot in result.get("snapshots") or []:
+        lines.append(md("May remain until it expires: RDS snapshot {}", code(snapshot)))
+    return lines
+
+
+def request_body(view: RequestView) -> list[Block]:
+    request = view.request
+    if request.state == "done" and request.result and "erasure" in request.result:
+        return lines_sections(list(receipt_lines(request.result)))
+    blocks = impact_blocks(ErasureImpact.from_json(request.impact))
+    if request.options.get("purge_backups"):
+        blocks.append(context(md("Scoped backups that hold the person will be rewritten without them.")))
+    else:
+        blocks.append(context(md("Scoped backups that hold the person will be listed in the receipt.")))
+    return blocks
+
+
+def _running(view: RequestView) -> Mrkdwn:
+    progress = view.progress
+    phase = str(getattr(progress, "phase", "") or "starting")
+    table = str(getattr(progress, "table", "") or "")
+    return md(":gear: Erasing in one transaction: {}{}…", phase, f" ({table})" if table else "")
+
+
+def _done(request: Request) -> Mrkdwn:
+    rows = int((request.result or {}).get("rows") or 0)
+    return md(
+        ":white_check_mark: Done: *{}* erased or anonymised in one transaction. The receipt:", plural(rows, "row")
+    )
+
+
+def _rows(request: Request) -> Mrkdwn:
+    return md("{}", plural(int((request.impact or {}).get("total_rows") or 0), "row"))
+
+
+@kind_view("forget-user")
+def _forget_user_view() -> KindView:
+    return KindView(
+        title=lambda r: f"Forget {r.subject} on {r.stage}",
+        body=request_body,
+        running=_running,
+        done=_done,
+        summary=_rows,
+        confirm="Forget",
+        confirm_title="Forget this person?",
+        confirm_text=lambda r: (
+            f"Erase this person's {plural(int((r.impact or {}).get('total_rows') or 0), 'row')} on {r.stage}?"
+            " This can't be undone."
+        ),
+    )

@@ -13,7 +13,7 @@ from bot.logs import new_request_id
 from bot.service import CommandService
 
 # Each kind's look (and its verbs' renderers) registers itself when its module is imported.
-from handlers import render, render_deletion, render_indexes, render_requests, render_sessions  # noqa: F401
+from handlers import render, render_deletion, render_erasure, render_indexes, render_requests, render_sessions  # noqa: F401
 from handlers.actions import button_value
 from handlers.blocks import payload
 

@@ -10,9 +10,19 @@ import pytest
 from sqlalchemy import text
 
 from bot.logs import JsonFormatter
-from tests.conftest import OPERATOR, VIEWER, BotHarness, StageDb, message_text
-from tests.deletion_support import add_extra_tables, checksums
-from tests.erasure_support import EMAIL, TYPED, add_person
+from tests.conftest import APPROVER, OPERATOR, VIEWER, BotHarness, StageDb, message_text
+from tests.deletion_support import (
+    add_extra_tables,
+    buttons,
+    checksums,
+    ephemeral_on,
+    press,
+    request_message,
+    requests_rows,
+    wait_state,
+    wait_update,
+)
+from tests.erasure_support import EMAIL, TYPED, add_person, hand_erase
 
 
 @pytest.fixture
@@ -110,6 +120,75 @@ def test_bad_input_is_refused_with_the_usage(app, log_lines):
     app.wait_audit(5)
     refusals = [r for r in app.audit_rows() if r.command == "forget-user"]
     assert len(refusals) == 5 and all(EMAIL not in (r.args + str(r.detail)).lower() for r in refusals)
-    assert OPERATOR  # the operator is the default sender
     assert_nowhere(app, log_lines, EMAIL)
-    assert message_text  # imported for the request-flow tests below
+
+
+def start_forget(bot: BotHarness, extra: str, stage: str = "dev") -> int:
+    before = {r.id for r in requests_rows(bot)}
+    reply = bot.command(f"forget-user '{TYPED}' --stage {stage} {extra}".strip())
+    body = reply.text(timeout=60)
+    assert "is posted in this channel as request" in body, body
+    [new] = [r.id for r in requests_rows(bot) if r.id not in before]
+    return new
+
+
+def test_the_requester_confirms_and_the_receipt_holds_no_email(app, person_db, make_stage_db, log_lines):
+    reference = make_stage_db()
+    add_extra_tables(reference)
+    add_person(reference)
+    hand_erase(reference)
+    request_id = start_forget(app, "")
+    pending = message_text(request_message(app, request_id))
+    assert "Forget sha256:" in pending and "`mcp_tool_calls`: 3 rows deleted" in pending
+    assert "The servers themselves are untouched." in pending
+    forget = buttons(request_message(app, request_id))["Forget"]
+    assert forget["style"] == "danger" and "can't be undone" in forget["confirm"]["text"]["text"]
+    refusal = ephemeral_on(app, press(app, request_id, "Forget", APPROVER))
+    assert f"only <@{OPERATOR}>" in message_text(refusal)
+
+    press(app, request_id, "Forget", OPERATOR)
+    row = wait_state(app, request_id, {"done", "failed", "stale"})
+    assert row.state == "done", row.error
+    assert checksums(person_db) == checksums(reference)  # exactly the hand-written erase
+    receipt = message_text(wait_update(app, request_id, ": done"))
+    assert f"Erasure #{row.result['erasure']}" in receipt and "Checked after the commit" in receipt
+    assert "No scoped backup taken before the erasure holds the person." in receipt
+    with app.runtime.bot_engine.connect() as conn:
+        ledger = conn.execute(text("SELECT * FROM erasures")).one()
+    assert ledger.state == "done" and ledger.request_id == request_id and ledger.requested_by == OPERATOR
+    assert len(ledger.identifier_sha256) == 64 and ledger.target["person"]["normalised"] == ledger.identifier_sha256
+    assert ledger.counts["mcp_tool_calls (delete)"] == 3
+    app.wait_audit(1)
+    lines = [r for r in app.audit_rows() if r.command == "forget-user"]
+    assert {r.outcome for r in lines} >= {"requested", "confirmed", "running", "done"}
+    assert all("sha256:" in r.args or r.args.startswith("#") for r in lines)
+    assert_nowhere(app, log_lines, EMAIL, "alice.two", "did_alice")
+
+
+def test_a_protected_stage_needs_a_reason_and_another_approver(app, person_db, log_lines):
+    body = app.command(f"forget-user {EMAIL} --stage production").text(timeout=60)
+    assert '--reason "..."' in body
+    request_id = start_forget(app, '--reason "GDPR request 77, alice.two@example.com"', stage="production")
+    assert "can't approve" not in message_text(request_message(app, request_id))
+    refusal = ephemeral_on(app, press(app, request_id, "Approve", OPERATOR))
+    assert "someone else has to approve it" in message_text(refusal)
+    press(app, request_id, "Approve", APPROVER)
+    row = wait_state(app, request_id, {"done", "failed", "stale"})
+    assert row.state == "done", row.error
+    assert person_db.scalar("SELECT count(*) FROM mcp_server_user WHERE id = 'msu_alice'") == 0
+    with app.runtime.bot_engine.connect() as conn:
+        ledger = conn.execute(text("SELECT approved_by, reason FROM erasures")).one()
+    assert ledger.approved_by == [APPROVER] and "a***@example.com" in ledger.reason
+    assert_nowhere(app, log_lines, EMAIL)
+
+
+def test_a_new_user_row_with_the_email_makes_the_request_stale(app, person_db):
+    request_id = start_forget(app, "")
+    person_db.execute("INSERT INTO mcp_server_user (id, email) VALUES ('msu_alice_2', 'ALICE.two@example.com')")
+    before = checksums(person_db)
+    press(app, request_id, "Forget", OPERATOR)
+    row = wait_state(app, request_id, {"done", "failed", "stale"})
+    assert row.state == "stale" and "changed since the plan" in (row.error or ""), (row.state, row.error)
+    assert checksums(person_db) == before
+    with app.runtime.bot_engine.connect() as conn:
+        assert conn.execute(text("SELECT state FROM erasures")).scalars().all() == ["failed"]

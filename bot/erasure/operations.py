@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from bot.errors import CommandError
+from bot.kinds.forget_user import forget_user_kind
 from bot.runtime import Runtime
 from bot.service import CommandRequest, operation
 from bot.stages import Stage
@@ -42,4 +43,4 @@ def run_forget_user(runtime: Runtime, request: CommandRequest) -> Any:
     stage = stage_of(runtime, request)
     if flags.get("dry-run"):
         return runtime.erasures.dry_run(stage, identifier)
-    return runtime.erasures.request(runtime, request, stage, identifier)
+    return forget_user_kind(runtime).request(request, stage, identifier)

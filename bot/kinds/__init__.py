@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ("delete", "restore", "backend", "index")
+MODULES = ("delete", "restore", "backend", "index", "forget_user")
 
 for _module in MODULES:
     importlib.import_module(f"{__name__}.{_module}")

@@ -11,8 +11,8 @@ import boto3
 import pytest
 
 from bot.erasure.plan import ErasureTarget
-from tests.conftest import OPERATOR, BotHarness, StageDb
-from tests.deletion_support import fingerprints, press, start_delete, wait_state
+from tests.conftest import OPERATOR, BotHarness, StageDb, message_text
+from tests.deletion_support import fingerprints, press, requests_rows, start_delete, wait_state, wait_update
 
 PAT = """
 INSERT INTO mcp_server_user (id, distinct_id, email, profile_data) VALUES
@@ -101,9 +101,8 @@ def test_a_restore_that_cannot_apply_the_erasure_again_is_refused_naming_it(make
     bot = make_bot({"dev": pat_db.url})
     request_id = delete_small_server_with_backup(bot, pat_db)
     receipt = forget_pat(bot, purge=False)
-    # Since the erasure, a row protects Pat's user id (its key is NOT VALID, so it may name the id before the
-    # restore brings the user back): applying the erasure again would be refused. (A trigger creating the hold
-    # would not do: the restore turns user triggers off while it writes.)
+    # Since the erasure, a legal hold names Pat's user id (its key added NOT VALID, Pat being gone): once the
+    # restore brings the user row back, the hold protects it and applying the erasure again is refused.
     pat_db.execute(
         "CREATE TABLE legal_holds (user_id text PRIMARY KEY); INSERT INTO legal_holds VALUES ('msu_pat');"
         " ALTER TABLE legal_holds ADD FOREIGN KEY (user_id) REFERENCES mcp_server_user(id) ON DELETE RESTRICT NOT VALID"
@@ -174,3 +173,23 @@ def test_purge_rewrites_s3_objects(make_bot, make_bucket, pat_db):
     replaced = set(old) - set(new)
     assert replaced and all(".erased-" not in k for k in replaced)  # the files that held Pat were removed
     assert {k for k in new if ".erased-" in k} and len(new) == len(old)
+
+
+def test_forget_user_with_purge_backups_through_slack(make_bot, pat_db):
+    """The whole path: the request with `--purge-backups`, the confirmation, the receipt naming the backup."""
+    bot = make_bot({"dev": pat_db.url})
+    root = Path(bot.env["BACKUP_DIR"])
+    delete_small_server_with_backup(bot, pat_db)
+    before = {r.id for r in requests_rows(bot)}
+    body = bot.command(f"forget-user {EMAIL} --stage dev --purge-backups").text(timeout=60)
+    assert "is posted in this channel as request" in body, body
+    [request_id] = [r.id for r in requests_rows(bot) if r.id not in before]
+    press(bot, request_id, "Forget", OPERATOR)
+    row = wait_state(bot, request_id, {"done", "failed", "stale"})
+    assert row.state == "done", row.error
+    [backup] = row.result["backups"]
+    assert backup["action"] == "rewritten" and backup["rows"] >= 4
+    receipt = message_text(wait_update(bot, request_id, ": done"))
+    assert f"scoped backup `{backup['backup_id']}`" in receipt and "rewritten without them" in receipt
+    assert _mentions_pat(_files(root)) == []
+    assert pat_db.scalar("SELECT count(*) FROM support_requests WHERE id = 'sr_pat'") == 0
