@@ -6,7 +6,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.schema.drift import DriftReport, group_title
-from bot.schema.migrations import APPLIED, CRLF, EDITED, PENDING, SKIPPED, MigrationsReport, StageMigrations
+from bot.schema.migrations import (
+    APPLIED,
+    CRLF,
+    EDITED,
+    PENDING,
+    SKIPPED,
+    Entry,
+    MigrationsReport,
+    StageMigrations,
+)
 from bot.service import CommandRequest
 from handlers.blocks import (
     Message,
@@ -181,8 +190,15 @@ def _code_sections(lines: list[str]) -> list[dict[str, Any]]:
     return blocks
 
 
+def _entry_line(entry: Entry) -> Mrkdwn:
+    line = md(STATE_LINES[entry.state], name=entry.name)
+    if entry.state == EDITED and entry.row is not None:
+        line += md(" (applied {}, file {})", code(entry.row.hash[:12]), code(entry.file_hash[:12]))
+    return line
+
+
 def _stage_detail(report: MigrationsReport, stage: StageMigrations) -> list[Mrkdwn]:
-    lines = [md(STATE_LINES[e.state], name=e.name) for e in stage.entries if e.state in STATE_LINES]
+    lines = [_entry_line(e) for e in stage.entries if e.state in STATE_LINES]
     lines += [
         md(":question: unknown row {}: hash {}", row.id, code(row.hash[:12]))
         + (md(" name {}", code(row.name)) if row.name else Mrkdwn(""))

@@ -69,7 +69,11 @@ def test_every_state_per_stage_and_the_matrix(make_bot, make_empty_db, tmp_path)
     assert "newest `0099_hotfix`" not in one  # the hotfix is unknown: named by its hash
     assert "`0003_server_description` pending" in one and "`0004_walkthrough_public` pending" in one
     assert "`0005_branch_support_index` pending" in one  # newer than production's newest: migrate runs it
-    assert "`0001_support_touch_trigger` *edited*" in one
+    applied_hash, file_hash = base[1].hash[:12], edited_0001.hash[:12]
+    assert (
+        "`0001_support_touch_trigger` *edited*: the applied migration's hash differs from the file's "
+        f"(applied `{applied_hash}`, file `{file_hash}`)" in one
+    )
     assert "`0002_session_title_index` applied; the file differs only in line endings (CRLF)" in one
     assert f"unknown row 4: hash `{hotfix_migration().hash[:12]}`" in one
     assert "3 pending, 1 edited, 1 crlf-only" in one and "1 unknown" in one

@@ -37,6 +37,7 @@ class Entry:
     state: str
     when: int
     row: AppliedRow | None = None
+    file_hash: str = ""  # the folder file's sha256, beside the row's (an edit shows both)
 
 
 @dataclass
@@ -118,7 +119,7 @@ def classify(local: list[LocalMigration], table: MigrationTable) -> tuple[list[E
             state = PENDING
         else:
             state = SKIPPED
-        entries.append(Entry(m.name, state, m.when, row))
+        entries.append(Entry(m.name, state, m.when, row, m.hash))
     return entries, unmatched
 
 
