@@ -96,6 +96,9 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import psycopg
+    from sqlalchemy.exc import SQLAlchemyError
+
     from bot.console.repl import try_these
     from bot.demo import DEMO_APPROVER, DEMO_OPERATOR, DEMO_SLUG, DEMO_VIEWER, prepare_demo
     from bot.localpg import LocalPostgresError
@@ -106,6 +109,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cluster, env = prepare_demo(base, reset=args.reset)
     except (LocalPostgresError, OSError) as exc:
         return _fail(f"the demo's PostgreSQL did not start: {exc} (`mcp-ops demo --reset` starts afresh)")
+    except (psycopg.Error, SQLAlchemyError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return _fail(f"the demo's data could not be loaded: {reason} (`mcp-ops demo --reset` starts afresh)")
     try:
         settings = load_settings(env, require_slack=False)
         print(

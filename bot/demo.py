@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 from sqlalchemy import create_engine, text
 
 from bot.config import parse_database_url
@@ -45,6 +46,18 @@ def build_platform_database(url: str, spec: DatasetSpec) -> None:
         engine.dispose()
 
 
+def _loaded(cluster: LocalPostgres, name: str) -> bool:
+    """Whether the stage database `name` holds the demo data (loaded in one transaction with its schema).
+
+    A first start interrupted while loading (Ctrl-C) leaves the database created but empty: it is loaded again.
+    """
+    if not cluster.database_exists(name):
+        return False
+    with psycopg.connect(cluster.dsn(name), autocommit=True) as conn:
+        found = conn.execute("SELECT to_regclass('public.mcp_servers') IS NOT NULL").fetchone()
+    return bool(found and found[0])
+
+
 def demo_cluster_dir(base_dir: Path) -> Path:
     """Where the demo cluster of `base_dir` lives: in it, unless the cluster's OS user cannot enter it.
 
@@ -71,15 +84,15 @@ def prepare_demo(
     if reset:
         cluster.destroy()
         cluster = LocalPostgres(cluster_dir)
+    cluster.start()
     install = cluster.install
     log(f"PostgreSQL {install.version} ({install.source}) in {cluster.base_dir}, port {cluster.port}")
-    cluster.start()
     env: dict[str, str] = {}
     for stage, spec in STAGES.items():
         name = f"mcp_{stage}"
-        if not cluster.database_exists(name):
+        if not _loaded(cluster, name):
             log(f"creating stage {stage} with demo data ...")
-            build_platform_database(cluster.create_database(name), spec)
+            build_platform_database(cluster.create_database(name, drop=True), spec)
         env[f"DATABASE_URL_{stage.upper()}"] = cluster.url(name)
     if not cluster.database_exists("mcp_ops_bot"):
         cluster.create_database("mcp_ops_bot")

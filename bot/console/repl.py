@@ -34,7 +34,7 @@ def try_these(stage: str, slug: str | None = None) -> str:
     """The three lines a newcomer sees first."""
     example = f"/mcp stats {slug} --stage {stage}" if slug else "/mcp help"
     return (
-        f"Try these:  /mcp list --stage {stage}   (servers on a stage; `press More` for the next page)\n"
+        f"Try these:  /mcp list --limit 5 --stage {stage}   (servers on a stage; then `press More` for the next)\n"
         f"            {example}   ({'usage of one server, with a chart' if slug else 'every command'})\n"
         "            home   (your App Home)    as <USER_ID>   (act as someone else)    help   (the rest)"
     )
@@ -165,9 +165,11 @@ class Console:
 
     def press(self, label: str) -> None:
         wanted = label.strip().strip("[]").strip().lower()
-        match = next(
-            (c for c in self.clickables if (c.element.get("text") or {}).get("text", "").lower() == wanted), None
-        )
+        labelled = [(c, (c.element.get("text") or {}).get("text", "").lower()) for c in self.clickables]
+        exact = [c for c, text in labelled if text == wanted]
+        # `press More` finds `More (15 left)`: the start of a label is enough when only one label starts so.
+        starting = [c for c, text in labelled if wanted and text.startswith(wanted)]
+        match = exact[0] if exact else (starting[0] if len(starting) == 1 else None)
         if match is None:
             labels = ", ".join((c.element.get("text") or {}).get("text", "") for c in self.clickables) or "none"
             self._print(f"no button `{label}` in the latest reply (buttons: {labels})")
