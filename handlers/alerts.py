@@ -51,6 +51,8 @@ def register(app: App, service: CommandService) -> None:
 
             def work() -> None:
                 refusal = runtime.policy.alert_attention_refusal(user)
+                if refusal is not None and clicked is not None:
+                    attention.denied(clicked[0], user, "snooze" if snooze else "acknowledge", refusal)
                 if clicked is None or (snooze and clicked[1] is None):
                     refusal = "that button's data is not readable; look at the alert again"
                 if refusal is None and clicked is not None:

@@ -6,11 +6,14 @@ requests to the real HTTP endpoint of the same runtime, and Slack is the local f
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import text
 
@@ -114,7 +117,10 @@ def test_acknowledge_shows_who_stops_reminders_and_the_alert_still_resolves(clic
     clicker.press(post, "Acknowledge", user=VIEWER)
     [refusal] = health.slack.calls_to("response_url")
     assert "only operators and approvers" in refusal.payload["text"]
-    assert [a.outcome for a in health.audit()] == ["firing"]
+    [firing, denied] = health.audit()
+    assert (firing.outcome, denied.outcome, denied.actor) == ("firing", "denied", VIEWER)
+    assert denied.detail["click"] == "acknowledge" and "only operators and approvers" in denied.detail["reason"]
+    assert health.updates() == []  # nothing changed on the alert
 
     clicker.press(post, "Acknowledge")
     [update] = health.updates()
@@ -171,6 +177,16 @@ def test_snooze_silences_reminders_and_refires_until_an_escalation_to_critical(c
     assert "Snoozed" not in _texts(health.posts()[-1:])[0]
     assert [a.outcome for a in health.audit()] == ["firing", "snoozed", "resolved", "firing", "snooze broken"]
 
+    # Broken for good: when it resolves and the query is slow again, inside the 4 hours, it is posted.
+    health.run("statements")
+    health.run("statements")
+    health.sync()
+    _sleep_statements(stage_db.url, 4)
+    health.run("statements")
+    health.sync()
+    assert len(health.posts()) == 3
+    assert (health.alert_rows()[-1].held, health.alert_rows()[-1].snoozed_until) == (False, None)
+
 
 def test_an_alert_is_edited_only_when_its_numbers_cross_a_step(clicky, stage_db):
     health = clicky({"dev": stage_db.url}, **SLOW).health
@@ -188,6 +204,53 @@ def test_an_alert_is_edited_only_when_its_numbers_cross_a_step(clicky, stage_db)
     health.sync()
     [update] = health.updates()
     assert "mean 11" in _texts([update])[0]
+
+
+def _running_s(url: str, app: str) -> float:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM now() - query_start) FROM pg_stat_activity"
+            " WHERE application_name = %s AND state = 'active'",
+            (app,),
+        ).fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def test_a_long_running_query_alert_is_not_edited_as_its_duration_grows(clicky, stage_db):
+    """Its title says how long the query has run, a new number every run: no chat.update for that."""
+    health = clicky({"dev": stage_db.url}, LONG_QUERY_SECONDS="1").health
+
+    def report() -> None:
+        with (
+            psycopg.connect(stage_db.url, autocommit=True, application_name="report-job") as conn,
+            contextlib.suppress(psycopg.errors.QueryCanceled),
+        ):
+            conn.execute("SELECT pg_sleep(60)")
+
+    thread = threading.Thread(target=report)
+    thread.start()
+    try:
+        assert eventually(lambda: _running_s(stage_db.url, "report-job") > 1.5, timeout=30)
+        health.run("activity")
+        [post] = health.posts()
+        assert "query running for 1 s" in _texts([post])[0] and "Cancel query" in _labels(post)
+        for _ in range(3):  # every run sees it a second or more older
+            seen = _running_s(stage_db.url, "report-job")
+            assert eventually(lambda seen=seen: _running_s(stage_db.url, "report-job") > seen + 1, timeout=30)
+            health.run("activity")
+            health.sync()
+        [row] = health.alert_rows()
+        assert row.consecutive == 4 and "query running for 1 s" not in row.title  # the row follows every run
+        assert health.updates() == []  # the message is not rewritten for it
+    finally:
+        with psycopg.connect(stage_db.url, autocommit=True) as conn:
+            conn.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'report-job'")
+        thread.join()
+    for _ in range(2):  # gone (ALERT_CLEAR_AFTER_RUNS, 2): it resolves, and that is an edit
+        health.run("activity")
+        health.sync()
+    [resolved] = health.updates()
+    assert "RESOLVED" in _texts([resolved])[0]
 
 
 def _alert(title: str, severity: str = "warning", detail: str = "", advice: str = "") -> Any:

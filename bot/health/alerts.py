@@ -179,7 +179,19 @@ class AlertBook:
         if changed:
             values["needs_update"] = True
         if snoozed(row, now) and escalated and f.severity == "critical":
-            values.update(snoozed_until=None)  # an escalation to critical breaks the snooze
+            # An escalation to critical breaks the snooze: of this alert, and of the resolved one with the
+            # same key it inherited the snooze from (so the next firing is posted, not held).
+            values.update(snoozed_until=None)
+            conn.execute(
+                update(alerts)
+                .where(
+                    alerts.c.stage == row.stage,
+                    alerts.c.check_name == row.check_name,
+                    alerts.c.object == row.object,
+                    alerts.c.snoozed_until > now,
+                )
+                .values(snoozed_until=None)
+            )
             self.audit_alert(conn, row, "snooze broken", {"by": "escalation to critical"})
         elif snoozed(row, now):
             if values:

@@ -40,6 +40,13 @@ class AlertAttention:
             raise ValueError(f"a snooze lasts {', '.join(f'{h} h' for h in SNOOZE_HOURS)}")
         return self._attend(alert_id, user_id, hours)
 
+    def denied(self, alert_id: int, user_id: str, action: str, reason: str) -> None:
+        """Audit a click refused for lack of the right (`action`: acknowledge or snooze)."""
+        with self.book.engine.begin() as conn:
+            row = conn.execute(select(alerts).where(alerts.c.id == alert_id)).first()
+            if row is not None:
+                self.book.audit_alert(conn, row, "denied", {"click": action, "reason": reason}, actor=user_id)
+
     def _attend(self, alert_id: int, user_id: str, hours: int | None) -> AttentionOutcome:
         outcome = "acknowledged" if hours is None else "snoozed"
         with self.book.engine.begin() as conn:
