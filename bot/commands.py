@@ -210,7 +210,7 @@ register(
         mutating=True,
     )
 )
-register(Verb("pending", "open delete and restore requests, with links (operators and approvers)", stage="optional"))
+register(Verb("pending", "open requests of every kind, with links (operators and approvers)", stage="optional"))
 register(
     Verb(
         "migrations",

@@ -44,7 +44,7 @@ class RequestClicks:
 
         def expire_due(self, now: datetime | None = None) -> int: ...
 
-        def run(self, request_id: int) -> None: ...
+        def start(self, request_id: int) -> None: ...
 
         def _audit(self, request: Request, actor: str, outcome: str, **kwargs: Any) -> None: ...
 
@@ -140,7 +140,7 @@ class RequestClicks:
             )
         self._nudge()
         if outcome.approved_now:
-            self.runtime.submit(self.run, request_id)
+            self.start(request_id)
         return ClickOutcome(True, channel=channel)
 
     def _lost_standing(self, request_id: int) -> ClickOutcome | None:

@@ -41,7 +41,7 @@ class RequestJobs:
 
         def _runner_lock(self, request_id: int) -> AbstractContextManager[bool]: ...
 
-        def run(self, request_id: int) -> None: ...
+        def start(self, request_id: int) -> None: ...
 
         def finish(self, request: Request, state: str, *, error: str | None = None, **values: Any) -> None: ...
 
@@ -117,7 +117,7 @@ class RequestJobs:
         if self.render is None:
             return 0
         for request_id in self.store.ids_where(delete_requests.c.state == "approved"):
-            self.runtime.submit(self.run, request_id)  # the runner lock and the CAS make it run once
+            self.start(request_id)  # the runner lock and the CAS make it run once
         fixed = 0
         for request_id in self.store.ids_where(delete_requests.c.state == "running"):
             with self._runner_lock(request_id) as free:

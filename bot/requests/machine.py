@@ -22,6 +22,7 @@ from bot.audit import AuditEntry
 from bot.deletion.execute import Heartbeat
 from bot.deletion.impact import snapshot_hash
 from bot.errors import PermissionDenied, UserFacingError
+from bot.lanes import Busy
 from bot.logs import request_id_var
 from bot.pii import scrub
 from bot.policy import rule_for
@@ -108,8 +109,15 @@ class Requests(RequestClicks, RequestMessages, RequestJobs):
         created = self._create(proposal, requester=requester, reason=reason, channel=channel, detail=detail)
         posted = self._post(created)
         if created.state == "approved":
-            self.runtime.submit(self.run, created.id)
+            self.start(created.id)
         return posted
+
+    def start(self, request_id: int) -> None:
+        """Run an approved request after this; when the work lane is full, the recovery job starts it soon."""
+        try:
+            self.runtime.submit(self.run, request_id)
+        except Busy:
+            log.warning("approved request waits for the recovery job (work lane full)", extra={"request": request_id})
 
     def _create(
         self,
