@@ -27,6 +27,7 @@ from bot.service import CommandOutcome, CommandRequest, CommandService
 log = logging.getLogger(__name__)
 POST_WAIT_S = 120.0  # how long an alert's chart waits for the alert's first post to reach Slack
 MAX_BLOCKS = 50
+REPLACE_RETRY_S = (1.0, 2.0, 4.0)  # waits before trying the answer with its chart again
 
 
 def upload_chart(client: WebClient, chart: Chart, *, channel: str | None = None, thread_ts: str | None = None) -> str:
@@ -61,9 +62,28 @@ def attach_chart(
         if chart is None:
             return
         file_id = upload_chart(runtime.slack, chart)
-        respond(**{**message, "blocks": [*blocks, image_block(file_id, chart)], "replace_original": True})
+        _replace(
+            runtime, respond, {**message, "blocks": [*blocks, image_block(file_id, chart)], "replace_original": True}
+        )
     except Exception as exc:
         log.warning("chart not shown", extra={"verb": request.verb, "error": type(exc).__name__}, exc_info=True)
+
+
+class ChartRefused(RuntimeError):
+    """Slack would not take the answer with its chart (an error status on the response_url)."""
+
+
+def _replace(runtime: Runtime, respond: Respond, message: dict[str, Any]) -> None:
+    """Replace the answer by `message`; retried a few times, because Slack processes an upload after
+    files.completeUploadExternal returns and refuses an image block of a file it has not finished
+    (`invalid_blocks`). A response_url answers errors with a status, not an exception."""
+    for delay in (*REPLACE_RETRY_S, None):
+        response = respond(**message)
+        if response.status_code == 200:
+            return
+        if delay is None or not runtime.accepting:
+            raise ChartRefused(f"the response_url answered {response.status_code}: {str(response.body)[:200]}")
+        time.sleep(delay)
 
 
 def _posted_ts(runtime: Runtime, alert_id: int) -> tuple[Any, str | None, str | None]:

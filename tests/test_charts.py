@@ -62,6 +62,34 @@ def test_a_chart_that_cannot_be_uploaded_leaves_the_numbers(bot, caplog):
     assert bot.slack.files == {}
 
 
+def _with_image(payload: dict) -> bool:
+    return bool(_image_blocks(payload))
+
+
+def test_an_answer_with_a_chart_slack_refuses_at_first_is_sent_again(bot):
+    # Slack processes an upload after completeUploadExternal returns: an image block naming a file it has
+    # not finished is refused (invalid_blocks) for a moment.
+    bot.slack.fail("response_url", status=404, times=1, where=_with_image)
+    reply = bot.command(f"stats {TEST_SPEC.big_slug} --stage dev")
+    numbers, with_chart = reply.responses(2, timeout=60)
+    assert _image_blocks(numbers) == [] and len(_image_blocks(with_chart)) == 1
+    path = reply.response_url.split(bot.slack.base_url, 1)[1]
+    refused = [c for c in bot.slack.calls if c.path == path and not c.ok]
+    assert len(refused) == 1 and _with_image(refused[0].payload)
+
+
+def test_an_answer_with_a_chart_slack_keeps_refusing_leaves_the_numbers(bot, caplog):
+    bot.slack.fail("response_url", status=404, times=20, where=_with_image)
+    with caplog.at_level(logging.WARNING):
+        reply = bot.command(f"stats {TEST_SPEC.big_slug} --stage dev")
+        [numbers] = reply.responses(1, timeout=30)
+        assert eventually(lambda: "chart not shown" in caplog.text, timeout=60)
+    assert "Tool calls" in message_text(numbers)
+    path = reply.response_url.split(bot.slack.base_url, 1)[1]
+    assert len([c for c in bot.slack.calls if c.path == path and not c.ok]) == 4  # tried, then three times more
+    assert next(r for r in caplog.records if "chart not shown" in r.getMessage()).error == "ChartRefused"
+
+
 def test_a_slow_query_gets_its_mean_time_chart_in_the_alert_thread_and_in_health(clicky, stage_db):  # noqa: F811
     clicker = clicky({"dev": stage_db.url}, **SLOW)
     health, slack = clicker.health, clicker.health.slack

@@ -37,6 +37,7 @@ class Failure:
     remaining: int
     retry_after: int | None = None
     channel: str | None = None  # only calls to this channel (Slack rate limits chat.postMessage per channel)
+    where: Callable[[dict[str, Any]], bool] | None = None  # only calls whose payload this accepts
 
 
 @dataclass
@@ -119,10 +120,12 @@ class LocalSlack:
         times: int = 1,
         retry_after: int | None = None,
         channel: str | None = None,
+        where: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
-        """Answer the next `times` calls of `method` (to `channel`, if given) with `status` (429: Retry-After)."""
+        """Answer the next `times` calls of `method` (to `channel`, with a payload `where` accepts, if given)
+        with `status` (429: Retry-After)."""
         with self._cond:
-            self._failures.append(Failure(method, status, times, retry_after, channel))
+            self._failures.append(Failure(method, status, times, retry_after, channel, where))
 
     def clear_failures(self) -> None:
         with self._cond:
@@ -163,9 +166,11 @@ class LocalSlack:
 
     # -- request handling ------------------------------------------------------------
 
-    def _take_failure(self, method: str, channel: str | None) -> Failure | None:
+    def _take_failure(self, method: str, payload: dict[str, Any]) -> Failure | None:
         for failure in self._failures:
-            if failure.channel is not None and failure.channel != channel:
+            if failure.channel is not None and failure.channel != payload.get("channel"):
+                continue
+            if failure.where is not None and not failure.where(payload):
                 continue
             if failure.remaining > 0 and failure.method in ("*", method):
                 failure.remaining -= 1
@@ -176,7 +181,7 @@ class LocalSlack:
         self, method: str, payload: dict[str, Any], token: str | None, path: str
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         with self._cond:
-            failure = self._take_failure(method, payload.get("channel"))
+            failure = self._take_failure(method, payload)
             if failure is not None:
                 self.calls.append(SlackCall(method, payload, time.time(), ok=False, path=path))
                 headers = {"Retry-After": str(failure.retry_after)} if failure.retry_after is not None else {}
