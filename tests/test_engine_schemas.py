@@ -179,21 +179,42 @@ def test_set_null_and_deferrable_back_edges_are_not_cycles(h):
     out = h.check(
         """
         CREATE TABLE mcp_servers (id text PRIMARY KEY, slug text NOT NULL UNIQUE, default_registration_id int,
-            pinned_registration_id int);
+            pinned_registration_id int, fallback_registration_id int);
         CREATE TABLE registrations (id int PRIMARY KEY, server_id text NOT NULL REFERENCES mcp_servers
             ON DELETE CASCADE);
         CREATE TABLE tokens (id int PRIMARY KEY, registration int NOT NULL REFERENCES registrations ON DELETE CASCADE);
         ALTER TABLE mcp_servers ADD FOREIGN KEY (default_registration_id) REFERENCES registrations ON DELETE SET NULL;
         ALTER TABLE mcp_servers ADD FOREIGN KEY (pinned_registration_id) REFERENCES registrations
             DEFERRABLE INITIALLY IMMEDIATE;
-        INSERT INTO mcp_servers VALUES ('srv1', 's1', NULL, NULL), ('srv2', 's2', NULL, NULL);
+        ALTER TABLE mcp_servers ADD FOREIGN KEY (fallback_registration_id) REFERENCES registrations;  -- NO ACTION
+        INSERT INTO mcp_servers VALUES ('srv1', 's1', NULL, NULL, NULL), ('srv2', 's2', NULL, NULL, NULL);
         INSERT INTO registrations VALUES (1, 'srv1'), (2, 'srv1'), (3, 'srv2');
         INSERT INTO tokens VALUES (10, 1), (11, 2), (12, 3);
-        UPDATE mcp_servers SET default_registration_id = 1, pinned_registration_id = 2 WHERE id = 'srv1';
+        UPDATE mcp_servers SET default_registration_id = 1, pinned_registration_id = 2, fallback_registration_id = 1
+            WHERE id = 'srv1';
         UPDATE mcp_servers SET default_registration_id = 3 WHERE id = 'srv2';
         """
     )
     assert out.report.snapshot["public.tokens"] == 2 and not out.report.blockers
+
+
+def test_another_server_pointing_into_the_scope_without_a_rule_blocks(h):
+    words, report = h.refuse(
+        """
+        CREATE TABLE mcp_servers (id text PRIMARY KEY, slug text NOT NULL UNIQUE,
+            parent_id text REFERENCES mcp_servers, registration int);
+        CREATE TABLE registrations (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE);
+        ALTER TABLE mcp_servers ADD FOREIGN KEY (registration) REFERENCES registrations;
+        INSERT INTO mcp_servers VALUES ('srv1', 's1', NULL, NULL), ('srv2', 's2', 'srv1', NULL),
+            ('srv3', 's3', NULL, NULL);
+        INSERT INTO registrations VALUES (1, 'srv1');
+        UPDATE mcp_servers SET registration = 1 WHERE id IN ('srv1', 'srv3');
+        """
+    )
+    # Never another server because it points at this one (or at its rows) with no rule: those block.
+    assert "1 row(s) of mcp_servers outside the delete reference rows of mcp_servers" in words
+    assert "1 row(s) of mcp_servers outside the delete reference rows of registrations" in words
+    assert {r["id"] for b in report.blockers for r in b.sample} == {"srv2", "srv3"}
 
 
 def test_two_foreign_keys_to_the_root_with_different_rules(h):
@@ -429,16 +450,17 @@ def test_set_default_without_a_parent_row_and_set_null_into_a_not_null_domain_ar
 
 
 def test_the_proposed_index_for_a_column_named_with_a_percent_sign(h):
-    db = h.database(
+    out = h.check(
         ROOT
         + """
-        CREATE TABLE hits ("Server %ID" text REFERENCES mcp_servers ON DELETE CASCADE, id int PRIMARY KEY);
-        INSERT INTO hits SELECT 'srv1', g FROM generate_series(1, 50) g;
+        CREATE TABLE hits ("Server %ID" text REFERENCES mcp_servers ON DELETE CASCADE, "key ""q"" no" int PRIMARY KEY,
+            "100%" text);
+        INSERT INTO hits SELECT CASE WHEN g % 2 = 0 THEN 'srv1' ELSE 'srv2' END, g, g || '%s'
+            FROM generate_series(1, 50) g;
         ANALYZE;
         """
     )
-    _, report = h.impact(h.stage(db), "s1")
-    [slow] = report.slow_keys
+    [slow] = out.report.slow_keys
     assert slow.create_index == (
         'CREATE INDEX CONCURRENTLY IF NOT EXISTS "hits_Server %ID_idx" ON public.hits ("Server %ID");'
     )
