@@ -33,8 +33,10 @@ def chart_source(verb: str) -> Callable[[ChartSource], ChartSource]:
 @chart_source("stats")
 def stats_chart(runtime: Runtime, request: CommandRequest, stats: servers.ServerStats) -> Chart | None:
     assert request.stage is not None
+    # The window the numbers were counted in, not one a moment later: the bars add up to the same totals.
+    now_ms = round(stats.since.timestamp() * 1000) + stats.days * servers.DAY_MS
     with request.stage.read() as conn:
-        usage = servers.daily_usage(conn, stats.server.slug, days=stats.days)
+        usage = servers.daily_usage(conn, stats.server.slug, days=stats.days, now_ms=now_ms)
     return daily_usage_chart(usage.slug, request.stage.name, usage.days, usage.tool_calls, usage.sessions)
 
 

@@ -94,8 +94,9 @@ def prepare_demo(
             log(f"creating stage {stage} with demo data ...")
             build_platform_database(cluster.create_database(name, drop=True), spec)
         env[f"DATABASE_URL_{stage.upper()}"] = cluster.url(name)
-    if not cluster.database_exists("mcp_ops_bot"):
-        cluster.create_database("mcp_ops_bot")
+    # The bot's own state starts afresh each time, as the console's local Slack does: alerts, requests and
+    # their messages from an earlier session name messages that no longer exist anywhere.
+    cluster.create_database("mcp_ops_bot", drop=True)
     env.update(
         {
             "BOT_DATABASE_URL": cluster.url("mcp_ops_bot"),

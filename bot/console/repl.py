@@ -25,6 +25,7 @@ HELP = """Type a slash command, e.g. `/mcp find acme-analytics-mcp --stage dev`.
   in <CHANNEL_ID>     type commands in another channel
   press <label>       press a button shown in the latest reply (`press Delete`)
   home                open the bot's App Home tab as the acting user
+  alert [N]           show the latest (or Nth latest) alert in full, with its buttons (`press Acknowledge`)
   whoami              show the acting user and channel
   help                this text
   quit                leave"""
@@ -216,6 +217,32 @@ class Console:
             self._print(reply.body)
         self._settle(before, expect_reply=True)
 
+    def show_alert(self, which: str) -> None:
+        """An alert message in full, as it stands in its channel now; its buttons become the ones to press."""
+        posted = sorted(
+            (
+                m
+                for m in list(self.slack.messages.values())
+                if m.channel in self._alert_channels and not m.payload.get("thread_ts")
+            ),
+            key=lambda m: float(m.ts),
+            reverse=True,
+        )
+        number = int(which) if which.strip().isdigit() else 1
+        if not posted:
+            self._print("no alert has been posted yet")
+        elif not 1 <= number <= len(posted):
+            self._print(
+                "there is 1 alert: `alert 1`"
+                if len(posted) == 1
+                else f"there are {len(posted)} alerts: `alert 1` is the latest, `alert {len(posted)}` the oldest"
+            )
+        else:
+            shown = posted[number - 1]
+            self._show(
+                f"alert {number} of {len(posted)}", shown.channel, {**shown.payload, "ts": shown.ts}, response_url=None
+            )
+
     def _settle(self, before: int, *, expect_reply: bool, quiet: float = 0.4, limit: float = 30.0) -> None:
         """Wait until the bot has said what it has to say about this input."""
         deadline = time.monotonic() + limit
@@ -255,6 +282,8 @@ class Console:
             before = len(self.slack.calls)
             self.sender.event({"type": "app_home_opened", "user": self.user, "tab": "home"})
             self._settle(before, expect_reply=True)
+        elif word == "alert":
+            self.show_alert(rest)
         elif word == "whoami":
             self._print(f"acting as {self.user} in {self.channel}")
         elif word == "press":
