@@ -110,9 +110,10 @@ def _scan_probe(conn: Connection, catalog: Catalog, fk: ForeignKey, samples: lis
     pages = catalog.table(fk.child).pages
     if pages <= SCAN_SAMPLE_PAGES * 2:
         return _probe(conn, catalog, fk, samples)
-    # Twice, keeping the faster: the first read of those blocks may have to bring them into cache.
+    # Three times, keeping the fastest: the first read may have to bring the blocks into cache, and a busy
+    # machine slows some runs (the scaled-up figure multiplies any slowness).
     values = samples[0]
-    timings = [_execution_ms(conn, _lookup(catalog, fk, values, SCAN_SAMPLE_PAGES)) for _ in range(2)]
+    timings = [_execution_ms(conn, _lookup(catalog, fk, values, SCAN_SAMPLE_PAGES)) for _ in range(3)]
     return min(timings) * pages / SCAN_SAMPLE_PAGES
 
 

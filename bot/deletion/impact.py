@@ -278,10 +278,12 @@ def _set_blockers(conn: Connection, plan: DeletePlan, counts: dict[str, int]) ->
         if not rows or fk is None:
             continue
         info = plan.catalog.table(step.table)
-        defaults = {c: _default_value(conn, info.column(c).default) for c in step.columns}
-        if step.action == "set default" and not all(known for known, _ in defaults.values()):
-            continue  # a volatile default: the database decides at run time
-        values = {c: value for c, (_, value) in defaults.items()} if step.action == "set default" else {}
+        values: dict[str, str | None] = {}
+        if step.action == "set default":
+            defaults = {c: _default_value(conn, info.column(c).default) for c in step.columns}
+            if not all(known for known, _ in defaults.values()):
+                continue  # a volatile default: the database decides at run time
+            values = {c: value for c, (_, value) in defaults.items()}
         nulled = [c for c in step.columns if values.get(c) is None]
         if set(nulled) & info.not_null:
             what = "NULL (it has no default)" if step.action == "set default" else "NULL"

@@ -5,9 +5,8 @@ per table, children before parents along every foreign key that forces an order,
 database's per-row triggers find nothing left to do:
 
 - CASCADE, NO ACTION (not deferrable) and RESTRICT edges force "children first";
-- SET NULL edges do not (the row is deleted anyway), unless the column is NOT NULL (the database
-  would refuse), nor do SET DEFAULT edges into rows that are themselves deleted... except that their
-  new value must exist, so they are ordered too when they can be;
+- a SET NULL edge does not (the row is deleted anyway), unless the column is NOT NULL (the database
+  would refuse); a SET DEFAULT edge does (the default's parent must still exist when it fires);
 - DEFERRABLE NO ACTION edges do not: where the order puts a parent first, the delete runs with
   `SET CONSTRAINTS ALL DEFERRED` and checks everything (`SET CONSTRAINTS ALL IMMEDIATE`) before its
   commit.
