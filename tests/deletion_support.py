@@ -20,6 +20,7 @@ from sqlalchemy import Connection, text
 
 from bot.requests.store import STATES
 from tests.conftest import OPERATOR, TEST_SPEC, BotHarness, StageDb
+from tests.engine_harness import USER_TABLES
 
 BIG = TEST_SPEC.big_slug
 SMALL = "srv_s1"
@@ -174,11 +175,12 @@ def fingerprints(db: StageDb) -> dict[str, dict[str, str]]:
 
 
 def table_checksums(conn: Connection) -> dict[str, tuple[int, str]]:
-    """Per table: (rows, md5 of string_agg over ordered rows), what a DBA would compare across a change."""
+    """Every table of every user schema, with or without a key (partitions and inheritance children as
+    their own, ONLY): (rows, md5 of string_agg over ordered rows), what a DBA would compare across a change."""
     out: dict[str, tuple[int, str]] = {}
-    for schema, name, _pk in conn.execute(text(_TABLES)).all():
+    for schema, name in conn.execute(text(USER_TABLES)).all():
         ordered = "string_agg(t::text, E'\\n' ORDER BY t::text)"
-        sql = f'SELECT count(*), md5(coalesce({ordered}, \'\')) FROM "{schema}"."{name}" t'
+        sql = f'SELECT count(*), md5(coalesce({ordered}, \'\')) FROM ONLY "{schema}"."{name}" t'
         rows, digest = conn.execute(text(sql)).one()
         out[f"{schema}.{name}"] = (int(rows), str(digest))
     return out
