@@ -229,14 +229,33 @@ def wait_state(bot: BotHarness, request_id: int, states: set[str], timeout: floa
         time.sleep(0.05)
 
 
-def request_message(bot: BotHarness, request_id: int) -> dict[str, Any]:
+_QUEUED = text("SELECT count(*) FROM outbox WHERE supersede_key = :key AND delivered_at IS NULL AND dead_at IS NULL")
+
+
+def request_message(bot: BotHarness, request_id: int, timeout: float = 20) -> dict[str, Any]:
+    """The request's message as Slack shows it, once every update queued for it so far was delivered.
+
+    A state change and its message's `chat.update` commit together, but the outbox delivers the update
+    a moment later: read right after a change, Slack still shows the message before it. So wait until
+    no update of this message is queued, and until the request did not move meanwhile.
+    """
+    deadline = time.monotonic() + timeout
     row = wait_state(bot, request_id, set(STATES))
-    deadline = time.monotonic() + 10
     while not row.message_ts:
         assert time.monotonic() < deadline, "the request's message was never posted"
         time.sleep(0.05)
         row = next(r for r in requests_rows(bot) if r.id == request_id)
-    return bot.slack.messages[(row.channel, row.message_ts)].payload
+    key = f"message:{row.channel}:{row.message_ts}"
+    while True:
+        with bot.runtime.bot_engine.connect() as conn:
+            queued = conn.execute(_QUEUED, {"key": key}).scalar_one()
+        now = next(r for r in requests_rows(bot) if r.id == request_id)
+        if not queued and (now.state, now.updated_at) == (row.state, row.updated_at):
+            return bot.slack.messages[(row.channel, row.message_ts)].payload
+        assert time.monotonic() < deadline, f"request {request_id}'s message updates were not delivered"
+        row = now
+        bot.runtime.outbox_worker.notify()
+        time.sleep(0.05)
 
 
 def buttons(payload: dict[str, Any]) -> dict[str, dict[str, Any]]:

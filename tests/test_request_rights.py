@@ -7,7 +7,7 @@ starts with the new OPERATORS/APPROVERS, and the click reaches it over signed HT
 
 from __future__ import annotations
 
-from tests.conftest import APPROVER, APPROVER2, OPERATOR, BotHarness, message_text
+from tests.conftest import APPROVER, APPROVER2, OPERATOR, VIEWER, BotHarness, message_text
 from tests.deletion_support import (
     BIG,
     audit_outcomes,
@@ -72,3 +72,20 @@ def test_an_unprotected_confirmation_by_a_former_operator_closes_the_request(mak
     assert_revoked(second, request_id, "is no longer allowed to ask for a delete", db, before)
     audit = [r for r in second.audit_rows() if r.outcome == "revoked"]
     assert len(audit) == 1 and audit[0].actor == "system" and "OPERATORS" in audit[0].detail["reason"]
+
+
+def test_a_strangers_click_moves_nothing_even_when_the_requester_lost_the_right(make_bot, db):
+    first = restarted(make_bot, db, OPERATORS=OPERATOR)
+    request_id = start_delete(first, stage="production", extra=REASON)
+    second = restarted(make_bot, db, OPERATORS=OTHER)  # OPERATOR was removed
+    payload = request_message(first, request_id)
+    for user in (VIEWER, OTHER):  # neither is in APPROVERS
+        answer = message_text(ephemeral_on(second, press(second, request_id, "Approve", user, payload)))
+        assert "You can't approve this: you are not in APPROVERS" in answer, answer
+    assert wait_state(second, request_id, {"pending"}).state == "pending"
+    assert "revoked" not in audit_outcomes(second)
+    assert audit_outcomes(second).count("denied") == 2
+    # The approver's click is the one that finds the requester gone, and closes it.
+    answer = message_text(ephemeral_on(second, press(second, request_id, "Approve", APPROVER, payload)))
+    assert "can't go on" in answer
+    assert wait_state(second, request_id, {"revoked"}).state == "revoked"

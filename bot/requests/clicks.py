@@ -101,7 +101,7 @@ class RequestClicks:
 
     def _click(self, request_id: int, actor: str, action: str, reason: str | None) -> ClickOutcome:
         if action in ("confirm", "approve"):
-            lost = self._lost_standing(request_id)
+            lost = self._lost_standing(request_id, actor, action)
             if lost is not None:
                 return lost
         checked = self.check_click(request_id, actor, action)
@@ -143,10 +143,17 @@ class RequestClicks:
             self.start(request_id)
         return ClickOutcome(True, channel=channel)
 
-    def _lost_standing(self, request_id: int) -> ClickOutcome | None:
-        """Before a confirmation or approval counts: do the requester and earlier approvals still stand?"""
+    def _lost_standing(self, request_id: int, actor: str, action: str) -> ClickOutcome | None:
+        """Before a confirmation or approval counts: do the requester and earlier approvals still stand?
+
+        Only a click that would otherwise count looks (an approver's approval, the requester's own
+        confirmation): a stranger's click is refused for what it is and moves nothing, and an
+        overdue request expires rather than being revoked.
+        """
         current = self.store.get(request_id)
-        if current is None or current.state != "pending":
+        if current is None or current.state != "pending" or current.expires_at <= self.clock():
+            return None
+        if current.requester != actor and self.refusal(current, actor, action):
             return None
         lost = self.standing(current)
         if lost is None:
