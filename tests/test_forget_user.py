@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from sqlalchemy import text
 
+from bot.erasure.plan import ErasureTarget
+from bot.kinds.forget_user import forget_user_kind
 from bot.logs import JsonFormatter
 from tests.conftest import APPROVER, OPERATOR, VIEWER, BotHarness, StageDb, message_text
 from tests.deletion_support import (
@@ -192,3 +194,23 @@ def test_a_new_user_row_with_the_email_makes_the_request_stale(app, person_db):
     assert checksums(person_db) == before
     with app.runtime.bot_engine.connect() as conn:
         assert conn.execute(text("SELECT state FROM erasures")).scalars().all() == ["failed"]
+
+
+def test_a_request_left_running_is_settled_from_the_stage(app, person_db):
+    """What the recovery job asks the kind about a request a dead process left running."""
+    request_id = start_forget(app, "")
+    kind = forget_user_kind(app.runtime)
+    request = app.runtime.requests.store.get(request_id)
+    assert request is not None
+    state, error = kind.recover(request)  # the person is still there: the transaction rolled back
+    assert state == "failed" and "nothing was erased" in (error or "")
+    stage = app.runtime.stages.get("dev")
+    app.runtime.erasures.run(
+        stage,
+        ErasureTarget.from_json(request.target),
+        expected=request.snapshot,
+        requested_by=OPERATOR,
+        request_id=request_id,
+        budget_s=60,
+    )
+    assert kind.recover(request) == ("done", None)  # nothing matches any more: it committed
