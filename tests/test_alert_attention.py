@@ -279,3 +279,6 @@ def test_severity_percent_steps_and_counts_are_material():
     assert material(_alert("connections at 89%")) != material(_alert("connections at 91%"))
     assert material(_alert("x", "warning")) != material(_alert("x", "critical"))
     assert material(_alert("1,900 rows")) != material(_alert("2,100 rows"))
+    # Digits of a name are the name: another table is another thing to act on.
+    assert material(_alert("events_2024_03 is 25% dead")) != material(_alert("events_2024_04 is 25% dead"))
+    assert material(_alert("pid 4242 (worker-7, user app)")) == material(_alert("pid 4250 (worker-7, user app)"))

@@ -32,14 +32,15 @@ def _when(value: datetime | None) -> str:
 # Durations ("12 min", "1 h 5 min", "3 days") step at 10 s, 30 s, 1, 2, 5, 10, 15, 30 min, 1, 2, 4, 8,
 # 12 h, 1, 2, 7 days; percentages every 10 points; other numbers on a 1-2-5 scale (…, 10, 20, 50,
 # 100, …). A query running for 7 then 8 minutes, or a mean going from 52 to 61 ms, is not an edit;
-# crossing 10 minutes or 100 ms is. Between edits the stored row still follows every run.
+# crossing 10 minutes or 100 ms is. Digits inside a name (`events_2024_03`) are the name, not a number.
+# Between edits the stored row still follows every run.
 
 DURATION_STEPS_S = (0, 10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14_400, 28_800, 43_200, 86_400, 172_800)
 # One pass, so a step written in place is not read again as a number.
 STEP_RE = re.compile(
     r"\b(?:(?P<hours>\d+) h )?(?P<amount>\d+) (?P<unit>s|min|h|days?)\b"  # a duration
     r"|(?P<percent>\d+(?:\.\d+)?)%"
-    r"|(?P<number>\d[\d,]*(?:\.\d+)?)"
+    r"|(?<![\w.])(?P<number>\d[\d,]*(?:\.\d+)?)"  # not the digits of a name (events_2024_03, v2)
 )
 UNIT_S = {"s": 1, "min": 60, "h": 3600, "day": 86_400, "days": 86_400}
 
