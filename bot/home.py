@@ -2,10 +2,10 @@
 
 The tab is refreshed whenever alerts, approvals or the audit trail change (bot/changes.py), read
 from the database each time so replicas agree; but only for people who opened it within
-HOME_RECENT_MINUTES, and at most once per person per HOME_PUBLISH_INTERVAL_SECONDS: a change inside
-that interval is sent when it ends, and later changes before then replace it in the outbox (its
-supersede key), so the last state is what arrives. `published_at` (shared by replicas) is when the
-person's latest publish was or will be sent.
+HOME_RECENT_MINUTES, and at most once per person per HOME_PUBLISH_INTERVAL_SECONDS: a change (or an
+opening of the tab) inside that interval is sent when it ends, and later changes before then replace it
+in the outbox (its supersede key), so the last state is what arrives. `published_at` (shared by
+replicas) is when the person's latest publish was or will be sent.
 """
 
 from __future__ import annotations
@@ -57,16 +57,25 @@ class Home:
         self.audit = audit
         self.alerts = alerts
 
-    def opened(self, user_id: str) -> HomeView:
+    def opened(self, user_id: str) -> tuple[HomeView, bool]:
+        """The person's tab, and whether to publish it now: not when their last publish is within
+        HOME_PUBLISH_INTERVAL_SECONDS (Slack still shows that one; `queue_publish` sends this in their next slot)."""
+        interval = timedelta(seconds=self.policy.settings.home_publish_interval_s)
         with self.engine.begin() as conn:
+            now: datetime = conn.execute(select(func.now())).scalar_one()
+            last = conn.execute(
+                select(home_viewers.c.published_at).where(home_viewers.c.user_id == user_id).with_for_update()
+            ).scalar()
+            publish_now = last is None or last <= now - interval
+            kept = {} if publish_now else {"published_at": last}
             conn.execute(
                 insert(home_viewers)
-                .values(user_id=user_id, published_at=func.now())
+                .values(user_id=user_id, opened_at=now, published_at=now)
                 .on_conflict_do_update(
-                    index_elements=[home_viewers.c.user_id], set_={"opened_at": func.now(), "published_at": func.now()}
+                    index_elements=[home_viewers.c.user_id], set_={"opened_at": now, "published_at": now, **kept}
                 )
             )
-        return self.view_for(user_id)
+        return self.view_for(user_id), publish_now
 
     def waiting_for(self, user_id: str, *, approver: bool) -> list[Request]:
         """Pending requests `user_id` can act on now: the same rules the buttons check when pressed."""

@@ -63,7 +63,12 @@ def register(app: App, service: CommandService) -> None:
         if event.get("tab", "home") != "home" or not event.get("user"):
             return
         user_id = str(event["user"])
-        publish(user_id, runtime.home.opened(user_id))
+        view, now = runtime.home.opened(user_id)
+        if now:
+            publish(user_id, view)
+        else:  # published moments ago: this one goes in the person's next slot
+            runtime.home.queue_publish([(user_id, render_home(view))])
+            runtime.outbox_worker.notify()
 
     def refresh(kinds: frozenset[str]) -> None:
         """Every recent viewer's tab, rendered now and delivered through the outbox (retried, never older)."""

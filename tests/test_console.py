@@ -16,11 +16,12 @@ from tests.conftest import ALERT_CHANNEL, OPERATOR, VIEWER, base_env, eventually
 
 
 @pytest.fixture
-def console(stage_db, bot_db_url: str, fake_slack: LocalSlack) -> Iterator[tuple[Console, io.StringIO]]:
+def console(request, stage_db, bot_db_url: str, fake_slack: LocalSlack) -> Iterator[tuple[Console, io.StringIO]]:
     # The console starts a local Slack of its own; the fixture's only fills in the environment.
-    settings = load_settings(base_env(bot_db_url=bot_db_url, stages={"dev": stage_db.url}, slack=fake_slack))
+    env = base_env(bot_db_url=bot_db_url, stages={"dev": stage_db.url}, slack=fake_slack)
+    env.update(getattr(request, "param", {}))
     out = io.StringIO()
-    console = Console(settings, user=OPERATOR, out=out)
+    console = Console(load_settings(env), user=OPERATOR, out=out)
     yield console, out
     console.close()
 
@@ -66,3 +67,14 @@ def test_an_alert_is_one_line_then_in_full_with_its_buttons_and_acknowledge_work
     assert f":eyes: Acknowledged by @{OPERATOR}" in shown and "[ Acknowledge ]" not in shown
     console.handle_line("alert 7")
     assert "there is 1 alert: `alert 1`" in out.getvalue()
+
+
+@pytest.mark.parametrize("console", [{"HOME_PUBLISH_INTERVAL_SECONDS": "600"}], indirect=True)
+def test_home_opened_twice_in_a_row_shows_the_tab_both_times(console):
+    console, out = console
+    for _ in range(2):  # the second publish waits for its slot; meanwhile the tab shows the last one
+        mark = len(out.getvalue())
+        console.handle_line("home")
+        shown = _after(out, mark)
+        assert f"[App Home of {OPERATOR}]" in shown and "You are operator" in shown
+    assert len(console.slack.calls_to("views.publish")) == 1

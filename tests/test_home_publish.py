@@ -67,3 +67,35 @@ def test_a_burst_of_changes_is_one_publish_per_recent_viewer_and_none_for_others
         assert len(views) == 2, f"{user}: the open, then one publish for the whole burst"
         assert "and 9 more" in message_text(views[-1])  # the last state arrived: ten open findings
     assert len(published(APPROVER)) == 1  # only the publish of their own open
+
+
+def test_opening_the_tab_again_within_the_interval_waits_for_the_next_slot(make_bot, stage_db):
+    bot = make_bot({"dev": stage_db.url}, HOME_PUBLISH_INTERVAL_SECONDS="30", HOME_RECENT_MINUTES="60")
+    bot.sender.event({"type": "app_home_opened", "user": OPERATOR, "tab": "home"})
+    eventually(lambda: len(bot.slack.calls_to("views.publish")) == 1)
+    for _ in range(3):  # clicking the tab again and again: Slack still shows the publish of a moment ago
+        bot.sender.event({"type": "app_home_opened", "user": OPERATOR, "tab": "home"})
+
+    def queued() -> tuple[int, int, bool]:
+        with bot.runtime.bot_engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT count(*) AS n, count(DISTINCT next_attempt_at) AS slots,"
+                    " bool_and(next_attempt_at > now()) AS later"
+                    " FROM outbox WHERE method = 'views.publish' AND delivered_at IS NULL"
+                )
+            ).one()
+        return row.n, row.slots, row.later
+
+    assert eventually(lambda: queued()[0] == 3)
+    assert queued() == (3, 1, True)  # one slot, 30 s after the first publish
+    assert len(bot.slack.calls_to("views.publish")) == 1
+    with bot.runtime.bot_engine.begin() as conn:  # the slot comes: the newest of the three is sent
+        conn.execute(text("UPDATE outbox SET next_attempt_at = now() WHERE delivered_at IS NULL"))
+    bot.runtime.outbox_worker.notify()
+    assert eventually(lambda: len(bot.slack.calls_to("views.publish")) == 2, timeout=30)
+    with bot.runtime.bot_engine.connect() as conn:
+        superseded = conn.execute(
+            text("SELECT count(*) FROM outbox WHERE method = 'views.publish' AND result->>'superseded' = 'true'")
+        ).scalar()
+    assert superseded == 2 and len(bot.slack.calls_to("views.publish")) == 2

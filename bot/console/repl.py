@@ -90,6 +90,7 @@ class Console:
         self._pending_modal: dict[str, Any] | None = None
         self._stream: TextIO = sys.stdin
         self._home_requested = False
+        self._home_views: dict[str, dict[str, Any]] = {}  # each person's latest published App Home
         self.slack.listeners.append(self._on_slack_call)
 
     # -- output --------------------------------------------------------------------------
@@ -122,10 +123,10 @@ class Console:
             if payload.get("replace_original") is True and call.method == "response_url":
                 label = "updated"
             self._show(label, channel, payload, response_url=None)
-        elif call.method == "views.publish" and payload.get("user_id") == self.user and self._home_requested:
-            self._home_requested = False
-            view = payload.get("view") or {}
-            self._print(f"\n[App Home of {self.user}]\n{render_blocks(view.get('blocks', []))}")
+        elif call.method == "views.publish":
+            self._home_views[str(payload.get("user_id"))] = payload.get("view") or {}
+            if payload.get("user_id") == self.user and self._home_requested:
+                self._show_home()
         elif call.method == "views.open":
             self._pending_modal = payload.get("view") or {}
             title = (self._pending_modal.get("title") or {}).get("text", "form")
@@ -217,6 +218,22 @@ class Console:
             self._print(reply.body)
         self._settle(before, expect_reply=True)
 
+    def open_home(self, wait: float = 5.0) -> None:
+        """Open the App Home tab. The bot publishes it now, or (opened again moments after its last publish)
+        in the person's next slot: meanwhile Slack shows the last one published, and so does this."""
+        self._home_requested = True
+        self.sender.event({"type": "app_home_opened", "user": self.user, "tab": "home"})
+        deadline = time.monotonic() + wait
+        while self._home_requested and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self._home_requested and self.user in self._home_views:
+            self._show_home()
+
+    def _show_home(self) -> None:
+        self._home_requested = False
+        view = self._home_views.get(self.user) or {}
+        self._print(f"\n[App Home of {self.user}]\n{render_blocks(view.get('blocks', []))}")
+
     def show_alert(self, which: str) -> None:
         """An alert message in full, as it stands in its channel now; its buttons become the ones to press."""
         posted = sorted(
@@ -278,10 +295,7 @@ class Console:
             self.channel = rest.strip().upper()
             self._print(f"now in channel {self.channel}")
         elif word == "home":
-            self._home_requested = True
-            before = len(self.slack.calls)
-            self.sender.event({"type": "app_home_opened", "user": self.user, "tab": "home"})
-            self._settle(before, expect_reply=True)
+            self.open_home()
         elif word == "alert":
             self.show_alert(rest)
         elif word == "whoami":
