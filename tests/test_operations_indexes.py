@@ -54,7 +54,10 @@ def test_create_index_from_the_impact_report_builds_it_and_the_estimate_uses_it(
     request = finished(bot, "create-index")
     assert request.state == "done", request.error
     assert request.result["index"] == USER_KEY and index_valid(stage_db, USER_KEY) is True
-    assert request.server_key == {"schema": "public", "table": "mcp_tool_calls", "columns": ["mcp_server_user_id"]}
+    named = {"schema": "public", "table": "mcp_tool_calls", "columns": ["mcp_server_user_id"]}
+    assert request.server_key.items() >= named.items()
+    table_oid = stage_db.scalar("SELECT 'mcp_tool_calls'::regclass::oid")
+    assert (request.server_key["table_oid"], request.server_key["types"]) == (table_oid, ["text"])
     assert f"index `{USER_KEY}` built in" in message_text(wait_update(bot, request.id, ": done"))
     assert [r.outcome for r in bot.audit_rows() if r.command == "create-index"] == [
         "requested",

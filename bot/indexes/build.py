@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from psycopg import sql
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
@@ -56,14 +57,23 @@ class BuildFailed(UserFacingError):
     outcome = "failed"
 
 
-def _quote(conn: Connection, name: str) -> str:
-    return conn.dialect.identifier_preparer.quote(name)
+def create_statement(schema: str, table: str, columns: Sequence[str], name: str) -> str:
+    """The statement as shown and run, every identifier quoted by psycopg (`%`, `:`, spaces and capitals
+    are plain characters in it: it is sent without parameters)."""
+    return (
+        sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} ({})")
+        .format(sql.Identifier(name), sql.Identifier(schema, table), sql.SQL(", ").join(map(sql.Identifier, columns)))
+        .as_string()
+    )
 
 
-def create_statement(conn: Connection, schema: str, table: str, columns: Sequence[str], name: str) -> str:
-    """The statement, identifiers quoted (they come from the catalog, never typed by a person)."""
-    cols = ", ".join(_quote(conn, c) for c in columns)
-    return f"CREATE INDEX CONCURRENTLY {_quote(conn, name)} ON {_quote(conn, schema)}.{_quote(conn, table)} ({cols})"
+def drop_statement(schema: str, name: str) -> str:
+    return sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(schema, name)).as_string()
+
+
+def _run(conn: Connection, statement: str) -> None:
+    """Sent as it is: no parameters, so nothing in it is read as a placeholder."""
+    conn.execution_options(no_parameters=True).exec_driver_sql(statement)
 
 
 def describe(exc: DBAPIError) -> str:
@@ -139,10 +149,9 @@ def build(
         with stage.autocommit(
             statement_timeout_ms=statement_timeout_ms, lock_timeout_ms=lock_timeout_ms, application_name=work_name
         ) as conn:
-            statement = create_statement(conn, schema, table, columns, name)
             poller.start(int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one()))
             try:
-                conn.execute(text(statement))
+                _run(conn, create_statement(schema, table, columns, name))
             except DBAPIError as exc:
                 failure = describe(exc)
     except UserFacingError as exc:  # the stage went away: the session, and the build with it, ended
@@ -190,7 +199,7 @@ def drop(stage: Stage, schema: str, name: str, *, lock_timeout_ms: int, statemen
     try:
         with stage.autocommit(statement_timeout_ms=statement_timeout_ms, lock_timeout_ms=lock_timeout_ms) as conn:
             try:
-                conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {_quote(conn, schema)}.{_quote(conn, name)}"))
+                _run(conn, drop_statement(schema, name))
             except DBAPIError as exc:
                 raise BuildFailed(f"the drop of `{name}` failed: {describe(exc)}") from None
     except UserFacingError as exc:

@@ -29,11 +29,20 @@ def create_index_action(
 
 
 def drop_index_action(
-    schema: str, index: str, definition: str, reason: str, keeper: str | None = None
+    schema: str,
+    index: str,
+    definition: str,
+    reason: str,
+    keeper: str | None = None,
+    keeper_definition: str | None = None,
 ) -> dict[str, Any]:
+    """`keeper`: the index that stays (qualified and quoted, as `format('%I.%I')` prints it), by name and
+    definition: a twin dropped and made again with other columns no longer makes this one a duplicate."""
     target: dict[str, Any] = {"schema": schema, "index": index, "definition": definition, "reason": reason}
     if keeper:
         target["keeper"] = keeper
+    if keeper_definition:
+        target["keeper_definition"] = keeper_definition
     return {
         "kind": "drop-index",
         "label": DROP_LABEL,

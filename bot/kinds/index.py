@@ -22,7 +22,7 @@ from typing import Any
 
 from bot.errors import CommandError, UserFacingError
 from bot.indexes.build import BuildFailed, build, create_statement, drop, drop_leftover
-from bot.indexes.catalog import equivalent_index, index_now, table_now
+from bot.indexes.catalog import TableNow, equivalent_index, index_now, index_qualified, table_now
 from bot.indexes.naming import index_name
 from bot.requests.kinds import Kind, ProgressCallback, Proposal, Stale, kind
 from bot.requests.store import Request
@@ -45,6 +45,16 @@ def _columns(target: dict[str, Any]) -> list[str]:
     if not isinstance(columns, list) or not 0 < len(columns) <= 32:
         raise CommandError("that button's data is not readable; look at the finding again")
     return [_text({"column": c}, "column") for c in columns]
+
+
+def _same_as_shown(target: dict[str, Any], now: TableNow, shown: str) -> None:
+    """A stored target (a request's) names the table and columns by identity too: are they still those?"""
+    if "table_oid" not in target:
+        return  # a button's ask: the plan takes the identity now
+    if now.oid != target["table_oid"]:
+        raise Refused(f"{shown} is not the one shown any more: the table was dropped and made again")
+    if now.attnums != target.get("attnums") or now.types != target.get("types"):
+        raise Refused(f"{shown} is not the one shown any more: a column was dropped and added again, or changed type")
 
 
 class _IndexKind(Kind):
@@ -87,6 +97,7 @@ class CreateIndexKind(_IndexKind):
                 raise Refused(f"table {schema}.{table} no longer exists")
             if now.missing:
                 raise Refused(f"table {schema}.{table} has no column {', '.join(now.missing)}")
+            _same_as_shown(target, now, shown)
             equivalent = equivalent_index(conn, now)
             if equivalent is not None:
                 raise Refused(f"an equivalent index exists already on {shown}: `{equivalent[1]}`")
@@ -94,20 +105,23 @@ class CreateIndexKind(_IndexKind):
             named = index_now(conn, schema, name)
             if named is not None and named.valid:
                 raise Refused(f"an index named `{name}` exists already, on other columns: `{named.definition}`")
-            statement = create_statement(conn, schema, table, columns, name)
         return {
             "name": name,
-            "statement": statement,
+            "statement": create_statement(schema, table, columns, name),
             "table": f"{schema}.{table}",
             "columns": columns,
             "rows": now.rows,
             "bytes": now.bytes,
             "leftover": named is not None,  # an INVALID index of that name, from an earlier failed build
+            "identity": {"table_oid": now.oid, "attnums": now.attnums, "types": now.types},
         }
 
     def _named(self, target: dict[str, Any], impact: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """By name for people, and by identity for the check: the table's oid, the columns' numbers and types
+        (a table dropped and made again, or a column dropped and added again, has the same names)."""
         subject = f"{impact['table']} ({', '.join(impact['columns'])})"
-        return subject, {"schema": target["schema"], "table": target["table"], "columns": impact["columns"]}
+        stored = {"schema": target["schema"], "table": target["table"], "columns": impact["columns"]}
+        return subject, {**stored, **impact.pop("identity")}
 
     def run(self, request: Request, progress: ProgressCallback) -> dict[str, Any]:
         stage = self.runtime.stages.get(request.stage)
@@ -144,6 +158,9 @@ class CreateIndexKind(_IndexKind):
             made = index_now(conn, request.target["schema"], str(result["index"]))
         if made is None or not made.valid or not made.ready:
             return [f"the index `{result['index']}` is not valid"]
+        target = request.target
+        if "table_oid" in target and (made.table_oid, made.keys) != (target["table_oid"], target["attnums"]):
+            return [f"the index `{result['index']}` is not on the table and columns approved: `{made.definition}`"]
         return []
 
     def recover(self, request: Request) -> tuple[str, str | None] | None:
@@ -182,10 +199,11 @@ class DropIndexKind(_IndexKind):
                 raise Refused(f"index {shown} is valid now")
             if reason == "duplicate":
                 keeper = str(target.get("keeper") or "")
-                keeper_schema, _, keeper_name = keeper.rpartition(".")
-                twin = index_now(conn, keeper_schema.strip('"') or schema, keeper_name.strip('"'))
-                if twin is None or not twin.valid:
+                twin = index_qualified(conn, keeper) if keeper else None
+                if twin is None or not twin.valid or twin.table_oid != now.table_oid:
                     raise Refused(f"index {shown} is no longer a duplicate: {keeper or 'its twin'} is gone or invalid")
+                if twin.definition != target.get("keeper_definition", twin.definition):
+                    raise Refused(f"index {shown} is no longer a duplicate: {keeper} is now `{twin.definition}`")
             elif reason != "invalid":
                 raise CommandError("that button's data is not readable; look at the finding again")
         return {

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from bot.health.checks.base import CheckContext, CheckReport, Finding, check, ignored
+from bot.indexes.catalog import covers
 from bot.indexes.targets import create_index_action
 
 MAX_FK_LINES = 15
@@ -16,11 +17,9 @@ DELETE_RULES = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NUL
 
 
 def covers_foreign_key(index: str, constraint: str) -> str:
-    """SQL: index `index` (a pg_index row) leads with the columns of foreign key `constraint` (pg_constraint)."""
-    return (
-        f"{index}.indrelid = {constraint}.conrelid AND {index}.indisvalid AND {index}.indpred IS NULL"
-        f" AND ({index}.indkey::int2[])[0:cardinality({constraint}.conkey) - 1] @> {constraint}.conkey"
-    )
+    """SQL: index `index` (a pg_index row) leads with the columns of foreign key `constraint` (pg_constraint),
+    by the rule Create index uses for "an equivalent index exists" (bot/indexes/catalog.py)."""
+    return f"{index}.indrelid = {constraint}.conrelid AND " + covers(index, f"{constraint}.conkey")
 
 
 def unindexed_foreign_keys(conn: Connection, ctx: CheckContext) -> list[Any]:

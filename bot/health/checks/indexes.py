@@ -140,7 +140,11 @@ def check_duplicate_indexes(conn: Connection, ctx: CheckContext) -> CheckReport:
                     "it waits for queries using the index, blocking nothing else)."
                 ),
                 remind=False,
-                actions=(drop_index_action(r.schema_name, r.index_name, r.definition, "duplicate", r.keeper),),
+                actions=(
+                    drop_index_action(
+                        r.schema_name, r.index_name, r.definition, "duplicate", r.keeper, r.keeper_definition
+                    ),
+                ),
             )
         )
     summary = f"{len(rows)} to drop ({size(sum(r.bytes for r in rows))})" if rows else "none"

@@ -1,0 +1,173 @@
+"""Create index acts on exactly the table and columns people were shown (issue 15, design notes: "Bind approvals
+to identity"): quoted identifiers (spaces, capitals, `%`, `:`), names within 63 bytes, what counts as an
+equivalent index (column order, partial, expression and INCLUDE indexes), and a table or column that changed
+between the click and the approval. Signed HTTP, fake Slack, real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+import pytest
+
+from bot.indexes.naming import index_name
+from bot.indexes.targets import create_index_action
+from tests.conftest import APPROVER, CHANNEL, OPERATOR, BotHarness, StageDb, message_text
+from tests.deletion_support import ephemeral_on, press, request_message, requests_rows, wait_state
+from tests.test_operations_indexes import finished
+from tests.test_operations_sessions import buttons, latest_request, press_value
+
+SCHEMA = "Billing Data"
+TABLE = "Usage %Records: Q1"
+COLUMN = "Server %ID:x"
+LONG_TABLE = "t" * 30 + "_Ünïcödé_" + "x" * 15  # 58 bytes: over 63 once suffixed
+LONG_COLUMN = "Column With A Rather Long Name"
+
+DDL = f"""
+CREATE SCHEMA "{SCHEMA}";
+CREATE TABLE "{SCHEMA}"."{TABLE}" (
+    id bigint PRIMARY KEY,
+    "{COLUMN}" text REFERENCES mcp_servers (id) ON DELETE CASCADE,
+    note text
+);
+INSERT INTO "{SCHEMA}"."{TABLE}" SELECT g, (SELECT min(id) FROM mcp_servers), 'n' FROM generate_series(1, 50) g;
+CREATE TABLE "{SCHEMA}"."{LONG_TABLE}" (
+    id bigint PRIMARY KEY,
+    "{LONG_COLUMN}" text REFERENCES mcp_servers (id)
+);
+CREATE TABLE pairs_parent (a int, b int, PRIMARY KEY (a, b));
+CREATE TABLE pairs (id int PRIMARY KEY, a int, b int, c int, FOREIGN KEY (a, b) REFERENCES pairs_parent (a, b));
+"""
+
+
+def run_ddl(db: StageDb, sql: str) -> None:
+    """Straight through psycopg: `%` and `:` in identifiers mean nothing to it."""
+    with psycopg.connect(db.url, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@pytest.fixture
+def bot(make_bot, stage_db: StageDb) -> BotHarness:
+    run_ddl(stage_db, DDL)
+    return make_bot({"dev": stage_db.url, "production": stage_db.url}, STAGE_LOCK_TIMEOUT_MS="1000")
+
+
+def index_of(db: StageDb, schema: str, name: str) -> Any:
+    rows = db.rows(
+        "SELECT i.indisvalid AS valid, pg_get_indexdef(i.indexrelid) AS definition FROM pg_index i"
+        " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = :s AND c.relname = :n",
+        s=schema,
+        n=name,
+    )
+    return rows[0] if rows else None
+
+
+def create(schema: str, table: str, columns: list[str]) -> dict[str, Any]:
+    return create_index_action(schema, table, columns)
+
+
+def test_quoted_identifiers_and_long_names_are_built_as_shown(bot, stage_db):
+    listing = bot.command("indexes --stage dev").message(timeout=30)
+    label = next(label for label in buttons(listing) if "Usage %Records" in label)
+    url = bot.sender.new_response_url()
+    bot.sender.block_actions(buttons(listing)[label], user=OPERATOR, channel="CGENERAL01", response_url=url)
+    request = finished(bot, "create-index")
+    assert request.state == "done", request.error
+    name = index_name(TABLE, [COLUMN])
+    assert request.result["index"] == name == f"{TABLE}_{COLUMN}_idx"
+    made = index_of(stage_db, SCHEMA, name)
+    assert made is not None and made.valid
+    assert f'("{COLUMN}")' in made.definition
+
+    press_value(bot, "dev", create(SCHEMA, LONG_TABLE, [LONG_COLUMN]), refused=False)
+    request = finished(bot, "create-index", 2)
+    assert request.state == "done", request.error
+    long_name = index_name(LONG_TABLE, [LONG_COLUMN])
+    assert len(long_name.encode()) <= 63 and request.result["index"] == long_name
+    assert index_of(stage_db, SCHEMA, long_name).valid
+
+
+@pytest.mark.parametrize(
+    ("existing", "equivalent"),
+    [
+        ("CREATE INDEX pairs_ba ON pairs (b, a)", True),  # the same columns in another order serve the lookups
+        ("CREATE INDEX pairs_abc ON pairs (a, b, c)", True),  # they lead a longer index
+        ("CREATE INDEX pairs_a_inc ON pairs (a) INCLUDE (b)", False),  # b is only carried, not searched
+        ("CREATE INDEX pairs_part ON pairs (a, b) WHERE c > 0", False),  # partial: not every row
+        ("CREATE INDEX pairs_expr ON pairs ((a + 0), b)", False),  # an expression, not the column
+        ("CREATE INDEX pairs_c ON pairs (c, a, b)", False),  # they do not lead it
+    ],
+)
+def test_an_equivalent_index_is_one_that_serves_every_lookup_on_the_columns(bot, stage_db, existing, equivalent):
+    run_ddl(stage_db, existing)
+    answer = press_value(bot, "dev", create("public", "pairs", ["a", "b"]), refused=equivalent)
+    if equivalent:
+        assert "an equivalent index exists already on public.pairs (a, b)" in answer, answer
+        assert requests_rows(bot) == []
+    else:
+        request = finished(bot, "create-index")
+        assert request.state == "done", request.error
+        assert index_of(stage_db, "public", "pairs_a_b_idx").valid
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # the table was dropped and made again under the same name (another table, the same words)
+        "DROP TABLE pairs; CREATE TABLE pairs (id int PRIMARY KEY, a int, b int, c int)",
+        # the column was dropped and another added under its name
+        "ALTER TABLE pairs DROP COLUMN b; ALTER TABLE pairs ADD COLUMN b int",
+        # the column is now another type
+        "ALTER TABLE pairs DROP CONSTRAINT pairs_a_b_fkey; ALTER TABLE pairs ALTER COLUMN b TYPE text",
+    ],
+)
+def test_an_approved_create_index_on_a_table_or_column_that_changed_goes_stale(bot, stage_db, change):
+    press_value(bot, "production", create("public", "pairs", ["a", "b"]), refused=False)
+    request = wait_state(bot, latest_request(bot, "create-index").id, {"pending"})
+    run_ddl(stage_db, change)
+    press(bot, request.id, "Approve", APPROVER, request_message(bot, request.id))
+    stale = wait_state(bot, request.id, {"done", "failed", "stale"}, timeout=60)
+    assert stale.state == "stale", (stale.state, stale.error)
+    assert "is not the one" in stale.error, stale.error
+    assert index_of(stage_db, "public", "pairs_a_b_idx") is None
+    assert "Stale, nothing was built" in message_text(request_message(bot, request.id))
+
+
+def test_the_requester_cannot_approve_a_protected_create_index(bot, stage_db):
+    press_value(bot, "production", create("public", "pairs", ["a", "b"]), refused=False)
+    request = wait_state(bot, latest_request(bot, "create-index").id, {"pending"})
+    answer = message_text(ephemeral_on(bot, press(bot, request.id, "Approve", OPERATOR)))
+    assert "you asked for this create-index, so someone else has to approve it" in answer
+    assert wait_state(bot, request.id, {"pending"}).state == "pending"
+
+
+def drop_buttons(listing: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The Drop index buttons of a listing by the index they name."""
+    return {
+        json.loads(e["value"])["t"]["index"]: e
+        for block in listing["blocks"]
+        if block.get("type") == "actions"
+        for e in block["elements"]
+        if e["text"]["text"] == "Drop index"
+    }
+
+
+def test_a_duplicate_whose_twin_changed_since_is_not_dropped(bot, stage_db):
+    run_ddl(stage_db, 'CREATE INDEX "pairs.keep" ON pairs (a, b); CREATE INDEX pairs_twin ON pairs (a, b)')
+    listing = bot.command("indexes --stage production").message(timeout=30)
+    assert 'public."pairs.keep"' in message_text(listing)
+    url = bot.sender.new_response_url()
+    bot.sender.block_actions(drop_buttons(listing)["pairs_twin"], user=OPERATOR, channel=CHANNEL, response_url=url)
+    request = wait_state(bot, latest_request(bot, "drop-index").id, {"pending"})
+    assert request.server_key["keeper"] == 'public."pairs.keep"'
+
+    # Before the approval the index that was to stay is made again on other columns.
+    run_ddl(stage_db, 'DROP INDEX "pairs.keep"; CREATE INDEX "pairs.keep" ON pairs (c)')
+    press(bot, request.id, "Approve", APPROVER, request_message(bot, request.id))
+    stale = wait_state(bot, request.id, {"done", "failed", "stale"}, timeout=60)
+    assert stale.state == "stale", (stale.state, stale.error)
+    assert 'is no longer a duplicate: public."pairs.keep" is now' in stale.error, stale.error
+    assert index_of(stage_db, "public", "pairs_twin").valid
