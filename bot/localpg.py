@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -266,7 +267,8 @@ class LocalPostgres:
             options["pg_stat_statements.track"] = "all"
         if self.fast_unsafe:
             options.update({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
-        opts = " ".join(f"-c {key}={value}" for key, value in options.items())
+        # pg_ctl hands these to a shell: quoted, so a path with a space (a checkout in ~/My Projects) stays one
+        opts = " ".join(f"-c {shlex.quote(f'{key}={value}')}" for key, value in options.items())
         if not self.log_file.exists():
             self.log_file.touch()
         self._chown(self.log_file)

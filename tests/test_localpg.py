@@ -94,13 +94,14 @@ def _same(install: PgInstallation) -> Iterator[PgInstallation]:
 
 
 def test_a_stopped_cluster_restarts_on_its_own_major_and_on_another_port_if_its_own_was_taken(monkeypatch):
+    """In a directory whose path has a space: pg_ctl hands the server options to a shell."""
     majors = sorted({install.major for install in INSTALLS})
     if len(majors) < 2:
         pytest.skip(
             f"needs two PostgreSQL majors installed to make a cluster with one and start it with another: {majors}"
         )
     older, newer = majors[0], majors[-1]
-    base = Path(tempfile.mkdtemp(prefix="mcp-ops-test-localpg-restart-"))
+    base = Path(tempfile.mkdtemp(prefix="mcp-ops test localpg restart "))  # a space in the path, as in ~/My Projects
     base.chmod(0o755)
     cluster = LocalPostgres(base / "pg", fast_unsafe=True, install=pick_installation(older))
     try:
