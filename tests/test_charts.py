@@ -50,14 +50,20 @@ def test_stats_shows_the_numbers_then_a_chart_of_daily_calls_and_sessions(bot):
     assert TEST_SPEC.big_slug in image_block["alt_text"]
 
 
-def test_a_chart_that_cannot_be_uploaded_leaves_the_numbers(bot, caplog):
-    bot.slack.fail("files.getUploadURLExternal", status=500, times=20)
+def _numbers_without_chart(bot, caplog) -> tuple[str, logging.LogRecord]:
+    """`/mcp stats` whose chart fails: the numbers are posted, `chart not shown` is logged. (path, record)"""
     with caplog.at_level(logging.WARNING):
         reply = bot.command(f"stats {TEST_SPEC.big_slug} --stage dev")
         [numbers] = reply.responses(1, timeout=30)
         assert eventually(lambda: "chart not shown" in caplog.text, timeout=60)
-    assert "Tool calls" in message_text(numbers)
-    path = reply.response_url.split(bot.slack.base_url, 1)[1]
+    assert "Tool calls" in message_text(numbers) and _image_blocks(numbers) == []
+    record = next(r for r in caplog.records if "chart not shown" in r.getMessage())
+    return reply.response_url.split(bot.slack.base_url, 1)[1], record
+
+
+def test_a_chart_that_cannot_be_uploaded_leaves_the_numbers(bot, caplog):
+    bot.slack.fail("files.getUploadURLExternal", status=500, times=20)
+    path, _ = _numbers_without_chart(bot, caplog)
     assert len([c for c in bot.slack.calls_to("response_url") if c.path == path]) == 1
     assert bot.slack.files == {}
 
@@ -80,14 +86,9 @@ def test_an_answer_with_a_chart_slack_refuses_at_first_is_sent_again(bot):
 
 def test_an_answer_with_a_chart_slack_keeps_refusing_leaves_the_numbers(bot, caplog):
     bot.slack.fail("response_url", status=404, times=20, where=_with_image)
-    with caplog.at_level(logging.WARNING):
-        reply = bot.command(f"stats {TEST_SPEC.big_slug} --stage dev")
-        [numbers] = reply.responses(1, timeout=30)
-        assert eventually(lambda: "chart not shown" in caplog.text, timeout=60)
-    assert "Tool calls" in message_text(numbers)
-    path = reply.response_url.split(bot.slack.base_url, 1)[1]
+    path, record = _numbers_without_chart(bot, caplog)
     assert len([c for c in bot.slack.calls if c.path == path and not c.ok]) == 4  # tried, then three times more
-    assert next(r for r in caplog.records if "chart not shown" in r.getMessage()).error == "ChartRefused"
+    assert record.error == "ChartRefused"
 
 
 def test_a_slow_query_gets_its_mean_time_chart_in_the_alert_thread_and_in_health(clicky, stage_db):  # noqa: F811
