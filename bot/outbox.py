@@ -45,6 +45,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot.botdb import metadata
 from bot.pii import scrub
+from bot.slack_files import upload_files
+from bot.slacktext.files import split_files
 
 log = logging.getLogger(__name__)
 
@@ -216,11 +218,15 @@ class Outbox:
                     .values(delivered_at=func.now(), result={"superseded": True}, last_error=None)
                 )
                 return "delivered"
+            payload, files = split_files(row.payload)  # a message's files go beside it, in its thread
             try:
-                response = self.client.api_call(row.method, json=row.payload)
+                response = self.client.api_call(row.method, json=payload)
             except Exception as exc:  # any failure postpones; the row stays queued
                 return self._postpone(conn, row, exc)
             data = response.data if isinstance(response.data, dict) else {}
+            if files:
+                channel, ts = data.get("channel") or payload.get("channel"), data.get("ts") or payload.get("ts")
+                upload_files(self.client, channel=str(channel), files=files, thread_ts=ts)
             conn.execute(
                 update(outbox)
                 .where(outbox.c.id == row.id)

@@ -10,16 +10,17 @@ from __future__ import annotations
 import re
 
 # An email anywhere in a text, internationalised ones included (`jürgen@bücher.de`): `\w` is Unicode.
-# The domain needs a dot and a final label of two or more characters (`xn--p1ai` too).
+# The domain needs a dot and a final label starting with a letter (`.de`, `.xn--p1ai`). Every repeat is
+# bounded (64-character local part, 63-character labels) and a match starts only where a local part
+# can start, so a long run of word characters costs linear time, not quadratic.
 _LOCAL = r"[\w.%+\-]"
-_LABEL = r"[\w](?:[\w\-]*[\w])?"
-EMAIL_RE = re.compile(rf"({_LOCAL}){_LOCAL}*@((?:{_LABEL}\.)+[\w\-]*[^\W\d_][\w\-]*)")
+EMAIL_RE = re.compile(rf"(?<!{_LOCAL})({_LOCAL}){_LOCAL}{{0,63}}@((?:\w[\w\-]{{0,62}}\.){{1,8}}[^\W\d_][\w\-]{{1,62}})")
 
 # Names of settings and fields that hold a secret: any identifier ending in one of these words,
 # so `PGPASSWORD=`, `DB_PASSWORD=`, `aws_secret_access_key =` and `"api_key": "..."` all match
 # (and `mcp_oauth_tokens: 5`, a table and its count, does not).
 _SECRET_WORDS = r"(?:password|passwd|pwd|secret|token|api[_\-]?key|access[_\-]?key|private[_\-]?key|credential)"  # noqa: S105 - names, not a secret
-_SECRET_NAME = rf"[\w\-.]*{_SECRET_WORDS}(?![\w\-])"
+_SECRET_NAME = rf"(?<![\w\-.])[\w\-.]{{0,60}}?{_SECRET_WORDS}(?![\w\-])"
 
 SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Slack tokens (bot, user, app, refresh, config) and webhook / response_url capability links.
@@ -28,7 +29,7 @@ SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"https://hooks\.slack\.com/[^\s'\"<>|]+"), "https://hooks.slack.com/***"),
     # Database URLs lose everything after the scheme; any other URL loses its user:password@.
     (re.compile(r"\b(postgres(?:ql)?(?:\+\w+)?)://[^\s'\"<>|]+", re.IGNORECASE), r"\1://***"),
-    (re.compile(r"\b([a-z][a-z0-9+.\-]*)://[^\s/@'\"<>|]+@", re.IGNORECASE), r"\1://***@"),
+    (re.compile(r"\b([a-z][a-z0-9+.\-]{0,30})://[^\s/@'\"<>|]{1,256}@", re.IGNORECASE), r"\1://***@"),
     # `NAME=value`, `name: value`, `"name": "value"`, `name => 'value'`, for any secret-looking name.
     (
         re.compile(rf"(?i)({_SECRET_NAME})([\"']?\s*(?:=>?|:)\s*[\"']?)[^\s,;'\"&<>|]+"),

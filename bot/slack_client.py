@@ -18,6 +18,11 @@ SLACK_METHOD_SCOPES: dict[str, str | None] = {
     "views.publish": None,  # App Home: no scope, only the app_home_opened event subscription
     "views.open": None,
     "views.update": None,
+    # Long output and charts as files (bot/slack_files.py): slack_sdk's files_upload_v2 is
+    # files.getUploadURLExternal, a POST of the bytes to the URL it returns, and files.completeUploadExternal.
+    "files.upload.v2": "files:write",
+    "files.getUploadURLExternal": "files:write",
+    "files.completeUploadExternal": "files:write",
 }
 # Scopes that come from manifest features rather than Web API calls.
 FEATURE_SCOPES = frozenset({"commands"})

@@ -11,7 +11,7 @@ from bot.errors import CommandError, UserFacingError
 from bot.health.messages import EXPLAIN_ACTION
 from bot.logs import new_request_id
 from bot.service import CommandService, Invocation
-from handlers import render
+from handlers import render, replies
 
 
 def button_value(body: dict[str, Any]) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def register(app: App, service: CommandService) -> None:
             request = service.prepare(invocation, cursor=str(value.get("c") or "") or None, seen=seen)
 
             def work() -> None:
-                respond(**render.outcome(service.run(request)))
+                replies.send(respond, service.runtime.slack, channel, render.outcome(service.run(request)))
 
             service.start(request, work)
         except UserFacingError as exc:

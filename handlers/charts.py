@@ -23,6 +23,7 @@ from bot.charts import Chart
 from bot.health.alert_rows import alerts
 from bot.runtime import Runtime
 from bot.service import CommandOutcome, CommandRequest, CommandService
+from bot.slack_files import upload
 
 log = logging.getLogger(__name__)
 POST_WAIT_S = 120.0  # how long an alert's chart waits for the alert's first post to reach Slack
@@ -32,12 +33,15 @@ REPLACE_RETRY_S = (1.0, 2.0, 4.0)  # waits before trying the answer with its cha
 
 def upload_chart(client: WebClient, chart: Chart, *, channel: str | None = None, thread_ts: str | None = None) -> str:
     """Upload the PNG; private unless `channel` (and `thread_ts`) share it. Returns the file's id."""
-    extra: dict[str, Any] = {"channel": channel, "thread_ts": thread_ts} if channel else {}
-    response = client.files_upload_v2(
-        content=chart.png, filename=chart.filename, title=chart.title, alt_txt=chart.alt_text, **extra
+    return upload(
+        client,
+        filename=chart.filename,
+        title=chart.title,
+        content=chart.png,
+        channel=channel,
+        thread_ts=thread_ts,
+        alt_txt=chart.alt_text,
     )
-    file = response.get("file") or (response.get("files") or [{}])[0]
-    return str(file["id"])
 
 
 def image_block(file_id: str, chart: Chart) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from bot.deliveries import DuplicateDelivery
 from bot.errors import UserFacingError
 from bot.logs import new_request_id
 from bot.service import CommandRequest, CommandService, Invocation
-from handlers import render
+from handlers import render, replies
 from handlers.charts import attach_chart
 from handlers.progress import SlackProgress
 
@@ -41,8 +41,7 @@ def register(app: App, service: CommandService) -> None:
 
             def work() -> None:
                 outcome = service.run(with_progress(service, request))
-                message = render.outcome(outcome)
-                respond(**message)
+                message = replies.send(respond, service.runtime.slack, invocation.channel_id, render.outcome(outcome))
                 attach_chart(service.runtime, request, outcome, message, respond)
 
             service.start(request, work)  # held back until this ack is out (Runtime.submit)

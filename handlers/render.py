@@ -12,6 +12,8 @@ from bot.errors import UserFacingError
 from bot.operations import AuditResult, HelpResult
 from bot.platform.servers import Page, ServerStats, ServerSummary, ServerUser
 from bot.service import CommandOutcome, CommandRequest
+from bot.slacktext.files import Attachment, attach, csv_file, filename
+from bot.slacktext.long import head
 from handlers.blocks import (
     Message,
     Mrkdwn,
@@ -32,6 +34,7 @@ from handlers.blocks import (
 )
 
 PAGE_ACTION = "page_more"
+LIST_LINES = 25  # lines of a list in one message; a longer page goes along as a file
 
 Renderer = Callable[[CommandRequest, Any], Message]
 RENDERERS: dict[str, Renderer] = {}
@@ -91,11 +94,22 @@ def _more_button(request: CommandRequest, cursor: str | None, on_page: int, tota
     return [actions(button(f"More ({total - seen:,} left)" if total > seen else "More", PAGE_ACTION, value))]
 
 
-def _paged(request: CommandRequest, page: Page[Any], title: Mrkdwn, lines: list[Mrkdwn], text: str) -> Message:
-    """A page of a list: title with position, the lines, and More while rows remain."""
+def _paged(
+    request: CommandRequest, page: Page[Any], title: Mrkdwn, lines: list[Mrkdwn], text: str, file: Attachment
+) -> Message:
+    """A page of a list: title with position, the lines that fit, and More while rows remain.
+
+    A page longer than the message shows keeps its head in the message and all of it in `file`.
+    """
     title += _continued(request, len(page.items), page.total)
     more = _more_button(request, page.next_cursor, len(page.items), page.total)
-    return message(text, [section(title), *lines_sections(lines), *more])
+
+    def rest(left: int) -> Mrkdwn:
+        return md("_… and {:,} more on this page: all of them are in the attached {}_", left, code(file.filename))
+
+    shown, left = head(lines, limit=LIST_LINES, rest=rest)
+    reply = message(text, [section(title), *lines_sections(shown), *more])
+    return attach(reply, file) if left else reply
 
 
 def _continued(request: CommandRequest, on_page: int, total: int) -> Mrkdwn:
@@ -153,7 +167,17 @@ def render_list(request: CommandRequest, page: Page[ServerSummary]) -> Message:
         md("• {}: {} · {} · {}", code(s.slug), s.name, s.organization_name or s.organization_id, when(s.created_at))
         for s in page.items
     ]
-    return _paged(request, page, title, lines or [Mrkdwn("_no servers_")], plural(page.total, "server"))
+    stage = request.stage.name if request.stage else ""
+    file = csv_file(
+        filename("servers", stage, org or "", request.seen + 1 if request.cursor else "", ext="csv"),
+        f"Servers on {stage}",
+        ["slug", "name", "organization_id", "organization", "product", "id", "created_at"],
+        [
+            (s.slug, s.name, s.organization_id, s.organization_name, s.product, s.id, when(s.created_at))
+            for s in page.items
+        ],
+    )
+    return _paged(request, page, title, lines or [Mrkdwn("_no servers_")], plural(page.total, "server"), file)
 
 
 @renders("stats")
@@ -200,7 +224,15 @@ def render_users(request: CommandRequest, page: Page[ServerUser]) -> Message:
         )
         for u in page.items
     ]
-    return _paged(request, page, title, lines or [Mrkdwn("_no users_")], f"{plural(page.total, 'user')} of {slug}")
+    stage = request.stage.name if request.stage else ""
+    file = csv_file(
+        filename("users", stage, slug, request.seen + 1 if request.cursor else "", ext="csv"),
+        f"Users of {slug} on {stage}",
+        ["id", "email", "distinct_id", "first_seen_at"],
+        [(u.id, u.masked_email, u.distinct_id, when(u.first_seen_at)) for u in page.items],
+    )
+    text = f"{plural(page.total, 'user')} of {slug}"
+    return _paged(request, page, title, lines or [Mrkdwn("_no users_")], text, file)
 
 
 def audit_entry_line(row: AuditRow) -> Mrkdwn:

@@ -11,27 +11,23 @@ from __future__ import annotations
 from typing import Any
 
 from bot.deletion.execute import Progress
-from bot.deletion.impact import Blocker, ImpactReport, SlowKey, TriggerNote
-from bot.indexes.targets import create_index_action
+from bot.deletion.impact import ImpactReport
 from bot.kinds.delete import DeletePosted, DeleteRefused, DryRunDone
-from bot.requests.buttons import operation_buttons
 from bot.requests.messages import RequestView
 from bot.requests.store import Request
 from bot.service import CommandRequest
+from bot.slacktext.files import Attachment, attach
 from handlers.blocks import (
     Block,
     Message,
     Mrkdwn,
-    actions,
     code,
-    code_block,
     context,
     divider,
     human_bytes,
     lines_sections,
     md,
     message,
-    noun,
     plural,
     prose,
     section,
@@ -39,202 +35,36 @@ from handlers.blocks import (
 )
 from handlers.render import renders
 from handlers.render_backups import COLUMN_NOTES, restore_trigger_lines
+from handlers.render_impact import (
+    MAX_LIST_LINES,
+    capped,
+    duration,
+    impact_blocks,
+    impact_file,
+    rows_of,
+    step_lines,
+    steps_file,
+)
 from handlers.render_requests import KindView, kind_view
 from handlers.render_requests import refusal as refusal  # handlers/alerts.py answers with it
-
-ACTIONS_PER_BLOCK = 5  # Create index buttons under an impact report
-SLOW_KEY_WARN_S = 1.0  # below this a missing index is listed, not shouted about
-MAX_TABLE_LINES = 40
-
-
-def duration(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _rows(count: int) -> Mrkdwn:
-    """`*1* row`, `*1,234* rows`."""
-    return md("*{:,}* {}", count, noun(count, "row"))
-
-
-def _table_lines(report: ImpactReport) -> list[Mrkdwn]:
-    lines: list[Mrkdwn] = []
-    for t in report.tables:
-        if t.action == "delete":
-            via = md(" ({})", "; ".join(t.via)) if t.via else Mrkdwn("")
-            lines.append(md("• {}: {} to delete{}", code(t.table), _rows(t.rows), via))
-        elif t.rows:
-            lines.append(
-                md(
-                    "• {}: {} to set to {} ({}; {})",
-                    code(t.table),
-                    _rows(t.rows),
-                    t.action.removeprefix("set ").upper(),
-                    ", ".join(t.columns),
-                    "; ".join(t.via),
-                )
-            )
-    if len(lines) > MAX_TABLE_LINES:
-        lines = [*lines[:MAX_TABLE_LINES], md("… and {} more", plural(len(lines) - MAX_TABLE_LINES, "table"))]
-    return lines
-
-
-def _key_name(key: SlowKey) -> str:
-    return f"{key.table}({', '.join(key.columns)})"
-
-
-def _slow_key_line(key: SlowKey) -> Mrkdwn:
-    return md(
-        ":warning: {} has no index: each of the {} deleted {} rows makes the database scan it "
-        "(~{:,.1f} ms each, *~{}* in all). Create the index first, outside the delete:\n{}",
-        code(_key_name(key)),
-        md("*{:,}*", key.parent_rows),
-        code(key.parent),
-        key.per_row_ms,
-        duration(key.estimated_s),
-        code_block(key.create_index),
-    )
-
-
-def _blocker_lines(blockers: list[Blocker]) -> list[Mrkdwn]:
-    lines: list[Mrkdwn] = []
-    for blocker in blockers:
-        lines.append(md(":no_entry: {}", blocker.reason))
-        if blocker.edge:
-            lines.append(md("    {}", code(blocker.edge)))
-        for row in blocker.sample:
-            lines.append(md("    ◦ {}", Mrkdwn(", ").join(md("{}={}", k, code(v)) for k, v in row.items())))
-        if blocker.rows > len(blocker.sample) and blocker.sample:
-            lines.append(md("    ◦ … {:,} more", blocker.rows - len(blocker.sample)))
-    return lines
-
-
-RESTORE_WORDS = {
-    "": "",
-    "disabled": " A restore turns it off while it puts the rows back.",
-    "fires": " A restore would fire it (the bot's role does not own the table, so it can't turn it off).",
-}
-DELETE_WORDS = {
-    True: "fires during the delete: whatever it changes is not counted here nor kept in the backup.",
-    False: "fires when rows are put back.",
-}
-
-
-def _trigger_lines(triggers: list[TriggerNote]) -> list[Mrkdwn]:
-    return [
-        md(
-            ":zap: {} on {} ({}) {}{}",
-            code(t.trigger),
-            code(t.table),
-            t.definition,
-            DELETE_WORDS[t.on_delete],
-            RESTORE_WORDS.get(t.on_restore, ""),
-        )
-        for t in triggers
-    ]
-
-
-def _create_index_buttons(report: ImpactReport, stage: str | None) -> list[Block]:
-    """Create index on every foreign key the delete scans without one (the warning above, done for you)."""
-    keys = [k for k in report.slow_keys if k.schema and k.name]
-    if stage is None or not keys:
-        return []
-    found = [create_index_action(k.schema, k.name, k.columns, label=f"Create index: {_key_name(k)}") for k in keys]
-    buttons = operation_buttons(stage, found[:ACTIONS_PER_BLOCK])
-    return [actions(*buttons, block_id="impact_create_index")] if buttons else []
-
-
-def impact_blocks(report: ImpactReport, *, protected: bool, stage: str | None = None) -> list[Block]:
-    blocks: list[Block] = [*lines_sections(_table_lines(report))]
-    tables = sum(1 for t in report.tables if t.action == "delete" and t.rows)
-    summary = md(
-        "*Total: {}* in {}, {} (users whose every session is on this server). Expected duration: *~{}*.",
-        plural(report.total_rows, "row"),
-        plural(tables, "table"),
-        plural(report.orphaned_users, "orphaned user"),
-        duration(report.estimated_s),
-    )
-    blocks.append(section(summary))
-    warnings: list[Mrkdwn] = []
-    if protected:
-        warnings.append(Mrkdwn(":lock: This stage is protected."))
-    if report.limit_s and report.estimated_s > report.limit_s:
-        warnings.append(
-            md(
-                ":warning: The delete is expected to take ~{}, more than the {} a delete may run ({}): it would be "
-                "cancelled and rolled back. Create the missing index below first.",
-                duration(report.estimated_s),
-                duration(report.limit_s),
-                code("DELETE_TIMEOUT_SECONDS"),
-            )
-        )
-    warnings += [
-        md(
-            ":warning: {} of {} in the delete {} not belong to this server ({} points elsewhere): they go because "
-            "they hang off this server's orphaned users.",
-            _rows(e.rows),
-            code(e.table),
-            "does" if e.rows == 1 else "do",
-            e.edge,
-        )
-        for e in report.elsewhere
-    ]
-    slow = [k for k in report.slow_keys if k.estimated_s >= SLOW_KEY_WARN_S]
-    warnings += [_slow_key_line(k) for k in slow]
-    if report.schema_warnings:
-        first, *rest = report.schema_warnings
-        warnings.append(
-            md(":twisted_rightwards_arrows: {}", prose(first)) + Mrkdwn("").join(md("\n• {}", prose(r)) for r in rest)
-        )
-    if warnings:
-        blocks += lines_sections(warnings)
-    blocks += _create_index_buttons(report, stage)
-    minor = [k for k in report.slow_keys if k.estimated_s < SLOW_KEY_WARN_S]
-    if minor:
-        listed = Mrkdwn(", ").join(
-            md("{} ({} x ~{:.2f} ms)", code(_key_name(k)), plural(k.parent_rows, "row"), k.per_row_ms) for k in minor
-        )
-        blocks.append(
-            context(md("Foreign keys without an index, scanned once per deleted parent row (cheap here): {}", listed))
-        )
-    if report.triggers:
-        blocks += lines_sections([Mrkdwn("*Triggers that fire on these tables:*"), *_trigger_lines(report.triggers)])
-    if report.blockers:
-        blocks += lines_sections([Mrkdwn("*The database would refuse this delete:*"), *_blocker_lines(report.blockers)])
-    blocks.append(
-        context(
-            md(
-                "Counted by the database in {:,} ms from the live catalog ({} checked). Snapshot {}.",
-                report.took_ms,
-                plural(report.checked_tables, "table"),
-                code(report.snapshot_hash[:12]),
-            )
-        )
-    )
-    return blocks
 
 
 @renders("impact")
 def render_impact(request: CommandRequest, report: ImpactReport) -> Message:
     stage = request.stage
     assert stage is not None
-    head = (
+    title = (
         md(":mag: {} on stage *{}* can be deleted. Deleting it removes:", code(report.slug), stage.name)
         if report.deletable
         else md(
             ":mag: {} on stage *{}* can't be deleted as it is. Deleting it would touch:", code(report.slug), stage.name
         )
     )
-    blocks = [
-        section(head),
-        *impact_blocks(report, protected=stage.protected, stage=stage.name),
-    ]
-    return message(f"Impact of deleting {report.slug}: {plural(report.total_rows, 'row')}", blocks)
+    file = impact_file(report, stage.name)
+    more = md("the attached {} has them all", code(file.filename))
+    blocks = [section(title), *impact_blocks(report, protected=stage.protected, stage=stage.name, more=more)]
+    reply = message(f"Impact of deleting {report.slug}: {plural(report.total_rows, 'row')}", blocks)
+    return attach(reply, file)
 
 
 @renders("delete")
@@ -260,18 +90,23 @@ def render_delete(request: CommandRequest, result: DeletePosted | DeleteRefused 
                 posted.id,
                 when(posted.expires_at),
             )
-        return message(text, [section(text)], ephemeral=True)
+        reply = message(text, [section(text)], ephemeral=True)
+        if posted.message_ts:  # the whole report goes in the request's thread, for everyone who decides on it
+            attach(reply, impact_file(result.report, stage.name, thread_ts=posted.message_ts))
+        return reply
     if isinstance(result, DeleteRefused):
+        file = impact_file(result.report, stage.name)
+        more = md("the attached {} has them all", code(file.filename))
         blocks = [
             section(md(":no_entry: {} on *{}* can't be deleted as it is:", code(result.report.slug), stage.name)),
-            *impact_blocks(result.report, protected=stage.protected, stage=stage.name),
+            *impact_blocks(result.report, protected=stage.protected, stage=stage.name, more=more),
         ]
-        return message(f"{result.report.slug} can't be deleted", blocks)
+        return attach(message(f"{result.report.slug} can't be deleted", blocks), file)
     run = result.result
-    lines = [
-        md("• {}: {} {}", code(s.table), plural(s.rows, "row"), "deleted" if s.action == "delete" else s.action)
-        for s in run.steps
-    ]
+    steps = [{"table": s.table, "action": s.action, "rows": s.rows} for s in run.steps]
+    title = f"Dry run of deleting {result.report.slug} on {stage.name} (rolled back)"
+    file = steps_file(steps, title=title, stage=stage.name, slug=result.report.slug)
+    lines = step_lines(steps, largest_first=True)
     blocks = [
         section(
             md(
@@ -282,9 +117,10 @@ def render_delete(request: CommandRequest, result: DeletePosted | DeleteRefused 
                 duration(run.duration_s),
             )
         ),
-        *lines_sections(lines),
+        *lines_sections(capped(lines, "tables", md("the attached {} has them all", code(file.filename)))),
     ]
-    return message(f"Dry run: {plural(run.total_rows, 'row')}, rolled back", blocks)
+    reply = message(f"Dry run: {plural(run.total_rows, 'row')}, rolled back", blocks)
+    return attach(reply, file) if len(lines) > MAX_LIST_LINES else reply
 
 
 def _backup_done(request: Request) -> Mrkdwn:
@@ -351,21 +187,28 @@ def _delete_body(view: RequestView) -> list[Block]:
             )
         )
     ]
-    steps = (request.result or {}).get("steps")
-    if request.state == "done" and steps:
-        lines = [
-            md(
-                "• {}: {} {} ({})",
-                code(s["table"]),
-                plural(int(s["rows"]), "row"),
-                "deleted" if s["action"] == "delete" else s["action"],
-                duration(float(s["seconds"])),
-            )
-            for s in steps
-        ]
-        return blocks + lines_sections(lines)
+    steps = _done_steps(request)
+    if steps:
+        files = _delete_files(view)
+        more = md("every table's count is in the thread ({})", code(files[0].filename)) if files else Mrkdwn("")
+        return blocks + lines_sections(capped(step_lines(steps, largest_first=True), "tables", more))
     report = ImpactReport.from_json(request.impact)
-    return [*blocks, divider(), *impact_blocks(report, protected=request.protected)]
+    more = md("{} lists them all", code(f"/mcp impact {request.subject} --stage {request.stage}"))
+    return [*blocks, divider(), *impact_blocks(report, protected=request.protected, more=more)]
+
+
+def _done_steps(request: Request) -> list[dict[str, Any]]:
+    return list((request.result or {}).get("steps") or []) if request.state == "done" else []
+
+
+def _delete_files(view: RequestView) -> list[Attachment]:
+    """Once done, every table's count goes in the request's thread when the message shows only the largest."""
+    request = view.request
+    steps = _done_steps(request)
+    if len(steps) <= MAX_LIST_LINES:
+        return []
+    title = f"Delete {request.subject} on {request.stage}: rows per table, in the order deleted"
+    return [steps_file(steps, title=title, stage=request.stage, slug=request.subject)]
 
 
 def _delete_confirm_text(request: Request) -> str:
@@ -391,6 +234,7 @@ def _delete_view() -> KindView:
         confirm="Delete",
         confirm_title="Delete for good?",
         confirm_text=_delete_confirm_text,
+        files=_delete_files,
     )
 
 
@@ -399,7 +243,7 @@ def _restore_lines(impact: dict[str, Any]) -> list[Mrkdwn]:
         md(
             "• {}: {} to put back{}",
             code(str(t["table"])),
-            _rows(int(t["rows"])),
+            rows_of(int(t["rows"])),
             COLUMN_NOTES.get(str(t["action"]), ""),
         )
         for t in impact.get("tables", [])
@@ -420,7 +264,7 @@ def _restore_body(view: RequestView) -> list[Block]:
                 plural(int(impact.get("total_rows", 0)), "row"),
             )
         ),
-        *lines_sections(_restore_lines(impact)),
+        *lines_sections(capped(_restore_lines(impact), "tables", Mrkdwn("the backup's manifest lists them all"))),
         *lines_sections(
             restore_trigger_lines(
                 impact.get("triggers_disabled", []), impact.get("triggers_fire", []), impact.get("not_restored", [])

@@ -18,6 +18,7 @@ from bot.requests.kinds import KINDS
 from bot.requests.messages import RequestView, permalink
 from bot.requests.store import Request
 from bot.service import CommandRequest
+from bot.slacktext.files import Attachment, attach
 from handlers.blocks import (
     Block,
     Message,
@@ -65,6 +66,7 @@ class KindView:
     confirm_title: str | None = None  # Slack's confirm dialog on that button (plain text)
     confirm_text: Callable[[Request], str] | None = None
     failed: str = "Failed and rolled back"  # how a failure starts: nothing it did is left
+    files: Callable[[RequestView], list[Attachment]] = lambda view: []  # shared in the message's thread
 
 
 KIND_VIEWS: dict[str, KindView] = {}
@@ -201,7 +203,7 @@ def request_message(view: RequestView) -> dict[str, Any]:
         *kind.body(view),
         *_buttons(request),
     ]
-    return payload(message(f"{title}: {state_word(request)}", blocks))
+    return attach(payload(message(f"{title}: {state_word(request)}", blocks)), *kind.files(view))
 
 
 def _buttons(request: Request) -> list[Block]:

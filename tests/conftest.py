@@ -145,9 +145,17 @@ def bot_db_url(pg: LocalPostgres) -> Iterator[str]:
 
 @pytest.fixture
 def fake_slack() -> Iterator[LocalSlack]:
+    """The fake Slack; a test fails if the bot sent it anything real Slack would refuse."""
     slack = LocalSlack().start()
     yield slack
     slack.stop()
+    assert_no_rejections(slack)
+
+
+def assert_no_rejections(slack: LocalSlack) -> None:
+    if slack.rejections:
+        lines = [f"{c.method}: {c.error}: {c.detail}" for c in slack.rejections[:10]]
+        pytest.fail("Slack would refuse what the bot sent:\n" + "\n".join(lines), pytrace=False)
 
 
 def dead_database_url() -> str:
@@ -291,7 +299,9 @@ def make_bot(
         runtime = Runtime(settings)
         runtime.start()
         server = serve_in_thread(build_asgi(runtime))
-        sender = SlackRequestSender(server.events_url, SIGNING_SECRET, response_base=fake_slack.base_url)
+        sender = SlackRequestSender(
+            server.events_url, SIGNING_SECRET, response_base=fake_slack.base_url, on_reply=fake_slack.check_ack
+        )
         harness = BotHarness(settings, runtime, server, fake_slack, sender, env)
         harnesses.append(harness)
         return harness

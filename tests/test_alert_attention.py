@@ -75,7 +75,12 @@ def clicky(bot_db_url: str, fake_slack: LocalSlack) -> Iterator[Callable[..., Cl
         health = make_health(stages, **env)
         server = serve_in_thread(build_asgi(health.runtime))
         servers.append(server)
-        return Clicker(health, SlackRequestSender(server.events_url, SIGNING_SECRET, response_base=fake_slack.base_url))
+        return Clicker(
+            health,
+            SlackRequestSender(
+                server.events_url, SIGNING_SECRET, response_base=fake_slack.base_url, on_reply=fake_slack.check_ack
+            ),
+        )
 
     yield make
     for server in servers:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bot.pii import EMAIL_RE
-from handlers import render_deletion
+from handlers import render_impact
 from tests.conftest import APPROVER, OPERATOR, VIEWER, BotHarness, message_text
 from tests.deletion_support import (
     BIG,
@@ -45,7 +45,7 @@ def test_impact_reports_counts_warnings_and_discovered_tables(app, db, monkeypat
     assert f"{len(expected['public.mcp_server_user']):,} orphaned users" in body
     # On this small data the per-row scans are cheap: listed, not shouted about.
     assert "without an index" in body and "`mcp_tool_calls(mcp_server_user_id)` (" in body
-    monkeypatch.setattr(render_deletion, "SLOW_KEY_WARN_S", 0.0)
+    monkeypatch.setattr(render_impact, "SLOW_KEY_WARN_S", 0.0)
     loud = app.command(f"impact {BIG} --stage dev").text(timeout=30)
     assert "`mcp_tool_calls(mcp_server_user_id)` has no index" in loud
     assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS mcp_tool_calls_mcp_server_user_id_idx" in loud

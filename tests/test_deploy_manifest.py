@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PRODUCTION_CODE = [p for d in ("bot", "handlers") for p in (ROOT / d).rglob("*.py") if "console" not in p.parts]
 API_FAMILIES = ("chat", "views", "users", "usergroups", "conversations", "reactions", "files", "team", "auth", "pins")
 METHOD_STRING = re.compile(rf"^(?:{'|'.join(API_FAMILIES)})\.[a-zA-Z]+(?:\.[a-zA-Z]+)*$")
-SDK_ATTRIBUTE = re.compile(rf"^(?:{'|'.join(API_FAMILIES)})_[a-zA-Z_]+$")
+SDK_ATTRIBUTE = re.compile(rf"^(?:{'|'.join(API_FAMILIES)})_[a-zA-Z0-9_]+$")  # files_upload_v2 too
 
 
 def manifest() -> dict:

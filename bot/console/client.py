@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -33,11 +34,23 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
 
 
 class SlackRequestSender:
-    def __init__(self, events_url: str, signing_secret: str, *, response_base: str, team_id: str = "T0LOCAL") -> None:
+    """`on_reply(status, body)` sees every reply the bot gives (acks included), e.g. the fake Slack's
+    `check_ack`, which checks a reply as Slack would check it."""
+
+    def __init__(
+        self,
+        events_url: str,
+        signing_secret: str,
+        *,
+        response_base: str,
+        team_id: str = "T0LOCAL",
+        on_reply: Callable[[int, str], None] | None = None,
+    ) -> None:
         self.events_url = events_url
         self.signing_secret = signing_secret
         self.response_base = response_base.rstrip("/")
         self.team_id = team_id
+        self.on_reply = on_reply
 
     def new_response_url(self) -> str:
         return f"{self.response_base}/response/{uuid.uuid4().hex}"
@@ -64,9 +77,12 @@ class SlackRequestSender:
         request = urllib.request.Request(self.events_url, data=body, headers=all_headers, method="POST")  # noqa: S310
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - checked above
-                return HttpReply(response.status, response.read().decode("utf-8", "replace"))
+                reply = HttpReply(response.status, response.read().decode("utf-8", "replace"))
         except urllib.error.HTTPError as exc:
-            return HttpReply(exc.code, exc.read().decode("utf-8", "replace"))
+            reply = HttpReply(exc.code, exc.read().decode("utf-8", "replace"))
+        if self.on_reply is not None:
+            self.on_reply(reply.status, reply.body)
+        return reply
 
     def slash_body(
         self, text: str, *, user: str, channel: str, response_url: str | None = None, command: str = "/mcp"

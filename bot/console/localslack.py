@@ -4,6 +4,11 @@ The console points SLACK_API_URL at it so the bot runs unchanged without a Slack
 workspace; the tests use it as their fake Slack. It keeps every call, serves
 `response_url` posts, remembers posted messages so `chat.update` edits them, and can be
 told to answer 429 or 5xx for a while.
+
+Every payload is checked as Slack would check it (bot/console/payloads.py): an invalid one gets
+Slack's `ok: false` answer and is kept in `rejections`, which the tests' fixture fails on.
+Slash-command and interaction acks, which the bot returns over HTTP to whoever sent the request,
+are checked through `check_ack` (bot/console/client.py hands it every reply).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
+from bot.console.payloads import check
+
 
 @dataclass
 class SlackCall:
@@ -28,6 +35,8 @@ class SlackCall:
     at: float
     ok: bool = True
     path: str = ""
+    error: str = ""  # Slack's error code when the call was refused
+    detail: str = ""  # why, when the payload was invalid
 
 
 @dataclass
@@ -65,6 +74,10 @@ class UploadedFile:
     channel: str | None = None
     thread_ts: str | None = None
 
+    @property
+    def text(self) -> str:
+        return (self.content or b"").decode("utf-8", "replace")
+
 
 class LocalSlack:
     def __init__(self, *, bot_user_id: str = "UBOT0001", team_id: str = "T0LOCAL") -> None:
@@ -74,6 +87,7 @@ class LocalSlack:
         self.messages: dict[tuple[str, str], StoredMessage] = {}
         self.usergroups: dict[str, list[str]] = {}
         self.files: dict[str, UploadedFile] = {}
+        self.rejections: list[SlackCall] = []
         self.listeners: list[Callable[[SlackCall], None]] = []
         self._failures: list[Failure] = []
         self._cond = threading.Condition()
@@ -143,6 +157,33 @@ class LocalSlack:
         with self._cond:
             return [c for c in self.calls if c.method == method and c.ok]
 
+    def shared_files(self, channel: str | None = None) -> list[UploadedFile]:
+        """Files shared in a channel (in any channel without one), in upload order."""
+        with self._cond:
+            return [f for f in self.files.values() if f.completed and f.channel and channel in (None, f.channel)]
+
+    def wait_for_file(
+        self, where: Callable[[UploadedFile], bool] = lambda f: True, timeout: float = 10.0
+    ) -> UploadedFile:
+        return self.wait_for(lambda _calls: next((f for f in self.shared_files() if where(f)), None), timeout)
+
+    def check_ack(self, status: int, body: str) -> None:
+        """Check what the bot answered a slash command or an interaction with, as Slack would."""
+        if status != 200 or not body.strip().startswith("{"):
+            return
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return
+        if not isinstance(payload, dict) or not ({"text", "blocks", "response_action"} & payload.keys()):
+            return
+        rejection = check("ack", payload)
+        if rejection is not None:
+            with self._cond:
+                call = SlackCall("ack", payload, time.time(), ok=False, error=rejection.error, detail=rejection.detail)
+                self.calls.append(call)
+                self.rejections.append(call)
+
     def wait_for(self, predicate: Callable[[list[SlackCall]], Any], timeout: float = 10.0) -> Any:
         """Wait until predicate(calls) is truthy and return its value; raise TimeoutError otherwise."""
         deadline = time.monotonic() + timeout
@@ -189,8 +230,20 @@ class LocalSlack:
                 return failure.status, {"ok": False, "error": error}, headers
             if method != "response_url" and not (token or "").startswith("xoxb-"):
                 return 200, {"ok": False, "error": "not_authed"}, {}
+            rejection = check(method, payload)
+            if rejection is not None:
+                call = SlackCall(
+                    method, payload, time.time(), ok=False, path=path, error=rejection.error, detail=rejection.detail
+                )
+                self.calls.append(call)
+                self.rejections.append(call)
+                self._cond.notify_all()
+                messages = {"messages": [f"[ERROR] {rejection.detail}"]}
+                return 200, {"ok": False, "error": rejection.error, "response_metadata": messages}, {}
             response = self._respond(method, payload)
-            call = SlackCall(method, payload, time.time(), ok=bool(response.get("ok")), path=path)
+            call = SlackCall(
+                method, payload, time.time(), ok=bool(response.get("ok")), path=path, error=response.get("error", "")
+            )
             self.calls.append(call)
             self._cond.notify_all()
         for listener in list(self.listeners):
@@ -255,6 +308,7 @@ class LocalSlack:
             if file is None:
                 return False
             file.content = content
+            self._cond.notify_all()
             return True
 
     def _complete_upload(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -268,6 +322,7 @@ class LocalSlack:
                 return {"ok": False, "error": "file_not_found"}
             file.completed, file.title = True, entry.get("title") or file.filename
             file.channel, file.thread_ts = payload.get("channel_id"), payload.get("thread_ts")
+            self._cond.notify_all()
             done.append({"id": file.id, "name": file.filename, "title": file.title, "size": len(file.content)})
         return {"ok": True, "files": done}
 

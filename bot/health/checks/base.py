@@ -23,6 +23,7 @@ from bot.config import HealthSettings
 from bot.health.history import History, Sample
 from bot.health.thresholds import glob_regex
 from bot.pii import scrub
+from bot.sqltext import HIDDEN, blank_literals
 from bot.stages import APPLICATION_NAME
 
 Severity = Literal["info", "warning", "critical"]
@@ -207,16 +208,15 @@ def checks_in(group: str) -> tuple[CheckSpec, ...]:
 
 # -- text helpers --------------------------------------------------------------------------------
 
-_LITERAL_RE = re.compile(r"'(?:[^']|'')*'|\$(\w*)\$.*?\$\1\$", re.DOTALL)
-_SPACE_RE = re.compile(r"\s+")
-
-
 def safe_query_text(raw: str | None, limit: int = QUERY_CHARS) -> str:
-    """Query text fit for Slack: literals blanked, secrets and emails scrubbed, one line, truncated."""
+    """Query text fit for Slack: literals blanked by PostgreSQL's lexer (bot/sqltext.py; text it cannot
+    lex is not shown), secrets and emails scrubbed, one line, truncated."""
     if not raw:
         return "(no query text)"
-    flat = _SPACE_RE.sub(" ", _LITERAL_RE.sub("'…'", raw)).strip().replace("`", "'")
-    flat = scrub(flat)
+    blanked = blank_literals(raw)
+    if blanked is None:
+        return HIDDEN
+    flat = scrub(blanked).replace("`", "'")
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
@@ -240,7 +240,7 @@ def size(n: float) -> str:
 
 
 def session_label(row: Any) -> str:
-    app = scrub(row.application_name or "no application_name")[:60]
+    app = scrub(row.application_name or "no application_name")[:60].replace("`", "'")  # shown in prose
     return f"pid {row.pid} ({app}, user {scrub(row.usename or '?')[:40]})"
 
 
