@@ -92,7 +92,7 @@ def test_no_action_edges_block_when_the_team_says_so(h):
         """,
         rules=Rules(no_action="block"),
     )
-    assert "2 row(s) of server_pins outside the delete" in words and "NO_ACTION_EDGES=block" in words
+    assert "2 rows of server_pins outside the delete" in words and "NO_ACTION_EDGES=block" in words
     assert [r["id"] for r in report.blockers[0].sample] == ["1", "2"]
 
 
@@ -104,7 +104,7 @@ def test_restrict_from_outside_blocks_with_the_rows_shown(h):
         INSERT INTO legal_holds VALUES (7, 'srv1'), (8, 'srv2');
         """
     )
-    assert "1 row(s) of legal_holds outside the delete reference rows of mcp_servers" in words
+    assert "1 row of legal_holds outside the delete references rows of mcp_servers" in words
     assert report.blockers[0].sample == [{"id": "7", "server_id": "srv1"}]
 
 

@@ -46,6 +46,7 @@ from bot.deletion.catalog import Catalog, TableRef, Trigger, load_catalog
 from bot.deletion.scope import ordered_components
 from bot.errors import UserFacingError
 from bot.pii import scrub
+from bot.slacktext.words import plural
 
 MAX_SAMPLES = 5
 # How each trigger mode is turned back on (tgenabled): O origin (the default), A always.
@@ -105,7 +106,7 @@ class RestoreConflict(UserFacingError):
         ]
         for c in report.conflicts[:10]:
             example = f"; e.g. {' | '.join(c.samples[:3])}" if c.samples else ""
-            lines.append(f"• {c.table}: {c.reason} [{c.constraint}], {c.count:,} row(s){example}")
+            lines.append(f"• {c.table}: {c.reason} [{c.constraint}], {plural(c.count, 'row')}{example}")
         if len(report.conflicts) > 10:
             lines.append(f"• … and {len(report.conflicts) - 10} more")
         super().__init__("\n".join(lines))

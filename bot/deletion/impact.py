@@ -27,6 +27,7 @@ from bot.deletion.cost import DELETE_ROW_MS, SlowKey, estimate_cascades, key_sam
 from bot.deletion.plan import WORK_MEM, DeletePlan, PlanProblem, Step, build_plan, set_local
 from bot.deletion.scope import Rules
 from bot.deletion.scopesql import CteSource, ScopeSql, sa_table
+from bot.slacktext.words import noun, plural
 
 BLOCKER_SAMPLE_ROWS = 5
 
@@ -245,7 +246,8 @@ def _blocking_rows(conn: Connection, plan: DeletePlan, counts: dict[str, int]) -
                     edge=fk.describe(),
                     rows=rows,
                     reason=(
-                        f"{rows:,} row(s) of {fk.child} outside the delete reference rows of {fk.parent} "
+                        f"{plural(rows, 'row')} of {fk.child} outside the delete "
+                        f"{noun(rows, 'references', 'reference')} rows of {fk.parent} "
                         f"that would be deleted ({rule}): the database would refuse"
                     ),
                     sample=sample,

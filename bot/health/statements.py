@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from bot.botdb import metadata
 from bot.health import statement_history
 from bot.health.checks import CheckContext, CheckReport, Finding, duration, safe_query_text
+from bot.slacktext.words import plural
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +376,7 @@ def check_slow_queries(
             detail=(
                 f"`{texts.get(q.queryid, '(query text no longer available)')}`\n"
                 f"queryid {q.queryid}: {q.total_ms:,.0f} ms in total in the last {duration(interval.seconds)} "
-                f"(threshold: mean over {s.slow_query_ms:,} ms with at least {s.slow_query_min_calls} calls)."
+                f"(threshold: mean over {s.slow_query_ms:,} ms with at least {plural(s.slow_query_min_calls, 'call')})."
             ),
             advice=(
                 f"Explain (below, or `/mcp explain {q.queryid} --stage {ctx.stage}`) shows its generic plan without "

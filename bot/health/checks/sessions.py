@@ -26,6 +26,7 @@ from bot.health.checks.base import (
 )
 from bot.pii import scrub
 from bot.sessions.targets import ACTIVE, BLOCKING, IDLE_IN_TRANSACTION, session_actions
+from bot.slacktext.words import plural
 from bot.stages import APPLICATION_NAME
 
 
@@ -123,7 +124,11 @@ def check_long_running(conn: Connection, ctx: CheckContext) -> CheckReport:
         {"ours": OUR_SESSIONS, "limit_s": limit_s, "max_findings": MAX_FINDINGS},
     ).all()
     total = rows[0].total if rows else 0
-    summary = f"{total} queries running longer than {duration(limit_s)}" if total else "none over " + duration(limit_s)
+    summary = (
+        f"{plural(total, 'query')} running longer than {duration(limit_s)}"
+        if total
+        else "none over " + duration(limit_s)
+    )
     findings = [
         Finding(
             check="long_running",
@@ -159,7 +164,7 @@ def check_idle_in_transaction(conn: Connection, ctx: CheckContext) -> CheckRepor
     ).all()
     total = rows[0].total if rows else 0
     summary = (
-        f"{total} sessions idle in a transaction for over {duration(limit_s)}"
+        f"{plural(total, 'session')} idle in a transaction for over {duration(limit_s)}"
         if total
         else "none over " + duration(limit_s)
     )
@@ -201,7 +206,7 @@ def check_blocked(conn: Connection, ctx: CheckContext) -> CheckReport:
         {"ours": OUR_SESSIONS, "limit_s": limit_s, "max_findings": MAX_FINDINGS},
     ).all()
     total = rows[0].total if rows else 0
-    summary = f"{total} queries waiting on locks for over {duration(limit_s)}" if total else "none"
+    summary = f"{plural(total, 'query')} waiting on locks for over {duration(limit_s)}" if total else "none"
     if not rows:
         return CheckReport("blocked", "Blocked queries", "ok", summary)
     blocker_pids = sorted({pid for r in rows for pid in r.blockers or []})
