@@ -147,10 +147,11 @@ def _block(block: Any) -> Iterator[Rejection]:
             yield Rejection("invalid_blocks", f"unknown block type {block.get('type')!r}")
             return
         parsed.validate_json()
+        round_trip = parsed.to_dict()  # validates the elements inside too
     except (SlackObjectFormationError, TypeError, ValueError, KeyError) as exc:
         yield Rejection("invalid_blocks", str(exc))
         return
-    if parsed.to_dict() != block:
+    if round_trip != block:
         yield Rejection("invalid_blocks", "an attribute Slack does not know, or an empty value")
     if len(str(block.get("block_id", ""))) > limits.BLOCK_ID:
         yield Rejection("invalid_blocks", "block_id over 255 characters")
