@@ -7,10 +7,12 @@ between the click and the approval. Signed HTTP, fake Slack, real PostgreSQL.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import text
 
 from bot.indexes.naming import index_name
 from bot.indexes.targets import create_index_action
@@ -171,3 +173,36 @@ def test_a_duplicate_whose_twin_changed_since_is_not_dropped(bot, stage_db):
     assert stale.state == "stale", (stale.state, stale.error)
     assert 'is no longer a duplicate: public."pairs.keep" is now' in stale.error, stale.error
     assert index_of(stage_db, "public", "pairs_twin").valid
+
+
+def test_a_build_the_bot_died_in_is_settled_by_the_recovery_job(make_bot, bot, stage_db):
+    press_value(bot, "production", create("public", "pairs", ["a", "b"]), refused=False)
+    request = wait_state(bot, latest_request(bot, "create-index").id, {"pending"})
+    # The bot died while building: the row says running, nobody holds its runner lock, its build session is
+    # still on the stage, and the build fails there, leaving the INVALID index it named.
+    with bot.runtime.bot_engine.begin() as conn:
+        conn.execute(
+            text("UPDATE delete_requests SET state = 'running', runner = 'dead-host:1' WHERE id = :i"),
+            {"i": request.id},
+        )
+    bot.close()
+    run_ddl(stage_db, "INSERT INTO pairs_parent VALUES (1, 1); INSERT INTO pairs VALUES (1, 1, 1, 0), (2, 1, 1, 0)")
+    build = psycopg.connect(stage_db.url, autocommit=True, application_name=f"mcp-ops/production/request-{request.id}")
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        build.execute("CREATE UNIQUE INDEX CONCURRENTLY pairs_a_b_idx ON pairs (a, b)")
+    assert index_of(stage_db, "public", "pairs_a_b_idx").valid is False
+
+    restarted = make_bot({"dev": stage_db.url, "production": stage_db.url}, STAGE_LOCK_TIMEOUT_MS="1000")
+    assert restarted.runtime.requests.recover() == 0  # its session is still there: not settled yet
+    assert wait_state(restarted, request.id, {"running"}).state == "running"
+    build.close()
+    deadline = time.monotonic() + 60
+    while latest_request(restarted, "create-index").state == "running" and time.monotonic() < deadline:
+        restarted.runtime.requests.recover()  # the recovery job's run (it also runs every few seconds)
+        time.sleep(0.2)
+    row = wait_state(restarted, request.id, {"done", "failed"})
+    assert row.state == "failed"
+    assert "the bot stopped while the index was being built" in row.error
+    assert "it left an INVALID index `pairs_a_b_idx`, which was dropped" in row.error
+    assert index_of(stage_db, "public", "pairs_a_b_idx") is None
+    assert [r.outcome for r in restarted.audit_rows() if r.command == "create-index"][-1] == "failed"

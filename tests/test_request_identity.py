@@ -153,3 +153,27 @@ def test_an_approved_restore_whose_backup_is_gone_goes_stale(app, stage_db):
     assert f"backup `{first}` of request `req_gone`" in row.error and "no longer available" in row.error
     assert checksums(stage_db) == after
     assert "Stale, nothing was restored" in message_text(wait_update(app, request.id, ": stale"))
+
+
+def test_a_restore_the_bot_died_in_is_judged_by_the_servers_key_not_its_slug(make_bot, app, stage_db):
+    scoped_backup(app, "req_dead", "srv_big", BIG)
+    app.command(f"restore req_dead --stage production {REASON}").text(timeout=60)
+    [request] = requests_rows(app)
+    assert request.server_key["server_id"] == "srv_big"
+    # The bot died while restoring (its transaction rolled back): the row says running, nobody holds its
+    # runner lock; meanwhile another organisation's new server took the slug.
+    with app.runtime.bot_engine.begin() as conn:
+        conn.execute(
+            text("UPDATE delete_requests SET state = 'running', runner = 'dead-host:1' WHERE id = :i"),
+            {"i": request.id},
+        )
+    app.close()
+    stage_db.execute(
+        "INSERT INTO mcp_servers (id, organization_id, name, product_platform_or_tool, slug)"
+        " VALUES ('srv_new', 'org_2', 'New', 'github', :slug)",
+        slug=BIG,
+    )
+    restarted = make_bot({"dev": stage_db.url, "production": stage_db.url})
+    row = wait_state(restarted, request.id, {"done", "failed"})
+    assert row.state == "failed", row.result
+    assert "the bot stopped while the restore ran" in row.error and "nothing was restored" in row.error

@@ -69,11 +69,13 @@ class RestoreKind(Kind):
         assert stage is not None
         reason = reason_for(command, stage)
         checked = self.runtime.backups.restore(stage, source, actor=command.actor, dry_run=True)
+        _, manifest = self.runtime.backups.find_manifest(stage.name, source, checked.backup_id)
         proposal = Proposal(
             kind="restore",
             stage=stage.name,
             subject=checked.slug or "?",
-            target={"backup_id": checked.backup_id, "request": source},
+            # The backup by id, and the server it holds by key: what recovery looks for, never the slug alone.
+            target={"backup_id": checked.backup_id, "request": source, "server_id": manifest.server_id},
             impact=restore_impact(checked),
             snapshot=restore_counts(checked),
             options={"source_request": source, "backup_id": checked.backup_id},
@@ -120,10 +122,15 @@ class RestoreKind(Kind):
         return result
 
     def recover(self, request: Request) -> tuple[str, str | None] | None:
-        """One transaction: a restore that committed put the server row back."""
+        """One transaction: a restore that committed put the server row back (by its key: its slug may be
+        another server's by now)."""
         stage = self.runtime.stages.get(request.stage)
+        server_id = request.target.get("server_id")
         with stage.read() as conn:
-            back = server_exists(conn, request.subject)
+            if server_id:
+                back = server_exists(conn, server_key={"id": server_id})
+            else:
+                back = server_exists(conn, request.subject)
         if back:
             return "done", None
         return (

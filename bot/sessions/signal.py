@@ -30,8 +30,9 @@ SIGNAL_STATEMENT_MS = 5000
 AFTER_WAIT_S = 5.0
 INSUFFICIENT_PRIVILEGE = "42501"
 
-# The target by identity. pg_stat_activity is read once per transaction (a snapshot), so the
-# re-check and the signal below see the same backend.
+# The target by identity. pg_stat_activity is read once per transaction (a snapshot, kept until
+# `pg_stat_clear_snapshot()`): the signalling statement clears it first, so its WHERE reads the
+# backends as they are at that very moment, not as the refusal checks saw them a moment before.
 _IDENTITY = (
     " a.pid = :pid AND a.backend_start = CAST(:backend_start AS timestamptz)"
     " AND (CAST(:query_start AS timestamptz) IS NULL OR a.query_start = CAST(:query_start AS timestamptz))"
@@ -190,6 +191,7 @@ def send(
                 raise Gone(f"{describe(target)} is already gone or changed, nothing sent")
             if found.refusal:
                 raise Refused(found.refusal)
+            conn.execute(text("SELECT pg_stat_clear_snapshot()"))
             sent = conn.execute(
                 text(f"SELECT {function}(a.pid) FROM pg_stat_activity a WHERE" + _IDENTITY), _params(target)
             ).scalar()
