@@ -100,7 +100,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from bot.console.repl import try_these
-    from bot.demo import DEMO_APPROVER, DEMO_OPERATOR, DEMO_SLUG, DEMO_VIEWER, prepare_demo
+    from bot.demo import DEMO_APPROVER, DEMO_OPERATOR, DEMO_SLUG, DEMO_VIEWER, prepare_demo, stop_demo
     from bot.localpg import LocalPostgresError
 
     base = Path(args.dir)
@@ -121,7 +121,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _run_console(settings, args.user or DEMO_OPERATOR, args.channel, try_these("dev", DEMO_SLUG))
     finally:
         if not args.keep:
-            cluster.stop()
+            stop_demo(cluster)
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:

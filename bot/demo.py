@@ -21,6 +21,7 @@ DEMO_VIEWER = "UDEMOVIEW1"
 DEMO_AUDIT_CHANNEL = "CDEMOAUDIT"
 DEMO_ALERT_CHANNEL = "CDEMOALERTS"
 DEMO_SLUG = DatasetSpec().big_slug
+BOT_DATABASE = "mcp_ops_bot"
 STAGES = {
     "dev": DatasetSpec(),
     "staging": DatasetSpec(big_tool_calls=5_000, big_sessions=500, big_users=200, big_completions=300, small_servers=9),
@@ -56,6 +57,22 @@ def _loaded(cluster: LocalPostgres, name: str) -> bool:
     with psycopg.connect(cluster.dsn(name), autocommit=True) as conn:
         found = conn.execute("SELECT to_regclass('public.mcp_servers') IS NOT NULL").fetchone()
     return bool(found and found[0])
+
+
+def _in_use(cluster: LocalPostgres, name: str) -> bool:
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+        found = conn.execute("SELECT 1 FROM pg_stat_activity WHERE datname = %s LIMIT 1", (name,)).fetchone()
+    return found is not None
+
+
+def stop_demo(cluster: LocalPostgres) -> None:
+    """Stop the demo's cluster on leaving, unless another demo session of this checkout still uses it."""
+    try:
+        busy = _in_use(cluster, BOT_DATABASE)
+    except psycopg.Error:
+        busy = False
+    if not busy:
+        cluster.stop()
 
 
 def demo_cluster_dir(base_dir: Path) -> Path:
@@ -95,11 +112,13 @@ def prepare_demo(
             build_platform_database(cluster.create_database(name, drop=True), spec)
         env[f"DATABASE_URL_{stage.upper()}"] = cluster.url(name)
     # The bot's own state starts afresh each time, as the console's local Slack does: alerts, requests and
-    # their messages from an earlier session name messages that no longer exist anywhere.
-    cluster.create_database("mcp_ops_bot", drop=True)
+    # their messages from an earlier session name messages that no longer exist anywhere. Not while another
+    # demo session of this checkout is using it.
+    if not _in_use(cluster, BOT_DATABASE):
+        cluster.create_database(BOT_DATABASE, drop=True)
     env.update(
         {
-            "BOT_DATABASE_URL": cluster.url("mcp_ops_bot"),
+            "BOT_DATABASE_URL": cluster.url(BOT_DATABASE),
             "OPERATORS": DEMO_OPERATOR,
             "APPROVERS": DEMO_APPROVER,
             "AUDIT_CHANNEL": DEMO_AUDIT_CHANNEL,

@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psycopg
+
 from bot.demo import STAGES, demo_cluster_dir
 from bot.localpg import LocalPostgres
 
@@ -109,6 +111,16 @@ def test_demo_starts_from_a_mode_700_checkout_and_answers_from_demo_data():
         servers = STAGES["production"].small_servers + 1
         assert f"{servers} servers on stage *production*" in resumed.stdout, resumed.stdout[-2000:]
         assert f"port {cluster.port}" not in resumed.stdout
+        # Another session of the demo (a second terminal) keeps the bot's database and the cluster it uses.
+        cluster = LocalPostgres(cluster_dir)  # on the port the last start chose
+        cluster.start()
+        with psycopg.connect(cluster.dsn("mcp_ops_bot"), autocommit=True) as other:
+            other.execute("CREATE TABLE other_session_was_here ()")
+            alongside = run_cli("demo", cwd=checkout)
+            assert alongside.returncode == 0, alongside.stderr[-2000:]
+            assert other.execute("SELECT to_regclass('other_session_was_here') IS NOT NULL").fetchone()[0]
+            assert cluster.is_running()
+        cluster.stop()
         reset = run_cli("demo", "--reset", cwd=checkout)
         assert reset.returncode == 0 and "creating stage dev with demo data" in reset.stdout, reset.stderr[-2000:]
     finally:
