@@ -206,3 +206,38 @@ def test_a_build_the_bot_died_in_is_settled_by_the_recovery_job(make_bot, bot, s
     assert "it left an INVALID index `pairs_a_b_idx`, which was dropped" in row.error
     assert index_of(stage_db, "public", "pairs_a_b_idx") is None
     assert [r.outcome for r in restarted.audit_rows() if r.command == "create-index"][-1] == "failed"
+
+
+def test_a_protected_create_index_waits_on_app_home_and_in_pending_like_any_request(bot, stage_db):
+    from tests.test_app_home import _published_for
+
+    bot.sender.event({"type": "app_home_opened", "user": APPROVER, "tab": "home"})
+    _published_for(bot, APPROVER)
+    press_value(bot, "production", create("public", "pairs", ["a", "b"]), refused=False)
+    request = wait_state(bot, latest_request(bot, "create-index").id, {"pending"})
+
+    pending = bot.command("pending --stage production", user=APPROVER).text()
+    assert f"#{request.id} create-index public.pairs (a, b)" in pending and "0 of 1 approvals" in pending
+    home = _published_for(bot, APPROVER, count=2)[-1]
+    assert f"#{request.id} create-index `public.pairs (a, b)` on *production*" in message_text(home)
+    assert "pairs_a_b_idx" in message_text(home)
+    approve = buttons(home)["Approve"]
+    assert bot.sender.view_actions(approve, user=APPROVER).status == 200
+    done = wait_state(bot, request.id, {"done", "failed", "stale"}, timeout=60)
+    assert done.state == "done", done.error
+    assert index_of(stage_db, "public", "pairs_a_b_idx").valid
+    assert f"#{request.id}" not in bot.command("pending", user=APPROVER).text()
+    outcomes = [r.outcome for r in bot.audit_rows() if r.command == "create-index"]
+    assert outcomes == ["requested", "approved", "running", "done"]
+
+
+def test_a_request_whose_message_cannot_be_posted_is_closed_audited_and_never_runs(bot, stage_db):
+    bot.slack.fail("chat.postMessage", status=200, channel=CHANNEL)  # e.g. the bot is not in the channel
+    answer = press_value(bot, "dev", create("public", "pairs", ["a", "b"]))
+    assert "couldn't post the create-index request in this channel (Slack said `internal_error`)" in answer
+    [request] = requests_rows(bot)
+    assert (request.state, request.decided_by) == ("cancelled", "system")
+    outcomes = [r.outcome for r in bot.audit_rows() if r.command == "create-index"]
+    assert outcomes[:3] == ["requested", "confirmed", "cancelled"], outcomes
+    bot.runtime.requests.recover()
+    assert index_of(stage_db, "public", "pairs_a_b_idx") is None

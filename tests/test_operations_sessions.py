@@ -361,3 +361,26 @@ def test_sessions_lists_what_the_checks_see_with_the_same_buttons(bot, app_db):
         idle.close()
         app_db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'report-job'")
         sessions.join()
+
+
+def test_the_missing_grant_is_named_as_it_must_be_typed(make_bot, app_db):
+    role = "OpsReader"  # capitals: a GRANT must quote it
+    app_db.execute(
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN "
+        f'CREATE ROLE "{role}" LOGIN; END IF; END $$'
+    )
+    app_db.execute(f'GRANT pg_read_all_stats TO "{role}"')
+    bot = make_bot({"reader": app_db.url.replace("postgres@", f"{role}@", 1)}, **ENV)
+    sessions = Sessions(app_db)
+    sessions.start("report", "SELECT pg_sleep(120)", "report-job")
+    try:
+        sessions.wait("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'report-job'")
+        row = sessions.pid("report-job")
+        answer = press_value(bot, "reader", dict(session_actions(row, ACTIVE)[0]))
+        assert f"the stage's role `{role}` may not signal pid {row.pid}" in answer, answer
+        assert f'GRANT pg_signal_backend TO "{role}";' in answer
+        assert sessions.pid("report-job").state == "active"
+    finally:
+        app_db.execute(f'REVOKE pg_read_all_stats FROM "{role}"')
+        app_db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'report-job'")
+        sessions.join()

@@ -90,11 +90,15 @@ class RequestMessages:
         except Exception as exc:  # SlackApiError or a transport error: the request can't be confirmed
             response = getattr(exc, "response", None)
             error = response.get("error", "unknown") if hasattr(response, "get") else "unreachable"
-            self.store.transition(request.id, ("pending", "approved"), "cancelled", decided_by="system")
-            raise UserFacingError(
-                f"couldn't post the {request.kind} request in this channel (Slack said `{error}`); "
-                "invite the bot and try again"
-            ) from exc
+            why = f"couldn't post the {request.kind} request in this channel (Slack said `{error}`)"
+            self.store.transition(
+                request.id,
+                ("pending", "approved"),
+                "cancelled",
+                decided_by="system",
+                notify=self._audited("system", "cancelled", {"reason": why}),
+            )
+            raise UserFacingError(f"{why}; invite the bot and try again") from exc
         ts = str(response.get("ts", ""))
         channel = str(response.get("channel", request.channel))
         self.store.set_message(request.id, channel, ts)

@@ -46,14 +46,19 @@ _IDENTITY = (
 _LOOK = text(
     "SELECT a.pid, a.usename, a.application_name, a.backend_type, a.state, a.datname = current_database() AS here,"
     " left(a.query, 1000) AS query, coalesce(r.rolsuper, false) AS superuser, current_user AS me,"
+    " quote_ident(current_user) AS me_sql,"
     " a.pid = pg_backend_pid() AS myself,"
-    " (pg_has_role(current_user, 'pg_signal_backend', 'MEMBER')"
-    "  OR (a.usesysid IS NOT NULL AND pg_has_role(current_user, a.usesysid, 'MEMBER'))) AS may_signal,"
+    # What PostgreSQL checks: the privileges (not a NOINHERIT membership) of pg_signal_backend or of the role.
+    " (pg_has_role(current_user, 'pg_signal_backend', 'USAGE')"
+    "  OR (a.usesysid IS NOT NULL AND pg_has_role(current_user, a.usesysid, 'USAGE'))) AS may_signal,"
     " (SELECT count(*) FROM pg_stat_activity w WHERE a.pid = ANY (pg_blocking_pids(w.pid))) AS blocking"
     " FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid WHERE" + _IDENTITY
 )
 
-_HIDDEN = text("SELECT pid, backend_start IS NULL AS hidden, current_user AS me FROM pg_stat_activity WHERE pid = :pid")
+_HIDDEN = text(
+    "SELECT pid, backend_start IS NULL AS hidden, current_user AS me, quote_ident(current_user) AS me_sql"
+    " FROM pg_stat_activity WHERE pid = :pid"
+)
 _STATE = text("SELECT state FROM pg_stat_activity WHERE pid = :pid AND backend_start = CAST(:bs AS timestamptz)")
 
 
@@ -77,6 +82,8 @@ class BackendNow:
     query: str
     blocking: int  # sessions waiting for it
     refusal: str | None
+    role: str  # the stage's role (current_user)
+    role_sql: str  # as a GRANT names it (quoted where it must be)
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,7 @@ def _refusal(row: Any, how: str) -> str | None:
     if not row.may_signal:
         return (
             f"the stage's role `{row.me}` may not signal {who} (role `{scrub(row.usename or '?')}`): it needs "
-            f"`pg_signal_backend` (as an admin: `GRANT pg_signal_backend TO {row.me};`)"
+            f"`pg_signal_backend` (as an admin: `GRANT pg_signal_backend TO {row.me_sql};`)"
         )
     return None
 
@@ -147,6 +154,8 @@ def look(conn: Connection, target: dict[str, Any], how: str) -> BackendNow | Non
         query=safe_query_text(row.query, 200),
         blocking=int(row.blocking or 0),
         refusal=_refusal(row, how),
+        role=row.me,
+        role_sql=row.me_sql,
     )
 
 
@@ -157,7 +166,7 @@ def _hidden(conn: Connection, target: dict[str, Any]) -> str | None:
         return None
     return (
         f"the stage's role `{row.me}` can't see what pid {row.pid} is doing, so it can't check it is the same "
-        f"session: it needs `pg_read_all_stats` (as an admin: `GRANT pg_read_all_stats TO {row.me};`)"
+        f"session: it needs `pg_read_all_stats` (as an admin: `GRANT pg_read_all_stats TO {row.me_sql};`)"
     )
 
 
@@ -182,6 +191,7 @@ def send(
     function = FUNCTIONS[how]
     with stage.read() as conn:
         before = blocked_sessions(conn)
+    found: BackendNow | None = None
     try:
         with stage.write(
             statement_timeout_ms=SIGNAL_STATEMENT_MS, lock_timeout_ms=lock_timeout_ms, application_name=work_name
@@ -197,9 +207,10 @@ def send(
             ).scalar()
     except DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) == INSUFFICIENT_PRIVILEGE:
+            role, role_sql = (found.role, found.role_sql) if found is not None else ("?", "<the stage's role>")
             raise Refused(
-                f"the stage's role may not signal pid {target['pid']}: it needs `pg_signal_backend` "
-                "(as an admin: `GRANT pg_signal_backend TO <the stage role>;`)"
+                f"the stage's role `{role}` may not signal pid {target['pid']}: it needs `pg_signal_backend` "
+                f"(as an admin: `GRANT pg_signal_backend TO {role_sql};`)"
             ) from exc
         raise
     if sent is None:
