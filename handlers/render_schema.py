@@ -17,6 +17,7 @@ from bot.schema.migrations import (
     StageMigrations,
 )
 from bot.service import CommandRequest
+from bot.slacktext.files import attach, filename, text_file
 from handlers.blocks import (
     Message,
     Mrkdwn,
@@ -84,12 +85,24 @@ def render_drift(request: CommandRequest, report: DriftReport) -> Message:
             lines.append(md("• {}", prose(_clip(diff.describe(report.stage_a, report.stage_b)))))
             shown += 1
     blocks = [section(title), *lines_sections(lines)]
-    if shown < len(report.differences):
-        blocks.append(section(md("_… and {} more_", plural(len(report.differences) - shown, "difference"))))
+    file = text_file(filename("drift", a, b, ext="txt"), f"Schema drift: {a} vs {b}", report.as_text().splitlines())
+    left = len(report.differences) - shown
+    if left:
+        blocks.append(
+            section(
+                md(
+                    "_… and {:,} more: all {:,} are in the attached {}_",
+                    left,
+                    len(report.differences),
+                    code(file.filename),
+                )
+            )
+        )
     blocks.append(footer)
-    return message(
+    reply = message(
         f"{report.stage_a} vs {report.stage_b}: {plural(len(report.differences), 'schema difference')}", blocks
     )
+    return attach(reply, file) if left else reply
 
 
 STATE_WORDS = {

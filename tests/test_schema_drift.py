@@ -13,7 +13,8 @@ from sqlalchemy import create_engine, event
 from bot.config import parse_database_url
 from bot.localpg import LocalPostgres, installations
 from bot.pgcatalog import read_snapshot
-from tests.conftest import OPERATOR, TEST_SPEC, VIEWER, dead_database_url, message_text, unique_name
+from bot.slacktext.blocks import block_chars
+from tests.conftest import CHANNEL, OPERATOR, TEST_SPEC, VIEWER, dead_database_url, message_text, unique_name
 from tests.schema_support import drizzle_migrate, execute, platform_migrations
 
 
@@ -180,3 +181,22 @@ def test_the_same_migrations_on_the_oldest_and_newest_installed_server_compare_i
     finally:
         other.destroy()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_long_diff_is_summarised_with_the_whole_of_it_attached(make_bot, migrated_db):
+    staging, production = migrated_db(), migrated_db()
+    execute(
+        staging,
+        "DO $$ BEGIN FOR i IN 1..40 LOOP EXECUTE format('CREATE TABLE audit_shadow_%s (id int PRIMARY KEY)', i);"
+        " END LOOP; END $$",
+    )
+    bot = make_bot({"staging": staging, "production": production})
+    reply = bot.command("drift staging production").message()
+    shown = message_text(reply)
+    assert block_chars(reply["blocks"]) < 12_000
+    assert "… and 15 more: all 40 are in the attached `drift-staging-production.txt`" in shown
+    attached = bot.slack.wait_for_file(lambda f: f.filename == "drift-staging-production.txt")
+    assert attached.channel == CHANNEL
+    assert attached.text.startswith("Schema drift: staging vs production")
+    for i in range(1, 41):
+        assert f"only on staging: table `audit_shadow_{i}`" in attached.text
