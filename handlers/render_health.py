@@ -8,7 +8,9 @@ from bot.health.explain import ExplainResult
 from bot.health.messages import EXPLAIN_ACTION, explain_command
 from bot.health.monitor import HealthSummary
 from bot.health.operations import AlertsResult, SlowQueriesResult
+from bot.pii import scrub
 from bot.service import CommandRequest
+from bot.slacktext.files import Attachment, attach, filename
 from handlers.blocks import (
     Message,
     Mrkdwn,
@@ -198,6 +200,14 @@ def render_explain(request: CommandRequest, result: ExplainResult) -> Message:
             )
         ),
         *lines_sections(first),
-        context("Costs and rows are the planner's estimates for any parameter values, in its own units."),
+        context(
+            "Costs and rows are the planner's estimates for any parameter values, in its own units. The whole plan "
+            "(EXPLAIN VERBOSE, FORMAT JSON) is attached."
+        ),
     ]
-    return message(f"plan of queryid {result.queryid}", blocks)
+    plan = Attachment(
+        filename("explain", result.stage, result.queryid, ext="json"),
+        f"Generic plan of queryid {result.queryid} on {result.stage}",
+        scrub(result.plan_json()),
+    )
+    return attach(message(f"plan of queryid {result.queryid}", blocks), plan)

@@ -50,6 +50,12 @@ def test_explain_plans_a_dollar_one_statement_without_running_it(make_bot, stage
     assert "has no index and this plan filters on it" in shown
     assert "CREATE INDEX CONCURRENTLY ON public.mcp_tool_calls (mcp_server_user_id);" in shown
 
+    # The whole plan comes along as a JSON file in the channel.
+    plan = bot.slack.wait_for_file(lambda f: f.filename == f"explain-dev-{qid}.json", timeout=30)
+    assert plan.channel == CHANNEL
+    [root] = json.loads(plan.text)
+    assert root["Plan"]["Node Type"] == "Seq Scan" and root["Plan"]["Relation Name"] == "mcp_tool_calls"
+
     # A write statement is planned, not run: the table is as it was.
     update = queryid(stage_db.url, "UPDATE mcp_tool_calls SET tool_name = $1 WHERE id = $2%")
     planned = bot.command(f"explain {update} --stage dev").text()

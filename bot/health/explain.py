@@ -86,9 +86,9 @@ class ExplainResult:
     hints: list[IndexHint]
     plan: Any = field(repr=False)  # EXPLAIN (FORMAT JSON)'s document
 
-    def plan_file(self) -> tuple[str, str]:
-        """(file name, content) of the whole plan, as EXPLAIN (FORMAT JSON) gave it."""
-        return f"explain-{self.stage}-{self.queryid}.json", json.dumps(self.plan, indent=2) + "\n"
+    def plan_json(self) -> str:
+        """The whole plan, as EXPLAIN (VERBOSE, FORMAT JSON) gave it (explain.dalibo.com and others read it)."""
+        return json.dumps(self.plan, indent=2) + "\n"
 
 
 def parse_queryid(raw: str) -> int:
