@@ -206,7 +206,7 @@ def render_explain(request: CommandRequest, result: ExplainResult) -> Message:
         ),
     ]
     plan = Attachment(
-        filename("explain", result.stage, result.queryid, ext="json"),
+        filename("explain", result.stage, f"queryid{result.queryid}", ext="json"),  # keeps the sign
         f"Generic plan of queryid {result.queryid} on {result.stage}",
         scrub(result.plan_json()),
     )

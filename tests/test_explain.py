@@ -51,7 +51,7 @@ def test_explain_plans_a_dollar_one_statement_without_running_it(make_bot, stage
     assert "CREATE INDEX CONCURRENTLY ON public.mcp_tool_calls (mcp_server_user_id);" in shown
 
     # The whole plan comes along as a JSON file in the channel.
-    plan = bot.slack.wait_for_file(lambda f: f.filename == f"explain-dev-{qid}.json", timeout=30)
+    plan = bot.slack.wait_for_file(lambda f: f.filename == f"explain-dev-queryid{qid}.json", timeout=30)
     assert plan.channel == CHANNEL
     [root] = json.loads(plan.text)
     assert root["Plan"]["Node Type"] == "Seq Scan" and root["Plan"]["Relation Name"] == "mcp_tool_calls"
