@@ -194,13 +194,14 @@ class Reply:
         return shown_text(self.message(timeout))
 
 
-def message_text(payload: dict[str, Any]) -> str:
-    """Everything readable in a message: its text and every block's text, fields and buttons."""
+def message_text(payload: dict[str, Any], kinds: tuple[str, ...] = ("mrkdwn", "plain_text")) -> str:
+    """Everything readable in a message: its text and every block's text, fields and buttons
+    (`kinds=("mrkdwn",)`: only what Slack parses as markup)."""
     parts = [str(payload.get("text", ""))]
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
-            if node.get("type") in ("mrkdwn", "plain_text") and "text" in node:
+            if node.get("type") in kinds and "text" in node:
                 parts.append(str(node["text"]))
             for value in node.values():
                 walk(value)

@@ -38,20 +38,7 @@ def slack_text(reason: str) -> str:
 
 def mrkdwn_of(payload: dict[str, Any]) -> str:
     """What Slack parses as mrkdwn: the fallback text and every mrkdwn text object (plain_text is shown as is)."""
-    parts = [str(payload.get("text", ""))]
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("type") == "mrkdwn":
-                parts.append(str(node.get("text", "")))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(payload.get("blocks", []))
-    return "\n".join(parts)
+    return message_text(payload, kinds=("mrkdwn",))
 
 
 def assert_inert(payload: dict[str, Any], *escaped: str) -> str:
