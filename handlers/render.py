@@ -35,6 +35,7 @@ from handlers.blocks import (
 
 PAGE_ACTION = "page_more"
 LIST_LINES = 25  # lines of a list in one message; a longer page goes along as a file
+NARROW = code("--limit") + " or " + code("--stage")
 
 Renderer = Callable[[CommandRequest, Any], Message]
 RENDERERS: dict[str, Renderer] = {}
@@ -246,9 +247,10 @@ def audit_entry_line(row: AuditRow) -> Mrkdwn:
 def render_audit(request: CommandRequest, result: AuditResult) -> Message:
     where = md(" on stage *{}*", result.stage) if result.stage else Mrkdwn("")
     lines = [audit_entry_line(r) for r in result.rows] or [Mrkdwn("_no entries_")]
-    return message(
-        "audit log", [section(md(":scroll: Latest audit entries{}", where)), *lines_sections(lines)], ephemeral=True
-    )
+    # An ephemeral reply shares no file: what does not fit is counted, with how to see it.
+    shown, _ = head(lines, limit=len(lines), rest=lambda n: md("_… and {:,} more: narrow it with {}_", n, NARROW))
+    blocks = [section(md(":scroll: Latest audit entries{}", where)), *lines_sections(shown)]
+    return message("audit log", blocks, ephemeral=True)
 
 
 # Modules with more @renders functions, imported once this module's names exist.

@@ -9,6 +9,7 @@ from bot.backups.operations import BackupList
 from bot.backups.restore import RestoreReport
 from bot.kinds.restore import RestorePosted
 from bot.service import CommandRequest
+from bot.slacktext.long import head
 from handlers.blocks import (
     Message,
     Mrkdwn,
@@ -25,7 +26,7 @@ from handlers.blocks import (
     section,
     when,
 )
-from handlers.render import renders, renders_progress
+from handlers.render import NARROW, renders, renders_progress
 
 
 def age(then: datetime, now: datetime) -> str:
@@ -84,7 +85,10 @@ def render_backups(request: CommandRequest, result: BackupList) -> Message:
         )
     blocks = [
         section(md(":floppy_disk: Latest backups{}{}", of, where)),
-        *lines_sections(lines or [Mrkdwn("_no backups yet_")]),
+        *lines_sections(
+            head(lines, limit=len(lines), rest=lambda n: md("_… and {:,} more: narrow it with {}_", n, NARROW))[0]
+            or [Mrkdwn("_no backups yet_")]
+        ),
         context(
             md(
                 "Destination: {}. Scoped backups: {}; full dumps: {} (see the README).",

@@ -10,7 +10,8 @@ from bot.health.monitor import HealthSummary
 from bot.health.operations import AlertsResult, SlowQueriesResult
 from bot.pii import scrub
 from bot.service import CommandRequest
-from bot.slacktext.files import Attachment, attach, filename
+from bot.slacktext.files import Attachment, attach, filename, text_file
+from bot.slacktext.long import head
 from handlers.blocks import (
     Message,
     Mrkdwn,
@@ -30,6 +31,7 @@ from handlers.render import _stage_tag, renders
 SEVERITY_ICONS = {"critical": ":red_circle:", "warning": ":large_orange_circle:", "info": ":large_blue_circle:"}
 STATUS_ICONS = {"ok": ":white_check_mark:", "unavailable": ":grey_question:", "error": ":warning:"}
 MAX_FINDING_LINES = 20
+MAX_ALERT_LINES = 25
 EXPLAIN_BUTTONS = 44  # a section per entry, within Slack's 50 blocks a message
 
 
@@ -105,12 +107,17 @@ def render_slow_queries(request: CommandRequest, result: SlowQueriesResult) -> M
         )
         for i, r in enumerate(result.rows, 1)
     ] or [Mrkdwn("_no statement ran in this interval_")]
-    # Each entry carries Explain (its generic plan); past EXPLAIN_BUTTONS the rest are plain lines.
+    # Each entry shown carries Explain (its generic plan); what does not fit is in the attached file.
+    file = text_file(
+        filename("slow-queries", result.stage, ext="txt"), f"Busiest queries on {result.stage}", [title, *lines]
+    )
+    more = md("the attached {} has them all", code(file.filename))
+    shown, left = head(lines, limit=EXPLAIN_BUTTONS, rest=lambda n: md("_… and {:,} more: {}_", n, more))
     explained = [
         section(line, accessory=button("Explain", EXPLAIN_ACTION, {"t": explain_command(result.stage, r.queryid)}))
-        for line, r in zip(lines[:EXPLAIN_BUTTONS], result.rows, strict=False)
+        for line, r in zip(shown, result.rows, strict=False)
     ]
-    blocks = [section(title), *explained, *lines_sections(lines[len(explained) :])]
+    blocks = [section(title), *explained, *lines_sections(shown[len(explained) :])]
     if result.note:
         blocks.append(section(md(":grey_question: {}", prose(result.note))))
     taken = (
@@ -132,7 +139,8 @@ def render_slow_queries(request: CommandRequest, result: SlowQueriesResult) -> M
         )
     )
     slow = sum(r.slow for r in result.rows)
-    return message(f"{plural(len(result.rows), 'busiest query', 'busiest queries')}, {slow} slow", blocks)
+    reply = message(f"{plural(len(result.rows), 'busiest query', 'busiest queries')}, {slow} slow", blocks)
+    return attach(reply, file) if left else reply
 
 
 def alert_line(alert: AlertView) -> Mrkdwn:
@@ -152,8 +160,12 @@ def render_alerts(request: CommandRequest, result: AlertsResult) -> Message:
     where = md(" on stage *{}*", result.stage) if result.stage else Mrkdwn("")
     count = plural(len(result.alerts), "open alert")
     lines = [alert_line(a) for a in result.alerts] or [Mrkdwn("_nothing is firing_ :white_check_mark:")]
-    blocks = [section(md(":rotating_light: {}{}", count, where)), *lines_sections(lines)]
-    return message(md("{}{}", count, where), blocks)
+    file = text_file(filename("alerts", result.stage or "all", ext="txt"), f"Open alerts ({count})", lines)
+    more = md("the attached {} has them all", code(file.filename))
+    shown, left = head(lines, limit=MAX_ALERT_LINES, rest=lambda n: md("_… and {:,} more: {}_", n, more))
+    blocks = [section(md(":rotating_light: {}{}", count, where)), *lines_sections(shown)]
+    reply = message(md("{}{}", count, where), blocks)
+    return attach(reply, file) if left else reply
 
 
 @renders("explain")

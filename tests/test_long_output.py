@@ -10,6 +10,7 @@ import csv
 import io
 import re
 
+import psycopg
 import pytest
 
 from bot.slacktext.blocks import block_chars
@@ -131,3 +132,32 @@ def test_a_long_users_list_goes_along_as_csv_with_emails_masked(make_bot, stage_
     assert len(rows) == min(users, 100) and users > 60
     assert "@example" in file.text and "person1@" not in file.text and "mail1@" not in file.text
     assert all(r["email"] in ("-", "") or "***@" in r["email"] for r in rows)
+
+
+def test_fifty_busy_queries_with_long_text_fit_and_go_along_as_a_file(make_bot, stage_db):
+    bot = make_bot({"dev": stage_db.url})
+    assert "first snapshot" in bot.command("health --stage dev").text()
+    with psycopg.connect(stage_db.url, autocommit=True, application_name="report-job") as conn:
+        for i in range(60):  # a different number of columns each: 60 statements to pg_stat_statements
+            columns = ", ".join(f"{n} AS a_rather_long_column_alias_for_reporting_{n}" for n in range(i + 12))
+            for _ in range(2):
+                conn.execute(f"SELECT pg_sleep(0.02), {columns}")
+    bot.command("health --stage dev").text()
+    reply = bot.command("slow-queries --stage dev --limit 50").message()
+    shown = message_text(reply)
+    assert block_chars(reply["blocks"]) < 12_000 and len(reply["blocks"]) <= 50
+    assert "more: the attached `slow-queries-dev.txt` has them all" in shown
+    report = bot.slack.wait_for_file(lambda f: f.filename == "slow-queries-dev.txt").text
+    assert len(re.findall(r"^\d+\. ", report, re.MULTILINE)) == 50
+    assert report.count("a_rather_long_column_alias_for_reporting_0,") >= 45  # ours, nearly all the busiest
+    assert shown.count("a_rather_long_column_alias_for_reporting_0,") < 50
+
+
+def test_an_audit_trail_longer_than_a_message_says_how_to_narrow_it(make_bot, stage_db):
+    bot = make_bot({"dev": stage_db.url})
+    for _ in range(100):
+        bot.command('find "a-slug-that-does-not-exist-but-is-rather-long-to-make-the-line-long" --stage dev')
+    bot.wait_audit(100)
+    reply = bot.command("audit --limit 100", user=OPERATOR).message()
+    assert reply["response_type"] == "ephemeral" and block_chars(reply["blocks"]) < 12_000
+    assert "more: narrow it with `--limit` or `--stage`" in message_text(reply)
