@@ -85,14 +85,13 @@ class Home:
             if request.expires_at <= now:
                 continue
             if request.requester == user_id or (
-                request.protected
-                and approver
+                approver
                 and user_id not in {v.voter for v in request.votes}
                 and self.policy.click_refusal(
                     user_id,
                     "approve",
                     requester=request.requester,
-                    protected=True,
+                    protected=request.protected,
                     kind=request.kind,
                     approver=Membership(is_approver=True),  # resolved once above
                 )

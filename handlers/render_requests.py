@@ -114,7 +114,7 @@ STATE_WORDS = {
 
 
 def state_word(request: Request) -> str:
-    key = "pending approval" if request.state == "pending" and request.protected else request.state
+    key = "pending approval" if request.state == "pending" and request.needs_approvers else request.state
     return STATE_WORDS.get(key, request.state)
 
 
@@ -125,7 +125,7 @@ def _status(view: RequestView) -> Mrkdwn:
     state = request.state
     gone = past(request)
     approvers = mentions(request.approvals)
-    if state == "pending" and request.protected:
+    if state == "pending" and request.needs_approvers:
         so_far = md("; approved so far by {}", approvers) if approvers else Mrkdwn("")
         return md(
             ":hourglass_flowing_sand: Needs *{}* {} from APPROVERS other than {} before {}: {} of {}{}.",
@@ -145,7 +145,7 @@ def _status(view: RequestView) -> Mrkdwn:
             when(request.expires_at),
         )
     if state == "approved":
-        verb = "Approved" if request.protected else "Confirmed"
+        verb = "Approved" if request.needs_approvers else "Confirmed"
         return md(":white_check_mark: {} by {}; starting.", verb, approvers or mention(request.decided_by))
     if state == "running":
         return kind.running(view)
@@ -179,7 +179,7 @@ def _status(view: RequestView) -> Mrkdwn:
 
 def _approved_by(request: Request) -> Mrkdwn:
     """Who approved, on every message after the quorum (an update can be skipped, this line can't)."""
-    if not request.protected or request.state not in ("approved", "running", "done", "failed", "stale"):
+    if not request.needs_approvers or request.state not in ("approved", "running", "done", "failed", "stale"):
         return Mrkdwn("")
     approvals = [a for a in request.approvals if a != request.requester]
     return md(". Approved by {}", mentions(approvals)) if approvals else Mrkdwn("")
@@ -207,11 +207,11 @@ def request_message(view: RequestView) -> dict[str, Any]:
 
 
 def _buttons(request: Request) -> list[Block]:
-    """Approve/Reject/Cancel while a protected request waits; the kind's confirm button/Cancel elsewhere."""
+    """Approve/Reject/Cancel while a request approvers decide waits; the kind's confirm button/Cancel elsewhere."""
     if request.state != "pending":
         return []
     value = {"r": request.id}
-    if request.protected:
+    if request.needs_approvers:
         elements = [
             button("Approve", APPROVE_ACTION, value, style="primary"),
             button("Reject", REJECT_ACTION, value, style="danger"),
@@ -235,7 +235,7 @@ def home_request_blocks(request: Request, viewer: str) -> list[Block]:
     url = permalink(request.channel, request.message_ts)
     title = md("#{} {} {} on *{}*", request.id, request.kind, code(request.subject), request.stage)
     mine = request.requester == viewer
-    if request.protected:
+    if request.needs_approvers:
         progress = md("{} of {} approvals", len(request.approvals), request.required_approvals)
         who = Mrkdwn("you asked") if mine else md("asked by {}", mention(request.requester))
     else:
@@ -255,7 +255,7 @@ def home_request_blocks(request: Request, viewer: str) -> list[Block]:
     value = {"r": request.id}
     if mine:
         buttons = [button("Cancel", CANCEL_ACTION, value)]
-        if not request.protected:
+        if not request.needs_approvers:
             buttons.insert(0, confirm_button(request))
     else:
         buttons = [
@@ -306,7 +306,9 @@ def render_pending(request: CommandRequest, result: PendingRequests) -> Message:
         url = permalink(r.channel, r.message_ts)
         title = f"#{r.id} {r.kind} {r.subject}"
         shown = link(url, title) if url else md("{}", title)
-        approvals = md(", {} of {} approvals", len(r.approvals), r.required_approvals) if r.protected else Mrkdwn("")
+        approvals = (
+            md(", {} of {} approvals", len(r.approvals), r.required_approvals) if r.needs_approvers else Mrkdwn("")
+        )
         lines.append(
             md(
                 "• {} on *{}*: {}{}, by {}, expires {}",

@@ -241,3 +241,32 @@ def test_a_request_whose_message_cannot_be_posted_is_closed_audited_and_never_ru
     assert outcomes[:3] == ["requested", "confirmed", "cancelled"], outcomes
     bot.runtime.requests.recover()
     assert index_of(stage_db, "public", "pairs_a_b_idx") is None
+
+
+def test_a_confirmed_request_whose_process_died_before_posting_it_is_posted_then_run_once(bot, stage_db):
+    machine = bot.runtime.requests
+    plan = machine.kind("create-index").plan(
+        bot.runtime.stages.get("dev"), create("public", "pairs", ["a", "b"])["target"], {}
+    )
+    # What the click did before its process died: the request is made (the click confirmed it), not posted.
+    made = machine._create(plan, requester=OPERATOR, reason=None, channel=CHANNEL)
+    assert made.state == "approved" and made.message_ts is None
+    machine.recover()  # still being posted, as far as anyone can tell: left alone
+    assert wait_state(bot, made.id, {"approved"}).state == "approved"
+    assert index_of(stage_db, "public", "pairs_a_b_idx") is None
+
+    with bot.runtime.bot_engine.begin() as conn:
+        conn.execute(
+            text("UPDATE delete_requests SET created_at = created_at - interval '2 minutes' WHERE id = :i"),
+            {"i": made.id},
+        )
+    machine.recover()
+    machine.recover()
+    done = wait_state(bot, made.id, {"done", "failed", "stale"}, timeout=60)
+    assert done.state == "done", done.error
+    assert index_of(stage_db, "public", "pairs_a_b_idx").valid
+    assert "built in" in message_text(request_message(bot, made.id))
+    posts = [c for c in bot.slack.calls_to("chat.postMessage") if "pairs_a_b_idx" in str(c.payload)]
+    assert len(posts) == 1
+    outcomes = [r.outcome for r in bot.audit_rows() if r.command == "create-index"]
+    assert outcomes.count("running") == 1 and outcomes.count("done") == 1

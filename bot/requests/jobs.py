@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, func, or_
 
 from bot import outbox
 from bot.errors import UserFacingError
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from bot.runtime import Runtime
 
 REMIND_BEFORE = timedelta(minutes=5)  # or a third of the TTL, whichever is shorter
+POST_GRACE = timedelta(minutes=1)  # an approved request's message not posted by then: its process died
 
 
 class RequestJobs:
@@ -42,6 +43,8 @@ class RequestJobs:
         def _runner_lock(self, request_id: int) -> AbstractContextManager[bool]: ...
 
         def start(self, request_id: int) -> None: ...
+
+        def _post(self, request: Request) -> Request: ...
 
         def finish(self, request: Request, state: str, *, error: str | None = None, **values: Any) -> None: ...
 
@@ -93,7 +96,7 @@ class RequestJobs:
         if not request.channel or not request.message_ts or self.render is None:
             return
         missing = max(request.required_approvals - len(request.approvals), 0)
-        if request.protected:
+        if request.needs_approvers:
             needed = md("{} more {}", missing, noun(missing, "approval"))
         else:
             needed = md("a confirmation from {}", mention(request.requester))
@@ -116,7 +119,23 @@ class RequestJobs:
         each is settled once, whichever replica gets there first."""
         if self.render is None:
             return 0
-        for request_id in self.store.ids_where(delete_requests.c.state == "approved"):
+        # Approved requests nobody started. The asking process posts a request's message, then starts it:
+        # one without its message yet is still being posted (left alone), or, a while on, its process died
+        # in between: posted now (a post that fails cancels it), then started.
+        for request_id in self.store.ids_where(
+            delete_requests.c.state == "approved",
+            or_(
+                delete_requests.c.message_ts.is_not(None),
+                delete_requests.c.channel.is_(None),
+                delete_requests.c.created_at < func.now() - POST_GRACE,
+            ),
+        ):
+            request = self.store.get(request_id)
+            if request is not None and request.channel and not request.message_ts:
+                try:
+                    self._post(request)
+                except UserFacingError:
+                    continue
             self.start(request_id)  # the runner lock and the CAS make it run once
         fixed = 0
         for request_id in self.store.ids_where(delete_requests.c.state == "running"):

@@ -47,6 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
 from bot.botdb import metadata
+from bot.policy import UnknownKind, rule_for
 
 STATES = (
     "pending",
@@ -172,6 +173,14 @@ class Request:
     @property
     def is_open(self) -> bool:
         return self.state in OPEN_STATES
+
+    @property
+    def needs_approvers(self) -> bool:
+        """Approvers other than the requester decide it (else its requester confirms it): bot/policy.py's answer."""
+        try:
+            return rule_for(self.kind, self.protected).approvers == "approvers"
+        except UnknownKind:
+            return self.protected
 
 
 def _request(row: Any, votes: tuple[Vote, ...] = ()) -> Request:
