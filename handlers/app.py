@@ -34,7 +34,9 @@ def build_app(runtime: Runtime) -> App:
         signing_secret=settings.signing_secret,
         client=WebClient(base_url=settings.slack_api_url, timeout=10),
         authorize=authorize,
-        process_before_response=False,
+        # Listeners ack, queue their work on a lane and return: Bolt runs them on the dispatching
+        # thread and answers when they return (no second thread per request, no polling for the ack).
+        process_before_response=True,
         listener_executor=ContextThreadPoolExecutor(max_workers=32, thread_name_prefix="listener"),
         # The HTTP edge verifies every signature before a body reaches Bolt (handlers/http.py);
         # Socket Mode needs none.
