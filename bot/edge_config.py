@@ -21,7 +21,7 @@ class EdgeSettings:
     header_timeout_s: float = 5.0  # from the connection (or the request's first byte) to its last header
     body_timeout_s: float = 10.0  # from the last header to the last byte of the body
     max_connections_per_client: int = 256  # open connections per client address; more are closed at once
-    dispatch_threads: int = 32  # verified requests handed to Bolt at once (each waits for its listener's ack)
+    dispatch_threads: int = 32  # verified requests handed to Bolt at once (their listeners run on these threads)
     metrics_token: str = ""  # when set, /metrics wants `Authorization: Bearer <token>`
     metrics_port: int | None = None  # when set, /metrics is served on this port only
     metrics_refresh_s: float = 15.0  # how often the metrics read from the bot database are refreshed
