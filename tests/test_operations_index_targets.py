@@ -270,3 +270,23 @@ def test_a_confirmed_request_whose_process_died_before_posting_it_is_posted_then
     assert len(posts) == 1
     outcomes = [r.outcome for r in bot.audit_rows() if r.command == "create-index"]
     assert outcomes.count("running") == 1 and outcomes.count("done") == 1
+
+
+def test_a_drop_that_times_out_says_it_left_the_index_invalid(bot, stage_db):
+    run_ddl(stage_db, "CREATE INDEX pairs_one ON pairs (a, b); CREATE INDEX pairs_two ON pairs (a, b)")
+    listing = bot.command("indexes --stage dev").message(timeout=30)
+    reader = psycopg.connect(stage_db.url, application_name="report-job")
+    reader.execute("SELECT count(*) FROM pairs")  # a transaction that uses the table stays open
+    try:
+        url = bot.sender.new_response_url()
+        bot.sender.block_actions(drop_buttons(listing)["pairs_two"], user=OPERATOR, channel=CHANNEL, response_url=url)
+        request = finished(bot, "drop-index")
+    finally:
+        reader.rollback()
+        reader.close()
+    assert request.state == "failed", request.error
+    assert "the drop of `pairs_two` failed: a lock could not be taken within lock_timeout" in request.error
+    assert "the index is left INVALID (no longer used, still written to)" in request.error
+    assert index_of(stage_db, "public", "pairs_two").valid is False
+    again = bot.command("indexes --stage dev").message(timeout=30)
+    assert "invalid index public.pairs_two" in message_text(again) and "pairs_two" in drop_buttons(again)

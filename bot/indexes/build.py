@@ -159,15 +159,24 @@ def build(
     finally:
         poller.stop()
     if failure is not None:
-        raise BuildFailed(
-            f"the build of `{name}` failed: {failure}; {drop_leftover(stage, schema, name, lock_timeout_ms)}"
-        )
+        raise BuildFailed(f"the build of `{name}` failed: {failure}; {_cleaned(stage, schema, name, lock_timeout_ms)}")
     with stage.read() as conn:
         made = index_now(conn, schema, name)
     if made is None or not made.valid:
-        cleaned = drop_leftover(stage, schema, name, lock_timeout_ms)
+        cleaned = _cleaned(stage, schema, name, lock_timeout_ms)
         raise BuildFailed(f"the build of `{name}` ended but the index is not valid; {cleaned}")
     return Built(name=name, definition=made.definition, bytes=made.bytes, seconds=time.monotonic() - started)
+
+
+def _cleaned(stage: Stage, schema: str, name: str, lock_timeout_ms: int) -> str:
+    """`drop_leftover` after a failed build, in words even when the stage can't be reached to look."""
+    try:
+        return drop_leftover(stage, schema, name, lock_timeout_ms)
+    except UserFacingError as exc:
+        return (
+            f"whether it left an INVALID index `{name}` could not be checked ({exc.message}): "
+            "`/mcp indexes` lists one with Drop index"
+        )
 
 
 def drop_leftover(stage: Stage, schema: str, name: str, lock_timeout_ms: int, wait_s: float = CLEANUP_WAIT_S) -> str:

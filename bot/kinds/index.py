@@ -220,13 +220,20 @@ class DropIndexKind(_IndexKind):
     def run(self, request: Request, progress: ProgressCallback) -> dict[str, Any]:
         stage = self.runtime.stages.get(request.stage)
         lock_ms = self.runtime.settings.lock_timeout_ms
-        left = drop(
-            stage,
-            request.target["schema"],
-            request.target["index"],
-            lock_timeout_ms=lock_ms,
-            statement_timeout_ms=max(lock_ms * 10, 60_000),
-        )
+        schema, index = request.target["schema"], request.target["index"]
+        try:
+            left = drop(stage, schema, index, lock_timeout_ms=lock_ms, statement_timeout_ms=max(lock_ms * 10, 60_000))
+        except BuildFailed as exc:
+            # DROP INDEX CONCURRENTLY first marks the index invalid (committed), then waits for the
+            # transactions that use the table: a failure after that leaves it invalid, unused but written to.
+            with stage.read() as conn:
+                now = index_now(conn, schema, index)
+            if now is None or now.valid:
+                raise
+            raise BuildFailed(
+                f"{exc.message}; the index is left INVALID (no longer used, still written to): "
+                "`/mcp indexes` lists it with Drop index, to press once the table is free"
+            ) from None
         if left is not None:
             raise BuildFailed(f"index {request.subject} is still there after DROP INDEX CONCURRENTLY")
         return {"index": request.subject, "bytes": int(request.impact.get("bytes", 0))}

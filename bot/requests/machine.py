@@ -257,8 +257,11 @@ class Requests(RequestClicks, RequestMessages, RequestJobs):
         reporter = ProgressReporter(self, request, self.progress_interval_s)
         try:
             kind.check(request)
-            with Heartbeat(reporter.tick, self.heartbeat_s):
-                result = kind.run(request, reporter.update)
+            try:
+                with Heartbeat(reporter.tick, self.heartbeat_s):
+                    result = kind.run(request, reporter.update)
+            finally:
+                reporter.close()  # no progress update can land after the outcome's
             problems = kind.verify(request, result)
         except Stale as exc:
             self._go_stale(request, exc)

@@ -156,7 +156,12 @@ class RequestMessages:
 
 
 class ProgressReporter:
-    """Turns a kind's progress into at most one `chat.update` every `interval` seconds."""
+    """Turns a kind's progress into at most one `chat.update` every `interval` seconds.
+
+    Progress goes straight to Slack, state changes through the outbox: `close()` (before the outcome is
+    recorded) waits for a progress update in flight and stops any later one, so none can land after the
+    outcome's update and show the request running again.
+    """
 
     def __init__(self, machine: RequestMessages, request: Request, interval: float) -> None:
         self.machine = machine
@@ -166,6 +171,8 @@ class ProgressReporter:
         self.started = time.monotonic()
         self.sent_at = 0.0
         self._lock = threading.Lock()
+        self._sending = threading.Lock()  # held for a whole `chat.update`
+        self._closed = False
 
     @property
     def elapsed_s(self) -> float:
@@ -187,6 +194,10 @@ class ProgressReporter:
                 last = dataclasses.replace(last, elapsed_s=self.elapsed_s)  # type: ignore[type-var]
             self._send(last)
 
+    def close(self) -> None:
+        with self._sending:
+            self._closed = True
+
     def _send(self, progress: Any) -> None:
         request = self.request
         payload = self.machine.message(request, progress)
@@ -194,9 +205,12 @@ class ProgressReporter:
             return
         with self._lock:
             self.sent_at = time.monotonic()
-        try:
-            self.machine.runtime.slack.api_call(
-                "chat.update", json={"channel": request.channel, "ts": request.message_ts, **payload}
-            )
-        except Exception:
-            log.warning("progress update failed", extra={"request": request.id}, exc_info=True)
+        with self._sending:
+            if self._closed:
+                return
+            try:
+                self.machine.runtime.slack.api_call(
+                    "chat.update", json={"channel": request.channel, "ts": request.message_ts, **payload}
+                )
+            except Exception:
+                log.warning("progress update failed", extra={"request": request.id}, exc_info=True)
