@@ -101,6 +101,7 @@ def test_a_click_that_finds_the_work_lane_full_is_told_busy(make_bot, stage_db: 
     bot = make_bot({"dev": stage_db.url}, WORK_WORKERS="1", WORK_QUEUE="0")
     request_id = start_delete(bot)
     release = threading.Event()
+    assert eventually(lambda: bot.runtime.lanes["work"].held == 0)  # the delete command's own job is over
     bot.runtime.submit(release.wait, 60)  # something long holds the work lane's only place
     try:
         url = press(bot, request_id, "Cancel", OPERATOR)
