@@ -76,9 +76,8 @@ def _run_console(settings: Settings, user: str, channel: str, hint: str) -> int:
         console = Console(settings, user=user, channel=channel)
     except BotDatabaseUnavailable as exc:
         return _fail(f"{exc}: start PostgreSQL there or point BOT_DATABASE_URL at one (`make demo` brings its own)")
-    print(hint)
     try:
-        console.loop()
+        console.loop(intro=hint)
     except KeyboardInterrupt:
         pass
     finally:

@@ -127,6 +127,11 @@ class Runtime:
     def accepting(self) -> bool:
         return self._accepting.is_set()
 
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled plus jobs queued or running (the console waits for zero)."""
+        return self._busy
+
     def _enter(self) -> None:
         with self._idle:
             self._busy += 1

@@ -85,6 +85,9 @@ def test_demo_starts_from_a_mode_700_checkout_and_answers_from_demo_data():
         assert "(4 to 6 of 20)" in out and "More (14 left)" in out
         assert "(7 to 9 of 20)" in out  # `press More` finds the one button whose label starts so
         assert ":bar_chart: `acme-analytics-mcp` on stage *staging*" in out
+        # The chart is drawn after the numbers; the console waits for it before reading the next command.
+        stats = out.split("> /mcp stats acme-analytics-mcp --stage staging", 1)[1].split("\n> ", 1)[0]
+        assert "[added to the reply in CDEMO]\n  [chart: Daily usage of acme-analytics-mcp on stage staging" in stats
         assert "users of `acme-analytics-mcp` on stage *production* :lock:" in out
         assert "***@" in out and "@example.com" not in out.replace("***@example.com", "")
         assert "unknown command `frobnicate`" in out

@@ -91,6 +91,7 @@ class Console:
         self._stream: TextIO = sys.stdin
         self._home_requested = False
         self._home_views: dict[str, dict[str, Any]] = {}  # each person's latest published App Home
+        self._replies: dict[str, list[dict[str, Any]]] = {}  # the blocks last sent to each response_url
         self.slack.listeners.append(self._on_slack_call)
 
     # -- output --------------------------------------------------------------------------
@@ -108,7 +109,7 @@ class Console:
                 return
             if call.method in ("chat.postMessage", "chat.update") and channel in self._alert_channels:
                 # Alerts arrive on their own schedule: one line each, so they neither flood the screen nor
-                # take the buttons of the reply being read (`/mcp alerts --stage S` shows them in full).
+                # take the buttons of the reply being read (`alert` shows the latest in full).
                 edited = " (updated)" if call.method == "chat.update" else ""
                 self._print(f"  [#alerts]{edited} {render_blocks([], payload.get('text', ''))}")
                 return
@@ -120,8 +121,14 @@ class Console:
             }[call.method]
             if payload.get("response_type") == "ephemeral" and call.method == "response_url":
                 label = "only you"
-            if payload.get("replace_original") is True and call.method == "response_url":
-                label = "updated"
+            if call.method == "response_url":
+                blocks = payload.get("blocks") or []
+                earlier = self._replies.get(call.path)
+                self._replies[call.path] = blocks
+                if payload.get("replace_original") is True:
+                    label = "updated"
+                    if earlier and blocks[: len(earlier)] == earlier:  # the same answer, more added (a chart)
+                        label, payload = "added to the reply", {**payload, "blocks": blocks[len(earlier) :]}
             self._show(label, channel, payload, response_url=None)
         elif call.method == "views.publish":
             self._home_views[str(payload.get("user_id"))] = payload.get("view") or {}
@@ -261,18 +268,21 @@ class Console:
             )
 
     def _settle(self, before: int, *, expect_reply: bool, quiet: float = 0.4, limit: float = 30.0) -> None:
-        """Wait until the bot has said what it has to say about this input."""
+        """Wait until the bot has said what it has to say about this input: its work done (a chart is
+        drawn after the answer) and Slack quiet for `quiet` seconds."""
         deadline = time.monotonic() + limit
         if expect_reply:
             while len(self.slack.calls) <= before and time.monotonic() < deadline:
                 time.sleep(0.05)
         seen = len(self.slack.calls)
         last_change = time.monotonic()
-        while time.monotonic() - last_change < quiet and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             time.sleep(0.05)
             if len(self.slack.calls) != seen:
                 seen = len(self.slack.calls)
                 last_change = time.monotonic()
+            elif time.monotonic() - last_change >= quiet and self.runtime.in_flight == 0:
+                return
 
     def handle_line(self, line: str) -> bool:
         """Handle one line of input; False means quit."""
@@ -308,10 +318,14 @@ class Console:
             self._print("not understood; type `help`")
         return True
 
-    def loop(self, stream: TextIO | None = None) -> None:
+    def loop(self, stream: TextIO | None = None, *, intro: str = "") -> None:
+        """Read commands until `quit` or the end of input; `intro` (the hint) is printed first, under the
+        lock that keeps it whole while alerts arrive."""
         stream = stream or sys.stdin
         self._stream = stream
         interactive = stream.isatty()
+        if intro:
+            self._print(intro)
         self._print(f"mcp-ops console: acting as {self.user} in {self.channel}. Type `help` for help.")
         while True:
             if interactive:

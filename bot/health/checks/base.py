@@ -208,6 +208,7 @@ def checks_in(group: str) -> tuple[CheckSpec, ...]:
 
 # -- text helpers --------------------------------------------------------------------------------
 
+
 def safe_query_text(raw: str | None, limit: int = QUERY_CHARS) -> str:
     """Query text fit for Slack: literals blanked by PostgreSQL's lexer (bot/sqltext.py; text it cannot
     lex is not shown), secrets and emails scrubbed, one line, truncated."""
