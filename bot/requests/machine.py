@@ -187,17 +187,27 @@ class Requests(RequestClicks, RequestMessages, RequestJobs):
         except AlreadyRequested as exc:
             return f"That is already request #{exc.request.id} ({exc.request.state}); nothing new was asked."
         except UserFacingError as exc:
-            self.runtime.audit.record(
-                AuditEntry(
-                    actor=requester,
-                    stage=stage[:40],
-                    command=kind[:40],
-                    args=str(target.get("pid") or target.get("table") or target.get("index") or "")[:200],
-                    outcome=exc.outcome,
-                    detail={"reason": exc.message},
-                )
-            )
+            self._audit_ask(requester, kind, stage, target, exc.outcome, exc.message)
             return exc.message + "."
+        except Exception:
+            log.exception("asking failed", extra={"kind": kind[:40]})
+            self._audit_ask(requester, kind, stage, target, "error", "unexpected error")
+            return f"An unexpected error (reference `{request_id_var.get()}`); nothing was asked."
+
+    def _audit_ask(
+        self, requester: str, kind: str, stage: str, target: dict[str, Any], outcome: str, reason: str
+    ) -> None:
+        self.runtime.audit.record(
+            AuditEntry(
+                actor=requester,
+                stage=stage[:40],
+                command=kind[:40],
+                args=str(target.get("pid") or target.get("table") or target.get("index") or "")[:200],
+                outcome=outcome,
+                detail={"reason": reason},
+            ),
+            required=False,
+        )
 
     def pending(self, stage: str | None) -> list[Request]:
         return self.store.list(states=OPEN_STATES, stage=stage)

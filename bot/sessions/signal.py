@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
-from bot.errors import UserFacingError
+from bot.errors import CommandError, UserFacingError
 from bot.health.checks.base import safe_query_text, session_label
 from bot.pii import scrub
 from bot.sessions.activity import blocked_sessions
@@ -109,13 +110,26 @@ class SignalReport:
 
 
 def _params(target: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "pid": int(target["pid"]),
-        "backend_start": target.get("backend_start"),
-        "query_start": target.get("query_start"),
-        "xact_start": target.get("xact_start"),
-        "expect": target.get("expect"),
-    }
+    """The identity's bound values; CommandError for a value the bot did not make (a crafted button)."""
+    pid, expect = target.get("pid"), target.get("expect")
+    stamps = {key: target.get(key) for key in ("backend_start", "query_start", "xact_start")}
+    if (
+        not isinstance(pid, int)
+        or isinstance(pid, bool)
+        or not isinstance(stamps["backend_start"], str)
+        or expect not in (ACTIVE, IDLE_IN_TRANSACTION, BLOCKING)
+        or not all(v is None or _stamp(v) for v in stamps.values())
+    ):
+        raise CommandError("that button's data is not readable; look at the alert or the list again")
+    return {"pid": pid, "expect": expect, **stamps}
+
+
+def _stamp(value: Any) -> bool:
+    """A timestamp as bot/sessions/targets.py writes it (ISO 8601, with its offset)."""
+    try:
+        return isinstance(value, str) and len(value) <= 40 and datetime.fromisoformat(value).tzinfo is not None
+    except ValueError:
+        return False
 
 
 def describe(target: dict[str, Any]) -> str:
@@ -161,7 +175,7 @@ def look(conn: Connection, target: dict[str, Any], how: str) -> BackendNow | Non
 
 def _hidden(conn: Connection, target: dict[str, Any]) -> str | None:
     """The pid is there but the stage's role may not see its activity, so it can't tell it is the same session."""
-    row = conn.execute(_HIDDEN, {"pid": int(target["pid"])}).first()
+    row = conn.execute(_HIDDEN, {"pid": _params(target)["pid"]}).first()
     if row is None or not row.hidden:
         return None
     return (
