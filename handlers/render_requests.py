@@ -160,7 +160,8 @@ def _status(view: RequestView) -> Mrkdwn:
     if state == "cancelled":
         return md(":no_entry_sign: Cancelled by {}.", mention(request.decided_by))
     if state == "expired":
-        return md(":alarm_clock: Expired: nobody confirmed it in time. Nothing was {}.", gone)
+        decided = "approved" if request.needs_approvers else "confirmed"
+        return md(":alarm_clock: Expired: nobody {} it in time. Nothing was {}.", decided, gone)
     if state == "rejected":
         return md(":no_entry: Rejected by {}: {}", mention(request.decided_by), request.decision_reason or "")
     if state == "revoked":
