@@ -66,6 +66,8 @@ def data_major(data_dir: Path) -> int | None:
 def port_in_use(port: int) -> bool:
     """Whether something already listens on 127.0.0.1:`port` (then a cluster cannot start there)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As PostgreSQL binds: a port left in TIME_WAIT by the cluster's own last run is free to it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
