@@ -232,6 +232,15 @@ def wait_state(bot: BotHarness, request_id: int, states: set[str], timeout: floa
 _QUEUED = text("SELECT count(*) FROM outbox WHERE supersede_key = :key AND delivered_at IS NULL AND dead_at IS NULL")
 
 
+def left_running(bot: BotHarness, request_id: int) -> None:
+    """What a bot that died while running the request leaves: the row says running, nobody holds its runner lock."""
+    with bot.runtime.bot_engine.begin() as conn:
+        conn.execute(
+            text("UPDATE delete_requests SET state = 'running', runner = 'dead-host:1' WHERE id = :i"),
+            {"i": request_id},
+        )
+
+
 def request_message(bot: BotHarness, request_id: int, timeout: float = 20) -> dict[str, Any]:
     """The request's message as Slack shows it, once every update queued for it so far was delivered.
 

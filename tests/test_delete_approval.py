@@ -29,6 +29,7 @@ from tests.deletion_support import (
     checksums,
     ephemeral_on,
     fingerprints,
+    left_running,
     press,
     request_message,
     requests_rows,
@@ -384,11 +385,7 @@ def test_restart_keeps_pending_requests_and_fails_interrupted_ones(make_prod, db
     # A delete interrupted by a crash: the row says running, nobody holds its runner lock.
     other = db.scalar("SELECT slug FROM mcp_servers WHERE id = 'srv_s3'")
     interrupted = start_delete(second, slug=other, stage="production", extra=REASON)
-    with second.runtime.bot_engine.begin() as conn:
-        conn.execute(
-            text("UPDATE delete_requests SET state = 'running', runner = 'dead-host:1' WHERE id = :i"),
-            {"i": interrupted},
-        )
+    left_running(second, interrupted)
     before = checksums(db)
     third = make_prod()
     row = wait_state(third, interrupted, {"failed"})

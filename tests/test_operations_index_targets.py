@@ -17,7 +17,7 @@ from sqlalchemy import text
 from bot.indexes.naming import index_name
 from bot.indexes.targets import create_index_action
 from tests.conftest import APPROVER, CHANNEL, OPERATOR, BotHarness, StageDb, message_text
-from tests.deletion_support import ephemeral_on, press, request_message, requests_rows, wait_state
+from tests.deletion_support import ephemeral_on, left_running, press, request_message, requests_rows, wait_state
 from tests.test_operations_indexes import finished
 from tests.test_operations_sessions import buttons, latest_request, press_value
 
@@ -180,11 +180,7 @@ def test_a_build_the_bot_died_in_is_settled_by_the_recovery_job(make_bot, bot, s
     request = wait_state(bot, latest_request(bot, "create-index").id, {"pending"})
     # The bot died while building: the row says running, nobody holds its runner lock, its build session is
     # still on the stage, and the build fails there, leaving the INVALID index it named.
-    with bot.runtime.bot_engine.begin() as conn:
-        conn.execute(
-            text("UPDATE delete_requests SET state = 'running', runner = 'dead-host:1' WHERE id = :i"),
-            {"i": request.id},
-        )
+    left_running(bot, request.id)
     bot.close()
     run_ddl(stage_db, "INSERT INTO pairs_parent VALUES (1, 1); INSERT INTO pairs VALUES (1, 1, 1, 0), (2, 1, 1, 0)")
     build = psycopg.connect(stage_db.url, autocommit=True, application_name=f"mcp-ops/production/request-{request.id}")

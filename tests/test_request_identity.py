@@ -14,6 +14,7 @@ from tests.backups.deleting import delete_with_backup
 from tests.conftest import APPROVER, OPERATOR, TEST_SPEC, BotHarness, StageDb, message_text
 from tests.deletion_support import (
     checksums,
+    left_running,
     press,
     request_message,
     requests_rows,
@@ -162,11 +163,7 @@ def test_a_restore_the_bot_died_in_is_judged_by_the_servers_key_not_its_slug(mak
     assert request.server_key["server_id"] == "srv_big"
     # The bot died while restoring (its transaction rolled back): the row says running, nobody holds its
     # runner lock; meanwhile another organisation's new server took the slug.
-    with app.runtime.bot_engine.begin() as conn:
-        conn.execute(
-            text("UPDATE delete_requests SET state = 'running', runner = 'dead-host:1' WHERE id = :i"),
-            {"i": request.id},
-        )
+    left_running(app, request.id)
     app.close()
     stage_db.execute(
         "INSERT INTO mcp_servers (id, organization_id, name, product_platform_or_tool, slug)"
