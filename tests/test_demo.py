@@ -106,6 +106,7 @@ def test_demo_starts_from_a_mode_700_checkout_and_answers_from_demo_data():
         cluster.create_database("mcp_production", drop=True)  # created, its load rolled back
         cluster.stop()
         with socket.socket() as taken:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # its closed connections may linger
             taken.bind(("127.0.0.1", cluster.port))
             taken.listen()
             resumed = run_cli("demo", cwd=checkout, script="/mcp list --limit 2 --stage production\nquit\n")
