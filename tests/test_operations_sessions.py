@@ -384,3 +384,42 @@ def test_the_missing_grant_is_named_as_it_must_be_typed(make_bot, app_db):
         app_db.execute(f'REVOKE pg_read_all_stats FROM "{role}"')
         app_db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'report-job'")
         sessions.join()
+
+
+def test_two_clicks_on_two_replicas_at_once_ask_once_and_signal_once(make_bot, app_db):
+    other = "UOPERATOR2"
+    replicas = [make_bot({"dev": app_db.url}, OPERATORS=f"{OPERATOR},{other}", **ENV) for _ in range(2)]
+    sessions = Sessions(app_db)
+    sessions.start("report", "SELECT pg_sleep(120)", "report-job")
+    try:
+        sessions.wait(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'report-job' AND state = 'active'"
+        )
+        cancel = dict(session_actions(sessions.pid("report-job"), ACTIVE)[0])
+        element = operation_button("dev", cancel, 0)
+        urls = [replica.sender.new_response_url() for replica in replicas]
+        barrier = threading.Barrier(2)
+
+        def click(i: int) -> None:
+            barrier.wait()
+            replicas[i].sender.block_actions(element, user=(OPERATOR, other)[i], channel=CHANNEL, response_url=urls[i])
+
+        clickers = [threading.Thread(target=click, args=(i,)) for i in range(2)]
+        for thread in clickers:
+            thread.start()
+        for thread in clickers:
+            thread.join(30)
+        request = wait_state(replicas[0], latest_request(replicas[0], "cancel").id, {"done", "failed", "stale"})
+        assert request.state == "done", request.error
+        sessions.join()
+        assert sessions.errors.get("report") == "QueryCanceled"
+        # The other click is answered: the same request, or (once it ran) a query that is no longer there.
+        loser = 1 - (OPERATOR, other).index(request.requester)
+        answer = message_text(ephemeral_on(replicas[loser], urls[loser]))
+        assert f"already request #{request.id}" in answer or "already gone or changed, nothing sent" in answer
+        assert [r.kind for r in requests_rows(replicas[0])] == ["cancel"]
+        outcomes = [r.outcome for r in replicas[0].audit_rows() if r.command == "cancel"]
+        assert outcomes.count("running") == 1 and outcomes.count("done") == 1
+    finally:
+        app_db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'report-job'")
+        sessions.join()
