@@ -212,8 +212,8 @@ def test_another_server_pointing_into_the_scope_without_a_rule_blocks(h):
         """
     )
     # Never another server because it points at this one (or at its rows) with no rule: those block.
-    assert "1 row(s) of mcp_servers outside the delete reference rows of mcp_servers" in words
-    assert "1 row(s) of mcp_servers outside the delete reference rows of registrations" in words
+    assert "1 row of mcp_servers outside the delete references rows of mcp_servers" in words
+    assert "1 row of mcp_servers outside the delete references rows of registrations" in words
     assert {r["id"] for b in report.blockers for r in b.sample} == {"srv2", "srv3"}
 
 
