@@ -23,13 +23,13 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import psycopg
 from psycopg import sql
 from sqlalchemy import Connection
 
 from bot.backups import catalog
+from bot.backups.conflicts import Conflict, find_conflicts, integrity_conflict
 from bot.backups.manifest import (
     COLUMN_ACTIONS,
     BackupCorrupt,
@@ -45,10 +45,8 @@ from bot.deletion import dberrors
 from bot.deletion.catalog import Catalog, TableRef, Trigger, load_catalog
 from bot.deletion.scope import ordered_components
 from bot.errors import UserFacingError
-from bot.pii import scrub
 from bot.slacktext.words import plural
 
-MAX_SAMPLES = 5
 # How each trigger mode is turned back on (tgenabled): O origin (the default), A always.
 ENABLE = {"O": "ENABLE TRIGGER", "A": "ENABLE ALWAYS TRIGGER"}
 
@@ -61,15 +59,6 @@ class RestoreFailed(UserFacingError):
     """The database refused part of the restore (a trigger, a privilege, a lock); nothing was written."""
 
     outcome = "error"
-
-
-@dataclass(frozen=True)
-class Conflict:
-    table: str
-    constraint: str
-    reason: str
-    count: int
-    samples: tuple[str, ...] = ()
 
 
 @dataclass
@@ -155,10 +144,6 @@ def check_fingerprint(conn: Connection, manifest: Manifest) -> None:
     )
 
 
-def _sample(values: Sequence[Any]) -> str:
-    return scrub(", ".join("NULL" if v is None else str(v) for v in values))[:120]
-
-
 def restore_triggers(cat: Catalog, manifest: Manifest) -> tuple[list[Trigger], list[Trigger]]:
     """(user triggers the restore turns off, those it may not: they fire) on the rows it writes."""
     off: list[Trigger] = []
@@ -225,83 +210,9 @@ class _Restorer:
         self.staged[step.order] = name
 
     def conflicts(self, step: ManifestStep) -> None:
-        staged = sql.Identifier(self.staged[step.order])
-        table = qualified(step.schema, step.table, only=step.only)
-        if step.action in COLUMN_ACTIONS:
-            self._set_null_conflicts(step, staged, table)
-            return
-        oid = catalog.table_oid(self.conn, step.schema, step.table)
-        keys, special = catalog.unique_keys(self.conn, oid)
-        self.report.unchecked += [f"{step.qualified}.{name}" for name in special]
-        for key in keys:
-            match = sql.SQL(" AND ").join(
-                sql.SQL("t.{c} IS NOT DISTINCT FROM s.{c}" if key.nulls_not_distinct else "t.{c} = s.{c}").format(
-                    c=sql.Identifier(c)
-                )
-                for c in key.columns
-            )
-            rows = self.raw.execute(
-                sql.SQL("SELECT count(*) OVER (), {cols} FROM {staged} s JOIN {table} t ON {match} LIMIT {n}").format(
-                    cols=sql.SQL(", ").join(sql.SQL("s.{}::text").format(sql.Identifier(c)) for c in key.columns),
-                    staged=staged,
-                    table=table,
-                    match=match,
-                    n=sql.Literal(MAX_SAMPLES),
-                )
-            ).fetchall()
-            if rows:
-                what = "primary key" if key.primary else "unique key"
-                self.report.conflicts.append(
-                    Conflict(
-                        table=step.qualified,
-                        constraint=key.name,
-                        reason=f"{what} ({', '.join(key.columns)}) exists again",
-                        count=int(rows[0][0]),
-                        samples=tuple(_sample(r[1:]) for r in rows),
-                    )
-                )
-
-    def _set_null_conflicts(self, step: ManifestStep, staged: sql.Composable, table: sql.Composable) -> None:
-        join = sql.SQL(" AND ").join(sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(c)) for c in step.primary_key)
-        pk = sql.SQL(", ").join(sql.SQL("s.{}::text").format(sql.Identifier(c)) for c in step.primary_key)
-        missing = self.raw.execute(
-            sql.SQL(
-                "SELECT count(*) OVER (), {pk} FROM {staged} s WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {join})"
-                " LIMIT {n}"
-            ).format(pk=pk, staged=staged, table=table, join=join, n=sql.Literal(MAX_SAMPLES))
-        ).fetchall()
-        if missing:
-            self.report.conflicts.append(
-                Conflict(
-                    step.qualified,
-                    "-",
-                    "rows to un-null no longer exist",
-                    int(missing[0][0]),
-                    tuple(_sample(r[1:]) for r in missing),
-                )
-            )
-        if step.action == "set_default":
-            # What the default evaluated to is not recorded, so a value set again since can't be told apart.
-            self.report.unchecked.append(f"{step.qualified}({', '.join(step.set_null_columns)}) changed since")
-            return
-        changed_cond = sql.SQL(" OR ").join(
-            sql.SQL("t.{} IS NOT NULL").format(sql.Identifier(c)) for c in step.set_null_columns
-        )
-        changed = self.raw.execute(
-            sql.SQL(
-                "SELECT count(*) OVER (), {pk} FROM {staged} s JOIN {table} t ON {join} WHERE {cond} LIMIT {n}"
-            ).format(pk=pk, staged=staged, table=table, join=join, cond=changed_cond, n=sql.Literal(MAX_SAMPLES))
-        ).fetchall()
-        if changed:
-            self.report.conflicts.append(
-                Conflict(
-                    step.qualified,
-                    ", ".join(step.set_null_columns),
-                    "the nulled column was set again since",
-                    int(changed[0][0]),
-                    tuple(_sample(r[1:]) for r in changed),
-                )
-            )
+        found, unchecked = find_conflicts(self.conn, step, self.staged[step.order])
+        self.report.conflicts += found
+        self.report.unchecked += unchecked
 
     def _insert(self, step: ManifestStep) -> sql.Composable:
         return sql.SQL("INSERT INTO {table} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {staged}").format(
@@ -350,18 +261,6 @@ class _Restorer:
                     qualified(trigger.table.schema, trigger.table.name), action, sql.Identifier(trigger.name)
                 )
             )
-
-
-def _integrity_conflict(step: ManifestStep, exc: psycopg.errors.IntegrityError) -> Conflict:
-    diag = exc.diag
-    if isinstance(exc, psycopg.errors.ForeignKeyViolation):
-        reason = "a restored row references a row that no longer exists"
-    elif isinstance(exc, psycopg.errors.UniqueViolation):
-        reason = "a unique value exists again"
-    else:
-        reason = "a constraint rejects a restored row"
-    detail = scrub(diag.message_detail or "")[:200]
-    return Conflict(step.qualified, diag.constraint_name or "-", reason, 1, (detail,) if detail else ())
 
 
 def restore(
@@ -439,7 +338,7 @@ def _run(
             with restorer.raw.transaction():  # a nested savepoint, so the error is reportable
                 written = restorer.apply(group)
         except psycopg.errors.IntegrityError as exc:
-            report.conflicts.append(_integrity_conflict(group[0], exc))
+            report.conflicts.append(integrity_conflict(group[0], exc))
             return
         for step, rows in zip(group, written, strict=True):
             if rows != step.rows:
