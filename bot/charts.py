@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 MIN_POINTS = 3  # fewer points than this make no chart, only the numbers
@@ -44,36 +44,70 @@ def _png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _peak(values: Sequence[float], labels: Sequence[str], unit: str = "") -> str:
+def _peak(values: Sequence[float], labels: Sequence[str], unit: str = "", when: str = "on") -> str:
     index = max(range(len(values)), key=lambda i: values[i])
-    return f"{values[index]:,.0f}{unit} on {labels[index]}"
+    return f"{values[index]:,.0f}{unit} {when} {labels[index]}"
+
+
+MAX_BARS = 120  # more days than this are drawn per week, then per month: readable, and drawn in well under a second
+
+
+def usage_buckets(
+    days: Sequence[date], calls: Sequence[int], sessions: Sequence[int]
+) -> tuple[str, list[date], list[int], list[int]]:
+    """Daily counts summed per day, week (from Monday) or month, whichever keeps the bars within MAX_BARS."""
+    if len(days) <= MAX_BARS:
+        return "day", list(days), list(calls), list(sessions)
+    unit = "week" if len(days) <= MAX_BARS * 7 else "month"
+    starts: list[date] = []
+    summed_calls: list[int] = []
+    summed_sessions: list[int] = []
+    for day, day_calls, day_sessions in zip(days, calls, sessions, strict=True):
+        start = day - timedelta(days=day.weekday()) if unit == "week" else day.replace(day=1)
+        if not starts or starts[-1] != start:
+            starts.append(start)
+            summed_calls.append(0)
+            summed_sessions.append(0)
+        summed_calls[-1] += day_calls
+        summed_sessions[-1] += day_sessions
+    return unit, starts, summed_calls, summed_sessions
+
+
+SPAN_DAYS = {"day": 1, "week": 7, "month": 30}  # a bar is 80% of its span wide
+ADJECTIVE = {"day": "Daily", "week": "Weekly", "month": "Monthly"}
 
 
 def daily_usage_chart(
     slug: str, stage: str, days: Sequence[date], calls: Sequence[int], sessions: Sequence[int]
 ) -> Chart:
-    """Tool calls per day as bars (left axis), sessions per day as a line (right axis)."""
+    """Tool calls per day (week, month: `usage_buckets`) as bars (left axis), sessions as a line (right axis)."""
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 
+    unit, days, calls, sessions = usage_buckets(days, calls, sessions)
+    # A week's or a month's bar and point sit in the middle of its span; a day's on the day.
+    middle = timedelta(days=0 if unit == "day" else SPAN_DAYS[unit] / 2)
+    xs = [datetime.combine(d, datetime.min.time()) + middle for d in days]
     figure, axes = _figure()
-    axes.bar(days, calls, color=CALLS_COLOUR, width=0.8, label="tool calls")
-    axes.set_ylabel("tool calls / day", color=CALLS_COLOUR)
+    axes.bar(xs, calls, color=CALLS_COLOUR, width=0.8 * SPAN_DAYS[unit], label="tool calls")
+    axes.set_ylabel(f"tool calls / {unit}", color=CALLS_COLOUR)
     right = axes.twinx()
-    right.plot(days, sessions, color=SESSIONS_COLOUR, marker="o", markersize=3, linewidth=1.5, label="sessions")
-    right.set_ylabel("sessions / day", color=SESSIONS_COLOUR)
+    right.plot(xs, sessions, color=SESSIONS_COLOUR, marker="o", markersize=3, linewidth=1.5, label="sessions")
+    right.set_ylabel(f"sessions / {unit}", color=SESSIONS_COLOUR)
     right.spines[["top"]].set_visible(False)
     for ax in (axes, right):
         ax.set_ylim(bottom=0)
     locator = AutoDateLocator()
     axes.xaxis.set_major_locator(locator)
     axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
-    title = f"{slug} on {stage}: tool calls and sessions per day (UTC)"
+    title = f"{slug} on {stage}: tool calls and sessions per {unit} (UTC)"
     axes.set_title(title, fontsize=10, loc="left")
-    labels = [d.isoformat() for d in days]
+    label = {"day": date.isoformat, "week": lambda d: f"the week of {d.isoformat()}", "month": lambda d: f"{d:%Y-%m}"}
+    labels = [label[unit](d) for d in days]
+    when = "on" if unit == "day" else "in"
     alt = (
-        f"Daily usage of {slug} on stage {stage}, {labels[0]} to {labels[-1]}: "
-        f"{sum(calls):,} tool calls (peak {_peak(calls, labels)}), "
-        f"{sum(sessions):,} sessions (peak {_peak(sessions, labels)})."
+        f"{ADJECTIVE[unit]} usage of {slug} on stage {stage}, {labels[0]} to {labels[-1]}: "
+        f"{sum(calls):,} tool calls (peak {_peak(calls, labels, when=when)}), "
+        f"{sum(sessions):,} sessions (peak {_peak(sessions, labels, when=when)})."
     )
     return Chart(_png(figure), title, alt[:ALT_TEXT_LIMIT], f"{slug}-{stage}-daily.png")
 

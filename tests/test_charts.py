@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+from datetime import date, timedelta
 
 from PIL import Image
 
+from bot.charts import MAX_BARS, daily_usage_chart, usage_buckets
 from bot.console.localslack import LocalSlack, UploadedFile
 from tests.conftest import OPERATOR, TEST_SPEC, eventually, message_text
 from tests.test_alert_attention import clicky  # noqa: F401 - the fixture
@@ -123,3 +125,19 @@ def test_a_slow_query_gets_its_mean_time_chart_in_the_alert_thread_and_in_health
     _sensible(image)
     assert "queryid" in image_block["alt_text"] and "intervals" in image_block["alt_text"]
     assert health_file.channel is None
+
+
+def test_a_long_window_is_drawn_per_week_then_per_month_with_the_same_totals():
+    start = date(2023, 5, 17)  # a Wednesday: the first week is a partial one
+    for count, unit in ((MAX_BARS, "day"), (MAX_BARS + 1, "week"), (MAX_BARS * 7 + 1, "month")):
+        days = [start + timedelta(days=i) for i in range(count)]
+        calls, sessions = [i % 37 for i in range(count)], [i % 5 for i in range(count)]
+        got, starts, summed_calls, summed_sessions = usage_buckets(days, calls, sessions)
+        assert got == unit and len(starts) <= MAX_BARS
+        assert (sum(summed_calls), sum(summed_sessions)) == (sum(calls), sum(sessions))
+        assert starts == sorted(set(starts)) and starts[0] <= days[0] <= days[-1] < starts[-1] + timedelta(days=31)
+        assert all({"day": True, "week": s.weekday() == 0, "month": s.day == 1}[unit] for s in starts)
+    chart = daily_usage_chart("acme-mcp", "dev", days, calls, sessions)  # over 840 days: per month
+    assert chart.alt_text.startswith("Monthly usage of acme-mcp on stage dev, 2023-05 to ")
+    assert f"{sum(calls):,} tool calls (peak " in chart.alt_text and "per month" in chart.title
+    _sensible(Image.open(io.BytesIO(chart.png)))
