@@ -78,8 +78,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=lambda v: clean(str(v)))
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a line is logged, not when logging was configured
+    (a test runner or a daemoniser may swap and close the stream it found at start-up)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def _stream_handler(stream: Any) -> logging.StreamHandler:
+    return logging.StreamHandler(stream) if stream is not None else StderrHandler()
+
+
 def configure_logging(level: str = "INFO", stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _stream_handler(stream)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -100,7 +120,7 @@ def configure_file_logging(path: Any, level: str = "INFO", screen: Any = None) -
     configure_logging(level)
     file_handler = logging.FileHandler(path, encoding="utf-8")
     file_handler.setFormatter(JsonFormatter())
-    screen_handler = logging.StreamHandler(screen or sys.stderr)
+    screen_handler = _stream_handler(screen)
     screen_handler.setFormatter(ScreenFormatter())
     screen_handler.setLevel(logging.WARNING)
     # A loaded machine makes APScheduler warn that a start-up run was late: the file keeps it, the screen doesn't.
