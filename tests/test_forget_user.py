@@ -214,3 +214,17 @@ def test_a_request_left_running_is_settled_from_the_stage(app, person_db):
         budget_s=60,
     )
     assert kind.recover(request) == ("done", None)  # nothing matches any more: it committed
+
+
+def test_forgetting_by_user_id_keeps_the_id_out_of_the_bot_database(app, person_db, log_lines):
+    """The identifier is a user id here: the request, the ledger and the receipt keep its digest only."""
+    before = {r.id for r in requests_rows(app)}
+    body = app.command("forget-user msu_alice --stage dev").text(timeout=60)
+    assert "is posted in this channel as request" in body, body
+    [request_id] = [r.id for r in requests_rows(app) if r.id not in before]
+    press(app, request_id, "Forget", OPERATOR)
+    row = wait_state(app, request_id, {"done", "failed", "stale"})
+    assert row.state == "done", row.error
+    assert person_db.scalar("SELECT count(*) FROM mcp_server_user WHERE id = 'msu_alice'") == 0
+    app.wait_audit(1)
+    assert_nowhere(app, log_lines, "msu_alice", "did_alice", EMAIL)

@@ -9,6 +9,12 @@ restore or a purge of backups needs nothing else. Emails inside JSON are found b
 compared by digest; a replaced email becomes `erased-<16 hex>`, the same stable token everywhere.
 Each digest travels with the length of what it digests: PostgreSQL compares the length first and
 computes a sha256 only for values of that length (most rows of a big table cost no hash at all).
+
+Case-insensitive means Unicode's lower case on both sides: Python's `str.lower()` here, and in
+PostgreSQL `lower()` under a Unicode collation the database has (`fold_collation`: ICU's root locale,
+else PostgreSQL 18's or 17's builtin one), not the database's own collation, whose C locale would
+lower only ASCII letters (`Zoë.ÜNAL@…` would then never match `zoë.ünal@…`). Emails in JSON and free
+text may be internationalised: the pattern takes letters of any script.
 """
 
 from __future__ import annotations
@@ -19,11 +25,35 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, and_, case, cast, column, exists, false, func, literal, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Text,
+    and_,
+    case,
+    cast,
+    collate,
+    column,
+    exists,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.types import ARRAY
 
+# Letters of an email beyond ASCII (internationalised addresses): every script, combining marks
+# included, but not the Latin-1 and general punctuation, spaces and CJK punctuation around them in
+# prose («…», “…”, 、). Written with escapes both Python's `re` and PostgreSQL's ARE read alike.
+_WIDE = (
+    r"\u00C0-\u1FFF\u2070-\u2FFF\u3040-\uD7FF\uF900-\uFEFE"  # letters, marks, symbols, CJK, Hangul
+    r"\uFF10-\uFF19\uFF21-\uFF3A\uFF41-\uFF5A\uFF66-\uFFDC"  # full-width digits and letters, half-width kana
+    r"\U00010000-\U0010FFFF"  # beyond the BMP
+)
 # An email as found in free text or JSON; the same pattern works in Python and in PostgreSQL (ARE).
-EMAIL_PATTERN = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
+EMAIL_PATTERN = rf"[A-Za-z0-9._%+{_WIDE}-]+@[A-Za-z0-9.{_WIDE}-]+\.[A-Za-z{_WIDE}]{{2,}}"
 EMAIL_IN_TEXT = re.compile(EMAIL_PATTERN)
 LABEL_CHARS = 12  # the digest prefix shown in messages and audit lines
 TOKEN_PREFIX = "erased-"  # noqa: S105 - the anonymised value's prefix, not a secret
@@ -105,13 +135,32 @@ class Person:
 
 # -- the same digests in SQL --------------------------------------------------------------------
 
+# Collations whose lower() is Unicode's (as Python's str.lower()), most faithful first.
+FOLD_COLLATIONS = ("und-x-icu", "pg_unicode_fast", "pg_c_utf8")
+_FOLD_QUERY = text(
+    "SELECT collname FROM pg_collation WHERE collname = ANY(:names) AND collencoding IN"
+    " (-1, (SELECT encoding FROM pg_database WHERE datname = current_database()))"
+)
+
+
+def fold_collation(conn: Connection) -> str | None:
+    """The collation this database lowers emails under; None: its own (ASCII letters only under C)."""
+    found = set(conn.execute(_FOLD_QUERY, {"names": list(FOLD_COLLATIONS)}).scalars())
+    return next((name for name in FOLD_COLLATIONS if name in found), None)
+
+
+def sql_fold(expr: Any, fold: str | None) -> ColumnElement[str]:
+    """`lower(btrim(expr))` as `normalise` does it in Python: under the Unicode collation `fold`."""
+    trimmed = func.btrim(cast(expr, Text))
+    return func.lower(collate(trimmed, fold) if fold else trimmed)
+
 
 def sql_digest(expr: Any) -> ColumnElement[str]:
     return func.encode(func.sha256(func.convert_to(cast(expr, Text), literal("UTF8"))), literal("hex"))
 
 
-def sql_email_digest(expr: Any) -> ColumnElement[str]:
-    return sql_digest(func.lower(func.btrim(cast(expr, Text))))
+def sql_email_digest(expr: Any, fold: str | None) -> ColumnElement[str]:
+    return sql_digest(sql_fold(expr, fold))
 
 
 def sql_key_text(alias: Any, key: Sequence[str]) -> ColumnElement[str]:
@@ -125,9 +174,9 @@ def key_text(values: Sequence[Any]) -> str:
     return "\x1f".join(str(v) for v in values)
 
 
-def sql_token(expr: Any) -> ColumnElement[str]:
+def sql_token(expr: Any, fold: str | None) -> ColumnElement[str]:
     """`erased-<16 hex>` of an email column's own value, computed by PostgreSQL."""
-    return literal(TOKEN_PREFIX) + func.left(sql_email_digest(expr), TOKEN_CHARS)
+    return literal(TOKEN_PREFIX) + func.left(sql_email_digest(expr, fold), TOKEN_CHARS)
 
 
 def digest_in(value: Any, digests: Digests) -> ColumnElement[bool]:
@@ -138,20 +187,22 @@ def digest_in(value: Any, digests: Digests) -> ColumnElement[bool]:
     return case((func.char_length(value).in_(lengths), sql_digest(value).in_(sorted(digests))), else_=false())
 
 
-def email_matches(expr: Any, emails: Digests) -> ColumnElement[bool]:
-    return digest_in(func.lower(func.btrim(cast(expr, Text))), emails)
+def email_matches(expr: Any, emails: Digests, fold: str | None) -> ColumnElement[bool]:
+    return digest_in(sql_fold(expr, fold), emails)
 
 
-def person_matches(alias: Any, person: Person, *, email: str | None, exact: Sequence[str]) -> ColumnElement[bool]:
+def person_matches(
+    alias: Any, person: Person, *, email: str | None, exact: Sequence[str], fold: str | None
+) -> ColumnElement[bool]:
     """User rows the identifier names: its email column case-insensitively, the `exact` columns exactly."""
     parts: list[ColumnElement[bool]] = []
     if email is not None and person.is_email:
-        parts.append(email_matches(alias.c[email], {person.normalised: person.length}))
+        parts.append(email_matches(alias.c[email], {person.normalised: person.length}, fold))
     parts += [digest_in(cast(alias.c[c], Text), {person.exact: person.exact_length}) for c in exact]
     return or_(*parts) if parts else false()
 
 
-def json_mentions(expr: Any, email_digests: Collection[str]) -> ColumnElement[bool]:
+def json_mentions(expr: Any, email_digests: Collection[str], fold: str | None) -> ColumnElement[bool]:
     """A jsonb (or text) value mentions one of the emails, anywhere: keys, values, inside longer strings."""
     if not email_digests:
         return literal(False)
@@ -163,7 +214,9 @@ def json_mentions(expr: Any, email_digests: Collection[str]) -> ColumnElement[bo
     )
     return and_(
         func.strpos(as_text, literal("@")) > 0,
-        exists(select(literal(1)).select_from(found).where(sql_email_digest(found.c.m[1]).in_(sorted(email_digests)))),
+        exists(
+            select(literal(1)).select_from(found).where(sql_email_digest(found.c.m[1], fold).in_(sorted(email_digests)))
+        ),
     )
 
 

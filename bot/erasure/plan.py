@@ -17,10 +17,8 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Text,
     and_,
     case,
-    cast,
     column,
     false,
     func,
@@ -49,6 +47,7 @@ from bot.erasure.identity import (
     key_text,
     person_matches,
     sql_digest,
+    sql_fold,
     sql_key_text,
 )
 from bot.erasure.settings import ErasureSettings
@@ -101,8 +100,8 @@ def keys_in(alias: Any, key: Sequence[str], values: Sequence[tuple[Any, ...]]) -
     return tuple_(*(alias.c[k] for k in key)).in_(rows)
 
 
-def identity_match(alias: Any, table: IdentityTable, emails: Digests) -> ColumnElement[bool]:
-    return or_(*(email_matches(alias.c[c], emails) for c in table.columns))
+def identity_match(alias: Any, table: IdentityTable, emails: Digests, fold: str | None) -> ColumnElement[bool]:
+    return or_(*(email_matches(alias.c[c], emails, fold) for c in table.columns))
 
 
 def find_person(
@@ -114,13 +113,13 @@ def find_person(
     referenced = list(info.key)
     for fk in catalog.referencing(targets.users):
         referenced += [c for c in fk.parent_columns if c not in referenced]
-    where = person_matches(users, person, email=targets.user_email, exact=targets.user_exact)
+    where = person_matches(users, person, email=targets.user_email, exact=targets.user_exact, fold=targets.fold)
     if known:
         where = or_(where, digest_in(sql_key_text(users, info.key), known))
     email_digest_col: Any = null()
     email_length: Any = null()
     if targets.user_email is not None:
-        value = func.lower(func.btrim(cast(users.c[targets.user_email], Text)))
+        value = sql_fold(users.c[targets.user_email], targets.fold)
         blank = func.nullif(value, literal("")).is_(None)
         email_digest_col = case((blank, null()), else_=sql_digest(value))
         email_length = func.char_length(value)
@@ -141,9 +140,11 @@ def delete_plan(conn: Connection, catalog: Catalog, targets: Targets, found: Fou
     roots: dict[TableRef, Any] = {targets.users: lambda t: keys_in(t, key, user_keys)}
     for table in targets.delete_roots:
         if table.table == targets.users:
-            roots[targets.users] = lambda t, it=table: or_(keys_in(t, key, user_keys), identity_match(t, it, emails))
+            roots[targets.users] = lambda t, it=table: or_(
+                keys_in(t, key, user_keys), identity_match(t, it, emails, targets.fold)
+            )
         else:
-            roots[table.table] = lambda t, it=table: identity_match(t, it, emails)
+            roots[table.table] = lambda t, it=table: identity_match(t, it, emails, targets.fold)
     return build_rooted_plan(conn, roots, label=LABEL, catalog=catalog, root_row=found.root_row)
 
 
@@ -233,6 +234,11 @@ def measure_erasure(conn: Connection, settings: ErasureSettings, person: Person)
     started = time.perf_counter()
     targets, found, plan = prepare(conn, settings, person)
     report = measure_impact(conn, plan, probe=True)
+    # The report is kept with the request: no value of the person's rows goes in it (the engine would
+    # keep the root row's key, the user id, and sample rows holding it), only counts and names.
+    report.server_key = {}
+    for blocker in report.blockers:
+        blocker.sample = []
     sql = plan.scope_sql(prefix="erase")
     catalog = plan.catalog
     snapshot = dict(report.snapshot)
@@ -240,7 +246,9 @@ def measure_erasure(conn: Connection, settings: ErasureSettings, person: Person)
     for table in targets.anonymised:
         t = sa_table(catalog, table.table).alias()
         rows = conn.execute(
-            select(func.count()).where(identity_match(t, table, found.emails), sql.outside_predicate(table.table, t))
+            select(func.count()).where(
+                identity_match(t, table, found.emails, targets.fold), sql.outside_predicate(table.table, t)
+            )
         ).scalar_one()
         snapshot[extras_key("anonymise", table.table)] = int(rows)
         cleared = [c.column for c in table.clear]
@@ -267,7 +275,9 @@ def measure_erasure(conn: Connection, settings: ErasureSettings, person: Person)
         for jc, entry in zip(targets.json, impact.json, strict=True):
             t = sa_table(catalog, jc.table).alias()
             entry.replaced = int(
-                conn.execute(select(func.count()).where(json_mentions(t.c[jc.column], found.emails))).scalar_one()
+                conn.execute(
+                    select(func.count()).where(json_mentions(t.c[jc.column], found.emails, targets.fold))
+                ).scalar_one()
             )
     if not impact.matched_anything:
         raise NotFound(f"nothing on this stage matches {person.label}: no user row, no listed column, no JSON value")
@@ -280,7 +290,7 @@ def _json_counts(
 ) -> JsonFound:
     catalog = plan.catalog
     t = sa_table(catalog, jc.table).alias()
-    mentions = json_mentions(t.c[jc.column], found.emails)
+    mentions = json_mentions(t.c[jc.column], found.emails, targets.fold)
     in_deleted = 0
     if jc.table in plan.graph.tables:
         in_deleted = int(conn.execute(select(func.count()).where(sql.predicate(jc.table, t), mentions)).scalar_one())
@@ -289,26 +299,27 @@ def _json_counts(
         info = catalog.table(jc.table)
         entry.scan_rows = int(info.estimated_rows)
         entry.scan_bytes = info.pages * 8192
-        entry.scan_estimated_s = round(_scan_estimate(conn, catalog, jc, found.emails), 3)
+        entry.scan_estimated_s = round(_scan_estimate(conn, catalog, jc, found.emails, targets.fold), 3)
         return entry
     anonymised = targets.identity_table(jc.table)
     replaced = 0
     if anonymised is not None and anonymised.mode == "anonymise":
         outside = sql.outside_predicate(jc.table, t)
-        kept = and_(identity_match(t, anonymised, found.emails), outside, mentions)
+        kept = and_(identity_match(t, anonymised, found.emails, targets.fold), outside, mentions)
         replaced = int(conn.execute(select(func.count()).where(kept)).scalar_one())
     entry.replaced = replaced
     snapshot[extras_key("json", jc.table, jc.column)] = replaced
     return entry
 
 
-def _scan_estimate(conn: Connection, catalog: Catalog, jc: Any, emails: Digests) -> float:
+def _scan_estimate(conn: Connection, catalog: Catalog, jc: Any, emails: Digests, fold: str | None) -> float:
     """Seconds to read the whole table looking for the emails: its first blocks timed, scaled by its size."""
     pages = max(catalog.table(jc.table).pages, 1)
     sample = min(pages, SCAN_SAMPLE_PAGES)
     t = sa_table(catalog, jc.table)
     first = literal(f"({sample},0)", type_=NullType())
-    query = select(func.count()).where(column("ctid", _selectable=t) < first, json_mentions(t.c[jc.column], emails))
+    mentions = json_mentions(t.c[jc.column], emails, fold)
+    query = select(func.count()).where(column("ctid", _selectable=t) < first, mentions)
     set_local(conn, "max_parallel_workers_per_gather", "0")
     plan = conn.execute(ExplainAnalyze(query)).scalar_one()
     if isinstance(plan, str):

@@ -96,16 +96,18 @@ class ErasureResult:
 def apply_extras(conn: Connection, catalog: Catalog, targets: Targets, found: Found, outside: Outside) -> Extras:
     """Anonymise `anonymise`-mode rows, then replace the email in listed JSON columns of kept rows."""
     extras = Extras()
+    fold = targets.fold
     for it in targets.anonymised:
         t = sa_table(catalog, it.table)
         key = catalog.table(it.table).key
         values: dict[str, Any] = {
-            c: case((email_matches(t.c[c], found.emails), sql_token(t.c[c])), else_=t.c[c]) for c in it.columns
+            c: case((email_matches(t.c[c], found.emails, fold), sql_token(t.c[c], fold)), else_=t.c[c])
+            for c in it.columns
         }
         values |= {c.column: (None if c.nullable else literal("")) for c in it.clear}
         stmt = (
             update(t)
-            .where(identity_match(t, it, found.emails), outside(it.table, t))
+            .where(identity_match(t, it, found.emails, fold), outside(it.table, t))
             .values(values)
             .returning(*(t.c[k] for k in key))
         )
@@ -115,7 +117,7 @@ def apply_extras(conn: Connection, catalog: Catalog, targets: Targets, found: Fo
     for jc in targets.json:
         t = sa_table(catalog, jc.table)
         key = catalog.table(jc.table).key
-        where = [json_mentions(t.c[jc.column], found.emails), outside(jc.table, t)]
+        where = [json_mentions(t.c[jc.column], found.emails, fold), outside(jc.table, t)]
         if not targets.scan_all:
             kept = extras.touched.get(jc.table, [])
             where.append(keys_in(t, key, kept))
@@ -242,18 +244,21 @@ def verify_erased(
     with stage.read(statement_timeout_ms=VERIFY_STATEMENT_MS) as conn:
         users = sa_table(catalog, targets.users)
         key = catalog.table(targets.users).key
-        still = person_matches(users, target.person, email=targets.user_email, exact=targets.user_exact)
+        still = person_matches(
+            users, target.person, email=targets.user_email, exact=targets.user_exact, fold=targets.fold
+        )
         left = conn.execute(select(func.count()).where(still | keys_in(users, key, found.user_keys))).scalar_one()
         if left:
             problems.append(f"{targets.users}: {left:,} row(s) still match {target.person.label}")
         for it in targets.identity:
             t = sa_table(catalog, it.table)
-            left = conn.execute(select(func.count()).where(identity_match(t, it, found.emails))).scalar_one()
+            matches = identity_match(t, it, found.emails, targets.fold)
+            left = conn.execute(select(func.count()).where(matches)).scalar_one()
             if left:
                 problems.append(f"{it.table}: {left:,} row(s) still hold the email")
         for jc in targets.json:
             t = sa_table(catalog, jc.table)
-            where = [json_mentions(t.c[jc.column], found.emails)]
+            where = [json_mentions(t.c[jc.column], found.emails, targets.fold)]
             if not targets.scan_all:
                 where.append(keys_in(t, catalog.table(jc.table).key, extras.touched.get(jc.table, [])))
             left = conn.execute(select(func.count()).where(*where)).scalar_one()

@@ -2,7 +2,8 @@
 
 - `ERASURE_COLUMNS`: `table.column` (or `schema.table.column`) pairs holding an email with no foreign
   key to the user rows; rows whose value is the person's email (case-insensitive) are erased.
-  Default `support_requests.email`.
+  Default `support_requests.email`. Names are read as PostgreSQL reads them: unquoted ones in lower
+  case, double-quoted ones exactly (`crm."Contacts"."E-Mail"`, `""` for a quote inside).
 - `ERASURE_MODE_<table>`: `delete` (default) or `anonymise` for that table's rows matched through
   ERASURE_COLUMNS. (An email the JSON scan finds in a row the erasure keeps is always replaced by
   its token: a mention of the person in somebody else's row does not delete that row.)
@@ -26,8 +27,12 @@ MODE_PREFIX = "ERASURE_MODE_"
 DEFAULT_COLUMNS = "support_requests.email"
 DEFAULT_CLEAR = "support_requests.title,support_requests.description"
 _NAME = r"[A-Za-z_][A-Za-z0-9_$]{0,62}"
-COLUMN_RE = re.compile(rf"^(?:({_NAME})\.)?({_NAME})\.({_NAME})$")
 TABLE_RE = re.compile(rf"^{_NAME}$")
+# One part of a dotted name: "quoted" (a doubled quote inside) or unquoted (folded to lower case, as
+# PostgreSQL does); then the separator after a whole name: a comma or the end.
+_PART = re.compile(r'\s*(?:"((?:[^"]|"")+)"|([A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_$\u0080-\U0010FFFF]*))\s*')
+_AFTER = re.compile(r"(\.)|,|$")
+_GAP = re.compile(r"[\s,]*")
 MODES: dict[str, Mode] = {"delete": "delete", "anonymise": "anonymise", "anonymize": "anonymise"}
 
 
@@ -44,11 +49,12 @@ class ColumnRef:
     column: str
 
     @property
-    def relation(self) -> str:
-        return f"{self.schema}.{self.table}" if self.schema else self.table
+    def relation(self) -> tuple[str, ...]:
+        """The table's name parts (schema first when given), unquoted."""
+        return (self.schema, self.table) if self.schema else (self.table,)
 
     def __str__(self) -> str:
-        return f"{self.relation}.{self.column}"
+        return ".".join((*self.relation, self.column))
 
 
 @dataclass(frozen=True)
@@ -64,17 +70,48 @@ class ErasureSettings:
         return self.modes.get(table.lower(), "delete")
 
 
+def _fold(name: str) -> str:
+    """An unquoted name as PostgreSQL folds it in a UTF-8 database: ASCII letters only."""
+    return "".join(c.lower() if c.isascii() else c for c in name)
+
+
+def parse_column_list(raw: str) -> list[tuple[str, ...]] | None:
+    """Comma-separated dotted names (2 or 3 parts), quoted or not, as PostgreSQL reads them; None if malformed."""
+    names: list[tuple[str, ...]] = []
+    at = 0
+    while True:
+        gap = _GAP.match(raw, at)  # commas and spaces between names (an empty match at worst)
+        at = gap.end() if gap else at
+        if at >= len(raw):
+            break
+        parts: list[str] = []
+        while True:
+            part = _PART.match(raw, at)
+            if part is None:
+                return None
+            quoted, bare = part.groups()
+            parts.append(quoted.replace('""', '"') if quoted is not None else _fold(bare))
+            after = _AFTER.match(raw, part.end())
+            if after is None:
+                return None
+            at = after.end()
+            if not after.group(1):
+                break
+        if len(parts) not in (2, 3):
+            return None
+        names.append(tuple(parts))
+    return names
+
+
 def _columns(env: Mapping[str, str], name: str, default: str) -> tuple[ColumnRef, ...]:
     raw = env.get(name)
     raw = default if raw is None else raw
+    parsed = parse_column_list(raw)
+    if parsed is None:
+        raise SettingError(f"{name} is malformed: expected comma-separated table.column (or schema.table.column) names")
     refs: list[ColumnRef] = []
-    for part in (p.strip() for p in raw.split(",")):
-        if not part:
-            continue
-        match = COLUMN_RE.match(part)
-        if not match:
-            raise SettingError(f"{name} is malformed: expected comma-separated table.column pairs")
-        ref = ColumnRef(*match.groups())
+    for parts in parsed:
+        ref = ColumnRef(*parts) if len(parts) == 3 else ColumnRef(None, *parts)
         if ref not in refs:
             refs.append(ref)
     return tuple(refs)

@@ -13,6 +13,7 @@ from sqlalchemy import Connection
 
 from bot.deletion.catalog import Catalog, TableRef, resolve_table
 from bot.deletion.scope import USER_TABLE
+from bot.erasure.identity import fold_collation
 from bot.erasure.settings import ColumnRef, ErasureSettings, Mode
 
 # The platform's user table: rows are roots when their email (case-insensitive) or one of the exact
@@ -53,6 +54,7 @@ class Targets:
     scan_all: bool
     skipped: list[str] = field(default_factory=list)  # configured columns this database does not have
     problems: list[str] = field(default_factory=list)
+    fold: str | None = None  # the collation emails are lowered under (identity.fold_collation)
 
     def identity_table(self, ref: TableRef) -> IdentityTable | None:
         return next((t for t in self.identity if t.table == ref), None)
@@ -67,7 +69,8 @@ class Targets:
 
 
 def _resolve(conn: Connection, catalog: Catalog, ref: ColumnRef, skipped: list[str]) -> TableRef | None:
-    table = resolve_table(conn, ref.relation)
+    quote = conn.dialect.identifier_preparer.quote_identifier
+    table = resolve_table(conn, ".".join(quote(part) for part in ref.relation))
     if table is None or table not in catalog.tables or ref.column not in catalog.table(table).columns:
         skipped.append(str(ref))
         return None
@@ -126,4 +129,5 @@ def resolve_targets(conn: Connection, catalog: Catalog, settings: ErasureSetting
         scan_all=settings.scan_all,
         skipped=skipped,
         problems=problems,
+        fold=fold_collation(conn),
     )
