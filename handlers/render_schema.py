@@ -17,7 +17,8 @@ from bot.schema.migrations import (
     StageMigrations,
 )
 from bot.service import CommandRequest
-from bot.slacktext.files import attach, filename, text_file
+from bot.slacktext.files import Attachment, attach, filename, text_file
+from bot.slacktext.long import as_plain
 from handlers.blocks import (
     Message,
     Mrkdwn,
@@ -134,7 +135,10 @@ def _newest(stage: StageMigrations) -> Mrkdwn:
     if row is None:
         return Mrkdwn("none applied")
     label = code(stage.newest_name) if stage.newest_name else md("hash {}", code(row.hash[:12]))
-    dated = f"applied {when(row.applied_at)}" if row.applied_at else f"generated {_generated(row.created_at)}"
+    if row.applied_at is not None:
+        dated = f"applied {when(row.applied_at.astimezone(UTC))}"
+    else:
+        dated = f"generated {_generated(row.created_at)}"
     return md("newest {} ({})", label, dated)
 
 
@@ -210,6 +214,22 @@ def _entry_line(entry: Entry) -> Mrkdwn:
     return line
 
 
+MAX_APPLIED_NAMES = 8
+ALL_APPLIED = Mrkdwn(":white_check_mark: every migration in the folder is applied, none edited, no unknown rows")
+
+
+def _applied_line(stage: StageMigrations) -> Mrkdwn | None:
+    """The applied migrations by name (the newest few when there are many)."""
+    applied = [e.name for e in stage.entries if e.state == APPLIED]
+    if not applied:
+        return None
+    shown = applied[-MAX_APPLIED_NAMES:]
+    names = Mrkdwn(", ").join(code(n) for n in shown)
+    earlier = len(applied) - len(shown)
+    more = md(" (and {:,} earlier)", earlier) if earlier else Mrkdwn("")
+    return md(":white_check_mark: {} applied: {}{}", len(applied), names, more)
+
+
 def _stage_detail(report: MigrationsReport, stage: StageMigrations) -> list[Mrkdwn]:
     lines = [_entry_line(e) for e in stage.entries if e.state in STATE_LINES]
     lines += [
@@ -218,8 +238,20 @@ def _stage_detail(report: MigrationsReport, stage: StageMigrations) -> list[Mrkd
         + md(" (created_at {}): no migration in the folder matches it", _generated(row.created_at))
         for row in stage.unknown
     ]
-    if len(lines) > MAX_STAGE_LINES:
-        lines = [*lines[:MAX_STAGE_LINES], md("_… and {:,} more_", len(lines) - MAX_STAGE_LINES)]
+    return lines
+
+
+def _stage_file_lines(report: MigrationsReport, stage: StageMigrations) -> list[str]:
+    """Every migration of the folder with its state on the stage, then the rows that match no file."""
+    lines = [as_plain(_stage_summary(report, stage)), ""]
+    width = max((len(e.name) for e in stage.entries), default=9)
+    lines.append(f"{'migration'.ljust(width)}  {'state'.ljust(9)}  generated         row hash")
+    for e in stage.entries:
+        row = f"{e.row.id:>5} {e.row.hash[:16]}" if e.row else ""
+        lines.append(f"{e.name.ljust(width)}  {STATE_WORDS[e.state].ljust(9)}  {_generated(e.when)}  {row}".rstrip())
+    for row in stage.unknown:
+        named = f" name {row.name}" if row.name else ""
+        lines.append(f"unknown row {row.id}: hash {row.hash}{named} (created_at {_generated(row.created_at)})")
     return lines
 
 
@@ -232,27 +264,62 @@ def render_migrations(request: CommandRequest, report: MigrationsReport) -> Mess
         else "no MIGRATIONS_DIR: the stages' tables are compared with each other"
     )
     if request.stage is not None:
-        stage = report.stage(request.stage.name)
-        assert stage is not None
-        blocks = [section(md(":card_file_box: Migrations on {}", _stage_summary(report, stage))), context(folder)]
-        detail = _stage_detail(report, stage)
-        if stage.readable and not detail and report.local:
-            detail = [
-                Mrkdwn(":white_check_mark: every migration in the folder is applied, none edited, no unknown rows")
-            ]
-        blocks[1:1] = lines_sections(detail)
-        return message(f"migrations on {stage.stage}", blocks)
+        return _render_stage(report, request.stage.name, folder)
     ordered = sorted(report.stages, key=lambda s: (s.protected, s.stage == report.reference, s.stage))
     report.stages = ordered
     summary = [md("• {}", _stage_summary(report, s)) for s in ordered]
     matrix = _matrix(report)
     blocks = [section(Mrkdwn(":card_file_box: Migrations across stages")), *lines_sections(summary)]
+    files: list[Attachment] = []
     if matrix:
         shown = matrix[: MAX_MATRIX_ROWS + 1]
         blocks += _code_sections(shown)
         if len(matrix) > len(shown):
-            blocks.append(section(md("_… and {} more_", plural(len(matrix) - len(shown), "row"))))
+            file = text_file(
+                filename("migrations", *(s.stage for s in ordered), ext="txt"),
+                "Migrations across stages",
+                ["Migrations across stages", *summary, "", *matrix],
+            )
+            files.append(file)
+            blocks.append(
+                section(
+                    md(
+                        "_… and {:,} more: all {} are in the attached {}_",
+                        len(matrix) - len(shown),
+                        plural(len(matrix) - 1, "row"),
+                        code(file.filename),
+                    )
+                )
+            )
     elif any(s.readable for s in ordered):
         blocks.append(section(Mrkdwn(":white_check_mark: every stage has the same migrations applied")))
     blocks.append(context(folder))
-    return message("migrations across stages", blocks)
+    return attach(message("migrations across stages", blocks), *files)
+
+
+def _render_stage(report: MigrationsReport, name: str, folder: str) -> Message:
+    stage = report.stage(name)
+    assert stage is not None
+    blocks = [section(md(":card_file_box: Migrations on {}", _stage_summary(report, stage))), context(folder)]
+    detail = _stage_detail(report, stage)
+    files: list[Attachment] = []
+    if stage.readable and report.local:
+        if detail:
+            applied = _applied_line(stage)
+            detail += [applied] if applied is not None else []
+        else:
+            detail = [ALL_APPLIED]
+    if len(detail) > MAX_STAGE_LINES:
+        file = text_file(
+            filename("migrations", stage.stage, ext="txt"),
+            f"Migrations on {stage.stage}",
+            _stage_file_lines(report, stage),
+        )
+        files.append(file)
+        left = len(detail) - MAX_STAGE_LINES
+        detail = [
+            *detail[:MAX_STAGE_LINES],
+            md("_… and {:,} more: every migration's state is in the attached {}_", left, code(file.filename)),
+        ]
+    blocks[1:1] = lines_sections(detail)
+    return attach(message(f"migrations on {stage.stage}", blocks), *files)

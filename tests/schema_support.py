@@ -183,3 +183,50 @@ def drizzle_v1_migrate(
 def execute(url: str, statement: str) -> None:
     with psycopg.connect(_dsn(url), autocommit=True) as conn:
         conn.execute(statement)  # type: ignore[arg-type]
+
+
+def drizzle_v1_upgrade(
+    url: str, migrations: list[Migration], *, schema: str = "drizzle", table: str = "__drizzle_migrations"
+) -> dict[int, str]:
+    """drizzle-orm 1.x's upgrade of a 0.x table (`up-migrations/pg.ts`), before its first migrate: each row is
+    matched to a folder by `created_at` to the second (several folders in that second: by hash; none: by hash),
+    then `name` and `applied_at` are added and the names backfilled with applied_at NULL. Returns id -> name."""
+    local = sorted(migrations, key=lambda m: (v1_seconds(m), v1_name(m)))
+    by_second: dict[int, list[Migration]] = {}
+    for m in local:
+        by_second.setdefault(v1_seconds(m), []).append(m)
+    by_hash = {m.hash: m for m in local}
+    with psycopg.connect(_dsn(url), autocommit=True) as conn:
+        target = _table(schema, table)
+        matched: dict[int, str] = {}
+        for row_id, digest, created_at in conn.execute(
+            sql.SQL("SELECT id, hash, created_at FROM {} ORDER BY id").format(target)
+        ):
+            candidates = by_second.get(int(str(created_at)[:-3] + "000"), [])
+            found = (
+                candidates[0]
+                if len(candidates) == 1
+                else next((c for c in candidates if c.hash == digest), None)
+                if candidates
+                else by_hash.get(digest)
+            )
+            if found is None:
+                raise AssertionError(f"drizzle 1.x would refuse to upgrade: row {row_id} matches no local migration")
+            matched[row_id] = v1_name(found)
+        with conn.transaction():
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS name text").format(target))
+            conn.execute(
+                sql.SQL(
+                    "ALTER TABLE {} ADD COLUMN IF NOT EXISTS applied_at timestamp with time zone DEFAULT now()"
+                ).format(target)
+            )
+            for row_id, name in matched.items():
+                conn.execute(
+                    sql.SQL("UPDATE {} SET name = %s, applied_at = NULL WHERE id = %s").format(target), (name, row_id)
+                )
+        return matched
+
+
+def v1_seconds(m: Migration) -> int:
+    """The created_at drizzle-orm 1.x records for a migration: its folder name's timestamp, in milliseconds."""
+    return m.when // 1000 * 1000

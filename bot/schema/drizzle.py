@@ -4,6 +4,9 @@ Folder (drizzle-kit 0.x): `meta/_journal.json` lists entries (`idx`, `when`, `ta
 is `<tag>.sql`. Folder (drizzle-kit 1.x): one directory per migration, `<YYYYMMDDHHMMSS>_<name>/migration.sql`,
 its `when` being that UTC timestamp. Either way a migration's hash is sha256 (hex) of the whole file's text.
 
+drizzle-orm hashes the text it read (`readFileSync(...).toString()`: UTF-8, an invalid byte read as U+FFFD), so the
+hash here is of the file's bytes decoded the same way.
+
 Table: `"drizzle"."__drizzle_migrations"` by default (`id`, `hash`, `created_at` = the entry's `when`), plus
 `name` and `applied_at` once drizzle-orm 1.x has upgraded it. drizzle-orm 0.x runs every entry whose `when` is newer
 than the newest `created_at`; 1.x runs every migration whose name has no row.
@@ -41,12 +44,18 @@ class LocalMigration:
     line_ending_hashes: frozenset[str]  # the same text with LF or CRLF line endings only
 
 
+def _as_node_reads_it(data: bytes) -> bytes:
+    """The UTF-8 of the file's text as Node's Buffer.toString() makes it (what drizzle hashes)."""
+    return data.decode("utf-8", errors="replace").encode("utf-8")
+
+
 def _line_ending_variants(data: bytes) -> frozenset[str]:
     lf = data.replace(b"\r\n", b"\n")
     return frozenset({sha256(lf), sha256(lf.replace(b"\n", b"\r\n"))}) - {sha256(data)}
 
 
-def _local(name: str, when: int, data: bytes) -> LocalMigration:
+def _local(name: str, when: int, raw: bytes) -> LocalMigration:
+    data = _as_node_reads_it(raw)
     return LocalMigration(name=name, when=when, hash=sha256(data), line_ending_hashes=_line_ending_variants(data))
 
 
@@ -71,7 +80,7 @@ def read_folder(directory: Path) -> tuple[str, list[LocalMigration]]:
     journal = folder / JOURNAL
     try:
         if journal.exists():
-            entries = json.loads(journal.read_text()).get("entries", [])
+            entries = json.loads(journal.read_text(encoding="utf-8")).get("entries", [])
             found = [_local(str(e["tag"]), int(e["when"]), (folder / f"{e['tag']}.sql").read_bytes()) for e in entries]
             return "journal", found
         found = []

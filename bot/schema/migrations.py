@@ -1,11 +1,13 @@
 """`/mcp migrations`: per stage and per migration, applied, pending, skipped, edited or unknown.
 
 With MIGRATIONS_DIR, each migration of the folder is matched to the stage's row (by name on a drizzle-orm 1.x
-table, else by `created_at` = the journal's `when`), then:
+table, else by `created_at` = the journal's `when`, or, for a folder-per-migration layout, the folder's timestamp
+to the second, as 1.x's upgrade of a 0.x table matches them; last, by hash), then:
 - applied: the row's hash is the file's; `crlf` when it is the file's with other line endings only;
 - edited: the row's hash is neither (someone changed an applied migration's file);
-- pending: no row, and the next migrate will run it (its `when` is newer than the newest row's, or the table
-  is 1.x, which runs every migration it has no row for);
+- pending: no row, and the next migrate will run it. The folder's layout says which migrator reads it: a journal
+  is drizzle-orm 0.x's (it runs entries whose `when` is newer than the newest row's `created_at`), folders are
+  1.x's (it runs every migration whose name has no row, so nothing is ever skipped there);
 - skipped: no row, and 0.x's migrate never will (its `when` is older than the newest row's: a branch merged late);
 - unknown: a row that matches no file.
 Without MIGRATIONS_DIR the stages' tables are compared with each other: which hashes each has that another lacks.
@@ -99,23 +101,36 @@ class MigrationsReport:
         return [m.name for m in self.local if any(s.state_of(m.name) != APPLIED for s in readable)]
 
 
-def classify(local: list[LocalMigration], table: MigrationTable) -> tuple[list[Entry], list[AppliedRow]]:
-    """Each folder migration's state on this table, and the rows that match no file."""
+def classify(
+    local: list[LocalMigration], table: MigrationTable, layout: str = "journal"
+) -> tuple[list[Entry], list[AppliedRow]]:
+    """Each folder migration's state on this table, and the rows that match no file.
+
+    `layout` is read_folder's: "journal" (drizzle-orm 0.x reads it) or "folders" (1.x).
+    """
+    folders = layout == "folders"
     unmatched = list(table.rows)
     newest = table.newest
     by_name = {r.name: r for r in unmatched if r.name}
+
+    def same_when(row: AppliedRow, when: int) -> bool:
+        if row.created_at is None:
+            return False
+        # 1.x folders carry their timestamp to the second; a 0.x row's `when` has milliseconds.
+        return row.created_at // 1000 == when // 1000 if folders else row.created_at == when
+
     entries: list[Entry] = []
     for m in local:
         row = by_name.get(m.name) if table.named else None
         if row is None:
-            same_when = [r for r in unmatched if r.created_at == m.when and not (table.named and r.name)]
-            row = next((r for r in same_when if r.hash == m.hash), same_when[0] if same_when else None)
+            dated = [r for r in unmatched if same_when(r, m.when) and not (table.named and r.name)]
+            row = next((r for r in dated if r.hash == m.hash), dated[0] if dated else None)
         if row is None:  # recorded under another `when` (a regenerated journal), recognised by its text
-            row = next((r for r in unmatched if r.hash == m.hash), None)
+            row = next((r for r in unmatched if r.hash == m.hash and not (folders and table.named and r.name)), None)
         if row is not None:
             unmatched.remove(row)
             state = APPLIED if row.hash == m.hash else CRLF if row.hash in m.line_ending_hashes else EDITED
-        elif table.named or newest is None or newest.created_at is None or m.when > newest.created_at:
+        elif folders or newest is None or newest.created_at is None or m.when > newest.created_at:
             state = PENDING
         else:
             state = SKIPPED
@@ -139,7 +154,7 @@ def _read_stage(stage: Stage, settings: SchemaSettings) -> MigrationTable | str:
 
 
 def _stage_migrations(
-    stage: Stage, read: MigrationTable | str, local: list[LocalMigration], settings: SchemaSettings
+    stage: Stage, read: MigrationTable | str, local: list[LocalMigration], layout: str | None, settings: SchemaSettings
 ) -> StageMigrations:
     table_name = f"{settings.migrations_schema}.{settings.migrations_table}"
     if isinstance(read, str):
@@ -150,7 +165,7 @@ def _stage_migrations(
         return StageMigrations(
             stage.name, stage.protected, "denied", reason=f"the stage's role may not read {table_name}"
         )
-    entries, unknown = classify(local, read) if local else ([], [])
+    entries, unknown = classify(local, read, layout or "journal") if local else ([], [])
     newest = read.newest
     named = newest.name if newest and newest.name else None
     if named is None and newest is not None:
@@ -175,7 +190,7 @@ def migrations_report(stages: Iterable[Stage], settings: SchemaSettings) -> Migr
     with ThreadPoolExecutor(max_workers=max(len(listed), 1), thread_name_prefix="migrations") as pool:
         reads = list(pool.map(lambda s: _read_stage(s, settings), listed))
     return MigrationsReport(
-        stages=[_stage_migrations(s, r, local, settings) for s, r in zip(listed, reads, strict=True)],
+        stages=[_stage_migrations(s, r, local, layout, settings) for s, r in zip(listed, reads, strict=True)],
         layout=layout,
         local=local,
         reference=settings.reference_stage,

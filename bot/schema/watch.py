@@ -8,7 +8,8 @@ Findings, per stage (check `migrations`, one alert per object):
 How long a stage has lacked a migration is the reference's `applied_at` where drizzle-orm 1.x records it, else
 when this check first saw it missing (`migration_lag`, one row per stage and missing migration).
 A stage that cannot be read (unreachable, no table, no permission) is left as it is: its alerts neither fire
-nor resolve. Everything else resolves at the first run without its finding.
+nor resolve; nor does a protected stage's `behind` alert (or its lag clock) while the reference can't be read.
+Everything else resolves at the first run without its finding.
 """
 
 from __future__ import annotations
@@ -68,8 +69,14 @@ class MigrationWatch:
             if not stage.readable:
                 log.info("migration check: stage not read", extra={"stage": stage.stage, "why": stage.table})
                 continue
-            findings = self._findings(report, stage) + self._lag(report, stage)
-            self.book.apply(stage.stage, {CHECK}, findings, clear_after={CHECK: 1})
+            reference = report.stage(report.reference) if report.reference else None
+            if stage.protected and reference is not None and reference is not stage and not reference.readable:
+                # No verdict on the lag while the reference can't be read: its alert and clock stay as they are.
+                lag, holds = [], [(CHECK, f"behind:{reference.stage}")]
+            else:
+                lag, holds = self._lag(report, stage), []
+            findings = self._findings(report, stage) + lag
+            self.book.apply(stage.stage, {CHECK}, findings, clear_after={CHECK: 1}, holds=holds)
         self.book.sync()
         return report
 
