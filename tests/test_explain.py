@@ -110,9 +110,25 @@ def test_slow_query_entries_and_alerts_carry_explain(make_bot, stage_db):
         and not c.payload.get("thread_ts")
         and "slow query" in c.payload["text"]
     ]
-    element, _ = _element(alert, "Explain")
+    element, block_id = _element(alert, "Explain")
     qid = queryid(stage_db.url, "SELECT pg_sleep($1)%")
     assert json.loads(element["value"]) == {"t": f"explain {qid} --stage dev"}
+    # Pressed in the alert channel, it answers there with the plan, and the plan file comes along.
+    response_url = bot.sender.new_response_url()
+    reply = bot.sender.block_actions(
+        element,
+        user=OPERATOR,
+        channel=bot.settings.alert_channel,
+        message=alert,
+        block_id=block_id,
+        response_url=response_url,
+    )
+    assert reply.status == 200
+    path = response_url.split(bot.slack.base_url, 1)[1]
+    [answer] = bot.slack.wait_for_call("response_url", lambda c: c.path == path, 30, 1)
+    assert f"Generic plan of queryid {qid}" in message_text(answer.payload)
+    plan = bot.slack.wait_for_file(lambda f: f.filename == f"explain-dev-queryid{qid}.json", timeout=30)
+    assert plan.channel == bot.settings.alert_channel and json.loads(plan.text)[0]["Plan"]
 
     # `/mcp slow-queries` entries carry it too; pressing it answers with the plan.
     listing = bot.command("slow-queries --stage dev").message()

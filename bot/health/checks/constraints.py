@@ -20,9 +20,13 @@ def check_not_valid_constraints(conn: Connection, ctx: CheckContext) -> CheckRep
             " FROM pg_constraint con JOIN pg_class t ON t.oid = con.conrelid"
             " JOIN pg_namespace n ON n.oid = t.relnamespace"
             " WHERE NOT con.convalidated AND con.contype IN ('c', 'f', 'n')"
-            " AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND "
-            + ignored("n.nspname", "t.relname")
-            + " ORDER BY 1, 2"
+            " AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            # A partition's or child table's copy of a parent's NOT VALID constraint: the parent's alert covers
+            # it (VALIDATE on the parent validates its partitions and children too).
+            " AND NOT EXISTS (SELECT 1 FROM pg_constraint up WHERE NOT up.convalidated AND (up.oid = con.conparentid"
+            "   OR (con.coninhcount > 0 AND up.conname = con.conname AND up.contype = con.contype"
+            "       AND up.conrelid IN (SELECT inhparent FROM pg_inherits WHERE inhrelid = con.conrelid))))"
+            " AND " + ignored("n.nspname", "t.relname") + " ORDER BY 1, 2"
         ),
         ctx.ignore,
     ).all()

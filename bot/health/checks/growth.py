@@ -66,10 +66,11 @@ def check_size_growth(conn: Connection, ctx: CheckContext) -> CheckReport:
         for name, g, p, before in table_growth[:SHOWN_TABLES]
         if g > 0
     )
+    # Measured over the span the samples cover (the oldest inside the window), which is said as it is.
     title = (
-        f"database grew {pct:.0f}% in {t.growth_window_days} days"
+        f"database grew {pct:.0f}% in {span}"
         if database_fast
-        else f"table {fast_tables[0][0]} grew {fast_tables[0][2]:.0f}% in {t.growth_window_days} days"
+        else f"table {fast_tables[0][0]} grew {fast_tables[0][2]:.0f}% in {span}"
     )
     finding = Finding(
         check="size_growth",

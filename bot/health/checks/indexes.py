@@ -84,7 +84,8 @@ SELECT i.indexrelid, i.indrelid, c.relam, i.indisunique, i.indnatts, i.indnkeyat
        EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.contype IN ('p', 'u', 'x'))
          AS constraint_backed,
        format('%I.%I', n.nspname, c.relname) AS name, format('%I.%I', n.nspname, t.relname) AS table_name,
-       n.nspname AS schema_name, c.relname AS index_name
+       n.nspname AS schema_name, c.relname AS index_name, c.relispartition AS attached,
+       c.relkind = 'I' AS partitioned
   FROM pg_index i
   JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid
   JOIN pg_namespace n ON n.oid = t.relnamespace
@@ -93,20 +94,27 @@ SELECT i.indexrelid, i.indrelid, c.relam, i.indisunique, i.indnatts, i.indnkeyat
 """
 DUPLICATES_SQL = (
     "WITH idx AS ({indexes})"
-    " SELECT *, pg_relation_size(dropped) AS bytes, pg_get_indexdef(dropped) AS definition,"
-    " pg_relation_size(kept) AS keeper_bytes, pg_get_indexdef(kept) AS keeper_definition FROM ("
+    # a partitioned index's size is its partitions' (pg_partition_tree has no rows for an index outside one)
+    " SELECT *, coalesce((SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree(dropped)),"
+    "   pg_relation_size(dropped))::bigint AS bytes, pg_get_indexdef(dropped) AS definition,"
+    " coalesce((SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree(kept)),"
+    "   pg_relation_size(kept))::bigint AS keeper_bytes, pg_get_indexdef(kept) AS keeper_definition FROM ("
     " SELECT DISTINCT ON (a.indexrelid) a.indexrelid AS dropped, b.indexrelid AS kept, a.name, a.table_name,"
-    " a.schema_name, a.index_name,"
-    " b.name AS keeper, a.keys = b.keys AS exact, coalesce(s.idx_scan, 0) AS scans"
+    " a.schema_name, a.index_name, a.partitioned,"
+    " b.name AS keeper, a.all_keys = b.all_keys AS exact, coalesce(s.idx_scan, 0) AS scans"
     " FROM idx a JOIN idx b ON b.indrelid = a.indrelid AND b.indexrelid <> a.indexrelid AND b.relam = a.relam"
     "  AND a.exprs IS NOT DISTINCT FROM b.exprs AND a.pred IS NOT DISTINCT FROM b.pred"
     "  AND b.keys[1:cardinality(a.keys)] = a.keys AND b.classes[1:cardinality(a.keys)] = a.classes"
     "  AND b.colls[1:cardinality(a.keys)] = a.colls AND b.opts[1:cardinality(a.keys)] = a.opts"
     " LEFT JOIN pg_stat_all_indexes s ON s.indexrelid = a.indexrelid"
-    " WHERE NOT a.constraint_backed"
+    # a partition's index attached to a partitioned index goes with it: the partitioned one is reported
+    " WHERE NOT a.constraint_backed AND NOT a.attached"
     # INCLUDE columns of its own would be lost, unless the other has exactly the same columns.
     "  AND (a.indnatts = a.indnkeyatts OR a.all_keys = b.all_keys)"
-    "  AND CASE WHEN a.keys = b.keys THEN"
+    "  AND CASE WHEN a.keys = b.keys AND a.all_keys <> b.all_keys THEN"
+    # the same keys, and the other also covers INCLUDE columns: drop this one, unless it alone is unique
+    "    b.indisunique OR NOT a.indisunique"
+    "   WHEN a.keys = b.keys THEN"
     # exact duplicates: drop the one without a constraint, else the plain one, else the newer
     "    (a.constraint_backed::int, a.indisunique::int, -a.indexrelid::bigint)"
     "      < (b.constraint_backed::int, b.indisunique::int, -b.indexrelid::bigint)"
@@ -136,11 +144,20 @@ def check_duplicate_indexes(conn: Connection, ctx: CheckContext) -> CheckReport:
                     "every lookup it serves, the other serves too, and both are written on every insert and update."
                 ),
                 advice=(
-                    f"Drop {r.name} and keep {r.keeper}: `DROP INDEX CONCURRENTLY {r.name};` (outside a transaction; "
-                    "it waits for queries using the index, blocking nothing else)."
+                    f"Drop {r.name} and keep {r.keeper}: "
+                    + (
+                        f"`DROP INDEX {r.name};` (an index of a partitioned table cannot be dropped CONCURRENTLY: "
+                        "this locks the table and its partitions while it runs, so pick a quiet moment)."
+                        if r.partitioned
+                        else f"`DROP INDEX CONCURRENTLY {r.name};` (outside a transaction; it waits for queries "
+                        "using the index, blocking nothing else)."
+                    )
                 ),
                 remind=False,
-                actions=(
+                # The button drops CONCURRENTLY, which PostgreSQL refuses for a partitioned index.
+                actions=()
+                if r.partitioned
+                else (
                     drop_index_action(
                         r.schema_name, r.index_name, r.definition, "duplicate", r.keeper, r.keeper_definition
                     ),

@@ -29,7 +29,7 @@ LAG_LABEL = "Replication lag"
 CURRENT_LSN = "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END"
 
 
-@check("replication_slots", SLOTS_LABEL, group="activity")
+@check("replication_slots", SLOTS_LABEL, group="activity", clear_at_once=True)
 def check_replication_slots(conn: Connection, ctx: CheckContext) -> CheckReport:
     t = ctx.settings.checks
     v17 = ctx.server_version(conn) >= 170000

@@ -37,16 +37,25 @@ SELECT format('%I.%I', n.nspname, c.relname) AS name, s.seqmin, s.seqmax, s.seqi
   FROM pg_sequence s
   JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN LATERAL (
+       -- The column it feeds: the one that owns it (serial, identity, OWNED BY), or any whose DEFAULT calls
+       -- it (a sequence of another schema, or shared by several tables); the narrowest type runs out first.
        SELECT format('%I.%I', tn.nspname, t.relname) AS table_name, quote_ident(a.attname) AS column_name,
-              format_type(a.atttypid, NULL) AS col_type, a.attidentity <> '' AS identity,
-              tn.nspname AS table_schema, t.relname AS table_relname
-         FROM pg_depend d
-         JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = t.relnamespace
-         JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-        WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.refclassid = 'pg_class'::regclass
-          AND d.deptype IN ('a', 'i')
+              format_type(coalesce(nullif(ty.typbasetype, 0), a.atttypid), NULL) AS col_type,
+              a.attidentity <> '' AS identity, tn.nspname AS table_schema, t.relname AS table_relname
+         FROM (SELECT d.refobjid AS relid, d.refobjsubid AS attnum, 0 AS how FROM pg_depend d
+                WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.refclassid = 'pg_class'::regclass
+                  AND d.deptype IN ('a', 'i') AND d.refobjsubid > 0
+               UNION ALL
+               SELECT ad.adrelid, ad.adnum, 1 FROM pg_depend d JOIN pg_attrdef ad ON ad.oid = d.objid
+                WHERE d.classid = 'pg_attrdef'::regclass AND d.refclassid = 'pg_class'::regclass
+                  AND d.refobjid = c.oid) feeds
+         JOIN pg_class t ON t.oid = feeds.relid JOIN pg_namespace tn ON tn.oid = t.relnamespace
+         JOIN pg_attribute a ON a.attrelid = feeds.relid AND a.attnum = feeds.attnum AND NOT a.attisdropped
+         JOIN pg_type ty ON ty.oid = a.atttypid
+        ORDER BY CASE coalesce(nullif(ty.typbasetype, 0), a.atttypid)
+                 WHEN 'smallint'::regtype THEN 1 WHEN 'integer'::regtype THEN 2 ELSE 3 END, feeds.how
         LIMIT 1) col ON true
- WHERE NOT s.seqcycle AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+ WHERE NOT s.seqcycle AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND c.relpersistence <> 't'
    AND {keep_seq} AND (col.table_name IS NULL OR {keep_table})
  ORDER BY 1
 """
@@ -55,9 +64,12 @@ SELECT format('%I.%I', n.nspname, c.relname) AS name, s.seqmin, s.seqmax, s.seqi
 def _limit(r: Any) -> tuple[int, str]:
     """The value it stops at, and what sets it (the column's type or the sequence)."""
     column_max = TYPE_MAX.get(r.col_type or "", 2**63 - 1)
-    if r.seqincrement < 0:
+    if r.seqincrement < 0:  # a descending sequence runs out at its minimum
         column_min = -column_max - 1
-        return (r.seqmin, "the sequence") if r.seqmin >= column_min else (column_min, f"the column's type {r.col_type}")
+        if column_min > r.seqmin:
+            return column_min, f"the column's type {r.col_type}"
+        type_min = -TYPE_MAX.get(r.seq_type, 2**63 - 1) - 1
+        return r.seqmin, f"the sequence's type {r.seq_type}" if r.seqmin == type_min else "its MINVALUE"
     if column_max < r.seqmax:
         return column_max, f"the column's type {r.col_type}"
     return r.seqmax, f"the sequence's type {r.seq_type}" if r.seqmax == TYPE_MAX.get(r.seq_type) else "its MAXVALUE"
@@ -72,14 +84,15 @@ def _fix(r: Any, limited_by: str) -> str:
         )
     if r.seq_type != "bigint" and not (r.identity and steps):
         steps.append(f"`ALTER SEQUENCE {r.name} AS bigint;` (instant)")
-    if "MAXVALUE" in limited_by:
-        steps.append(f"`ALTER SEQUENCE {r.name} NO MAXVALUE;`")
+    if limited_by in ("its MAXVALUE", "its MINVALUE"):
+        steps.append(f"`ALTER SEQUENCE {r.name} NO {limited_by[4:]};`")
     referencing = (
         " Columns of other tables holding these values (foreign keys) need the same type." if r.table_name else ""
     )
     return (
-        "When it runs out, every insert fails (`reached maximum value of sequence`). Widen it now: "
-        + "; then ".join(steps or [f"`ALTER SEQUENCE {r.name} NO MAXVALUE;`"])
+        f"When it runs out, every insert fails (`reached {'minimum' if r.seqincrement < 0 else 'maximum'} value of "
+        "sequence`). Widen it now: "
+        + "; then ".join(steps or [f"`ALTER SEQUENCE {r.name} NO {'MINVALUE' if r.seqincrement < 0 else 'MAXVALUE'};`"])
         + "."
         + referencing
     )
@@ -152,7 +165,8 @@ def check_sequences(conn: Connection, ctx: CheckContext) -> CheckReport:
                 advice=_fix(r, limited_by),
             )
         )
-    summary = f"{len(rows)} sequences, the fullest at {worst:.0f}%" if rows else "no sequences"
+    readable = len(rows) - len(hidden)
+    summary = f"{readable} sequences, the fullest at {worst:.0f}%" if readable else "no sequences"
     if hidden:
         summary += f"; {len(hidden)} not readable by this role"
         listed = ", ".join(hidden[:5]) + (f" and {len(hidden) - 5} more" if len(hidden) > 5 else "")

@@ -39,7 +39,8 @@ MIN_DEAD_TUPLES = 50  # autovacuum_vacuum_threshold's default: fewer dead rows t
 HOLDERS_SQL = """
 SELECT 'backend' AS kind, pid::text AS ident, pid, usename, application_name, state, left(query, 1000) AS query,
        xact_start AS since, greatest(age(backend_xid), age(backend_xmin)) AS xid_age,
-       backend_xid::text AS xid, coalesce(age(backend_xid) >= age(backend_xmin), true) AS owned,
+       (CASE WHEN coalesce(age(backend_xid) >= age(backend_xmin), true) THEN coalesce(backend_xid, backend_xmin)
+             ELSE backend_xmin END)::text AS xid, coalesce(age(backend_xid) >= age(backend_xmin), true) AS owned,
        NULL::text AS slot_type, NULL::boolean AS active, NULL::text AS database, NULL::text AS client
   FROM pg_stat_activity
  WHERE (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL) AND pid <> pg_backend_pid()
@@ -64,10 +65,11 @@ KIND_RANK = {"prepared": 0, "backend": 1, "slot": 2, "standby": 3}
 
 
 def _pick(rows: list[Any]) -> Any:
-    """The holder of the horizon: the oldest xid, and among equals the one whose own transaction it is."""
+    """The holder of the horizon: the oldest xid, and among equals the one whose own transaction it is, then
+    the longest held (sessions sharing one snapshot's xmin), so runs agree on which holder it is."""
     oldest = rows[0].xid_age
     tied = [r for r in rows if r.xid_age == oldest]
-    return min(tied, key=lambda r: (not r.owned, KIND_RANK[r.kind]))
+    return min(tied, key=lambda r: (not r.owned, KIND_RANK[r.kind], -(r.held_s or 0), r.ident))
 
 
 def _describe(row: Any) -> tuple[str, str, str, str]:
@@ -128,7 +130,7 @@ def _describe(row: Any) -> tuple[str, str, str, str]:
     return f"standby {who} xmin {row.xid}", f"standby {who}", held, advice
 
 
-@check("vacuum_horizon", HORIZON_LABEL, group="activity")
+@check("vacuum_horizon", HORIZON_LABEL, group="activity", clear_at_once=True)
 def check_vacuum_horizon(conn: Connection, ctx: CheckContext) -> CheckReport:
     limit_s = ctx.settings.checks.xmin_horizon_s
     slot_since = "CASE WHEN NOT active THEN inactive_since END" if ctx.server_version(conn) >= 170000 else "NULL"
@@ -140,29 +142,58 @@ def check_vacuum_horizon(conn: Connection, ctx: CheckContext) -> CheckReport:
         ),
         {"ours": OUR_SESSIONS},
     ).all()
+    # Without pg_read_all_stats, other roles' sessions show their xmin but not since when nor what they run.
+    # Said by the role's membership, not by whether such a session happens to be open: once, not on and off.
+    sees_all = conn.execute(text("SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')")).scalar_one()
+    findings = (
+        []
+        if sees_all
+        else [
+            unavailable_finding(
+                "vacuum_horizon",
+                HORIZON_LABEL,
+                "pg_read_all_stats",
+                "This role may not see how long other roles' sessions have held their transactions nor what they "
+                "run: such a session holding the horizon is named by its pid and age in transactions only, once "
+                "it has held the same xmin for the threshold.",
+                "`GRANT pg_read_all_stats TO <the role of this stage's DATABASE_URL>;` (or `pg_monitor`).",
+            )
+        ]
+    )
+    status = "findings" if findings else "ok"
     if not rows:
-        return CheckReport("vacuum_horizon", HORIZON_LABEL, "ok", "nothing holds it back")
+        return CheckReport("vacuum_horizon", HORIZON_LABEL, status, "nothing holds it back", findings)
     holder = _pick(rows)
     others = len(rows) - 1
+    also = f" {others} other holder{'s are' if others != 1 else ' is'} younger." if others else ""
     if holder.kind == "backend" and holder.since is None:
-        # Another role's session: its xmin is visible, its age and query are not.
-        finding = unavailable_finding(
-            "vacuum_horizon",
-            HORIZON_LABEL,
-            "pg_read_all_stats",
-            f"Session pid {holder.pid} of another role holds the horizon ({holder.xid_age:,} transactions old), "
-            "but this role may not see how long it has been open or what it runs.",
-            "`GRANT pg_read_all_stats TO <the role of this stage's DATABASE_URL>;` (or `pg_monitor`).",
-        )
+        # Another role's session: its xmin is visible, its age and query are not. Like a slot, it must be seen
+        # holding the same xmin for the threshold.
         summary = f"pid {holder.pid} holds it, {holder.xid_age:,} transactions old (its age is not visible)"
-        return CheckReport("vacuum_horizon", HORIZON_LABEL, "findings", summary, [finding])
+        finding = Finding(
+            check="vacuum_horizon",
+            object=f"backend pid {holder.pid} xmin {holder.xid}",
+            severity="warning",
+            title=f"vacuum held back by session pid {holder.pid} (another role's)",
+            detail=(
+                f"The oldest holder of the xmin horizon is session pid {holder.pid} of another role, "
+                f"{holder.xid_age:,} transactions old; this role may not see since when or what it runs. It keeps "
+                f"dead rows from being removed and stops freezing.{also} Threshold: {duration(limit_s)}."
+            ),
+            advice=(
+                "Find it as a member of pg_read_all_stats: `SELECT pid, usename, application_name, state, xact_start, "
+                f"query FROM pg_stat_activity WHERE pid = {holder.pid};`, then have its client commit or roll back, "
+                f"or `SELECT pg_terminate_backend({holder.pid});`."
+            ),
+            pending_s=limit_s,
+        )
+        return CheckReport("vacuum_horizon", HORIZON_LABEL, "findings", summary, [*findings, finding])
     obj, who, held, advice = _describe(holder)
     age = f"{duration(holder.held_s)}, " if holder.held_s is not None else ""
     summary = f"held by {holder.kind} ({age}{holder.xid_age:,} transactions)"
     known = holder.held_s is not None
     if known and holder.held_s < limit_s:
-        return CheckReport("vacuum_horizon", HORIZON_LABEL, "ok", summary)
-    also = f" {others} other holder{'s are' if others != 1 else ' is'} younger." if others else ""
+        return CheckReport("vacuum_horizon", HORIZON_LABEL, status, summary, findings)
     finding = Finding(
         check="vacuum_horizon",
         object=obj,
@@ -176,7 +207,7 @@ def check_vacuum_horizon(conn: Connection, ctx: CheckContext) -> CheckReport:
         # Slots and standbys do not say since when they hold this xmin: it must be seen that long.
         pending_s=0 if known else limit_s,
     )
-    return CheckReport("vacuum_horizon", HORIZON_LABEL, "findings", summary, [finding])
+    return CheckReport("vacuum_horizon", HORIZON_LABEL, "findings", summary, [*findings, finding])
 
 
 @check("stale_vacuum", STALE_LABEL, group="maintenance", clear_at_once=True)
