@@ -81,7 +81,7 @@ def render_drift(request: CommandRequest, report: DriftReport) -> Message:
     for group, diffs in grouped.items():
         if shown >= MAX_DIFF_LINES:
             break
-        lines.append(md("*{}*", prose(group_title(group))))
+        lines.append(md("*{}*", prose(group_title(group, report.views))))
         for diff in diffs[: MAX_DIFF_LINES - shown]:
             lines.append(md("• {}", prose(_clip(diff.describe(report.stage_a, report.stage_b)))))
             shown += 1
@@ -158,7 +158,7 @@ def _stage_summary(report: MigrationsReport, stage: StageMigrations) -> Mrkdwn:
     if reference is not None and reference is not stage and reference.readable:
         behind = report.behind(stage, reference)
         if behind:
-            parts.append(f"{len(behind)} behind {reference.stage}")
+            parts.append(f"{stage.stage} is {len(behind)} behind {reference.stage}")
     return md("{}: {}", head, Mrkdwn(" · ").join(parts))
 
 

@@ -179,3 +179,23 @@ def test_the_lag_alert_and_its_clock_hold_while_the_reference_cannot_be_read(mak
     health.deliver()
     assert len(health.posts()) == 1
     assert {(r.stage, r.object): r.state for r in health.alert_rows()} == {("production", "behind:staging"): "firing"}
+
+
+def test_the_app_folder_is_searched_and_a_folder_without_migrations_is_said(make_bot, make_empty_db, tmp_path):
+    base = billing_migrations()
+    url = make_empty_db()
+    drizzle_migrate(url, base)
+    app = tmp_path / "app"
+    write_journal_folder(app / "drizzle", base)  # drizzle-kit's default `out`, beside the app's other folders
+    (app / "src").mkdir()
+    bot = make_bot({"dev": url}, MIGRATIONS_DIR=str(app))
+    shown = message_text(bot.command("migrations --stage dev").message())
+    assert "every migration in the folder is applied" in shown and "3 migrations in MIGRATIONS_DIR" in shown, shown
+
+    empty = tmp_path / "empty"
+    (empty / "meta").mkdir(parents=True)
+    bot = make_bot({"dev": url}, MIGRATIONS_DIR=str(empty))
+    reply = bot.command("migrations --stage dev").message()
+    assert reply["response_type"] == "ephemeral"
+    assert "MIGRATIONS_DIR holds no Drizzle migrations: no meta/_journal.json" in reply["text"], reply
+    assert "Traceback" not in str(reply)

@@ -72,6 +72,7 @@ class DriftReport:
     took_ms: int = 0
     ignored: tuple[str, ...] = ()
     excluded: tuple[str, ...] = ()
+    views: frozenset[str] = frozenset()  # groups that are views (on either stage)
 
     @property
     def identical(self) -> bool:
@@ -94,13 +95,15 @@ class DriftReport:
             out.append("identical")
         for group, diffs in self.by_group().items():
             out.append("")
-            out.append(group_title(group))
+            out.append(group_title(group, self.views))
             out += [f"  {d.describe(self.stage_a, self.stage_b)}" for d in diffs]
         return "\n".join(out) + "\n"
 
 
-def group_title(group: str) -> str:
-    return "database (types, extensions, sequences)" if group == DATABASE else f"table {group.removeprefix('public.')}"
+def group_title(group: str, views: frozenset[str] = frozenset()) -> str:
+    if group == DATABASE:
+        return "database (types, extensions, sequences)"
+    return f"{'view' if group in views else 'table'} {group.removeprefix('public.')}"
 
 
 def compare(a: Snapshot, b: Snapshot, stage_a: str, stage_b: str) -> list[Difference]:
@@ -169,4 +172,5 @@ def drift(stage_a: Stage, stage_b: Stage, settings: SchemaSettings) -> DriftRepo
         took_ms=int((time.perf_counter() - started) * 1000),
         ignored=settings.drift_ignore,
         excluded=(f"{settings.migrations_schema}.{settings.migrations_table}",),
+        views=frozenset(key[0] for snap in (a, b) for key in snap.objects if key[1] == "view"),
     )

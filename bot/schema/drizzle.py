@@ -67,18 +67,27 @@ def _v1_when(folder_name: str) -> int | None:
     return int(stamp.timestamp() * 1000)
 
 
+APP_FOLDERS = ("migrations", "drizzle")  # the platform's `out`, and drizzle-kit's default one
+
+
+def _holds_migrations(folder: Path) -> bool:
+    return (folder / JOURNAL).exists() or any((sub / V1_FILE).is_file() for sub in folder.iterdir() if sub.is_dir())
+
+
 def migrations_folder(directory: Path) -> Path:
-    """MIGRATIONS_DIR itself, or its `migrations` folder when it holds the app rather than the folder."""
-    if (directory / JOURNAL).exists() or not (directory / "migrations").is_dir():
+    """MIGRATIONS_DIR itself, or its `migrations` (or `drizzle`) folder when it holds the app rather than the folder."""
+    if not directory.is_dir() or _holds_migrations(directory):
         return directory
-    return directory / "migrations"
+    return next(
+        (directory / n for n in APP_FOLDERS if (directory / n).is_dir() and _holds_migrations(directory / n)), directory
+    )
 
 
 def read_folder(directory: Path) -> tuple[str, list[LocalMigration]]:
     """("journal" | "folders", migrations in the order drizzle applies them); MigrationsFolderError if unreadable."""
-    folder = migrations_folder(directory)
-    journal = folder / JOURNAL
     try:
+        folder = migrations_folder(directory)
+        journal = folder / JOURNAL
         if journal.exists():
             entries = json.loads(journal.read_text(encoding="utf-8")).get("entries", [])
             found = [_local(str(e["tag"]), int(e["when"]), (folder / f"{e['tag']}.sql").read_bytes()) for e in entries]
@@ -88,6 +97,11 @@ def read_folder(directory: Path) -> tuple[str, list[LocalMigration]]:
             when = _v1_when(sub.name)
             if when is not None:
                 found.append(_local(sub.name, when, (sub / V1_FILE).read_bytes()))
+        if not found:
+            raise MigrationsFolderError(
+                f"MIGRATIONS_DIR holds no Drizzle migrations: no {JOURNAL.as_posix()} and no "
+                f"<YYYYMMDDHHMMSS>_<name>/{V1_FILE} folders in it or in its {' or '.join(APP_FOLDERS)} folder"
+            )
         return "folders", found
     except FileNotFoundError as exc:
         raise MigrationsFolderError(

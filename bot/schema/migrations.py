@@ -160,10 +160,19 @@ def _stage_migrations(
     if isinstance(read, str):
         return StageMigrations(stage.name, stage.protected, "unreachable", reason=read)
     if read.state == "missing":
-        return StageMigrations(stage.name, stage.protected, "missing", reason=f"no table {table_name}")
+        return StageMigrations(
+            stage.name,
+            stage.protected,
+            "missing",
+            reason=f"no table {table_name}: never migrated by Drizzle (or MIGRATIONS_SCHEMA/MIGRATIONS_TABLE name "
+            "another table)",
+        )
     if read.state == "denied":
         return StageMigrations(
-            stage.name, stage.protected, "denied", reason=f"the stage's role may not read {table_name}"
+            stage.name,
+            stage.protected,
+            "denied",
+            reason=f"the stage's role may not read {table_name} (permission denied)",
         )
     entries, unknown = classify(local, read, layout or "journal") if local else ([], [])
     newest = read.newest

@@ -1,0 +1,83 @@
+"""`/mcp drift` on an app other than the platform: column types, check constraints, RLS policies, sequences,
+views and extension versions, between two databases built by the same Drizzle migration."""
+
+from __future__ import annotations
+
+from tests.conftest import message_text
+from tests.schema_support import Migration, drizzle_migrate, execute
+
+SHOP = """CREATE TYPE "public"."plan" AS ENUM('free', 'pro');
+--> statement-breakpoint
+CREATE TABLE "accounts" (
+\t"id" serial PRIMARY KEY NOT NULL,
+\t"email" varchar(120) NOT NULL,
+\t"plan" "plan" DEFAULT 'free' NOT NULL,
+\t"credits" integer DEFAULT 0,
+\t"score" numeric(10, 2),
+\tCONSTRAINT "accounts_credits_check" CHECK ("accounts"."credits" >= 0)
+);
+--> statement-breakpoint
+CREATE TABLE "projects" (
+\t"id" text PRIMARY KEY NOT NULL,
+\t"account_id" integer NOT NULL,
+\t"name" text NOT NULL
+);
+--> statement-breakpoint
+ALTER TABLE "projects" ADD CONSTRAINT "projects_account_id_accounts_id_fk" FOREIGN KEY ("account_id") \
+REFERENCES "public"."accounts"("id") ON DELETE cascade ON UPDATE no action;
+--> statement-breakpoint
+CREATE SEQUENCE "public"."invoice_no" INCREMENT BY 1 MINVALUE 1 START WITH 1000;
+--> statement-breakpoint
+CREATE VIEW "public"."pro_accounts" AS (select "id", "email" from "accounts" where "accounts"."plan" = 'pro');
+--> statement-breakpoint
+ALTER TABLE "projects" ENABLE ROW LEVEL SECURITY;
+--> statement-breakpoint
+CREATE POLICY "owner_only" ON "projects" AS PERMISSIVE FOR SELECT TO public USING (account_id > 0);
+--> statement-breakpoint
+CREATE EXTENSION IF NOT EXISTS pg_stat_statements WITH VERSION '1.9';
+"""
+
+
+def test_types_checks_policies_sequences_views_and_extension_versions(make_bot, make_empty_db):
+    staging, production = make_empty_db(), make_empty_db()
+    for url in (staging, production):
+        drizzle_migrate(url, [Migration("0000_shop_init", 1_700_000_000_000, SHOP)])
+    bot = make_bot({"staging": staging, "production": production})
+    assert "identical" in bot.command("drift staging production").message()["text"]
+
+    for statement in (
+        "ALTER TABLE projects ALTER COLUMN name TYPE varchar(200)",
+        "ALTER TABLE accounts ALTER COLUMN score TYPE numeric(12,2)",
+        "ALTER TABLE accounts DROP CONSTRAINT accounts_credits_check,"
+        " ADD CONSTRAINT accounts_credits_check CHECK (credits >= -10)",
+        "DROP POLICY owner_only ON projects",
+        "CREATE POLICY owner_only ON projects FOR ALL USING (account_id > 1)",
+        "CREATE POLICY admins ON projects TO pg_monitor USING (true)",
+        "ALTER TABLE projects DISABLE ROW LEVEL SECURITY",
+        "ALTER SEQUENCE invoice_no INCREMENT BY 5",
+        "CREATE SEQUENCE orphan_seq",
+        "CREATE OR REPLACE VIEW pro_accounts AS select id, email, credits from accounts where plan = 'pro'",
+        "ALTER EXTENSION pg_stat_statements UPDATE TO '1.10'",
+    ):
+        execute(production, statement)
+    reply = bot.command("drift staging production").message()
+    shown = message_text(reply)
+    expected = [
+        "`projects.name`: type `text` on staging, `character varying(200)` on production",
+        "`accounts.score`: type `numeric(10,2)` on staging, `numeric(12,2)` on production",
+        "check constraint `accounts_credits_check`: definition `CHECK ((credits &gt;= 0))` on staging, "
+        "`CHECK ((credits &gt;= '-10'::integer))` on production",
+        "policy `owner_only`: command `SELECT` on staging, `ALL` on production",
+        "policy `owner_only`: using `(account_id &gt; 0)` on staging, `(account_id &gt; 1)` on production",
+        "only on production: policy `admins`",
+        "table `projects`: row level security `enabled` on staging, `disabled` on production",
+        "sequence `invoice_no`: increment `1` on staging, `5` on production",
+        "only on production: sequence `orphan_seq`",
+        "*view pro_accounts*\n• view `pro_accounts`: definition `SELECT accounts.id, accounts.email FROM accounts",
+        "extension `pg_stat_statements`: `1.9` on staging, `1.10` on production",
+    ]
+    for line in expected:
+        assert line in shown, (line, shown)
+    assert reply["text"] == "staging vs production: 11 schema differences", shown
+    # The extension's own views and functions are the extension's: never listed one by one.
+    assert "pg_stat_statements_info" not in shown and "pg_stat_statements_reset" not in shown
