@@ -3,7 +3,9 @@
 Slack retries a request it believes timed out (header `X-Slack-Retry-Num`), with the same
 payload: a slash command or an interaction keeps its `trigger_id`, an event its `event_id`.
 A changing command claims that key in the bot database, in the same transaction that counts
-it against its author's rate limit; a retry finds it claimed and does nothing. The primary key
+it against its author's rate limit; every interaction (a click, a submitted form) and every
+event claims its own before its listener runs (handlers/retries.py). A retry finds its key
+claimed and does nothing. The primary key
 makes the claim exactly-once whichever replica each delivery reaches (a retry arriving while
 the first claim is uncommitted waits for it).
 """
@@ -34,13 +36,24 @@ class DuplicateDelivery(UserFacingError):
     outcome = "duplicate"
 
 
-def claim(conn: Connection, key: str) -> None:
-    """Claim `key` in the caller's transaction, or raise DuplicateDelivery."""
-    claimed = conn.execute(
+def _claimed(conn: Connection, key: str) -> bool:
+    """Insert `key` unless it is there (waiting for an uncommitted claim of it); True if this call did."""
+    inserted = conn.execute(
         insert(slack_deliveries).values(key=key[:200]).on_conflict_do_nothing().returning(slack_deliveries.c.key)
     ).first()
-    if claimed is None:
+    return inserted is not None
+
+
+def claim(conn: Connection, key: str) -> None:
+    """Claim `key` in the caller's transaction, or raise DuplicateDelivery."""
+    if not _claimed(conn, key):
         raise DuplicateDelivery("this request was already handled")
+
+
+def claim_once(engine: Engine, key: str) -> bool:
+    """Claim `key` in a transaction of its own: True the first time, False for a delivery seen before."""
+    with engine.begin() as conn:
+        return _claimed(conn, key)
 
 
 def prune(engine: Engine) -> None:

@@ -13,7 +13,7 @@ from bot.lanes import Busy
 from bot.logs import ContextThreadPoolExecutor
 from bot.runtime import Runtime
 from bot.service import CommandService
-from handlers import actions, alerts, charts, commands, home, operations, render, requests
+from handlers import actions, alerts, charts, commands, home, operations, render, requests, retries
 from handlers import render_backups as _render_backups  # noqa: F401 - registers the backup verbs' renderers
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ def build_app(runtime: Runtime) -> App:
         url_verification_enabled=True,
         ssl_check_enabled=True,
     )
+    retries.register(app, runtime)  # before any listener: a retried click or event runs nothing twice
     service = CommandService(runtime)
     for module in LISTENER_MODULES:
         module.register(app, service)

@@ -35,8 +35,9 @@ DRAIN_LIMIT = 4 * MAX_BODY_BYTES  # a larger declared body is refused without re
 EVENTS_PATH = "/slack/events"
 SIGNATURE_MAX_AGE_S = 300
 CLOSE = {"Connection": "close"}  # the rest of a refused request is not worth reading
-# Payloads Slack sends without a workspace: the endpoint check when the app is configured.
-WORKSPACELESS_TYPES = {"url_verification", "ssl_check"}
+# Payloads Slack sends without a workspace: the endpoint checks when the app is configured
+# (`url_verification` is JSON with a type; the slash command's `ssl_check=1` is a form without one).
+WORKSPACELESS_TYPES = {"url_verification"}
 
 
 def _refused(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
@@ -136,7 +137,7 @@ class SlackEndpoint:
         allowed = self.edge.team_ids
         if not allowed:
             return True
-        if body.get("type") in WORKSPACELESS_TYPES:
+        if body.get("type") in WORKSPACELESS_TYPES or body.get("ssl_check") == "1":
             return True
         ids = {extract_team_id(body), extract_enterprise_id(body)}
         return bool(ids & allowed)

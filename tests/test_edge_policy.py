@@ -3,13 +3,22 @@ retries runs once, whichever replica each delivery reaches."""
 
 from __future__ import annotations
 
+import json
 from urllib.parse import parse_qsl, urlencode
 
 from sqlalchemy import text
 
 from bot.console.client import SlackRequestSender
-from tests.conftest import CHANNEL, OPERATOR, SIGNING_SECRET, TEST_SPEC, StageDb, eventually
-from tests.deletion_support import requests_rows
+from tests.conftest import APPROVER, CHANNEL, OPERATOR, SIGNING_SECRET, TEST_SPEC, StageDb, eventually, message_text
+from tests.deletion_support import (
+    audit_outcomes,
+    buttons,
+    ephemeral_on,
+    request_message,
+    requests_rows,
+    start_delete,
+    wait_state,
+)
 
 
 def sender_for(bot, team_id: str) -> SlackRequestSender:
@@ -19,6 +28,14 @@ def sender_for(bot, team_id: str) -> SlackRequestSender:
 def test_requests_from_another_workspace_get_403_and_an_audit_line(make_bot, stage_db: StageDb):
     bot = make_bot({"dev": stage_db.url}, SLACK_TEAM_ID="T0LOCAL,E0ORG1")
     assert "/mcp find" in bot.command("help").text()  # the sender's own workspace, T0LOCAL
+    # Slack's checks of the endpoint carry no workspace: answered (signed, like everything else).
+    check = {"token": "legacy-verification-token-unused", "challenge": "c-123", "type": "url_verification"}
+    challenge = bot.sender.post(json.dumps(check).encode(), content_type="application/json")
+    assert (challenge.status, challenge.json()) == (200, {"challenge": "c-123"})
+    assert (
+        bot.sender.post(urlencode({"ssl_check": "1", "token": "legacy-verification-token-unused"}).encode()).status
+        == 200
+    )
 
     foreign = sender_for(bot, "TOTHER001")
     url = foreign.new_response_url()
@@ -70,3 +87,66 @@ def test_a_retried_delete_command_runs_once_across_two_replicas(make_bot, stage_
     assert [r.outcome for r in first.audit_rows() if r.command == "delete"] == ["requested", "ok"]
     with first.runtime.bot_engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM rate_limit_hits")).scalar() == 1
+
+
+def retried(bot, body: bytes, num: str = "1", content_type: str = "application/x-www-form-urlencoded"):
+    headers = {"X-Slack-Retry-Num": num, "X-Slack-Retry-Reason": "http_timeout"}
+    return bot.sender.post(body, content_type=content_type, headers=headers)
+
+
+def settled(*bots) -> bool:
+    return eventually(lambda: all(b.runtime.in_flight == 0 for b in bots), timeout=30)
+
+
+def test_a_retried_approve_click_votes_once_and_answers_nothing(make_bot, stage_db: StageDb):
+    first = make_bot({"dev": stage_db.url, "production": stage_db.url})
+    second = make_bot({"dev": stage_db.url, "production": stage_db.url})  # another replica, same bot database
+    request_id = start_delete(first, stage="production", extra='--reason "retried click"')
+    message = request_message(first, request_id)
+    row = next(r for r in requests_rows(first) if r.id == request_id)
+    url = first.sender.new_response_url()
+    payload = {
+        **first.sender._interaction_head(APPROVER),
+        "channel": {"id": row.channel, "name": "local"},
+        "container": {"type": "message", "message_ts": row.message_ts, "channel_id": row.channel},
+        "message": message,
+        "response_url": url,
+        "actions": [{**buttons(message)["Approve"], "block_id": "actions", "action_ts": "1.0"}],
+    }
+    body = urlencode({"payload": json.dumps(payload)}).encode()
+    assert first.sender.post(body).status == 200
+    assert wait_state(first, request_id, {"done", "failed"}).state == "done"
+    # Slack believed the click timed out: the same payload again, to either replica.
+    for bot, num in ((second, "1"), (first, "2")):
+        reply = retried(bot, body, num)
+        assert reply.status == 200 and not reply.body.strip()
+    assert settled(first, second)
+    path = url.split(first.slack.base_url, 1)[1]
+    assert [c for c in first.slack.calls if c.path == path] == []  # no "already done" for a click made once
+    assert audit_outcomes(first).count("approved") == 1
+
+    # The same click sent again without the header is not a retry: it is answered as a second click.
+    assert first.sender.post(body).status == 200
+    assert "already done" in message_text(ephemeral_on(first, url))
+
+
+def test_a_retried_event_is_handled_once(make_bot, stage_db: StageDb):
+    bot = make_bot({"dev": stage_db.url}, HOME_PUBLISH_INTERVAL_SECONDS="3600")
+    event = {
+        "token": "legacy-verification-token-unused",
+        "team_id": "T0LOCAL",
+        "api_app_id": "A0LOCAL",
+        "type": "event_callback",
+        "event_id": "Ev0RETRIED1",
+        "event_time": 1,
+        "event": {"type": "app_home_opened", "user": OPERATOR, "tab": "home", "event_ts": "1.0"},
+    }
+    body = json.dumps(event).encode()
+    assert bot.sender.post(body, content_type="application/json").status == 200
+    assert len(bot.slack.calls_to("views.publish")) == 1
+    reply = retried(bot, body, content_type="application/json")
+    assert reply.status == 200 and not reply.body.strip()
+    assert settled(bot)
+    # Handled again, it would have queued the tab for the person's next publish slot.
+    assert bot.runtime.outbox.backlog() == 0
+    assert len(bot.slack.calls_to("views.publish")) == 1
