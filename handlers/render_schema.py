@@ -154,6 +154,8 @@ def _stage_summary(report: MigrationsReport, stage: StageMigrations) -> Mrkdwn:
         parts.append(", ".join(problems) if problems else "every migration applied")
     if stage.unknown:
         parts.append(f"{len(stage.unknown)} unknown")
+    if repeated := sum(1 for e in stage.entries if e.repeats):
+        parts.append(f"{repeated} applied more than once")
     reference = report.stage(report.reference) if report.reference else None
     if reference is not None and reference is not stage and reference.readable:
         behind = report.behind(stage, reference)
@@ -162,12 +164,18 @@ def _stage_summary(report: MigrationsReport, stage: StageMigrations) -> Mrkdwn:
     return md("{}: {}", head, Mrkdwn(" · ").join(parts))
 
 
+def _cell(entry: Entry | None) -> str:
+    if entry is None:
+        return "-"
+    return STATE_WORDS[entry.state] + (f" x{1 + len(entry.repeats)}" if entry.repeats else "")
+
+
 def _matrix(report: MigrationsReport) -> list[str]:
     readable = [s for s in report.stages if s.readable]
     rows: list[tuple[str, list[str]]] = []
     if report.local:
         for name in report.not_everywhere():
-            rows.append((name, [STATE_WORDS.get(s.state_of(name) or "", "-") for s in readable]))
+            rows.append((name, [_cell(s.entry(name)) for s in readable]))
         for stage in readable:
             for row in stage.unknown:
                 rows.append((f"unknown {row.hash[:12]}", ["UNKNOWN" if s is stage else "-" for s in readable]))
@@ -232,6 +240,17 @@ def _applied_line(stage: StageMigrations) -> Mrkdwn | None:
 
 def _stage_detail(report: MigrationsReport, stage: StageMigrations) -> list[Mrkdwn]:
     lines = [_entry_line(e) for e in stage.entries if e.state in STATE_LINES]
+    lines += [
+        md(
+            ":repeat: {} recorded {} times (rows {}): it ran more than once, as two migrates started together do "
+            "(Drizzle takes no lock)",
+            code(e.name),
+            1 + len(e.repeats),
+            ", ".join(str(r.id) for r in (e.row, *e.repeats) if r is not None),
+        )
+        for e in stage.entries
+        if e.repeats
+    ]
     lines += [
         md(":question: unknown row {}: hash {}", row.id, code(row.hash[:12]))
         + (md(" name {}", code(row.name)) if row.name else Mrkdwn(""))

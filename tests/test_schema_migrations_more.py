@@ -199,3 +199,34 @@ def test_the_app_folder_is_searched_and_a_folder_without_migrations_is_said(make
     assert reply["response_type"] == "ephemeral"
     assert "MIGRATIONS_DIR holds no Drizzle migrations: no meta/_journal.json" in reply["text"], reply
     assert "Traceback" not in str(reply)
+
+
+def test_a_migration_recorded_twice_by_concurrent_runs(make_bot, make_health, make_empty_db, tmp_path):
+    """Two migrates started together both read the same newest row (Drizzle takes no lock); with idempotent
+    statements both commit, and the table records the migration twice: not an unknown row, a repeat."""
+    base = billing_migrations()
+    write_journal_folder(tmp_path / "migrations", base)
+    staging, production = make_empty_db(), make_empty_db()
+    drizzle_migrate(staging, base)
+    drizzle_migrate(production, base[:1])
+    # The second run's row for 0001 and 0002, as its transaction commits after the first's.
+    drizzle_migrate(production, base)
+    execute(
+        production,
+        "INSERT INTO drizzle.__drizzle_migrations (hash, created_at)"
+        " SELECT hash, created_at FROM drizzle.__drizzle_migrations WHERE id > 1 ORDER BY id",
+    )
+    env = {"MIGRATIONS_DIR": str(tmp_path / "migrations")}
+    bot = make_bot({"staging": staging, "production": production}, **env)
+    one = message_text(bot.command("migrations --stage production").message())
+    assert "`0001_brave_storm` recorded 2 times (rows 2, 4): it ran more than once" in one, one
+    assert "`0002_quiet_hulk` recorded 2 times (rows 3, 5)" in one
+    assert "unknown" not in one and "2 applied more than once" in one
+    matrix = message_text(bot.command("migrations").message())
+    assert "0001_brave_storm  applied  applied x2" in matrix, matrix
+
+    health = make_health({"staging": staging, "production": production}, **env)
+    assert health.runtime.scheduler.run_slot("schema:migrations", now=T0)
+    health.deliver()
+    posted = sorted(str(p.payload["text"]) for p in health.posts())
+    assert len(posted) == 2 and all("applied 2 times on production" in p for p in posted), posted

@@ -40,6 +40,7 @@ class Entry:
     when: int
     row: AppliedRow | None = None
     file_hash: str = ""  # the folder file's sha256, beside the row's (an edit shows both)
+    repeats: tuple[AppliedRow, ...] = ()  # more rows recording it: run twice (two migrates at once; no lock)
 
 
 @dataclass
@@ -59,8 +60,12 @@ class StageMigrations:
     def readable(self) -> bool:
         return self.table == "ok"
 
+    def entry(self, name: str) -> Entry | None:
+        return next((e for e in self.entries if e.name == name), None)
+
     def state_of(self, name: str) -> str | None:
-        return next((e.state for e in self.entries if e.name == name), None)
+        found = self.entry(name)
+        return found.state if found else None
 
     def applied_keys(self) -> set[str]:
         """What this stage has applied: folder names with MIGRATIONS_DIR, else row hashes."""
@@ -96,9 +101,14 @@ class MigrationsReport:
         return sorted(missing)
 
     def not_everywhere(self) -> list[str]:
-        """Migrations whose state is not `applied` on every readable stage, in folder order."""
+        """Migrations not plainly `applied` (once) on every readable stage, in folder order."""
         readable = [s for s in self.stages if s.readable]
-        return [m.name for m in self.local if any(s.state_of(m.name) != APPLIED for s in readable)]
+
+        def plain(stage: StageMigrations, name: str) -> bool:
+            entry = stage.entry(name)
+            return entry is not None and entry.state == APPLIED and not entry.repeats
+
+        return [m.name for m in self.local if not all(plain(s, m.name) for s in readable)]
 
 
 def classify(
@@ -127,14 +137,20 @@ def classify(
             row = next((r for r in dated if r.hash == m.hash), dated[0] if dated else None)
         if row is None:  # recorded under another `when` (a regenerated journal), recognised by its text
             row = next((r for r in unmatched if r.hash == m.hash and not (folders and table.named and r.name)), None)
+        repeats: tuple[AppliedRow, ...] = ()
         if row is not None:
             unmatched.remove(row)
             state = APPLIED if row.hash == m.hash else CRLF if row.hash in m.line_ending_hashes else EDITED
+            repeats = tuple(
+                r for r in unmatched if r.hash == row.hash and (r.name, r.created_at) == (row.name, row.created_at)
+            )
+            for again in repeats:
+                unmatched.remove(again)
         elif folders or newest is None or newest.created_at is None or m.when > newest.created_at:
             state = PENDING
         else:
             state = SKIPPED
-        entries.append(Entry(m.name, state, m.when, row, m.hash))
+        entries.append(Entry(m.name, state, m.when, row, m.hash, repeats))
     return entries, unmatched
 
 

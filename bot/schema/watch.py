@@ -2,7 +2,8 @@
 
 Findings, per stage (check `migrations`, one alert per object):
 - `skipped:<migration>` (critical): Drizzle's migrate will never run it;
-- `edited:<migration>`, `unknown:<hash>` (warning): the applied history is not the folder's;
+- `edited:<migration>`, `unknown:<hash>`, `repeated:<migration>` (warning): the applied history is not the folder's
+  (a file changed after it was applied; a row matching no file; a migration recorded twice by concurrent runs);
 - `behind:<reference>` (warning), protected stages only: migrations the reference stage
   (MIGRATION_REFERENCE_STAGE) has applied and this stage has not, for longer than MIGRATION_LAG_ALERT_HOURS.
 How long a stage has lacked a migration is the reference's `applied_at` where drizzle-orm 1.x records it, else
@@ -108,6 +109,22 @@ class MigrationWatch:
                         f"The hash {stage.stage} recorded for {entry.name} is not the file's: the file changed "
                         "after it was applied there, and Drizzle never compares hashes, so the change never ran.",
                         "Put the applied text back in the file and make the change a new migration.",
+                        remind=False,
+                    )
+                )
+        for entry in stage.entries:
+            if entry.repeats:
+                found.append(
+                    Finding(
+                        CHECK,
+                        f"repeated:{entry.name}",
+                        "warning",
+                        f"migration {entry.name} was applied {1 + len(entry.repeats)} times on {stage.stage}",
+                        f"{stage.stage}'s migrations table records {entry.name} {1 + len(entry.repeats)} times: two "
+                        "migrate runs started together (Drizzle takes no lock) and both ran it.",
+                        "Check that its statements did what was meant (a second run of a statement that is not "
+                        "idempotent changed the schema or data twice), then delete the extra rows; run migrate from "
+                        "one place at a time.",
                         remind=False,
                     )
                 )
