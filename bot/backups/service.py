@@ -9,9 +9,11 @@ target, a snapshot from `snapshot_before_delete` before it opens its transaction
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, update
@@ -37,6 +39,10 @@ RESTORE_STATEMENT_TIMEOUT_MS = 30 * 60 * 1000
 # change more (forget-user re-applies erasures), add notes to the report, or raise to refuse the whole
 # restore. It may return a callable to run once the restore has committed (recording what it did).
 AfterRestore = Callable[[Connection, Manifest, RestoreReport], Callable[[], None] | None]
+# Runs inside a restore's transaction before anything is read: it may give the restore another view
+# of the backup (forget-user: without the people erased since, copies in the scratch directory) and
+# notes for the report, or raise to refuse the restore.
+BeforeRestore = Callable[[Connection, Manifest, BackupStore, Path], tuple[Manifest, BackupStore, list[str]]]
 
 
 class Backups:
@@ -48,6 +54,7 @@ class Backups:
         self._store: BackupStore | None = None
         self._lock = threading.Lock()
         self.after_restore: list[AfterRestore] = []
+        self.before_restore: list[BeforeRestore] = []
 
     @property
     def store(self) -> BackupStore:
@@ -165,8 +172,16 @@ class Backups:
         """Restore the request's newest scoped backup, or exactly `backup_id` (what approvers saw)."""
         row, manifest = self.find_manifest(stage.name, request_id, backup_id)
         committed: list[Callable[[], None]] = []
-        with stage.write(statement_timeout_ms=RESTORE_STATEMENT_TIMEOUT_MS, application_name=work_name) as conn:
-            report = restore(conn, self.store, manifest, stage=stage.name, dry_run=dry_run)
+        with (
+            stage.write(statement_timeout_ms=RESTORE_STATEMENT_TIMEOUT_MS, application_name=work_name) as conn,
+            tempfile.TemporaryDirectory(prefix="mcp-ops-restore-") as scratch,
+        ):
+            store, notes = self.store, []
+            for before in self.before_restore:
+                manifest, store, more = before(conn, manifest, store, Path(scratch))
+                notes += more
+            report = restore(conn, store, manifest, stage=stage.name, dry_run=dry_run)
+            report.notes[:0] = notes
             for hook in self.after_restore:
                 then = hook(conn, manifest, report)
                 if then is not None:

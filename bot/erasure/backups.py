@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.backups.index import BackupRow
@@ -256,29 +257,26 @@ class BackupScanner:
             finding.action = "deleted"
             return finding
         document = json.loads(self.store.read_bytes(manifest.key))
-        by_order = {s.order: s for s in manifest.steps}
-        rules = {r.step.order: r for r in self._rules(manifest)}
-        written: list[str] = []
+        new = self.write_changed(manifest, changes, self.store, f"erased-{erasure_id}")
         try:
             for entry in document["steps"]:
-                order = int(entry["order"])
-                if order not in changes:
-                    continue
-                step = by_order[order]
-                drop, rewrite = changes[order]
-                name = step.file.removesuffix(".copy.gz") + f".erased-{erasure_id}.copy.gz"
-                key = manifest.key.rsplit("/", 1)[0] + "/" + name
-                written.append(key)
-                rows, raw_bytes, sha, stored = self._write_file(manifest, rules[order], drop, rewrite, key)
-                entry.update(file=name, rows=rows, bytes=raw_bytes, sha256=sha, stored_bytes=stored)
+                step = new.get(int(entry["order"]))
+                if step is not None:
+                    entry.update(
+                        file=step.file,
+                        rows=step.rows,
+                        bytes=step.bytes,
+                        sha256=step.sha256,
+                        stored_bytes=step.stored_bytes,
+                    )
             document.setdefault("purged", []).append(
                 {"erasure": erasure_id, "person": self.target.person.label, "rows": finding.rows}
             )
             body = json.dumps(document, indent=2).encode()
             self.store.put_bytes(manifest.key, body, content_type="application/json")  # the switch
         except BaseException:
-            for key in written:
-                self.store.delete(key)
+            for step in new.values():
+                self.store.delete(manifest.file_key(step))
             raise
         for step in manifest.steps:
             if step.order in changes:
@@ -286,8 +284,38 @@ class BackupScanner:
         finding.action = "rewritten"
         return finding
 
+    def without(self, manifest: Manifest, scratch: BackupStore) -> tuple[Manifest, BackupFinding]:
+        """The backup as it would be purged, its changed files written to `scratch` (the backup stays as it is)."""
+        finding, changes = self.scan(manifest)
+        if not changes:
+            return manifest, finding
+        new = self.write_changed(manifest, changes, scratch, f"without-{uuid.uuid4().hex[:8]}")
+        return replace(manifest, steps=tuple(new.get(s.order, s) for s in manifest.steps)), finding
+
+    def write_changed(
+        self, manifest: Manifest, changes: dict[int, tuple[set[int], dict[int, str]]], into: BackupStore, suffix: str
+    ) -> dict[int, ManifestStep]:
+        """The changed files, written to `into` beside the manifest under new names: their new steps, by order."""
+        rules = {r.step.order: r for r in self._rules(manifest)}
+        new: dict[int, ManifestStep] = {}
+        try:
+            for step in manifest.steps:
+                if step.order not in changes:
+                    continue
+                drop, rewrite = changes[step.order]
+                name = step.file.removesuffix(".copy.gz") + f".{suffix}.copy.gz"
+                key = manifest.key.rsplit("/", 1)[0] + "/" + name
+                new[step.order] = replace(step, file=name)
+                rows, raw_bytes, sha, stored = self._write_file(manifest, rules[step.order], drop, rewrite, key, into)
+                new[step.order] = replace(step, file=name, rows=rows, bytes=raw_bytes, sha256=sha, stored_bytes=stored)
+        except BaseException:
+            for step in new.values():
+                into.delete(manifest.file_key(step))
+            raise
+        return new
+
     def _write_file(
-        self, manifest: Manifest, rules: _Rules, drop: set[int], rewrite: dict[int, str], key: str
+        self, manifest: Manifest, rules: _Rules, drop: set[int], rewrite: dict[int, str], key: str, into: BackupStore
     ) -> tuple[int, int, str, int]:
         counted = {"rows": 0, "bytes": 0}
         sha = hashlib.sha256()
@@ -311,7 +339,7 @@ class BackupScanner:
             counted["bytes"] += len(buffer)
             yield compressor.compress(bytes(buffer)) + compressor.flush()
 
-        stored = self.store.upload(key, chunks(), content_type="application/gzip")
+        stored = into.upload(key, chunks(), content_type="application/gzip")
         return counted["rows"], counted["bytes"], sha.hexdigest(), stored.size
 
 

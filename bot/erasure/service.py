@@ -103,7 +103,9 @@ class Erasures:
         self.ledger = ledger
         self.backups = backups
         self.audit = audit
-        backups.after_restore.append(ReapplyErasures(ledger, self.settings, audit))
+        reapply = ReapplyErasures(ledger, self.settings, audit)
+        backups.before_restore.append(reapply.before)
+        backups.after_restore.append(reapply)
 
     def impact(self, stage: Stage, identifier: str) -> ErasureImpact:
         return self.impact_of(stage, Person.of(identifier))

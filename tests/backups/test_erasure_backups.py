@@ -79,13 +79,45 @@ def test_a_restore_of_an_older_backup_applies_the_erasure_again(make_bot, pat_db
     assert held.action == "found" and held.dropped["public.mcp_server_user"] == 1 and held.rows >= 4
 
     reply = bot.command(f"restore {request_id} --stage dev").text(timeout=60)
-    assert f"erasure #{receipt.erasure_id}" in reply and "applied again" in reply, reply
+    assert f"erasure #{receipt.erasure_id} ({receipt.label}): {held.rows} row(s)" in reply, reply
+    assert "left out of the restore" in reply and "applied again" in reply, reply
     assert fingerprints(pat_db) == without_pat(before)  # the server is back, Pat is not
     ledger = bot.runtime.erasures.ledger.get(receipt.erasure_id)
     assert ledger is not None and [e["event"] for e in ledger.events] == ["reapplied"]
-    assert ledger.events[0]["counts"]["public.mcp_server_user"] == 1
+    assert ledger.events[0]["left_out"] == held.rows and ledger.events[0]["counts"] == {}
     reapplied = [r for r in bot.audit_rows() if r.command == "forget-user" and r.outcome == "reapplied"]
     assert len(reapplied) == 1 and EMAIL not in str(reapplied[0]).lower()
+
+
+def test_a_restore_leaves_out_the_rows_of_a_person_who_used_other_servers_too(make_bot, pat_db):
+    """Pat also used srv_s1, so deleting srv_s3 keeps her user row but backs up her session there; once she
+    is forgotten, that session would point at a user row that is gone: the restore leaves her rows out."""
+    pat_db.execute(
+        "INSERT INTO mcp_server_session (mcp_server_session_id, mcp_server_slug, connection_date, mcp_server_user_id)"
+        " SELECT 'ses_pat_s1', slug, current_date, 'msu_pat' FROM mcp_servers WHERE id = 'srv_s1'"
+    )
+    bot = make_bot({"dev": pat_db.url})
+    root = Path(bot.env["BACKUP_DIR"])
+    before = fingerprints(pat_db)
+    slug = pat_db.scalar("SELECT slug FROM mcp_servers WHERE id = 'srv_s3'")
+    request_id = start_delete(bot, slug, extra="--backup")
+    press(bot, request_id, "Delete", OPERATOR)
+    assert wait_state(bot, request_id, {"done", "failed"}).state == "done"
+    assert pat_db.scalar("SELECT count(*) FROM mcp_server_user WHERE id = 'msu_pat'") == 1  # not orphaned
+    receipt = forget_pat(bot, purge=False)
+    [held] = receipt.backups
+    assert held.dropped == {"public.mcp_server_session": 1, "public.mcp_tool_calls": 2}
+    files = _files(root)
+
+    dry = bot.command(f"restore {request_id} --stage dev --dry-run").text(timeout=60)
+    assert f"erasure #{receipt.erasure_id} ({receipt.label}): 3 row(s)" in dry and "left out" in dry, dry
+    reply = bot.command(f"restore {request_id} --stage dev").text(timeout=60)
+    assert "Restored backup" in reply and f"erasure #{receipt.erasure_id}" in reply, reply
+    assert "msu_pat" not in reply
+    gone = {**PAT_ROWS, "public.mcp_server_session": {"ses_pat", "ses_pat_s1"}}
+    after = fingerprints(pat_db)
+    assert after == {t: {k: v for k, v in rows.items() if k not in gone.get(t, set())} for t, rows in before.items()}
+    assert _files(root) == files  # the backup itself is as it was (not purged); the restore read copies
 
 
 def test_the_dry_run_of_a_restore_names_the_erasure_it_would_apply_again(make_bot, pat_db):
@@ -101,11 +133,12 @@ def test_a_restore_that_cannot_apply_the_erasure_again_is_refused_naming_it(make
     bot = make_bot({"dev": pat_db.url})
     request_id = delete_small_server_with_backup(bot, pat_db)
     receipt = forget_pat(bot, purge=False)
-    # Since the erasure, a legal hold names Pat's user id (its key added NOT VALID, Pat being gone): once the
-    # restore brings the user row back, the hold protects it and applying the erasure again is refused.
+    # Since the erasure a user row under Pat's email came back, and a legal hold protects it: applying the
+    # erasure again after restoring would delete it, which the hold refuses.
     pat_db.execute(
-        "CREATE TABLE legal_holds (user_id text PRIMARY KEY); INSERT INTO legal_holds VALUES ('msu_pat');"
-        " ALTER TABLE legal_holds ADD FOREIGN KEY (user_id) REFERENCES mcp_server_user(id) ON DELETE RESTRICT NOT VALID"
+        "INSERT INTO mcp_server_user (id, email) VALUES ('msu_pat_again', 'PAT.Smith@example.org');"
+        " CREATE TABLE legal_holds (user_id text PRIMARY KEY REFERENCES mcp_server_user(id) ON DELETE RESTRICT);"
+        " INSERT INTO legal_holds VALUES ('msu_pat_again')"
     )
     reply = bot.command(f"restore {request_id} --stage dev").text(timeout=60)
     assert f"erasure #{receipt.erasure_id} ({receipt.label})" in reply and "nothing was restored" in reply, reply
