@@ -72,6 +72,7 @@ def test_explain_refuses_ddl_and_says_why_other_statements_cannot_be_planned(mak
     with psycopg.connect(stage_db.url, autocommit=True) as conn:
         conn.execute("CREATE TABLE explain_scratch (id int)")
         conn.execute("SELECT now() - interval '1 day'")  # normalised to `interval $1`: not valid SQL
+        conn.execute("SELECT 40 + 2 AS answer")  # `$1 + $2`: two constants of no known type
     bot = make_bot({"dev": stage_db.url})
 
     ddl = queryid(stage_db.url, "CREATE TABLE explain_scratch%")
@@ -83,6 +84,11 @@ def test_explain_refuses_ddl_and_says_why_other_statements_cannot_be_planned(mak
     unparsable = bot.command(f"explain {typed} --stage dev").text()
     assert f"queryid {typed} cannot be prepared: syntax error" in unparsable
     assert "normalised text is not always valid SQL" in unparsable
+
+    untyped = queryid(stage_db.url, "SELECT $1 + $2 AS answer%")
+    ambiguous = bot.command(f"explain {untyped} --stage dev").text()
+    assert f"queryid {untyped} cannot be prepared: operator is not unique: unknown + unknown" in ambiguous
+    assert "keeps no type for its constants" in ambiguous and "SQLSTATE" not in ambiguous
 
     assert "is not in pg_stat_statements of this database" in bot.command("explain 42 --stage dev").text()
     assert "`abc` is not a queryid" in bot.command("explain abc --stage dev").text()

@@ -310,6 +310,12 @@ def _planning_error(queryid: int, exc: DBAPIError, statement: str, limit_bytes: 
             "text is not always valid SQL (a constant of a typed literal such as `interval '1 day'` becomes "
             "`interval $1`)"
         )
+    if sqlstate in ("42883", "42725", "42804"):  # no such operator or function, ambiguous, mismatched types
+        return (
+            f"queryid {queryid} cannot be prepared: {primary or 'its types do not fit'}. pg_stat_statements' "
+            "normalised text keeps no type for its constants (`$1`, `$2`, ...): PostgreSQL infers them from their "
+            "use, and here its guess does not fit (`$1 + $2` has no known type; `ARRAY[$1, $2]` becomes `text[]`)"
+        )
     if sqlstate == "42P18":
         return f"queryid {queryid} cannot be prepared: {primary} (a parameter's type cannot be inferred from its use)"
     return f"queryid {queryid} cannot be prepared: {primary or 'PostgreSQL refused it'} (SQLSTATE {sqlstate or '?'})"

@@ -32,7 +32,9 @@ KIND = "sequence"
 SEQUENCES_SQL = """
 SELECT format('%I.%I', n.nspname, c.relname) AS name, s.seqmin, s.seqmax, s.seqincrement,
        format_type(s.seqtypid, NULL) AS seq_type, has_sequence_privilege(c.oid, 'SELECT,USAGE') AS visible,
-       CASE WHEN has_sequence_privilege(c.oid, 'SELECT,USAGE') THEN pg_sequence_last_value(c.oid) END AS last_value,
+       -- (an unlogged sequence has no position on a standby: PostgreSQL before 17 raises an error for it)
+       CASE WHEN has_sequence_privilege(c.oid, 'SELECT,USAGE') AND (c.relpersistence = 'p' OR NOT pg_is_in_recovery())
+            THEN pg_sequence_last_value(c.oid) END AS last_value,
        col.table_name, col.column_name, col.col_type, col.identity
   FROM pg_sequence s
   JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace
