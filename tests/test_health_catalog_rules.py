@@ -1,6 +1,7 @@
 """The catalog checks of issue 17 on schemas shaped unlike the platform's: sequences fed through a DEFAULT
 from another schema and descending ones, duplicate-index rules (covering, partitioned, operator classes,
-collations, expressions, predicates), NOT VALID constraints of partitioned and inherited tables. Each
+collations, expressions, predicates), NOT VALID constraints of partitioned and inherited tables, the
+holder of the vacuum horizon among sessions of the same xid age. Each
 condition gives exactly one alert, which resolves when the condition is removed.
 """
 
@@ -124,3 +125,26 @@ def test_a_not_valid_constraint_of_a_partitioned_or_inherited_table_alerts_once(
     run(plain_db, "ALTER TABLE readings VALIDATE CONSTRAINT value_positive")  # validates the partitions' too
     resolves_at_once(health, "fk_indexes", "not_valid_constraint", "public.readings.value_positive")
     assert [r.object for r in firing(health)] == ["public.shapes.sides_positive"]
+
+
+def test_the_horizon_is_held_by_the_writer_not_by_an_older_session_whose_snapshot_waits_on_it(make_health, plain_db):
+    import psycopg
+
+    run(plain_db, "CREATE TABLE ledger (id int)")
+    reader = psycopg.connect(plain_db, application_name="report")
+    writer = psycopg.connect(plain_db, application_name="importer")
+    try:
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # its transaction starts first
+        writer.execute("INSERT INTO ledger VALUES (1)")  # holds an xid, idle in transaction
+        reader.execute("SELECT count(*) FROM ledger")  # its snapshot's xmin is the writer's xid: the same age
+        health = make_health({"dev": plain_db}, XMIN_HORIZON_SECONDS="0")
+        for _ in range(3):
+            health.run("activity")
+        [row] = [r for r in firing(health) if r.check_name == "vacuum_horizon"]
+        assert row.object.startswith(f"backend pid {writer.info.backend_pid} since ")
+        assert f"vacuum held back by session pid {writer.info.backend_pid}" in _texts(health.posts())[0]
+        assert len(health.posts()) == 1
+    finally:
+        writer.close()
+        reader.close()
+    resolves_at_once(health, "activity", "vacuum_horizon", row.object)

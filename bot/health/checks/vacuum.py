@@ -35,12 +35,14 @@ HORIZON_LABEL = "Vacuum horizon"
 STALE_LABEL = "Tables not vacuumed"
 MIN_DEAD_TUPLES = 50  # autovacuum_vacuum_threshold's default: fewer dead rows than this are noise
 
-# One row per holder; `owned`: the xid it holds is its own transaction's (not a snapshot of someone else's).
+# One row per holder; `owned`: the xid it holds is its own transaction's (a session holding only a snapshot
+# holds someone else's: the oldest transaction running when it was taken).
 HOLDERS_SQL = """
 SELECT 'backend' AS kind, pid::text AS ident, pid, usename, application_name, state, left(query, 1000) AS query,
        xact_start AS since, greatest(age(backend_xid), age(backend_xmin)) AS xid_age,
        (CASE WHEN coalesce(age(backend_xid) >= age(backend_xmin), true) THEN coalesce(backend_xid, backend_xmin)
-             ELSE backend_xmin END)::text AS xid, coalesce(age(backend_xid) >= age(backend_xmin), true) AS owned,
+             ELSE backend_xmin END)::text AS xid,
+       coalesce(age(backend_xid) >= coalesce(age(backend_xmin), 0), false) AS owned,
        NULL::text AS slot_type, NULL::boolean AS active, NULL::text AS database, NULL::text AS client
   FROM pg_stat_activity
  WHERE (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL) AND pid <> pg_backend_pid()
