@@ -15,7 +15,8 @@ from bot.localpg import LocalPostgres, installations
 from bot.pgcatalog import read_snapshot
 from bot.slacktext.blocks import block_chars
 from tests.conftest import CHANNEL, OPERATOR, TEST_SPEC, VIEWER, dead_database_url, message_text, unique_name
-from tests.schema_support import drizzle_migrate, execute, platform_migrations
+from tests.schema_support import Migration, drizzle_migrate, execute, platform_migrations
+from tests.test_schema_drift_more import SHOP
 
 
 @pytest.fixture(scope="module")
@@ -172,11 +173,20 @@ def test_the_same_migrations_on_the_oldest_and_newest_installed_server_compare_i
     try:
         here = pg.create_database(unique_name("drift_here"))
         there = other.create_database("drift_there")
+        # Another app's migration too: a view, which 16+ prints without the table qualifiers 15 prints.
+        shop = Migration("0009_shop", 1_800_000_000_000, SHOP)
         for url in (here, there):
-            drizzle_migrate(url, platform_migrations())
+            drizzle_migrate(url, [*platform_migrations(), shop])
         bot = make_bot({"staging": here, "production": there})
         reply = bot.command("drift staging production").message()
         assert "identical" in reply["text"], message_text(reply)
+        # What the view selects still counts.
+        execute(
+            there, "CREATE OR REPLACE VIEW pro_accounts AS SELECT id, email, credits FROM accounts WHERE plan = 'pro'"
+        )
+        changed = bot.command("drift staging production").message()
+        assert changed["text"] == "staging vs production: 1 schema difference", message_text(changed)
+        assert "view `pro_accounts`: definition" in message_text(changed)
         pg.drop_database(here.rsplit("/", 1)[1])
     finally:
         other.destroy()
