@@ -11,7 +11,7 @@ from typing import Any
 from bot.erasure.identity import normalise
 from bot.erasure.operations import IDENTIFIER
 from bot.erasure.plan import ErasureImpact
-from bot.erasure.service import AllStages, DryRun
+from bot.erasure.service import AllStages, BackupsPurged, DryRun
 from bot.kinds.forget_user import ErasurePosted, ErasureRefused
 from bot.pii import mask_email
 from bot.requests.messages import RequestView
@@ -154,6 +154,8 @@ def render_forget_user(request: CommandRequest, result: Any) -> Message:
         return _all_stages(request, result)
     if isinstance(result, ErasurePosted):
         return _posted(request, result)
+    if isinstance(result, BackupsPurged):
+        return _purged_later(request, result)
     if isinstance(result, ErasureRefused):
         head = md(
             ":no_entry: {} can't be forgotten on *{}* as it is: the database would refuse. Nothing was asked.",
@@ -229,19 +231,27 @@ def receipt_lines(result: dict[str, Any]) -> list[Mrkdwn]:
         lines.append(md(":white_check_mark: Checked after the commit: nothing matching the person is left."))
     else:
         lines.append(md(":warning: The check after the commit found: {}", "; ".join(result.get("verification") or [])))
+    return lines + backup_lines(result)
+
+
+def backup_lines(
+    result: dict[str, Any], *, none: str = "No scoped backup taken before the erasure holds the person."
+) -> list[Mrkdwn]:
+    """The scoped backups that held the person and what became of them; what may still hold them."""
+    lines: list[Mrkdwn] = []
     backups = list(result.get("backups") or [])
     if result.get("backup_error"):
         lines.append(md(":warning: The scoped backups could not be read: {}", prose(result["backup_error"])))
     elif not backups:
-        lines.append(md("No scoped backup taken before the erasure holds the person."))
+        lines.append(md("{}", none))
     for backup in backups:
-        fate = BACKUP_FATES.get(
-            str(backup.get("action")), "still holds them; a restore of it applies this erasure again"
-        )
+        fate = BACKUP_FATES.get(str(backup.get("action")), "still holds them; a restore of it leaves them out")
         rows = int(backup.get("rows") or 0)
         lines.append(
             md("• scoped backup {}: {} of the person, {}", code(backup.get("backup_id")), plural(rows, "row"), fate)
         )
+    if any(b.get("action") == "found" for b in backups):
+        lines.append(md("To purge them later: the same `/mcp forget-user` with `--purge-backups`."))
     full = [str(b) for b in result.get("full_backups") or []]
     if full:
         shown = Mrkdwn(", ").join(code(b) for b in full[:5])
@@ -252,6 +262,23 @@ def receipt_lines(result: dict[str, Any]) -> list[Mrkdwn]:
     for snapshot in result.get("snapshots") or []:
         lines.append(md("May remain until it expires: RDS snapshot {}", code(snapshot)))
     return lines
+
+
+def _purged_later(request: CommandRequest, result: BackupsPurged) -> Message:
+    head = md(
+        ":broom: {} was forgotten on *{}* by erasure #{}; the scoped backups taken before it are purged now:",
+        who(request, result.label),
+        result.stage,
+        str(result.erasure_id),
+    )
+    found = {
+        "backups": [b.to_json() for b in result.backups],
+        "backup_error": result.backup_error,
+        "full_backups": result.full_backups,
+        "snapshots": result.snapshots,
+    }
+    lines = backup_lines(found, none="No scoped backup taken before the erasure holds the person any more.")
+    return message(f"forget-user: backups purged on {result.stage}", [section(head), *lines_sections(lines)])
 
 
 def request_body(view: RequestView) -> list[Block]:

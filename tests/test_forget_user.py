@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from sqlalchemy import text
 
+from bot.erasure.identity import Person
 from bot.erasure.plan import ErasureTarget
 from bot.kinds.forget_user import forget_user_kind
 from bot.logs import JsonFormatter
@@ -165,6 +166,12 @@ def test_the_requester_confirms_and_the_receipt_holds_no_email(app, person_db, m
     assert {r.outcome for r in lines} >= {"requested", "confirmed", "running", "done"}
     assert all("sha256:" in r.args or r.args.startswith("#") for r in lines)
     assert_nowhere(app, log_lines, EMAIL, "alice.two", "did_alice")
+    # The ledger finds the erasure again by the identifier, any of her emails or her user id (purge later).
+    ledger = app.runtime.erasures.ledger
+    for identifier in (EMAIL.upper(), "msu_alice"):
+        assert getattr(ledger.erased("dev", Person.of(identifier)), "id", None) == row.result["erasure"], identifier
+    assert ledger.erased("dev", Person.of("bob@example.com")) is None
+    assert ledger.erased("staging", Person.of(EMAIL)) is None
 
 
 def test_a_protected_stage_needs_a_reason_and_another_approver(app, person_db, log_lines):

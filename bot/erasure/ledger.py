@@ -33,6 +33,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.botdb import metadata
+from bot.erasure.identity import Person
 from bot.erasure.plan import ErasureTarget
 from bot.errors import UserFacingError
 from bot.pii import scrub
@@ -178,6 +179,22 @@ class ErasureLedger:
         )
         with self.engine.connect() as conn:
             return [_erasure(r) for r in conn.execute(query)]
+
+    def erased(self, stage: str, person: Person) -> Erasure | None:
+        """The newest committed erasure on `stage` of the person an identifier names, by any digest that
+        found them: the identifier it was asked with, one of their emails, their user row's key."""
+        query = (
+            select(erasures).where(erasures.c.stage == stage, erasures.c.state == "done").order_by(desc(erasures.c.id))
+        )
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                target = ErasureTarget.from_json(row.target)
+                if person.normalised in (target.person.normalised, *target.emails) or person.exact in (
+                    target.person.exact,
+                    *target.user_keys,
+                ):
+                    return _erasure(row)
+        return None
 
     def latest(self, *, stage: str | None = None, limit: int = 20) -> list[Erasure]:
         query = select(erasures).order_by(desc(erasures.c.id)).limit(limit)

@@ -1,11 +1,12 @@
 """`/mcp forget-user <email|distinct-id|user-id> --stage S [--dry-run] [--reason "..."] [--all-stages]
-[--purge-backups]`: a dry run, the dry run on every stage, or an erasure request (a kind of operation)."""
+[--purge-backups]`: a dry run, the dry run on every stage, or an erasure request (a kind of operation);
+`--purge-backups` for a person already erased without it purges the backups still holding them."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from bot.errors import CommandError
+from bot.errors import CommandError, NotFound
 from bot.kinds.forget_user import forget_user_kind
 from bot.runtime import Runtime
 from bot.service import CommandRequest, operation
@@ -43,4 +44,11 @@ def run_forget_user(runtime: Runtime, request: CommandRequest) -> Any:
     stage = stage_of(runtime, request)
     if flags.get("dry-run"):
         return runtime.erasures.dry_run(stage, identifier)
-    return forget_user_kind(runtime).request(request, stage, identifier)
+    try:
+        return forget_user_kind(runtime).request(request, stage, identifier)
+    except NotFound:
+        # Nothing matches any more: if the person was erased without --purge-backups, purge those now.
+        purged = runtime.erasures.purge_later(stage, identifier) if flags.get("purge-backups") else None
+        if purged is None:
+            raise
+        return purged

@@ -96,6 +96,20 @@ class Receipt:
         }
 
 
+@dataclass
+class BackupsPurged:
+    """`--purge-backups` for a person erased earlier without it: the scoped backups taken before that erasure."""
+
+    erasure_id: int
+    stage: str
+    label: str
+    backups: list[BackupFinding] = field(default_factory=list)  # the backups purged now
+    purged: bool = True
+    full_backups: list[str] = field(default_factory=list)
+    snapshots: list[str] = field(default_factory=list)
+    backup_error: str | None = None
+
+
 class Erasures:
     def __init__(self, settings: Settings, ledger: ErasureLedger, backups: Backups, audit: AuditLog) -> None:
         self.bot_settings = settings
@@ -205,6 +219,16 @@ class Erasures:
         )
         return receipt
 
+    def purge_later(self, stage: Stage, identifier: str) -> BackupsPurged | None:
+        """The person was erased on `stage` without `--purge-backups`: purge the scoped backups taken before that
+        erasure that still hold them, from the ledger's digests. None when the ledger has no such erasure."""
+        erasure = self.ledger.erased(stage.name, Person.of(identifier))
+        if erasure is None:
+            return None
+        purged = BackupsPurged(erasure.id, stage.name, erasure.label)
+        self._backups(stage, erasure.id, erasure.started_at, erasure.target, purged, purge=True)
+        return purged
+
     def _settle(self, erasure_id: int, **values: Any) -> None:
         """After the stage's transaction: a bot database that fails now leaves the row `running` (still binding)."""
         try:
@@ -213,7 +237,14 @@ class Erasures:
             log.warning("could not settle the erasure's ledger row", extra={"erasure": erasure_id})
 
     def _backups(
-        self, stage: Stage, erasure_id: int, started: datetime, target: ErasureTarget, receipt: Receipt, *, purge: bool
+        self,
+        stage: Stage,
+        erasure_id: int,
+        started: datetime,
+        target: ErasureTarget,
+        receipt: Receipt | BackupsPurged,
+        *,
+        purge: bool,
     ) -> None:
         """Which backups taken before the erasure hold the person; with `purge`, rewrite or delete them."""
         try:

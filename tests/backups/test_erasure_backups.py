@@ -226,3 +226,32 @@ def test_forget_user_with_purge_backups_through_slack(make_bot, pat_db):
     assert f"scoped backup `{backup['backup_id']}`" in receipt and "rewritten without them" in receipt
     assert _mentions_pat(_files(root)) == []
     assert pat_db.scalar("SELECT count(*) FROM support_requests WHERE id = 'sr_pat'") == 0
+
+
+def test_purge_backups_later_for_a_person_already_erased(make_bot, pat_db):
+    """Erased without --purge-backups: the same command with --purge-backups purges the backups that still hold
+    the person, from the ledger's digests; asked again, nothing is left to purge."""
+    bot = make_bot({"dev": pat_db.url})
+    root = Path(bot.env["BACKUP_DIR"])
+    delete_small_server_with_backup(bot, pat_db)
+    receipt = forget_pat(bot, purge=False)
+    [held] = receipt.backups
+    assert held.action == "found" and _mentions_pat(_files(root))
+    assert "nothing on this stage matches" in bot.command(
+        "forget-user nobody@example.org --stage dev --purge-backups"
+    ).text(timeout=60)
+
+    reply = bot.command(f"forget-user {EMAIL.upper()} --stage dev --purge-backups")
+    body = reply.text(timeout=60)
+    assert reply.message()["response_type"] == "in_channel"
+    assert f"by erasure #{receipt.erasure_id}" in body and f"scoped backup `{held.backup_id}`" in body, body
+    assert "rewritten without them" in body and EMAIL not in body.lower()
+    assert _mentions_pat(_files(root)) == []
+    ledger = bot.runtime.erasures.ledger.get(receipt.erasure_id)
+    assert ledger is not None and [e["event"] for e in ledger.events] == ["purged"]
+    assert [b["action"] for b in ledger.backups] == ["rewritten"]
+
+    again = bot.command("forget-user ' Pat.Smith@example.ORG' --stage dev --purge-backups").text(timeout=60)
+    assert "holds the person any more" in again, again
+    purges = [r for r in bot.audit_rows() if r.command == "forget-user" and r.outcome == "rewritten"]
+    assert len(purges) == 1 and EMAIL not in str(purges[0]).lower()
