@@ -1,6 +1,6 @@
 """The catalog checks of issue 17 on schemas shaped unlike the platform's: sequences fed through a DEFAULT
 from another schema and descending ones, duplicate-index rules (covering, partitioned, operator classes,
-collations, expressions, predicates), NOT VALID constraints of partitioned and inherited tables, the
+collations, expressions, predicates), NOT VALID constraints of partitioned and inherited tables and of domains, the
 holder of the vacuum horizon among sessions of the same xid age. Each
 condition gives exactly one alert, which resolves when the condition is removed.
 """
@@ -148,3 +148,23 @@ def test_the_horizon_is_held_by_the_writer_not_by_an_older_session_whose_snapsho
         writer.close()
         reader.close()
     resolves_at_once(health, "activity", "vacuum_horizon", row.object)
+
+
+def test_a_not_valid_check_of_a_domain_alerts_once_and_resolves_when_validated(make_health, plain_db):
+    run(
+        plain_db,
+        "CREATE DOMAIN quantity AS int",
+        "CREATE TABLE stock (item text, on_hand quantity)",
+        "INSERT INTO stock VALUES ('bolt', -3)",
+        "ALTER DOMAIN quantity ADD CONSTRAINT quantity_not_negative CHECK (VALUE >= 0) NOT VALID",
+    )
+    health = make_health({"dev": plain_db})
+    health.run("fk_indexes")
+    posted = by_object(health, "not_valid_constraint")
+    assert list(posted) == ["public.quantity.quantity_not_negative"]
+    text = posted["public.quantity.quantity_not_negative"]
+    assert "check constraint quantity_not_negative of domain public.quantity is NOT VALID" in text
+    assert "ALTER DOMAIN public.quantity VALIDATE CONSTRAINT quantity_not_negative;" in text
+    run(plain_db, "UPDATE stock SET on_hand = 0", "ALTER DOMAIN quantity VALIDATE CONSTRAINT quantity_not_negative")
+    resolves_at_once(health, "fk_indexes", "not_valid_constraint", "public.quantity.quantity_not_negative")
+    assert len(health.posts()) == 1
