@@ -22,13 +22,18 @@ _COLUMNS = text(
 def covers(index: str, columns: str) -> str:
     """SQL: the pg_index row `index` serves every lookup on `columns` (an int2[] of attribute numbers).
 
-    A valid, non-partial index whose leading *key* columns are exactly these, in any order: an
+    A valid, non-partial index whose leading *key* columns are exactly these, in any order, each
+    with its column's own collation (a lookup by `=` can't use an index in another one): an
     expression, an INCLUDE column or a predicate does not count. The one rule for the foreign-key
     checks (bot/health/checks/foreign_keys.py) and for Create index's "an equivalent index exists".
     """
+    lead = f"[0:cardinality({columns}) - 1]"
     return (
         f"{index}.indisvalid AND {index}.indpred IS NULL AND {index}.indnkeyatts >= cardinality({columns})"
-        f" AND ({index}.indkey::int2[])[0:cardinality({columns}) - 1] @> {columns}"
+        f" AND ({index}.indkey::int2[]){lead} @> {columns}"
+        f" AND NOT EXISTS (SELECT 1 FROM unnest(({index}.indkey::int2[]){lead}, ({index}.indcollation::oid[]){lead})"
+        f" AS k(attnum, coll) JOIN pg_attribute ka ON ka.attrelid = {index}.indrelid AND ka.attnum = k.attnum"
+        " WHERE k.coll <> ka.attcollation)"
     )
 
 
