@@ -120,6 +120,11 @@ STATE_LINES = {
     EDITED: ":pencil2: `{name}` *edited*: the applied migration's hash differs from the file's",
     CRLF: ":page_facing_up: `{name}` applied; the file differs only in line endings (CRLF), not an edit",
 }
+RERUNS = (
+    ":rotating_light: row {} has no created_at: Drizzle (0.x) reads it as the newest row (NULL sorts first, as 0), "
+    "so its next migrate runs all {} migrations of the journal again (and fails at the first that is not "
+    "idempotent, every time); set its created_at to its journal entry's `when`"
+)
 MAX_MATRIX_ROWS = 40
 MAX_STAGE_LINES = 30
 
@@ -154,6 +159,8 @@ def _stage_summary(report: MigrationsReport, stage: StageMigrations) -> Mrkdwn:
         parts.append(", ".join(problems) if problems else "every migration applied")
     if stage.unknown:
         parts.append(f"{len(stage.unknown)} unknown")
+    if stage.reruns is not None:
+        parts.append("the next migrate reruns every migration")
     if repeated := sum(1 for e in stage.entries if e.repeats):
         parts.append(f"{repeated} applied more than once")
     reference = report.stage(report.reference) if report.reference else None
@@ -240,6 +247,8 @@ def _applied_line(stage: StageMigrations) -> Mrkdwn | None:
 
 def _stage_detail(report: MigrationsReport, stage: StageMigrations) -> list[Mrkdwn]:
     lines = [_entry_line(e) for e in stage.entries if e.state in STATE_LINES]
+    if stage.reruns is not None:
+        lines.insert(0, md(RERUNS, stage.reruns.id, len(stage.entries)))
     lines += [
         md(
             ":repeat: {} recorded {} times (rows {}): it ran more than once, as two migrates started together do "

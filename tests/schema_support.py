@@ -153,7 +153,7 @@ def drizzle_migrate(
         ran: list[str] = []
         with conn.transaction():
             for m in migrations:
-                if last is None or int(last[2]) < m.when:
+                if last is None or int(last[2] or 0) < m.when:  # Number(null) is 0
                     _run(conn, m, target)
                     ran.append(m.tag)
         return ran

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 
+import psycopg
 import pytest
 from sqlalchemy import text
 
@@ -230,3 +231,20 @@ def test_a_migration_recorded_twice_by_concurrent_runs(make_bot, make_health, ma
     health.deliver()
     posted = sorted(str(p.payload["text"]) for p in health.posts())
     assert len(posted) == 2 and all("applied 2 times on production" in p for p in posted), posted
+
+
+def test_a_row_without_created_at_makes_the_next_migrate_run_everything_again(make_bot, make_empty_db, tmp_path):
+    base = billing_migrations()
+    late = Migration("0003_late_branch", WHEN + HOUR + HOUR // 2, 'ALTER TABLE "invoices" ADD COLUMN "note" text;\n')
+    write_journal_folder(tmp_path / "migrations", [*base, late])
+    url = make_empty_db()
+    drizzle_migrate(url, base)
+    # The skipped migration applied by hand and recorded, but without its created_at.
+    execute(url, late.sql)
+    execute(url, f"INSERT INTO drizzle.__drizzle_migrations (hash) VALUES ('{late.hash}')")
+    bot = make_bot({"dev": url}, MIGRATIONS_DIR=str(tmp_path / "migrations"))
+    shown = message_text(bot.command("migrations --stage dev").message())
+    assert "row 4 has no created_at" in shown and "runs all 4 migrations of the journal again" in shown, shown
+    assert "the next migrate reruns every migration" in shown
+    with pytest.raises(psycopg.errors.DuplicateTable):  # as said: 0000 runs again
+        drizzle_migrate(url, [*base, late])

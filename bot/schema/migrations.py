@@ -55,6 +55,7 @@ class StageMigrations:
     rows: tuple[AppliedRow, ...] = ()
     newest: AppliedRow | None = None
     newest_name: str | None = None
+    reruns: AppliedRow | None = None  # a row without created_at: drizzle-orm 0.x's next migrate reruns every entry
 
     @property
     def readable(self) -> bool:
@@ -121,6 +122,8 @@ def classify(
     folders = layout == "folders"
     unmatched = list(table.rows)
     newest = table.newest
+    # 0.x reads `ORDER BY created_at DESC LIMIT 1`: NULL sorts first, reads as 0, and every entry runs again.
+    undated = any(r.created_at is None for r in table.rows)
     by_name = {r.name: r for r in unmatched if r.name}
 
     def same_when(row: AppliedRow, when: int) -> bool:
@@ -146,7 +149,7 @@ def classify(
             )
             for again in repeats:
                 unmatched.remove(again)
-        elif folders or newest is None or newest.created_at is None or m.when > newest.created_at:
+        elif folders or newest is None or newest.created_at is None or undated or m.when > newest.created_at:
             state = PENDING
         else:
             state = SKIPPED
@@ -205,6 +208,7 @@ def _stage_migrations(
         rows=read.rows,
         newest=newest,
         newest_name=named,
+        reruns=next((r for r in read.rows if r.created_at is None), None) if layout == "journal" else None,
     )
 
 

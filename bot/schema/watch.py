@@ -128,6 +128,20 @@ class MigrationWatch:
                         remind=False,
                     )
                 )
+        if stage.reruns is not None:
+            found.append(
+                Finding(
+                    CHECK,
+                    f"reruns:{stage.reruns.id}",
+                    "critical",
+                    f"the next migrate on {stage.stage} would run every migration again",
+                    f"Row {stage.reruns.id} of {stage.stage}'s migrations table has no created_at. Drizzle's migrate "
+                    "reads the row with the greatest created_at, and NULL sorts first: it reads 0 and runs every "
+                    "migration of the journal again.",
+                    "Set that row's created_at to its journal entry's `when` (or delete the row if it records "
+                    "nothing). `/mcp migrations --stage " + stage.stage + "` shows the stage's state.",
+                )
+            )
         for row in stage.unknown:
             found.append(
                 Finding(
