@@ -248,3 +248,11 @@ def test_a_row_without_created_at_makes_the_next_migrate_run_everything_again(ma
     assert "the next migrate reruns every migration" in shown
     with pytest.raises(psycopg.errors.DuplicateTable):  # as said: 0000 runs again
         drizzle_migrate(url, [*base, late])
+
+
+def test_a_table_of_another_shape_is_a_line_not_an_error(make_bot, make_empty_db):
+    url = make_empty_db()
+    execute(url, "CREATE SCHEMA drizzle; CREATE TABLE drizzle.__drizzle_migrations (version text PRIMARY KEY)")
+    bot = make_bot({"dev": url})
+    shown = message_text(bot.command("migrations --stage dev").message())
+    assert "*dev*: :grey_question: drizzle.__drizzle_migrations is not a Drizzle migrations table" in shown, shown

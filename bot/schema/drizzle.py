@@ -126,7 +126,7 @@ class AppliedRow:
 class MigrationTable:
     """A stage's migrations table as read, or why it could not be (`missing`, `denied`)."""
 
-    state: str  # "ok" | "missing" | "denied"
+    state: str  # "ok" | "missing" | "denied" | "foreign" (no id, hash and created_at: not Drizzle's)
     rows: tuple[AppliedRow, ...] = ()
     named: bool = False  # drizzle-orm 1.x layout: name and applied_at columns
 
@@ -152,6 +152,8 @@ def read_table(conn: Connection, schema: str, table: str) -> MigrationTable:
         return MigrationTable("missing")
     if not found.readable:
         return MigrationTable("denied")
+    if not {"id", "hash", "created_at"} <= set(found.columns):
+        return MigrationTable("foreign")
     named = {"name", "applied_at"} <= set(found.columns)
     columns = [Column("id", Integer), Column("hash", Text), Column("created_at", BigInteger)]
     if named:

@@ -47,7 +47,7 @@ class Entry:
 class StageMigrations:
     stage: str
     protected: bool
-    table: str  # "ok" | "missing" | "denied" | "unreachable"
+    table: str  # "ok" | "missing" | "denied" | "foreign" | "unreachable"
     reason: str | None = None  # why the table could not be read, in words
     named: bool = False
     entries: list[Entry] = field(default_factory=list)  # the folder's migrations, in order (with MIGRATIONS_DIR)
@@ -185,6 +185,13 @@ def _stage_migrations(
             "missing",
             reason=f"no table {table_name}: never migrated by Drizzle (or MIGRATIONS_SCHEMA/MIGRATIONS_TABLE name "
             "another table)",
+        )
+    if read.state == "foreign":
+        return StageMigrations(
+            stage.name,
+            stage.protected,
+            "foreign",
+            reason=f"{table_name} is not a Drizzle migrations table (no id, hash and created_at columns)",
         )
     if read.state == "denied":
         return StageMigrations(
