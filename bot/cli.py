@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bot.config import ConfigError, Settings, load_settings
 from bot.logs import configure_file_logging, configure_logging
+from bot.schema.drizzle import MigrationsFolderError, read_folder
 
 
 def _fail(message: str) -> int:
@@ -153,11 +154,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     folder = (
         str(schema.migrations_dir) if schema.migrations_dir else "no MIGRATIONS_DIR (stages compared with each other)"
     )
+    folder_problem = None
+    if schema.migrations_dir:
+        try:
+            layout, local = read_folder(schema.migrations_dir)
+            folder += f" ({len(local)} migrations, {'journal' if layout == 'journal' else 'one folder each'})"
+        except MigrationsFolderError as exc:
+            folder_problem = exc.message
     reference = schema.reference_stage or "none"
     print(
         f"migrations: {folder}; table {schema.migrations_schema}.{schema.migrations_table}; "
         f"reference stage {reference}, lag alert after {schema.lag_alert_hours} h"
     )
+    if folder_problem:
+        print(f"warning: {folder_problem}")
     edge = settings.edge
     if edge.team_ids:
         print(f"workspaces: {', '.join(sorted(edge.team_ids))}")

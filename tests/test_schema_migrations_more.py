@@ -5,12 +5,15 @@ stage can't be read."""
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import replace
+from unittest.mock import patch
 
 import psycopg
 import pytest
 from sqlalchemy import text
 
+from bot.cli import main
 from tests.conftest import CHANNEL, message_text
 from tests.schema_support import (
     Migration,
@@ -256,3 +259,16 @@ def test_a_table_of_another_shape_is_a_line_not_an_error(make_bot, make_empty_db
     bot = make_bot({"dev": url})
     shown = message_text(bot.command("migrations --stage dev").message())
     assert "*dev*: :grey_question: drizzle.__drizzle_migrations is not a Drizzle migrations table" in shown, shown
+
+
+def test_check_config_reads_the_migrations_folder(tmp_path, capsys):
+    write_journal_folder(tmp_path / "app" / "migrations", billing_migrations())
+    (tmp_path / "bare").mkdir()
+    base = {"BOT_DATABASE_URL": "postgresql://u@h/bot", "DATABASE_URL_DEV": "postgresql://u@h/dev"}
+    for folder, expected in (
+        ("app", f"migrations: {tmp_path / 'app'} (3 migrations, journal); table drizzle.__drizzle_migrations"),
+        ("bare", "warning: MIGRATIONS_DIR holds no Drizzle migrations"),
+    ):
+        with patch.dict(os.environ, {**base, "MIGRATIONS_DIR": str(tmp_path / folder)}, clear=True):
+            assert main(["check-config", "--no-slack"]) == 0
+        assert expected in capsys.readouterr().out
