@@ -125,3 +125,16 @@ def test_column_lists_are_read_as_postgresql_reads_names():
     with pytest.raises(ConfigError, match="ERASURE_COLUMNS is malformed") as refused:
         load_settings({"BOT_DATABASE_URL": "postgresql://x/y", "ERASURE_COLUMNS": 'crm."secret'}, require_slack=False)
     assert "secret" not in str(refused.value)
+
+
+def test_the_one_letter_whose_lower_case_is_longer_still_matches(stage_db: StageDb):
+    """'İ' lowers to 'i' and a combining dot: the cheap length test before hashing must not skip it."""
+    stage_db.execute(
+        "INSERT INTO mcp_server_user (id, email) VALUES ('msu_ilkay', 'İlkay.Öz@example.com');"
+        " INSERT INTO support_requests (id, email, organization_id)"
+        " VALUES ('sr_ilkay', ' İLKAY.ÖZ@example.com', 'org_1')"
+    )
+    impact, result = forget(stage_db, {}, "İLKAY.ÖZ@EXAMPLE.COM")
+    assert result.verified and impact.users == 1 and impact.snapshot["public.support_requests"] == 1
+    assert stage_db.scalar("SELECT count(*) FROM mcp_server_user WHERE id = 'msu_ilkay'") == 0
+    assert stage_db.scalar("SELECT count(*) FROM support_requests WHERE id = 'sr_ilkay'") == 0

@@ -187,8 +187,20 @@ def digest_in(value: Any, digests: Digests) -> ColumnElement[bool]:
     return case((func.char_length(value).in_(lengths), sql_digest(value).in_(sorted(digests))), else_=false())
 
 
+# The one character whose lower case is longer (U+0130 -> "i" + U+0307): any other value keeps its length.
+_LONGER_IN_LOWER_CASE = "\u0130"
+
+
 def email_matches(expr: Any, emails: Digests, fold: str | None) -> ColumnElement[bool]:
-    return digest_in(sql_fold(expr, fold), emails)
+    """`expr` holds one of the emails, case-insensitively: only values of a matching length are lowered and hashed."""
+    if not emails:
+        return false()
+    trimmed = func.btrim(cast(expr, Text))
+    may_match = or_(
+        func.char_length(trimmed).in_(sorted(set(emails.values()))),
+        func.strpos(trimmed, literal(_LONGER_IN_LOWER_CASE)) > 0,
+    )
+    return case((may_match, sql_digest(sql_fold(expr, fold)).in_(sorted(emails))), else_=false())
 
 
 def person_matches(
