@@ -178,28 +178,14 @@ def _stage_migrations(
     table_name = f"{settings.migrations_schema}.{settings.migrations_table}"
     if isinstance(read, str):
         return StageMigrations(stage.name, stage.protected, "unreachable", reason=read)
-    if read.state == "missing":
-        return StageMigrations(
-            stage.name,
-            stage.protected,
-            "missing",
-            reason=f"no table {table_name}: never migrated by Drizzle (or MIGRATIONS_SCHEMA/MIGRATIONS_TABLE name "
-            "another table)",
-        )
-    if read.state == "foreign":
-        return StageMigrations(
-            stage.name,
-            stage.protected,
-            "foreign",
-            reason=f"{table_name} is not a Drizzle migrations table (no id, hash and created_at columns)",
-        )
-    if read.state == "denied":
-        return StageMigrations(
-            stage.name,
-            stage.protected,
-            "denied",
-            reason=f"the stage's role may not read {table_name} (permission denied)",
-        )
+    unread = {
+        "missing": f"no table {table_name}: never migrated by Drizzle (or MIGRATIONS_SCHEMA/MIGRATIONS_TABLE name "
+        "another table)",
+        "foreign": f"{table_name} is not a Drizzle migrations table (no id, hash and created_at columns)",
+        "denied": f"the stage's role may not read {table_name} (permission denied)",
+    }
+    if read.state in unread:
+        return StageMigrations(stage.name, stage.protected, read.state, reason=unread[read.state])
     entries, unknown = classify(local, read, layout or "journal") if local else ([], [])
     newest = read.newest
     named = newest.name if newest and newest.name else None
