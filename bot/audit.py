@@ -123,8 +123,8 @@ def audit_line(entry: AuditEntry) -> Mrkdwn:
 
 
 def held_line(held: coalesce.Held, window_s: int) -> str:
-    """The summary of refusals held back in one coalescing window."""
-    entry = AuditEntry(actor=held.actor, command=held.command, outcome=held.outcome, stage=held.stage, args=held.args)
+    """The summary of refusals held back in one coalescing window: who, which command, how many."""
+    entry = AuditEntry(actor=held.actor, command=held.command, outcome=held.outcome, stage=held.stage)
     times = "time" if held.count == 1 else "times"
     return f"{audit_line(entry)}, {held.count} more {times} within {window_s} s of the first"
 
@@ -195,9 +195,7 @@ class AuditLog:
             return int(audit_id)
         post = True
         if self.coalesce_s and clean.outcome in coalesce.COALESCED_OUTCOMES:
-            post, held = coalesce.admit(
-                conn, clean.actor, clean.command, clean.outcome, clean.stage, clean.args, self.coalesce_s
-            )
+            post, held = coalesce.admit(conn, clean.actor, clean.command, clean.outcome, clean.stage, self.coalesce_s)
             if held is not None:
                 self._post(conn, held_line(held, self.coalesce_s))
         if post:

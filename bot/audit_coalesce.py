@@ -29,35 +29,37 @@ audit_coalesce = Table(
     Column("outcome", Text, primary_key=True),
     Column("window_started_at", DateTime(timezone=True), nullable=False),
     Column("held", Integer, nullable=False, server_default="0"),  # refusals not posted in this window
-    Column("stage", Text),
-    Column("args", Text, nullable=False, server_default=""),  # the latest held refusal's arguments
+    Column("stage", Text),  # the latest held refusal's stage
 )
 
 
 @dataclass(frozen=True)
 class Held:
-    """Refusals of one key that were not posted: `count` of them, the latest with `args` on `stage`."""
+    """Refusals of one key that were not posted: `count` of them, the latest on `stage`.
+
+    What each one was typed with is in its audit_log row, not in the summary: the refusals it
+    counts may differ, and their arguments may say things about people.
+    """
 
     actor: str
     command: str
     outcome: str
     stage: str | None
-    args: str
     count: int
 
 
 def _held(row: Any) -> Held:
-    return Held(row.actor, row.command, row.outcome, row.stage, row.args, row.held)
+    return Held(row.actor, row.command, row.outcome, row.stage, row.held)
 
 
 def admit(
-    conn: Connection, actor: str, command: str, outcome: str, stage: str | None, args: str, window_s: int
+    conn: Connection, actor: str, command: str, outcome: str, stage: str | None, window_s: int
 ) -> tuple[bool, Held | None]:
     """Count one refusal: (post it now?, the previous window's held refusals to post first)."""
     key = {"actor": actor, "command": command[:100], "outcome": outcome}
     created = conn.execute(
         insert(audit_coalesce)
-        .values(**key, window_started_at=func.now(), stage=stage, args=args)
+        .values(**key, window_started_at=func.now(), stage=stage)
         .on_conflict_do_nothing()
         .returning(audit_coalesce.c.actor)
     ).first()
@@ -70,7 +72,7 @@ def admit(
         .with_for_update()
     ).one()
     if row[-1]:  # inside the window: held back, counted
-        conn.execute(update(audit_coalesce).where(*where).values(held=row.held + 1, stage=stage, args=args))
+        conn.execute(update(audit_coalesce).where(*where).values(held=row.held + 1, stage=stage))
         return False, None
     conn.execute(update(audit_coalesce).where(*where).values(window_started_at=func.now(), held=0))
     return True, (_held(row) if row.held else None)
