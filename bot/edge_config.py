@@ -9,8 +9,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-TEAM_ID_RE = re.compile(r"^[TE][A-Z0-9]{2,31}$")
-METRICS_TOKEN_RE = re.compile(r"^[\x21-\x7e]{16,512}$")  # printable ASCII, no spaces
+TEAM_ID_RE = re.compile(r"[TE][A-Z0-9]{2,31}")  # whole string (fullmatch)
+METRICS_TOKEN_RE = re.compile(r"[\x21-\x7e]{16,512}")  # printable ASCII, no spaces; whole string (fullmatch)
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,10 @@ def load_edge_settings(env: Mapping[str, str]) -> EdgeSettings:
 
     team_ids = frozenset(_csv(env.get("SLACK_TEAM_ID", "")))
     for value in team_ids:
-        if not TEAM_ID_RE.match(value):
+        if not TEAM_ID_RE.fullmatch(value):
             raise ConfigError("SLACK_TEAM_ID is malformed: expected comma-separated team or enterprise IDs (T…, E…)")
     token = env.get("METRICS_TOKEN", "").strip()
-    if token and not METRICS_TOKEN_RE.match(token):
+    if token and not METRICS_TOKEN_RE.fullmatch(token):
         raise ConfigError("METRICS_TOKEN is malformed: expected 16 to 512 printable characters without spaces")
     metrics_port = _int(env, "METRICS_PORT", 0, 0, 65_535) or None
     return EdgeSettings(

@@ -27,11 +27,11 @@ MODE_PREFIX = "ERASURE_MODE_"
 DEFAULT_COLUMNS = "support_requests.email"
 DEFAULT_CLEAR = "support_requests.title,support_requests.description"
 _NAME = r"[A-Za-z_][A-Za-z0-9_$]{0,62}"
-TABLE_RE = re.compile(rf"^{_NAME}$")
+TABLE_RE = re.compile(_NAME)  # whole string (fullmatch)
 # One part of a dotted name: "quoted" (a doubled quote inside) or unquoted (folded to lower case, as
 # PostgreSQL does); then the separator after a whole name: a comma or the end.
 _PART = re.compile(r'\s*(?:"((?:[^"]|"")+)"|([A-Za-z_\u0080-\U0010FFFF][A-Za-z0-9_$\u0080-\U0010FFFF]*))\s*')
-_AFTER = re.compile(r"(\.)|,|$")
+_AFTER = re.compile(r"(\.)|,|\Z")
 _GAP = re.compile(r"[\s,]*")
 MODES: dict[str, Mode] = {"delete": "delete", "anonymise": "anonymise", "anonymize": "anonymise"}
 
@@ -132,7 +132,7 @@ def load_erasure_settings(env: Mapping[str, str]) -> ErasureSettings:
         if not key.upper().startswith(MODE_PREFIX) or not raw.strip():
             continue
         table = key[len(MODE_PREFIX) :]
-        if not TABLE_RE.match(table):
+        if not TABLE_RE.fullmatch(table):
             raise SettingError(f"{key} is malformed: the suffix must be a table name")
         mode = MODES.get(raw.strip().lower())
         if mode is None:

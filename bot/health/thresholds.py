@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-IGNORE_PATTERN_RE = re.compile(r"^[A-Za-z0-9_$*?\-]+(\.[A-Za-z0-9_$*?\-]+)?$")
+IGNORE_PATTERN_RE = re.compile(r"[A-Za-z0-9_$*?\-]+(\.[A-Za-z0-9_$*?\-]+)?")  # whole string (fullmatch)
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def parse_ignore(raw: str) -> tuple[str, ...]:
     for part in (p.strip() for p in raw.split(",")):
         if not part:
             continue
-        if not IGNORE_PATTERN_RE.match(part):
+        if not IGNORE_PATTERN_RE.fullmatch(part):
             raise ValueError(
                 "HEALTH_IGNORE is malformed: expected comma-separated schema or schema.table patterns "
                 "(letters, digits, _, $, -, and the wildcards * and ?)"
