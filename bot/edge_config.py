@@ -35,7 +35,10 @@ class EdgeSettings:
 
 
 def load_edge_settings(env: Mapping[str, str]) -> EdgeSettings:
-    from bot.config import ConfigError, _csv, _float, _int  # bot.config imports this module
+    from bot.config.values import ConfigError  # bot.config imports this module
+    from bot.config.values import read_float as _float
+    from bot.config.values import read_int as _int
+    from bot.config.values import split_csv as _csv
 
     team_ids = frozenset(_csv(env.get("SLACK_TEAM_ID", "")))
     for value in team_ids:

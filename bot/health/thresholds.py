@@ -1,7 +1,7 @@
 """Thresholds of the catalog and vacuum checks (issue 17's defaults), and HEALTH_IGNORE.
 
-Kept apart from bot/config.py, which holds the settings every part of the bot reads; this module
-imports nothing of the bot at module level, so bot/config.py can build these as part of
+Kept apart from bot/config/, which holds the settings every part of the bot reads; this module
+imports nothing of the bot at module level, so bot/config/health.py can build these as part of
 `HealthSettings.checks`.
 """
 
@@ -65,7 +65,9 @@ def glob_regex(pattern: str) -> str:
 
 
 def load_thresholds(env: Mapping[str, str]) -> CheckThresholds:
-    from bot.config import ConfigError, _float, _int  # bot.config imports this module
+    from bot.config.values import ConfigError  # bot.config imports this module
+    from bot.config.values import read_float as _float
+    from bot.config.values import read_int as _int
 
     warn = _int(env, "SEQUENCE_WARN_PERCENT", 75, 1, 100)
     critical = _int(env, "SEQUENCE_CRITICAL_PERCENT", 90, 1, 100)
