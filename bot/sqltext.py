@@ -7,7 +7,11 @@ pglast binds libpg_query, PostgreSQL's own scanner: its tokens say exactly which
 string, bit-string and numeric constants; those become `'…'` / `…`, comments are dropped, and
 only tokens are shown. It fails closed: text the scanner refuses is not shown. Text cut short by
 PostgreSQL (`track_activity_query_size`) ends inside an unterminated literal or comment; what
-lexes before it is shown, then `'…'`.
+lexes before it is shown, then `'…'`. The scanner reads `'...'` as PostgreSQL does with
+standard_conforming_strings on (the default since 9.1); a server or client with it off reads a backslash
+in such a literal as an escape (`'it\\'s secret'` is one literal there, and the scanner would end it
+after the backslash and show the rest): text with a plain literal holding a backslash, which the two
+settings end in different places, is not shown.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ def _blank(sql: str) -> str | None:
         if gap.strip():
             return None  # something the scanner did not return as a token: do not guess
         previous_end = token.end + 1
+        if token.name == "SCONST" and sql[token.start] == "'" and "\\" in sql[token.start : token.end + 1]:
+            return None  # its end depends on standard_conforming_strings: do not guess
         if token.name in COMMENT_TOKENS:
             space = True
             continue

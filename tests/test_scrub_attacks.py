@@ -1,0 +1,117 @@
+"""Attack strings against the masking, the scrubber and the literal blanker (bot/pii.py, bot/sqltext.py).
+
+Each value passes through the one text boundary (bot/slacktext), so a leak here is a leak on every surface;
+the surfaces themselves are attacked on the real endpoint in tests/test_text_injection.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bot.health.checks.base import safe_query_text
+from bot.pii import scrub
+from bot.slacktext import section
+from bot.sqltext import HIDDEN, blank_literals
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown", "gone"),
+    [
+        ("jürgen@bücher.de", "j***@bücher.de", "jürgen"),
+        ("a.b+c@sub.example.co.uk", "a***@sub.example.co.uk", "a.b+c"),
+        ("JANE.DOE@EXAMPLE.COM", "J***@EXAMPLE.COM", "JANE.DOE"),
+        ("ΑΒΓ@παράδειγμα.ελ", "Α***@παράδειγμα.ελ", "ΑΒΓ"),
+        ("https://x.example/u?email=jane@example.com&x=1", "email=j***@example.com&x=1", "jane"),
+        ("https://x.example/u?email=jane.doe%40example.com&x=1", "email=j***%40example.com&x=1", "jane.doe"),
+        ("'jane@example.com'", "'j***@example.com'", "jane"),
+        ('"jane@example.com"', '"j***@example.com"', "jane"),
+        ("<mailto:jane@example.com|jane@example.com>", "<mailto:j***@example.com|j***@example.com>", "jane"),
+    ],
+)
+def test_emails_are_masked_whatever_surrounds_them(raw, shown, gone):
+    assert shown in scrub(raw) and gone not in scrub(raw)
+    assert gone not in section(raw)["text"]["text"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("PGPASSWORD=hunter2 psql", "PGPASSWORD=*** psql"),
+        ("DB_PASSWORD=hunter2", "DB_PASSWORD=***"),
+        ("password: hunter2", "password: ***"),
+        ('{"password": "hunter2"}', '{"password": "***"}'),
+        ("export PGPASSWORD='hunter2 with spaces' && psql", "export PGPASSWORD='***' && psql"),
+        ('password="hunter2 \\" still secret" next', 'password="***" next'),
+        ("PGPASSWORD='never closed hunter2", "PGPASSWORD='***"),
+        ("password=hun&ter2 user=x", "password=*** user=x"),
+        ("?password=hunter2&user=x", "?password=***&user=x"),
+        ("SECRET_KEY=hunter2", "SECRET_KEY=***"),
+        ("db_pass=hunter2 bypass=1", "db_pass=*** bypass=1"),
+        ("postgresql://app:hunter2@db:5432/x", "postgresql://***"),
+        ("redis://:hunter2@cache:6379", "redis://***@cache:6379"),
+        ("DATABASE_URL=postgres://u:hunter2@h/db", "DATABASE_URL=postgres://***"),
+        ("ALTER ROLE app PASSWORD 'hunter2'", "ALTER ROLE app PASSWORD '***'"),
+        ("CREATE USER app WITH ENCRYPTED PASSWORD 'hun''ter2'", "CREATE USER app WITH ENCRYPTED PASSWORD '***'"),
+        ("Authorization: Basic aHVudGVyMjpodW50ZXIy", "Authorization: Basic ***"),
+        ("token ghp_hunter2hunter2hunter2hunter2hunter2", "token gh*_***"),
+    ],
+)
+def test_secrets_are_scrubbed_to_their_end(raw, shown):
+    assert scrub(raw) == shown
+    assert "hunter2" not in section(raw)["text"]["text"] and "ter2" not in scrub(raw)
+
+
+def test_ordinary_words_stay():
+    text = "checks pass: 5; bypass=1; basic understanding; mcp_oauth_tokens: 5 rows; password is fine"
+    assert scrub(text) == text
+
+
+def test_scrubbing_stays_linear_on_hostile_input():
+    hostile = ["a" * 100_000, "password=" + '"' * 50_000, "x@" * 30_000, "a." * 50_000 + "@", "%40" * 30_000]
+    started = time.monotonic()
+    for text in hostile:
+        scrub(text)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("sql", "kept"),
+    [
+        ("SELECT * FROM t WHERE a = E'\\'' AND tok = 'hunter2'", "SELECT * FROM t WHERE a = '…' AND tok = '…'"),
+        ("SELECT E'\\\\', 'hunter2', e'\\x41hunter2'", "SELECT '…', '…', '…'"),
+        ("SELECT $tag$hunter2$tag$, $$hunter2$$, $_$hunter2$_$", "SELECT '…', '…', '…'"),
+        ("SELECT $q$ a $b$ hunter2 $b$ $q$", "SELECT '…'"),
+        ("SELECT U&'d\\0061t hunter2' UESCAPE '!'", "SELECT '…' UESCAPE '…'"),
+        ("SELECT B'1010', X'DEADBEEF', 0x1F, 1_000", "SELECT '…', '…', …, …"),
+        ("SELECT 1 -- hunter2 'x\nFROM t /* hunter2 ' */ WHERE x = 'hunter2'", "SELECT … FROM t WHERE x = '…'"),
+        ("SELECT /* nested /* c */ hunter2 */ 1", "SELECT …"),
+        ("SELECT 'a''hunter2'", "SELECT '…'"),
+        ("SELECT 'a'\n'hunter2'", "SELECT '…'"),
+        ("SELECT 'cut off hunter2", "SELECT '…'"),
+        ("SELECT $a$ cut off hunter2", "SELECT '…'"),
+        ("SELECT 1, /* cut off hunter2", "SELECT …, '…'"),
+        ("ALTER ROLE app PASSWORD 'hunter2'", "ALTER ROLE app PASSWORD '…'"),
+    ],
+)
+def test_every_literal_and_comment_is_blanked(sql, kept):
+    assert blank_literals(sql) == kept
+    assert "hunter2" not in safe_query_text(sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 0x'hunter2'",  # the scanner refuses it
+        "SELECT 123abc, 'hunter2'",
+        "SELECT \x00 'hunter2'",
+        # With standard_conforming_strings off a backslash escapes the quote: there this is one literal,
+        # `' hunter2 `, and the scanner (which reads it as on) would show hunter2 as code.
+        "SELECT '\\' hunter2 '",
+        "SELECT 'it\\'s hunter2'",
+    ],
+)
+def test_text_the_scanner_cannot_settle_is_not_shown(sql):
+    assert blank_literals(sql) is None
+    assert safe_query_text(sql) == HIDDEN
