@@ -51,4 +51,7 @@ def run_forget_user(runtime: Runtime, request: CommandRequest) -> Any:
         purged = runtime.erasures.purge_later(stage, identifier) if flags.get("purge-backups") else None
         if purged is None:
             raise
+        if purged.request_id is not None and purged.backups:
+            # The request's message is the receipt: it now says what became of those backups.
+            runtime.requests.amend_result(purged.request_id, {"backups": purged.recorded, "purged": True})
         return purged

@@ -103,7 +103,9 @@ class BackupsPurged:
     erasure_id: int
     stage: str
     label: str
+    request_id: int | None = None  # the request whose message is the erasure's receipt
     backups: list[BackupFinding] = field(default_factory=list)  # the backups purged now
+    recorded: list[dict[str, Any]] = field(default_factory=list)  # the ledger's backups after it (merged)
     purged: bool = True
     full_backups: list[str] = field(default_factory=list)
     snapshots: list[str] = field(default_factory=list)
@@ -225,8 +227,10 @@ class Erasures:
         erasure = self.ledger.erased(stage.name, Person.of(identifier))
         if erasure is None:
             return None
-        purged = BackupsPurged(erasure.id, stage.name, erasure.label)
-        self._backups(stage, erasure.id, erasure.started_at, erasure.target, purged, purge=True)
+        purged = BackupsPurged(erasure.id, stage.name, erasure.label, erasure.request_id)
+        purged.recorded = self._backups(
+            stage, erasure.id, erasure.started_at, erasure.target, purged, purge=True, previous=erasure.backups
+        )
         return purged
 
     def _settle(self, erasure_id: int, **values: Any) -> None:
@@ -245,8 +249,13 @@ class Erasures:
         receipt: Receipt | BackupsPurged,
         *,
         purge: bool,
-    ) -> None:
-        """Which backups taken before the erasure hold the person; with `purge`, rewrite or delete them."""
+        previous: list[dict[str, Any]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Which backups taken before the erasure hold the person; with `purge`, rewrite or delete them.
+
+        Recorded in the ledger row, merged by backup id into what it listed `previous`ly (a purge later keeps
+        the backups it no longer finds, already purged or unreadable now, as they were); returns that list.
+        """
         try:
             rows = self.backups.index.complete_before(stage.name, started)
             receipt.full_backups = [r.id for r in rows if r.kind == "full"]
@@ -273,10 +282,14 @@ class Erasures:
             receipt.purged = purge
         except (BackupNotConfigured, UserFacingError) as exc:
             receipt.backup_error = exc.message
+        merged = {str(b.get("backup_id")): b for b in previous or []}
+        merged.update({b.backup_id: b.to_json() for b in receipt.backups})
+        recorded = list(merged.values())
         try:
-            self.ledger.set_backups(erasure_id, [b.to_json() for b in receipt.backups])
+            self.ledger.set_backups(erasure_id, recorded)
         except SQLAlchemyError:
             log.warning("could not record the erasure's backups", extra={"erasure": erasure_id})
+        return recorded
 
     def _record_purge(self, erasure_id: int, backup_id: str, finding: BackupFinding, store: Any) -> None:
         if finding.action == "deleted":

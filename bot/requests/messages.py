@@ -113,6 +113,20 @@ class RequestMessages:
             return
         outbox.enqueue(conn, "chat.update", {"channel": request.channel, "ts": request.message_ts, **payload})
 
+    def amend_result(self, request_id: int, changes: dict[str, Any]) -> Request | None:
+        """A done request's result amended afterwards (an erasure's backups purged later); its message follows.
+
+        None when the request is not (or no longer) done.
+        """
+        request = self.store.get(request_id)
+        if request is None or request.state != "done":
+            return None
+        amended = self.store.transition(
+            request_id, "done", "done", result={**(request.result or {}), **changes}, notify=self._notify
+        )
+        self._nudge()
+        return amended
+
     def _nudge(self) -> None:
         """After a commit: queued Slack calls go out, and App Home tabs showing requests refresh."""
         self.runtime.outbox_worker.notify()

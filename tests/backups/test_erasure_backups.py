@@ -11,8 +11,16 @@ import boto3
 import pytest
 
 from bot.erasure.plan import ErasureTarget
-from tests.conftest import OPERATOR, BotHarness, StageDb, message_text
-from tests.deletion_support import fingerprints, press, requests_rows, start_delete, wait_state, wait_update
+from tests.conftest import OPERATOR, BotHarness, StageDb, eventually, message_text
+from tests.deletion_support import (
+    fingerprints,
+    press,
+    requests_rows,
+    start_delete,
+    updates_of,
+    wait_state,
+    wait_update,
+)
 
 PAT = """
 INSERT INTO mcp_server_user (id, distinct_id, email, profile_data) VALUES
@@ -253,5 +261,41 @@ def test_purge_backups_later_for_a_person_already_erased(make_bot, pat_db):
 
     again = bot.command("forget-user ' Pat.Smith@example.ORG' --stage dev --purge-backups").text(timeout=60)
     assert "holds the person any more" in again, again
+    ledger = bot.runtime.erasures.ledger.get(receipt.erasure_id)  # what it purged stays recorded
+    assert ledger is not None and [(b["backup_id"], b["action"]) for b in ledger.backups] == [
+        (held.backup_id, "rewritten")
+    ]
     purges = [r for r in bot.audit_rows() if r.command == "forget-user" and r.outcome == "rewritten"]
     assert len(purges) == 1 and EMAIL not in str(purges[0]).lower()
+
+
+def test_purging_later_updates_the_receipt_of_the_erasure_request(make_bot, pat_db):
+    """Asked through Slack without --purge-backups, the receipt lists the backup as still holding the person;
+    the purge later rewrites the backup and the receipt (the request's message) says so."""
+    bot = make_bot({"dev": pat_db.url})
+    delete_small_server_with_backup(bot, pat_db)
+    before = {r.id for r in requests_rows(bot)}
+    assert "is posted in this channel as request" in bot.command(f"forget-user {EMAIL} --stage dev").text(timeout=60)
+    [request_id] = [r.id for r in requests_rows(bot) if r.id not in before]
+    press(bot, request_id, "Forget", OPERATOR)
+    row = wait_state(bot, request_id, {"done", "failed", "stale"})
+    assert row.state == "done", row.error
+    [backup] = row.result["backups"]
+    assert backup["action"] == "found"
+    receipt = message_text(wait_update(bot, request_id, ": done"))
+    assert "still holds them" in receipt and "To purge them later" in receipt
+
+    reply = bot.command("forget-user PAT.SMITH@example.org --stage dev --purge-backups").text(timeout=60)
+    assert f"by erasure #{row.result['erasure']}" in reply and "rewritten without them" in reply, reply
+    assert _mentions_pat(_files(Path(bot.env["BACKUP_DIR"]))) == []
+    amended = next(r for r in requests_rows(bot) if r.id == request_id)
+    assert amended.state == "done" and amended.result["purged"] is True
+    assert [(b["backup_id"], b["action"]) for b in amended.result["backups"]] == [(backup["backup_id"], "rewritten")]
+
+    def updated() -> str | None:
+        texts = [message_text(p) for p in updates_of(bot, request_id)]
+        return next((t for t in texts if "rewritten without them" in t), None)
+
+    body = eventually(updated, timeout=30)
+    assert body and f"scoped backup `{backup['backup_id']}`" in body, body
+    assert "To purge them later" not in body and "still holds them" not in body and EMAIL not in body.lower()
