@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,7 +19,6 @@ from bot.console.localslack import LocalSlack
 from bot.localpg import LocalPostgres
 from tests.conftest import eventually, throwaway_cluster, unique_name
 from tests.test_health import Health, _texts, health_factory
-from tests.test_health_checks import firing, resolves
 
 SLOT = "replica_one"
 
@@ -39,7 +40,6 @@ def pair() -> Iterator[Pair]:
             fast_unsafe=True,
             settings={
                 "hot_standby_feedback": "on",
-                "recovery_min_apply_delay": "2s",
                 "wal_receiver_status_interval": "1s",
             },
         )
@@ -70,27 +70,90 @@ def _replay_lag(url: str) -> float:
     return float(row[0] or 0)
 
 
-def test_a_lagging_standby_alerts_once_per_replica_and_resolves_when_it_catches_up(make_health, pair):
-    health = make_health({"dev": pair.url}, REPLICATION_LAG_SECONDS="1", XMIN_HORIZON_SECONDS="3600")
-    health.run("activity")
-    assert [r for r in health.alert_rows() if r.check_name == "replication_lag"] == []
+LAG_LIMIT_S = 3  # REPLICATION_LAG_SECONDS: well above a caught-up standby's replay_lag (its 1 s status interval)
+APPLY_DELAY = "8s"  # well above the limit, well below 10x it (critical)
 
+
+def _apply_delay(standby: LocalPostgres, value: str | None) -> None:
+    """Set (or reset) the standby's recovery_min_apply_delay; returns once a new session reads the new value.
+
+    Through ALTER SYSTEM: a setting given on the server's command line would override it and stay."""
+    with psycopg.connect(standby.dsn("postgres"), autocommit=True) as conn:
+        if value is None:
+            conn.execute("ALTER SYSTEM RESET recovery_min_apply_delay")
+        else:
+            conn.execute(f"ALTER SYSTEM SET recovery_min_apply_delay = '{value}'")
+        conn.execute("SELECT pg_reload_conf()")
+
+    def reads() -> str:
+        with psycopg.connect(standby.dsn("postgres"), autocommit=True) as conn:
+            return str(conn.execute("SHOW recovery_min_apply_delay").fetchone()[0])
+
+    assert eventually(lambda: reads() == (value or "0"), timeout=60, interval=0.2)
+
+
+class Ticker:
+    """Commits on the primary every 0.2 s while running: with an apply delay, the standby's replay lag stays at
+    the delay for as long as it takes (an idle standby's replay_lag turns NULL soon after it has replayed)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="ticker", daemon=True)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True, application_name="ticker") as conn:
+            while not self.stop.is_set():
+                conn.execute("INSERT INTO ticks VALUES (now())")
+                self.stop.wait(0.2)
+
+    def __enter__(self) -> Ticker:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
+def _lag_alerts(health: Health, state: str) -> list[Any]:
+    """One more activity round; the replication_lag alerts then in `state`."""
+    health.run("activity")
+    return [r for r in health.alert_rows() if r.check_name == "replication_lag" and r.state == state]
+
+
+def test_a_lagging_standby_alerts_once_per_replica_and_resolves_when_it_catches_up(make_health, pair):
     with psycopg.connect(pair.url, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS ticks (at timestamptz)")
-        conn.execute("INSERT INTO ticks VALUES (now())")  # replayed 2 s late (recovery_min_apply_delay)
-    assert eventually(lambda: _replay_lag(pair.url) > 1, timeout=30)
-    health.run("activity")
-    [post] = health.posts()
-    [row] = [r for r in firing(health) if r.check_name == "replication_lag"]
-    assert row.object.startswith("standby ") and "lags" in _texts([post])[0]
+    health = make_health({"dev": pair.url}, REPLICATION_LAG_SECONDS=str(LAG_LIMIT_S), XMIN_HORIZON_SECONDS="3600")
+    try:
+        # Caught up (no apply delay): no alert.
+        _apply_delay(pair.standby, None)
+        assert eventually(lambda: _replay_lag(pair.url) < 1, timeout=60, interval=0.2)
+        health.run("activity")
+        assert [r for r in health.alert_rows() if r.check_name == "replication_lag"] == []
 
-    with psycopg.connect(pair.standby.dsn("postgres"), autocommit=True) as conn:
-        conn.execute("ALTER SYSTEM SET recovery_min_apply_delay = 0")
-        conn.execute("SELECT pg_reload_conf()")
-    with psycopg.connect(pair.url, autocommit=True) as conn:
-        conn.execute("INSERT INTO ticks VALUES (now())")
-    assert eventually(lambda: _replay_lag(pair.url) < 1, timeout=30)
-    resolves(health, "activity", "replication_lag")
+        # Every commit replayed APPLY_DELAY late, for as long as the rounds take under load.
+        _apply_delay(pair.standby, APPLY_DELAY)
+        with Ticker(pair.url):
+            assert eventually(lambda: _replay_lag(pair.url) > LAG_LIMIT_S, timeout=60, interval=0.2)
+            [row] = eventually(lambda: _lag_alerts(health, "firing"), timeout=60, interval=0.5)
+            [post] = health.posts()
+            assert row.object.startswith("standby ") and "lags" in _texts([post])[0]
+            again = _lag_alerts(health, "firing")  # seen again: still the one alert, one post
+            assert [(r.id, r.object) for r in again] == [(row.id, row.object)]
+            assert len(health.posts()) == 1
+
+        # Caught up again: the alert resolves in its thread, and nothing more is posted.
+        _apply_delay(pair.standby, None)
+        assert eventually(lambda: _replay_lag(pair.url) < 1, timeout=60, interval=0.2)
+        [row] = eventually(lambda: _lag_alerts(health, "resolved"), timeout=60, interval=0.5)
+    finally:
+        _apply_delay(pair.standby, None)
+    health.sync()
+    [reply] = [r for r in health.replies() if r.payload["thread_ts"] == row.ts]
+    assert "Resolved after" in reply.payload["text"]
+    assert "RESOLVED" in _texts([u for u in health.updates() if u.payload["ts"] == row.ts][-1:])[0]
     assert len(health.posts()) == 1
 
 
