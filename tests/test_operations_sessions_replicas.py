@@ -1,18 +1,33 @@
-"""Cancel query / Terminate session, continued: the missing grant named as a GRANT must type it, and two
-operators' clicks through two replicas at once. Real PostgreSQL, signed HTTP, the fake Slack Web API.
+"""Cancel query / Terminate session, continued: the missing grant named as a GRANT must type it, two
+operators' clicks through two replicas at once, the idle-in-transaction alert's one button, and a
+replication backend refused. Real PostgreSQL, signed HTTP, the fake Slack Web API.
 """
 
 from __future__ import annotations
 
 import threading
 
+import psycopg
+
 from bot.requests.buttons import operation_button
 from bot.sessions.targets import ACTIVE, session_actions
 from tests.conftest import CHANNEL, OPERATOR, message_text
 from tests.deletion_support import ephemeral_on, requests_rows, wait_state
-from tests.test_operations_sessions import ENV, Sessions, app_db, latest_request, press_value
+from tests.test_operations_sessions import (
+    ENV,
+    LOCKED_ROW,
+    Sessions,
+    alert_message,
+    app_db,
+    app_url,
+    bot,
+    buttons,
+    latest_request,
+    press_alert,
+    press_value,
+)
 
-__all__ = ["app_db"]  # the fixture, shared with tests/test_operations_sessions.py
+__all__ = ["app_db", "bot"]  # the fixtures, shared with tests/test_operations_sessions.py
 
 
 def test_the_missing_grant_is_named_as_it_must_be_typed(make_bot, app_db):
@@ -75,3 +90,63 @@ def test_two_clicks_on_two_replicas_at_once_ask_once_and_signal_once(make_bot, a
     finally:
         app_db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'report-job'")
         sessions.join()
+
+
+def test_an_idle_in_transaction_alert_carries_terminate_only_and_it_ends_the_session(bot, app_db):
+    """Cancel cannot help a session idle in a transaction (there is no query to cancel): only Terminate."""
+    idle = psycopg.connect(app_url(app_db), application_name="billing-worker")
+    idle.execute(LOCKED_ROW)  # a transaction left open, holding its row lock
+    try:
+        sessions = Sessions(app_db)
+        pid = sessions.wait(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'billing-worker'"
+            " AND state = 'idle in transaction' AND state_change < now() - interval '1.2 seconds'"
+        )
+        bot.runtime.health.run_group("dev", "activity")
+        ts, payload = alert_message(bot, "idle in transaction for", "billing-worker", timeout=60)
+        assert "Terminate session" in buttons(payload) and "Cancel query" not in buttons(payload)
+        press_alert(bot, ts, payload, "Terminate session", OPERATOR)
+        request = wait_state(bot, latest_request(bot, "terminate").id, {"done", "failed", "stale"}, timeout=60)
+        assert request.state == "done", request.error
+        assert request.server_key["pid"] == pid and request.server_key["expect"] == "idle in transaction"
+        assert request.result["ended"] and request.result["state_after"] == "gone"
+        assert app_db.scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'billing-worker'") == 0
+    finally:
+        idle.close()
+
+
+def test_a_replication_backend_is_refused_with_its_reason(make_bot, app_db):
+    """A walsender running SQL (a logical replication connection) looks active, but it is not a client session."""
+    role = "wal_reader"
+    app_db.execute(
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN "
+        f"CREATE ROLE {role} LOGIN REPLICATION; END IF; END $$"
+    )
+    bot = make_bot({"dev": app_db.url}, **ENV)
+    errors: list[str] = []
+
+    def stream() -> None:
+        url = app_db.url.replace("postgres@", f"{role}@", 1)
+        try:
+            with psycopg.connect(url, autocommit=True, replication="database", application_name="wal-reader") as c:
+                c.execute("SELECT pg_sleep(120)")
+        except psycopg.Error as exc:
+            errors.append(type(exc).__name__)
+
+    thread = threading.Thread(target=stream, daemon=True)
+    thread.start()
+    sessions = Sessions(app_db)
+    try:
+        sessions.wait(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'wal-reader'"
+            " AND backend_type = 'walsender' AND state = 'active'"
+        )
+        row = sessions.pid("wal-reader")
+        for action in session_actions(row, ACTIVE):
+            answer = press_value(bot, "dev", dict(action))
+            assert f"pid {row.pid} is a replication backend, not a client session" in answer, answer
+        assert sessions.pid("wal-reader").state == "active" and errors == []  # nothing was sent
+        assert requests_rows(bot) == []
+    finally:
+        app_db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'wal-reader'")
+        thread.join(30)
