@@ -1,7 +1,9 @@
-"""The scheduled migration check: skipped migrations and a protected stage behind the reference raise alerts
-through the health alert lifecycle, once, and resolve when fixed."""
+"""The scheduled migration check: skipped, edited and unknown migrations and a protected stage behind the
+reference raise alerts through the health alert lifecycle, once, and resolve when fixed."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import text
@@ -9,7 +11,7 @@ from sqlalchemy import text
 from bot.schema.watch import DAILY_JOB
 from tests.schema_support import BREAKPOINT, drizzle_migrate, execute, platform_migrations, write_journal_folder
 from tests.test_health import T0, health_factory
-from tests.test_schema_migrations import branch_migration
+from tests.test_schema_migrations import branch_migration, hotfix_migration
 
 
 @pytest.fixture
@@ -87,3 +89,43 @@ def test_skipped_and_lagging_stages_alert_once_and_resolve(make_health, make_emp
     with health.runtime.bot_engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM migration_lag")).scalar_one() == 0
     assert [a.outcome for a in health.audit()] == ["firing", "firing", "resolved", "resolved"]
+
+
+def test_edited_and_unknown_migrations_alert_once_and_resolve(make_health, make_empty_db, tmp_path):
+    base = platform_migrations()
+    url = make_empty_db()
+    drizzle_migrate(url, [*base[:3], hotfix_migration()])  # a hotfix applied from a branch that never merged
+    edited = replace(base[1], sql=base[1].sql.replace("coalesce(NEW.created_at, 0)", "coalesce(NEW.created_at, 1)"))
+    folder = write_journal_folder(tmp_path / "migrations", [base[0], edited, base[2]])
+    health = make_health({"dev": url}, MIGRATIONS_DIR=str(folder))
+    scheduler = health.runtime.scheduler
+    [startup] = [name for name in scheduler.jobs if name.startswith(f"{DAILY_JOB}:start:")]
+
+    assert scheduler.run_slot(startup, now=T0)
+    health.deliver()
+    posted = sorted(str(p.payload["blocks"]) for p in health.posts())
+    assert len(posted) == 2, posted
+    assert "applied migration 0001_support_touch_trigger was edited" in posted[0] and "WARNING" in posted[0]
+    assert "unknown migration recorded on dev" in posted[1]
+    assert f"hash {hotfix_migration().hash[:16]}" in posted[1]
+    states = {r.object: r.state for r in health.alert_rows()}
+    assert states == {
+        "edited:0001_support_touch_trigger": "firing",
+        f"unknown:{hotfix_migration().hash[:16]}": "firing",
+    }
+
+    # The next day, the same findings: nothing new is posted.
+    assert scheduler.run_slot(DAILY_JOB, now=T0 + 86_400)
+    health.deliver()
+    assert len(health.posts()) == 2
+
+    # Fixed: the applied text put back in the file, the hotfix added to the folder as the migration it is.
+    write_journal_folder(folder, [*base[:3], hotfix_migration()])
+    assert scheduler.run_slot(DAILY_JOB, now=T0 + 2 * 86_400)
+    health.sync()
+    assert {r.object: r.state for r in health.alert_rows()} == {
+        "edited:0001_support_touch_trigger": "resolved",
+        f"unknown:{hotfix_migration().hash[:16]}": "resolved",
+    }
+    assert len(health.posts()) == 2
+    assert len(health.updates()) == 2 and all("RESOLVED" in str(u.payload["blocks"]) for u in health.updates())
