@@ -11,8 +11,18 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import ALERT_CHANNEL, APPROVER, CHANNEL, OPERATOR, TEST_SPEC, BotHarness, StageDb, message_text
-from tests.deletion_support import ephemeral_on, request_message, requests_rows, wait_state, wait_update
+from tests.conftest import (
+    ALERT_CHANNEL,
+    APPROVER,
+    CHANNEL,
+    OPERATOR,
+    TEST_SPEC,
+    BotHarness,
+    StageDb,
+    eventually,
+    message_text,
+)
+from tests.deletion_support import ephemeral_on, request_message, requests_rows, updates_of, wait_state, wait_update
 from tests.test_operations_sessions import alert_message, buttons, latest_request
 
 BIG = TEST_SPEC.big_slug
@@ -100,6 +110,31 @@ def test_a_failed_build_leaves_no_invalid_index_behind(bot, stage_db):
     assert f"it left an INVALID index `{SESSION_KEY}`, which was dropped" in request.error
     assert stage_db.scalar(INVALID) == 0 and index_valid(stage_db, SESSION_KEY) is None
     assert "Failed, nothing was built" in message_text(wait_update(bot, request.id, ": failed"))
+
+
+def test_a_build_reports_its_phase_from_pg_stat_progress_create_index(make_bot, stage_db):
+    """While the build waits for an open writer, the request's message says so (read from the progress view)."""
+    bot = make_bot({"dev": stage_db.url}, STAGE_LOCK_TIMEOUT_MS="120000")
+    listing = bot.command("indexes --stage dev").message(timeout=30)
+    writer = psycopg.connect(stage_db.url, application_name="billing-worker")
+    writer.execute("UPDATE support_requests SET status = status WHERE id = (SELECT min(id) FROM support_requests)")
+    try:
+        press(bot, listing, "Create index: public.support_requests (mcp_server_session_id)")
+        request = latest_request(bot, "create-index")
+
+        def waiting() -> str | None:
+            texts = [message_text(p) for p in updates_of(bot, request.id)]
+            return next((t for t in texts if "waiting for writers before build" in t), None)
+
+        shown = eventually(waiting, timeout=60)
+        assert shown and "Running: `CREATE INDEX CONCURRENTLY`, waiting for writers before build" in shown, shown
+        assert latest_request(bot, "create-index").state == "running"
+    finally:
+        writer.rollback()  # the writer goes: the build goes on
+        writer.close()
+    done = finished(bot, "create-index")
+    assert done.state == "done", done.error
+    assert index_valid(stage_db, SESSION_KEY) is True and stage_db.scalar(INVALID) == 0
 
 
 def test_the_daily_alert_and_indexes_carry_create_and_drop_buttons(bot, stage_db):
