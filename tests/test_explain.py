@@ -75,6 +75,8 @@ def test_explain_refuses_ddl_and_says_why_other_statements_cannot_be_planned(mak
         conn.execute("CREATE TABLE explain_scratch (id int)")
         conn.execute("SELECT now() - interval '1 day'")  # normalised to `interval $1`: not valid SQL
         conn.execute("SELECT 40 + 2 AS answer")  # `$1 + $2`: two constants of no known type
+        padding = ", ".join(f"{i} AS padding_column_number_{i:03d}" for i in range(40))  # over 1,024 bytes
+        conn.execute(f"SELECT now() - interval '2 days' AS long_one, {padding}")
     bot = make_bot({"dev": stage_db.url})
 
     ddl = queryid(stage_db.url, "CREATE TABLE explain_scratch%")
@@ -86,6 +88,11 @@ def test_explain_refuses_ddl_and_says_why_other_statements_cannot_be_planned(mak
     unparsable = bot.command(f"explain {typed} --stage dev").text(timeout=60)
     assert f"queryid {typed} cannot be prepared: syntax error" in unparsable
     assert "normalised text is not always valid SQL" in unparsable
+
+    # A long statement that does not parse is not "cut short": pg_stat_statements keeps the whole text.
+    long = queryid(stage_db.url, "SELECT now() - interval $1 AS long_one%")
+    long_reply = bot.command(f"explain {long} --stage dev").text(timeout=60)
+    assert f"queryid {long} cannot be prepared: syntax error" in long_reply and "cut short" not in long_reply
 
     untyped = queryid(stage_db.url, "SELECT $1 + $2 AS answer%")
     ambiguous = bot.command(f"explain {untyped} --stage dev").text(timeout=60)

@@ -295,7 +295,9 @@ def explain(stage: Stage, settings: Settings, queryid: int) -> ExplainResult:
 def _planning_error(queryid: int, exc: DBAPIError, statement: str, limit_bytes: int) -> str:
     sqlstate = getattr(exc.orig, "sqlstate", None) or ""
     primary = (getattr(getattr(exc.orig, "diag", None), "message_primary", None) or "").strip()
-    if sqlstate == "42601" and len(statement.encode()) >= limit_bytes - 1:
+    # pg_stat_activity keeps at most track_activity_query_size - 1 bytes, cut on a character boundary (up to 4
+    # bytes earlier); a statement of any other length that does not parse is not cut short, only unparsable.
+    if sqlstate == "42601" and limit_bytes - 4 <= len(statement.encode()) <= limit_bytes - 1:
         return (
             f"queryid {queryid} cannot be prepared: its text is cut short at {limit_bytes - 1:,} bytes "
             "(`track_activity_query_size`); raise that setting (it needs a restart) to keep whole statements"
