@@ -173,6 +173,11 @@ def test_a_blocking_chain_alerts_and_cancel_on_an_unprotected_stage_ends_it(bot,
         ts, payload = alert_message(bot, f"by pid {holder.pid}")
         assert {"Cancel query", "Terminate session"} <= set(buttons(payload))
         assert [a.state for a in blocked_alerts(bot, "dev")] == ["firing", "firing"]
+        # `/mcp sessions --blocked` lists the two waiters, who blocks them, and the same buttons.
+        listed = bot.command("sessions --stage dev --blocked").message(timeout=30)
+        shown = message_text(listed)
+        assert shown.count("waiting on a lock for") == 2 and "billing-worker" in shown and "report-job" not in shown
+        assert {"Cancel query", "Terminate session"} <= set(buttons(listed))
 
         press_alert(bot, ts, payload, "Cancel query", OPERATOR)
         request = wait_state(bot, latest_request(bot, "cancel").id, {"done", "failed", "stale"})
