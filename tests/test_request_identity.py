@@ -105,6 +105,22 @@ def test_a_protected_request_for_a_missing_server_goes_stale(app, stage_db):
     assert row.replaced_by is None
 
 
+def test_rows_that_block_since_the_request_make_it_stale_with_their_words(app, stage_db):
+    stage_db.execute(
+        "CREATE TABLE legal_holds (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE RESTRICT)"
+    )
+    request_id = start_delete(app, slug=SLUG, stage="production", extra=REASON)
+    stage_db.execute("INSERT INTO legal_holds VALUES (7, 'srv_first')")  # the counts in scope did not move
+    before = checksums(stage_db)
+    press(app, request_id, "Approve", APPROVER)
+    row = wait_state(app, request_id, {"done", "failed", "stale"})
+    assert row.state == "stale", (row.state, row.error)
+    assert row.error.startswith("the database would now refuse the delete: 1 row of legal_holds outside the delete")
+    assert row.replaced_by is None  # nothing to approve again until the hold is lifted
+    assert checksums(stage_db) == before
+    assert stage_db.scalar("SELECT count(*) FROM legal_holds") == 1
+
+
 def scoped_backup(bot: BotHarness, request_id: str, server_id: str, slug: str) -> str:
     stage = bot.runtime.stages.get("production")
     backup = bot.runtime.backups.scoped(

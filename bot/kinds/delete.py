@@ -1,11 +1,15 @@
 """Kind `delete`: delete one MCP server and everything in its scope (bot/deletion/), with its backup.
 
 - plan: the impact report (rows per table, blockers, slow keys, estimate); `/mcp delete` asks.
-- check: on a protected stage the approved numbers are only good while they hold: the impact is
-  taken again, from the server's primary key; a server gone or renamed, or counts beyond
-  APPROVAL_DRIFT_PERCENT, make the request stale (with a fresh request for new numbers).
+- check: the request names its server by primary key. The approved numbers are compared where
+  they can't move, inside the delete's own transaction (run); only when an RDS snapshot would be
+  taken before that transaction are they counted first too, so a request gone stale does not cost
+  a snapshot of the whole instance.
 - run: the scoped backup (always on protected stages, `--backup` elsewhere) and the delete in
-  one transaction that re-resolves the server by key and compares the snapshot and its hash.
+  one transaction that re-resolves the server by key and compares the snapshot and its hash. On a
+  protected stage a server gone or renamed, counts beyond APPROVAL_DRIFT_PERCENT (a fresh
+  request is posted with the new numbers) or a delete the database would now refuse make the
+  request stale; nothing is deleted.
 - verify: after the commit every deleted key is checked gone (done by the engine).
 """
 
@@ -20,7 +24,14 @@ from sqlalchemy import Connection
 
 from bot.backups.delete_hook import DeleteBackup
 from bot.backups.manifest import BackupContext
-from bot.deletion.execute import BeforeDelete, DeleteResult, Progress, SnapshotChanged, execute_delete
+from bot.deletion.execute import (
+    BeforeDelete,
+    DeleteFailed,
+    DeleteResult,
+    Progress,
+    SnapshotChanged,
+    execute_delete,
+)
 from bot.deletion.identity import TARGET_CHANGES, snapshot_changes, stale_reason
 from bot.deletion.impact import ImpactReport, plan_and_measure
 from bot.deletion.plan import server_exists
@@ -88,11 +99,18 @@ class DeleteKind(Kind):
 
     # -- plan -----------------------------------------------------------------------------
 
-    def impact(self, stage: Stage, slug: str | None, server_key: dict[str, str] | None = None) -> ImpactReport:
-        """The impact report of deleting `slug` (bound to `server_key` when a request re-checks it)."""
+    def impact(
+        self, stage: Stage, slug: str | None, server_key: dict[str, str] | None = None, *, counts_only: bool = False
+    ) -> ImpactReport:
+        """The impact report of deleting `slug` (bound to `server_key` when a request re-checks it).
+
+        `counts_only`: the counts and blockers, without the cost probes and the schema comparison.
+        """
         with stage.read() as conn:
-            _, report = plan_and_measure(conn, slug, server_key=server_key, rules=self.rules)
+            _, report = plan_and_measure(conn, slug, server_key=server_key, rules=self.rules, probe=not counts_only)
         report.limit_s = float(self.settings.delete_timeout_s)
+        if counts_only:
+            return report
         tables = [t.table for t in report.tables]
         report.schema_warnings = scope_drift_warnings(self.runtime.stages, stage, tables, self.settings.schema)
         return report
@@ -168,10 +186,10 @@ class DeleteKind(Kind):
         """How far fresh counts may move from the approved ones: none for a requester's own confirmation."""
         return float(self.settings.approval_drift_percent) if request.protected else 0.0
 
-    def _fresh(self, request: Request, stage: Stage) -> ImpactReport:
+    def _fresh(self, request: Request, stage: Stage, *, counts_only: bool = False) -> ImpactReport:
         """The impact again, from the approved server's key; Stale if that server is gone or renamed."""
         try:
-            return self.impact(stage, request.subject, request.target)
+            return self.impact(stage, request.subject, request.target, counts_only=counts_only)
         except TARGET_CHANGES as exc:
             raise self._target_changed(stage, request, exc) from None
 
@@ -184,7 +202,9 @@ class DeleteKind(Kind):
             reason = exc.message
         return Stale(reason, target_changed=True)
 
-    def _stale_counts(self, request: Request, stage: Stage, fresh: ImpactReport, changes: list[str]) -> Stale:
+    def _stale_counts(self, request: Request, stage: Stage, changes: list[str]) -> Stale:
+        """Counts moved beyond the drift: stale, with the same delete planned afresh for a new approval."""
+        fresh = self._fresh(request, stage)
         successor = self.proposal(stage, fresh, request.options) if fresh.deletable else None
         return Stale(
             "the rows in scope changed since the approval: " + "; ".join(changes[:6]),
@@ -192,18 +212,35 @@ class DeleteKind(Kind):
             changes=changes,
         )
 
+    @staticmethod
+    def _refused_now(report: ImpactReport) -> Stale:
+        reasons = [b.reason for b in report.blockers]
+        more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
+        return Stale(
+            "the database would now refuse the delete: " + "; ".join(reasons[:3]) + more,
+            changes=["the database would now refuse the delete"],
+        )
+
+    def _snapshot_first(self, request: Request) -> bool:
+        """Is an RDS snapshot taken before the delete's transaction opens (minutes, the whole instance)?"""
+        return bool(request.options.get("backup")) and self.settings.stages[request.stage].rds_snapshot is not None
+
     def check(self, request: Request) -> None:
+        """The server's key is required. Its counts are compared inside the delete's transaction (run), from
+        the key; counted here first only when an RDS snapshot would come before that transaction."""
         if not request.target:
             raise Stale("the request does not name its server by primary key", target_changed=True)
-        if not request.protected:
-            return  # the requester confirmed exact numbers: the delete's own transaction compares them
+        if not request.protected or not self._snapshot_first(request):
+            return
         stage = self.runtime.stages.get(request.stage)
-        fresh = self._fresh(request, stage)
+        fresh = self._fresh(request, stage, counts_only=True)
         changes = snapshot_changes(
             request.snapshot, fresh.snapshot, self._drift(request), approved_hash=request.snapshot_hash
         )
-        if changes or not fresh.deletable:
-            raise self._stale_counts(request, stage, fresh, changes or ["the database would now refuse the delete"])
+        if changes:
+            raise self._stale_counts(request, stage, changes)
+        if not fresh.deletable:
+            raise self._refused_now(fresh)
 
     def run(self, request: Request, progress: ProgressCallback) -> dict[str, Any]:
         stage = self.runtime.stages.get(request.stage)
@@ -236,8 +273,24 @@ class DeleteKind(Kind):
         except SnapshotChanged as exc:
             if not request.protected:
                 raise
-            raise self._stale_counts(request, stage, self._fresh(request, stage), exc.changes) from None
+            raise self._stale_counts(request, stage, exc.changes) from None
+        except DeleteFailed as exc:
+            if request.protected:
+                self._stale_if_refused_now(request, stage, exc)
+            raise
         return result_json(result, backup)
+
+    def _stale_if_refused_now(self, request: Request, stage: Stage, failed: DeleteFailed) -> None:
+        """A refusal the impact report foresees now (rows that block, a privilege gone): what was approved no
+        longer holds, so the request is stale; any other refusal (a trigger's, say) stays the failure."""
+        try:
+            fresh = self._fresh(request, stage, counts_only=True)
+        except Stale:
+            raise
+        except UserFacingError:
+            return
+        if not fresh.deletable:
+            raise self._refused_now(fresh) from failed
 
     def verify(self, request: Request, result: dict[str, Any]) -> list[str]:
         return [] if result.get("verified") else list(result.get("verification") or [])

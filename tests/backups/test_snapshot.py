@@ -11,7 +11,8 @@ from sqlalchemy import text
 from bot.backups.manifest import BackupContext, load_manifest
 from bot.backups.snapshot import SnapshotFailed, snapshot_identifier
 from tests.backups.deleting import delete_with_backup
-from tests.conftest import OPERATOR, message_text
+from tests.conftest import APPROVER, OPERATOR, TEST_SPEC, message_text
+from tests.deletion_support import checksums, press, start_delete, wait_state
 
 
 def create_instance(identifier: str) -> None:
@@ -77,6 +78,29 @@ def test_an_aurora_snapshot_before_a_delete_lands_in_the_manifest(make_bot, stag
     assert [c for c, _d in details] == ["snapshot", "backup"]
     assert details[1][1]["snapshot"]["snapshot_id"] == snapshot["snapshot_id"]
     assert json.loads(bot.runtime.backups.store.read_bytes(record.manifest_key))["snapshot"]["kind"] == "cluster"
+
+
+def test_an_approved_delete_whose_counts_moved_goes_stale_before_any_snapshot(make_bot, stage_db, aws, tmp_path):
+    create_instance("platform-prod")
+    bot = make_bot(
+        {"production": stage_db.url},
+        BACKUP_DIR=str(tmp_path / "b"),
+        RDS_SNAPSHOT_IDENTIFIER_PRODUCTION="instance:platform-prod",
+    )
+    request_id = start_delete(bot, slug=TEST_SPEC.big_slug, stage="production", extra='--reason "retired"')
+    stage_db.execute(  # far beyond APPROVAL_DRIFT_PERCENT
+        "INSERT INTO mcp_tool_calls (id, mcp_server_id, tool_name, mcp_server_session_id)"
+        " SELECT 'tc_late_' || g, 'srv_big', 'late', 'ses_big_0' FROM generate_series(1, 500) g"
+    )
+    before = checksums(stage_db)
+    press(bot, request_id, "Approve", APPROVER)
+    row = wait_state(bot, request_id, {"done", "failed", "stale"})
+    assert row.state == "stale" and "public.mcp_tool_calls:" in row.error, (row.state, row.error)
+    # Counted before the snapshot: a request gone stale costs no snapshot of the whole instance.
+    taken = boto3.client("rds").describe_db_snapshots(DBInstanceIdentifier="platform-prod", SnapshotType="manual")
+    assert taken["DBSnapshots"] == []
+    assert "snapshot" not in [r.command for r in bot.audit_rows()]
+    assert checksums(stage_db) == before
 
 
 def test_a_failed_snapshot_is_a_clear_error(make_bot, stage_db, aws, tmp_path):
