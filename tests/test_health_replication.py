@@ -1,5 +1,6 @@
-"""A stage with a real standby (pg_basebackup of a primary of this module's own): replication lag, and a
-standby's `hot_standby_feedback` holding back vacuum through its slot, each alerting once and resolving."""
+"""A stage with a real standby (pg_basebackup of a primary of this module's own): replication lag, a
+standby's `hot_standby_feedback` holding back vacuum through its slot, and a logical slot nobody consumes
+holding back the catalogs' horizon, each alerting once and resolving."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.conftest import eventually, throwaway_cluster, unique_name
 from tests.test_health import Health, _texts, health_factory
 
 SLOT = "replica_one"
+CDC_SLOT = "cdc_consumer"
 
 
 @dataclass
@@ -32,7 +34,7 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
-    with throwaway_cluster("primary") as primary:
+    with throwaway_cluster("primary", wal_level="logical") as primary:
         base = Path(tempfile.mkdtemp(prefix="mcp-ops-test-standby-"))
         base.chmod(0o755)
         standby = LocalPostgres(
@@ -200,3 +202,51 @@ def test_a_standby_query_holding_the_horizon_through_its_slot_alerts_once(make_h
     [reply] = health.replies()
     assert "Resolved after" in reply.payload["text"]
     assert len(health.posts()) == 1
+
+
+def test_an_inactive_logical_slot_holding_the_catalog_horizon_alerts_once_and_resolves_when_dropped(make_health, pair):
+    def xmins() -> dict[str, int]:
+        with psycopg.connect(pair.url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT slot_name, coalesce(xmin, catalog_xmin)::text FROM pg_replication_slots"
+                " WHERE coalesce(xmin, catalog_xmin) IS NOT NULL"
+            ).fetchall()
+        return {name: int(xid) for name, xid in rows}
+
+    def standby_moved_past(held: int) -> bool:
+        with psycopg.connect(pair.url, autocommit=True) as conn:
+            conn.execute("SELECT txid_current()")
+        return xmins().get(SLOT, held + 1) > held
+
+    with psycopg.connect(pair.url, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (CDC_SLOT,))
+    try:
+        held = xmins()[CDC_SLOT]
+        # The standby's feedback moves on; the slot's catalog_xmin stays: it is the oldest holder.
+        assert eventually(lambda: standby_moved_past(held), timeout=60, interval=0.2)
+        health = make_health({"dev": pair.url}, XMIN_HORIZON_SECONDS="0", REPLICATION_LAG_SECONDS="3600")
+        for _ in range(2):
+            health.run("activity")
+        [row] = [r for r in health.alert_rows() if r.check_name == "vacuum_horizon"]
+        assert (row.object, row.state) == (f"slot {CDC_SLOT} xmin {held}", "firing")
+        [post] = health.posts()
+        posted = _texts([post])[0]
+        assert f"vacuum held back by logical replication slot {CDC_SLOT}" in posted
+        assert "(inactive, database " in posted and "(catalog tables only)" in posted
+        assert f"pg_drop_replication_slot('{CDC_SLOT}')" in posted
+    finally:
+        with psycopg.connect(pair.url, autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (CDC_SLOT,))
+    # Dropped: its absence is proof. (With the threshold back at an hour, the standby's slot, whose xmin moves
+    # on, is not held long enough to matter.)
+    calm = make_health({"dev": pair.url}, REPLICATION_LAG_SECONDS="3600")
+    calm.slots = health.slots
+    calm.run("activity")
+    calm.sync()
+    rows = {r.object: r for r in calm.alert_rows() if r.check_name == "vacuum_horizon"}
+    row = rows.pop(f"slot {CDC_SLOT} xmin {held}")
+    assert row.state == "resolved"
+    assert {r.state for r in rows.values()} <= {"pending"}
+    [reply] = [r for r in calm.replies() if r.payload["thread_ts"] == row.ts]
+    assert "Resolved after" in reply.payload["text"]
+    assert len(calm.posts()) == 1
