@@ -29,6 +29,10 @@ class EdgeSettings:
     read_queue: int = 256  # ...which holds at most this many waiting; more answer "busy"
     work_workers: int = 8  # clicks, approved executions and changing commands: a lane reads cannot fill
     work_queue: int = 512
+    approval_workers: int = 4  # clicks on request messages (approve, confirm, cancel, reject)...
+    approval_queue: int = 256
+    exec_workers: int = 4  # ...and approved executions: two lanes of their own, so neither a flood of other
+    exec_queue: int = 64  # clicks and commands nor a flood of strangers' Approve clicks delays an approved run
     heavy_reads_per_user: int = 2  # impact, health, stats, slow-queries running at once for one person
     heavy_reads_per_stage: int = 4  # ...and on one stage
     audit_coalesce_s: int = 60  # repeated refusals of one person within this window: one audit post
@@ -61,6 +65,10 @@ def load_edge_settings(env: Mapping[str, str]) -> EdgeSettings:
         read_queue=_int(env, "READ_QUEUE", 256, 0, 100_000),
         work_workers=_int(env, "WORK_WORKERS", 8, 1, 256),
         work_queue=_int(env, "WORK_QUEUE", 512, 0, 100_000),
+        approval_workers=_int(env, "APPROVAL_WORKERS", 4, 1, 256),
+        approval_queue=_int(env, "APPROVAL_QUEUE", 256, 0, 100_000),
+        exec_workers=_int(env, "EXEC_WORKERS", 4, 1, 256),
+        exec_queue=_int(env, "EXEC_QUEUE", 64, 0, 100_000),
         heavy_reads_per_user=_int(env, "HEAVY_READS_PER_USER", 2, 1, 1000),
         heavy_reads_per_stage=_int(env, "HEAVY_READS_PER_STAGE", 4, 1, 1000),
         audit_coalesce_s=_int(env, "AUDIT_COALESCE_SECONDS", 60, 0, 86_400),

@@ -1,7 +1,7 @@
 """Work lanes: bounded thread pools, and caps on heavy reads per person and per stage.
 
-Reads and the work that changes things (clicks, approved executions, changing commands) run
-on separate lanes, so a flood of reads cannot delay an approved delete. Each lane holds at
+Reads, changing commands and other clicks, clicks on request messages, and approved executions
+run on separate lanes (bot/runtime.py), so no flood of the others can delay an approved delete. Each lane holds at
 most `workers + queue` jobs; past that, and past the heavy-read caps, work is refused with
 `Busy`, which says when to try again (estimated from how long such work has been taking).
 """

@@ -86,11 +86,14 @@ class Runtime:
         self.requests = Requests(self)
         self.deletion = self.requests
         # Slow work runs on lanes, after the Slack ack, so listener threads are free to ack the next request:
-        # reads on one, everything that changes things (clicks, approved executions) on another.
+        # reads on one, changing commands and other clicks on another; clicks on request messages and
+        # approved executions on two of their own, so no flood of reads, clicks or refusals delays an approval.
         edge = settings.edge
         self.lanes = {
             "read": Lane("read", edge.read_workers, edge.read_queue),
             "work": Lane("work", edge.work_workers, edge.work_queue),
+            "approvals": Lane("approvals", edge.approval_workers, edge.approval_queue),
+            "exec": Lane("exec", edge.exec_workers, edge.exec_queue),
             # Audit rows of refusals: short inserts, kept off the other two lanes.
             "audit": Lane("audit", 2, edge.read_queue + edge.work_queue),
         }
@@ -179,7 +182,7 @@ class Runtime:
                     self._quiet.wait(deadline - now)
 
     def submit(self, func: Callable[..., Any], *args: Any, lane: str = "work") -> Future[Any]:
-        """Run `func` after the ack on `lane` ("work" or "read"); exceptions are logged, never lost silently.
+        """Run `func` after the ack on `lane` (a key of `lanes`); exceptions are logged, never lost silently.
 
         Raises `bot.lanes.Busy` when the lane is full, RuntimeError once drained.
         """

@@ -67,7 +67,7 @@ def register(app: App, service: CommandService) -> None:
                 if not outcome.ok and outcome.message:
                     _answer(body, respond, client, outcome.message, outcome.channel)
 
-            runtime.submit(work)
+            runtime.submit(work, lane="approvals")
 
         return on_click
 
@@ -116,4 +116,4 @@ def register(app: App, service: CommandService) -> None:
                 refusal = payload(render_deletion.refusal(outcome.message))
                 client.chat_postEphemeral(channel=outcome.channel, user=user, **refusal)
 
-        runtime.submit(work)
+        runtime.submit(work, lane="approvals")

@@ -6,7 +6,9 @@ import threading
 from collections.abc import Callable
 
 import psycopg
+import pytest
 
+from bot.lanes import Busy
 from tests.conftest import APPROVER, OPERATOR, TEST_SPEC, BotHarness, StageDb, eventually
 from tests.deletion_support import checksums, ephemeral_on, press, start_delete, wait_state
 from tests.test_metrics_readyz import scrape, value
@@ -97,12 +99,31 @@ def test_a_full_read_lane_answers_busy(make_bot, stage_db: StageDb):
     assert BIG in running.text(timeout=60) and BIG in waiting.text(timeout=60)
 
 
-def test_a_click_that_finds_the_work_lane_full_is_told_busy(make_bot, stage_db: StageDb):
-    bot = make_bot({"dev": stage_db.url}, WORK_WORKERS="1", WORK_QUEUE="0")
-    request_id = start_delete(bot)
+def test_a_full_work_lane_delays_neither_an_approval_nor_its_run(make_bot, make_stage_db: Callable[[], StageDb]):
+    production = make_stage_db()
+    bot = make_bot({"production": production.url}, WORK_WORKERS="1", WORK_QUEUE="0")
+    request_id = start_delete(bot, stage="production", extra='--reason "lanes"')
     release = threading.Event()
     assert eventually(lambda: bot.runtime.lanes["work"].held == 0)  # the delete command's own job is over
-    bot.runtime.submit(release.wait, 60)  # something long holds the work lane's only place
+    bot.runtime.submit(release.wait, 120)  # other clicks and commands hold the work lane's only place
+    try:
+        with pytest.raises(Busy):
+            bot.runtime.submit(release.wait, 1)  # the work lane is full...
+        press(bot, request_id, "Approve", APPROVER)  # ...yet the approval is taken and the delete runs
+        done = wait_state(bot, request_id, {"done", "failed", "stale"}, timeout=90)
+        assert done.state == "done", done.error
+        assert production.scalar("SELECT count(*) FROM mcp_servers WHERE slug = :s", s=BIG) == 0
+        assert bot.runtime.lanes["work"].held == 1
+    finally:
+        release.set()
+
+
+def test_a_click_that_finds_the_approvals_lane_full_is_told_busy(make_bot, stage_db: StageDb):
+    bot = make_bot({"dev": stage_db.url}, APPROVAL_WORKERS="1", APPROVAL_QUEUE="0")
+    request_id = start_delete(bot)
+    release = threading.Event()
+    assert eventually(lambda: bot.runtime.lanes["approvals"].held == 0)
+    bot.runtime.submit(release.wait, 60, lane="approvals")  # something long holds the lane's only place
     try:
         url = press(bot, request_id, "Cancel", OPERATOR)
         text = ephemeral_on(bot, url)["text"]

@@ -84,7 +84,7 @@ class Requests(RequestClicks, RequestMessages, RequestJobs):
     def set_renderer(self, render: Renderer) -> None:
         """Called by the Slack layer at start-up; then requests left `running` by a dead process are closed."""
         self.render = render
-        self.runtime.submit(self.recover)
+        self.runtime.submit(self.recover, lane="exec")
 
     @property
     def settings(self) -> Any:
@@ -113,11 +113,12 @@ class Requests(RequestClicks, RequestMessages, RequestJobs):
         return posted
 
     def start(self, request_id: int) -> None:
-        """Run an approved request after this; when the work lane is full, the recovery job starts it soon."""
+        """Run an approved request after this, on the lane of approved executions; when that lane is full,
+        the recovery job starts it soon."""
         try:
-            self.runtime.submit(self.run, request_id)
+            self.runtime.submit(self.run, request_id, lane="exec")
         except Busy:
-            log.warning("approved request waits for the recovery job (work lane full)", extra={"request": request_id})
+            log.warning("approved request waits for the recovery job (exec lane full)", extra={"request": request_id})
 
     def _create(
         self,
