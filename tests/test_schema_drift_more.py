@@ -1,7 +1,11 @@
 """`/mcp drift` on an app other than the platform: column types, check constraints, RLS policies, sequences,
-views and extension versions, between two databases built by the same Drizzle migration."""
+views, extension versions, generated columns, unique constraints and index validity, between two databases
+built by the same Drizzle migrations."""
 
 from __future__ import annotations
+
+import psycopg
+import pytest
 
 from tests.conftest import message_text
 from tests.schema_support import Migration, drizzle_migrate, execute
@@ -83,3 +87,41 @@ def test_types_checks_policies_sequences_views_and_extension_versions(make_bot, 
     assert reply["text"] == "staging vs production: 11 schema differences", shown
     # The extension's own views and functions are the extension's: never listed one by one.
     assert "pg_stat_statements_info" not in shown and "pg_stat_statements_reset" not in shown
+
+
+def test_generated_columns_unique_constraints_and_an_invalid_index(make_bot, make_empty_db):
+    domain = (
+        'ALTER TABLE "accounts" ADD COLUMN "email_domain" text'
+        " GENERATED ALWAYS AS (split_part(\"email\", '@', 2)) STORED;\n"
+    )
+    staging, production = make_empty_db(), make_empty_db()
+    for url in (staging, production):
+        drizzle_migrate(
+            url,
+            [Migration("0000_shop_init", 1_700_000_000_000, SHOP), Migration("0001_domain", 1_700_000_100_000, domain)],
+        )
+    execute(staging, "ALTER TABLE accounts ADD CONSTRAINT accounts_email_key UNIQUE (email)")
+    execute(staging, "CREATE UNIQUE INDEX CONCURRENTLY projects_name_key ON projects (name)")
+    # On production the same index failed half way (duplicate names): it stays, INVALID.
+    execute(production, "INSERT INTO accounts (email) VALUES ('a@example.org')")
+    execute(production, "INSERT INTO projects VALUES ('p1', 1, 'same'), ('p2', 1, 'same')")
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        execute(production, "CREATE UNIQUE INDEX CONCURRENTLY projects_name_key ON projects (name)")
+    execute(production, "ALTER TABLE accounts DROP COLUMN email_domain")
+    execute(
+        production,
+        "ALTER TABLE accounts ADD COLUMN email_domain text GENERATED ALWAYS AS (split_part(email, '@', 1)) STORED",
+    )
+
+    bot = make_bot({"staging": staging, "production": production})
+    reply = bot.command("drift staging production").message()
+    shown = message_text(reply)
+    expected = [
+        "only on staging: unique constraint `accounts_email_key`",
+        "index `projects_name_key`: `valid` on staging, `INVALID (a failed CREATE INDEX CONCURRENTLY)` on production",
+        "`accounts.email_domain`: generated `split_part((email)::text, '@'::text, 2) (stored)` on staging, "
+        "`split_part((email)::text, '@'::text, 1) (stored)` on production",
+    ]
+    for line in expected:
+        assert line in shown, (line, shown)
+    assert reply["text"] == "staging vs production: 3 schema differences", shown
