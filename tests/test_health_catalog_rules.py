@@ -1,7 +1,7 @@
 """The catalog checks of issue 17 on schemas shaped unlike the platform's: sequences fed through a DEFAULT
 from another schema and descending ones, duplicate-index rules (covering, partitioned, operator classes,
 collations, expressions, predicates), NOT VALID constraints of partitioned and inherited tables and of domains, the
-holder of the vacuum horizon among sessions of the same xid age. Each
+holder of the vacuum horizon among sessions of the same xid age, autovacuum turned off in any spelling of false. Each
 condition gives exactly one alert, which resolves when the condition is removed.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.conftest import eventually
 from tests.test_health import _texts
 from tests.test_health_checks import firing, make_health, plain_db, run
 
@@ -168,3 +169,28 @@ def test_a_not_valid_check_of_a_domain_alerts_once_and_resolves_when_validated(m
     run(plain_db, "UPDATE stock SET on_hand = 0", "ALTER DOMAIN quantity VALIDATE CONSTRAINT quantity_not_negative")
     resolves_at_once(health, "fk_indexes", "not_valid_constraint", "public.quantity.quantity_not_negative")
     assert len(health.posts()) == 1
+
+
+def test_autovacuum_turned_off_in_any_spelling_of_false_is_named_as_the_cause(make_health, plain_db):
+    """PostgreSQL keeps a reloption as written: `off`, `0`, `no` (and `f`, `of`) are all false."""
+    spellings = {"jobs_off": "off", "jobs_zero": "0", "jobs_no": "no"}
+    for table, value in spellings.items():
+        run(
+            plain_db,
+            f"CREATE TABLE {table} (id int PRIMARY KEY) WITH (autovacuum_enabled = {value})",
+            f"INSERT INTO {table} SELECT generate_series(1, 400)",
+            f"DELETE FROM {table} WHERE id <= 200",
+        )
+    run(plain_db, "SELECT pg_stat_force_next_flush()")
+    health = make_health({"dev": plain_db})
+    stage = health.runtime.stages.get("dev")
+
+    def findings() -> list[Any]:
+        [report] = [r for r in health.runtime.health.run_now(stage).round.reports if r.check == "stale_vacuum"]
+        return report.findings
+
+    found = eventually(lambda: len(findings()) == 3 and findings(), timeout=30)
+    assert {f.object for f in found} == {f"public.{t}" for t in spellings}
+    for finding in found:
+        assert "Autovacuum is turned off for this table" in finding.advice, finding
+        assert f"ALTER TABLE {finding.object} RESET (autovacuum_enabled);" in finding.advice

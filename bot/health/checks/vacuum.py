@@ -34,6 +34,8 @@ from bot.pii import scrub
 HORIZON_LABEL = "Vacuum horizon"
 STALE_LABEL = "Tables not vacuumed"
 MIN_DEAD_TUPLES = 50  # autovacuum_vacuum_threshold's default: fewer dead rows than this are noise
+# A reloption is kept as written, and PostgreSQL reads every prefix of false, no and off (from "of"), and 0, as false.
+AUTOVACUUM_OFF = "^autovacuum_enabled=(f|fa|fal|fals|false|n|no|of|off|0)$"
 
 # One row per holder; `owned`: the xid it holds is its own transaction's (a session holding only a snapshot
 # holds someone else's: the oldest transaction running when it was taken).
@@ -220,7 +222,7 @@ def check_stale_vacuum(conn: Connection, ctx: CheckContext) -> CheckReport:
             "SELECT format('%I.%I', s.schemaname, s.relname) AS name, s.n_live_tup, s.n_dead_tup,"
             " greatest(s.last_vacuum, s.last_autovacuum) AS vacuumed,"
             " greatest(s.last_analyze, s.last_autoanalyze) AS analyzed,"
-            " coalesce('autovacuum_enabled=false' = ANY (c.reloptions), false) AS autovacuum_off,"
+            " EXISTS (SELECT 1 FROM unnest(c.reloptions) AS o WHERE o ~* :autovacuum_off) AS autovacuum_off,"
             " count(*) OVER () AS total"
             " FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid"
             " WHERE s.n_dead_tup >= :min_dead AND s.n_dead_tup * 100.0 > :pct * (s.n_live_tup + s.n_dead_tup)"
@@ -233,6 +235,7 @@ def check_stale_vacuum(conn: Connection, ctx: CheckContext) -> CheckReport:
             "pct": t.dead_tuples_pct,
             "hours": t.vacuum_stale_hours,
             "max_findings": MAX_FINDINGS,
+            "autovacuum_off": AUTOVACUUM_OFF,
             **ctx.ignore,
         },
     ).all()
