@@ -12,7 +12,18 @@ from bot.config import load_settings
 from bot.console.localslack import LocalSlack
 from bot.health.monitor import job_name
 from bot.runtime import Runtime
-from tests.conftest import ALERT_CHANNEL, AUDIT_CHANNEL, TEST_SPEC, StageDb, base_env, dead_database_url
+from tests.conftest import (
+    ALERT_CHANNEL,
+    AUDIT_CHANNEL,
+    CHANNEL,
+    OPERATOR,
+    TEST_SPEC,
+    StageDb,
+    base_env,
+    dead_database_url,
+    eventually,
+)
+from tests.deletion_support import press, request_message, requests_rows, start_delete, wait_state
 
 T0 = 1_900_000_000.0
 
@@ -59,3 +70,57 @@ def test_a_429_on_the_audit_channel_holds_back_neither_alerts_nor_other_channels
     commands = [p.payload["text"] for p in posts]
     assert "`help`" in commands[0] and "`find" in commands[-1]
     assert runtime.outbox.backlog() == 0
+
+
+def test_a_requests_state_update_and_the_audit_line_do_not_wait_for_each_others_429(make_bot, stage_db: StageDb):
+    bot = make_bot({"dev": stage_db.url})
+    runtime = bot.runtime
+    first = start_delete(bot)
+    shown = request_message(bot, first)
+    runtime.outbox_worker.stop(flush=False)  # deliveries are driven by the test from here on
+
+    # The audit channel is rate limited: the cancelled request's message is updated all the same.
+    bot.slack.fail("chat.postMessage", status=429, times=1, retry_after=60, channel=AUDIT_CHANNEL)
+    press(bot, first, "Cancel", OPERATOR, shown)
+    assert wait_state(bot, first, {"cancelled"}).state == "cancelled"
+    assert eventually(lambda: runtime.outbox.backlog() >= 2)
+    runtime.outbox.drain()
+    assert cancelled_shown(bot, first) == 1
+    assert [c.ok for c in bot.slack.calls if c.payload.get("channel") == AUDIT_CHANNEL][-1:] == [False]
+    assert runtime.outbox.backlog() == 1  # only the audit line waits, for its Retry-After
+
+    # Now the request channel's updates are rate limited: the audit lines go, the update waits its turn.
+    make_due(runtime)
+    second = start_delete(bot)
+    shown = request_message(bot, second)
+    bot.slack.fail("chat.update", status=429, times=1, retry_after=60, channel=CHANNEL)
+    press(bot, second, "Cancel", OPERATOR, shown)
+    assert wait_state(bot, second, {"cancelled"}).state == "cancelled"
+    audited = len(bot.audit_rows())
+    runtime.outbox.drain()
+    assert len(bot.audit_posts()) == audited  # every audit line, the held one included, went out
+    assert runtime.outbox.backlog() == 1  # the update waits for its Retry-After...
+    assert cancelled_shown(bot, second) == 0
+    make_due(runtime)
+    runtime.outbox.drain()  # ...then goes, once
+    assert cancelled_shown(bot, second) == 1
+    assert runtime.outbox.backlog() == 0
+
+
+def cancelled_shown(bot, request_id: int) -> int:
+    """How many updates showing the request cancelled Slack accepted."""
+    [row] = [r for r in requests_rows(bot) if r.id == request_id]
+    return len(
+        [
+            c
+            for c in bot.slack.calls_to("chat.update")
+            if c.ok and c.payload.get("ts") == row.message_ts and ": cancelled" in c.payload.get("text", "")
+        ]
+    )
+
+
+def make_due(runtime: Runtime) -> None:
+    """Retry-After and the back-off have passed (the test moves them to now)."""
+    with runtime.bot_engine.begin() as conn:
+        conn.execute(text("UPDATE outbox_holds SET until = now() - interval '1 second'"))
+        conn.execute(text("UPDATE outbox SET next_attempt_at = now() WHERE delivered_at IS NULL"))
