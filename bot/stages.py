@@ -17,6 +17,7 @@ so a stage that froze between commands answers within about twice STAGE_CONNECT_
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -38,6 +39,7 @@ APPLICATION_NAME = "mcp-ops"
 
 # SQLSTATEs that mean "the statement was stopped", not "the server is gone".
 QUERY_CANCELED = "57014"
+_LOCKED_TUPLE = re.compile(r'^while \w+ tuple \(\d+,\d+\) in relation "(.{1,63})"$')
 LOCK_NOT_AVAILABLE = "55P03"
 SERIALIZATION_FAILURES = ("40001", "40P01")  # concurrent update, deadlock: the transaction is rolled back
 
@@ -81,7 +83,10 @@ def describe_db_error(exc: BaseException, stage: str) -> UserFacingError | None:
     if sqlstate == QUERY_CANCELED:
         return QueryTimeout(f"the query on stage {stage} ran past its time limit and was cancelled")
     if sqlstate == LOCK_NOT_AVAILABLE:
-        return QueryTimeout(f"stage {stage}: a lock could not be taken in time (another session holds it)")
+        return QueryTimeout(
+            f"stage {stage}: a lock{_locked_relation(exc)} could not be taken within lock_timeout"
+            " (another session holds it)"
+        )
     if sqlstate in SERIALIZATION_FAILURES:
         return ConcurrentChange(f"stage {stage}: another session changed the same rows at the same time")
     if isinstance(exc, OperationalError) or exc.connection_invalidated:
@@ -89,6 +94,14 @@ def describe_db_error(exc: BaseException, stage: str) -> UserFacingError | None:
             return StageUnavailable(f"stage {stage} is unreachable (the server is shutting down or restarting)")
         return StageUnavailable(f"stage {stage} is unreachable ({connect_failure_reason(str(exc.orig))})")
     return None
+
+
+def _locked_relation(exc: DBAPIError) -> str:
+    """` on `t``: the table whose row lock was waited for, when the server names it (a row lock does, in
+    its context: `while deleting tuple (0,2) in relation "t"`; a table lock does not)."""
+    context = getattr(getattr(exc.orig, "diag", None), "context", None) or ""
+    found = _LOCKED_TUPLE.search(context.splitlines()[0] if context else "")
+    return f" on `{found.group(1)}`" if found else ""
 
 
 def _seconds(value: float | None) -> str:

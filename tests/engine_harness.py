@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from sqlalchemy import Engine
 
 from bot.audit import AuditLog
@@ -23,7 +24,8 @@ from bot.backups.delete_hook import DeleteBackup
 from bot.backups.manifest import BackupContext
 from bot.backups.restore import RestoreReport
 from bot.backups.service import Backups
-from bot.config import Settings, load_settings
+from bot.botdb import create_bot_engine, migrate
+from bot.config import Settings, load_settings, parse_database_url
 from bot.deletion.execute import DeleteResult, execute_delete
 from bot.deletion.impact import ImpactReport, plan_and_measure, report_order
 from bot.deletion.plan import DeletePlan
@@ -31,6 +33,7 @@ from bot.deletion.scope import Rules
 from bot.errors import UserFacingError
 from bot.localpg import LocalPostgres
 from bot.stages import Stage, StageRegistry
+from tests.conftest import unique_name
 
 # Row images as PostgreSQL prints them, with settings pinned so the text is exact (every float digit).
 PINNED = "SET extra_float_digits = 3; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'"
@@ -261,3 +264,30 @@ def harness_for(pg: LocalPostgres, bot_db_url: str, bot_engine: Engine, backup_d
         yield harness
     finally:
         harness.close()
+
+
+# -- what every case file uses: the root table, roles, its harness ------------------------------------------
+
+ROOT = """
+CREATE TABLE mcp_servers (id text PRIMARY KEY, slug text NOT NULL UNIQUE, name text);
+INSERT INTO mcp_servers VALUES ('srv1', 's1', 'one'), ('srv2', 's2', 'two');
+"""
+
+
+def module_harness(pg: LocalPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineHarness]:
+    """A case file's harness (its module-scoped fixture): its own bot database and backup directory."""
+    name = unique_name("enginebot")
+    url = pg.create_database(name)
+    engine = create_bot_engine(parse_database_url("BOT_DATABASE_URL", url))
+    migrate(engine)
+    backup_dir: Path = tmp_path_factory.mktemp("engine-backups")
+    yield from harness_for(pg, url, engine, backup_dir)
+    engine.dispose()
+    pg.drop_database(name)
+
+
+def role(name: str, *extra: str) -> str:
+    options = " ".join(extra)
+    return f"""DO $$ BEGIN
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') THEN CREATE ROLE {name} LOGIN {options}; END IF;
+    END $$;"""

@@ -11,8 +11,8 @@ from bot.backups.delete_hook import DeleteBackup
 from bot.backups.manifest import BackupContext
 from bot.deletion.execute import execute_delete
 from bot.localpg import LocalPostgres
-from tests.conftest import OPERATOR, unique_name
-from tests.deletion_support import request_message, requests_rows
+from tests.conftest import OPERATOR, message_text, unique_name
+from tests.deletion_support import press, request_message, requests_rows, start_delete, wait_state, wait_update
 from tests.engine_harness import checksums
 
 SCHEMA = """
@@ -75,3 +75,32 @@ def test_a_protected_restore_says_which_triggers_will_fire_before_anyone_approve
     shown = str(request_message(bot, request_id))
     assert "These triggers will fire as the rows go back" in shown and "trigger bump on threads" in shown
     assert checksums(schema_url) == deleted  # nothing is written before the approvals
+
+
+def test_impact_names_a_table_in_another_schema_the_role_may_not_read(make_bot, schema_url):
+    with psycopg.connect(schema_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE SCHEMA audit; GRANT USAGE ON SCHEMA audit TO engine_writer;"
+            " CREATE TABLE audit.trail (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE)"
+        )
+    bot = make_bot({"dev": schema_url.replace("postgres@", "engine_writer@", 1)})
+    text = bot.command("impact s1 --stage dev").text(timeout=30)
+    assert "the role `engine_writer` may not read audit.trail (it lacks the SELECT privilege" in text, text
+    assert "GRANT SELECT, DELETE ON audit.trail TO engine_writer" in text
+    assert "something went wrong" not in text
+
+
+def test_a_confirmed_delete_that_waits_on_a_lock_fails_in_words(make_bot, schema_url):
+    bot = make_bot({"dev": schema_url}, STAGE_LOCK_TIMEOUT_MS="300")
+    request_id = start_delete(bot, slug="s1")
+    before = checksums(schema_url)
+    with psycopg.connect(schema_url) as holder:
+        holder.execute("SELECT * FROM threads WHERE id = 1 FOR UPDATE")
+        press(bot, request_id, "Delete", OPERATOR)
+        row = wait_state(bot, request_id, {"done", "failed", "stale"})
+    assert row.state == "failed", (row.state, row.error)
+    assert row.error.startswith("stage dev: a lock on `threads` could not be taken within lock_timeout"), row.error
+    assert "nothing was deleted" in row.error
+    shown = message_text(wait_update(bot, request_id, ": failed"))
+    assert "a lock on `threads` could not be taken within lock_timeout" in shown, shown
+    assert checksums(schema_url) == before

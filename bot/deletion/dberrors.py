@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.errors import QueryTimeout
 from bot.pii import scrub
 
 MAX_TEXT = 300
@@ -68,3 +69,15 @@ def describe(exc: BaseException, *, at_commit: bool = False) -> str:
     if sqlstate.startswith("22"):
         return f"the database rejected a value{table}: {primary or 'invalid data'}"
     return f"the database reported an error{table}: {primary or 'no message'}"
+
+
+def rolled_back(exc: QueryTimeout, stage: str) -> QueryTimeout:
+    """A delete that waited past lock_timeout or ran out of its budget: the stage's words, plus what it means."""
+    sqlstate, _ = _diag(exc.__cause__ or exc)
+    hint = (
+        f"; try again once it is released (`/mcp sessions --stage {stage}` shows long and idle-in-transaction"
+        " sessions)"
+        if sqlstate == "55P03"
+        else ""
+    )
+    return QueryTimeout(f"{exc.message}; nothing was deleted (the transaction was rolled back){hint}")

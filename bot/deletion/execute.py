@@ -70,7 +70,7 @@ from bot.deletion.steps import (
     root_rows_left,
     verify,
 )
-from bot.errors import StageUnavailable, UserFacingError
+from bot.errors import QueryTimeout, StageUnavailable, UserFacingError
 from bot.stages import Stage
 
 log = logging.getLogger(__name__)
@@ -261,6 +261,8 @@ def execute_delete(
             committing = True
     except _DryRun:
         return DeleteResult(plan_holder[0].slug, counts, results, elapsed(), dry_run=True, verified=True)
+    except QueryTimeout as exc:
+        raise dberrors.rolled_back(exc, stage.name) from exc.__cause__
     except StageUnavailable:
         if committing:
             return _after_uncertain_commit(stage, plan_holder[0], counts, results, elapsed())
