@@ -77,13 +77,15 @@ def render_drift(request: CommandRequest, report: DriftReport) -> Message:
         summary,
     )
     lines: list[Mrkdwn] = []
-    shown = 0
+    shown = clipped = 0
     for group, diffs in grouped.items():
         if shown >= MAX_DIFF_LINES:
             break
         lines.append(md("*{}*", prose(group_title(group, report.views))))
         for diff in diffs[: MAX_DIFF_LINES - shown]:
-            lines.append(md("• {}", prose(_clip(diff.describe(report.stage_a, report.stage_b)))))
+            line = diff.describe(report.stage_a, report.stage_b)
+            clipped += len(line) > MAX_LINE_CHARS
+            lines.append(md("• {}", prose(_clip(line))))
             shown += 1
     blocks = [section(title), *lines_sections(lines)]
     file = text_file(filename("drift", a, b, ext="txt"), f"Schema drift: {a} vs {b}", report.as_text().splitlines())
@@ -99,11 +101,21 @@ def render_drift(request: CommandRequest, report: DriftReport) -> Message:
                 )
             )
         )
+    elif clipped:  # a long definition (a view's query, a trigger's) cut short here: whole in the file
+        blocks.append(
+            section(
+                md(
+                    "_{} cut short here: the whole diff is in the attached {}_",
+                    plural(clipped, "line"),
+                    code(file.filename),
+                )
+            )
+        )
     blocks.append(footer)
     reply = message(
         f"{report.stage_a} vs {report.stage_b}: {plural(len(report.differences), 'schema difference')}", blocks
     )
-    return attach(reply, file) if left else reply
+    return attach(reply, file) if left or clipped else reply
 
 
 STATE_WORDS = {

@@ -210,3 +210,18 @@ def test_a_long_diff_is_summarised_with_the_whole_of_it_attached(make_bot, migra
     assert attached.text.startswith("Schema drift: staging vs production")
     for i in range(1, 41):
         assert f"only on staging: table `audit_shadow_{i}`" in attached.text
+
+
+def test_a_line_cut_short_in_the_message_is_whole_in_the_attached_file(make_bot, migrated_db):
+    staging, production = migrated_db(), migrated_db()
+    names = ", ".join(f"'organization_{i:03d}'" for i in range(40))
+    execute(staging, "CREATE VIEW named_orgs AS SELECT id, name FROM organization WHERE name = 'x'")
+    execute(production, f"CREATE VIEW named_orgs AS SELECT id, name FROM organization WHERE name IN ({names})")
+    bot = make_bot({"staging": staging, "production": production})
+    reply = bot.command("drift staging production").message()
+    assert reply["text"] == "staging vs production: 1 schema difference", message_text(reply)
+    shown = message_text(reply)
+    assert "'organization_039'" not in shown and "…" in shown
+    assert "1 line cut short here: the whole diff is in the attached `drift-staging-production.txt`" in shown
+    attached = bot.slack.wait_for_file(lambda f: f.filename == "drift-staging-production.txt")
+    assert "'organization_039'" in attached.text and "view `named_orgs`: definition" in attached.text
