@@ -23,13 +23,14 @@ def test_skipped_and_lagging_stages_alert_once_and_resolve(make_health, make_emp
     base, branch = platform_migrations(), branch_migration()
     folder = [*base, branch]
     write_journal_folder(tmp_path / "migrations", folder)
-    staging, production = make_empty_db(), make_empty_db()
+    staging, production, dev = make_empty_db(), make_empty_db(), make_empty_db()
     drizzle_migrate(staging, base)
     drizzle_migrate(staging, folder)  # the branch migration is older than 0004: skipped on staging
     drizzle_migrate(production, base[:3])  # production lacks 0003 and 0004, which staging has
+    drizzle_migrate(dev, base[:3])  # so does dev, which is not protected: no lag alert, no clock
 
     health = make_health(
-        {"staging": staging, "production": production},
+        {"staging": staging, "production": production, "dev": dev},
         MIGRATIONS_DIR=str(tmp_path / "migrations"),
         MIGRATION_LAG_ALERT_HOURS="1",
     )
@@ -65,6 +66,8 @@ def test_skipped_and_lagging_stages_alert_once_and_resolve(make_health, make_emp
     assert scheduler.run_slot(DAILY_JOB, now=T0 + 2 * 86_400)
     health.deliver()
     assert len(health.posts()) == 2
+
+    assert {r.stage for r in health.alert_rows()} == {"staging", "production"}
 
     # Fixed: production migrated (the branch migration is newer than its newest, so it runs there too);
     # on staging the skipped migration is applied by hand and recorded as Drizzle would.
