@@ -7,7 +7,9 @@ starts with the new OPERATORS/APPROVERS, and the click reaches it over signed HT
 
 from __future__ import annotations
 
-from tests.conftest import APPROVER, APPROVER2, OPERATOR, VIEWER, BotHarness, message_text
+import threading
+
+from tests.conftest import APPROVER, APPROVER2, OPERATOR, VIEWER, BotHarness, eventually, message_text
 from tests.deletion_support import (
     BIG,
     audit_outcomes,
@@ -89,3 +91,23 @@ def test_a_strangers_click_moves_nothing_even_when_the_requester_lost_the_right(
     answer = message_text(ephemeral_on(second, press(second, request_id, "Approve", APPROVER, payload)))
     assert "can't go on" in answer
     assert wait_state(second, request_id, {"revoked"}).state == "revoked"
+
+
+def test_an_approved_request_started_after_the_requester_lost_the_right_is_revoked(make_bot, db):
+    """The approved -> running transition checks again: the run is started by another process (the
+    recovery job of one started with the new OPERATORS) after the approving one could not start it."""
+    first = restarted(make_bot, db, OPERATORS=OPERATOR, EXEC_WORKERS="1", EXEC_QUEUE="0")
+    request_id = start_delete(first, stage="production", extra=REASON)
+    release = threading.Event()
+    assert eventually(lambda: first.runtime.lanes["exec"].held == 0)
+    first.runtime.submit(release.wait, 120, lane="exec")  # approved runs find the exec lane full...
+    try:
+        before = checksums(db)
+        press(first, request_id, "Approve", APPROVER)
+        assert wait_state(first, request_id, {"approved"}).state == "approved"  # ...and wait for the recovery job
+        second = restarted(make_bot, db, OPERATORS=OTHER)  # OPERATOR was removed; its recovery job starts it
+        why = f"the requester ({OPERATOR}) is no longer allowed to ask for a delete (not in OPERATORS)"
+        assert_revoked(second, request_id, why, db, before)
+        assert db.scalar("SELECT count(*) FROM mcp_servers WHERE slug = :s", s=BIG) == 1
+    finally:
+        release.set()
