@@ -23,7 +23,7 @@ from tests.conftest import (
     TEST_SPEC,
     message_text,
 )
-from tests.deletion_support import request_message, start_delete
+from tests.deletion_support import press, request_message, start_delete, wait_state, wait_update
 from tests.test_health import health_factory
 
 BIG = TEST_SPEC.big_slug
@@ -152,3 +152,24 @@ def test_a_server_reaching_a_table_named_like_markup(make_bot, stage_db):
     assert_inert(reply, "notes&lt;!here&gt;&amp;x")
     file = bot.slack.wait_for_file(lambda f: f.filename.startswith("impact-") and f.channel == CHANNEL)
     assert "notes<!here>&x" in file.text  # a file is not parsed: it shows the name as it is
+
+
+def test_a_rejection_reason_typed_in_the_form_is_text_everywhere(prod):
+    """A modal's value arrives raw (not HTML-escaped like a slash command's text)."""
+    request_id = start_delete(prod, stage="production", extra='--reason "cleanup"')
+    press(prod, request_id, "Reject", APPROVER)
+    view = prod.slack.wait_for_call("views.open")[0].payload["view"]
+    reason = "no <!channel> <@U0BOSS> <https://evil.example|see here> PGPASSWORD=hunter2 jürgen@bücher.de"
+    value = {"reason": {"reason": {"type": "plain_text_input", "value": reason}}}
+    assert prod.sender.view_submission(view, value, user=APPROVER).status == 200
+    assert wait_state(prod, request_id, {"rejected"}).state == "rejected"
+    shown = assert_inert(wait_update(prod, request_id, ": rejected"), "no &lt;!channel&gt; &lt;@U0BOSS&gt;")
+    assert "hunter2" not in shown and "jürgen" not in shown and "PGPASSWORD=***" in shown
+    posts = prod.slack.wait_for(
+        lambda calls: [c for c in calls if c.payload.get("channel") == AUDIT_CHANNEL and "reject" in str(c.payload)]
+    )
+    for post in posts:
+        assert_inert(post.payload)
+        assert "hunter2" not in str(post.payload) and "jürgen" not in str(post.payload)
+    rows = [r for r in prod.audit_rows() if r.outcome == "rejected"]
+    assert rows and "hunter2" not in str(rows) and "jürgen" not in str(rows)
