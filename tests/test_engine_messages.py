@@ -51,6 +51,12 @@ def test_the_impact_says_which_rows_have_no_rule_and_which_triggers_fire(make_bo
     assert "`audit` on `server_pins` (AFTER DELETE FOR EACH ROW, audit()) fires during the delete" in text
     assert "`bump` on `threads` (AFTER INSERT FOR EACH ROW, bump()) fires when rows are put back" in text
     assert "A restore turns it off while it puts the rows back" in text
+    before = checksums(schema_url)
+    # The dry run deletes the rows without a rule too (it was "the database refused"), then rolls back.
+    dry = bot.command("delete s1 --stage dev --dry-run").text(timeout=30)
+    assert "*3 rows*" in dry and "then rolled back. Nothing changed." in dry, dry
+    assert "`server_pins`: 1 row deleted" in dry and "refused" not in dry
+    assert checksums(schema_url) == before
 
 
 def test_a_protected_restore_says_which_triggers_will_fire_before_anyone_approves(make_bot, schema_url):
