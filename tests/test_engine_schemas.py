@@ -342,3 +342,43 @@ def test_inheritance_children_are_tables_of_their_own(h):
         INSERT INTO archived VALUES (5, 'srv1', 'own key: deleted'), (6, 'srv2', 'kept');
         """
     )
+
+
+def test_sub_partitions_and_keys_to_a_partition_at_each_level(h):
+    out = h.check(
+        ROOT
+        + """
+        CREATE TABLE events (id int, created date, kind text, server_id text REFERENCES mcp_servers ON DELETE CASCADE,
+            PRIMARY KEY (id, created, kind)) PARTITION BY RANGE (created);
+        CREATE TABLE events_2023 PARTITION OF events FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');
+        CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')
+            PARTITION BY LIST (kind);
+        CREATE TABLE events_2024_a PARTITION OF events_2024 FOR VALUES IN ('a');
+        CREATE TABLE events_2024_b PARTITION OF events_2024 FOR VALUES IN ('b');
+        INSERT INTO events VALUES (1, '2023-05-01', 'a', 'srv1'), (2, '2024-05-01', 'a', 'srv1'),
+            (3, '2024-05-01', 'b', 'srv1'), (4, '2024-06-01', 'b', 'srv2'), (5, '2023-06-01', 'a', 'srv2');
+        CREATE TABLE leaf_notes (id int PRIMARY KEY, event_id int, created date, kind text,
+            FOREIGN KEY (event_id, created, kind) REFERENCES events_2024_a ON DELETE CASCADE);
+        CREATE TABLE year_notes (id int PRIMARY KEY, event_id int, created date, kind text,
+            FOREIGN KEY (event_id, created, kind) REFERENCES events_2024 ON DELETE CASCADE);
+        INSERT INTO leaf_notes VALUES (1, 2, '2024-05-01', 'a');
+        INSERT INTO year_notes VALUES (1, 3, '2024-05-01', 'b'), (2, 4, '2024-06-01', 'b');
+        """
+    )
+    assert out.report.snapshot["public.events"] == 3
+    assert out.report.snapshot["public.leaf_notes"] == 1 and out.report.snapshot["public.year_notes"] == 1
+
+
+def test_a_foreign_key_to_an_inheritance_parent_sees_only_the_parents_rows(h):
+    out = h.check(
+        ROOT
+        + """
+        CREATE TABLE items (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE);
+        CREATE TABLE drafts (PRIMARY KEY (id)) INHERITS (items);
+        CREATE TABLE comments (id int PRIMARY KEY, item int REFERENCES items ON DELETE CASCADE);
+        INSERT INTO items VALUES (1, 'srv1'), (2, 'srv2');
+        INSERT INTO drafts VALUES (3, 'srv1');  -- a child's row: no foreign key of its own, kept
+        INSERT INTO comments VALUES (10, 1), (11, 2);
+        """
+    )
+    assert out.report.snapshot["public.items"] == 1 and out.report.snapshot["public.comments"] == 1

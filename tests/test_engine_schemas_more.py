@@ -62,6 +62,12 @@ def test_row_level_security_the_role_is_not_subject_to_counts_every_row(h):
         role="engine_owner",
     )
     assert out.report.snapshot["public.secrets"] == 2
+    out = h.check(  # nor is a role with BYPASSRLS, even under FORCE ROW LEVEL SECURITY
+        RLS + role("engine_bypass", "BYPASSRLS") + "ALTER TABLE secrets FORCE ROW LEVEL SECURITY;"
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO engine_bypass;",
+        role="engine_bypass",
+    )
+    assert out.report.snapshot["public.secrets"] == 2
 
 
 def test_a_missing_privilege_names_the_table_and_the_privilege(h):
