@@ -76,10 +76,10 @@ def mask_email(value: str | None) -> str:
     """`jane@example.com` -> `j***@example.com`; anything that is not an email -> `***`."""
     if not value:
         return "-"
-    local, sep, domain = value.partition("@")
+    local, sep, domain = value.strip().partition("@")
     if not sep or not local or not domain:
         return "***"
-    return f"{local[0]}***@{domain}"
+    return f"{local[0]}***@{mask_emails_in(domain)}"  # a second address in the same value is masked too
 
 
 def mask_emails_in(text: str) -> str:

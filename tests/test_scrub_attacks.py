@@ -11,7 +11,7 @@ import time
 import pytest
 
 from bot.health.checks.base import safe_query_text
-from bot.pii import scrub
+from bot.pii import mask_email, scrub
 from bot.slacktext import section
 from bot.sqltext import HIDDEN, blank_literals
 
@@ -61,6 +61,12 @@ def test_emails_are_masked_whatever_surrounds_them(raw, shown, gone):
 def test_secrets_are_scrubbed_to_their_end(raw, shown):
     assert scrub(raw) == shown
     assert "hunter2" not in section(raw)["text"]["text"] and "ter2" not in scrub(raw)
+
+
+def test_an_email_column_holding_two_addresses_masks_both():
+    assert mask_email("jane@example.com, bob@example.org") == "j***@example.com, b***@example.org"
+    assert mask_email(" jane@example.com") == "j***@example.com"
+    assert mask_email("not an email") == "***"
 
 
 def test_ordinary_words_stay():
