@@ -135,6 +135,38 @@ def test_the_proposed_index_for_a_column_named_with_a_percent_sign(h):
     )
 
 
+def test_set_null_and_set_default_of_some_columns_of_a_composite_key(h):
+    out = h.check(  # PostgreSQL 15's ON DELETE SET NULL (columns): the tenant stays
+        """
+        CREATE TABLE mcp_servers (tenant text, id text, slug text NOT NULL UNIQUE, PRIMARY KEY (tenant, id));
+        INSERT INTO mcp_servers VALUES ('t1', 'srv1', 's1'), ('t1', 'srv2', 's2'), ('t1', 'srv0', 's0');
+        CREATE TABLE links (id int PRIMARY KEY, tenant text NOT NULL, server_id text,
+            FOREIGN KEY (tenant, server_id) REFERENCES mcp_servers ON DELETE SET NULL (server_id));
+        CREATE TABLE pins (id int PRIMARY KEY, tenant text NOT NULL, server_id text DEFAULT 'srv0',
+            FOREIGN KEY (tenant, server_id) REFERENCES mcp_servers ON DELETE SET DEFAULT (server_id));
+        INSERT INTO links VALUES (1, 't1', 'srv1'), (2, 't1', 'srv2');
+        INSERT INTO pins VALUES (1, 't1', 'srv1'), (2, 't1', 'srv2');
+        """
+    )
+    assert [t.columns for t in out.report.tables if t.action != "delete"] == [["server_id"], ["server_id"]]
+
+
+def test_tables_of_one_name_in_two_schemas(h):
+    out = h.check(
+        ROOT
+        + """
+        CREATE SCHEMA app;
+        CREATE TABLE items (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE);
+        CREATE TABLE app.items (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE,
+            parent int REFERENCES public.items ON DELETE CASCADE);
+        INSERT INTO items VALUES (1, 'srv1'), (2, 'srv2');
+        INSERT INTO app.items VALUES (1, 'srv1', NULL), (2, NULL, 1), (3, 'srv2', 2);
+        """
+    )
+    assert out.report.snapshot["app.items"] == 2 and out.report.snapshot["public.items"] == 1
+    assert {t.table for t in out.report.tables} == {"mcp_servers", "items", "app.items"}
+
+
 # -- triggers and byte-exact restores -------------------------------------------------------------
 
 COUNTERS = (
