@@ -225,3 +225,10 @@ def test_a_line_cut_short_in_the_message_is_whole_in_the_attached_file(make_bot,
     assert "1 line cut short here: the whole diff is in the attached `drift-staging-production.txt`" in shown
     attached = bot.slack.wait_for_file(lambda f: f.filename == "drift-staging-production.txt")
     assert "'organization_039'" in attached.text and "view `named_orgs`: definition" in attached.text
+
+
+def test_a_stage_that_cannot_be_reached_is_one_short_line(make_bot, migrated_db):
+    bot = make_bot({"staging": migrated_db(), "production": dead_database_url()})
+    reply = bot.command("drift staging production").message()
+    assert "stage production is unreachable" in reply["text"], reply
+    assert "Traceback" not in str(reply) and len(reply["text"]) < 400
