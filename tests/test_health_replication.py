@@ -1,6 +1,7 @@
 """A stage with a real standby (pg_basebackup of a primary of this module's own): replication lag, a
-standby's `hot_standby_feedback` holding back vacuum through its slot, and a logical slot nobody consumes
-holding back the catalogs' horizon, each alerting once and resolving."""
+standby's `hot_standby_feedback` holding back vacuum through its slot, a logical slot nobody consumes
+holding back the catalogs' horizon, and a slot keeping more WAL than its threshold, each alerting once and
+resolving."""
 
 from __future__ import annotations
 
@@ -250,3 +251,48 @@ def test_an_inactive_logical_slot_holding_the_catalog_horizon_alerts_once_and_re
     [reply] = [r for r in calm.replies() if r.payload["thread_ts"] == row.ts]
     assert "Resolved after" in reply.payload["text"]
     assert len(calm.posts()) == 1
+
+
+def test_a_slot_keeping_more_wal_than_the_threshold_alerts_at_once_and_resolves_when_dropped(make_health, pair):
+    def retained(slot: str) -> float:
+        with psycopg.connect(pair.url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) FROM pg_replication_slots"
+                " WHERE slot_name = %s",
+                (slot,),
+            ).fetchone()
+        return float(row[0])
+
+    with psycopg.connect(pair.url, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_physical_replication_slot('backlog', true)")  # reserves WAL from now on
+        conn.execute("CREATE TABLE IF NOT EXISTS ticks (at timestamptz)")
+        for _ in range(2):  # two segment switches: over 16 MB kept for a slot nobody reads
+            conn.execute("INSERT INTO ticks VALUES (now())")
+            conn.execute("SELECT pg_switch_wal()")
+    try:
+        assert retained("backlog") > 16 * 1024 * 1024
+        # The standby's own slot has caught up: only the backlog is over the threshold.
+        assert eventually(lambda: retained(SLOT) < 1024 * 1024, timeout=60, interval=0.2)
+        health = make_health(
+            {"dev": pair.url},
+            REPLICATION_SLOT_RETAINED_MB="10",
+            REPLICATION_SLOT_INACTIVE_SECONDS="86400",  # inactive for seconds: only the WAL it keeps counts
+            REPLICATION_LAG_SECONDS="3600",
+        )
+        health.run("activity")  # no waiting: WAL kept is a disk filling up now
+        rows = [r for r in health.alert_rows() if r.check_name == "replication_slots"]
+        assert [(r.object, r.state, r.severity) for r in rows] == [("slot backlog", "firing", "warning")]
+        [post] = health.posts()
+        posted = _texts([post])[0]
+        assert "replication slot backlog (physical) keeps over 10.0 MB of WAL" in posted
+        assert "is inactive" in posted and "pg_drop_replication_slot('backlog')" in posted
+    finally:
+        with psycopg.connect(pair.url, autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot('backlog')")
+    health.run("activity")  # dropped: its absence is proof
+    health.sync()
+    [row] = [r for r in health.alert_rows() if r.check_name == "replication_slots"]
+    assert row.state == "resolved"
+    [reply] = [r for r in health.replies() if r.payload["thread_ts"] == row.ts]
+    assert "Resolved after" in reply.payload["text"]
+    assert len(health.posts()) == 1
