@@ -1,7 +1,7 @@
 """A stage with a real standby (pg_basebackup of a primary of this module's own): replication lag, a
-standby's `hot_standby_feedback` holding back vacuum through its slot, a logical slot nobody consumes
-holding back the catalogs' horizon, and a slot keeping more WAL than its threshold, each alerting once and
-resolving."""
+standby's `hot_standby_feedback` holding back vacuum through its slot or, without one, through its walsender, a
+logical slot nobody consumes holding back the catalogs' horizon, and a slot keeping more WAL than its threshold,
+each alerting once and resolving."""
 
 from __future__ import annotations
 
@@ -160,6 +160,15 @@ def test_a_lagging_standby_alerts_once_per_replica_and_resolves_when_it_catches_
     assert len(health.posts()) == 1
 
 
+def _snapshot_xmin(reader: psycopg.Connection) -> str:
+    """Open a REPEATABLE READ snapshot on the standby and hold it; its xmin, which the standby's feedback reports
+    once it is the oldest there (read from the snapshot itself, not raced from the primary's view)."""
+    reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    row = reader.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 def test_a_standby_query_holding_the_horizon_through_its_slot_alerts_once(make_health, pair):
     health = make_health({"dev": pair.url}, REPLICATION_LAG_SECONDS="3600")  # XMIN_HORIZON_SECONDS: an hour
 
@@ -175,9 +184,8 @@ def test_a_standby_query_holding_the_horizon_through_its_slot_alerts_once(make_h
 
     reader = psycopg.connect(pair.standby.dsn(pair.url.rsplit("/", 1)[1]))
     try:
-        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        reader.execute("SELECT 1")  # a snapshot on the standby: its feedback pins the slot's xmin
-        held = eventually(slot_xmin, timeout=30)
+        held = _snapshot_xmin(reader)  # a snapshot on the standby: its feedback pins the slot's xmin
+        assert eventually(lambda: slot_xmin() == held, timeout=30)
         primary_moves_on()
         health.run("activity")
         # A slot does not say since when it holds this xmin: pending until the same xmin has been seen an hour.
@@ -295,4 +303,60 @@ def test_a_slot_keeping_more_wal_than_the_threshold_alerts_at_once_and_resolves_
     assert row.state == "resolved"
     [reply] = [r for r in health.replies() if r.payload["thread_ts"] == row.ts]
     assert "Resolved after" in reply.payload["text"]
+    assert len(health.posts()) == 1
+
+
+def _standby_slot(pair: Pair, slot: str) -> None:
+    """Point the standby at `slot` ('' for none); returns once it streams again (through that slot, if any)."""
+    with psycopg.connect(pair.standby.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(f"ALTER SYSTEM SET primary_slot_name = '{slot}'")  # pg_basebackup -R wrote it there too
+        conn.execute("SELECT pg_reload_conf()")
+
+    def streaming() -> bool:
+        with psycopg.connect(pair.url, autocommit=True) as conn:
+            using = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (SLOT,)).fetchone()
+            streams = conn.execute("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").fetchone()
+        return streams[0] == 1 and (bool(using and using[0]) if slot else not (using and using[0]))
+
+    assert eventually(streaming, timeout=60, interval=0.2)
+
+
+def test_a_standby_without_a_slot_holding_the_horizon_through_its_feedback_alerts_once(make_health, pair):
+    def standby_xmin() -> str | None:
+        with psycopg.connect(pair.url, autocommit=True) as conn:
+            row = conn.execute("SELECT backend_xmin::text FROM pg_stat_replication").fetchone()
+        return row[0] if row else None
+
+    _standby_slot(pair, "")
+    with psycopg.connect(pair.url, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (SLOT,))  # its old xmin would be the oldest holder
+    reader = psycopg.connect(pair.standby.dsn(pair.url.rsplit("/", 1)[1]))
+    try:
+        health = make_health({"dev": pair.url}, REPLICATION_LAG_SECONDS="3600")  # XMIN_HORIZON_SECONDS: an hour
+        held = _snapshot_xmin(reader)  # a snapshot on the standby: its feedback holds its walsender's xmin
+        assert eventually(lambda: standby_xmin() == held, timeout=30)
+        with psycopg.connect(pair.url, autocommit=True) as conn:
+            for _ in range(3):
+                conn.execute("SELECT txid_current()")
+        assert standby_xmin() == held
+        health.run("activity")
+        [row] = [r for r in health.alert_rows() if r.check_name == "vacuum_horizon"]
+        assert (row.object, row.state) == (f"standby walreceiver xmin {held}", "pending")
+        with health.runtime.bot_engine.begin() as conn:
+            conn.execute(text("UPDATE alerts SET first_seen_at = first_seen_at - interval '61 minutes'"))
+        health.run("activity")
+        [post] = health.posts()
+        posted = _texts([post])[0]
+        assert "vacuum held back by standby walreceiver" in posted
+        assert "with `hot_standby_feedback`, without a slot" in posted and "Cancel it there" in posted
+    finally:
+        reader.close()
+        with psycopg.connect(pair.url, autocommit=True) as conn:
+            conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (SLOT,))
+        _standby_slot(pair, SLOT)
+    health.run("activity")
+    health.sync()
+    states = {r.object: r.state for r in health.alert_rows() if r.check_name == "vacuum_horizon"}
+    assert states.pop(f"standby walreceiver xmin {held}") == "resolved"
+    assert set(states.values()) <= {"pending"}
     assert len(health.posts()) == 1
