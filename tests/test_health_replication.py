@@ -328,6 +328,12 @@ def test_a_standby_without_a_slot_holding_the_horizon_through_its_feedback_alert
         return row[0] if row else None
 
     _standby_slot(pair, "")
+    # Left behind, the slot keeps the xmin of the standby's last feedback: an inactive physical slot holding it.
+    now = make_health({"dev": pair.url}, XMIN_HORIZON_SECONDS="0", REPLICATION_LAG_SECONDS="3600")
+    round_ = now.runtime.health.run_now(now.runtime.stages.get("dev")).round
+    [finding] = [f for r in round_.reports if r.check == "vacuum_horizon" for f in r.findings]
+    assert finding.title == f"vacuum held back by physical replication slot {SLOT}"
+    assert f"`{SLOT}` (inactive)" in finding.detail and f"pg_drop_replication_slot('{SLOT}')" in finding.advice
     with psycopg.connect(pair.url, autocommit=True) as conn:
         conn.execute("SELECT pg_drop_replication_slot(%s)", (SLOT,))  # its old xmin would be the oldest holder
     reader = psycopg.connect(pair.standby.dsn(pair.url.rsplit("/", 1)[1]))
