@@ -96,12 +96,16 @@ def describe_db_error(exc: BaseException, stage: str) -> UserFacingError | None:
     return None
 
 
+def lock_wait_table(context: str | None) -> str | None:
+    """The table whose row lock a statement waited for past lock_timeout, from the error's context, when
+    the server names it (a row lock does: `while deleting tuple (0,2) in relation "t"`; a table lock not)."""
+    found = _LOCKED_TUPLE.search(context.splitlines()[0]) if context else None
+    return found.group(1) if found else None
+
+
 def _locked_relation(exc: DBAPIError) -> str:
-    """` on `t``: the table whose row lock was waited for, when the server names it (a row lock does, in
-    its context: `while deleting tuple (0,2) in relation "t"`; a table lock does not)."""
-    context = getattr(getattr(exc.orig, "diag", None), "context", None) or ""
-    found = _LOCKED_TUPLE.search(context.splitlines()[0] if context else "")
-    return f" on `{found.group(1)}`" if found else ""
+    table = lock_wait_table(getattr(getattr(exc.orig, "diag", None), "context", None))
+    return f" on `{table}`" if table else ""
 
 
 def _seconds(value: float | None) -> str:

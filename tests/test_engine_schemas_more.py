@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from bot.backups.restore import RestoreFailed
 from bot.deletion.execute import DeleteFailed, execute_delete
 from bot.deletion.scope import Rules
 from bot.errors import QueryTimeout
@@ -219,6 +220,28 @@ def test_a_role_that_may_not_turn_triggers_off_is_told_which_fire_before_anyone_
     assert checked.triggers_disabled == [] and not checked.restored
     assert {(t.trigger, t.on_restore) for t in report.triggers} == {("count_posts", "fires"), ("stamp", "fires")}
     assert db.scalar("SELECT tgenabled FROM pg_trigger WHERE tgname = 'stamp'") == "A"
+
+
+def test_a_restore_waiting_to_turn_triggers_off_fails_in_words_and_writes_nothing(h):
+    db = h.database(COUNTERS)
+    before = checksums(db.dsn)
+    _, _, _, backups, request_id = h.delete(db, "s1")
+    deleted = checksums(db.dsn)
+    stage = h.stage(db)
+    with psycopg.connect(db.dsn) as holder:
+        holder.execute("INSERT INTO threads (id, server_id) VALUES (9, 'srv2')")  # open: it holds threads
+        with pytest.raises(RestoreFailed) as caught:
+            backups.restore(stage, request_id, actor="UTEST", dry_run=False)
+        holder.rollback()
+    assert caught.value.message.startswith(
+        "nothing was restored: turning the user triggers of `threads` off while the rows go back (ALTER TABLE ..."
+        " DISABLE TRIGGER) waits for every open transaction that wrote to it, and one held it past lock_timeout"
+    )
+    assert checksums(db.dsn) == deleted
+    modes = "SELECT string_agg(tgname || '=' || tgenabled::text, ',' ORDER BY tgname) FROM pg_trigger"
+    assert db.scalar(modes + " WHERE NOT tgisinternal") == "count_posts=O,stamp=A"
+    assert backups.restore(stage, request_id, actor="UTEST", dry_run=False).restored  # once it ended
+    assert checksums(db.dsn) == before
 
 
 def test_triggers_that_fire_on_delete_are_listed_and_what_they_removed_is_named_at_restore(h):

@@ -256,11 +256,18 @@ class _Restorer:
     def switch_triggers(self, triggers: list[Trigger], *, on: bool) -> None:
         for trigger in triggers:
             action = sql.SQL(ENABLE[trigger.enabled] if on else "DISABLE TRIGGER")
-            self.raw.execute(
-                sql.SQL("ALTER TABLE {} {} {}").format(
-                    qualified(trigger.table.schema, trigger.table.name), action, sql.Identifier(trigger.name)
-                )
+            statement = sql.SQL("ALTER TABLE {} {} {}").format(
+                qualified(trigger.table.schema, trigger.table.name), action, sql.Identifier(trigger.name)
             )
+            try:
+                self.raw.execute(statement)
+            except psycopg.errors.LockNotAvailable:
+                raise RestoreFailed(
+                    f"nothing was restored: turning the user triggers of `{trigger.table}` off while the rows go "
+                    "back (ALTER TABLE ... DISABLE TRIGGER) waits for every open transaction that wrote to it, and "
+                    f"one held it past lock_timeout; try again once it ends (`/mcp sessions --stage "
+                    f"{self.report.stage}` shows long and idle-in-transaction sessions)"
+                ) from None
 
 
 def restore(

@@ -11,6 +11,7 @@ from typing import Any
 
 from bot.errors import QueryTimeout
 from bot.pii import scrub
+from bot.stages import lock_wait_table
 
 MAX_TEXT = 300
 
@@ -63,7 +64,9 @@ def describe(exc: BaseException, *, at_commit: bool = False) -> str:
     if sqlstate in ("40001", "40P01"):
         return "the data changed while it ran (a concurrent write or deadlock); nothing was changed"
     if sqlstate == "55P03":
-        return "a lock could not be taken in time (another session holds it); nothing was changed"
+        locked = lock_wait_table(_field(diag, "context"))
+        where = f" on `{locked}`" if locked else ""
+        return f"a lock{where} could not be taken within lock_timeout (another session holds it)"
     if sqlstate == "57014":
         return "a statement ran past its time limit and was cancelled; nothing was changed"
     if sqlstate.startswith("22"):
@@ -75,8 +78,7 @@ def rolled_back(exc: QueryTimeout, stage: str) -> QueryTimeout:
     """A delete that waited past lock_timeout or ran out of its budget: the stage's words, plus what it means."""
     sqlstate, _ = _diag(exc.__cause__ or exc)
     hint = (
-        f"; try again once it is released (`/mcp sessions --stage {stage}` shows long and idle-in-transaction"
-        " sessions)"
+        f"; try again once it is released (`/mcp sessions --stage {stage}` shows long and idle-in-transaction sessions)"
         if sqlstate == "55P03"
         else ""
     )
