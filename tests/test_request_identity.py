@@ -121,6 +121,21 @@ def test_rows_that_block_since_the_request_make_it_stale_with_their_words(app, s
     assert stage_db.scalar("SELECT count(*) FROM legal_holds") == 1
 
 
+def test_an_approved_snapshot_altered_in_the_bot_database_never_runs(app, stage_db):
+    request_id = start_delete(app, slug=SLUG, stage="production", extra=REASON)
+    with app.runtime.bot_engine.begin() as conn:  # the counts changed behind the approvers' backs
+        conn.execute(
+            text("UPDATE delete_requests SET snapshot = snapshot || '{\"public.mcp_servers\": 2}' WHERE id = :id"),
+            {"id": request_id},
+        )
+    before = checksums(stage_db)
+    press(app, request_id, "Approve", APPROVER)
+    row = wait_state(app, request_id, {"done", "failed", "stale"})
+    assert row.state == "stale", (row.state, row.error)
+    assert "the approved snapshot does not match its hash (the request was altered)" in row.error
+    assert checksums(stage_db) == before
+
+
 def scoped_backup(bot: BotHarness, request_id: str, server_id: str, slug: str) -> str:
     stage = bot.runtime.stages.get("production")
     backup = bot.runtime.backups.scoped(
