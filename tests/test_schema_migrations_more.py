@@ -204,6 +204,19 @@ def test_the_app_folder_is_searched_and_a_folder_without_migrations_is_said(make
     assert "MIGRATIONS_DIR holds no Drizzle migrations: no meta/_journal.json" in reply["text"], reply
     assert "Traceback" not in str(reply)
 
+    # A journal listing a file that is not there, and a journal that is not JSON: one line each.
+    gap = write_journal_folder(tmp_path / "gap", base)
+    (gap / "0001_brave_storm.sql").unlink()
+    broken = write_journal_folder(tmp_path / "broken", base)
+    (broken / "meta" / "_journal.json").write_text('{"entries": [')
+    for folder, expected in (
+        (gap, "MIGRATIONS_DIR lists a migration whose file is missing: 0001_brave_storm.sql"),
+        (broken, "MIGRATIONS_DIR could not be read (JSONDecodeError): expected drizzle-kit's out folder"),
+    ):
+        reply = make_bot({"dev": url}, MIGRATIONS_DIR=str(folder)).command("migrations").message()
+        assert reply["response_type"] == "ephemeral" and expected in reply["text"], reply
+        assert "Traceback" not in str(reply)
+
 
 def test_a_migration_recorded_twice_by_concurrent_runs(make_bot, make_health, make_empty_db, tmp_path):
     """Two migrates started together both read the same newest row (Drizzle takes no lock); with idempotent
