@@ -132,3 +132,38 @@ def test_edited_and_unknown_migrations_alert_once_and_resolve(make_health, make_
     }
     assert len(health.posts()) == 2
     assert len(health.updates()) == 2 and all("RESOLVED" in str(u.payload["blocks"]) for u in health.updates())
+
+
+def test_a_folder_that_cannot_be_read_is_one_alert_and_the_stages_alerts_stay(make_health, make_empty_db, tmp_path):
+    base = platform_migrations()
+    staging, production = make_empty_db(), make_empty_db()
+    drizzle_migrate(staging, [*base, hotfix_migration()])  # an unknown row on staging
+    drizzle_migrate(production, base)
+    folder = write_journal_folder(tmp_path / "migrations", base)
+    health = make_health({"staging": staging, "production": production}, MIGRATIONS_DIR=str(folder))
+    scheduler = health.runtime.scheduler
+    [startup] = [name for name in scheduler.jobs if name.startswith(f"{DAILY_JOB}:start:")]
+    assert scheduler.run_slot(startup, now=T0)
+    health.deliver()
+    assert len(health.posts()) == 1  # the unknown row
+
+    # A deploy that ships the journal without one of its files: one alert, on the reference stage.
+    kept = (folder / f"{base[1].tag}.sql").read_bytes()
+    (folder / f"{base[1].tag}.sql").unlink()
+    for day in (1, 2):
+        assert scheduler.run_slot(DAILY_JOB, now=T0 + day * 86_400)
+        health.deliver()
+    posts = health.posts()
+    assert len(posts) == 2, [p.payload["text"] for p in posts]
+    posted = str(posts[1].payload["blocks"])
+    assert "the migration check cannot read MIGRATIONS_DIR" in posted
+    assert f"MIGRATIONS_DIR lists a migration whose file is missing: {base[1].tag}.sql" in posted
+    states = {(r.stage, r.check_name): r.state for r in health.alert_rows()}
+    assert states == {("staging", "migrations"): "firing", ("staging", "migrations_folder"): "firing"}
+
+    (folder / f"{base[1].tag}.sql").write_bytes(kept)
+    assert scheduler.run_slot(DAILY_JOB, now=T0 + 3 * 86_400)
+    health.sync()
+    states = {(r.stage, r.check_name): r.state for r in health.alert_rows()}
+    assert states == {("staging", "migrations"): "firing", ("staging", "migrations_folder"): "resolved"}
+    assert len(health.posts()) == 2

@@ -11,6 +11,10 @@ when this check first saw it missing (`migration_lag`, one row per stage and mis
 A stage that cannot be read (unreachable, no table, no permission) is left as it is: its alerts neither fire
 nor resolve; nor does a protected stage's `behind` alert (or its lag clock) while the reference can't be read.
 Everything else resolves at the first run without its finding.
+A MIGRATIONS_DIR that cannot be read (a file the journal lists is missing, a journal that is not JSON) is one
+alert of its own (`migrations_folder`, on the reference stage, else the first stage by name) instead of a job
+failing day after day in the logs; the stages' migration alerts are left as they are meanwhile, and it resolves
+at the first run that reads the folder.
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ from bot.config import Settings
 from bot.health.alerts import AlertBook
 from bot.health.checks import Finding
 from bot.scheduler import JobScheduler
+from bot.schema.drizzle import MigrationsFolderError
 from bot.schema.migrations import EDITED, SKIPPED, MigrationsReport, StageMigrations, migrations_report
 from bot.stages import StageRegistry
 
 log = logging.getLogger(__name__)
 
 CHECK = "migrations"
+FOLDER_CHECK = "migrations_folder"
 DAILY_JOB = "schema:migrations"
 DAILY_S = 86_400
 # Once per process, after it starts: a name of its own and a slot that never ends.
@@ -64,8 +70,14 @@ class MigrationWatch:
         scheduler.add(DAILY_JOB, self.run, DAILY_S)
         scheduler.add(f"{DAILY_JOB}:start:{socket.gethostname()}:{os.getpid()}", self.run, STARTUP_S)
 
-    def run(self) -> MigrationsReport:
-        report = migrations_report(self.stages.all.values(), self.settings.schema)
+    def run(self) -> MigrationsReport | None:
+        try:
+            report = migrations_report(self.stages.all.values(), self.settings.schema)
+        except MigrationsFolderError as exc:
+            self._folder_unreadable(exc.message)
+            return None
+        for name in self.stages.all:  # read again: its alert resolves wherever it is open
+            self.book.apply(name, {FOLDER_CHECK}, [])
         for stage in report.stages:
             if not stage.readable:
                 log.info("migration check: stage not read", extra={"stage": stage.stage, "why": stage.table})
@@ -80,6 +92,27 @@ class MigrationWatch:
             self.book.apply(stage.stage, {CHECK}, findings, clear_after={CHECK: 1}, holds=holds)
         self.book.sync()
         return report
+
+    def _folder_unreadable(self, why: str) -> None:
+        names = sorted(self.stages.all)
+        if not names:
+            return
+        reference = self.settings.schema.reference_stage
+        stage = reference if reference in names else names[0]
+        log.warning("migration check: MIGRATIONS_DIR not read", extra={"why": why})
+        finding = Finding(
+            FOLDER_CHECK,
+            "MIGRATIONS_DIR",
+            "warning",
+            "the migration check cannot read MIGRATIONS_DIR",
+            f"{why}. Until it can, no stage is checked for skipped, edited or unknown migrations, nor for "
+            "lagging behind the reference stage; their open alerts stay as they are.",
+            "Fix the folder the image or mount provides: drizzle-kit's out folder as deployed (meta/_journal.json "
+            "and every .sql file it lists, or 1.x's <timestamp>_<name>/migration.sql folders). `mcp-ops check-config` "
+            "says what it reads.",
+        )
+        self.book.apply(stage, {FOLDER_CHECK}, [finding])
+        self.book.sync()
 
     def _findings(self, report: MigrationsReport, stage: StageMigrations) -> list[Finding]:
         found: list[Finding] = []
