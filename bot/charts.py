@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from bot.slacktext.words import plural
+
 MIN_POINTS = 3  # fewer points than this make no chart, only the numbers
 WIDTH_IN, HEIGHT_IN, DPI = 7.0, 2.6, 100
 CALLS_COLOUR, SESSIONS_COLOUR, MEAN_COLOUR = "#4a7bd0", "#e08a2c", "#c0392b"
@@ -106,8 +108,8 @@ def daily_usage_chart(
     when = "on" if unit == "day" else "in"
     alt = (
         f"{ADJECTIVE[unit]} usage of {slug} on stage {stage}, {labels[0]} to {labels[-1]}: "
-        f"{sum(calls):,} tool calls (peak {_peak(calls, labels, when=when)}), "
-        f"{sum(sessions):,} sessions (peak {_peak(sessions, labels, when=when)})."
+        f"{plural(sum(calls), 'tool call')} (peak {_peak(calls, labels, when=when)}), "
+        f"{plural(sum(sessions), 'session')} (peak {_peak(sessions, labels, when=when)})."
     )
     return Chart(_png(figure), title, alt[:ALT_TEXT_LIMIT], f"{slug}-{stage}-daily.png")
 

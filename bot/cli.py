@@ -11,6 +11,7 @@ from pathlib import Path
 from bot.config import ConfigError, Settings, load_settings
 from bot.logs import configure_file_logging, configure_logging
 from bot.schema.drizzle import MigrationsFolderError, read_folder
+from bot.slacktext.words import plural
 
 
 def _fail(message: str) -> int:
@@ -158,7 +159,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if schema.migrations_dir:
         try:
             layout, local = read_folder(schema.migrations_dir)
-            folder += f" ({len(local)} migrations, {'journal' if layout == 'journal' else 'one folder each'})"
+            folder += f" ({plural(len(local), 'migration')}, {'journal' if layout == 'journal' else 'one folder each'})"
         except MigrationsFolderError as exc:
             folder_problem = exc.message
     reference = schema.reference_stage or "none"

@@ -9,6 +9,7 @@ from bot.backups.operations import BackupList
 from bot.backups.restore import RestoreReport
 from bot.kinds.restore import RestorePosted
 from bot.service import CommandRequest
+from bot.slacktext.files import attach, filename, text_file
 from bot.slacktext.long import head
 from handlers.blocks import (
     Message,
@@ -27,6 +28,7 @@ from handlers.blocks import (
     when,
 )
 from handlers.render import NARROW, renders, renders_progress
+from handlers.render_impact import capped
 
 
 def age(then: datetime, now: datetime) -> str:
@@ -209,9 +211,21 @@ def render_restore(request: CommandRequest, result: RestoreReport | RestorePoste
         md("• {}: {}{}", code(table), plural(rows, "row"), COLUMN_NOTES.get(action, ""))
         for table, action, rows in report.tables
     ]
+    file = text_file(
+        filename("restore", report.stage, report.backup_id, ext="txt"),
+        f"Restore of backup {report.backup_id} on {report.stage}: rows per table",
+        lines,
+    )
+    # A dry run is ephemeral (it shares no file); the restore itself is posted, with every table in a file.
+    more = (
+        Mrkdwn("the backup's manifest lists them all")
+        if report.dry_run
+        else md("the attached {} has them all", code(file.filename))
+    )
+    shown = capped(lines, "tables", more)
     blocks = [
         section(head),
-        *lines_sections(lines),
+        *lines_sections(shown),
         *lines_sections(restore_trigger_lines(report.triggers_disabled, report.triggers_fire, report.not_restored)),
     ]
     if report.notes:
@@ -225,4 +239,5 @@ def render_restore(request: CommandRequest, result: RestoreReport | RestorePoste
                 )
             )
         )
-    return message(f"restore of {report.backup_id}", blocks, ephemeral=report.dry_run)
+    reply = message(f"restore of {report.backup_id}", blocks, ephemeral=report.dry_run)
+    return attach(reply, file) if len(shown) < len(lines) and not report.dry_run else reply

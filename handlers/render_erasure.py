@@ -17,6 +17,7 @@ from bot.pii import mask_email
 from bot.requests.messages import RequestView
 from bot.requests.store import Request
 from bot.service import CommandRequest
+from bot.slacktext.files import Attachment, attach, filename, text_file
 from handlers.blocks import (
     Block,
     Message,
@@ -34,8 +35,11 @@ from handlers.blocks import (
     when,
 )
 from handlers.render import renders
+from handlers.render_impact import capped
 from handlers.render_requests import KindView, kind_view
 
+RECEIPT_LISTS_ALL = Mrkdwn("the erasure's receipt lists every table")
+RECEIPT_IN_THREAD = Mrkdwn("the whole receipt is in the thread")
 ACTIONS = {
     "delete": "deleted",
     "set null": "set to NULL",
@@ -53,7 +57,10 @@ def who(request: CommandRequest, label: str) -> Mrkdwn:
     return code(label)
 
 
-def step_lines(steps: list[dict[str, Any]]) -> list[Mrkdwn]:
+def step_lines(steps: list[dict[str, Any]], more: Mrkdwn | None = None) -> list[Mrkdwn]:
+    """A line per table with rows changed; with `more`, the largest tables, then how many more and where."""
+    if more is not None:
+        steps = sorted(steps, key=lambda s: -int(s.get("rows") or 0))
     lines = [
         md(
             "• {}: {} {} {}",
@@ -65,6 +72,8 @@ def step_lines(steps: list[dict[str, Any]]) -> list[Mrkdwn]:
         for s in steps
         if s.get("rows")
     ]
+    if more is not None:
+        lines = capped(lines, "tables", more)
     return lines or [md("• nothing to change")]
 
 
@@ -94,24 +103,25 @@ def detail_lines(impact: ErasureImpact) -> list[Mrkdwn]:
         cleared = f"; {', '.join(anon.cleared)} cleared" if anon.cleared else ""
         lines.append(
             md(
-                "{} rows in `anonymise` mode stay: {} become a stable token{}.",
+                "{} keeps its rows (`anonymise` mode): {} {} replaced by a stable token{}.",
                 code(anon.table),
                 ", ".join(anon.columns),
+                "is" if len(anon.columns) == 1 else "are",
                 cleared,
             )
         )
     for found in impact.json:
         if found.in_deleted:
             lines.append(
-                md("{}: the email is in {} the erasure deletes.", code(found.column), f"{found.in_deleted:,} row(s)")
+                md("{}: the email is in {} the erasure deletes.", code(found.column), plural(found.in_deleted, "row"))
             )
         if found.scan_rows or found.scan_bytes:
             lines.append(
                 md(
-                    "{} is read whole (ERASURE_SCAN_ALL): ~{} rows, {}, est. {} s; mentions in rows kept are"
+                    "{} is read whole (ERASURE_SCAN_ALL): ~{}, {}, est. {} s; mentions in rows kept are"
                     " replaced by the token.",
                     code(found.column),
-                    f"{found.scan_rows:,}",
+                    plural(found.scan_rows, "row"),
                     human_bytes(found.scan_bytes),
                     f"{found.scan_estimated_s:.1f}",
                 )
@@ -126,7 +136,8 @@ def detail_lines(impact: ErasureImpact) -> list[Mrkdwn]:
 
 
 def impact_blocks(impact: ErasureImpact) -> list[Block]:
-    return [*lines_sections(list(step_lines(_plan_steps(impact)))), *lines_sections(list(detail_lines(impact)))]
+    steps = step_lines(_plan_steps(impact), RECEIPT_LISTS_ALL)
+    return [*lines_sections(steps), *lines_sections(list(detail_lines(impact)))]
 
 
 def dry_run_blocks(run: DryRun, request: CommandRequest) -> list[Block]:
@@ -141,7 +152,7 @@ def dry_run_blocks(run: DryRun, request: CommandRequest) -> list[Block]:
     )
     return [
         section(head),
-        *lines_sections(list(step_lines(result.steps))),
+        *lines_sections(step_lines(result.steps, RECEIPT_LISTS_ALL)),
         *lines_sections(list(detail_lines(run.impact))),
     ]
 
@@ -172,28 +183,39 @@ def _all_stages(request: CommandRequest, result: AllStages) -> Message:
     blocks: list[Block] = [
         section(
             md(
-                ":test_tube: Dry run on every stage: forgetting {} changes *{}* on {} of {} stage(s); every run was"
+                ":test_tube: Dry run on every stage: forgetting {} changes *{}* on {} of {}; every run was"
                 " rolled back. The erasures themselves are asked for stage by stage (`--stage`).",
                 who(request, result.label),
                 f"{total:,} {noun(total, 'row')}",
                 str(len(found)),
-                str(len(result.stages)),
+                plural(len(result.stages), "stage"),
             )
         )
     ]
+    file = filename("forget-user", result.label, "every-stage", ext="txt")
+    report: list[str] = [f"Dry run on every stage: forgetting {result.label}", ""]
+    long = False
     for entry in result.stages:
         name = md("*{}*{}", entry.stage, " (protected)" if entry.protected else "")
         if entry.error:
             blocks.append(section(md("{}: :warning: {}", name, prose(entry.error))))
+            report += [f"{entry.stage}: {entry.error}", ""]
         elif entry.nothing or entry.dry_run is None:
             blocks.append(section(md("{}: nothing matches.", name)))
+            report += [f"{entry.stage}: nothing matches.", ""]
         else:
             run = entry.dry_run
             rows = run.result.total_rows
+            steps = step_lines(run.result.steps, md("the attached {} has them all", code(file)))
+            long = long or len(steps) < len(step_lines(run.result.steps))
             blocks.append(section(md("{}: {} {}", name, f"{rows:,}", noun(rows, "row"))))
-            blocks += lines_sections([*step_lines(run.result.steps), *detail_lines(run.impact)])
+            blocks += lines_sections([*steps, *detail_lines(run.impact)])
+            report += [f"{entry.stage}: {plural(rows, 'row')}", *step_lines(run.result.steps), ""]
+            report += [*detail_lines(run.impact), ""]
     blocks.append(context(md("Scoped backups are looked through when an erasure runs; its receipt lists them.")))
-    return message("forget-user on every stage", blocks)  # posted: the combined impact is for the channel
+    reply = message("forget-user on every stage", blocks)  # posted: the combined impact is for the channel
+    title = f"forget-user dry run on every stage: {result.label}"
+    return attach(reply, text_file(file, title, report)) if long else reply
 
 
 def _posted(request: CommandRequest, result: ErasurePosted) -> Message:
@@ -223,19 +245,23 @@ def _posted(request: CommandRequest, result: ErasurePosted) -> Message:
 BACKUP_FATES = {"rewritten": "rewritten without them", "deleted": "deleted (it held nothing else)"}
 
 
-def receipt_lines(result: dict[str, Any]) -> list[Mrkdwn]:
-    """What was erased where, and where the person may remain."""
+def receipt_lines(result: dict[str, Any], more: Mrkdwn | None = None) -> list[Mrkdwn]:
+    """What was erased where, and where the person may remain (with `more`: the head of each list, then
+    how many more and where they are)."""
     lines = [md("Erasure #{} is recorded in the erasure ledger (digests only).", str(result.get("erasure")))]
-    lines += step_lines(list(result.get("steps") or []))
+    lines += step_lines(list(result.get("steps") or []), more)
     if result.get("verified"):
         lines.append(md(":white_check_mark: Checked after the commit: nothing matching the person is left."))
     else:
         lines.append(md(":warning: The check after the commit found: {}", "; ".join(result.get("verification") or [])))
-    return lines + backup_lines(result)
+    return lines + backup_lines(result, more=more)
 
 
 def backup_lines(
-    result: dict[str, Any], *, none: str = "No scoped backup taken before the erasure holds the person."
+    result: dict[str, Any],
+    *,
+    none: str = "No scoped backup taken before the erasure holds the person.",
+    more: Mrkdwn | None = None,
 ) -> list[Mrkdwn]:
     """The scoped backups that held the person and what became of them; what may still hold them."""
     lines: list[Mrkdwn] = []
@@ -244,12 +270,14 @@ def backup_lines(
         lines.append(md(":warning: The scoped backups could not be read: {}", prose(result["backup_error"])))
     elif not backups:
         lines.append(md("{}", none))
+    listed: list[Mrkdwn] = []
     for backup in backups:
         fate = BACKUP_FATES.get(str(backup.get("action")), "still holds them; a restore of it leaves them out")
         rows = int(backup.get("rows") or 0)
-        lines.append(
+        listed.append(
             md("• scoped backup {}: {} of the person, {}", code(backup.get("backup_id")), plural(rows, "row"), fate)
         )
+    lines += capped(listed, "scoped backups", more) if more is not None else listed
     if any(b.get("action") == "found" for b in backups):
         lines.append(md("To purge them later: the same `/mcp forget-user` with `--purge-backups`."))
     full = [str(b) for b in result.get("full_backups") or []]
@@ -281,10 +309,27 @@ def _purged_later(request: CommandRequest, result: BackupsPurged) -> Message:
     return message(f"forget-user: backups purged on {result.stage}", [section(head), *lines_sections(lines)])
 
 
+def _receipt(request: Request) -> dict[str, Any] | None:
+    result = request.result
+    return result if request.state == "done" and result and "erasure" in result else None
+
+
+def _receipt_files(view: RequestView) -> list[Attachment]:
+    """The whole receipt in the request's thread, when the message shows only the head of its lists."""
+    result = _receipt(view.request)
+    if result is None or receipt_lines(result, RECEIPT_IN_THREAD) == receipt_lines(result):
+        return []
+    request = view.request
+    name = filename("receipt", request.stage, f"erasure-{result.get('erasure')}", ext="txt")
+    title = f"Receipt of erasure #{result.get('erasure')} on {request.stage}"
+    return [text_file(name, title, [title, "", *receipt_lines(result)])]
+
+
 def request_body(view: RequestView) -> list[Block]:
     request = view.request
-    if request.state == "done" and request.result and "erasure" in request.result:
-        return lines_sections(list(receipt_lines(request.result)))
+    result = _receipt(request)
+    if result is not None:
+        return lines_sections(receipt_lines(result, RECEIPT_IN_THREAD))
     blocks = impact_blocks(ErasureImpact.from_json(request.impact))
     if request.options.get("purge_backups"):
         blocks.append(context(md("Scoped backups that hold the person will be rewritten without them.")))
@@ -320,6 +365,7 @@ def _forget_user_view() -> KindView:
         done=_done,
         summary=_rows,
         confirm="Forget",
+        files=_receipt_files,
         confirm_title="Forget this person?",
         confirm_text=lambda r: (
             f"Erase this person's {plural(int((r.impact or {}).get('total_rows') or 0), 'row')} on {r.stage}?"

@@ -51,12 +51,12 @@ def render_health(request: CommandRequest, summary: HealthSummary) -> Message:
         return message(f"{summary.stage}: unreachable", blocks)
     lines = [md("{} *{}*: {}", Mrkdwn(_icon(r)), r.label, prose(r.summary)) for r in result.reports]
     findings = result.findings
-    finding_lines = [
-        md("{} {}", Mrkdwn(SEVERITY_ICONS.get(f.severity, ":warning:")), prose(f.title))
-        for f in findings[:MAX_FINDING_LINES]
-    ]
-    if len(findings) > MAX_FINDING_LINES:
-        finding_lines.append(md("_… and {:,} more_", len(findings) - MAX_FINDING_LINES))
+    file = _health_file(summary)
+    finding_lines, left = head(
+        [md("{} {}", Mrkdwn(SEVERITY_ICONS.get(f.severity, ":warning:")), prose(f.title)) for f in findings],
+        limit=MAX_FINDING_LINES,
+        rest=lambda n: md("_… and {:,} more: the attached {} has every finding in full_", n, code(file.filename)),
+    )
     # The round trip of `SELECT 1` alone is the "Round trip" line; connecting costs several.
     blocks = [section(md("{}\nConnected in {:,.0f} ms.", title, result.connect_ms or 0)), *lines_sections(lines)]
     if finding_lines:
@@ -78,7 +78,17 @@ def render_health(request: CommandRequest, summary: HealthSummary) -> Message:
         )
     )
     text = f"{summary.stage}: {plural(len(findings), 'finding')}" if findings else f"{summary.stage}: all checks passed"
-    return message(text, blocks)
+    reply = message(text, blocks)
+    return attach(reply, file) if left else reply
+
+
+def _health_file(summary: HealthSummary) -> Attachment:
+    """Every check's line, then every finding with its detail and advice."""
+    body = [f"Health of {summary.stage} at {when(summary.checked_at)}", ""]
+    body += [f"{r.label} ({r.status}): {r.summary}" for r in summary.round.reports]
+    for finding in summary.round.findings:
+        body += ["", f"[{finding.severity}] {finding.title}", *(t for t in (finding.detail, finding.advice) if t)]
+    return text_file(filename("health", summary.stage, ext="txt"), f"Health of {summary.stage}", body)
 
 
 @renders("slow-queries")

@@ -76,8 +76,13 @@ def _table_lines(report: ImpactReport, *, largest_first: bool = False) -> list[M
 
 
 def capped(lines: list[Mrkdwn], what: str, more: Mrkdwn, limit: int = MAX_LIST_LINES) -> list[Mrkdwn]:
-    """The head of a list, then how many more there are and where they are (`more`)."""
-    return head(lines, limit=limit, rest=lambda n: md("_… and {:,} more {}: {}_", n, what, more))[0]
+    """The head of a list, then how many more there are and where they are (`more`); `what` is plural
+    ("tables"), said in the singular for one."""
+    return head(lines, limit=limit, rest=lambda n: md("_… and {:,} more {}: {}_", n, _one(what, n), more))[0]
+
+
+def _one(what: str, n: int) -> str:
+    return what.removesuffix("s") if n == 1 else what
 
 
 def _key_name(key: SlowKey) -> str:

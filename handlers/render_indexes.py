@@ -8,6 +8,7 @@ from bot.requests.buttons import operation_buttons
 from bot.requests.messages import RequestView
 from bot.requests.store import Request
 from bot.service import CommandRequest
+from bot.slacktext.long import head_items
 from handlers.blocks import (
     Block,
     Message,
@@ -29,13 +30,13 @@ from handlers.render_deletion import duration
 from handlers.render_requests import KindView, kind_view
 
 CATEGORY_WORDS = {"unindexed": "no index", "invalid": "invalid", "duplicate": "duplicate"}
-MAX_BUTTON_ROWS = 20
+MAX_BUTTON_ROWS = 20  # items in one message, each with its buttons: 2 blocks apiece, within Slack's 50
 
 
 @renders("indexes")
 def render_indexes(request: CommandRequest, result: IndexList) -> Message:
     counts = result.counts
-    head = md(
+    head_line = md(
         ":card_index_dividers: Indexes on *{}*: {} without an index, {}, {}.",
         result.stage,
         plural(counts.get("unindexed", 0), "foreign key"),
@@ -43,15 +44,23 @@ def render_indexes(request: CommandRequest, result: IndexList) -> Message:
         plural(counts.get("duplicate", 0), "duplicate index", "duplicate indexes"),
     )
     if not result.items:
-        return message(head, [section(head), context(Mrkdwn("Nothing to build or drop."))], ephemeral=True)
-    blocks: list[Block] = [section(head)]
-    rows = 0
-    for index, item in enumerate(result.items):
-        blocks.append(section(md("• *{}* {}\n    {}", CATEGORY_WORDS[item.category], item.title, prose(item.detail))))
+        return message(head_line, [section(head_line), context(Mrkdwn("Nothing to build or drop."))], ephemeral=True)
+    lines = [md("• *{}* {}\n    {}", CATEGORY_WORDS[i.category], i.title, prose(i.detail)) for i in result.items]
+
+    def rest(left: int) -> Mrkdwn:
+        return md("_… and {:,} more: build or drop these first, then run {} again_", left, code("/mcp indexes"))
+
+    items = []
+    for index, (item, line) in enumerate(zip(result.items, lines, strict=True)):
         buttons = operation_buttons(result.stage, list(item.actions), start=index * 10)
-        if buttons and rows < MAX_BUTTON_ROWS:
-            blocks.append(actions(*buttons, block_id=f"index_{index}"))
-            rows += 1
+        items.append([section(line), *([actions(*buttons, block_id=f"index_{index}")] if buttons else [])])
+    # An ephemeral reply shares no file: the head of the list (each with its buttons), then the count of the rest
+    # (the listing holds the first of them, the counts all of them).
+    kept, shown = head_items(items, limit=MAX_BUTTON_ROWS)
+    blocks: list[Block] = [section(head_line), *kept]
+    left = sum(counts.values()) - shown
+    if left > 0:
+        blocks.append(context(rest(left)))
     blocks.append(
         context(
             Mrkdwn(

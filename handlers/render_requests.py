@@ -19,6 +19,7 @@ from bot.requests.messages import RequestView, permalink
 from bot.requests.store import Request
 from bot.service import CommandRequest
 from bot.slacktext.files import Attachment, attach
+from bot.slacktext.long import head
 from handlers.blocks import (
     Block,
     Message,
@@ -51,6 +52,7 @@ REJECT_ACTION = "delete_reject"
 REJECT_MODAL = "delete_reject_modal"
 REASON_BLOCK = "reason"
 REASON_INPUT = "reason"
+MAX_PENDING_LINES = 30  # requests listed by /mcp pending; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -306,14 +308,14 @@ def render_pending(request: CommandRequest, result: PendingRequests) -> Message:
     for r in result.requests:
         url = permalink(r.channel, r.message_ts)
         title = f"#{r.id} {r.kind} {r.subject}"
-        shown = link(url, title) if url else md("{}", title)
+        named = link(url, title) if url else md("{}", title)
         approvals = (
             md(", {} of {} approvals", len(r.approvals), r.required_approvals) if r.needs_approvers else Mrkdwn("")
         )
         lines.append(
             md(
                 "• {} on *{}*: {}{}, by {}, expires {}",
-                shown,
+                named,
                 r.stage,
                 state_word(r),
                 approvals,
@@ -322,8 +324,20 @@ def render_pending(request: CommandRequest, result: PendingRequests) -> Message:
             )
             + (md(" ({})", r.reason) if r.reason else Mrkdwn(""))
         )
+    count = max(result.total, len(lines))
+    where_else = (
+        md("narrow it with {}", code("--stage"))
+        if not result.stage
+        else Mrkdwn("the bot's App Home lists those waiting for you")
+    )
+
+    # An ephemeral reply shares no file: the requests that fit, then how many more and where else they are.
+    shown, cut = head(lines, limit=MAX_PENDING_LINES, rest=lambda n: Mrkdwn(""))
+    shown = shown[: len(shown) - 1] if cut else shown
+    if count > len(shown):  # counted against every open request, not only those read
+        shown.append(md("_… and {:,} more: {}_", count - len(shown), where_else))
     blocks = [
-        section(md(":inbox_tray: Open requests{}: {:,}", where, len(lines))),
-        *lines_sections(lines or [Mrkdwn("_none_")]),
+        section(md(":inbox_tray: Open requests{}: {:,}", where, count)),
+        *lines_sections(shown or [Mrkdwn("_none_")]),
     ]
-    return message(plural(len(lines), "open request"), blocks, ephemeral=True)
+    return message(plural(count, "open request"), blocks, ephemeral=True)

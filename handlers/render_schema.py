@@ -299,7 +299,7 @@ def _stage_file_lines(report: MigrationsReport, stage: StageMigrations) -> list[
 def render_migrations(request: CommandRequest, report: MigrationsReport) -> Message:
     layout = "journal" if report.layout == "journal" else "one folder each"
     folder = (
-        f"{len(report.local)} migrations in MIGRATIONS_DIR ({layout})"
+        f"{plural(len(report.local), 'migration')} in MIGRATIONS_DIR ({layout})"
         if report.layout
         else "no MIGRATIONS_DIR: the stages' tables are compared with each other"
     )

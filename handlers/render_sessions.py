@@ -8,12 +8,19 @@ from bot.requests.messages import RequestView
 from bot.requests.store import Request
 from bot.service import CommandRequest
 from bot.sessions.activity import Backend, SessionList
+from bot.slacktext.long import head_items
 from handlers.blocks import Block, Message, Mrkdwn, actions, code, context, lines_sections, md, message, plural, section
 from handlers.render import renders
 from handlers.render_requests import KindView, kind_view
 
 CATEGORY_WORDS = {"long": "running for", "idle": "idle in a transaction for", "blocked": "waiting on a lock for"}
-MAX_BUTTON_ROWS = 20  # actions blocks in one message (it may hold 50 blocks)
+MAX_BUTTON_ROWS = 20  # sessions in one message, each with its buttons: 2 blocks apiece, within Slack's 50
+MAX_QUERY_CHARS = 300  # of each query's text, so a screenful of sessions fits in one message
+
+
+def _cut(query: str) -> str:
+    """A query's head: enough to recognise it; the session checks' alerts carry more."""
+    return query if len(query) <= MAX_QUERY_CHARS else query[: MAX_QUERY_CHARS - 1].rstrip() + "…"
 
 
 def _line(backend: Backend) -> Mrkdwn:
@@ -23,7 +30,7 @@ def _line(backend: Backend) -> Mrkdwn:
         backend.label,
         CATEGORY_WORDS[backend.category],
         duration(backend.seconds),
-        code(backend.query),
+        code(_cut(backend.query)),
     )
     if backend.blocked_by:
         line += md("\n    blocked by {}", "; ".join(backend.blocked_by))
@@ -36,21 +43,21 @@ def render_sessions(request: CommandRequest, result: SessionList) -> Message:
     head = md(":busts_in_silhouette: Sessions on *{}* ({}): {:,}", result.stage, limits, result.total)
     if not result.backends:
         return message(head, [section(head), context(Mrkdwn("Nothing over the thresholds right now."))], ephemeral=True)
-    blocks: list[Block] = [section(head)]
-    rows = 0
-    for index, backend in enumerate(result.backends):
-        blocks.append(section(_line(backend)))
-        buttons = operation_buttons(result.stage, list(backend.actions), start=index * 10)
-        if buttons and rows < MAX_BUTTON_ROWS:
-            blocks.append(actions(*buttons, block_id=f"session_{index}"))
-            rows += 1
-    if result.total > len(result.backends):
-        more = result.total - len(result.backends)
-        blocks.append(
-            context(
-                md("… and {:,} more; narrow with {}, {}, {}", more, code("--long"), code("--idle"), code("--blocked"))
-            )
+
+    def rest(more: int) -> Mrkdwn:
+        return md(
+            "_… and {:,} more: narrow it with {}, {} or {}_", more, code("--long"), code("--idle"), code("--blocked")
         )
+
+    items = []
+    for index, backend in enumerate(result.backends):
+        buttons = operation_buttons(result.stage, list(backend.actions), start=index * 10)
+        items.append([section(_line(backend)), *([actions(*buttons, block_id=f"session_{index}")] if buttons else [])])
+    # An ephemeral reply shares no file: the sessions that fit (each with its buttons), then the count of the rest.
+    kept, shown = head_items(items, limit=MAX_BUTTON_ROWS)
+    blocks: list[Block] = [section(head), *kept]
+    if result.total > shown:
+        blocks.append(context(rest(result.total - shown)))
     blocks.append(
         context(
             Mrkdwn(

@@ -107,7 +107,7 @@ def test_every_stage_dry_run_is_one_combined_impact(app, person_db, log_lines):
     reply = app.command(f"forget-user {EMAIL} --all-stages")
     body = reply.text(timeout=90)
     assert reply.message()["response_type"] == "in_channel"
-    assert "Dry run on every stage" in body and "on 2 of 3 stage(s)" in body
+    assert "Dry run on every stage" in body and "on 2 of 3 stages" in body
     assert "*staging*: nothing matches." in body
     assert "*production* (protected): 11 rows" in body and "*dev*: 11 rows" in body, body
     assert checksums(person_db) == before

@@ -57,6 +57,7 @@ from bot.backups.manifest import (
 from bot.backups.store import BackupStore, BackupStoreError
 from bot.errors import UserFacingError
 from bot.pii import scrub
+from bot.slacktext.words import plural
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ class ScopedBackup:
             expected = step.expected_rows if step.expected_rows is not None else scope_rows
             raise BackupMismatch(
                 f"the backup does not match the plan, so nothing was deleted: {step.qualified} exported"
-                f" {export.rows:,} rows, the plan says {expected:,} (scope holds {scope_rows:,})"
+                f" {plural(export.rows, 'row')}, the plan says {expected:,} (scope holds {scope_rows:,})"
             )
         size = self.store.size(key)
         if size != stored.size:

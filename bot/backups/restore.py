@@ -350,7 +350,8 @@ def _run(
         for step, rows in zip(group, written, strict=True):
             if rows != step.rows:
                 raise BackupCorrupt(
-                    f"restoring {step.qualified} wrote {rows:,} rows instead of {step.rows:,}; nothing was restored"
+                    f"restoring {step.qualified} wrote {plural(rows, 'row')} instead of {step.rows:,};"
+                    " nothing was restored"
                 )
             report.seconds[step.qualified] = (time.perf_counter() - clock) / len(group)
         clock = time.perf_counter()

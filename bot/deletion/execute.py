@@ -71,6 +71,7 @@ from bot.deletion.steps import (
     verify,
 )
 from bot.errors import QueryTimeout, StageUnavailable, UserFacingError
+from bot.slacktext.words import plural
 from bot.stages import Stage
 
 log = logging.getLogger(__name__)
@@ -322,7 +323,8 @@ def _apply_steps(
         for (step, scope), rows in zip(group, [counted] if isinstance(counted, int) else counted, strict=True):
             if rows != scope.rows:
                 raise DeleteFailed(
-                    f"{step.table}: expected to {step.action} {scope.rows:,} rows, the database reported {rows:,}"
+                    f"{step.table}: expected to {step.action} {plural(scope.rows, 'row')},"
+                    f" the database reported {rows:,}"
                 )
             if step.action == "delete":
                 done += rows

@@ -27,6 +27,7 @@ from bot.deletion.cost import DELETE_ROW_MS, SlowKey, estimate_cascades, key_sam
 from bot.deletion.plan import WORK_MEM, DeletePlan, PlanProblem, Step, build_plan, set_local
 from bot.deletion.scope import Rules
 from bot.deletion.scopesql import CteSource, ScopeSql, sa_table
+from bot.slacktext.words import plural
 
 __all__ = [
     "Blocker",
@@ -121,7 +122,7 @@ def compare_snapshots(approved: dict[str, int], fresh: dict[str, int], drift_per
         before, after = approved.get(key), fresh.get(key, 0)
         if before is None:
             # A table (or edge) the confirmed plan did not have: the catalog changed, even if it is empty now.
-            changes.append(f"{key}: new in the plan ({after:,} rows)")
+            changes.append(f"{key}: new in the plan ({plural(after, 'row')})")
             continue
         if after == before:
             continue

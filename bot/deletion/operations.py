@@ -51,11 +51,12 @@ def run_delete(runtime: Runtime, request: CommandRequest) -> DeletePosted | Dele
 
 @dataclass(frozen=True)
 class PendingRequests:
-    requests: list[Request]
+    requests: list[Request]  # the oldest open requests (at most 50)
     stage: str | None
+    total: int = 0  # every open request (of the stage)
 
 
 @operation("pending")
 def run_pending(runtime: Runtime, request: CommandRequest) -> PendingRequests:
     stage = request.stage.name if request.stage else None
-    return PendingRequests(runtime.requests.pending(stage), stage)
+    return PendingRequests(runtime.requests.pending(stage), stage, runtime.requests.pending_count(stage))

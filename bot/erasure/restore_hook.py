@@ -36,6 +36,7 @@ from bot.erasure.run import reapply
 from bot.erasure.settings import ErasureSettings
 from bot.erasure.targets import resolve_targets
 from bot.errors import UserFacingError
+from bot.slacktext.words import plural
 
 REAPPLY_BUDGET_S = 600.0
 LEFT_OUT = "mcpops_erasures_left_out"  # conn.info: rows `before` left out, per erasure, for `__call__`
@@ -113,7 +114,7 @@ class ReapplyErasures:
             if finding.rows:
                 left_out[erasure.id] = finding.rows
                 notes.append(
-                    f"erasure #{erasure.id} ({erasure.label}): {finding.rows:,} row(s) of the forgotten person in"
+                    f"erasure #{erasure.id} ({erasure.label}): {plural(finding.rows, 'row')} of the forgotten person in"
                     " this backup left out of the restore"
                 )
         return manifest, (view if notes else store), notes
@@ -139,7 +140,7 @@ class ReapplyErasures:
                 ) from exc
             rows = sum(counts.values())
             report.notes.append(
-                f"erasure #{erasure.id} ({erasure.label}) applied again: {rows:,} row(s) of the forgotten person"
+                f"erasure #{erasure.id} ({erasure.label}) applied again: {plural(rows, 'row')} of the forgotten person"
                 " removed or anonymised"
             )
             done.append((erasure.id, erasure.label, counts))

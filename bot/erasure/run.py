@@ -63,6 +63,7 @@ from bot.erasure.plan import (
 )
 from bot.erasure.settings import ErasureSettings
 from bot.erasure.targets import Targets, resolve_targets
+from bot.slacktext.words import noun, plural
 from bot.stages import Stage
 
 VERIFY_STATEMENT_MS = 300_000
@@ -250,13 +251,14 @@ def verify_erased(
         )
         left = conn.execute(select(func.count()).where(still | keys_in(users, key, found.user_keys))).scalar_one()
         if left:
-            problems.append(f"{targets.users}: {left:,} row(s) still match {target.person.label}")
+            match = noun(left, "matches", "match")
+            problems.append(f"{targets.users}: {plural(left, 'row')} still {match} {target.person.label}")
         for it in targets.identity:
             t = sa_table(catalog, it.table)
             matches = identity_match(t, it, found.emails, targets.fold)
             left = conn.execute(select(func.count()).where(matches)).scalar_one()
             if left:
-                problems.append(f"{it.table}: {left:,} row(s) still hold the email")
+                problems.append(f"{it.table}: {plural(left, 'row')} still {noun(left, 'holds', 'hold')} the email")
         for jc in targets.json:
             t = sa_table(catalog, jc.table)
             where = [json_mentions(t.c[jc.column], found.emails, targets.fold)]
@@ -264,7 +266,8 @@ def verify_erased(
                 where.append(keys_in(t, catalog.table(jc.table).key, extras.touched.get(jc.table, [])))
             left = conn.execute(select(func.count()).where(*where)).scalar_one()
             if left:
-                problems.append(f"{jc.table}.{jc.column}: {left:,} value(s) still mention the email")
+                mention = noun(left, "mentions", "mention")
+                problems.append(f"{jc.table}.{jc.column}: {plural(left, 'value')} still {mention} the email")
     return problems
 
 

@@ -17,6 +17,7 @@ from bot.health.checks.base import CheckContext
 from bot.health.checks.foreign_keys import DELETE_RULES, unindexed_foreign_keys
 from bot.health.checks.indexes import check_duplicate_indexes, check_invalid_indexes
 from bot.indexes.targets import create_index_action
+from bot.slacktext.words import plural
 
 MAX_LISTED = 30
 
@@ -47,7 +48,7 @@ def list_indexes(conn: Connection, stage: str, settings: HealthSettings) -> Inde
                 category="unindexed",
                 title=f"{r.child} ({r.columns}) has no index",
                 detail=f"foreign key {r.conname} → {r.parent} (ON DELETE {rule}), "
-                f"~{r.child_rows:,} rows: every row deleted from {r.parent} scans it",
+                f"~{plural(r.child_rows, 'row')}: every row deleted from {r.parent} scans it",
                 actions=(
                     create_index_action(
                         r.child_schema, r.child_table, r.column_names, label=f"Create index: {r.child} ({r.columns})"

@@ -213,6 +213,9 @@ class Requests(RequestClicks, RequestMessages, RequestJobs):
     def pending(self, stage: str | None) -> list[Request]:
         return self.store.list(states=OPEN_STATES, stage=stage)
 
+    def pending_count(self, stage: str | None) -> int:
+        return self.store.count(states=OPEN_STATES, stage=stage)
+
     # -- running --------------------------------------------------------------------------
 
     @contextmanager

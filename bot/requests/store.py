@@ -231,6 +231,13 @@ class RequestStore:
             rows = conn.execute(query.order_by(delete_requests.c.id).limit(limit)).all()
             return [_request(r, self._votes(conn, r.id)) for r in rows]
 
+    def count(self, *, states: tuple[str, ...], stage: str | None = None) -> int:
+        query = select(func.count()).select_from(delete_requests).where(delete_requests.c.state.in_(states))
+        if stage:
+            query = query.where(delete_requests.c.stage == stage)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def find_open(self, conn: Connection, *, stage: str, kind: str, target: dict[str, Any]) -> Request | None:
         """An open request for the same operation on the same target (a double click), under a lock on that key.
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from bot.slacktext.blocks import Block, block_chars
 from bot.slacktext.mrkdwn import Mrkdwn
 
 LIST_BUDGET = 6_000  # characters of list lines in one message: half of the ~12,000 Slack takes in blocks
+ITEMS_BUDGET = 9_000  # characters of items with their buttons (confirm dialogs count too): room left for the rest
 
 
 def head(
@@ -31,6 +33,22 @@ def head(
         size += len(line) + 1
     left = len(lines) - len(shown)
     return ([*shown, rest(left)] if left else shown), left
+
+
+def head_items(items: Sequence[list[Block]], *, limit: int, budget: int = ITEMS_BUDGET) -> tuple[list[Block], int]:
+    """The blocks of the first items that fit (`limit` items, `budget` characters as Slack counts them, a
+    button's confirm dialog included), and how many items that is. For lists where each item is a section
+    with its own buttons."""
+    kept: list[Block] = []
+    size = shown = 0
+    for blocks in items[:limit]:
+        cost = block_chars(blocks)
+        if shown and size + cost > budget:
+            break
+        kept += blocks
+        size += cost
+        shown += 1
+    return kept, shown
 
 
 def as_plain(text: str) -> str:

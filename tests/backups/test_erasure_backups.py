@@ -87,7 +87,7 @@ def test_a_restore_of_an_older_backup_applies_the_erasure_again(make_bot, pat_db
     assert held.action == "found" and held.dropped["public.mcp_server_user"] == 1 and held.rows >= 4
 
     reply = bot.command(f"restore {request_id} --stage dev").text(timeout=60)
-    assert f"erasure #{receipt.erasure_id} ({receipt.label}): {held.rows} row(s)" in reply, reply
+    assert f"erasure #{receipt.erasure_id} ({receipt.label}): {held.rows} rows" in reply, reply
     assert "left out of the restore" in reply and "applied again" in reply, reply
     assert fingerprints(pat_db) == without_pat(before)  # the server is back, Pat is not
     ledger = bot.runtime.erasures.ledger.get(receipt.erasure_id)
@@ -118,7 +118,7 @@ def test_a_restore_leaves_out_the_rows_of_a_person_who_used_other_servers_too(ma
     files = _files(root)
 
     dry = bot.command(f"restore {request_id} --stage dev --dry-run").text(timeout=60)
-    assert f"erasure #{receipt.erasure_id} ({receipt.label}): 3 row(s)" in dry and "left out" in dry, dry
+    assert f"erasure #{receipt.erasure_id} ({receipt.label}): 3 rows" in dry and "left out" in dry, dry
     reply = bot.command(f"restore {request_id} --stage dev").text(timeout=60)
     assert "Restored backup" in reply and f"erasure #{receipt.erasure_id}" in reply, reply
     assert "msu_pat" not in reply

@@ -9,6 +9,7 @@ from sqlalchemy import Connection, text
 from bot.health.checks.base import CheckContext, CheckReport, Finding, check, ignored
 from bot.indexes.catalog import covers
 from bot.indexes.targets import create_index_action
+from bot.slacktext.words import plural
 
 MAX_FK_LINES = 15
 
@@ -54,13 +55,13 @@ def unindexed_foreign_keys(conn: Connection, ctx: CheckContext) -> list[Any]:
 @check("fk_without_index", "Foreign keys without an index", group="fk_indexes", clear_at_once=True)
 def check_fk_without_index(conn: Connection, ctx: CheckContext) -> CheckReport:
     rows = unindexed_foreign_keys(conn, ctx)
-    summary = f"{len(rows)} foreign keys without an index" if rows else "every foreign key has an index"
+    summary = f"{plural(len(rows), 'foreign key')} without an index" if rows else "every foreign key has an index"
     if not rows:
         return CheckReport("fk_without_index", "Foreign keys without an index", "ok", summary)
     # One alert per stage, not one per key: a schema can lack dozens, and they are fixed together.
     lines = [
         f"• `CREATE INDEX CONCURRENTLY ON {r.child} ({r.columns});` for `{r.conname}` → {r.parent} "
-        f"(ON DELETE {DELETE_RULES.get(r.on_delete, r.on_delete)}, ~{r.child_rows:,} rows)"
+        f"(ON DELETE {DELETE_RULES.get(r.on_delete, r.on_delete)}, ~{plural(r.child_rows, 'row')})"
         for r in rows[:MAX_FK_LINES]
     ]
     if len(rows) > MAX_FK_LINES:
