@@ -47,7 +47,8 @@ class HomeView:
     generated_at: datetime
     notes: list[str] = field(default_factory=list)
     # Pending requests waiting for this viewer: to approve or reject, or their own to confirm or cancel.
-    requests: list[Request] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)  # the first MAX_REQUESTS of them
+    requests_more: int = 0  # how many more wait for them
 
 
 class Home:
@@ -98,7 +99,7 @@ class Home:
                 is None
             ):
                 waiting.append(request)
-        return waiting[:MAX_REQUESTS]
+        return waiting
 
     def view_for(self, user_id: str) -> HomeView:
         approver = self.policy.is_approver(user_id)
@@ -109,6 +110,7 @@ class Home:
                 by_stage.setdefault(alert.stage, []).append(alert)
         with self.engine.connect() as conn:
             now = conn.execute(select(func.now())).scalar_one()
+        waiting = self.waiting_for(user_id, approver=approver)
         return HomeView(
             viewer=user_id,
             is_operator=self.policy.is_operator(user_id),
@@ -116,7 +118,8 @@ class Home:
             alerts_by_stage=dict(sorted(by_stage.items())),
             recent_audit=self.audit.latest(stage=None, limit=RECENT_AUDIT) if privileged else None,
             generated_at=now,
-            requests=self.waiting_for(user_id, approver=approver),
+            requests=waiting[:MAX_REQUESTS],
+            requests_more=max(0, len(waiting) - MAX_REQUESTS),
         )
 
     def queue_publish(self, views: list[tuple[str, dict[str, Any]]]) -> None:

@@ -28,7 +28,7 @@ def stage_alert_lines(stage: str, alerts: list[AlertView]) -> list[Mrkdwn]:
 
 
 def render_home(home: HomeView) -> dict[str, Any]:
-    roles = [name for name, held in (("operator", home.is_operator), ("approver", home.is_approver)) if held]
+    roles = [name for name, held in (("an operator", home.is_operator), ("an approver", home.is_approver)) if held]
     blocks: list[Block] = [
         header("mcp-ops"),
         context(
@@ -39,6 +39,9 @@ def render_home(home: HomeView) -> dict[str, Any]:
         blocks += [divider(), section(Mrkdwn("*Waiting for you*"))]
         for request in home.requests:
             blocks += home_request_blocks(request, home.viewer)
+        if home.requests_more:
+            more = md("_… and {:,} more: {} lists every open request_", home.requests_more, code("/mcp pending"))
+            blocks.append(context(more))
     blocks += [divider(), section(Mrkdwn("*Open alerts*"))]
     if home.alerts_by_stage:
         for stage, alerts in home.alerts_by_stage.items():

@@ -178,7 +178,7 @@ def render_restore(request: CommandRequest, result: RestoreReport | RestorePoste
         posted = result.request
         text = md(
             "The restore of {} from backup {} ({}, no conflicts now) is posted in this channel as request #{}: "
-            "it needs {} from APPROVERS other than you before {}. You can *Cancel* it.",
+            "it needs {} from approvers other than you before {}. You can *Cancel* it.",
             code(result.report.slug or "?"),
             code(result.report.backup_id),
             plural(result.report.total_rows, "row"),

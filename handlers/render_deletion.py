@@ -75,7 +75,7 @@ def render_delete(request: CommandRequest, result: DeletePosted | DeleteRefused 
         posted = result.request
         if posted.protected:
             text = md(
-                "The delete request for {} is posted in this channel as request #{}: it needs {} from APPROVERS "
+                "The delete request for {} is posted in this channel as request #{}: it needs {} from approvers "
                 "other than you before {}. You can *Cancel* it.",
                 code(result.report.slug),
                 posted.id,

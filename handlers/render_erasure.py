@@ -222,7 +222,7 @@ def _posted(request: CommandRequest, result: ErasurePosted) -> Message:
     posted = result.request
     if posted.protected:
         text = md(
-            "The erasure of {} is posted in this channel as request #{}: it needs {} from APPROVERS other than you"
+            "The erasure of {} is posted in this channel as request #{}: it needs {} from approvers other than you"
             " before {}. You can *Cancel* it.",
             who(request, result.impact.label),
             str(posted.id),

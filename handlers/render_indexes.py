@@ -8,7 +8,7 @@ from bot.requests.buttons import operation_buttons
 from bot.requests.messages import RequestView
 from bot.requests.store import Request
 from bot.service import CommandRequest
-from bot.slacktext.long import head_items
+from bot.slacktext.long import head_items, in_turn
 from handlers.blocks import (
     Block,
     Message,
@@ -56,7 +56,10 @@ def render_indexes(request: CommandRequest, result: IndexList) -> Message:
         items.append([section(line), *([actions(*buttons, block_id=f"index_{index}")] if buttons else [])])
     # An ephemeral reply shares no file: the head of the list (each with its buttons), then the count of the rest
     # (the listing holds the first of them, the counts all of them).
-    kept, shown = head_items(items, limit=MAX_BUTTON_ROWS)
+    # Chosen from each category in turn (none crowded out), shown in the listing's order.
+    order = in_turn([i.category for i in result.items])
+    _, shown = head_items([items[i] for i in order], limit=MAX_BUTTON_ROWS)
+    kept = [block for i in sorted(order[:shown]) for block in items[i]]
     blocks: list[Block] = [section(head_line), *kept]
     left = sum(counts.values()) - shown
     if left > 0:

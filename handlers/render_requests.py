@@ -130,7 +130,7 @@ def _status(view: RequestView) -> Mrkdwn:
     if state == "pending" and request.needs_approvers:
         so_far = md("; approved so far by {}", approvers) if approvers else Mrkdwn("")
         return md(
-            ":hourglass_flowing_sand: Needs *{}* {} from APPROVERS other than {} before {}: {} of {}{}.",
+            ":hourglass_flowing_sand: Needs *{}* {} from approvers other than {} before {}: {} of {}{}.",
             request.required_approvals,
             noun(request.required_approvals, "approval"),
             who,

@@ -18,7 +18,7 @@ def test_operators_see_alerts_and_latest_activity(bot):
     view = _published_for(bot, OPERATOR)[0]
     assert view["type"] == "home"
     text = message_text(view)
-    assert "You are operator" in text
+    assert "You are an operator" in text
     assert "Nothing is firing on any stage" in text
     assert f"`find {TEST_SPEC.big_slug}` on dev: ok" in text
 

@@ -76,5 +76,5 @@ def test_home_opened_twice_in_a_row_shows_the_tab_both_times(console):
         mark = len(out.getvalue())
         console.handle_line("home")
         shown = _after(out, mark)
-        assert f"[App Home of {OPERATOR}]" in shown and "You are operator" in shown
+        assert f"[App Home of {OPERATOR}]" in shown and "You are an operator" in shown
     assert len(console.slack.calls_to("views.publish")) == 1

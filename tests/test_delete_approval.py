@@ -89,7 +89,7 @@ def test_a_protected_delete_needs_a_reason_and_posts_a_request(prod, db):
     body = message_text(payload)
     for needed in (
         "customer asked to be forgotten",
-        "Needs *1* approval from APPROVERS",
+        "Needs *1* approval from approvers",
         "Backup before the delete",
         "mcp_tool_calls",
         f"<@{OPERATOR}>",
@@ -296,7 +296,7 @@ def test_drift_beyond_the_threshold_blocks_execution_and_asks_again(prod, db):
     successor = wait_state(prod, row.replaced_by, {"pending"})
     assert successor.replaces == request_id and successor.snapshot["public.mcp_tool_calls"] == approved + grow
     assert f"request #{successor.id} for a fresh approval" in stale
-    assert "Needs *1* approval from APPROVERS" in message_text(request_message(prod, successor.id))
+    assert "Needs *1* approval from approvers" in message_text(request_message(prod, successor.id))
     assert checksums(db) == before  # nothing ran
     assert audit_outcomes(prod).count("stale") == 1
 

@@ -22,7 +22,13 @@ from tests.deletion_support import (
 
 
 def sender_for(bot, team_id: str) -> SlackRequestSender:
-    return SlackRequestSender(bot.server.events_url, SIGNING_SECRET, response_base=bot.slack.base_url, team_id=team_id)
+    return SlackRequestSender(
+        bot.server.events_url,
+        SIGNING_SECRET,
+        response_base=bot.slack.base_url,
+        team_id=team_id,
+        on_reply=bot.slack.check_ack,
+    )
 
 
 def test_requests_from_another_workspace_get_403_and_an_audit_line(make_bot, stage_db: StageDb):

@@ -79,7 +79,7 @@ def test_a_bot_killed_mid_delete_is_marked_failed_at_the_next_start(tmp_path, bo
     first = ServeProcess(env, tmp_path / "first.log").start()
     second = ServeProcess(env, tmp_path / "second.log")
     try:
-        sender = first.sender(SIGNING_SECRET, fake_slack.base_url)
+        sender = first.sender(SIGNING_SECRET, fake_slack.base_url, fake_slack.check_ack)
         assert sender.slash(f"delete {TEST_SPEC.big_slug} --stage dev", user=OPERATOR, channel=CHANNEL).status == 200
         posted = fake_slack.wait_for_call(
             "chat.postMessage", lambda c: c.payload.get("channel") == CHANNEL and "Delete" in str(c.payload), 30

@@ -73,6 +73,7 @@ def test_indexes_on_150_tables_lists_the_head_with_its_buttons_and_counts_the_re
     assert unindexed_fks >= 150 and duplicates >= 150
     listed = shown.count("• *")
     assert 0 < listed <= 20
+    assert "• *duplicate*" in shown and "• *no index*" in shown  # taken in turn: neither crowds the other out
     assert sum(1 for b in reply["blocks"] if b["type"] == "actions") == listed  # every listed item has its buttons
     left = unindexed_fks + invalid + duplicates - listed
     assert f"… and {left:,} more: build or drop these first, then run `/mcp indexes` again" in shown
@@ -193,3 +194,15 @@ def test_a_restore_of_150_tables_is_summarised_with_every_table_attached(make_bo
     for i in range(TABLES):
         assert f"integration_event_log_partition_{i:03d}`: {1 + i % 7} row" in report
     assert stage_db.scalar("SELECT count(*) FROM integration_event_log_partition_149") == 1 + 149 % 7
+
+
+def test_app_home_with_40_requests_waiting_shows_10_and_counts_the_rest(make_bot, stage_db):
+    bot = make_bot({"dev": stage_db.url})
+    add_open_requests(bot, 40)  # the operator's own, waiting for their confirmation
+    assert bot.sender.event({"type": "app_home_opened", "user": OPERATOR, "tab": "home"}).status == 200
+    [call] = bot.slack.wait_for_call("views.publish", lambda c: c.payload.get("user_id") == OPERATOR)
+    view = call.payload["view"]
+    shown = message_text(view)
+    assert len(view["blocks"]) <= 100 and ":scissors:" not in shown
+    assert len(re.findall(r"#\d+ delete `a-server-with-a-rather-long-slug-", shown)) == 10
+    assert "… and 30 more: `/mcp pending` lists every open request" in shown

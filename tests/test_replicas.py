@@ -70,7 +70,7 @@ def test_two_replicas_drain_the_outbox_once_and_share_state(tmp_path, bot_db_url
     try:
         for replica in replicas:
             replica.start()
-        senders = [r.sender(SIGNING_SECRET, fake_slack.base_url) for r in replicas]
+        senders = [r.sender(SIGNING_SECRET, fake_slack.base_url, fake_slack.check_ack) for r in replicas]
 
         # Slack fails for a while, so posts pile up and both replicas' outbox workers go at them.
         fake_slack.fail("chat.postMessage", status=500, times=12)

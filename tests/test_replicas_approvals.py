@@ -36,7 +36,9 @@ class Pair:
         self.replicas = replicas
         self.slack = slack
         self.engine = engine
-        self.senders: list[SlackRequestSender] = [r.sender(SIGNING_SECRET, slack.base_url) for r in replicas]
+        self.senders: list[SlackRequestSender] = [
+            r.sender(SIGNING_SECRET, slack.base_url, slack.check_ack) for r in replicas
+        ]
 
     def rows(self, sql: str, **params: Any) -> list[Any]:
         with self.engine.connect() as conn:

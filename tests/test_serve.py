@@ -35,7 +35,7 @@ def bot_db_scalar(url: str, sql: str):
 
 def test_sigterm_drains_accepted_work_refuses_new_work_and_flushes_the_outbox(serve, stage_db, bot_db_url, fake_slack):
     server = serve(STAGE_LOCK_TIMEOUT_MS="120000")
-    sender = server.sender(SIGNING_SECRET, fake_slack.base_url)
+    sender = server.sender(SIGNING_SECRET, fake_slack.base_url, fake_slack.check_ack)
 
     def slash(text_: str) -> tuple[int, str]:
         url = sender.new_response_url()
@@ -86,7 +86,7 @@ def test_sigterm_drains_accepted_work_refuses_new_work_and_flushes_the_outbox(se
 
 def test_the_production_server_refuses_forged_stale_and_oversized_requests(serve, fake_slack):
     server = serve()
-    sender = server.sender(SIGNING_SECRET, fake_slack.base_url)
+    sender = server.sender(SIGNING_SECRET, fake_slack.base_url, fake_slack.check_ack)
     body = sender.slash_body("help", user="UOPERATOR1", channel="CGENERAL01")
     assert sender.post(body).status == 200
     assert sender.post(body, signature="v0=" + "0" * 64).status == 401
@@ -114,7 +114,7 @@ class DeleteRun:
         self.slack = fake_slack
 
     def start(self) -> None:
-        sender = self.server.sender(SIGNING_SECRET, self.slack.base_url)
+        sender = self.server.sender(SIGNING_SECRET, self.slack.base_url, self.slack.check_ack)
         assert sender.slash(f"delete {TEST_SPEC.big_slug} --stage dev", user=OPERATOR, channel=CHANNEL).status == 200
         assert eventually(lambda: self.rows("SELECT id FROM delete_requests WHERE message_ts IS NOT NULL"), 30)
         self.id, self.channel, self.ts = self.rows("SELECT id, channel, message_ts FROM delete_requests")[0]

@@ -17,7 +17,7 @@ SLOW_CLIENTS = 200
 
 
 def signed_help_answers(server, fake_slack) -> str:
-    sender = server.sender(SIGNING_SECRET, fake_slack.base_url)
+    sender = server.sender(SIGNING_SECRET, fake_slack.base_url, fake_slack.check_ack)
     url = sender.new_response_url()
     reply = sender.slash("help", user=OPERATOR, channel=CHANNEL, response_url=url)
     assert reply.status == 200

@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,11 @@ class ServeProcess:
     def events_url(self) -> str:
         return self.base_url + "/slack/events"
 
-    def sender(self, signing_secret: str, response_base: str) -> SlackRequestSender:
-        return SlackRequestSender(self.events_url, signing_secret, response_base=response_base)
+    def sender(
+        self, signing_secret: str, response_base: str, on_reply: Callable[[int, str], None] | None = None
+    ) -> SlackRequestSender:
+        """`on_reply`: e.g. the fake Slack's `check_ack`, so the server's acks are checked as Slack would."""
+        return SlackRequestSender(self.events_url, signing_secret, response_base=response_base, on_reply=on_reply)
 
     def start(self, timeout: float = 60) -> ServeProcess:
         argv = [*self.command, "serve", "--host", "127.0.0.1", "--port", str(self.port), *self.args]

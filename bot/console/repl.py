@@ -81,7 +81,10 @@ class Console:
 
         self.server = server_factory(self.runtime)
         self.sender = SlackRequestSender(
-            self.server.events_url, self.settings.signing_secret, response_base=self.slack.base_url
+            self.server.events_url,
+            self.settings.signing_secret,
+            response_base=self.slack.base_url,
+            on_reply=self.slack.check_ack,  # acks are checked as Slack would check them, like every other payload
         )
         self.clickables: list[Clickable] = []
         self._alert_channels = {self.settings.alert_channel_for(stage) for stage in self.settings.stage_names()} - {""}

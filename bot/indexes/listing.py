@@ -17,6 +17,7 @@ from bot.health.checks.base import CheckContext
 from bot.health.checks.foreign_keys import DELETE_RULES, unindexed_foreign_keys
 from bot.health.checks.indexes import check_duplicate_indexes, check_invalid_indexes
 from bot.indexes.targets import create_index_action
+from bot.slacktext.long import in_turn
 from bot.slacktext.words import plural
 
 MAX_LISTED = 30
@@ -63,4 +64,7 @@ def list_indexes(conn: Connection, stage: str, settings: HealthSettings) -> Inde
     ):
         counts[category] = len(report.findings)
         items += [IndexItem(category, f.title, f.detail, f.actions) for f in report.findings]
-    return IndexList(stage, items[:MAX_LISTED], counts)
+    # The first of each category in turn, shown in category order: many keys without an index leave room
+    # for the invalid and duplicate indexes.
+    listed = sorted(in_turn([i.category for i in items])[:MAX_LISTED])
+    return IndexList(stage, [items[i] for i in listed], counts)

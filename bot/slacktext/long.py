@@ -51,6 +51,17 @@ def head_items(items: Sequence[list[Block]], *, limit: int, budget: int = ITEMS_
     return kept, shown
 
 
+def in_turn(groups: Sequence[str]) -> list[int]:
+    """Indexes of a list whose items belong to `groups`, taken from each group in turn (the first of each,
+    then the second of each, ...): a head cut from this order leaves no group out while others have many."""
+    rank: dict[str, int] = {}
+    keyed = []
+    for index, group in enumerate(groups):
+        keyed.append((rank.get(group, 0), index))
+        rank[group] = rank.get(group, 0) + 1
+    return [index for _, index in sorted(keyed)]
+
+
 def as_plain(text: str) -> str:
     """A mrkdwn line as a text file shows it: entities back to `<`, `>`, `&` (a file is not parsed)."""
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")

@@ -178,7 +178,7 @@ def test_a_protected_restore_waits_for_approval_and_its_dry_run_writes_nothing(l
     dry = bot.command("restore req_prod --stage production --dry-run").text(timeout=60)
     assert "Dry run" in dry and "Nothing was written" in dry
     posted = bot.command('restore req_prod --stage production --reason "undo the delete"').text(timeout=60)
-    assert "posted in this channel as request" in posted and "approval from APPROVERS" in posted
+    assert "posted in this channel as request" in posted and "approval from approvers" in posted
     assert checksums(stage_db.url) == after  # written only once someone else approves (test_delete_backups.py)
     assert not [r for r in bot.audit_rows() if r.command == "restore" and r.outcome == "started"]
 
