@@ -155,13 +155,13 @@ def render_slow_queries(request: CommandRequest, result: SlowQueriesResult) -> M
 
 def alert_line(alert: AlertView) -> Mrkdwn:
     return md(
-        "{} *{}* {} · {} · firing since {} · seen in {} in a row",
+        "{} *{}* {} · {} · firing since {} · {}",
         Mrkdwn(SEVERITY_ICONS.get(alert.severity, ":warning:")),
         alert.stage,
         prose(alert.title),
         code(alert.check),
         when(alert.fired_at),
-        plural(alert.consecutive, "run"),
+        "seen in the last run" if alert.consecutive == 1 else f"seen in the last {alert.consecutive:,} runs",
     )
 
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bot.console.payloads import check
+from bot.health.checks import Finding
 from bot.sessions.activity import Backend, SessionList
 from bot.slacktext.blocks import block_chars
 from handlers.render_sessions import render_sessions
@@ -206,3 +207,17 @@ def test_app_home_with_40_requests_waiting_shows_10_and_counts_the_rest(make_bot
     assert len(view["blocks"]) <= 100 and ":scissors:" not in shown
     assert len(re.findall(r"#\d+ delete `a-server-with-a-rather-long-slug-", shown)) == 10
     assert "… and 30 more: `/mcp pending` lists every open request" in shown
+
+
+def test_forty_open_alerts_show_25_and_go_along_as_a_file(bot):
+    findings = [
+        Finding("connections", f"database db_{i:02d}", "warning", f"connections of db_{i:02d} at 9{i % 10}%", "d", "a")
+        for i in range(40)
+    ]
+    bot.runtime.health.book.apply("dev", ["connections"], findings)
+    reply = bot.command("alerts --stage dev").message()
+    shown = message_text(reply)
+    assert fits(reply) and "… and 15 more: the attached `alerts-dev.txt` has them all" in shown, shown[-300:]
+    assert shown.count("connections of db_") == 25 and "seen in the last run" in shown
+    report = bot.slack.wait_for_file(lambda f: f.filename == "alerts-dev.txt").text
+    assert all(f"connections of db_{i:02d}" in report for i in range(40))
