@@ -153,9 +153,7 @@ def _status(view: RequestView) -> Mrkdwn:
         return kind.running(view)
     if state == "done":
         if (request.result or {}).get("recovered"):
-            return md(
-                ":white_check_mark: Done: the {} committed, but the bot restarted before reporting it.", request.kind
-            )
+            return Mrkdwn(":white_check_mark: Done: it committed, but the bot restarted before reporting the details.")
         return kind.done(request)
     if state == "failed":
         return md(":x: {}, nothing was {}: {}", kind.failed, gone, prose(request.error or "unknown error"))
