@@ -1,7 +1,7 @@
 """A stage with a real standby (pg_basebackup of a primary of this module's own): replication lag, a
 standby's `hot_standby_feedback` holding back vacuum through its slot or, without one, through its walsender, a
 logical slot nobody consumes holding back the catalogs' horizon, and a slot keeping more WAL than its threshold,
-each alerting once and resolving."""
+each alerting once and resolving; and a role that may not see the standbys' positions, told so once."""
 
 from __future__ import annotations
 
@@ -366,3 +366,30 @@ def test_a_standby_without_a_slot_holding_the_horizon_through_its_feedback_alert
     assert states.pop(f"standby walreceiver xmin {held}") == "resolved"
     assert set(states.values()) <= {"pending"}
     assert len(health.posts()) == 1
+
+
+def test_a_role_that_cannot_see_the_standbys_positions_is_told_once_what_it_needs(make_health, pair):
+    role = unique_name("app_role")
+    with psycopg.connect(pair.url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+    health = make_health({"dev": pair.url.replace("postgres@", f"{role}@")}, REPLICATION_LAG_SECONDS="1")
+    try:
+        for _ in range(3):
+            health.run("activity")
+        lag = [t for t in _texts(health.posts()) if "Replication lag" in t]
+        assert len(lag) == 1, lag
+        assert "Replication lag: unavailable, needs pg_read_all_stats" in lag[0]
+        assert "1 standby connection exists, but this role may not see their positions and lag" in lag[0]
+        assert "GRANT pg_read_all_stats TO" in lag[0]
+        assert not [r for r in health.alert_rows() if r.check_name == "replication_lag"]
+
+        with psycopg.connect(pair.url, autocommit=True) as conn:
+            conn.execute(f"GRANT pg_read_all_stats TO {role}")
+        health.run("activity")
+        health.sync()
+        states = {r.check_name: r.state for r in health.alert_rows()}
+        assert states["unavailable:replication_lag"] == "resolved"
+    finally:
+        health.runtime.stages.dispose()
+        with psycopg.connect(pair.url, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")

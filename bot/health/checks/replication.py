@@ -113,8 +113,8 @@ def check_replication_lag(conn: Connection, ctx: CheckContext) -> CheckReport:
             "replication_lag",
             LAG_LABEL,
             "pg_read_all_stats",
-            f"{len(rows)} standby connection{'s' if len(rows) != 1 else ''} exist, but this role may not see "
-            "their positions and lag.",
+            (f"{len(rows)} standby connections exist" if len(rows) != 1 else "1 standby connection exists")
+            + ", but this role may not see their positions and lag.",
             "`GRANT pg_read_all_stats TO <the role of this stage's DATABASE_URL>;` (or `pg_monitor`).",
         )
     findings = []
