@@ -24,7 +24,7 @@ from bot.health.checks import duration
 from bot.health.messages import material
 from handlers.server import build_asgi, serve_in_thread
 from tests.conftest import OPERATOR, SIGNING_SECRET, eventually
-from tests.test_health import SLOW, Health, _sleep_statements, _texts, health_factory
+from tests.health_support import SLOW, Health, health_factory, posted_texts, sleep_statements
 
 VIEWER = "UVIEWER01"
 
@@ -96,7 +96,7 @@ def _slow_query_alert(clicky: Callable[..., Clicker], stage_db: Any) -> tuple[Cl
     """A slow-query alert posted, on a stage that reminds every hour."""
     clicker = clicky({"dev": stage_db.url}, **SLOW, ALERT_REPEAT_MINUTES_DEV="60")
     clicker.health.run("statements")
-    _sleep_statements(stage_db.url, 4)
+    sleep_statements(stage_db.url, 4)
     clicker.health.run("statements")
     [post] = clicker.health.posts()
     return clicker, post
@@ -105,7 +105,7 @@ def _slow_query_alert(clicky: Callable[..., Clicker], stage_db: Any) -> tuple[Cl
 def _an_hour_later_still_slow(health: Health, stage_db: Any) -> None:
     with health.runtime.bot_engine.begin() as conn:
         conn.execute(text("UPDATE alerts SET last_notified_at = now() - interval '61 minutes'"))
-    _sleep_statements(stage_db.url, 4)
+    sleep_statements(stage_db.url, 4)
     health.run("statements")
     health.sync()
 
@@ -129,7 +129,7 @@ def test_acknowledge_shows_who_stops_reminders_and_the_alert_still_resolves(clic
 
     clicker.press(post, "Acknowledge")
     [update] = health.updates()
-    assert f"Acknowledged by <@{OPERATOR}>" in _texts([update])[0]
+    assert f"Acknowledged by <@{OPERATOR}>" in posted_texts([update])[0]
     assert "Acknowledge" not in _labels(update) and "Snooze 4 h" in _labels(update)
     [acked] = [a for a in health.audit() if a.outcome == "acknowledged"]
     assert acked.actor == OPERATOR and acked.stage == "dev"
@@ -143,7 +143,7 @@ def test_acknowledge_shows_who_stops_reminders_and_the_alert_still_resolves(clic
     health.run("statements")
     health.sync()
     assert "Resolved after" in health.replies()[-1].payload["text"]
-    assert "RESOLVED" in _texts(health.updates()[-1:])[0]
+    assert "RESOLVED" in posted_texts(health.updates()[-1:])[0]
     assert len(health.posts()) == 1
 
 
@@ -153,7 +153,7 @@ def test_snooze_silences_reminders_and_refires_until_an_escalation_to_critical(c
 
     clicker.press(post, "Snooze 4 h")
     [update] = health.updates()
-    assert ":zzz: Snoozed until" in _texts([update])[0] and f"by <@{OPERATOR}>" in _texts([update])[0]
+    assert ":zzz: Snoozed until" in posted_texts([update])[0] and f"by <@{OPERATOR}>" in posted_texts([update])[0]
     [snoozed] = [a for a in health.audit() if a.outcome == "snoozed"]
     assert snoozed.actor == OPERATOR and snoozed.detail["hours"] == 4
 
@@ -166,7 +166,7 @@ def test_snooze_silences_reminders_and_refires_until_an_escalation_to_critical(c
     health.run("statements")
     health.sync()
     assert len(health.replies()) == 1  # the resolution
-    _sleep_statements(stage_db.url, 4)
+    sleep_statements(stage_db.url, 4)
     health.run("statements")
     health.sync()
     assert len(health.posts()) == 1
@@ -174,19 +174,19 @@ def test_snooze_silences_reminders_and_refires_until_an_escalation_to_critical(c
     assert (second.state, second.held, second.snoozed_by) == ("firing", True, OPERATOR)
 
     # An escalation to critical breaks the snooze: the held alert is posted now.
-    _sleep_statements(stage_db.url, 3, 0.32)
+    sleep_statements(stage_db.url, 3, 0.32)
     health.run("statements")
     health.sync()
     assert len(health.posts()) == 2
-    assert "CRITICAL" in _texts(health.posts()[-1:])[0]
-    assert "Snoozed" not in _texts(health.posts()[-1:])[0]
+    assert "CRITICAL" in posted_texts(health.posts()[-1:])[0]
+    assert "Snoozed" not in posted_texts(health.posts()[-1:])[0]
     assert [a.outcome for a in health.audit()] == ["firing", "snoozed", "resolved", "firing", "snooze broken"]
 
     # Broken for good: when it resolves and the query is slow again, inside the 4 hours, it is posted.
     health.run("statements")
     health.run("statements")
     health.sync()
-    _sleep_statements(stage_db.url, 4)
+    sleep_statements(stage_db.url, 4)
     health.run("statements")
     health.sync()
     assert len(health.posts()) == 3
@@ -196,19 +196,19 @@ def test_snooze_silences_reminders_and_refires_until_an_escalation_to_critical(c
 def test_an_alert_is_edited_only_when_its_numbers_cross_a_step(clicky, stage_db):
     health = clicky({"dev": stage_db.url}, **SLOW).health
     health.run("statements")
-    _sleep_statements(stage_db.url, 4, 0.05)
+    sleep_statements(stage_db.url, 4, 0.05)
     health.run("statements")
     assert len(health.posts()) == 1
     for seconds in (0.055, 0.06, 0.052, 0.065):  # mean 50-99 ms, 4 calls: the same step every run
-        _sleep_statements(stage_db.url, 4, seconds)
+        sleep_statements(stage_db.url, 4, seconds)
         health.run("statements")
         health.sync()
     assert health.updates() == []
-    _sleep_statements(stage_db.url, 4, 0.11)  # mean above 100 ms: worth telling
+    sleep_statements(stage_db.url, 4, 0.11)  # mean above 100 ms: worth telling
     health.run("statements")
     health.sync()
     [update] = health.updates()
-    assert "mean 11" in _texts([update])[0]
+    assert "mean 11" in posted_texts([update])[0]
 
 
 def _running_s(url: str, app: str) -> float:
@@ -238,7 +238,7 @@ def test_a_long_running_query_alert_is_not_edited_as_its_duration_grows(clicky, 
         assert eventually(lambda: _running_s(stage_db.url, "report-job") > 1.5, timeout=30)
         health.run("activity")
         [post] = health.posts()
-        assert "query running for 1 s" in _texts([post])[0] and "Cancel query" in _labels(post)
+        assert "query running for 1 s" in posted_texts([post])[0] and "Cancel query" in _labels(post)
         for _ in range(3):  # every run sees it a second or more older
             seen = _running_s(stage_db.url, "report-job")
             assert eventually(lambda seen=seen: _running_s(stage_db.url, "report-job") > seen + 1, timeout=30)
@@ -255,7 +255,7 @@ def test_a_long_running_query_alert_is_not_edited_as_its_duration_grows(clicky, 
         health.run("activity")
         health.sync()
     [resolved] = health.updates()
-    assert "RESOLVED" in _texts([resolved])[0]
+    assert "RESOLVED" in posted_texts([resolved])[0]
 
 
 def _alert(title: str, severity: str = "warning", detail: str = "", advice: str = "") -> Any:

@@ -11,8 +11,8 @@ from PIL import Image
 from bot.charts import MAX_BARS, daily_usage_chart, usage_buckets
 from bot.console.localslack import LocalSlack, UploadedFile
 from tests.conftest import OPERATOR, TEST_SPEC, eventually, message_text
+from tests.health_support import SLOW, sleep_statements
 from tests.test_alert_attention import clicky  # noqa: F401 - the fixture
-from tests.test_health import SLOW, _sleep_statements
 
 
 def _image_blocks(payload: dict) -> list[dict]:
@@ -98,10 +98,10 @@ def test_a_slow_query_gets_its_mean_time_chart_in_the_alert_thread_and_in_health
     health, slack = clicker.health, clicker.health.slack
     health.run("statements")
     for seconds in (0.005, 0.01):  # busy but fast: points in the history, no alert
-        _sleep_statements(stage_db.url, 4, seconds)
+        sleep_statements(stage_db.url, 4, seconds)
         health.run("statements")
     assert health.posts() == []
-    _sleep_statements(stage_db.url, 4, 0.05)
+    sleep_statements(stage_db.url, 4, 0.05)
     health.run("statements")  # slow now: the alert, and with three points a chart in its thread
     [post] = health.posts()
     shared = eventually(lambda: [f for f in slack.files.values() if f.completed], timeout=60)
@@ -112,7 +112,7 @@ def test_a_slow_query_gets_its_mean_time_chart_in_the_alert_thread_and_in_health
     assert "over 3 intervals" in (file.alt_txt or "") and "ms last" in (file.alt_txt or "")
 
     # /mcp health answers, then adds the same query's chart (now four points: the live interval is not stored).
-    _sleep_statements(stage_db.url, 4, 0.05)
+    sleep_statements(stage_db.url, 4, 0.05)
     response_url = clicker.sender.new_response_url()
     assert (
         clicker.sender.slash("health --stage dev", user=OPERATOR, channel="C1", response_url=response_url).status == 200

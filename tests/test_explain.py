@@ -12,7 +12,7 @@ import psycopg
 
 from bot.console.text import buttons_in
 from tests.conftest import CHANNEL, OPERATOR, eventually, message_text
-from tests.test_health import SLOW, _sleep_statements
+from tests.health_support import SLOW, sleep_statements
 
 BY_USER = "SELECT id, tool_name FROM mcp_tool_calls WHERE mcp_server_user_id = %s"
 
@@ -130,7 +130,7 @@ def _press(bot: Any, element: dict[str, Any], block_id: str, message: dict[str, 
 def test_slow_query_entries_and_alerts_carry_explain(make_bot, stage_db):
     bot = make_bot({"dev": stage_db.url}, **SLOW)
     bot.runtime.health.run_group("dev", "statements")
-    _sleep_statements(stage_db.url, 4)
+    sleep_statements(stage_db.url, 4)
     bot.runtime.health.run_group("dev", "statements")  # the slow query fires an alert
     qid = queryid(stage_db.url, "SELECT pg_sleep($1)%")
     explain = f"explain {qid} --stage dev"

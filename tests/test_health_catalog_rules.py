@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.conftest import eventually
-from tests.test_health import _texts
+from tests.health_support import posted_texts
 from tests.test_health_checks import firing, make_health, plain_db, run
 
 __all__ = ["make_health", "plain_db"]  # fixtures used below
@@ -20,7 +20,7 @@ def by_object(health: Any, check: str) -> dict[str, str]:
     """Firing alerts of `check`: object -> the text of its post."""
     posts = {p.payload["text"]: p for p in health.posts()}
     rows = [r for r in firing(health) if r.check_name == check]
-    return {r.object: next(_texts([p])[0] for t, p in posts.items() if r.title in t) for r in rows}
+    return {r.object: next(posted_texts([p])[0] for t, p in posts.items() if r.title in t) for r in rows}
 
 
 def resolves_at_once(health: Any, group: str, check: str, obj: str) -> None:
@@ -143,7 +143,7 @@ def test_the_horizon_is_held_by_the_writer_not_by_an_older_session_whose_snapsho
             health.run("activity")
         [row] = [r for r in firing(health) if r.check_name == "vacuum_horizon"]
         assert row.object.startswith(f"backend pid {writer.info.backend_pid} since ")
-        assert f"vacuum held back by session pid {writer.info.backend_pid}" in _texts(health.posts())[0]
+        assert f"vacuum held back by session pid {writer.info.backend_pid}" in posted_texts(health.posts())[0]
         assert len(health.posts()) == 1
     finally:
         writer.close()

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from bot.console.localslack import LocalSlack
 from bot.localpg import LocalPostgres
 from tests.conftest import eventually, throwaway_cluster, unique_name
-from tests.test_health import Health, _texts, health_factory
+from tests.health_support import Health, health_factory, posted_texts
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def resolves(health: Health, group: str, check: str, runs: int = 2) -> None:
     assert row.state == "resolved"
     [reply] = [r for r in health.replies() if r.payload["thread_ts"] == row.ts]
     assert "Resolved after" in reply.payload["text"]
-    assert "RESOLVED" in _texts([u for u in health.updates() if u.payload["ts"] == row.ts][-1:])[0]
+    assert "RESOLVED" in posted_texts([u for u in health.updates() if u.payload["ts"] == row.ts][-1:])[0]
 
 
 # -- sequences --------------------------------------------------------------------------------------
@@ -84,7 +84,7 @@ def test_a_sequence_near_its_columns_maximum_alerts_once_and_resolves_when_widen
     [post] = health.posts()
     [row] = firing(health)
     assert (row.check_name, row.object, row.severity) == ("sequences", "public.counters_id_seq", "critical")
-    posted = _texts([post])[0]
+    posted = posted_texts([post])[0]
     assert "public.counters.id (integer) has used 95% of its values" in posted
     assert "107,374,182 values left" in posted
     assert "ALTER TABLE public.counters ALTER COLUMN id TYPE bigint;" in posted
@@ -105,7 +105,7 @@ def test_a_sequence_near_its_columns_maximum_alerts_once_and_resolves_when_widen
         )
     health.run("maintenance")
     [_, identity] = health.posts()
-    posted = _texts([identity])[0]
+    posted = posted_texts([identity])[0]
     assert "public.events.id (integer, identity) has used 80% of its values" in posted
     assert "about 100,000 values a day" in posted and "WARNING" in posted
 
@@ -130,7 +130,7 @@ def test_a_prepared_transaction_holding_the_vacuum_horizon_alerts_once_and_resol
         [post] = health.posts()
         [row] = firing(health)
         assert (row.check_name, row.object) == ("vacuum_horizon", "prepared pay-1")
-        posted = _texts([post])[0]
+        posted = posted_texts([post])[0]
         assert "vacuum held back by prepared transaction pay-1" in posted
         assert "COMMIT PREPARED 'pay-1';" in posted and "ROLLBACK PREPARED 'pay-1';" in posted
     finally:
@@ -183,7 +183,7 @@ def test_an_inactive_physical_slot_alerts_once_after_its_time_and_resolves_when_
         health.run("activity")
         health.run("activity")
         [post] = health.posts()
-        posted = _texts([post])[0]
+        posted = posted_texts([post])[0]
         assert "inactive replication slot gone_standby (physical)" in posted
         assert "pg_drop_replication_slot('gone_standby')" in posted
         assert [r.state for r in health.alert_rows()] == ["firing"]
@@ -244,7 +244,7 @@ def test_a_role_without_grants_is_told_once_what_it_needs_and_the_other_checks_r
         for _ in range(3):
             health.run("activity")
             health.run("maintenance")
-        texts = _texts(health.posts())
+        texts = posted_texts(health.posts())
         assert len(texts) == 3, texts
         assert sum("Vacuum horizon: unavailable, needs pg_read_all_stats" in t for t in texts) == 1
         assert sum("Sequences: unavailable, needs SELECT on sequences" in t for t in texts) == 1
@@ -264,7 +264,7 @@ def test_a_role_without_grants_is_told_once_what_it_needs_and_the_other_checks_r
         # A refused function (SQLSTATE 42501) is the same: said once, with the grant; not an error run after run.
         for _ in range(3):
             health.run("fk_indexes")
-        [denied] = _texts(health.posts()[3:])
+        [denied] = posted_texts(health.posts()[3:])
         assert "Size growth: unavailable, needs EXECUTE on function pg_database_size" in denied
         assert "GRANT EXECUTE ON FUNCTION pg_database_size TO &lt;role&gt;;" in denied  # escaped mrkdwn
         assert not [r for r in health.alert_rows() if r.check_name.startswith("check_failing:")]
@@ -342,7 +342,7 @@ def test_a_check_the_server_does_not_offer_is_said_once_not_failing_run_after_ru
     for _ in range(3):
         health.run("activity")
     [post] = health.posts()
-    posted = _texts([post])[0]
+    posted = posted_texts([post])[0]
     assert "Withheld: unavailable, needs a feature this server does not offer" in posted
     assert "pg_current_wal_lsn() is not supported here" in posted
     assert [r.check_name for r in health.alert_rows()] == ["unavailable:withheld"]

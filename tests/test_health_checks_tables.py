@@ -11,7 +11,7 @@ import psycopg
 from sqlalchemy import text
 
 from tests.conftest import eventually
-from tests.test_health import Health, _texts
+from tests.health_support import Health, posted_texts
 from tests.test_health_checks import firing, make_health, plain_db, resolves, run
 
 __all__ = ["make_health", "plain_db"]  # fixtures used below
@@ -41,7 +41,7 @@ def test_a_duplicate_index_alerts_once_and_resolves_when_dropped_and_ignored_sch
     [post] = health.posts()
     [row] = firing(health)
     assert (row.check_name, row.object) == ("duplicate_index", "public.orders_customer")
-    posted = _texts([post])[0]
+    posted = posted_texts([post])[0]
     assert "index public.orders_customer is made redundant by public.orders_customer_placed" in posted
     assert "DROP INDEX CONCURRENTLY public.orders_customer;" in posted
 
@@ -77,7 +77,7 @@ def test_a_not_valid_constraint_alerts_once_and_resolves_when_validated(make_hea
     [post] = health.posts()
     [row] = firing(health)
     assert (row.check_name, row.object) == ("not_valid_constraint", "public.accounts.balance_positive")
-    assert "ALTER TABLE public.accounts VALIDATE CONSTRAINT balance_positive;" in _texts([post])[0]
+    assert "ALTER TABLE public.accounts VALIDATE CONSTRAINT balance_positive;" in posted_texts([post])[0]
     run(plain_db, "ALTER TABLE accounts VALIDATE CONSTRAINT balance_positive")
     resolves(health, "fk_indexes", "not_valid_constraint", runs=1)
 
@@ -140,7 +140,7 @@ def test_a_table_full_of_dead_rows_with_autovacuum_off_alerts_once_and_resolves_
     [post] = health.posts()
     [row] = firing(health)
     assert (row.check_name, row.object) == ("stale_vacuum", "public.jobs")
-    posted = _texts([post])[0]
+    posted = posted_texts([post])[0]
     assert "public.jobs: 50% dead rows, never vacuumed" in posted
     assert "ALTER TABLE public.jobs RESET (autovacuum_enabled);" in posted and "VACUUM (ANALYZE, VERBOSE)" in posted
     run(plain_db, "VACUUM jobs")
@@ -164,6 +164,6 @@ def test_growth_is_measured_against_the_oldest_kept_sample_in_the_window(make_he
         conn.execute(text("UPDATE health_samples SET taken_at = now() - interval '6 days', value = value / 2"))
     health.run("fk_indexes")
     [post] = health.posts()
-    posted = _texts([post])[0]
+    posted = posted_texts([post])[0]
     assert "database grew 100% in 6 days" in posted  # over the span the kept samples cover
     assert "public.logs" in posted and "(+100%)" in posted

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from bot.console.localslack import LocalSlack
 from bot.localpg import LocalPostgres
 from tests.conftest import eventually, throwaway_cluster, unique_name
-from tests.test_health import Health, _texts, health_factory
+from tests.health_support import Health, health_factory, posted_texts
 
 SLOT = "replica_one"
 CDC_SLOT = "cdc_consumer"
@@ -142,7 +142,7 @@ def test_a_lagging_standby_alerts_once_per_replica_and_resolves_when_it_catches_
             assert eventually(lambda: _replay_lag(pair.url) > LAG_LIMIT_S, timeout=60, interval=0.2)
             [row] = eventually(lambda: _lag_alerts(health, "firing"), timeout=60, interval=0.5)
             [post] = health.posts()
-            assert row.object.startswith("standby ") and "lags" in _texts([post])[0]
+            assert row.object.startswith("standby ") and "lags" in posted_texts([post])[0]
             again = _lag_alerts(health, "firing")  # seen again: still the one alert, one post
             assert [(r.id, r.object) for r in again] == [(row.id, row.object)]
             assert len(health.posts()) == 1
@@ -156,7 +156,7 @@ def test_a_lagging_standby_alerts_once_per_replica_and_resolves_when_it_catches_
     health.sync()
     [reply] = [r for r in health.replies() if r.payload["thread_ts"] == row.ts]
     assert "Resolved after" in reply.payload["text"]
-    assert "RESOLVED" in _texts([u for u in health.updates() if u.payload["ts"] == row.ts][-1:])[0]
+    assert "RESOLVED" in posted_texts([u for u in health.updates() if u.payload["ts"] == row.ts][-1:])[0]
     assert len(health.posts()) == 1
 
 
@@ -195,7 +195,7 @@ def test_a_standby_query_holding_the_horizon_through_its_slot_alerts_once(make_h
             conn.execute(text("UPDATE alerts SET first_seen_at = first_seen_at - interval '61 minutes'"))
         health.run("activity")
         [post] = health.posts()
-        text_ = _texts([post])[0]
+        text_ = posted_texts([post])[0]
         assert f"vacuum held back by physical replication slot {SLOT}" in text_
         assert "hot_standby_feedback" in text_ and "Cancel it there" in text_
     finally:
@@ -239,7 +239,7 @@ def test_an_inactive_logical_slot_holding_the_catalog_horizon_alerts_once_and_re
         [row] = [r for r in health.alert_rows() if r.check_name == "vacuum_horizon"]
         assert (row.object, row.state) == (f"slot {CDC_SLOT} xmin {held}", "firing")
         [post] = health.posts()
-        posted = _texts([post])[0]
+        posted = posted_texts([post])[0]
         assert f"vacuum held back by logical replication slot {CDC_SLOT}" in posted
         assert "(inactive, database " in posted and "(catalog tables only)" in posted
         assert f"pg_drop_replication_slot('{CDC_SLOT}')" in posted
@@ -291,7 +291,7 @@ def test_a_slot_keeping_more_wal_than_the_threshold_alerts_at_once_and_resolves_
         rows = [r for r in health.alert_rows() if r.check_name == "replication_slots"]
         assert [(r.object, r.state, r.severity) for r in rows] == [("slot backlog", "firing", "warning")]
         [post] = health.posts()
-        posted = _texts([post])[0]
+        posted = posted_texts([post])[0]
         assert "replication slot backlog (physical) keeps over 10.0 MB of WAL" in posted
         assert "is inactive" in posted and "pg_drop_replication_slot('backlog')" in posted
     finally:
@@ -352,7 +352,7 @@ def test_a_standby_without_a_slot_holding_the_horizon_through_its_feedback_alert
             conn.execute(text("UPDATE alerts SET first_seen_at = first_seen_at - interval '61 minutes'"))
         health.run("activity")
         [post] = health.posts()
-        posted = _texts([post])[0]
+        posted = posted_texts([post])[0]
         assert "vacuum held back by standby walreceiver" in posted
         assert "with `hot_standby_feedback`, without a slot" in posted and "Cancel it there" in posted
     finally:
@@ -376,7 +376,7 @@ def test_a_role_that_cannot_see_the_standbys_positions_is_told_once_what_it_need
     try:
         for _ in range(3):
             health.run("activity")
-        lag = [t for t in _texts(health.posts()) if "Replication lag" in t]
+        lag = [t for t in posted_texts(health.posts()) if "Replication lag" in t]
         assert len(lag) == 1, lag
         assert "Replication lag: unavailable, needs pg_read_all_stats" in lag[0]
         assert "1 standby connection exists, but this role may not see their positions and lag" in lag[0]

@@ -30,7 +30,7 @@ from bot.health.monitor import GROUPS, Group
 from bot.localpg import LocalPostgres
 from bot.metrics import registry
 from tests.conftest import throwaway_cluster, unique_name
-from tests.test_health import SLOW, Health, _sleep_statements, _texts, health_factory
+from tests.health_support import SLOW, Health, health_factory, posted_texts, sleep_statements
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_a_check_failing_run_after_run_raises_one_warning_and_resolves_when_it_w
 ):
     health = make_health({"dev": stage_db.url}, **SLOW, HEALTH_STATEMENT_TIMEOUT_MS="500", CHECK_FAILING_AFTER_RUNS="2")
     health.run("statements")
-    _sleep_statements(stage_db.url, 4)
+    sleep_statements(stage_db.url, 4)
     health.run("statements")
     assert len(health.posts()) == 1  # the slow query
 
@@ -88,7 +88,7 @@ def test_a_check_failing_run_after_run_raises_one_warning_and_resolves_when_it_w
     assert stored_at() == before
     health.run("statements")
     [_, failing] = health.posts()
-    failing_text = _texts([failing])[0]
+    failing_text = posted_texts([failing])[0]
     assert "WARNING" in failing_text and "health check Slow queries keeps failing" in failing_text
     assert "ran past its time limit" in failing_text and "HEALTH_STATEMENT_TIMEOUT_MS" in failing_text
     health.run("statements")
@@ -152,7 +152,7 @@ def test_connections_between_the_warning_and_critical_thresholds_post_a_warning(
     health = make_health({"dev": stage_db.url}, CONNECTIONS_WARN_PERCENT="1", CONNECTIONS_CRITICAL_PERCENT="100")
     health.run("activity")
     [post] = health.posts()
-    posted = _texts([post])[0]
+    posted = posted_texts([post])[0]
     assert posted.startswith("[WARNING] dev: connections at")
     assert ":large_orange_circle: *WARNING* on stage *dev*" in posted
     assert "Thresholds: warning 1%, critical 100%" in posted
@@ -217,7 +217,7 @@ def test_round_trip_latency_is_select_1_alone_exported_and_warned_about(make_hea
         gauge = registry.get_sample_value("mcp_ops_stage_latency_seconds", {"stage": "dev"})
         assert gauge == pytest.approx(result.latency_ms / 1000)
         [post] = health.posts()
-        posted = _texts([post])[0]
+        posted = posted_texts([post])[0]
         assert "WARNING" in posted and "slow round trip: `SELECT 1` took" in posted
         assert "(threshold 100 ms)" in posted
         [row] = health.alert_rows()
@@ -289,7 +289,7 @@ def test_a_stage_that_freezes_mid_round_is_cut_off_and_alerts_unreachable(make_h
         [post] = health.posts()
     finally:
         _signal_cluster(freezable_cluster, signal.SIGCONT)
-    posted = _texts([post])[0]
+    posted = posted_texts([post])[0]
     assert "CRITICAL" in posted and "stage dev is unreachable" in posted
     [row] = health.alert_rows()
     assert "timed out" in row.detail
@@ -297,7 +297,7 @@ def test_a_stage_that_freezes_mid_round_is_cut_off_and_alerts_unreachable(make_h
     monkeypatch.undo()  # the host is back
     health.run("activity")
     [update] = health.updates()
-    assert "RESOLVED" in _texts([update])[0]
+    assert "RESOLVED" in posted_texts([update])[0]
     health.runtime.stages.dispose()
 
 
@@ -313,13 +313,13 @@ def test_a_role_without_pg_read_all_stats_is_told_once_that_it_sees_only_its_own
         for _ in range(3):
             health.run("statements")
         [post] = health.posts()
-        posted = _texts([post])[0]
+        posted = posted_texts([post])[0]
         assert "sees only its own role's statements" in posted
         assert "GRANT pg_read_all_stats TO" in posted
         stage_db.execute(f"GRANT pg_read_all_stats TO {role}")
         health.run("statements")
         [update] = health.updates()
-        assert "RESOLVED" in _texts([update])[0]
+        assert "RESOLVED" in posted_texts([update])[0]
     finally:
         if health is not None:
             health.runtime.stages.dispose()
@@ -333,12 +333,12 @@ def test_an_extension_older_than_1_9_is_told_to_update_not_to_be_created(make_he
     health.run("statements")
     health.run("statements")
     [post] = health.posts()
-    posted = _texts([post])[0]
+    posted = posted_texts([post])[0]
     assert "pg_stat_statements is too old (1.8)" in posted
     assert "ALTER EXTENSION pg_stat_statements UPDATE" in posted and "CREATE EXTENSION" not in posted
     with psycopg.connect(database_without_extension, autocommit=True) as conn:
         conn.execute("ALTER EXTENSION pg_stat_statements UPDATE")
     health.run("statements")
     [update] = health.updates()
-    assert "RESOLVED" in _texts([update])[0]
+    assert "RESOLVED" in posted_texts([update])[0]
     health.runtime.stages.dispose()

@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from bot.cli import main
 from tests.conftest import CHANNEL, message_text
+from tests.health_support import T0, health_factory
 from tests.schema_support import (
     Migration,
     drizzle_migrate,
@@ -26,7 +27,6 @@ from tests.schema_support import (
     write_journal_folder,
     write_v1_folder,
 )
-from tests.test_health import T0, health_factory
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import text
 
 from bot.schema.watch import DAILY_JOB
+from tests.health_support import T0, health_factory
 from tests.schema_support import BREAKPOINT, drizzle_migrate, execute, platform_migrations, write_journal_folder
-from tests.test_health import T0, health_factory
 from tests.test_schema_migrations import branch_migration, hotfix_migration
 
 

@@ -24,7 +24,7 @@ from tests.conftest import (
     message_text,
 )
 from tests.deletion_support import press, request_message, start_delete, wait_state, wait_update
-from tests.test_health import health_factory
+from tests.health_support import health_factory
 
 BIG = TEST_SPEC.big_slug
 REASON = "ok <!channel> <https://evil.example|Approve here>"
