@@ -29,7 +29,7 @@ test: lint
 # the preferred installation (the system's: 15 on Debian 12). CI runs both (.ci/run).
 PG18_TESTS := tests/test_deletion_engine.py tests/backups/test_commands.py \
 	tests/backups/test_scoped.py tests/backups/test_delete_backups.py tests/backups/test_pg_versions.py \
-	tests/test_health.py tests/test_health_checks.py tests/test_health_checks_tables.py tests/test_schema_drift.py tests/test_schema_migrations.py \
+	tests/test_health.py tests/test_health_alerts.py tests/test_health_checks.py tests/test_health_checks_tables.py tests/test_schema_drift.py tests/test_schema_migrations.py \
 	tests/test_schema_drift_more.py tests/test_schema_migrations_more.py tests/test_schema_watch.py \
 	tests/test_explain.py tests/test_health_replication.py tests/test_alert_attention.py tests/test_charts.py \
 	tests/test_health_catalog_rules.py tests/test_health_resilience.py tests/test_engine_schemas.py tests/test_engine_schemas_more.py \
