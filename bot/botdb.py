@@ -41,7 +41,7 @@ TABLE_MODULES = (
     "bot.outbox",
     "bot.scheduler",
     "bot.health.alerts",
-    "bot.health.statements",
+    "bot.health.statement_store",
     "bot.health.statement_history",
     "bot.health.history",
     "bot.ratelimit",

@@ -26,7 +26,7 @@ from bot import deadline
 from bot.audit import AuditLog
 from bot.config import Settings
 from bot.errors import UserFacingError
-from bot.health import history, statements
+from bot.health import history, statement_store, statements
 from bot.health.alerts import UNREACHABLE_CHECK, AlertBook, AlertView
 from bot.health.checks import (
     REGISTRY,
@@ -267,7 +267,7 @@ class HealthMonitor:
 
     def _previous_snapshot(self, stage: str) -> statements.Stored | None:
         with self.bot_engine.connect() as conn:
-            return statements.load(conn, stage)
+            return statement_store.load(conn, stage)
 
     # -- scheduled ---------------------------------------------------------------------------
 
@@ -305,7 +305,7 @@ class HealthMonitor:
 
             def keep_snapshot(conn: Connection) -> None:
                 if snapshot is not None:
-                    statements.store(conn, stage_name, snapshot, interval, texts)
+                    statement_store.store(conn, stage_name, snapshot, interval, texts)
                 history.store(conn, stage_name, result.samples)
 
             self.book.apply(
@@ -347,7 +347,7 @@ class HealthMonitor:
         if keeps and result.reachable:
             with self.bot_engine.begin() as conn:
                 if result.snapshot is not None:
-                    statements.store(conn, stage.name, result.snapshot, result.interval, result.texts)
+                    statement_store.store(conn, stage.name, result.snapshot, result.interval, result.texts)
                 history.store(conn, stage.name, result.samples)
         return HealthSummary(
             stage=stage.name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from bot.health import explain, statements
+from bot.health import explain, statement_store, statements
 from bot.health.alerts import AlertView
 from bot.health.monitor import HealthSummary
 from bot.runtime import Runtime
@@ -53,7 +53,7 @@ def run_slow_queries(runtime: Runtime, request: CommandRequest) -> SlowQueriesRe
     assert stage is not None
     h = runtime.settings.health
     with runtime.bot_engine.connect() as conn:
-        stored = statements.load(conn, stage.name)
+        stored = statement_store.load(conn, stage.name)
     interval = stored.interval if stored else None
     top = interval.queries[: request.parsed.flags["limit"]] if interval else []
     with stage.read() as conn:

@@ -6,7 +6,8 @@ stores a snapshot (calls and total time per query) in the bot database and compa
 the previous one: a query is slow when its calls and time *in that interval* cross the
 threshold. A reset (`pg_stat_statements_info.stats_reset`) or a counter that went down
 (an entry evicted or reset on its own) counts from zero, which is what happened since.
-Query text is read only for the queries that alert or are shown.
+Query text is read only for the queries that alert or are shown. The snapshots are kept in the bot
+database by bot/health/statement_store.py.
 """
 
 from __future__ import annotations
@@ -15,34 +16,14 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Column, Connection, DateTime, Table, Text, bindparam, func, select, text
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.exc import DBAPIError
 
-from bot.botdb import metadata
-from bot.health import statement_history
 from bot.health.checks import CheckContext, CheckReport, Finding, duration, safe_query_text
 from bot.slacktext.words import plural
 
 log = logging.getLogger(__name__)
-
-statement_snapshots = Table(
-    "statement_snapshots",
-    metadata,
-    Column("stage", Text, primary_key=True),
-    Column("taken_at", DateTime(timezone=True), nullable=False),
-    Column("stats_reset", DateTime(timezone=True)),
-    Column("counters", JSONB, nullable=False),  # {"userid:queryid": [calls, total_ms]}
-    # The interval that ended with this snapshot: its start and its busiest queries.
-    Column("interval_start", DateTime(timezone=True)),
-    Column("interval_queries", JSONB),
-    # Text of the queries that alerted, so a query that stays slow is not looked up again: reading
-    # text means reading the extension's whole text file.
-    Column("texts", JSONB),
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-)
 
 # SQLSTATEs meaning "pg_stat_statements is not there": undefined_table, undefined_function
 # (CREATE EXTENSION was never run here) and object_not_in_prerequisite_state (not preloaded).
@@ -243,52 +224,6 @@ def query_texts(conn: Connection, queryids: list[int]) -> dict[int, str]:
         {"ids": queryids},
     )
     return {int(r.queryid): safe_query_text(r.query) for r in rows}
-
-
-# -- the bot database side ---------------------------------------------------------------------
-
-
-def _interval_json(interval: Interval) -> list[dict[str, Any]]:
-    return [{"q": q.queryid, "c": q.calls, "t": round(q.total_ms, 3)} for q in interval.queries[:KEEP_QUERIES]]
-
-
-def load(conn: Connection, stage: str) -> Stored | None:
-    row = conn.execute(select(statement_snapshots).where(statement_snapshots.c.stage == stage)).first()
-    if row is None:
-        return None
-    snapshot = Snapshot(
-        taken_at=row.taken_at,
-        stats_reset=row.stats_reset,
-        counters={k: (int(v[0]), float(v[1])) for k, v in row.counters.items()},
-    )
-    interval = None
-    if row.interval_start is not None and row.interval_queries is not None:
-        interval = Interval(
-            start=row.interval_start,
-            end=row.taken_at,
-            reset=False,
-            queries=[QueryInterval(int(q["q"]), int(q["c"]), float(q["t"])) for q in row.interval_queries],
-        )
-    return Stored(snapshot, interval, {int(k): str(v) for k, v in (row.texts or {}).items()})
-
-
-def store(conn: Connection, stage: str, snapshot: Snapshot, interval: Interval | None, texts: dict[int, str]) -> None:
-    values = {
-        "texts": {str(k): v for k, v in texts.items()},
-        "taken_at": snapshot.taken_at,
-        "stats_reset": snapshot.stats_reset,
-        "counters": {k: [c, round(t, 3)] for k, (c, t) in snapshot.counters.items()},
-        "interval_start": interval.start if interval else None,
-        "interval_queries": _interval_json(interval) if interval else None,
-        "updated_at": func.now(),
-    }
-    conn.execute(
-        insert(statement_snapshots)
-        .values(stage=stage, **values)
-        .on_conflict_do_update(index_elements=[statement_snapshots.c.stage], set_=values)
-    )
-    if interval is not None:
-        statement_history.record(conn, stage, interval, KEEP_QUERIES)
 
 
 # -- the check ---------------------------------------------------------------------------------
