@@ -78,23 +78,34 @@ def test_an_operators_reason_is_text_in_the_audit_channel_the_request_app_home_a
 def test_markup_and_emails_in_server_names_and_distinct_ids(make_bot, stage_db):
     stage_db.execute(
         "UPDATE mcp_servers SET name = :name WHERE slug = :slug",
-        name="Acme <!here> & `co` for jürgen@bücher.de",
+        name="Acme <!here> & `co` for jürgen@bücher.de, ops.team@localhost",
         slug=BIG,
     )
-    user = stage_db.scalar(
-        "SELECT mcp_server_user_id FROM mcp_server_session WHERE mcp_server_slug = :slug "
-        "AND mcp_server_user_id IS NOT NULL LIMIT 1",
+    users = stage_db.rows(
+        "SELECT id FROM mcp_server_user WHERE id IN (SELECT mcp_server_user_id FROM mcp_server_session "
+        "WHERE mcp_server_slug = :slug) ORDER BY coalesce(first_seen_at, -1) DESC, id DESC LIMIT 4",
         slug=BIG,
     )
-    stage_db.execute("UPDATE mcp_server_user SET distinct_id = 'tracker.person@example.org' WHERE id = :id", id=user)
+    # distinct_id is whatever an MCP client sends: a dotless domain, an address literal, full-width forms.
+    distinct_ids = [
+        "tracker.person@example.org",
+        "root.admin@localhost",
+        "ops.pager@[10.0.0.1]",
+        "\uff4a\uff41\uff4e\uff45\uff20\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45\uff0e\uff43\uff4f\uff4d",
+    ]
+    for (user,), distinct_id in zip(users, distinct_ids, strict=True):
+        stage_db.execute("UPDATE mcp_server_user SET distinct_id = :d WHERE id = :id", d=distinct_id, id=user)
     bot = make_bot({"dev": stage_db.url})
     found = bot.command(f"find {BIG} --stage dev").message()
-    shown = assert_inert(found, "&lt;!here&gt; &amp; 'co' for j***@bücher.de")
-    assert "jürgen" not in shown and "jürgen" not in found["text"]
+    shown = assert_inert(found, "&lt;!here&gt; &amp; 'co' for j***@bücher.de, o***@localhost")
+    assert "jürgen" not in shown and "jürgen" not in found["text"] and "ops.team" not in found["text"]
     listed = bot.command("list --stage dev").message()
     assert "jürgen" not in message_text(listed) and "&lt;!here&gt;" in message_text(listed)
-    users = message_text(bot.command(f"users {BIG} --stage dev --limit 100").message())
-    assert "tracker.person@" not in users and "t***@example.org" in users
+    shown_users = message_text(bot.command(f"users {BIG} --stage dev --limit 100").message())
+    for kept in ("t***@example.org", "r***@localhost", "o***@[10.0.0.1]", "\uff4a***\uff20\uff45\uff58"):
+        assert kept in shown_users, (kept, shown_users)
+    for gone in ("tracker.person", "root.admin", "ops.pager", "\uff41\uff4e\uff45"):
+        assert gone not in shown_users
 
 
 def test_usage_lines_and_errors_escape_their_placeholders(make_bot, stage_db):
