@@ -55,6 +55,7 @@ from bot.backups.manifest import (
     sanitize,
 )
 from bot.backups.store import BackupStore, BackupStoreError
+from bot.deletion import dberrors
 from bot.errors import UserFacingError
 from bot.pii import scrub
 from bot.slacktext.words import plural
@@ -277,8 +278,8 @@ class ScopedBackup:
             stored = self.store.upload(key, export, content_type="application/gzip", on_progress=progress)
         except psycopg.Error as exc:
             raise BackupFailed(
-                f"the backup failed, so nothing was deleted: exporting {step.qualified} failed"
-                f" ({exc.sqlstate or type(exc).__name__})"
+                f"the backup failed, so nothing was deleted: exporting {step.qualified} failed:"
+                f" {dberrors.describe(exc)}"
             ) from exc
         finally:
             export.close()

@@ -183,6 +183,21 @@ def test_a_store_failing_midway_blocks_the_delete_and_leaves_no_partial_backup(s
     assert stage.ping() >= 0
 
 
+def test_a_copy_the_database_refuses_blocks_the_delete_with_the_reason_not_a_bare_sqlstate(stage, local_store, index):
+    before = checksums(stage)
+
+    def lose_a_scope_table(steps):
+        return [replace(s, scope_table="mcpops_scope_gone") if s.table == "mcp_tool_calls" else s for s in steps]
+
+    with pytest.raises(BackupFailed) as caught:
+        delete_with_backup(stage, ScopedBackup(local_store, index, context()), adjust=lose_a_scope_table)
+    message = caught.value.message
+    assert "exporting public.mcp_tool_calls failed" in message and "nothing was deleted" in message
+    assert 'relation "mcpops_scope_gone" does not exist' in message and "42P01" not in message
+    assert checksums(stage) == before
+    assert index.latest(stage="dev")[0].state == "failed"
+
+
 def test_counts_that_disagree_with_the_plan_block_the_delete(stage, local_store, index):
     before = checksums(stage)
 
