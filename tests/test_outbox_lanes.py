@@ -1,5 +1,6 @@
 """The outbox delivers by priority and honours a 429's Retry-After per method and channel:
-a rate limit on the audit channel delays no alert, and audit lines wait out their Retry-After."""
+a rate limit on the audit channel delays no alert, audit lines wait out their Retry-After, and a
+429 on one method of a channel holds back no other method on that channel."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import pytest
 from sqlalchemy import text
 
 from bot.config import load_settings
-from bot.console.localslack import LocalSlack
+from bot.console.localslack import LocalSlack, SlackCall
 from bot.health.monitor import job_name
 from bot.runtime import Runtime
 from tests.conftest import (
     ALERT_CHANNEL,
+    APPROVER,
+    APPROVER2,
     AUDIT_CHANNEL,
     CHANNEL,
     OPERATOR,
@@ -22,6 +25,7 @@ from tests.conftest import (
     base_env,
     dead_database_url,
     eventually,
+    message_text,
 )
 from tests.deletion_support import press, request_message, requests_rows, start_delete, wait_state
 
@@ -105,6 +109,122 @@ def test_a_requests_state_update_and_the_audit_line_do_not_wait_for_each_others_
     runtime.outbox.drain()  # ...then goes, once
     assert cancelled_shown(bot, second) == 1
     assert runtime.outbox.backlog() == 0
+
+
+APPROVER3 = "UAPPROVER3"
+
+
+def test_a_429_on_one_method_holds_back_no_other_method_on_the_same_channel(make_bot, stage_db: StageDb):
+    """Audit lines and a protected request share one channel. chat.postMessage's 429 there leaves the
+    request's chat.update going, and the other way round; each held method goes after its Retry-After,
+    and of the updates held meanwhile only the newest is sent."""
+    bot = make_bot(
+        {"dev": stage_db.url, "production": stage_db.url},
+        AUDIT_CHANNEL=CHANNEL,
+        APPROVERS=f"{APPROVER},{APPROVER2},{APPROVER3}",
+        REQUIRED_APPROVALS="3",
+    )
+    runtime = bot.runtime
+    request_id = start_delete(bot, stage="production", extra='--reason "asked to leave"')
+    shown = request_message(bot, request_id)
+    [row] = [r for r in requests_rows(bot) if r.id == request_id]
+    assert row.channel == CHANNEL
+    runtime.outbox_worker.stop(flush=False)  # deliveries are driven by the test from here on
+
+    def drained() -> bool:
+        runtime.outbox.drain()
+        return runtime.outbox.backlog() == 0
+
+    assert eventually(drained)  # what is left of the request's posting ("requested" in the audit lines)
+    since = len(bot.slack.calls)
+
+    def posts() -> list[SlackCall]:
+        """chat.postMessage attempts to the channel from here on, accepted or not."""
+        return [
+            c for c in bot.slack.calls[since:] if c.method == "chat.postMessage" and c.payload["channel"] == CHANNEL
+        ]
+
+    def updates() -> list[SlackCall]:
+        """chat.update attempts on the request's message from here on, accepted or not."""
+        return [c for c in bot.slack.calls[since:] if c.method == "chat.update" and c.payload["ts"] == row.message_ts]
+
+    # chat.postMessage is rate limited on the channel: an audit line meets the 429 first...
+    bot.slack.fail("chat.postMessage", status=429, times=1, retry_after=60, channel=CHANNEL)
+    assert "/mcp find" in bot.command("help").text()
+    assert eventually(lambda: queued(runtime, "chat.postMessage") == 1)
+    runtime.outbox.drain()
+    assert [c.ok for c in posts()] == [False]
+    assert held(runtime) == {"chat.postMessage": True}
+    # ...then a vote updates the request's message in that channel at once; its audit line waits.
+    press(bot, request_id, "Approve", APPROVER, shown)
+    assert eventually(lambda: queued(runtime, "chat.update") == 1 and queued(runtime, "chat.postMessage") == 2)
+    runtime.outbox.drain()
+    [update] = updates()
+    assert update.ok and "1 of 3" in message_text(update.payload)
+    assert [c.ok for c in posts()] == [False]  # not even tried again during its Retry-After
+    assert queued(runtime, "chat.postMessage") == 2
+
+    # Retry-After has passed: both audit lines go, once each, in order.
+    make_due(runtime)
+    runtime.outbox.drain()
+    assert [c.ok for c in posts()] == [False, True, True]
+    assert "`help`" in posts()[1].payload["text"] and f"#{request_id}" in posts()[2].payload["text"]
+    assert runtime.outbox.backlog() == 0
+
+    # Now chat.update is rate limited on the channel: the second vote's update meets the 429, its audit
+    # line goes all the same.
+    bot.slack.fail("chat.update", status=429, times=1, retry_after=60, channel=CHANNEL)
+    press(bot, request_id, "Approve", APPROVER2, shown)
+    assert eventually(lambda: queued(runtime, "chat.update") == 1 and queued(runtime, "chat.postMessage") == 1)
+    runtime.outbox.drain()
+    attempts = updates()
+    assert [c.ok for c in attempts] == [True, False] and "2 of 3" in message_text(attempts[-1].payload)
+    assert [c.ok for c in posts()] == [False, True, True, True]
+    assert held(runtime) == {"chat.update": True}
+    # The requester cancels while the update is held: a newer update of the same message is queued.
+    press(bot, request_id, "Cancel", OPERATOR, shown)
+    assert wait_state(bot, request_id, {"cancelled"}).state == "cancelled"
+    assert eventually(lambda: queued(runtime, "chat.update") == 2 and queued(runtime, "chat.postMessage") == 1)
+    runtime.outbox.drain()
+    assert [c.ok for c in posts()] == [False, True, True, True, True]  # the cancel's audit line
+    assert len(updates()) == 2  # no update tried during the Retry-After
+
+    # Retry-After has passed: only the newest update goes; the held "2 of 3" is never sent over it.
+    make_due(runtime)
+    runtime.outbox.drain()
+    attempts = updates()
+    assert [c.ok for c in attempts] == [True, False, True]
+    assert ": cancelled" in attempts[-1].payload["text"]
+    assert ": cancelled" in bot.slack.messages[(CHANNEL, row.message_ts)].payload["text"]
+    with runtime.bot_engine.connect() as conn:
+        superseded = conn.execute(
+            text("SELECT count(*) FROM outbox WHERE method = 'chat.update' AND result->>'superseded' = 'true'")
+        ).scalar_one()
+    assert superseded == 1
+    assert runtime.outbox.backlog() == 0
+
+
+def queued(runtime: Runtime, method: str, channel: str = CHANNEL) -> int:
+    with runtime.bot_engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM outbox WHERE method = :m AND channel = :c "
+                    "AND delivered_at IS NULL AND dead_at IS NULL"
+                ),
+                {"m": method, "c": channel},
+            ).scalar_one()
+        )
+
+
+def held(runtime: Runtime, channel: str = CHANNEL) -> dict[str, bool]:
+    """The methods held on `channel`, each with whether its hold lasts about the Retry-After (60 s)."""
+    with runtime.bot_engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT method, until > now() + interval '50 seconds' FROM outbox_holds WHERE channel = :c"),
+            {"c": channel},
+        ).all()
+    return {method: bool(lasting) for method, lasting in rows}
 
 
 def cancelled_shown(bot, request_id: int) -> int:
