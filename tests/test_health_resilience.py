@@ -111,6 +111,19 @@ def test_a_check_failing_run_after_run_raises_one_warning_and_resolves_when_it_w
     assert "Resolved after" in reply.payload["text"] and "keeps failing" in reply.payload["text"]
 
 
+def test_a_check_the_database_refuses_says_what_it_refused_not_an_exception_class(make_health, stage_db, monkeypatch):
+    def refused(conn: Connection, ctx: CheckContext) -> CheckReport:
+        conn.execute(text("DO $$ BEGIN RAISE EXCEPTION 'the stats view is being rebuilt'; END $$"))
+        return CheckReport("refused", "Refused", "ok", "not reached")
+
+    _with_activity_check(monkeypatch, CheckSpec("refused", "Refused", refused))
+    health = make_health({"dev": stage_db.url}, CHECK_FAILING_AFTER_RUNS="1")
+    health.run("activity")
+    [failing] = [t for t in posted_texts(health.posts()) if "health check Refused keeps failing" in t]
+    assert "a trigger or function refused: the stats view is being rebuilt" in failing, failing
+    assert "RaiseException" not in failing and "P0001" not in failing
+
+
 # -- what a health connection is ---------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from bot import deadline
 from bot.audit import AuditLog
 from bot.config import Settings
+from bot.deletion import dberrors
 from bot.errors import UserFacingError
 from bot.health import history, statement_store, statements
 from bot.health.alerts import UNREACHABLE_CHECK, AlertBook, AlertView
@@ -206,7 +207,7 @@ class HealthMonitor:
     @staticmethod
     def _error_report(check: str, label: str, ctx: CheckContext, exc: DBAPIError) -> CheckReport:
         friendly = describe_db_error(exc, ctx.stage)
-        reason = friendly.message if friendly else f"failed ({type(exc.orig).__name__})"
+        reason = friendly.message if friendly else f"failed: {dberrors.describe(exc)}"  # what, not a class name
         log.warning("health check failed", extra={"stage": ctx.stage, "check": check, "reason": reason})
         return CheckReport(check, label, "error", reason)  # covers nothing: its alerts stay as they are
 
