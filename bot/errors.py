@@ -40,6 +40,12 @@ class StageUnavailable(UserFacingError):
     outcome = "unavailable"
 
 
+class StageRefused(UserFacingError):
+    """The stage's database refused the work: its role lacks a privilege."""
+
+    outcome = "refused"
+
+
 class QueryTimeout(UserFacingError):
     outcome = "timeout"
 

@@ -33,7 +33,8 @@ from sqlalchemy.pool import NullPool
 from bot import deadline
 from bot.config import Settings, StageConfig
 from bot.credentials import CredentialSource, DbCredentials, attach_credentials, credential_source
-from bot.errors import ConcurrentChange, QueryTimeout, StageError, StageUnavailable, UserFacingError
+from bot.errors import ConcurrentChange, QueryTimeout, StageError, StageRefused, StageUnavailable, UserFacingError
+from bot.pii import scrub
 
 APPLICATION_NAME = "mcp-ops"
 
@@ -42,6 +43,7 @@ QUERY_CANCELED = "57014"
 _LOCKED_TUPLE = re.compile(r'^while \w+ tuple \(\d+,\d+\) in relation "(.{1,63})"$')
 LOCK_NOT_AVAILABLE = "55P03"
 SERIALIZATION_FAILURES = ("40001", "40P01")  # concurrent update, deadlock: the transaction is rolled back
+INSUFFICIENT_PRIVILEGE = "42501"
 
 
 def connect_failure_reason(message: str) -> str:
@@ -70,10 +72,13 @@ def connect_failure_reason(message: str) -> str:
     return "connection failed"
 
 
-def describe_db_error(exc: BaseException, stage: str) -> UserFacingError | None:
+def describe_db_error(exc: BaseException, stage: str, *, reading: bool = False) -> UserFacingError | None:
     """Map a driver error to a short message, or None when it is a bug to report as such.
 
-    The driver's own text is never shown: it can contain host names and user names.
+    The driver's own text is never shown: it can contain host names and user names. `reading`
+    (a read-only transaction): a privilege the stage's role lacks is said, with the server's
+    primary message (`permission denied for table t`: it names the object, not hosts or roles);
+    a write's callers word that themselves (what grant the operation needs).
     """
     if isinstance(exc, PoolTimeout):
         return StageUnavailable(f"stage {stage} is busy: no free database connection, try again shortly")
@@ -89,6 +94,11 @@ def describe_db_error(exc: BaseException, stage: str) -> UserFacingError | None:
         )
     if sqlstate in SERIALIZATION_FAILURES:
         return ConcurrentChange(f"stage {stage}: another session changed the same rows at the same time")
+    if reading and sqlstate == INSUFFICIENT_PRIVILEGE:
+        primary = getattr(getattr(exc.orig, "diag", None), "message_primary", None) or "permission denied"
+        return StageRefused(
+            f"stage {stage}: the database refused: {scrub(primary)[:200]} (the stage's role lacks a privilege)"
+        )
     if isinstance(exc, OperationalError) or exc.connection_invalidated:
         if sqlstate and sqlstate.startswith("57P"):
             return StageUnavailable(f"stage {stage} is unreachable (the server is shutting down or restarting)")
@@ -213,7 +223,7 @@ class Stage:
         return self.credentials.current()
 
     @contextmanager
-    def _translated(self, limit: deadline.Deadline | None = None) -> Iterator[None]:
+    def _translated(self, limit: deadline.Deadline | None = None, *, reading: bool = False) -> Iterator[None]:
         try:
             yield
         except (DBAPIError, PoolTimeout) as exc:
@@ -221,13 +231,13 @@ class Stage:
                 raise StageUnavailable(
                     f"stage {self.name} is unreachable (it stopped answering: nothing for {_seconds(limit.waited_s)})"
                 ) from exc
-            friendly = describe_db_error(exc, self.name)
+            friendly = describe_db_error(exc, self.name, reading=reading)
             if friendly is None:
                 raise
             raise friendly from exc
 
     @contextmanager
-    def _guarded(self, statement_timeout_ms: int) -> Iterator[deadline.Deadline]:
+    def _guarded(self, statement_timeout_ms: int, *, reading: bool = False) -> Iterator[deadline.Deadline]:
         """Errors worded for people, under a deadline for one transaction on one connection.
 
         A caller that entered a deadline of its own for this transaction (a health round) keeps
@@ -244,7 +254,7 @@ class Stage:
                 session_timeout_s=settings.read_statement_timeout_ms / 1000,
             )
             scope = limit
-        with self._translated(limit), scope:
+        with self._translated(limit, reading=reading), scope:
             yield limit
 
     @contextmanager
@@ -257,7 +267,7 @@ class Stage:
         timeout_ms = (
             statement_timeout_ms if statement_timeout_ms is not None else self._settings.read_statement_timeout_ms
         )
-        with self._guarded(timeout_ms), engine.connect() as conn, conn.begin():
+        with self._guarded(timeout_ms, reading=True), engine.connect() as conn, conn.begin():
             conn.execute(text("SET TRANSACTION READ ONLY"))
             if statement_timeout_ms is not None:
                 conn.execute(

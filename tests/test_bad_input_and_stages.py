@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from bot.commands import parse
 from bot.errors import CommandError, StageUnavailable
-from tests.conftest import TEST_SPEC, dead_database_url, message_text, shown_text
+from tests.conftest import TEST_SPEC, dead_database_url, message_text, shown_text, unique_name
 
 BIG = TEST_SPEC.big_slug
 
@@ -102,3 +102,15 @@ def test_a_write_transaction_commits_only_when_the_block_returns(bot, stage_db):
         conn.execute(text("DELETE FROM mcp_oauth_tokens"))
         raise RuntimeError("half-way")
     assert stage_db.scalar("SELECT count(*) FROM mcp_oauth_tokens") > 0
+
+
+def test_a_stage_role_without_a_privilege_is_told_which_not_something_went_wrong(make_bot, stage_db):
+    role = unique_name("no_reads")
+    stage_db.execute(f"CREATE ROLE {role} LOGIN")
+    harness = make_bot({"dev": stage_db.url.replace("postgres@", f"{role}@")})
+    message = harness.command(f"find {BIG} --stage dev").message()
+    assert message["response_type"] == "ephemeral"
+    text_ = message_text(message)
+    assert "stage dev: the database refused: permission denied for table mcp_servers" in text_, text_
+    assert "something went wrong" not in text_ and "42501" not in text_
+    assert [r.outcome for r in harness.wait_audit(1)] == ["refused"]
