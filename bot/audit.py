@@ -31,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot import audit_coalesce as coalesce
 from bot import outbox
-from bot.botdb import metadata
+from bot.botdb import metadata, reading
 from bot.errors import UserFacingError
 from bot.logs import request_id_var
 from bot.pii import scrub
@@ -227,5 +227,5 @@ class AuditLog:
         if stage:
             query = query.where(audit_log.c.stage == stage)
         names = [f.name for f in fields(AuditRow)]
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return [AuditRow(**{name: row._mapping[name] for name in names}) for row in conn.execute(query)]

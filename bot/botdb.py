@@ -8,7 +8,8 @@ do not race.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import (
     BigInteger,
@@ -144,6 +145,17 @@ def create_bot_engine(url: URL, *, application_name: str = "mcp-ops/bot") -> Eng
             "options": "-c statement_timeout=30000 -c lock_timeout=5000",
         },
     )
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction on the bot database (`BEGIN READ ONLY`), for work that only reads it.
+
+    The pool resets the connection to read-write when it is returned."""
+    with engine.connect() as conn:
+        conn.execution_options(postgresql_readonly=True)
+        with conn.begin():
+            yield conn
 
 
 def migrate(engine: Engine) -> None:

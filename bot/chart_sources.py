@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bot.botdb import reading
 from bot.charts import Chart, daily_usage_chart, mean_time_chart
 from bot.health import statement_history
 from bot.health.monitor import HealthSummary
@@ -47,7 +48,7 @@ def queryid_of(alert_object: str) -> int | None:
 
 
 def slow_query_chart(runtime: Runtime, stage: str, queryid: int) -> Chart | None:
-    with runtime.bot_engine.connect() as conn:
+    with reading(runtime.bot_engine) as conn:
         points = statement_history.mean_series(conn, stage, queryid)
     return mean_time_chart(f"queryid {queryid}", stage, points)
 

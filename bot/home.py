@@ -21,7 +21,7 @@ from bot import outbox
 from bot.access import AccessPolicy
 from bot.approvers import Membership
 from bot.audit import AuditLog, AuditRow
-from bot.botdb import metadata
+from bot.botdb import metadata, reading
 from bot.health.alerts import AlertBook, AlertView
 from bot.requests.store import Request, RequestStore
 
@@ -108,7 +108,7 @@ class Home:
         for alert in self.alerts.open_alerts():
             if alert.state == "firing":
                 by_stage.setdefault(alert.stage, []).append(alert)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             now = conn.execute(select(func.now())).scalar_one()
         waiting = self.waiting_for(user_id, approver=approver)
         return HomeView(
@@ -146,7 +146,7 @@ class Home:
     def recent_viewers(self) -> list[str]:
         """Who opened the tab within HOME_RECENT_MINUTES: only they get refreshes."""
         recent = timedelta(minutes=self.policy.settings.home_recent_minutes)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return list(
                 conn.execute(
                     select(home_viewers.c.user_id)

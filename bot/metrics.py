@@ -17,6 +17,8 @@ from prometheus_client.exposition import generate_latest
 from sqlalchemy import Connection, Engine, column, func, inspect, select, table
 from sqlalchemy.exc import SQLAlchemyError
 
+from bot.botdb import reading
+
 log = logging.getLogger(__name__)
 
 registry = CollectorRegistry(auto_describe=True)
@@ -138,7 +140,7 @@ class BotDatabaseGauges:
 
     def refresh(self) -> None:
         try:
-            with self.engine.connect() as conn:
+            with reading(self.engine) as conn:
                 families = [
                     GaugeMetricFamily(
                         "mcp_ops_outbox_backlog", "Slack posts waiting in the outbox", value=outbox_backlog(conn)

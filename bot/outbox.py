@@ -43,7 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot.botdb import metadata
+from bot.botdb import metadata, reading
 from bot.pii import scrub
 from bot.slack_files import upload_files
 from bot.slacktext.files import split_files
@@ -157,7 +157,7 @@ class Outbox:
         self.client = client
 
     def backlog(self) -> int:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return int(
                 conn.execute(
                     select(func.count())

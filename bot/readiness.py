@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, text
 
+from bot.botdb import reading
 from bot.errors import UserFacingError
 from bot.stages import Stage
 
@@ -38,7 +39,7 @@ class Readiness:
 
 def _ping_bot(engine: Engine) -> str:
     try:
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             conn.execute(text("SELECT 1"))
     except Exception:
         return "unreachable"

@@ -87,6 +87,23 @@ def test_read_commands_run_read_only_with_an_application_name(bot, stage_db):
     assert stage_db.scalar("SELECT count(*) FROM mcp_servers") == 1 + TEST_SPEC.small_servers
 
 
+def test_reads_of_the_bot_database_run_read_only_and_the_pool_gives_back_read_write_connections(bot):
+    from bot.botdb import reading
+
+    engine = bot.runtime.bot_engine
+    with reading(engine) as conn:
+        assert conn.execute(text("SHOW transaction_read_only")).scalar() == "on"
+        assert conn.execute(text("SHOW application_name")).scalar() == "mcp-ops/bot"
+        with pytest.raises(Exception, match="read-only transaction"), conn.begin_nested():
+            conn.execute(text("DELETE FROM audit_log"))
+    # A read the bot does for a command: the audit list, in a read-only transaction; writes go on as before.
+    assert bot.runtime.audit.latest(stage=None, limit=5) == []
+    with engine.begin() as conn:
+        assert conn.execute(text("SHOW transaction_read_only")).scalar() == "off"
+        assert conn.execute(text("SHOW statement_timeout")).scalar() == "30s"
+        assert conn.execute(text("SHOW lock_timeout")).scalar() == "5s"
+
+
 def test_a_statement_timeout_is_reported_as_such(bot):
     stage = bot.runtime.stages.get("dev")
     from bot.errors import QueryTimeout

@@ -30,7 +30,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot import outbox
-from bot.botdb import metadata
+from bot.botdb import metadata, reading
 from bot.errors import UserFacingError
 
 Kind = Literal["scoped", "full"]
@@ -195,7 +195,7 @@ class BackupIndex:
         self._write(update(backups).where(backups.c.id == backup_id).values(restored_at=func.now(), restored_by=actor))
 
     def get(self, backup_id: str) -> BackupRow | None:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(select(backups).where(backups.c.id == backup_id)).first()
         return None if row is None else BackupRow(**row._mapping)
 
@@ -212,7 +212,7 @@ class BackupIndex:
             .order_by(desc(backups.c.created_at))
             .limit(1)
         )
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(query).first()
         return None if row is None else BackupRow(**row._mapping)
 
@@ -223,7 +223,7 @@ class BackupIndex:
             .where(backups.c.stage == stage, backups.c.state == "complete", backups.c.created_at <= before)
             .order_by(backups.c.created_at, backups.c.id)
         )
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return [BackupRow(**row._mapping) for row in conn.execute(query)]
 
     def record_purge(self, backup_id: str, *, row_counts: Mapping[str, int] | None, size_bytes: int | None) -> None:
@@ -240,5 +240,5 @@ class BackupIndex:
             query = query.where(backups.c.stage == stage)
         if slug:
             query = query.where(backups.c.slug == slug)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return [BackupRow(**row._mapping) for row in conn.execute(query)]

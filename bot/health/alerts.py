@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from bot import outbox
 from bot.audit import AuditEntry, AuditLog
+from bot.botdb import reading
 from bot.config import Settings
 from bot.health.alert_rows import AlertView, alert_view, alerts, inherited_snooze
 from bot.health.checks import Finding
@@ -336,6 +337,6 @@ class AlertBook:
         query = select(alerts).where(alerts.c.state == "firing").order_by(alerts.c.fired_at.desc()).limit(limit)
         if stage:
             query = query.where(alerts.c.stage == stage)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             views = [alert_view(r) for r in conn.execute(query)]
         return sorted(views, key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), a.stage))

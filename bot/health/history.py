@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert
 
-from bot.botdb import metadata
+from bot.botdb import metadata, reading
 
 MIN_GAP = timedelta(minutes=30)
 KEEP = timedelta(days=100)
@@ -96,7 +96,7 @@ class History:
             )
             .where(health_samples.c.stage == self.stage, health_samples.c.kind == kind)
         )
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return {r.object: Point(r.taken_at, int(r.value)) for r in conn.execute(query)}
 
 

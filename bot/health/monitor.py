@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bot import deadline
 from bot.audit import AuditLog
+from bot.botdb import reading
 from bot.config import Settings
 from bot.deletion import dberrors
 from bot.errors import UserFacingError
@@ -267,7 +268,7 @@ class HealthMonitor:
         return result
 
     def _previous_snapshot(self, stage: str) -> statements.Stored | None:
-        with self.bot_engine.connect() as conn:
+        with reading(self.bot_engine) as conn:
             return statement_store.load(conn, stage)
 
     # -- scheduled ---------------------------------------------------------------------------

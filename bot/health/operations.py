@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from bot.botdb import reading
 from bot.health import explain, statement_store, statements
 from bot.health.alerts import AlertView
 from bot.health.monitor import HealthSummary
@@ -52,7 +53,7 @@ def run_slow_queries(runtime: Runtime, request: CommandRequest) -> SlowQueriesRe
     stage = request.stage
     assert stage is not None
     h = runtime.settings.health
-    with runtime.bot_engine.connect() as conn:
+    with reading(runtime.bot_engine) as conn:
         stored = statement_store.load(conn, stage.name)
     interval = stored.interval if stored else None
     top = interval.queries[: request.parsed.flags["limit"]] if interval else []

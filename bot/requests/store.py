@@ -46,7 +46,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
-from bot.botdb import metadata
+from bot.botdb import metadata, reading
 from bot.policy import UnknownKind, rule_for
 
 STATES = (
@@ -218,7 +218,7 @@ class RequestStore:
 
     def get(self, request_id: int, conn: Connection | None = None) -> Request | None:
         if conn is None:
-            with self.engine.connect() as own:
+            with reading(self.engine) as own:
                 return self.get(request_id, own)
         row = conn.execute(select(delete_requests).where(delete_requests.c.id == request_id)).first()
         return _request(row, self._votes(conn, request_id)) if row else None
@@ -227,7 +227,7 @@ class RequestStore:
         query = select(delete_requests).where(delete_requests.c.state.in_(states))
         if stage:
             query = query.where(delete_requests.c.stage == stage)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             rows = conn.execute(query.order_by(delete_requests.c.id).limit(limit)).all()
             return [_request(r, self._votes(conn, r.id)) for r in rows]
 
@@ -235,7 +235,7 @@ class RequestStore:
         query = select(func.count()).select_from(delete_requests).where(delete_requests.c.state.in_(states))
         if stage:
             query = query.where(delete_requests.c.stage == stage)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return int(conn.execute(query).scalar_one())
 
     def find_open(self, conn: Connection, *, stage: str, kind: str, target: dict[str, Any]) -> Request | None:
@@ -259,7 +259,7 @@ class RequestStore:
         return _request(row, self._votes(conn, row.id)) if row else None
 
     def ids_where(self, *conditions: Any) -> list[int]:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return list(conn.execute(select(delete_requests.c.id).where(*conditions)).scalars())
 
     def set_message(self, request_id: int, channel: str, ts: str) -> None:
