@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
 
 from bot.config import parse_database_url
 from bot.localpg import LocalPostgres, can_reach, cluster_owner, shared_cache
@@ -31,9 +32,27 @@ STAGES = {
 }
 
 
+# Loading the bench dataset (1,000,000 tool calls) takes one long statement per table: a generous limit, but a limit.
+DEMO_DATA_STATEMENT_TIMEOUT_MS = 30 * 60 * 1000
+DEMO_DATA_LOCK_TIMEOUT_MS = 5000
+
+
+def demo_data_engine(url: str) -> Engine:
+    """The engine that loads demo data: named (`mcp-ops/demo-data`), and under a statement and a lock timeout."""
+    return create_engine(
+        parse_database_url("database", url),
+        poolclass=NullPool,
+        connect_args={
+            "application_name": "mcp-ops/demo-data",
+            "options": f"-c statement_timeout={DEMO_DATA_STATEMENT_TIMEOUT_MS}"
+            f" -c lock_timeout={DEMO_DATA_LOCK_TIMEOUT_MS}",
+        },
+    )
+
+
 def build_platform_database(url: str, spec: DatasetSpec) -> None:
-    """Create the platform schema and load `spec` into an empty database."""
-    engine = create_engine(parse_database_url("database", url))
+    """Create the platform schema and load `spec` into an empty database, in one transaction."""
+    engine = demo_data_engine(url)
     try:
         with engine.begin() as conn:
             available = conn.execute(

@@ -160,3 +160,22 @@ def test_console_is_quiet_logs_to_a_file_and_starts_with_a_hint(stage_db, bot_db
     assert "/mcp list --limit 5 --stage dev" in result.stdout.split("Try these:", 1)[1].splitlines()[0]
     assert "servers on stage *dev*" in result.stdout
     assert result.stderr == ""
+
+
+def test_demo_data_loads_under_a_name_and_a_statement_and_lock_timeout(pg):
+    from sqlalchemy import text
+
+    from bot.demo import demo_data_engine
+    from tests.conftest import unique_name
+
+    name = unique_name("demodata")
+    url = pg.create_database(name)
+    engine = demo_data_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SHOW application_name")).scalar() == "mcp-ops/demo-data"
+            assert conn.execute(text("SHOW statement_timeout")).scalar() == "30min"
+            assert conn.execute(text("SHOW lock_timeout")).scalar() == "5s"
+    finally:
+        engine.dispose()
+        pg.drop_database(name)
