@@ -15,12 +15,9 @@ from typing import Any
 
 from slack_bolt import App, Respond
 from slack_sdk import WebClient
-from sqlalchemy import select
 
-from bot import outbox
 from bot.chart_sources import CHARTS, SLOW_QUERY_CHECK, queryid_of, slow_query_chart
 from bot.charts import Chart
-from bot.health.alert_rows import alerts
 from bot.runtime import Runtime
 from bot.service import CommandOutcome, CommandRequest, CommandService
 from bot.slack_files import upload
@@ -90,27 +87,15 @@ def _replace(runtime: Runtime, respond: Respond, message: dict[str, Any]) -> Non
         time.sleep(delay)
 
 
-def _posted_ts(runtime: Runtime, alert_id: int) -> tuple[Any, str | None, str | None]:
-    with runtime.bot_engine.connect() as conn:
-        row = conn.execute(select(alerts).where(alerts.c.id == alert_id)).first()
-        if row is None or row.ts:
-            return row, (row.channel if row else None), (row.ts if row else None)
-        if row.post_outbox_id is None:
-            return row, None, None
-        posted = conn.execute(select(outbox.outbox.c.result).where(outbox.outbox.c.id == row.post_outbox_id)).scalar()
-    result = posted or {}
-    return row, result.get("channel"), result.get("ts")
-
-
 def alert_chart(runtime: Runtime, alert_id: int) -> None:
     """A slow-query alert's mean time per interval, as a file in its thread (when there are enough points)."""
     try:
         deadline = time.monotonic() + POST_WAIT_S
-        row, channel, ts = _posted_ts(runtime, alert_id)
+        row, channel, ts = runtime.health.book.posted(alert_id)
         waiting = row is not None and row.check_name == SLOW_QUERY_CHECK and row.post_outbox_id is not None
         while waiting and not ts and runtime.accepting and time.monotonic() < deadline:
             time.sleep(0.5)
-            row, channel, ts = _posted_ts(runtime, alert_id)
+            row, channel, ts = runtime.health.book.posted(alert_id)
         queryid = queryid_of(row.object) if row is not None and row.check_name == SLOW_QUERY_CHECK else None
         if queryid is None or not channel or not ts:
             return

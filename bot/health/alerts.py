@@ -340,3 +340,17 @@ class AlertBook:
         with reading(self.engine) as conn:
             views = [alert_view(r) for r in conn.execute(query)]
         return sorted(views, key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), a.stage))
+
+    def posted(self, alert_id: int) -> tuple[Any, str | None, str | None]:
+        """The alert's row and where its first post landed (channel, ts), from the outbox until its ts is kept."""
+        with reading(self.engine) as conn:
+            row = conn.execute(select(alerts).where(alerts.c.id == alert_id)).first()
+            if row is None or row.ts:
+                return row, (row.channel if row else None), (row.ts if row else None)
+            if row.post_outbox_id is None:
+                return row, None, None
+            posted = conn.execute(
+                select(outbox.outbox.c.result).where(outbox.outbox.c.id == row.post_outbox_id)
+            ).scalar()
+        result = posted or {}
+        return row, result.get("channel"), result.get("ts")
