@@ -128,7 +128,7 @@ class DeletePlan:
             if ref in self.root_filters:
                 reasons.append(f"the rows {self.slug} starts from")
         elif ref == self.graph.root:
-            reasons.append(f"the server (`{ROOT_SLUG}`)")
+            reasons.append("the server itself")
         if self.graph.orphans is not None and ref == self.graph.orphans.users:
             reasons.append(f"orphaned: every session in {self.graph.orphans.sessions} belongs to the server")
         what = "the server" if self.root_filters is None else "the rows it references"
