@@ -90,6 +90,44 @@ def unique_keys(conn: Connection, oid: int) -> tuple[list[UniqueKey], list[str]]
     return keys, special
 
 
+@dataclass(frozen=True)
+class Exclusion:
+    """An exclusion constraint over plain columns: `(column, operator schema, operator name)` per element."""
+
+    name: str
+    elements: tuple[tuple[str, str, str], ...]
+
+
+OPERATOR_CHARS = frozenset("+-*/<>=~!@#%^&|`?")
+
+
+def exclusions(conn: Connection, oid: int) -> tuple[list[Exclusion], list[str]]:
+    """Exclusion constraints over plain columns; and the names of those over expressions or partial ones."""
+    rows = conn.execute(
+        text(
+            "SELECT con.conname, i.indexprs IS NOT NULL OR i.indpred IS NOT NULL AS special,"
+            " ARRAY(SELECT a.attname FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)"
+            "       LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum ORDER BY k.ord),"
+            " ARRAY(SELECT n.nspname FROM unnest(con.conexclop) WITH ORDINALITY o(op, ord)"
+            "       JOIN pg_operator p ON p.oid = o.op JOIN pg_namespace n ON n.oid = p.oprnamespace ORDER BY o.ord),"
+            " ARRAY(SELECT p.oprname FROM unnest(con.conexclop) WITH ORDINALITY o(op, ord)"
+            "       JOIN pg_operator p ON p.oid = o.op ORDER BY o.ord)"
+            " FROM pg_constraint con JOIN pg_index i ON i.indexrelid = con.conindid"
+            " WHERE con.conrelid = :oid AND con.contype = 'x' ORDER BY con.conname"
+        ),
+        {"oid": oid},
+    )
+    found: list[Exclusion] = []
+    special: list[str] = []
+    for name, is_special, cols, schemas, operators in rows:
+        plain = not is_special and cols and None not in cols and len(cols) == len(operators)
+        if not plain or not all(set(op) <= OPERATOR_CHARS for op in operators):
+            special.append(name)
+            continue
+        found.append(Exclusion(name, tuple(zip(cols, schemas, operators, strict=True))))
+    return found, special
+
+
 def table_fingerprint(conn: Connection, schema: str, table: str) -> dict[str, Any]:
     oid = table_oid(conn, schema, table)
     constraints = conn.execute(

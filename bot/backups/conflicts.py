@@ -75,7 +75,51 @@ def find_conflicts(conn: Connection, step: ManifestStep, staged_table: str) -> t
                     samples=tuple(_sample(r[1:]) for r in rows),
                 )
             )
+    _exclusion_conflicts(conn, oid, step, staged, table, found, unchecked)
     return found, unchecked
+
+
+def _exclusion_conflicts(
+    conn: Connection,
+    oid: int,
+    step: ManifestStep,
+    staged: sql.Composable,
+    table: sql.Composable,
+    found: list[Conflict],
+    unchecked: list[str],
+) -> None:
+    """Rows of the backup that an exclusion constraint would reject next to rows that exist now (an overlapping
+    booking made since), by each element's own operator."""
+    raw = driver(conn)
+    exclusions, special = catalog.exclusions(conn, oid)
+    unchecked += [f"{step.qualified}.{name}" for name in special]
+    for exclusion in exclusions:
+        clash = sql.SQL(" AND ").join(
+            sql.SQL("s.{c} OPERATOR({schema}.{op}) t.{c}").format(
+                c=sql.Identifier(c), schema=sql.Identifier(schema), op=sql.SQL(op)
+            )
+            for c, schema, op in exclusion.elements
+        )
+        columns = [c for c, _schema, _op in exclusion.elements]
+        rows = raw.execute(
+            sql.SQL("SELECT count(*) OVER (), {cols} FROM {staged} s JOIN {table} t ON {clash} LIMIT {n}").format(
+                cols=sql.SQL(", ").join(sql.SQL("s.{}::text").format(sql.Identifier(c)) for c in columns),
+                staged=staged,
+                table=table,
+                clash=clash,
+                n=sql.Literal(MAX_SAMPLES),
+            )
+        ).fetchall()
+        if rows:
+            found.append(
+                Conflict(
+                    table=step.qualified,
+                    constraint=exclusion.name,
+                    reason=f"exclusion constraint ({', '.join(columns)}) rejects it next to rows that exist now",
+                    count=int(rows[0][0]),
+                    samples=tuple(_sample(r[1:]) for r in rows),
+                )
+            )
 
 
 def _set_null_conflicts(

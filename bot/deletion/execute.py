@@ -324,12 +324,26 @@ def _apply_steps(
             if rows != scope.rows:
                 raise DeleteFailed(
                     f"{step.table}: expected to {step.action} {plural(scope.rows, 'row')},"
-                    f" the database reported {rows:,}"
+                    f" the database reported {rows:,}{_skipping_triggers(plan, step)}; nothing was changed"
+                    " (rolled back)"
                 )
             if step.action == "delete":
                 done += rows
             results.append(StepResult(step.snapshot_key, str(step.table), step.action, rows, seconds))
     return results
+
+
+def _skipping_triggers(plan: DeletePlan, step: Any) -> str:
+    """The user triggers that can make a row count short: BEFORE row triggers that return NULL skip the row."""
+    event = "DELETE" if step.action == "delete" else "UPDATE"
+    names = [
+        f"{t.name} on {t.table}"
+        for t in plan.catalog.firing(step.table, (event,))
+        if t.timing == "BEFORE" and t.level == "ROW"
+    ]
+    if not names:
+        return ""
+    return f" (a BEFORE {event} trigger that returns NULL skips its row: {', '.join(names)})"
 
 
 def _after_uncertain_commit(

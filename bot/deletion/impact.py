@@ -148,7 +148,9 @@ def _count_queries(plan: DeletePlan, sql: ScopeSql) -> list[tuple[list[str], Sel
     queries: list[tuple[list[str], Select[Any]]] = []
     referenced = {fk.parent for fk in plan.catalog.foreign_keys if fk.parent in graph.tables}
     folded: set[str] = set()
-    for step in plan.steps:
+    # Parents first: each scope's CTE is then compiled before the scopes that read it, so a chain of
+    # hundreds of tables does not nest one compilation inside the next (past Python's stack).
+    for step in [*reversed(plan.delete_steps), *plan.set_steps]:
         if step.action != "delete":
             assert step.edge is not None
             queries.append(([step.snapshot_key], edge_rows(plan, sql, step.edge, count=True)))

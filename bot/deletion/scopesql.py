@@ -327,9 +327,34 @@ class CteSource:
 
     def cte(self, ref: TableRef) -> CTE:
         if ref not in self.ctes:
+            # Parents first: building a scope builds its parents' scopes, so a chain of a few hundred
+            # tables would otherwise recurse once per table, past Python's stack.
+            for node in self._unbuilt_ancestors(ref):
+                self._build(node)
+            self._build(ref)
+        return self.ctes[ref]
+
+    def _build(self, ref: TableRef) -> None:
+        if ref not in self.ctes:
             cols = self.sql.graph.needed_columns(ref)
             self.ctes[ref] = self.sql.scope_select(ref, cols).cte(self.sql.name("cte"))
-        return self.ctes[ref]
+
+    def _unbuilt_ancestors(self, ref: TableRef) -> list[TableRef]:
+        """Tables whose scopes `ref`'s scope reads, transitively, not built yet; parents first."""
+        walk, graph = self.sql.walk, self.sql.graph
+        found: set[TableRef] = set()
+        stack = [ref]
+        while stack:
+            node = stack.pop()
+            members = walk.components[walk.component(node)] if walk.is_recursive(node) else (node,)
+            for member in members:
+                for fk in walk.edges.get(member, []):
+                    parent = graph.node(fk.parent)
+                    if parent not in found and parent not in self.ctes and parent not in members:
+                        found.add(parent)
+                        stack.append(parent)
+        rank = {n: i for i, n in enumerate(walk.order)}
+        return sorted(found, key=lambda n: rank.get(n, -1))
 
     def keys(self, ref: TableRef, columns: Sequence[str]) -> Select[Any]:
         cte = self.cte(ref)
