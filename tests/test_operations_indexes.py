@@ -189,3 +189,33 @@ def test_index_names_are_predictable_and_fit_in_63_bytes():
     assert len(long.encode()) <= 63 and long.encode().decode() == long  # cut on a character boundary
     assert long == index_name("ünterschiedlich_lange_tabelle_" * 2, ["spalte_eins", "spalte_zwei"])
     assert long != index_name("ünterschiedlich_lange_tabelle_" * 2, ["spalte_eins", "spalte_drei"])
+
+
+def test_odd_identifiers_are_quoted_by_sqlalchemy_and_the_build_and_drop_run_as_shown(bot, stage_db):
+    from bot.indexes.build import build, create_statement, drop, drop_statement
+
+    with psycopg.connect(stage_db.url, autocommit=True) as conn:  # sent as written: no placeholders read
+        conn.execute('CREATE TABLE "Odd %Tbl" ("Who :id" int, "say ""hi""" text, plain int)', prepare=False)
+    try:
+        statement = create_statement("public", "Odd %Tbl", ["Who :id", 'say "hi"', "plain"], "Odd %idx")
+        assert statement == 'CREATE INDEX CONCURRENTLY "Odd %idx" ON public."Odd %Tbl" ("Who :id", "say ""hi""", plain)'
+        assert drop_statement("public", "Odd %idx") == 'DROP INDEX CONCURRENTLY IF EXISTS public."Odd %idx"'
+        stage = bot.runtime.stages.get("dev")
+        built = build(
+            stage,
+            "public",
+            "Odd %Tbl",
+            ["Who :id", 'say "hi"', "plain"],
+            "Odd %idx",
+            lock_timeout_ms=1000,
+            statement_timeout_ms=30_000,
+            work_name=None,
+            progress=lambda _p: None,
+        )
+        assert built.name == "Odd %idx" and '("Who :id", "say ""hi""", plain)' in built.definition
+        assert index_valid(stage_db, "Odd %idx") is True
+        assert drop(stage, "public", "Odd %idx", lock_timeout_ms=1000, statement_timeout_ms=30_000) is None
+        assert index_valid(stage_db, "Odd %idx") is None
+    finally:
+        with psycopg.connect(stage_db.url, autocommit=True) as conn:
+            conn.execute('DROP TABLE IF EXISTS "Odd %Tbl"')

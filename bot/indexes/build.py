@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from psycopg import sql
 from sqlalchemy import Connection, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 
 from bot.errors import UserFacingError
@@ -28,6 +28,8 @@ PROGRESS_INTERVAL_S = 1.0
 CLEANUP_WAIT_S = 30.0
 LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
+# Identifiers in statements sent without parameters: quoted as PostgreSQL reads them (no `%` doubling).
+_QUOTE = postgresql.dialect(paramstyle="named").identifier_preparer.quote
 
 _PROGRESS = text(
     "SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total"
@@ -58,17 +60,19 @@ class BuildFailed(UserFacingError):
 
 
 def create_statement(schema: str, table: str, columns: Sequence[str], name: str) -> str:
-    """The statement as shown and run, every identifier quoted by psycopg (`%`, `:`, spaces and capitals
-    are plain characters in it: it is sent without parameters)."""
+    """The statement as shown and run, every identifier quoted by SQLAlchemy's PostgreSQL preparer where
+    PostgreSQL needs it (`%`, `:`, spaces and capitals are plain characters in it: it is sent without parameters)."""
     return (
-        sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} ({})")
-        .format(sql.Identifier(name), sql.Identifier(schema, table), sql.SQL(", ").join(map(sql.Identifier, columns)))
-        .as_string()
+        f"CREATE INDEX CONCURRENTLY {_QUOTE(name)} ON {_qualified(schema, table)} ({', '.join(map(_QUOTE, columns))})"
     )
 
 
 def drop_statement(schema: str, name: str) -> str:
-    return sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(schema, name)).as_string()
+    return f"DROP INDEX CONCURRENTLY IF EXISTS {_qualified(schema, name)}"
+
+
+def _qualified(schema: str, name: str) -> str:
+    return f"{_QUOTE(schema)}.{_QUOTE(name)}"
 
 
 def _run(conn: Connection, statement: str) -> None:
