@@ -14,7 +14,8 @@ from sqlalchemy import text
 
 from bot.demo import build_platform_database
 from bot.errors import StageUnavailable
-from tests.conftest import AUDIT_CHANNEL, TEST_SPEC, eventually
+from bot.requests.machine import BOT_DATABASE_DOWN
+from tests.conftest import AUDIT_CHANNEL, CHANNEL, OPERATOR, TEST_SPEC, eventually
 
 
 def http_status(url: str) -> int:
@@ -90,6 +91,10 @@ def test_the_bot_recovers_from_a_bot_database_restart_without_restarting(make_bo
     audit = bot.command("audit --limit 5").text()
     assert "the bot database is unavailable right now" in audit
     assert http_status(bot.server.base_url + "/readyz") == 503
+    # A button that asks for an operation (Create index) is answered in words, not "an unexpected error".
+    target = {"schema": "public", "table": "mcp_tool_calls", "columns": ["mcp_server_user_id"]}
+    asked = bot.runtime.requests.ask("create-index", "dev", target, requester=OPERATOR, channel=CHANNEL, thread=None)
+    assert asked == BOT_DATABASE_DOWN
 
     own_cluster.start()
     bot.slack.clear_failures()

@@ -56,6 +56,12 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+BOT_DATABASE_DOWN = (
+    "The bot database is unavailable right now; try again shortly (asking again is safe: the same request is "
+    "never made twice)."
+)
+
+
 def unexpected() -> str:
     return f"an unexpected error (reference `{request_id_var.get()}`); nothing was changed or it was rolled back"
 
@@ -190,6 +196,9 @@ class Requests(RequestClicks, RequestMessages, RequestJobs):
         except UserFacingError as exc:
             self._audit_ask(requester, kind, stage, target, exc.outcome, exc.message)
             return exc.message + "."
+        except SQLAlchemyError:  # stage errors arrive worded (Stage.read/write): this is the bot database
+            log.warning("asking failed: bot database unavailable", extra={"kind": kind[:40]}, exc_info=True)
+            return BOT_DATABASE_DOWN
         except Exception:
             log.exception("asking failed", extra={"kind": kind[:40]})
             self._audit_ask(requester, kind, stage, target, "error", "unexpected error")
