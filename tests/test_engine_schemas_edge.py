@@ -258,7 +258,7 @@ def test_deferrable_unique_and_exclusion_constraints_restore(h):
             backups.restore(stage, request_id, actor="UTEST", dry_run=dry_run)
         assert (
             "• public.bookings: exclusion constraint (during) rejects it next to rows that exist now"
-            " [bookings_during_excl], 1 row; e.g. [\"2024-01-01 00:00:00\",\"2024-01-02 00:00:00\")"
+            ' [bookings_during_excl], 1 row; e.g. ["2024-01-01 00:00:00","2024-01-02 00:00:00")'
         ) in caught.value.message
         assert checksums(db.dsn) == deleted
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import Connection, text
+
+from bot.deletion.catalog import Catalog, TableRef
 from bot.errors import QueryTimeout
 from bot.pii import scrub
 from bot.stages import lock_wait_table
@@ -83,3 +86,32 @@ def rolled_back(exc: QueryTimeout, stage: str) -> QueryTimeout:
         else ""
     )
     return QueryTimeout(f"{exc.message}; nothing was deleted (the transaction was rolled back){hint}")
+
+
+def short_count_causes(conn: Connection, catalog: Catalog, table: TableRef, action: str) -> str:
+    """What can make a row count short: BEFORE row triggers that return NULL, and rules (DO INSTEAD)."""
+    event = "DELETE" if action == "delete" else "UPDATE"
+    relations = catalog.relations(table)
+    triggers = [
+        f"{t.name} on {t.table}" for t in catalog.firing(table, (event,)) if t.timing == "BEFORE" and t.level == "ROW"
+    ]
+    rules = conn.execute(
+        text(
+            "SELECT r.rulename, n.nspname, c.relname FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.ev_type = :ev AND r.is_instead"
+            " AND (n.nspname, c.relname) IN (SELECT * FROM unnest(CAST(:schemas AS text[]), CAST(:names AS text[])))"
+            " ORDER BY 2, 3, 1"
+        ),
+        {
+            "ev": "4" if event == "DELETE" else "2",
+            "schemas": [r.schema for r in relations],
+            "names": [r.name for r in relations],
+        },
+    ).all()
+    causes = []
+    if triggers:
+        causes.append(f"a BEFORE {event} trigger that returns NULL skips its row: {', '.join(triggers)}")
+    if rules:
+        names = ", ".join(f"{r[0]} on {TableRef(r[1], r[2])}" for r in rules)
+        causes.append(f"a rule ON {event} DO INSTEAD replaces the statement: {names}")
+    return f" ({'; '.join(causes)})" if causes else ""

@@ -322,28 +322,15 @@ def _apply_steps(
         seconds = (time.monotonic() - step_started) / len(group)
         for (step, scope), rows in zip(group, [counted] if isinstance(counted, int) else counted, strict=True):
             if rows != scope.rows:
+                why = dberrors.short_count_causes(conn, plan.catalog, step.table, step.action)
                 raise DeleteFailed(
                     f"{step.table}: expected to {step.action} {plural(scope.rows, 'row')},"
-                    f" the database reported {rows:,}{_skipping_triggers(plan, step)}; nothing was changed"
-                    " (rolled back)"
+                    f" the database reported {rows:,}{why}; nothing was changed (rolled back)"
                 )
             if step.action == "delete":
                 done += rows
             results.append(StepResult(step.snapshot_key, str(step.table), step.action, rows, seconds))
     return results
-
-
-def _skipping_triggers(plan: DeletePlan, step: Any) -> str:
-    """The user triggers that can make a row count short: BEFORE row triggers that return NULL skip the row."""
-    event = "DELETE" if step.action == "delete" else "UPDATE"
-    names = [
-        f"{t.name} on {t.table}"
-        for t in plan.catalog.firing(step.table, (event,))
-        if t.timing == "BEFORE" and t.level == "ROW"
-    ]
-    if not names:
-        return ""
-    return f" (a BEFORE {event} trigger that returns NULL skips its row: {', '.join(names)})"
 
 
 def _after_uncertain_commit(

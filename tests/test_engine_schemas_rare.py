@@ -1,0 +1,173 @@
+"""The deletion engine on rarer schemas still: a partitioned or uuid-keyed root, a root that nulls
+or restricts other servers, slugs with LIKE and quote characters, rules instead of triggers, dropped
+and later-added columns, partitions attached with another column order, dense webs of foreign keys.
+
+As in test_engine_schemas.py: each case builds its own schema and `EngineHarness` compares the
+bot's delete and restore with PostgreSQL's own, over every table of every user schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from bot.localpg import LocalPostgres
+from tests.engine_harness import ROOT, EngineHarness, module_harness
+
+
+@pytest.fixture(scope="module")
+def engine_harness(pg: LocalPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineHarness]:
+    yield from module_harness(pg, tmp_path_factory)
+
+
+@pytest.fixture
+def h(engine_harness: EngineHarness) -> EngineHarness:
+    return engine_harness
+
+
+def test_a_partitioned_root_keyed_by_uuid(h):
+    out = h.check(
+        """
+        CREATE TABLE mcp_servers (id uuid, region text, slug text NOT NULL, PRIMARY KEY (id, region),
+            UNIQUE (slug, region)) PARTITION BY LIST (region);
+        CREATE TABLE mcp_servers_eu PARTITION OF mcp_servers FOR VALUES IN ('eu');
+        CREATE TABLE mcp_servers_rest PARTITION OF mcp_servers DEFAULT;
+        INSERT INTO mcp_servers VALUES ('00000000-0000-0000-0000-000000000001', 'eu', 's1'),
+            ('00000000-0000-0000-0000-000000000002', 'us', 's2');
+        CREATE TABLE uses (id int PRIMARY KEY, server uuid, region text,
+            FOREIGN KEY (server, region) REFERENCES mcp_servers ON DELETE CASCADE);
+        INSERT INTO uses VALUES (1, '00000000-0000-0000-0000-000000000001', 'eu'),
+            (2, '00000000-0000-0000-0000-000000000002', 'us');
+        """
+    )
+    assert out.report.snapshot["public.mcp_servers"] == 1 and out.report.snapshot["public.uses"] == 1
+
+
+def test_other_servers_nulled_or_blocked_through_the_roots_own_keys(h):
+    h.check(
+        """
+        CREATE TABLE mcp_servers (id text PRIMARY KEY, slug text NOT NULL UNIQUE,
+            forked_from text REFERENCES mcp_servers ON DELETE SET NULL);
+        INSERT INTO mcp_servers VALUES ('srv1', 's1', NULL), ('srv2', 's2', 'srv1'), ('srv3', 's3', 'srv2');
+        CREATE TABLE sessions (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE);
+        INSERT INTO sessions VALUES (1, 'srv1'), (2, 'srv2');
+        """
+    )
+    words, report = h.refuse(
+        """
+        CREATE TABLE mcp_servers (id text PRIMARY KEY, slug text NOT NULL UNIQUE,
+            mirror_of text REFERENCES mcp_servers ON DELETE RESTRICT);
+        INSERT INTO mcp_servers VALUES ('srv1', 's1', NULL), ('srv2', 's2', 'srv1');
+        """
+    )
+    assert "1 row of mcp_servers outside the delete references rows of mcp_servers" in words
+    assert report is not None and report.blockers[0].sample == [{"id": "srv2", "mirror_of": "srv1"}]
+
+
+def test_a_slug_with_like_wildcards_quotes_and_backslashes(h):
+    slug = "s_1%'\"\\é"
+    literal = slug.replace("'", "''")
+    out = h.check(
+        f"""
+        CREATE TABLE mcp_servers (id text PRIMARY KEY, slug text NOT NULL UNIQUE);
+        INSERT INTO mcp_servers VALUES ('srv1', E'{literal.replace(chr(92), chr(92) * 2)}'), ('srv2', 'sx1x''"\\é'),
+            ('srv3', 's_1%');
+        CREATE TABLE sessions (id int PRIMARY KEY, server_slug text REFERENCES mcp_servers (slug) ON DELETE CASCADE);
+        INSERT INTO sessions SELECT row_number() OVER (), slug FROM mcp_servers;
+        """,
+        slug=slug,
+        reference="DELETE FROM mcp_servers WHERE id = 'srv1'",
+    )
+    assert out.report.snapshot["public.mcp_servers"] == 1 and out.report.snapshot["public.sessions"] == 1
+
+
+def test_a_rule_that_turns_deletes_into_nothing_is_refused_with_nothing_changed(h):
+    words, _ = h.refuse(
+        ROOT
+        + """
+        CREATE TABLE ledger (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE);
+        CREATE RULE keep_ledger AS ON DELETE TO ledger DO INSTEAD NOTHING;
+        INSERT INTO ledger VALUES (1, 'srv1'), (2, 'srv2');
+        """,
+        foreseen=False,
+    )
+    assert (
+        "ledger: expected to delete 1 row, the database reported 0 (a rule ON DELETE DO INSTEAD replaces the"
+        " statement: keep_ledger on ledger); nothing was changed (rolled back)"
+    ) in words
+
+
+def test_a_rule_that_also_writes_an_audit_row(h):
+    h.check(
+        ROOT
+        + """
+        CREATE TABLE keys (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE);
+        CREATE TABLE key_log (key_id int PRIMARY KEY);
+        CREATE RULE log_key AS ON DELETE TO keys DO ALSO INSERT INTO key_log VALUES (OLD.id);
+        INSERT INTO keys VALUES (1, 'srv1'), (2, 'srv1'), (3, 'srv2');
+        """,
+        exact_counts=False,
+        lost=("public.key_log",),
+    )
+
+
+def test_dropped_and_later_added_columns_and_partitions_attached_in_another_column_order(h):
+    h.check(
+        ROOT
+        + """
+        CREATE TABLE notes (id int PRIMARY KEY, gone text, server_id text REFERENCES mcp_servers ON DELETE CASCADE,
+            body text);
+        INSERT INTO notes VALUES (1, 'x', 'srv1', 'a'), (2, 'y', 'srv2', 'b');
+        ALTER TABLE notes DROP COLUMN gone;
+        ALTER TABLE notes ADD COLUMN stars int NOT NULL DEFAULT 5, ADD COLUMN added timestamptz DEFAULT '2024-01-01';
+        INSERT INTO notes (id, server_id, body, stars) VALUES (3, 'srv1', 'c', 1);
+        CREATE TABLE events (id int, day date, server_id text REFERENCES mcp_servers ON DELETE CASCADE,
+            PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+        CREATE TABLE events_old (server_id text, junk int, day date NOT NULL, id int NOT NULL);
+        ALTER TABLE events_old DROP COLUMN junk;
+        INSERT INTO events_old VALUES ('srv1', '2020-01-01', 1), ('srv2', '2020-02-01', 2);
+        ALTER TABLE events ATTACH PARTITION events_old FOR VALUES FROM ('2000-01-01') TO ('2024-01-01');
+        CREATE TABLE events_new PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2030-01-01');
+        INSERT INTO events VALUES (3, '2024-05-05', 'srv1');
+        """
+    )
+
+
+def test_a_dense_web_of_foreign_keys_between_forty_tables(h):
+    # Every table references the three before it: the paths from the root number in the millions;
+    # the scope is one union per table, so planning and counting stay linear in the edges.
+    tables = ["CREATE TABLE w0 (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE);"]
+    rows = ["INSERT INTO w0 VALUES (1, 'srv1'), (2, 'srv2'), (3, NULL);"]
+    for i in range(1, 40):
+        refs = ", ".join(
+            f"r{j} int REFERENCES w{j} ON DELETE {'CASCADE' if (i + j) % 4 else 'SET NULL'}"
+            for j in range(max(0, i - 3), i)
+        )
+        tables.append(f"CREATE TABLE w{i} (id int PRIMARY KEY, {refs});")
+        values = ", ".join(
+            "(" + ", ".join([str(k)] + [str((k + j) % 3 + 1) for j in range(max(0, i - 3), i)]) + ")" for k in (1, 2, 3)
+        )
+        rows.append(f"INSERT INTO w{i} VALUES {values};")
+    out = h.check(ROOT + "\n".join(tables + rows))
+    assert len([t for t in out.report.tables if t.action == "delete"]) == 41
+
+
+def test_virtual_generated_columns_where_the_server_has_them(h):
+    # PostgreSQL 18 makes GENERATED columns VIRTUAL unless told STORED; on 15 the table gets a STORED one.
+    h.check(
+        ROOT
+        + """
+        CREATE TABLE prices (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE,
+            net numeric NOT NULL);
+        DO $$ BEGIN
+            IF current_setting('server_version_num')::int >= 180000 THEN
+                EXECUTE 'ALTER TABLE prices ADD COLUMN gross numeric GENERATED ALWAYS AS (net * 1.2) VIRTUAL';
+            ELSE
+                EXECUTE 'ALTER TABLE prices ADD COLUMN gross numeric GENERATED ALWAYS AS (net * 1.2) STORED';
+            END IF;
+        END $$;
+        ALTER TABLE prices ADD COLUMN tail text DEFAULT 'x';
+        INSERT INTO prices (id, server_id, net) VALUES (1, 'srv1', 10), (2, 'srv2', 20), (3, 'srv1', 0.5);
+        """
+    )
