@@ -29,7 +29,8 @@ from bot.errors import UserFacingError
 from bot.localpg import installations
 from bot.pii import scrub
 from bot.progress import NullProgress, Progress, Throttle
-from bot.stages import APPLICATION_NAME, Stage, connect_failure_reason
+from bot.stage_errors import connect_failure_reason
+from bot.stages import APPLICATION_NAME, Stage
 
 log = logging.getLogger(__name__)
 

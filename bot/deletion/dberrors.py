@@ -14,7 +14,7 @@ from sqlalchemy import Connection, text
 from bot.deletion.catalog import Catalog, TableRef
 from bot.errors import QueryTimeout
 from bot.pii import scrub
-from bot.stages import lock_wait_table
+from bot.stage_errors import lock_wait_table
 
 MAX_TEXT = 300
 

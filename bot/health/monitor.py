@@ -44,7 +44,8 @@ from bot.health.checks import (
 )
 from bot.metrics import stage_latency_seconds
 from bot.scheduler import JobScheduler
-from bot.stages import Stage, StageRegistry, describe_db_error
+from bot.stage_errors import describe_db_error
+from bot.stages import Stage, StageRegistry
 
 log = logging.getLogger(__name__)
 
