@@ -119,6 +119,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"Demo users: {DEMO_OPERATOR} (operator, acting now), {DEMO_APPROVER} (approver), "
             f"{DEMO_VIEWER} (read-only). Stages: dev, staging, production (protected)."
         )
+        print(
+            "Production is one Drizzle migration behind the others: `/mcp migrations`, `/mcp drift staging production`."
+        )
         return _run_console(settings, args.user or DEMO_OPERATOR, args.channel, try_these("dev", DEMO_SLUG))
     finally:
         if not args.keep:

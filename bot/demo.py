@@ -14,6 +14,8 @@ from sqlalchemy.pool import NullPool
 from bot.config import parse_database_url
 from bot.localpg import LocalPostgres, can_reach, cluster_owner, shared_cache
 from bot.platform.demo_data import DatasetSpec, load_demo_data
+from bot.platform.migrate import FOLDER as DEMO_MIGRATIONS
+from bot.platform.migrate import MIGRATIONS_SCHEMA, MIGRATIONS_TABLE, apply_migrations
 from bot.platform.schema import create_platform_schema
 
 DEMO_OPERATOR = "UDEMOOPS1"
@@ -30,6 +32,9 @@ STAGES = {
         big_tool_calls=8_000, big_sessions=800, big_users=300, big_completions=500, small_servers=14
     ),
 }
+# Migrated as the platform is (Drizzle, bot/platform/drizzle): production one migration behind the others, so
+# `/mcp migrations` has a pending migration to show and `/mcp drift staging production` a difference.
+PENDING_MIGRATIONS = {"production": 1}
 
 
 # Loading the bench dataset (1,000,000 tool calls) takes one long statement per table: a generous limit, but a limit.
@@ -50,8 +55,12 @@ def demo_data_engine(url: str) -> Engine:
     )
 
 
-def build_platform_database(url: str, spec: DatasetSpec) -> None:
-    """Create the platform schema and load `spec` into an empty database, in one transaction."""
+def build_platform_database(url: str, spec: DatasetSpec, *, pending_migrations: int | None = None) -> None:
+    """Create the platform schema and load `spec` into an empty database, in one transaction.
+
+    With `pending_migrations`, the schema is made by the demo's Drizzle migrations instead (recorded in
+    drizzle.__drizzle_migrations as drizzle-orm records them), the newest `pending_migrations` of them left out.
+    """
     engine = demo_data_engine(url)
     try:
         with engine.begin() as conn:
@@ -60,21 +69,28 @@ def build_platform_database(url: str, spec: DatasetSpec) -> None:
             ).first()
             if available:  # a bundled server without contrib still makes a working demo
                 conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
-            create_platform_schema(conn)
+            if pending_migrations is None:
+                create_platform_schema(conn)
+            else:
+                apply_migrations(conn, DEMO_MIGRATIONS, leave_pending=pending_migrations)
             load_demo_data(conn, spec)
     finally:
         engine.dispose()
 
 
 def _loaded(cluster: LocalPostgres, name: str) -> bool:
-    """Whether the stage database `name` holds the demo data (loaded in one transaction with its schema).
+    """Whether the stage database `name` holds the demo data (loaded in one transaction with its migrations).
 
-    A first start interrupted while loading (Ctrl-C) leaves the database created but empty: it is loaded again.
+    A first start interrupted while loading (Ctrl-C) leaves the database created but empty: it is loaded again;
+    so is a stage an older version of the demo made without Drizzle's migrations table.
     """
     if not cluster.database_exists(name):
         return False
+    migrations = f'"{MIGRATIONS_SCHEMA}"."{MIGRATIONS_TABLE}"'
     with psycopg.connect(cluster.dsn(name), autocommit=True) as conn:
-        found = conn.execute("SELECT to_regclass('public.mcp_servers') IS NOT NULL").fetchone()
+        found = conn.execute(
+            "SELECT to_regclass('public.mcp_servers') IS NOT NULL AND to_regclass(%s) IS NOT NULL", (migrations,)
+        ).fetchone()
     return bool(found and found[0])
 
 
@@ -128,7 +144,8 @@ def prepare_demo(
         name = f"mcp_{stage}"
         if not _loaded(cluster, name):
             log(f"creating stage {stage} with demo data ...")
-            build_platform_database(cluster.create_database(name, drop=True), spec)
+            pending = PENDING_MIGRATIONS.get(stage, 0)
+            build_platform_database(cluster.create_database(name, drop=True), spec, pending_migrations=pending)
         env[f"DATABASE_URL_{stage.upper()}"] = cluster.url(name)
     # The bot's own state starts afresh each time, as the console's local Slack does: alerts, requests and
     # their messages from an earlier session name messages that no longer exist anywhere. Not while another
@@ -144,6 +161,7 @@ def prepare_demo(
             "ALERT_CHANNEL": DEMO_ALERT_CHANNEL,
             "PROTECTED_STAGES": "production",
             "BACKUP_DIR": str(base_dir / "backups"),
+            "MIGRATIONS_DIR": str(DEMO_MIGRATIONS),
         }
     )
     return cluster, env

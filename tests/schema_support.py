@@ -14,19 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import create_mock_engine
-from sqlalchemy.dialects import postgresql
 
-from bot.platform.schema import metadata as platform_metadata
-
-BREAKPOINT = "--> statement-breakpoint"
+from bot.platform.migrate import BREAKPOINT, initial_sql
 
 
 @dataclass(frozen=True)
@@ -42,15 +37,7 @@ class Migration:
 
 def platform_ddl() -> str:
     """The platform schema as drizzle-kit would write its first migration: statements and breakpoints."""
-    statements: list[str] = []
-
-    def collect(clause: object, *_args: object, **_kw: object) -> None:
-        compiled = str(clause.compile(dialect=postgresql.dialect())).strip()  # type: ignore[attr-defined]
-        statements.append(re.sub(r"\s+\n", "\n", compiled) + ";")
-
-    engine = create_mock_engine("postgresql+psycopg://", collect)
-    platform_metadata.create_all(engine, checkfirst=False)  # type: ignore[arg-type]
-    return f"{BREAKPOINT}\n".join(s + "\n" for s in statements)
+    return initial_sql()
 
 
 # Migrations after the first, as a platform grows them (a trigger, an index, a column).

@@ -31,6 +31,9 @@ press More
 /mcp frobnicate
 as UDEMOVIEW1
 /mcp audit
+as UDEMOOPS1
+/mcp migrations
+/mcp drift staging production
 quit
 """
 JSON_LOG_LINE = re.compile(r'^\s*\{"ts":', re.MULTILINE)
@@ -93,7 +96,20 @@ def test_demo_starts_from_a_mode_700_checkout_and_answers_from_demo_data():
         assert "unknown command `frobnicate`" in out
         assert "`audit` is for operators and approvers only" in out
         assert "[#audit]" in out
-        assert "in CDEMOALERTS]" not in out  # alerts of the demo data are one line each, not whole messages
+        assert "in CDEMOALERTS]" not in out
+        # The stages were migrated by Drizzle (the demo's MIGRATIONS_DIR): production is one migration behind.
+        migrations = out.split("> /mcp migrations\n", 1)[1].split("\n> ", 1)[0]
+        assert "*dev*: newest `0002_support_triage`" in migrations and "every migration applied" in migrations
+        assert "*production* :lock:: newest `0001_session_client_name`" in migrations, migrations
+        assert "1 pending · production is 1 behind staging" in migrations
+        assert "0002_support_triage  applied  applied  pending" in migrations
+        drift = out.split("> /mcp drift staging production\n", 1)[1].split("\n> ", 1)[0]
+        assert "2 differences in 2 places: mcp_tool_calls (1), support_requests (1)" in drift, drift
+        assert "*table mcp_tool_calls*\n• only on staging: index `mcp_tool_calls_created_idx`" in drift
+        assert (
+            "*table support_requests*\n• `support_requests.priority`: default `'low'::support_request_priority`"
+            " on staging, `'medium'::support_request_priority` on production"
+        ) in drift  # alerts of the demo data are one line each, not whole messages
         # The cluster was stopped on exit; a second start reuses it, --reset rebuilds it.
         assert (cluster_dir / "data" / "PG_VERSION").exists()
         assert not (cluster_dir / "data" / "postmaster.pid").exists()

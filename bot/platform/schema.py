@@ -2,8 +2,9 @@
 
 The bot's read commands query these tables. The deletion engine does not use this module:
 it discovers every dependent table from the live catalog, including tables not listed here.
-`create_platform_schema` builds the schema for the demo, the tests and the benchmarks, with
-the real foreign keys, ON DELETE rules and (missing) indexes.
+`create_platform_schema` builds the schema for the tests and the benchmarks, with the real foreign
+keys, ON DELETE rules and (missing) indexes; the demo's first Drizzle migration (bot/platform/drizzle,
+bot/platform/migrate.py) was generated from this metadata and is checked to build the same schema.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+ALTER TABLE "mcp_server_session" ADD COLUMN "client_name" text;
