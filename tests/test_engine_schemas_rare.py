@@ -171,3 +171,23 @@ def test_virtual_generated_columns_where_the_server_has_them(h):
         INSERT INTO prices (id, server_id, net) VALUES (1, 'srv1', 10), (2, 'srv2', 20), (3, 'srv1', 0.5);
         """
     )
+
+
+def test_a_schema_named_with_a_dot_holding_partitions_and_names_of_63_bytes(h):
+    long_table = "ö" * 31 + "t"  # 63 bytes in UTF-8: the longest name PostgreSQL keeps
+    long_column = "c" * 63
+    out = h.check(
+        ROOT
+        + f"""
+        CREATE SCHEMA "tenant.eu";
+        CREATE TABLE "tenant.eu".events (id int, day date, server_id text REFERENCES mcp_servers ON DELETE CASCADE,
+            PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+        CREATE TABLE "tenant.eu"."2024.q1" PARTITION OF "tenant.eu".events
+            FOR VALUES FROM ('2024-01-01') TO ('2024-04-01');
+        CREATE TABLE "tenant.eu"."{long_table}" ("{long_column}" int PRIMARY KEY, event int, day date,
+            FOREIGN KEY (event, day) REFERENCES "tenant.eu"."2024.q1" ON DELETE CASCADE);
+        INSERT INTO "tenant.eu".events VALUES (1, '2024-01-05', 'srv1'), (2, '2024-02-05', 'srv2');
+        INSERT INTO "tenant.eu"."{long_table}" VALUES (1, 1, '2024-01-05'), (2, 2, '2024-02-05');
+        """
+    )
+    assert out.report.snapshot["tenant.eu.events"] == 1 and out.report.snapshot[f"tenant.eu.{long_table}"] == 1

@@ -8,7 +8,7 @@ security and privileges as the connected role sees them, user triggers and colum
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, text
@@ -77,8 +77,8 @@ _TABLES = text(
            ELSE greatest(c.reltuples, 0) END::float8 AS estimated_rows,
            (pg_relation_size(c.oid) / current_setting('block_size')::int)::bigint AS pages,
            CASE WHEN c.relispartition THEN
-               (SELECT rn.nspname || '.' || r.relname FROM pg_class r JOIN pg_namespace rn ON rn.oid = r.relnamespace
-                WHERE r.oid = pg_partition_root(c.oid))
+               (SELECT ARRAY[rn.nspname::text, r.relname::text] FROM pg_class r
+                JOIN pg_namespace rn ON rn.oid = r.relnamespace WHERE r.oid = pg_partition_root(c.oid))
            END AS partition_root,
            c.relrowsecurity AND NOT (me.rolsuper OR me.rolbypassrls)
                AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE')) AS rls_hides,
@@ -337,10 +337,11 @@ def _choose_key(candidates: Iterable[tuple[bool, tuple[str, ...]]]) -> tuple[str
     return ordered[0][1] if ordered else ()
 
 
-def _ref(qualified: str | None) -> TableRef | None:
-    if not qualified:
+def _ref(names: Sequence[str] | None) -> TableRef | None:
+    """(schema, name) as the catalog gives them: never one string split at a dot, which names may contain."""
+    if not names:
         return None
-    schema, _, name = qualified.partition(".")
+    schema, name = names
     return TableRef(schema, name)
 
 
