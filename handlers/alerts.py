@@ -7,6 +7,7 @@ from typing import Any
 
 from slack_bolt import Ack, App, Respond
 
+from bot.errors import UserFacingError
 from bot.health.attention import AlertAttention, AttentionOutcome
 from bot.health.messages import ACK_ACTION, SNOOZE_ACTION
 from bot.logs import new_request_id
@@ -58,11 +59,14 @@ def register(app: App, service: CommandService) -> None:
                 if refusal is None and clicked is not None:
                     alert_id, hours = clicked
                     try:
-                        outcome = attention.snooze(alert_id, user, hours or 0) if snooze else None
-                    except ValueError as exc:
-                        refusal = str(exc)
+                        outcome = (
+                            attention.snooze(alert_id, user, hours or 0)
+                            if snooze
+                            else attention.acknowledge(alert_id, user)
+                        )
+                    except UserFacingError as exc:  # a snooze of another length; the bot database down
+                        refusal = exc.message
                     else:
-                        outcome = outcome or attention.acknowledge(alert_id, user)
                         refusal = _answer(outcome)
                         runtime.outbox_worker.notify()
                 if refusal and body.get("response_url"):

@@ -13,9 +13,10 @@ import pytest
 from sqlalchemy import text
 
 from bot.demo import build_platform_database
-from bot.errors import StageUnavailable
+from bot.errors import BotDatabaseUnreachable, StageUnavailable
+from bot.health.attention import AlertAttention
 from bot.requests.machine import BOT_DATABASE_DOWN
-from tests.conftest import AUDIT_CHANNEL, CHANNEL, OPERATOR, TEST_SPEC, eventually
+from tests.conftest import AUDIT_CHANNEL, CHANNEL, OPERATOR, TEST_SPEC, VIEWER, eventually
 
 
 def http_status(url: str) -> int:
@@ -95,6 +96,12 @@ def test_the_bot_recovers_from_a_bot_database_restart_without_restarting(make_bo
     target = {"schema": "public", "table": "mcp_tool_calls", "columns": ["mcp_server_user_id"]}
     asked = bot.runtime.requests.ask("create-index", "dev", target, requester=OPERATOR, channel=CHANNEL, thread=None)
     assert asked == BOT_DATABASE_DOWN
+    # Acknowledge and Snooze on an alert: refused in words, nothing half-recorded.
+    attention = AlertAttention(bot.runtime.health.book)
+    for click in (lambda: attention.acknowledge(1, OPERATOR), lambda: attention.snooze(1, OPERATOR, 4)):
+        with pytest.raises(BotDatabaseUnreachable, match="could not record that, so nothing changed"):
+            click()
+    attention.denied(1, VIEWER, "snooze", "only operators may snooze")  # said to the clicker even unaudited
 
     own_cluster.start()
     bot.slack.clear_failures()

@@ -8,14 +8,21 @@ who clicked, and the alert's message is rewritten to say who did it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
+from bot.errors import BotDatabaseUnreachable, CommandError
 from bot.health.alerts import AlertBook, alerts
 from bot.health.messages import SNOOZE_HOURS
+
+log = logging.getLogger(__name__)
+
+NOT_RECORDED = "the bot database could not record that, so nothing changed; try again shortly"
 
 
 @dataclass(frozen=True)
@@ -32,20 +39,32 @@ class AlertAttention:
     def __init__(self, book: AlertBook) -> None:
         self.book = book
 
-    def acknowledge(self, alert_id: int, user_id: str) -> AttentionOutcome:
-        return self._attend(alert_id, user_id, None)
-
     def snooze(self, alert_id: int, user_id: str, hours: int) -> AttentionOutcome:
         if hours not in SNOOZE_HOURS:
-            raise ValueError(f"a snooze lasts {', '.join(f'{h} h' for h in SNOOZE_HOURS)}")
-        return self._attend(alert_id, user_id, hours)
+            raise CommandError(f"a snooze lasts {', '.join(f'{h} h' for h in SNOOZE_HOURS)}")
+        return self._recorded(alert_id, user_id, hours)
+
+    def acknowledge(self, alert_id: int, user_id: str) -> AttentionOutcome:
+        return self._recorded(alert_id, user_id, None)
 
     def denied(self, alert_id: int, user_id: str, action: str, reason: str) -> None:
-        """Audit a click refused for lack of the right (`action`: acknowledge or snooze)."""
-        with self.book.engine.begin() as conn:
-            row = conn.execute(select(alerts).where(alerts.c.id == alert_id)).first()
-            if row is not None:
-                self.book.audit_alert(conn, row, "denied", {"click": action, "reason": reason}, actor=user_id)
+        """Audit a click refused for lack of the right (`action`: acknowledge or snooze); the refusal is said
+        whether or not the bot database could keep it."""
+        try:
+            with self.book.engine.begin() as conn:
+                row = conn.execute(select(alerts).where(alerts.c.id == alert_id)).first()
+                if row is not None:
+                    self.book.audit_alert(conn, row, "denied", {"click": action, "reason": reason}, actor=user_id)
+        except SQLAlchemyError:
+            log.warning("refused alert click not audited: bot database unavailable", exc_info=True)
+
+    def _recorded(self, alert_id: int, user_id: str, hours: int | None) -> AttentionOutcome:
+        """The click and its audit row commit together, or neither does (BotDatabaseUnreachable, in words)."""
+        try:
+            return self._attend(alert_id, user_id, hours)
+        except SQLAlchemyError as exc:
+            log.warning("alert click not recorded: bot database unavailable", exc_info=True)
+            raise BotDatabaseUnreachable(NOT_RECORDED) from exc
 
     def _attend(self, alert_id: int, user_id: str, hours: int | None) -> AttentionOutcome:
         outcome = "acknowledged" if hours is None else "snoozed"
