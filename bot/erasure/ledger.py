@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot.botdb import metadata
+from bot.botdb import metadata, reading
 from bot.erasure.identity import Person
 from bot.erasure.plan import ErasureTarget
 from bot.errors import UserFacingError
@@ -159,14 +159,14 @@ class ErasureLedger:
             own.execute(stmt)
 
     def get(self, erasure_id: int) -> Erasure | None:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(select(erasures).where(erasures.c.id == erasure_id)).first()
         return None if row is None else _erasure(row)
 
     def for_request(self, request_id: int) -> Erasure | None:
         """The newest erasure a request ran (a request left running by a dead process is settled from it)."""
         query = select(erasures).where(erasures.c.request_id == request_id).order_by(desc(erasures.c.id)).limit(1)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(query).first()
         return None if row is None else _erasure(row)
 
@@ -177,7 +177,7 @@ class ErasureLedger:
             .where(erasures.c.stage == stage, erasures.c.state.in_(BINDING), erasures.c.started_at > since)
             .order_by(erasures.c.id)
         )
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return [_erasure(r) for r in conn.execute(query)]
 
     def erased(self, stage: str, person: Person) -> Erasure | None:
@@ -186,7 +186,7 @@ class ErasureLedger:
         query = (
             select(erasures).where(erasures.c.stage == stage, erasures.c.state == "done").order_by(desc(erasures.c.id))
         )
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             for row in conn.execute(query):
                 target = ErasureTarget.from_json(row.target)
                 if person.normalised in (target.person.normalised, *target.emails) or person.exact in (
@@ -200,5 +200,5 @@ class ErasureLedger:
         query = select(erasures).order_by(desc(erasures.c.id)).limit(limit)
         if stage:
             query = query.where(erasures.c.stage == stage)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return [_erasure(r) for r in conn.execute(query)]
