@@ -12,8 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from bot.backups.restore import RestoreConflict
 from bot.localpg import LocalPostgres
-from tests.engine_harness import ROOT, EngineHarness, module_harness
+from tests.engine_harness import ROOT, EngineHarness, checksums, module_harness
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +192,75 @@ def test_a_schema_named_with_a_dot_holding_partitions_and_names_of_63_bytes(h):
         """
     )
     assert out.report.snapshot["tenant.eu.events"] == 1 and out.report.snapshot[f"tenant.eu.{long_table}"] == 1
+
+
+def test_a_self_reference_on_a_partitioned_table_across_partitions(h):
+    h.check(
+        ROOT
+        + """
+        CREATE TABLE events (id int, day date, server_id text REFERENCES mcp_servers ON DELETE CASCADE,
+            parent_id int, parent_day date, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+        CREATE TABLE events_h1 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2024-07-01');
+        CREATE TABLE events_h2 PARTITION OF events FOR VALUES FROM ('2024-07-01') TO ('2025-01-01');
+        ALTER TABLE events ADD FOREIGN KEY (parent_id, parent_day) REFERENCES events ON DELETE CASCADE;
+        INSERT INTO events VALUES (1, '2024-01-01', 'srv1', NULL, NULL), (2, '2024-08-01', NULL, 1, '2024-01-01'),
+            (3, '2024-02-01', NULL, 2, '2024-08-01'), (4, '2024-02-01', 'srv2', NULL, NULL),
+            (5, '2024-09-01', NULL, 4, '2024-02-01');
+        """
+    )
+
+
+def test_a_counter_cache_kept_by_a_delete_trigger(h):
+    h.check(
+        ROOT
+        + """
+        CREATE TABLE threads (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE,
+            posts int NOT NULL DEFAULT 0);
+        CREATE TABLE posts (id int PRIMARY KEY, thread int NOT NULL REFERENCES threads ON DELETE CASCADE);
+        CREATE FUNCTION uncount() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+            UPDATE threads SET posts = posts - 1 WHERE id = OLD.thread; RETURN OLD; END $$;
+        CREATE TRIGGER uncount AFTER DELETE ON posts FOR EACH ROW EXECUTE FUNCTION uncount();
+        INSERT INTO threads VALUES (1, 'srv1', 2), (2, 'srv2', 1);
+        INSERT INTO posts VALUES (10, 1), (11, 1), (12, 2);
+        """
+    )
+
+
+def test_a_trigger_that_deletes_rows_the_delete_would_delete_anyway(h):
+    out = h.check(
+        ROOT
+        + """
+        CREATE TABLE a (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE);
+        CREATE TABLE b (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE, a_ref int);
+        CREATE TABLE c (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE, a_ref int);
+        CREATE FUNCTION tidy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+            DELETE FROM b WHERE a_ref = OLD.id; DELETE FROM c WHERE a_ref = OLD.id; RETURN OLD; END $$;
+        CREATE TRIGGER tidy AFTER DELETE ON a FOR EACH ROW EXECUTE FUNCTION tidy();
+        INSERT INTO a VALUES (1, 'srv1'), (2, 'srv2');
+        INSERT INTO b VALUES (1, 'srv1', 1), (2, 'srv1', NULL), (3, 'srv2', 2);
+        INSERT INTO c VALUES (1, 'srv1', 1), (2, 'srv1', NULL), (3, 'srv2', 2);
+        """
+    )
+    # Whichever of a, b, c goes first, the counts were those the person confirmed, and every row is gone.
+    assert out.report.snapshot["public.b"] == 2 and out.result.verified
+
+
+def test_rows_a_not_valid_check_rejects_are_a_restore_conflict_in_the_dry_run_too(h):
+    db = h.database(
+        ROOT
+        + """
+        CREATE TABLE quotas (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE, n int);
+        INSERT INTO quotas VALUES (1, 'srv1', -1), (2, 'srv1', 3), (3, 'srv2', -5);
+        ALTER TABLE quotas ADD CONSTRAINT positive CHECK (n > 0) NOT VALID;
+        """
+    )
+    _, _, _, backups, request_id = h.delete(db, "s1")
+    deleted = checksums(db.dsn)
+    for dry_run in (True, False):
+        with pytest.raises(RestoreConflict) as caught:
+            backups.restore(h.stage(db), request_id, actor="UTEST", dry_run=dry_run)
+        assert (
+            "• public.quotas: a CHECK constraint added NOT VALID since these rows were written rejects them"
+            " [positive], 1 row; e.g. 1"
+        ) in caught.value.message
+        assert checksums(db.dsn) == deleted

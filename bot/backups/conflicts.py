@@ -76,7 +76,38 @@ def find_conflicts(conn: Connection, step: ManifestStep, staged_table: str) -> t
                 )
             )
     _exclusion_conflicts(conn, oid, step, staged, table, found, unchecked)
+    _unvalidated_checks(conn, oid, step, staged, found)
     return found, unchecked
+
+
+def _unvalidated_checks(
+    conn: Connection, oid: int, step: ManifestStep, staged: sql.Composable, found: list[Conflict]
+) -> None:
+    """Rows that a CHECK constraint added NOT VALID after them rejects: they were kept, but cannot be inserted
+    again. (Validated constraints held for every row when the backup was taken, and the schema is the same.)"""
+    raw = driver(conn)
+    checks = raw.execute(
+        "SELECT conname, pg_get_expr(conbin, conrelid) FROM pg_constraint"
+        " WHERE conrelid = %s AND contype = 'c' AND NOT convalidated ORDER BY conname",
+        (oid,),
+    ).fetchall()
+    pk = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in step.primary_key)
+    for name, expression in checks:
+        rows = raw.execute(
+            sql.SQL("SELECT count(*) OVER (), {pk} FROM {staged} WHERE ({check}) IS FALSE LIMIT {n}").format(
+                pk=pk, staged=staged, check=sql.SQL(expression), n=sql.Literal(MAX_SAMPLES)
+            )
+        ).fetchall()
+        if rows:
+            found.append(
+                Conflict(
+                    table=step.qualified,
+                    constraint=name,
+                    reason="a CHECK constraint added NOT VALID since these rows were written rejects them",
+                    count=int(rows[0][0]),
+                    samples=tuple(_sample(r[1:]) for r in rows),
+                )
+            )
 
 
 def _exclusion_conflicts(

@@ -66,6 +66,7 @@ from bot.deletion.steps import (
     apply,
     apply_batch,
     batches,
+    count_holds,
     materialize,
     root_rows_left,
     verify,
@@ -321,7 +322,7 @@ def _apply_steps(
         counted = apply(conn, plan, first, group[0][1]) if len(group) == 1 else apply_batch(conn, plan, group)
         seconds = (time.monotonic() - step_started) / len(group)
         for (step, scope), rows in zip(group, [counted] if isinstance(counted, int) else counted, strict=True):
-            if rows != scope.rows:
+            if not count_holds(conn, plan, scope, rows):
                 why = dberrors.short_count_causes(conn, plan.catalog, step.table, step.action)
                 raise DeleteFailed(
                     f"{step.table}: expected to {step.action} {plural(scope.rows, 'row')},"

@@ -230,6 +230,19 @@ def verify(session: Connection, plan: DeletePlan, scopes: list[MaterializedScope
     return problems
 
 
+def count_holds(conn: Connection, plan: DeletePlan, scope: MaterializedScope, rows: int) -> bool:
+    """Did a step change exactly its scope's rows? Fewer deleted is right too when none of them is left: a
+    user trigger fired earlier in this transaction deleted the rest (the backup, taken before, holds them)."""
+    if rows == scope.rows:
+        return True
+    if rows > scope.rows or scope.action != "delete":
+        return False
+    t = sa_table(plan.graph, scope.table)
+    tmp = table(scope.temp_table, *(column(k) for k in scope.key))
+    left = conn.execute(select(func.count()).select_from(t.join(tmp, equal(t, tmp, scope.key, scope.key))))
+    return not left.scalar_one()
+
+
 def root_rows_left(conn: Connection, plan: DeletePlan) -> bool:
     """The plan's root rows still there: the server row (by key), or (rooted plan) those its first filter picks."""
     if plan.root_filters is None:
