@@ -102,11 +102,16 @@ class AuditRow:
     duration_ms: int | None
 
 
+def _storable(text: str) -> str:
+    """PostgreSQL text and jsonb hold no NUL: a refusal of a command that carried one is still recorded."""
+    return text.replace("\x00", "\ufffd")
+
+
 def _clean_detail(value: Any) -> Any:
     if isinstance(value, str):
-        return scrub(value)[:1000]
+        return _storable(scrub(value)[:1000])
     if isinstance(value, dict):
-        return {str(k): _clean_detail(v) for k, v in value.items()}
+        return {_storable(str(k)): _clean_detail(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_clean_detail(v) for v in value]
     return value
@@ -169,11 +174,11 @@ class AuditLog:
 
     def _write(self, conn: Connection, entry: AuditEntry) -> int:
         clean = AuditEntry(
-            actor=entry.actor,
-            command=entry.command,
+            actor=_storable(entry.actor),
+            command=_storable(entry.command),
             outcome=entry.outcome,
             stage=entry.stage,
-            args=scrub(entry.args)[:MAX_ARGS_CHARS],
+            args=_storable(scrub(entry.args)[:MAX_ARGS_CHARS]),
             duration_ms=entry.duration_ms,
             detail=_clean_detail(entry.detail),
         )

@@ -10,6 +10,7 @@ import difflib
 import html
 import re
 import shlex
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,9 +48,11 @@ __all__ = [
     "Positional",
     "StageUse",
     "Verb",
+    "control_character",
     "overview",
     "parse",
     "register",
+    "typed_text",
     "usage_hint",
 ]
 
@@ -58,8 +61,33 @@ MAX_TOKEN_CHARS = 256
 SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
 STAGE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}\Z")
-FLAG_RE = re.compile(r"^--([a-z][a-z0-9-]{0,30})(?:=(.*))?\Z", re.DOTALL)
+FLAG_RE = re.compile(r"^--([a-z][a-z0-9-]{0,30})(?:=(.*))?\Z", re.DOTALL | re.IGNORECASE)
 SMART_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
+# What a Mac or a phone types for `--` (smart punctuation): `—stage` reads as `--stage`.
+SMART_DASH_FLAG = re.compile(r"^[\u2013\u2014](?=[A-Za-z])")
+TYPED_WHITESPACE = "\t\n\r"
+
+
+def typed_text(text: str) -> str:
+    """Text as a person meant to type it: invisible format characters (zero-width spaces, joiners,
+    direction overrides, byte-order marks: Unicode category Cf) dropped, other spaces (no-break,
+    thin, ideographic) made plain spaces. Pasted commands carry them, and an override can make
+    text read differently in the audit channel than it is."""
+    kept = []
+    for char in text:
+        category = unicodedata.category(char)
+        if category == "Cf":
+            continue
+        kept.append(" " if category in ("Zs", "Zl", "Zp") else char)
+    return "".join(kept)
+
+
+def control_character(text: str) -> str | None:
+    """The first control character (NUL, ESC, ...; not tab or newline) in `text` as `U+0000`, or None."""
+    for char in text:
+        if unicodedata.category(char) == "Cc" and char not in TYPED_WHITESPACE:
+            return f"U+{ord(char):04X}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -110,12 +138,32 @@ def _unknown_verb(word: str) -> CommandError:
     return CommandError(f"unknown command `{_clean_shown(word)}`.{hint}", usage=overview())
 
 
+def _verb(word: str) -> Verb | None:
+    return VERBS.get(word) or next((v for v in VERBS.values() if word in v.aliases), None)
+
+
+def _options_first(tokens: list[str]) -> CommandError:
+    """`--stage dev list`: the command comes first; suggest the same words in that order."""
+    at = next((i for i, token in enumerate(tokens) if _verb(token.lower()) and not token.startswith("-")), None)
+    if at is None:
+        return CommandError("start with a command, then its options, e.g. `/mcp help`", usage=overview())
+    reordered = " ".join([tokens[at].lower(), *tokens[:at], *tokens[at + 1 :]])
+    return CommandError(
+        f"start with the command, then its options: `/mcp {_clean_shown(reordered, 80)}`", usage=overview()
+    )
+
+
 def _tokenize(text: str) -> list[str]:
     if len(text) > MAX_TEXT_CHARS:
         raise CommandError(
             f"the command is too long ({len(text)} characters, at most {MAX_TEXT_CHARS})", usage=overview()
         )
-    text = html.unescape(text).translate(SMART_QUOTES)
+    text = typed_text(html.unescape(text).translate(SMART_QUOTES))
+    control = control_character(text)
+    if control:
+        raise CommandError(
+            f"the command contains a control character ({control}); type it again without it", usage=overview()
+        )
     try:
         lexer = shlex.shlex(text, posix=True)
         lexer.whitespace_split = True
@@ -128,7 +176,7 @@ def _tokenize(text: str) -> list[str]:
             raise CommandError(
                 f"an argument is too long ({len(token)} characters, at most {MAX_TOKEN_CHARS})", usage=overview()
             )
-    return tokens
+    return [SMART_DASH_FLAG.sub("--", token) for token in tokens]
 
 
 def _convert_flag(verb: Verb, flag: Flag, raw: str) -> Any:
@@ -175,7 +223,9 @@ def parse(text: str) -> ParsedCommand:
     if not tokens:
         return ParsedCommand(VERBS["help"])
     word = tokens[0].lower()
-    verb = VERBS.get(word) or next((v for v in VERBS.values() if word in v.aliases), None)
+    verb = _verb(word)
+    if verb is None and word.startswith("-"):
+        raise _options_first(tokens)
     if verb is None:
         raise _unknown_verb(word)
 
@@ -194,7 +244,7 @@ def parse(text: str) -> ParsedCommand:
         if not match:
             positionals.append(token)
             continue
-        name, inline = match.group(1), match.group(2)
+        name, inline = match.group(1).lower(), match.group(2)
         if name in seen:
             raise CommandError(f"`--{name}` is given twice", usage=verb.usage())
         seen.add(name)
@@ -208,6 +258,8 @@ def parse(text: str) -> ParsedCommand:
                 raise CommandError(f"`--{name}` takes no value", usage=verb.usage())
             flags[name] = True
             continue
+        if inline == "" and (flag.kind != "text" or name == "stage"):  # `--stage=`: the value was left out
+            raise CommandError(f"`--{name}` needs a value", usage=verb.usage())
         if inline is None:
             if i >= len(rest) or FLAG_RE.match(rest[i]):
                 raise CommandError(f"`--{name}` needs a value", usage=verb.usage())

@@ -32,6 +32,16 @@ BIG = TEST_SPEC.big_slug
         (f"stats {BIG} --days --stage dev", "`--days` needs a value"),
         (f"find {BIG} extra --stage dev", "unexpected argument `extra`"),
         (f"find {BIG} --stage dev --stage production", "`--stage` is given twice"),
+        (f"find {BIG}\x00 --stage dev", "the command contains a control character (U+0000)"),
+        (f"find {BIG} --stage dev\x1b[2J", "the command contains a control character (U+001B)"),
+        ("list --stage=", "`--stage` needs a value"),
+        ("list --limit= --stage dev", "`--limit` needs a value"),
+        ("--stage dev list --limit 3", "start with the command, then its options: `/mcp list --stage dev --limit 3`"),
+        ("--", "start with a command, then its options"),
+        ("list --limit -1 --stage dev", "`--limit` must be between 1 and 100"),
+        ("list --limit 1e9 --stage dev", "`--limit` takes a whole number"),
+        (f"stats {BIG} --days 0 --stage dev", "`--days` must be between 1 and 3650"),
+        (f"stats {BIG} --days 99999 --stage dev", "`--days` must be between 1 and 3650"),
     ],
 )
 def test_bad_input_gets_a_private_usage_reply(bot, stage_db, command, expected):
@@ -55,6 +65,30 @@ def test_parse_never_lets_sql_or_markup_through():
     assert parse("  FIND   acme  --stage=DEV ").stage == "dev"
     assert parse("stats acme --days=7 --stage dev").flags["days"] == 7
     assert parse("find \u201cacme\u201d --stage dev").args["slug"] == "acme"
+
+
+def test_pasted_invisible_characters_smart_dashes_and_case_read_as_meant():
+    """What a Mac, a phone or a copied snippet puts in a command: zero-width spaces, a direction override,
+    no-break spaces, `—` for `--`, capitals. The command reads as typed, without them."""
+    for typed in (
+        "fi\u200bnd acme --stage dev",
+        "find \u202eacme\ufeff --stage dev",
+        "find\u00a0acme\u2003--stage\u00a0dev",
+        "find acme \u2014stage dev",
+        "FIND acme --STAGE DEV",
+    ):
+        parsed = parse(typed)
+        assert (parsed.verb.name, parsed.args["slug"], parsed.stage) == ("find", "acme", "dev"), typed
+    assert parse("list --LIMIT=5 --stage dev").flags["limit"] == 5
+    # Inside a reason, a dash is kept; the direction override that could make it read otherwise is not.
+    assert parse('delete acme --stage dev --reason "old \u2014 \u202egone"').flags["reason"] == "old \u2014 gone"
+
+
+def test_a_refused_command_with_a_nul_is_audited(bot):
+    reply = bot.command("find a\x00b --stage dev")
+    assert "control character (U+0000)" in reply.text()
+    [row] = bot.wait_audit(1)
+    assert (row.command, row.outcome) == ("find", "bad_input") and "\x00" not in row.args
 
 
 def test_an_unreachable_stage_is_named_and_the_others_keep_working(make_bot, stage_db):

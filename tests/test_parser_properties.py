@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 from bot.commands import ID_RE, SLUG_RE, STAGE_RE, VERBS, Flag, ParsedCommand, Verb, parse
 from bot.errors import CommandError
 
+# What a person can type into a value: no control characters but tab and newline (refused), no invisible
+# format characters (dropped), no space but the plain one (other spaces read as it): bot/commands.py typed_text.
+TYPED = st.characters(blacklist_categories=("Cc", "Cf", "Cs", "Zs", "Zl", "Zp")) | st.sampled_from(" \t\n")
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -76,7 +79,7 @@ def flag_value(flag: Flag) -> st.SearchStrategy[Any]:
     if flag.kind == "id":
         return st.from_regex(ID_RE, fullmatch=True).filter(lambda v: len(v) <= 64)
     if flag.kind == "text":
-        return st.text(min_size=1, max_size=40).filter(lambda v: v.strip() and len(v) <= 40)
+        return st.text(TYPED, min_size=1, max_size=40).filter(lambda v: v.strip() and len(v) <= 40)
     if flag.kind == "slug":
         return st.from_regex(SLUG_RE, fullmatch=True).filter(lambda v: len(v) <= 60)
     return st.just(True)
@@ -105,12 +108,12 @@ def valid_commands(draw: st.DrawFn) -> tuple[str, tuple[Any, ...]]:
             value = draw(st.from_regex(STAGE_RE, fullmatch=True))
         elif pos.kind == "person":  # an email, distinct id or user id: any printable text
             value = draw(
-                st.text(min_size=1, max_size=30).filter(
+                st.text(TYPED, min_size=1, max_size=30).filter(
                     lambda v: v.strip() and not v.startswith("-") and all(ord(c) >= 32 for c in v)
                 )
             )
         else:
-            value = draw(st.text(min_size=1, max_size=30).filter(lambda v: not v.startswith("-")))
+            value = draw(st.text(TYPED, min_size=1, max_size=30).filter(lambda v: not v.startswith("-")))
         args[pos.name] = value.lower() if pos.kind in ("verb", "stage") else value
         parts.append(draw(quoted(value)))
     flags = {flag.name: flag.default for flag in verb.flags}
