@@ -13,13 +13,13 @@ from bot.lanes import Busy
 from bot.logs import ContextThreadPoolExecutor
 from bot.runtime import Runtime
 from bot.service import CommandService
-from handlers import actions, alerts, charts, commands, home, operations, render, requests, retries
+from handlers import actions, alerts, charts, commands, fallback, home, operations, render, requests, retries
 from handlers import render_backups as _render_backups  # noqa: F401 - registers the backup verbs' renderers
 
 log = logging.getLogger(__name__)
 
-# Each module has `register(app, service)` and adds its listeners.
-LISTENER_MODULES = (commands, actions, home, requests, alerts, charts, operations)
+# Each module has `register(app, service)` and adds its listeners; `fallback` (what the others leave) is last.
+LISTENER_MODULES = (commands, actions, home, requests, alerts, charts, operations, fallback)
 
 
 def build_app(runtime: Runtime) -> App:

@@ -63,7 +63,7 @@ def register(app: App, service: CommandService) -> None:
 
     @app.event("app_home_opened")
     def home_opened(event: dict[str, Any]) -> None:
-        if event.get("tab", "home") != "home" or not event.get("user"):
+        if event.get("tab", "home") != "home" or not isinstance(event.get("user"), str) or not event["user"]:
             return
         user_id = str(event["user"])
         view, now = runtime.home.opened(user_id)

@@ -38,6 +38,24 @@ CLOSE = {"Connection": "close"}  # the rest of a refused request is not worth re
 # Payloads Slack sends without a workspace: the endpoint checks when the app is configured
 # (`url_verification` is JSON with a type; the slash command's `ssl_check=1` is a form without one).
 WORKSPACELESS_TYPES = {"url_verification"}
+INTERACTIONS = {"block_actions", "view_submission", "view_closed", "shortcut", "message_action", "block_suggestion"}
+
+
+def well_formed(body: dict[str, Any]) -> bool:
+    """The parts Bolt and the listeners read have the shapes Slack gives them (a crafted payload may not)."""
+    kind = body.get("type")
+    if kind in INTERACTIONS and not isinstance(body.get("user", {}), dict):
+        return False
+    if kind == "block_actions":
+        actions = body.get("actions")
+        return isinstance(actions, list) and bool(actions) and all(isinstance(a, dict) for a in actions)
+    if kind in ("view_submission", "view_closed"):
+        view = body.get("view")
+        return isinstance(view, dict) and isinstance(view.get("type"), str)
+    if kind == "event_callback":
+        event = body.get("event")
+        return isinstance(event, dict) and isinstance(event.get("type"), str)
+    return True
 
 
 def _refused(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
@@ -117,6 +135,8 @@ class SlackEndpoint:
             except Exception as exc:  # a `payload` that is not JSON
                 log.warning("malformed Slack request", extra={"error": type(exc).__name__})
                 return _refused(400, "malformed request")
+            if not well_formed(bolt_request.body):
+                return _refused(400, "malformed request")
             if not self._workspace_allowed(bolt_request.body):
                 await run_in_threadpool(self._audit_foreign_workspace, bolt_request.body)
                 return _refused(403, "this workspace is not served here")
@@ -127,6 +147,12 @@ class SlackEndpoint:
             except Exception as exc:
                 log.warning("malformed Slack request", extra={"error": type(exc).__name__})
                 return _refused(400, "malformed request")
+        if response.status == 404 and bolt_request.body.get("type") == "app_rate_limited":
+            log.warning("Slack is holding back this app's events (app_rate_limited)")
+            response = BoltResponse(status=200, body="")
+        elif response.status == 404 or response.status >= 500:
+            # No listener takes it (handlers/fallback.py takes whatever Slack sends this app): not a Slack payload.
+            return _refused(400, "malformed request")
         metrics.ack_latency_seconds.observe(time.perf_counter() - started)
         reply_headers = {k: v[0] for k, v in response.headers.items() if v and k.lower() != "content-length"}
         if "x-slack-retry-num" in request.headers:

@@ -30,6 +30,7 @@ from handlers.blocks import (
     plural,
     prose,
     section,
+    view,
     when,
 )
 
@@ -71,6 +72,16 @@ def error(exc: UserFacingError) -> Message:
     if exc.usage:
         blocks.append(context(usage_text(exc.usage)))
     return message(prose(exc.message), blocks, ephemeral=True)
+
+
+def notice_modal(title: str, text: str) -> dict[str, Any]:
+    """A form with one line and a Close button: an answer for someone where no channel is at hand (a shortcut)."""
+    return view(
+        "modal",
+        [section(md(":warning: {}", prose(text)))],
+        title={"type": "plain_text", "text": title[:24]},
+        close={"type": "plain_text", "text": "Close"},
+    )
 
 
 def outcome(result: CommandOutcome) -> Message:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
+from sqlalchemy.exc import SQLAlchemyError
 
+from bot.commands import control_character, typed_text
 from bot.errors import UserFacingError
 from bot.logs import new_request_id
 from bot.service import CommandService
@@ -24,11 +27,39 @@ BUTTONS = {
 }
 
 
+MAX_REQUEST_ID = 2**63 - 1  # the bot database's bigint
+REASON_MAX_CHARS = (
+    500  # the form's max_length (render_requests.reject_modal); Slack enforces it, a crafted form may not
+)
+
+
 def _request_id(value: dict[str, Any]) -> int:
-    try:
-        return int(value["r"])
-    except (KeyError, TypeError, ValueError):
-        raise UserFacingError("that button's data is not readable; run the command again") from None
+    """The request a button or form names: a whole number the bot database can hold, else unreadable."""
+    raw = value.get("r")
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit():
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_REQUEST_ID:
+        raise UserFacingError("that button's data is not readable; run the command again")
+    return raw
+
+
+def _dig(node: Any, *keys: str) -> Any:
+    """`node[k1][k2]...` through dicts only; None where the payload has something else."""
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def _reason_problem(reason: str) -> str | None:
+    """What is wrong with a typed reject reason, for the form to show under its field; None if nothing."""
+    if not reason:
+        return "Say why you reject it."
+    control = control_character(reason)
+    if control:
+        return f"The reason contains a control character ({control}); type it again without it."
+    if len(reason) > REASON_MAX_CHARS:
+        return f"At most {REASON_MAX_CHARS} characters, please (this is {len(reason):,})."
+    return None
 
 
 def _user(body: dict[str, Any]) -> str:
@@ -95,20 +126,28 @@ def register(app: App, service: CommandService) -> None:
     @app.view(render_requests.REJECT_MODAL)
     def on_reject_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
         new_request_id()
-        values = (view.get("state") or {}).get("values") or {}
-        reason = str(
-            ((values.get(render_requests.REASON_BLOCK) or {}).get(render_requests.REASON_INPUT) or {}).get("value")
-            or ""
-        ).strip()
-        if not reason:
-            ack(response_action="errors", errors={render_requests.REASON_BLOCK: "Say why you reject it."})
+        typed = _dig(view, "state", "values", render_requests.REASON_BLOCK, render_requests.REASON_INPUT, "value")
+        reason = typed_text(typed if isinstance(typed, str) else "").strip()
+        problem = _reason_problem(reason)
+        if problem:
+            ack(response_action="errors", errors={render_requests.REASON_BLOCK: problem})
             return
-        ack()
         user = _user(body)
         try:
-            request_id = _request_id(json.loads(view.get("private_metadata") or "{}"))
-        except (UserFacingError, ValueError):
+            metadata = json.loads(view.get("private_metadata") or "{}")
+            request_id = _request_id(metadata if isinstance(metadata, dict) else {})
+        except (UserFacingError, ValueError, TypeError):
+            problem = "This form can't be read; close it and press Reject on the request again."
+        else:
+            # One quick bot-database read, like the check before the form opened: a gone request is said here
+            # (if the database is down, the click after the ack says so).
+            with contextlib.suppress(SQLAlchemyError):
+                if flow.store.get(request_id) is None:
+                    problem = "That request no longer exists; close this form."
+        if problem:
+            ack(response_action="errors", errors={render_requests.REASON_BLOCK: problem})
             return
+        ack()
 
         def work() -> None:
             outcome = flow.click(request_id, user, "reject", reason=reason)
