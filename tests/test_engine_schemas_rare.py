@@ -264,3 +264,36 @@ def test_rows_a_not_valid_check_rejects_are_a_restore_conflict_in_the_dry_run_to
             " [positive], 1 row; e.g. 1"
         ) in caught.value.message
         assert checksums(db.dsn) == deleted
+
+
+def test_names_with_slashes_newlines_and_commas_and_tables_named_like_the_engines_own(h):
+    h.check(
+        ROOT
+        + """
+        CREATE TABLE "a/../b" ("line
+break" int PRIMARY KEY, "x,y" text, "back\\slash" text, server_id text REFERENCES mcp_servers ON DELETE CASCADE);
+        INSERT INTO "a/../b" VALUES (1, 'a', 'b', 'srv1'), (2, 'a', 'b', 'srv2');
+        CREATE TABLE mcpops_scope_1 (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE);
+        CREATE TABLE mcpops_scope_2 (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE);
+        CREATE TABLE mcpops_set_1 (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE SET NULL);
+        INSERT INTO mcpops_scope_1 VALUES (1, 'srv1'), (2, 'srv2');
+        INSERT INTO mcpops_scope_2 VALUES (1, 'srv1'), (2, 'srv2'), (3, 'srv1');
+        INSERT INTO mcpops_set_1 VALUES (1, 'srv1'), (2, 'srv2');
+        """
+    )
+
+
+def test_keys_of_different_but_comparable_types_through_a_cycle(h):
+    h.check(
+        """
+        CREATE TABLE mcp_servers (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, slug varchar(40) NOT NULL UNIQUE);
+        INSERT INTO mcp_servers (slug) VALUES ('s1'), ('s2');
+        CREATE TABLE a (id smallint PRIMARY KEY, server_id int REFERENCES mcp_servers ON DELETE CASCADE,
+            slug text REFERENCES mcp_servers (slug) ON DELETE CASCADE, parent numeric);
+        CREATE TABLE b (id numeric PRIMARY KEY, a_id int REFERENCES a ON DELETE CASCADE);
+        ALTER TABLE a ADD FOREIGN KEY (parent) REFERENCES b ON DELETE CASCADE;
+        INSERT INTO a VALUES (1, 1, NULL, NULL), (2, 2, NULL, NULL), (3, NULL, 's1', NULL), (4, NULL, NULL, NULL);
+        INSERT INTO b VALUES (1.5, 1), (2.5, 2), (3.5, 4);
+        UPDATE a SET parent = 1.5 WHERE id = 4;
+        """
+    )

@@ -78,6 +78,9 @@ class KeySource(Protocol):
 
 
 TAGGED = (column("tag"), column("v", ARRAY(Text)))
+# The delete's temporary tables, named with their schema: a user table of the same name in the same
+# statement (an UPDATE of public.mcpops_set_1 FROM the scope mcpops_set_1) is then not ambiguous.
+TEMP = "pg_temp"
 
 
 class ScopeSql:
@@ -375,7 +378,7 @@ class TempSource:
     component_names: dict[int, str] = field(default_factory=dict)
 
     def temp(self, ref: TableRef) -> TableClause:
-        return table(self.names[ref], *(column(k) for k in self.sql.graph.key(ref)))
+        return table(self.names[ref], *(column(k) for k in self.sql.graph.key(ref)), schema=TEMP)
 
     def keys(self, ref: TableRef, columns: Sequence[str]) -> Select[Any]:
         key = self.sql.graph.key(ref)
@@ -386,4 +389,4 @@ class TempSource:
         return select(*(t.c[c] for c in columns)).select_from(t.join(tmp, equal(t, tmp, key, key)))
 
     def component(self, index: int) -> Any:
-        return table(self.component_names[index], *(column(c.name, c.type) for c in TAGGED))
+        return table(self.component_names[index], *(column(c.name, c.type) for c in TAGGED), schema=TEMP)

@@ -31,7 +31,7 @@ from sqlalchemy.types import UserDefinedType
 
 from bot.deletion.catalog import TableRef
 from bot.deletion.plan import DeletePlan, Step, server_exists, set_local
-from bot.deletion.scopesql import ScopeSql, TempSource, equal, sa_table
+from bot.deletion.scopesql import TEMP, ScopeSql, TempSource, equal, sa_table
 from bot.deletion.sqlext import Analyze, CreateTempTableAs, DropTable
 
 VERIFY_STATEMENT_MS = 300_000
@@ -163,7 +163,7 @@ def apply(conn: Connection, plan: DeletePlan, step: Step, scope: MaterializedSco
     earlier) has a new TID: whatever the TIDs missed is deleted by key, so the count still holds.
     """
     t = sa_table(plan.graph, step.table)
-    tmp = table(scope.temp_table, *(column(k) for k in scope.key), column(TID_COLUMN))
+    tmp = table(scope.temp_table, *(column(k) for k in scope.key), column(TID_COLUMN), schema=TEMP)
     if step.action != "delete":
         value: Any = None if step.action == "set null" else literal_column("DEFAULT")
         stmt = update(t).where(equal(t, tmp, step.key, step.key)).values({c: value for c in step.columns})
@@ -196,7 +196,7 @@ def apply_batch(conn: Connection, plan: DeletePlan, group: list[tuple[Step, Mate
     counts = []
     for i, (step, scope) in enumerate(group):
         t = sa_table(plan.graph, step.table)
-        tmp = table(scope.temp_table, *(column(k) for k in scope.key))
+        tmp = table(scope.temp_table, *(column(k) for k in scope.key), schema=TEMP)
         gone = delete(t).where(equal(t, tmp, step.key, step.key)).returning(literal(1)).cte(f"mcpops_gone_{i}")
         counts.append(select(func.count()).select_from(gone).scalar_subquery())
     return [int(n) for n in conn.execute(select(*counts)).one()]
@@ -215,7 +215,7 @@ def verify(session: Connection, plan: DeletePlan, scopes: list[MaterializedScope
             problems.append(f"{plan.graph.root}: {what} still there")
         for scope in scopes:
             t = sa_table(plan.graph, scope.table)
-            tmp = table(scope.temp_table, *(column(k) for k in scope.key))
+            tmp = table(scope.temp_table, *(column(k) for k in scope.key), schema=TEMP)
             query = select(func.count()).select_from(t.join(tmp, equal(t, tmp, scope.key, scope.key)))
             if scope.action == "delete":
                 left = session.execute(query).scalar_one()
@@ -238,7 +238,7 @@ def count_holds(conn: Connection, plan: DeletePlan, scope: MaterializedScope, ro
     if rows > scope.rows or scope.action != "delete":
         return False
     t = sa_table(plan.graph, scope.table)
-    tmp = table(scope.temp_table, *(column(k) for k in scope.key))
+    tmp = table(scope.temp_table, *(column(k) for k in scope.key), schema=TEMP)
     left = conn.execute(select(func.count()).select_from(t.join(tmp, equal(t, tmp, scope.key, scope.key))))
     return not left.scalar_one()
 

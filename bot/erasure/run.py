@@ -47,7 +47,7 @@ from bot.deletion.execute import (
 )
 from bot.deletion.impact import compare_snapshots
 from bot.deletion.plan import DeletePlan, PlanProblem
-from bot.deletion.scopesql import equal, sa_table
+from bot.deletion.scopesql import TEMP, equal, sa_table
 from bot.erasure.identity import json_mentions, person_matches, scrub_mentions, sql_token
 from bot.erasure.plan import (
     LABEL,
@@ -150,7 +150,7 @@ def _outside_scopes(catalog: Catalog, scopes: list[MaterializedScope]) -> Outsid
         scope = deleted.get(ref)
         if scope is None:
             return true()
-        tmp = table(scope.temp_table, *(column(k) for k in scope.key))
+        tmp = table(scope.temp_table, *(column(k) for k in scope.key), schema=TEMP)
         return not_(exists(select(literal(1)).select_from(tmp).where(equal(tmp, alias, scope.key, scope.key))))
 
     return outside
