@@ -1,6 +1,7 @@
 """One helper for the engine's schema cases: build a database from SQL, delete a server through the bot's
-real code path (impact report, delete with its scoped backup in one transaction, dry-run restore, restore)
-and compare, over every table of every user schema, with PostgreSQL's own correct delete on a clone.
+real code path (impact report, a dry-run delete that must change nothing, the delete with its scoped backup
+in one transaction, dry-run restore, restore) and compare, over every table of every user schema, with
+PostgreSQL's own correct delete on a clone.
 
 A case is a few lines: its DDL and data, and, where PostgreSQL's plain `DELETE` of the server row is not
 the right answer (NO ACTION edges, which the engine deletes explicitly), the reference delete by hand.
@@ -199,6 +200,11 @@ class EngineHarness:
         expected = checksums(ref.dsn)
         assert expected != before, "the reference delete changed nothing: the case tests nothing"
 
+        _, dry_report, dry, _, _ = self.delete(db, slug, rules=rules, role=role, dry_run=True)
+        assert dry.dry_run and checksums(db.dsn) == before, "a dry-run delete wrote"
+        assert {k: dry.counts[k] for k in dry_report.snapshot if k in dry.counts} == {
+            k: v for k, v in dry_report.snapshot.items() if k in dry.counts
+        }, "the dry run counted other rows than the impact"
         plan, report, result, backups, request_id = self.delete(db, slug, rules=rules, role=role)
         assert result.verified, result.verification
         assert [t.key for t in report.tables] == [s.snapshot_key for s in report_order(plan)], "a table is missing"

@@ -168,7 +168,7 @@ def test_a_trigger_that_writes_an_audit_row_on_delete(h):
         ROOT
         + """
         CREATE TABLE keys (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE, label text);
-        CREATE TABLE key_audit (n bigserial PRIMARY KEY, key_id int, label text);
+        CREATE TABLE key_audit (key_id int PRIMARY KEY, label text);  -- no serial: the dry run before burns values
         CREATE FUNCTION audit_key() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
             INSERT INTO key_audit (key_id, label) VALUES (OLD.id, OLD.label); RETURN OLD; END $$;
         CREATE TRIGGER audit_key AFTER DELETE ON keys FOR EACH ROW EXECUTE FUNCTION audit_key();
