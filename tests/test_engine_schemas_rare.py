@@ -297,3 +297,24 @@ def test_keys_of_different_but_comparable_types_through_a_cycle(h):
         UPDATE a SET parent = 1.5 WHERE id = 4;
         """
     )
+
+
+def test_set_null_and_cascade_keys_of_single_partitions_and_of_an_inheritance_child(h):
+    h.check(
+        ROOT
+        + """
+        CREATE TABLE events (id int, day date, server_id text, note_server text, PRIMARY KEY (id, day))
+            PARTITION BY RANGE (day);
+        CREATE TABLE events_h1 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2024-07-01');
+        CREATE TABLE events_h2 PARTITION OF events FOR VALUES FROM ('2024-07-01') TO ('2025-01-01');
+        ALTER TABLE events_h1 ADD FOREIGN KEY (note_server) REFERENCES mcp_servers ON DELETE SET NULL;
+        ALTER TABLE events_h2 ADD FOREIGN KEY (server_id) REFERENCES mcp_servers ON DELETE CASCADE;
+        INSERT INTO events VALUES (1, '2024-01-01', 'srv1', 'srv1'), (2, '2024-08-01', 'srv1', 'srv1'),
+            (3, '2024-02-01', 'srv2', 'srv2'), (4, '2024-09-01', 'srv2', 'srv1');
+        CREATE TABLE items (id int PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE SET NULL);
+        CREATE TABLE sub_items (PRIMARY KEY (id), FOREIGN KEY (server_id) REFERENCES mcp_servers ON DELETE SET NULL)
+            INHERITS (items);
+        INSERT INTO items VALUES (1, 'srv1'), (2, 'srv2');
+        INSERT INTO sub_items VALUES (1, 'srv1'), (3, 'srv1');
+        """
+    )
