@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
 
+from bot.audit import AuditEntry
 from bot.errors import CommandError, UserFacingError
 from bot.health.messages import EXPLAIN_ACTION
+from bot.lanes import Busy
 from bot.logs import new_request_id
 from bot.service import CommandService, Invocation
 from handlers import render, replies
+
+log = logging.getLogger(__name__)
 
 
 def button_value(body: dict[str, Any]) -> dict[str, Any]:
@@ -23,6 +28,20 @@ def button_value(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise CommandError("that button's data is not readable; run the command again")
     return value
+
+
+def refuse_click(service: CommandService, body: dict[str, Any], reason: str, *, command: str = "click") -> None:
+    """Audit a click (or shortcut, or slash command) refused before anything ran: after the ack, on the
+    audit lane, as `bad_input` with the action_id (or callback_id) it named."""
+    user = body.get("user")
+    actor = str(user.get("id", "")) if isinstance(user, dict) else str(body.get("user_id") or "")
+    actions = body.get("actions")
+    named = actions[0].get("action_id") if isinstance(actions, list) and actions else body.get("callback_id")
+    entry = AuditEntry(actor or "unknown", command, "bad_input", args=str(named or "")[:80], detail={"reason": reason})
+    try:
+        service.runtime.submit(service.runtime.audit.record, entry, lane="audit")
+    except Busy:
+        log.warning("refusal not audited: the audit lane is full", extra={"outcome": "bad_input"})
 
 
 def register(app: App, service: CommandService) -> None:

@@ -10,57 +10,31 @@ a 200; what cannot be a Slack payload at all is refused at the HTTP edge (handle
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
-from bot.audit import AuditEntry
 from bot.errors import CommandError
-from bot.lanes import Busy
 from bot.logs import new_request_id
 from bot.service import CommandService
 from handlers import render
-
-log = logging.getLogger(__name__)
+from handlers.actions import refuse_click
 
 ANY = re.compile(r".*", re.DOTALL)
 UNKNOWN_BUTTON = "That button is not one this version of mcp-ops knows (an older message?); run the command again."
 NO_SHORTCUTS = "mcp-ops has no shortcuts; type `/mcp help` in any channel to see its commands."
 
 
-def _user(body: dict[str, Any]) -> str:
-    user = body.get("user")
-    return str(user.get("id", "")) if isinstance(user, dict) else str(body.get("user_id") or "")
-
-
 def register(app: App, service: CommandService) -> None:
-    runtime = service.runtime
-
-    def refused(body: dict[str, Any], command: str, args: str, reason: str) -> None:
-        """Audited like every refusal (outcome bad_input), after the ack, on the audit lane."""
-        entry = AuditEntry(
-            actor=_user(body) or "unknown",
-            command=command,
-            args=args[:80],
-            outcome="bad_input",
-            detail={"reason": reason},
-        )
-        try:
-            runtime.submit(runtime.audit.record, entry, lane="audit")
-        except Busy:
-            log.warning("refusal not audited: the audit lane is full", extra={"outcome": "bad_input"})
-
     @app.block_action(ANY)
-    def unknown_button(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
+    def unknown_button(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
         ack()
         new_request_id()
-        action_id = str(action.get("action_id", ""))
         if body.get("response_url"):
             respond(**render.error(CommandError(UNKNOWN_BUTTON)), replace_original=False)
-        refused(body, "click", action_id, "a button this version does not know")
+        refuse_click(service, body, "a button this version does not know")
 
     @app.shortcut(ANY)  # global shortcuts and message actions
     def unknown_shortcut(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
@@ -70,14 +44,14 @@ def register(app: App, service: CommandService) -> None:
             respond(**render.error(CommandError(NO_SHORTCUTS)), replace_original=False)
         elif body.get("trigger_id"):  # a global shortcut has no channel: a small form only they see
             client.views_open(trigger_id=body["trigger_id"], view=render.notice_modal("mcp-ops", NO_SHORTCUTS))
-        refused(body, "shortcut", str(body.get("callback_id", "")), "mcp-ops has no shortcuts")
+        refuse_click(service, body, "mcp-ops has no shortcuts", command="shortcut")
 
     @app.command(ANY)
     def other_command(ack: Ack, command: dict[str, Any]) -> None:
         new_request_id()
         name = str(command.get("command", ""))[:40]
         ack(**render.error(CommandError(f"mcp-ops answers `/mcp` only, not `{name}`; try `/mcp help`.")))
-        refused(command, name or "?", "", "a slash command mcp-ops does not answer")
+        refuse_click(service, command, "a slash command mcp-ops does not answer", command=name or "?")
 
     @app.view_submission(ANY)
     def other_form(ack: Ack) -> None:

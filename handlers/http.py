@@ -12,6 +12,7 @@ import hmac
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 from slack_bolt import App, BoltRequest, BoltResponse
@@ -41,14 +42,39 @@ WORKSPACELESS_TYPES = {"url_verification"}
 INTERACTIONS = {"block_actions", "view_submission", "view_closed", "shortcut", "message_action", "block_suggestion"}
 
 
+# Where Slack's response_url points (hooks.slack.com; GovSlack's slack-gov.com); else the Web API's own
+# origin (SLACK_API_URL: the fake Slack of the console and the tests).
+SLACK_HOOK_DOMAINS = ("slack.com", "slack-gov.com")
+OBJECT_FIELDS = ("user", "team", "channel", "container", "message", "view", "enterprise")
+TEXT_FIELDS = ("response_url", "trigger_id", "callback_id", "action_id")
+
+
+def _nonempty_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
 def well_formed(body: dict[str, Any]) -> bool:
-    """The parts Bolt and the listeners read have the shapes Slack gives them (a crafted payload may not)."""
+    """The parts Bolt and the listeners read have the shapes Slack gives them (a crafted payload may not):
+    an interaction names its user, its objects are objects and its ids text; a slash command names its
+    user and where to answer; a click carries its actions, a form its view, an event its event."""
     kind = body.get("type")
-    if kind in INTERACTIONS and not isinstance(body.get("user", {}), dict):
-        return False
+    if "command" in body and kind is None:  # a slash command (a form, no type)
+        return _nonempty_text(body.get("user_id")) and _nonempty_text(body.get("response_url"))
+    if kind in INTERACTIONS:
+        # Slack sends null for some (`enterprise`, `team` of an org-wide install): absent or null is fine.
+        if any(body.get(name) is not None and not isinstance(body[name], dict) for name in OBJECT_FIELDS):
+            return False
+        if any(body.get(name) is not None and not isinstance(body[name], str) for name in TEXT_FIELDS):
+            return False
+        if not _nonempty_text((body.get("user") or {}).get("id")):
+            return False
     if kind == "block_actions":
         actions = body.get("actions")
-        return isinstance(actions, list) and bool(actions) and all(isinstance(a, dict) for a in actions)
+        return (
+            isinstance(actions, list)
+            and bool(actions)
+            and all(isinstance(a, dict) and _nonempty_text(a.get("action_id")) for a in actions)
+        )
     if kind in ("view_submission", "view_closed"):
         view = body.get("view")
         return isinstance(view, dict) and isinstance(view.get("type"), str)
@@ -56,6 +82,15 @@ def well_formed(body: dict[str, Any]) -> bool:
         event = body.get("event")
         return isinstance(event, dict) and isinstance(event.get("type"), str)
     return True
+
+
+def answerable_at(response_url: str, api_url: str) -> bool:
+    """Is this a response_url Slack would give? The bot posts its answer there: never to any other host."""
+    parts, api = urlsplit(response_url), urlsplit(api_url)
+    if (parts.scheme, parts.netloc) == (api.scheme, api.netloc):
+        return True
+    host = parts.hostname or ""
+    return parts.scheme == "https" and any(host == d or host.endswith("." + d) for d in SLACK_HOOK_DOMAINS)
 
 
 def _refused(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
@@ -72,6 +107,7 @@ class SlackEndpoint:
         self.bolt_app = bolt_app
         self.edge = runtime.settings.edge
         self.verifier = SignatureVerifier(runtime.settings.signing_secret)
+        self.api_url = runtime.settings.slack_api_url
         self.limiter = anyio.CapacityLimiter(self.edge.dispatch_threads)
 
     async def endpoint(self, request: Request) -> Response:
@@ -135,7 +171,8 @@ class SlackEndpoint:
             except Exception as exc:  # a `payload` that is not JSON
                 log.warning("malformed Slack request", extra={"error": type(exc).__name__})
                 return _refused(400, "malformed request")
-            if not well_formed(bolt_request.body):
+            answer_at = bolt_request.body.get("response_url")
+            if not well_formed(bolt_request.body) or (answer_at and not answerable_at(answer_at, self.api_url)):
                 return _refused(400, "malformed request")
             if not self._workspace_allowed(bolt_request.body):
                 await run_in_threadpool(self._audit_foreign_workspace, bolt_request.body)

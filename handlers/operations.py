@@ -17,7 +17,7 @@ from bot.errors import UserFacingError
 from bot.logs import new_request_id
 from bot.requests.buttons import ACTION_PREFIX, read_value
 from bot.service import CommandService
-from handlers.actions import button_value
+from handlers.actions import button_value, refuse_click
 from handlers.blocks import payload
 from handlers.render_requests import refusal
 
@@ -44,6 +44,7 @@ def register(app: App, service: CommandService) -> None:
         except UserFacingError as exc:
             if body.get("response_url"):
                 respond(**refusal(exc.message))
+            refuse_click(service, body, exc.message)
             return
 
         def work() -> None:

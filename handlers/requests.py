@@ -17,7 +17,7 @@ from bot.service import CommandService
 
 # Each kind's look (and its verbs' renderers) registers itself when its module is imported.
 from handlers import render, render_deletion, render_erasure, render_indexes, render_requests, render_sessions  # noqa: F401
-from handlers.actions import button_value
+from handlers.actions import button_value, refuse_click
 from handlers.blocks import payload
 
 BUTTONS = {
@@ -91,6 +91,7 @@ def register(app: App, service: CommandService) -> None:
             except UserFacingError as exc:
                 if body.get("response_url"):
                     respond(**render.error(exc), replace_original=False)
+                refuse_click(service, body, exc.message)
                 return
 
             def work() -> None:
@@ -115,6 +116,7 @@ def register(app: App, service: CommandService) -> None:
         except UserFacingError as exc:
             if body.get("response_url"):
                 respond(**render.error(exc), replace_original=False)
+            refuse_click(service, body, exc.message)
             return
         # The form needs the trigger_id within 3 seconds: the check is one quick bot-database read.
         checked = flow.check_click(request_id, user, "reject")

@@ -101,11 +101,28 @@ def test_signed_bodies_that_are_no_slack_payload_get_400(bot):
         head("view_submission", view={"callback_id": render_requests.REJECT_MODAL}),  # a view without its type
         head("view_closed"),
         {"type": "something_else", "team": TEAM},
+        head("block_actions", actions=[{"value": "{}"}]),  # an action without its action_id
+        head("block_actions", channel="C1", actions=[{"action_id": "page_more", "value": "{}"}]),
+        head("block_actions", response_url=5, actions=[{"action_id": "page_more", "value": "{}"}]),
+        head("block_suggestion", action_id=5),
+        # The bot answers at the response_url: only one Slack (or the configured Slack API's host) would give.
+        head(
+            "block_actions", response_url="http://169.254.169.254/latest", actions=[{"action_id": "x", "value": "{}"}]
+        ),
     ]
     for payload in broken:
         status, text = interaction(bot, payload)
         assert status == 400, (payload, status, text)
         assert_clean(status, text)
+    slash = {"command": "/mcp", "text": "help", "user_id": OPERATOR, "team_id": "T0LOCAL", "channel_id": CHANNEL}
+    for fields in (
+        slash,  # no response_url
+        slash | {"response_url": "https://hooks.slack.com.evil.example/commands/1", "user_id": OPERATOR},
+        slash | {"response_url": "http://hooks.slack.com/commands/1"},  # not https
+        slash | {"response_url": bot.sender.new_response_url(), "user_id": ""},
+    ):
+        raw = urlencode(fields).encode()
+        assert send(bot.server.events_url, raw, signed_headers(raw))[0] == 400, fields
     for body in (
         {"type": "event_callback", "team_id": "T0LOCAL", "event_id": "Ev1"},
         {"type": "event_callback", "team_id": "T0LOCAL", "event_id": "Ev2", "event": "app_home_opened"},
@@ -138,6 +155,15 @@ def test_a_request_id_past_the_databases_range_is_unreadable_not_a_database_erro
             assert bot.sender.block_actions(element, user=OPERATOR, channel=CHANNEL, response_url=url).status == 200
             text = message_text(ephemeral_on(bot, url))
             assert "that button's data is not readable" in text, (action_id, request_id, text)
+    # A readable id of no request: said so, and audited like the rest.
+    url = bot.sender.new_response_url()
+    element = {"action_id": "delete_approve", "value": json.dumps({"r": 424242})}
+    assert bot.sender.block_actions(element, user=OPERATOR, channel=CHANNEL, response_url=url).status == 200
+    assert "That request no longer exists." in message_text(ephemeral_on(bot, url))
+    rows = eventually(lambda: len(audited(bot, "click")) == 13 and audited(bot, "click"))
+    assert sorted({(r.outcome, r.args) for r in rows if r.outcome == "not_found"}) == [("not_found", "approve #424242")]
+    assert {(r.actor, r.outcome) for r in rows if r.outcome != "not_found"} == {(OPERATOR, "bad_input")}
+    assert requests_rows(bot) == []
 
 
 def test_the_reject_form_says_what_is_wrong_in_the_form_and_changes_nothing(make_bot, db, fake_slack):

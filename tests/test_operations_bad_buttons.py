@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CHANNEL, OPERATOR, BotHarness, StageDb, message_text
+from tests.conftest import CHANNEL, OPERATOR, BotHarness, StageDb, eventually, message_text
 from tests.deletion_support import ephemeral_on, requests_rows
 
 
@@ -50,3 +50,10 @@ def test_a_button_value_the_bot_did_not_make_gets_a_short_answer(bot):
         answer = press_raw(bot, "op:cancel:0", value)
         assert "that button's data is not readable" in answer, answer
     assert requests_rows(bot) == []
+
+    # The unreadable ones are refusals too: audited, with the button they named.
+    def clicks() -> list[Any]:
+        return [r for r in bot.audit_rows() if r.command == "click"]
+
+    assert eventually(lambda: len(clicks()) == 3), clicks()
+    assert {(r.args, r.outcome) for r in clicks()} == {("op:cancel:0", "bad_input")}

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, func
 from sqlalchemy.exc import SQLAlchemyError
 
+from bot.audit import AuditEntry
 from bot.requests.store import Notify, Request, RequestStore
 
 if TYPE_CHECKING:
@@ -79,7 +80,9 @@ class RequestClicks:
     def check_click(self, request_id: int, actor: str, action: str) -> ClickOutcome:
         """May `actor` press `action` now? (Used before opening the reject form.) Refusals are audited."""
         current = self.store.get(request_id)
-        if current is None:
+        if current is None:  # an old or crafted button: refused like any click, and audited
+            entry = AuditEntry(actor, "click", "not_found", args=f"{action} #{request_id}", detail={"click": action})
+            self.runtime.audit.record(entry)
             return ClickOutcome(False, "That request no longer exists.")
         refusal = self.refusal(current, actor, action)
         if refusal:
