@@ -9,7 +9,6 @@ bot's delete and restore with PostgreSQL's own, over every table of every user s
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -293,7 +292,7 @@ def test_a_table_of_two_hundred_columns(h):
     )
 
 
-def test_three_hundred_tables_in_scope_plan_in_bounded_time(h):
+def test_three_hundred_tables_in_a_chain_are_planned_counted_and_deleted(h):
     tables = []
     for i in range(1, 301):
         up = f"up int REFERENCES d{i - 1}" if i > 1 else "up text REFERENCES mcp_servers"
@@ -306,7 +305,5 @@ def test_three_hundred_tables_in_scope_plan_in_bounded_time(h):
     out = h.check(ROOT + "\n".join(tables))  # a 300-deep chain once overflowed Python's stack building its SQL
     assert len(out.report.tables) == 301
     assert out.report.snapshot["public.d300"] == 2 and out.report.snapshot["public.d1"] == 1
-    started = time.monotonic()  # the database is as before again: plan and count once more, timed
-    _, report = h.impact(h.stage(out.db), "s1")
-    took = time.monotonic() - started
-    assert report.snapshot == out.report.snapshot and took < 20, took  # about 1 s here: linear, not exponential
+    _, report = h.impact(h.stage(out.db), "s1")  # the database is as before again: the same plan and counts
+    assert report.snapshot == out.report.snapshot  # (its time, linear in the tables, is a bench matter)

@@ -7,7 +7,6 @@ the surfaces themselves are attacked on the real endpoint in tests/test_text_inj
 from __future__ import annotations
 
 import sys
-import time
 import unicodedata
 
 import pytest
@@ -164,10 +163,10 @@ def test_scrubbing_stays_linear_on_hostile_input():
         "\u0301" * 100_000 + "@",
         "ü." * 50_000 + "@",
     ]
-    started = time.monotonic()
+    # Catastrophic backtracking would hang here until pytest-timeout fails the test; no stopwatch needed.
     for text in hostile:
-        scrub(text)
-    assert time.monotonic() - started < 5
+        assert isinstance(scrub(text + " token xoxb-1-2-3"), str)
+    assert scrub("a" * 100_000 + " jane@example.com").endswith(" j***@example.com")
 
 
 @pytest.mark.parametrize(
