@@ -18,6 +18,7 @@ from bot.config import load_settings
 from bot.console.localslack import LocalSlack
 from bot.health.monitor import GROUPS
 from bot.runtime import Runtime
+from handlers import render_alerts
 
 ROLE = "mcp_health_bench"  # the health checks connect as this role, so pg_stat_statements can tell them apart
 ROUNDS = 10
@@ -122,6 +123,7 @@ def run(ctx: BenchContext) -> None:
         }
     )
     runtime = Runtime(settings)
+    render_alerts.install(runtime)  # no Bolt app here: the alert book is given its drawing directly
     runtime.start(workers=False)
     stage = runtime.stages.get("bench")
     monitor = runtime.health

@@ -112,7 +112,7 @@ def _request_revoked(conn: Connection) -> None:
 
 
 def _alert_actions(conn: Connection) -> None:
-    """Alerts keep their finding's operation buttons (Cancel query, Create index, ...: bot/requests/buttons.py)."""
+    """Alerts keep their finding's operation buttons (Cancel query, Create index: handlers/render_operations.py)."""
     conn.execute(text("ALTER TABLE alerts ADD COLUMN IF NOT EXISTS actions jsonb NOT NULL DEFAULT '[]'"))
 
 

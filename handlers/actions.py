@@ -10,11 +10,11 @@ from slack_bolt import Ack, App, Respond
 
 from bot.audit import AuditEntry
 from bot.errors import CommandError, UserFacingError
-from bot.health.messages import EXPLAIN_ACTION
 from bot.lanes import Busy
 from bot.logs import new_request_id
 from bot.service import CommandService, Invocation
 from handlers import render, replies
+from handlers.render_alerts import EXPLAIN_ACTION
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from slack_bolt import Ack, App, Respond
 
 from bot.errors import UserFacingError
 from bot.health.attention import AlertAttention, AttentionOutcome
-from bot.health.messages import ACK_ACTION, SNOOZE_ACTION
 from bot.logs import new_request_id
 from bot.service import CommandService
-from handlers import render_deletion
+from handlers import render_alerts, render_deletion
+from handlers.render_alerts import ACK_ACTION, SNOOZE_ACTION
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ def _answer(outcome: AttentionOutcome) -> str | None:
 
 def register(app: App, service: CommandService) -> None:
     runtime = service.runtime
+    # The alert book draws its messages with handlers/render_alerts.py from now on.
+    render_alerts.install(runtime)
     attention = AlertAttention(runtime.health.book)
 
     def listener(snooze: bool) -> Any:

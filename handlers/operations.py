@@ -15,10 +15,10 @@ from slack_sdk import WebClient
 
 from bot.errors import UserFacingError
 from bot.logs import new_request_id
-from bot.requests.buttons import ACTION_PREFIX, read_value
 from bot.service import CommandService
 from handlers.actions import button_value, refuse_click
 from handlers.blocks import payload
+from handlers.render_operations import ACTION_PREFIX, read_value
 from handlers.render_requests import refusal
 
 

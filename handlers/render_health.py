@@ -5,7 +5,7 @@ from __future__ import annotations
 from bot.health.alerts import AlertView
 from bot.health.checks import CheckReport, duration
 from bot.health.explain import ExplainResult
-from bot.health.messages import EXPLAIN_ACTION, explain_command
+from bot.health.messages import explain_command
 from bot.health.monitor import HealthSummary
 from bot.health.operations import AlertsResult, SlowQueriesResult
 from bot.pii import scrub
@@ -27,8 +27,8 @@ from handlers.blocks import (
     when,
 )
 from handlers.render import _stage_tag, renders
+from handlers.render_alerts import EXPLAIN_ACTION, SEVERITY_ICONS
 
-SEVERITY_ICONS = {"critical": ":red_circle:", "warning": ":large_orange_circle:", "info": ":large_blue_circle:"}
 STATUS_ICONS = {"ok": ":white_check_mark:", "unavailable": ":grey_question:", "error": ":warning:"}
 MAX_FINDING_LINES = 20
 MAX_ALERT_LINES = 25

@@ -12,7 +12,6 @@ from typing import Any
 
 from bot.deletion.impact import Blocker, ImpactReport, SlowKey, TriggerNote
 from bot.indexes.targets import create_index_action
-from bot.requests.buttons import operation_buttons
 from bot.slacktext.files import Attachment, filename, text_file
 from bot.slacktext.long import head
 from handlers.blocks import (
@@ -29,6 +28,7 @@ from handlers.blocks import (
     prose,
     section,
 )
+from handlers.render_operations import operation_buttons
 
 ACTIONS_PER_BLOCK = 5  # Create index buttons under an impact report
 SLOW_KEY_WARN_S = 1.0  # below this a missing index is listed, not shouted about

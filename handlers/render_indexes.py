@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from bot.indexes.build import BuildProgress
 from bot.indexes.listing import IndexList
-from bot.requests.buttons import operation_buttons
 from bot.requests.messages import RequestView
 from bot.requests.store import Request
 from bot.service import CommandRequest
@@ -27,6 +26,7 @@ from handlers.blocks import (
 )
 from handlers.render import renders
 from handlers.render_deletion import duration
+from handlers.render_operations import operation_buttons
 from handlers.render_requests import KindView, kind_view
 
 CATEGORY_WORDS = {"unindexed": "no index", "invalid": "invalid", "duplicate": "duplicate"}

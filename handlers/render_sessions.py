@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from bot.health.checks.base import duration
-from bot.requests.buttons import operation_buttons
 from bot.requests.messages import RequestView
 from bot.requests.store import Request
 from bot.service import CommandRequest
@@ -11,6 +10,7 @@ from bot.sessions.activity import Backend, SessionList
 from bot.slacktext.long import head_items
 from handlers.blocks import Block, Message, Mrkdwn, actions, code, context, lines_sections, md, message, plural, section
 from handlers.render import renders
+from handlers.render_operations import operation_buttons
 from handlers.render_requests import KindView, kind_view
 
 CATEGORY_WORDS = {"long": "running for", "idle": "idle in a transaction for", "blocked": "waiting on a lock for"}

@@ -15,6 +15,7 @@ from bot.config import load_settings
 from bot.console.localslack import LocalSlack, SlackCall
 from bot.health.monitor import job_name
 from bot.runtime import Runtime
+from handlers import render_alerts
 from tests.conftest import ALERT_CHANNEL, base_env
 
 T0 = 1_900_000_000.0  # slot times are ours to choose; they only have to move forward
@@ -75,6 +76,7 @@ def health_factory(bot_db_url: str, fake_slack: LocalSlack) -> Iterator[Callable
         env = base_env(bot_db_url=bot_db_url, stages=stages, slack=fake_slack)
         env.update({"HEALTH_CHECKS": "on", **overrides})
         runtime = Runtime(load_settings(env))
+        render_alerts.install(runtime)  # no Bolt app here: the alert book is given its drawing directly
         runtime.start(workers=False)
         runtimes.append(runtime)
         return Health(runtime, fake_slack)

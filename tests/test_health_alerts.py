@@ -101,6 +101,49 @@ def test_a_bot_database_from_before_gets_the_new_alert_column_at_start(bot_db_ur
     engine.dispose()
 
 
+def test_alerts_are_neither_recorded_nor_posted_before_the_slack_layer_gives_them_a_renderer(
+    bot_db_url, fake_slack, stage_db, monkeypatch
+):
+    from bot.config import load_settings
+    from bot.health import alerts as alert_book
+    from bot.health.checks import Finding
+    from bot.runtime import Runtime
+    from handlers import render_alerts
+    from tests.conftest import base_env
+
+    monkeypatch.setattr(alert_book, "RENDERER_WAIT_S", 0.2)
+    env = base_env(bot_db_url=bot_db_url, stages={"dev": stage_db.url}, slack=fake_slack)
+    runtime = Runtime(load_settings({**env, "HEALTH_CHECKS": "on"}))  # no Bolt app, no install
+    runtime.start(workers=False)
+    try:
+        finding = Finding(
+            check="connections",
+            object="database",
+            severity="critical",
+            title="connections at 97%",
+            detail="97 of 100",
+            advice="find who holds them",
+        )
+        book = runtime.health.book
+        with pytest.raises(alert_book.AlertsNotRendered):
+            book.apply("dev", ["connections"], [finding])
+        with pytest.raises(alert_book.AlertsNotRendered):
+            book.sync()
+        runtime.outbox.drain()
+        with runtime.bot_engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM alerts")).scalar_one() == 0
+        assert not fake_slack.calls_to("chat.postMessage")
+
+        render_alerts.install(runtime)
+        assert book.apply("dev", ["connections"], [finding]).fired
+        runtime.outbox.drain()
+        posted = [c for c in fake_slack.calls_to("chat.postMessage") if c.payload.get("channel") == ALERT_CHANNEL]
+        assert len(posted) == 1 and "connections at 97%" in posted[0].payload["text"]
+        assert any(block["type"] == "actions" for block in posted[0].payload["blocks"])
+    finally:
+        runtime.close()
+
+
 # -- several replicas ---------------------------------------------------------------------------
 
 

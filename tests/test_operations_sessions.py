@@ -14,8 +14,8 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from bot.requests.buttons import operation_button
 from bot.sessions.targets import ACTIVE, session_actions
+from handlers.render_operations import operation_button
 from tests.conftest import ALERT_CHANNEL, APPROVER, CHANNEL, OPERATOR, BotHarness, StageDb, message_text
 from tests.deletion_support import ephemeral_on, request_message, requests_rows, wait_state, wait_update
 

@@ -9,8 +9,8 @@ import threading
 
 import psycopg
 
-from bot.requests.buttons import operation_button
 from bot.sessions.targets import ACTIVE, session_actions
+from handlers.render_operations import operation_button
 from tests.conftest import CHANNEL, OPERATOR, message_text
 from tests.deletion_support import ephemeral_on, requests_rows, wait_state
 from tests.test_operations_sessions import (

@@ -13,6 +13,7 @@ from bot.config import load_settings
 from bot.console.localslack import LocalSlack, SlackCall
 from bot.health.monitor import job_name
 from bot.runtime import Runtime
+from handlers import render_alerts
 from tests.conftest import (
     ALERT_CHANNEL,
     APPROVER,
@@ -37,6 +38,7 @@ def monitor(bot_db_url: str, fake_slack: LocalSlack) -> Iterator[Runtime]:
     """A replica whose health jobs the test runs (no background workers), on the bots' database."""
     env = base_env(bot_db_url=bot_db_url, stages={"gone": dead_database_url()}, slack=fake_slack)
     runtime = Runtime(load_settings({**env, "HEALTH_CHECKS": "on", "UNREACHABLE_AFTER_FAILURES": "1"}))
+    render_alerts.install(runtime)  # no Bolt app on this replica: its alert book is given its drawing directly
     runtime.start(workers=False)
     yield runtime
     runtime.close()

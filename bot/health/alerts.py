@@ -13,11 +13,16 @@ post again.
 The first post goes through the outbox, whose delivered row holds the message's channel
 and ts. Updates (chat.update) and thread replies need that ts, so they are marked on the
 row and sent by `sync`, which picks the ts up once the first post has been delivered.
+
+The Block Kit of those messages is drawn by the renderer the Slack layer gives the book at
+start-up (`set_renderer`; handlers/render_alerts.py). Nothing is recorded or sent before it
+has one: a run started before the Slack layer is wired waits for it a little, then fails.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,13 +38,18 @@ from bot.botdb import reading
 from bot.config import Settings
 from bot.health.alert_rows import AlertView, alert_view, alerts, inherited_snooze
 from bot.health.checks import Finding
-from bot.health.messages import alert_message, material, orphan_message, reply_text, snoozed
+from bot.health.messages import AlertRenderer, material, snoozed
 
 log = logging.getLogger(__name__)
 
 ACTOR = "mcp-ops"
 UNREACHABLE_CHECK = "connectivity"
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+RENDERER_WAIT_S = 10.0  # a process wires its Slack layer right after starting its jobs
+
+
+class AlertsNotRendered(RuntimeError):
+    """The book was asked to record or send alerts before the Slack layer gave it a renderer."""
 
 
 @dataclass
@@ -61,6 +71,24 @@ class AlertBook:
         self._notify = notify or (lambda: None)
         # Told the ids of alerts just posted, escalated or reminded of (handlers/charts.py: a chart in the thread).
         self.on_announced: Callable[[list[int]], None] | None = None
+        self._renderer: AlertRenderer | None = None
+        self._rendering = threading.Event()
+
+    def set_renderer(self, renderer: AlertRenderer) -> None:
+        """Called by the Slack layer at start-up (handlers/render_alerts.py `install`)."""
+        self._renderer = renderer
+        self._rendering.set()
+
+    @property
+    def render(self) -> AlertRenderer:
+        """The Slack layer's renderer, waiting a little for it; AlertsNotRendered if it never comes."""
+        if self._renderer is None and not self._rendering.wait(RENDERER_WAIT_S):
+            raise AlertsNotRendered(
+                "alerts have no renderer: the Slack layer never called AlertBook.set_renderer "
+                "(handlers/render_alerts.install)"
+            )
+        assert self._renderer is not None
+        return self._renderer
 
     # -- findings in ------------------------------------------------------------------------
 
@@ -81,6 +109,7 @@ class AlertBook:
         fires / resolves (default 1 each). `holds`: (check, object) of open alerts this run has no
         verdict on; they are neither seen nor missed.
         """
+        render = self.render  # before any change: an alert is never recorded without a way to post it
         covered = set(covers)
         fire_after = fire_after or {}
         clear_after = clear_after or {}
@@ -113,7 +142,8 @@ class AlertBook:
                 if finding.check not in covered or key in seen:
                     continue
                 seen.add(key)
-                self._observe(conn, stage, finding, open_rows.get(key), fire_after.get(finding.check, 1), now, result)
+                needed = fire_after.get(finding.check, 1)
+                self._observe(conn, render, stage, finding, open_rows.get(key), needed, now, result)
             for key, row in open_rows.items():
                 if key not in seen and key not in held:
                     self._clear(conn, row, clear_after.get(row.check_name, 1), now, result)
@@ -137,7 +167,15 @@ class AlertBook:
         )
 
     def _observe(
-        self, conn: Connection, stage: str, f: Finding, row: Any, needed: int, now: datetime, result: Applied
+        self,
+        conn: Connection,
+        render: AlertRenderer,
+        stage: str,
+        f: Finding,
+        row: Any,
+        needed: int,
+        now: datetime,
+        result: Applied,
     ) -> None:
         content = {"severity": f.severity, "title": f.title[:500], "detail": f.detail[:2500], "advice": f.advice[:1500]}
         content["actions"] = list(f.actions)
@@ -174,7 +212,7 @@ class AlertBook:
             ).one()
         if row.state == "pending":
             if row.consecutive >= needed and now - row.first_seen_at >= timedelta(seconds=f.pending_s):
-                self._fire(conn, row, now, result)
+                self._fire(conn, render, row, now, result)
             return
         values: dict[str, Any] = {}
         if changed:
@@ -200,7 +238,7 @@ class AlertBook:
             return
         if row.held:  # it fired while snoozed; the snooze is over: post it now, as a first post
             conn.execute(update(alerts).where(alerts.c.id == row.id).values(held=False, **values))
-            self._post(conn, row.id, now)
+            self._post(conn, render, row.id, now)
             result.fired.append(row.id)
             return
         repeat = self.settings.health.repeat_minutes_for(stage)
@@ -215,7 +253,7 @@ class AlertBook:
         if values:
             conn.execute(update(alerts).where(alerts.c.id == row.id).values(**values))
 
-    def _fire(self, conn: Connection, row: Any, now: datetime, result: Applied) -> None:
+    def _fire(self, conn: Connection, render: AlertRenderer, row: Any, now: datetime, result: Applied) -> None:
         held = snoozed(row, now)
         row = conn.execute(
             update(alerts)
@@ -226,10 +264,10 @@ class AlertBook:
         self.audit_alert(conn, row, "firing", {"held": "snoozed"} if held else None)
         if held:
             return
-        self._post(conn, row.id, now)
+        self._post(conn, render, row.id, now)
         result.fired.append(row.id)
 
-    def _post(self, conn: Connection, alert_id: int, now: datetime) -> None:
+    def _post(self, conn: Connection, render: AlertRenderer, alert_id: int, now: datetime) -> None:
         """The alert's first message, in the stage's alert channel (if it has one)."""
         row = conn.execute(select(alerts).where(alerts.c.id == alert_id)).one()
         channel = self.settings.alert_channel_for(row.stage) or None
@@ -241,7 +279,7 @@ class AlertBook:
         ).one()
         if channel:
             post_id = outbox.enqueue(
-                conn, "chat.postMessage", {"channel": channel, **alert_message(row), "unfurl_links": False}
+                conn, "chat.postMessage", {"channel": channel, **render.message(row), "unfurl_links": False}
             )
             conn.execute(update(alerts).where(alerts.c.id == alert_id).values(post_outbox_id=post_id))
 
@@ -286,6 +324,7 @@ class AlertBook:
     def sync(self, limit: int = 100) -> int:
         """Queue the updates and thread replies whose message ts is known; returns how many alerts."""
         done = 0
+        render = self.render
         with self.engine.begin() as conn:
             now: datetime = conn.execute(select(func.now())).scalar_one()
             rows = conn.execute(
@@ -311,13 +350,13 @@ class AlertBook:
                 if ts is None:
                     if channel and row.reply_due:
                         outbox.enqueue(
-                            conn, "chat.postMessage", {"channel": channel, **orphan_message(row, row.reply_due)}
+                            conn, "chat.postMessage", {"channel": channel, **render.orphan(row, row.reply_due)}
                         )
                 elif channel:
                     if row.needs_update:
-                        outbox.enqueue(conn, "chat.update", {"channel": channel, "ts": ts, **alert_message(row)})
+                        outbox.enqueue(conn, "chat.update", {"channel": channel, "ts": ts, **render.message(row)})
                     if row.reply_due:
-                        reply = {"channel": channel, "thread_ts": ts, "text": reply_text(row, row.reply_due, now)}
+                        reply = {"channel": channel, "thread_ts": ts, **render.reply(row, row.reply_due, now)}
                         if row.reply_due in ("reminder", "escalated"):
                             reply["reply_broadcast"] = True
                         outbox.enqueue(conn, "chat.postMessage", reply)

@@ -1,29 +1,20 @@
-"""The Slack text of alert messages and their thread replies.
+"""What an alert's Slack message says, as data; no Slack imports.
 
-Alerts are posted by scheduled jobs through the outbox, with no command or handler on the
-path, so (like `audit_line` in bot/audit.py) their text is composed here, through the text
-boundary (bot/slacktext): every value from a stage (titles carry query text and
-application_name, which any client chooses) is data.
+Alerts are posted by scheduled jobs through the outbox, with no command or handler on the path,
+so their Block Kit is drawn by a renderer the Slack layer injects into the alert book
+(`AlertBook.set_renderer`; handlers/render_alerts.py), like requests' (bot/requests/messages.py).
+Here: when a change is worth an edit (`material`), whether an alert is snoozed, and which actions
+apply under an open alert and on what (`alert_choices`), as plain data.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-
-from bot.health.checks import duration
-from bot.slacktext import Mrkdwn, button, code, context, md, mention, message, payload, plain_text, prose, section
-
-SEVERITY_ICONS = {"critical": ":red_circle:", "warning": ":large_orange_circle:", "info": ":large_blue_circle:"}
-
-
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M UTC") if value else "-"
-
 
 # -- when is a change worth an edit ------------------------------------------------------------
 #
@@ -66,22 +57,8 @@ def material(alert: Any) -> tuple[str, str]:
 
 
 # -- the actions under an alert -------------------------------------------------------------------
-#
-# Each feature appends a function to ALERT_ACTIONS (or decorates it with @alert_action) that returns the
-# elements it adds under an open alert (possibly none). They are shown in one actions block, in
-# registration order; Acknowledge and Snooze are first.
 
-AlertActions = Callable[[Any], list[dict[str, Any]]]
-ALERT_ACTIONS: list[AlertActions] = []
-ACTIONS_LIMIT = 25  # elements in one actions block (Block Kit)
-ACK_ACTION = "alert_ack"
-SNOOZE_ACTION = "alert_snooze"
 SNOOZE_HOURS = (1, 4, 24)
-
-
-def alert_action(func: AlertActions) -> AlertActions:
-    ALERT_ACTIONS.append(func)
-    return func
 
 
 def snoozed(alert: Any, now: datetime) -> bool:
@@ -89,108 +66,55 @@ def snoozed(alert: Any, now: datetime) -> bool:
     return until is not None and until > now
 
 
-@alert_action
-def acknowledge_and_snooze(alert: Any) -> list[dict[str, Any]]:
-    elements: list[dict[str, Any]] = []
-    if not getattr(alert, "acknowledged_by", None):
-        elements.append(button("Acknowledge", ACK_ACTION, str(alert.id)))
-    options = [{"text": plain_text(f"{hours} h", 75), "value": f"{alert.id}:{hours}"} for hours in SNOOZE_HOURS]
-    elements.append(
-        {
-            "type": "static_select",
-            "action_id": SNOOZE_ACTION,
-            "placeholder": plain_text("Snooze", 150),
-            "options": options,
-        }
-    )
-    return elements
-
-
-EXPLAIN_ACTION = "explain_query"
-
-
 def explain_command(stage: str, queryid: int | str) -> str:
     """The command an Explain button runs (handlers/actions.py runs it as if typed)."""
     return f"explain {queryid} --stage {stage}"
 
 
-@alert_action
-def explain_button(alert: Any) -> list[dict[str, Any]]:
-    """Slow-query alerts (object `queryid N`) carry Explain: the query's generic plan, never run."""
-    queryid = str(alert.object).removeprefix("queryid ")
-    if alert.check_name != "slow_queries" or queryid == alert.object:
-        return []
-    value = json.dumps({"t": explain_command(alert.stage, queryid)}, separators=(",", ":"))
-    return [
-        {
-            "type": "button",
-            "action_id": EXPLAIN_ACTION,
-            "text": {"type": "plain_text", "text": "Explain"},
-            "value": value,
-        }
-    ]
+@dataclass(frozen=True)
+class AlertChoices:
+    """What can be done under an open alert, in this order: Acknowledge (until someone has), Snooze for one
+    of `snooze_hours`, Explain (slow-query alerts: the command it runs, the query's generic plan, never run),
+    and the operations its finding carries (`{"kind", "label", "target", "confirm"?}` on `stage`:
+    Cancel query, Terminate session, Create index, ...; bot/requests/kinds.py)."""
+
+    alert_id: int
+    stage: str
+    acknowledge: bool
+    snooze_hours: tuple[int, ...]
+    explain: str | None
+    operations: tuple[dict[str, Any], ...]
 
 
-def actions_block(alert: Any) -> dict[str, Any] | None:
-    elements = [element for actions in ALERT_ACTIONS for element in actions(alert)]
-    if not elements:
+def alert_choices(alert: Any) -> AlertChoices | None:
+    """The actions under `alert` (a row of `alerts`); None once it has resolved."""
+    if alert.state == "resolved":
         return None
-    return {"type": "actions", "block_id": f"alert:{alert.id}", "elements": elements[:ACTIONS_LIMIT]}
+    queryid = str(alert.object).removeprefix("queryid ")
+    slow_query = alert.check_name == "slow_queries" and queryid != alert.object
+    actions = getattr(alert, "actions", None) or []
+    return AlertChoices(
+        alert_id=alert.id,
+        stage=alert.stage,
+        acknowledge=not getattr(alert, "acknowledged_by", None),
+        snooze_hours=SNOOZE_HOURS,
+        explain=explain_command(alert.stage, queryid) if slow_query else None,
+        operations=tuple(a for a in actions if isinstance(a, dict) and "kind" in a),
+    )
 
 
-def _attention(alert: Any) -> list[Mrkdwn]:
-    """Who acknowledged it, and until when it is snoozed."""
-    notes = []
-    if getattr(alert, "acknowledged_by", None):
-        notes.append(
-            md(":eyes: Acknowledged by {} at {}", mention(alert.acknowledged_by), _when(alert.acknowledged_at))
-        )
-    if getattr(alert, "snoozed_until", None) and getattr(alert, "snoozed_by", None):
-        notes.append(md(":zzz: Snoozed until {} by {}", _when(alert.snoozed_until), mention(alert.snoozed_by)))
-    return notes
+# -- drawing it ---------------------------------------------------------------------------------
 
 
-def alert_message(alert: Any) -> dict[str, Any]:
-    """The alert's one message, as first posted and as every update rewrites it."""
-    resolved = alert.state == "resolved"
-    status = "RESOLVED" if resolved else alert.severity.upper()
-    icon = Mrkdwn(":white_check_mark:" if resolved else SEVERITY_ICONS.get(alert.severity, ":warning:"))
-    shown_title = md("~{}~", prose(alert.title)) if resolved else prose(alert.title)
-    blocks = [
-        section(md("{} *{}* on stage *{}*: {}", icon, status, alert.stage, shown_title)),
-        section(prose(alert.detail)),
-    ]
-    if not resolved and alert.advice:
-        blocks.append(section(md("*What to do*\n{}", prose(alert.advice))))
-    timeline = f"firing since {_when(alert.fired_at)}"
-    if resolved:
-        timeline += f", resolved {_when(alert.resolved_at)}"
-    blocks.append(context(md("{} · {} · {}", code(alert.check_name), alert.object, timeline)))
-    notes = _attention(alert)
-    if notes:
-        blocks.append(context(Mrkdwn(" · ").join(notes)))
-    actions = None if resolved else actions_block(alert)
-    if actions:
-        blocks.append(actions)
-    return payload(message(f"[{status}] {alert.stage}: {alert.title}", blocks))
+@dataclass(frozen=True)
+class AlertRenderer:
+    """The Slack layer's drawing of an alert (handlers/render_alerts.py), given to `AlertBook.set_renderer`.
 
+    message(alert): its one message, as first posted and as every update rewrites it.
+    reply(alert, kind, now): a reply in its thread (`kind` resolved, escalated or reminder).
+    orphan(alert, kind): that reply as a message of its own, when the first post never reached Slack.
+    """
 
-def reply_text(alert: Any, kind: str, now: datetime | None = None) -> Mrkdwn:
-    """A reply in the alert's thread: its resolution, its escalation, or a reminder that it still fires."""
-    fired = alert.fired_at
-    if kind == "resolved":
-        lasted = duration((alert.resolved_at - fired).total_seconds()) if fired and alert.resolved_at else "a while"
-        return md(":white_check_mark: Resolved after {}: {}", lasted, prose(alert.title))
-    title = prose(alert.title)
-    if kind == "escalated":
-        icon = Mrkdwn(SEVERITY_ICONS.get(alert.severity, ":warning:"))
-        return md("{} Escalated to *{}* on stage *{}*: {}", icon, alert.severity.upper(), alert.stage, title)
-    since = duration(((now or alert.last_notified_at) - fired).total_seconds()) if fired else "a while"
-    return md(":repeat: Still firing after {} on stage *{}*: {}", since, alert.stage, title)
-
-
-def orphan_message(alert: Any, kind: str) -> dict[str, Any]:
-    """When the alert's first post never reached Slack, its resolution or reminder is a message of its own."""
-    shown = alert_message(alert)
-    shown["blocks"].insert(0, section(reply_text(alert, kind)))
-    return shown
+    message: Callable[[Any], dict[str, Any]]
+    reply: Callable[[Any, str, datetime], dict[str, Any]]
+    orphan: Callable[[Any, str], dict[str, Any]]

@@ -68,9 +68,8 @@ def unexpected() -> str:
 
 class Requests(RequestClicks, RequestMessages, RequestJobs):
     def __init__(self, runtime: Runtime) -> None:
-        # Every kind registers itself, and the operation buttons under alerts with them.
-        import bot.kinds
-        import bot.requests.buttons  # noqa: F401
+        # Every kind registers itself.
+        import bot.kinds  # noqa: F401
 
         self.runtime = runtime
         self.store = RequestStore(runtime.bot_engine)

@@ -50,7 +50,7 @@ class Finding:
     # Seen continuously this long before it fires (a slot inactive for an hour, where PostgreSQL does not
     # say since when): the alert stays pending meanwhile, and a run without it starts the wait again.
     pending_s: int = 0
-    # Operations its alert offers as buttons: {"kind", "label", "target", "confirm"} (bot/requests/buttons.py).
+    # Operations its alert offers as buttons: {"kind", "label", "target", "confirm"} (handlers/render_operations.py).
     actions: tuple[dict[str, Any], ...] = ()
 
 

@@ -1,10 +1,12 @@
 """Buttons that ask for an operation where the trouble is shown: under an alert, in a listing.
 
 An action is `{"kind", "label", "target", "confirm"?}`: a finding carries its actions (a health
-check puts them on `Finding.actions`, the alert row keeps them), a listing builds them the same
+check puts them on `Finding.actions`, the alert row keeps them, `alert_choices` in
+bot/health/messages.py hands them to handlers/render_alerts.py), a listing builds them the same
 way. The button's value names the kind, the stage and the target's identity; the click only
-*asks*: the machine checks who may ask, the kind re-reads the target, and the policy table says
-whether the click was the confirmation (unprotected stages) or approvers must agree.
+*asks* (handlers/operations.py): the machine checks who may ask, the kind re-reads the target,
+and the policy table says whether the click was the confirmation (unprotected stages) or
+approvers must agree.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import json
 from typing import Any
 
 from bot.errors import CommandError
-from bot.health.messages import alert_action
-from bot.slacktext import button, confirm_dialog
+from handlers.blocks import button, confirm_dialog
 
 ACTION_PREFIX = "op:"
 DANGER = frozenset({"terminate", "drop-index"})
@@ -46,10 +47,3 @@ def read_value(value: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     if not isinstance(kind, str) or not isinstance(stage, str) or not isinstance(target, dict):
         raise CommandError("that button's data is not readable; look at the alert or the list again")
     return kind, stage, target
-
-
-@alert_action
-def alert_operations(alert: Any) -> list[dict[str, Any]]:
-    """The operations a firing alert's finding carries (Cancel query, Terminate session, Create index, ...)."""
-    actions = getattr(alert, "actions", None) or []
-    return operation_buttons(alert.stage, [a for a in actions if isinstance(a, dict) and "kind" in a])
