@@ -19,6 +19,19 @@ from handlers.render_alerts import EXPLAIN_ACTION
 log = logging.getLogger(__name__)
 
 
+MAX_ID = 2**63 - 1  # the bot database's bigint
+
+
+def whole_id(raw: object) -> int | None:
+    """A button's id (a request's, an alert's): a whole number the bot database can hold, from an int or
+    ASCII digits (not `1e3`, `-1`, `٣` or `True`); None otherwise, so it is unreadable, not a database error."""
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit():
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_ID:
+        return None
+    return raw
+
+
 def button_value(body: dict[str, Any]) -> dict[str, Any]:
     """The JSON value of the clicked button; a malformed one is bad input, not a crash."""
     try:

@@ -12,6 +12,7 @@ from bot.health.attention import AlertAttention, AttentionOutcome
 from bot.logs import new_request_id
 from bot.service import CommandService
 from handlers import render_alerts, render_deletion
+from handlers.actions import refuse_click, whole_id
 from handlers.render_alerts import ACK_ACTION, SNOOZE_ACTION
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,11 @@ def _clicked(body: dict[str, Any]) -> tuple[int, int | None] | None:
     action = (body.get("actions") or [{}])[0]
     raw = str(action.get("value") or (action.get("selected_option") or {}).get("value") or "")
     alert, _, hours = raw.partition(":")
+    alert_id = whole_id(alert)
+    if alert_id is None or (hours and not hours.isascii()):
+        return None
     try:
-        return int(alert), (int(hours) if hours else None)
+        return alert_id, (int(hours) if hours else None)
     except ValueError:
         return None
 
@@ -58,6 +62,7 @@ def register(app: App, service: CommandService) -> None:
                     attention.denied(clicked[0], user, "snooze" if snooze else "acknowledge", refusal)
                 if clicked is None or (snooze and clicked[1] is None):
                     refusal = "that button's data is not readable; look at the alert again"
+                    refuse_click(service, body, refusal)
                 if refusal is None and clicked is not None:
                     alert_id, hours = clicked
                     try:

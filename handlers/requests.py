@@ -17,7 +17,7 @@ from bot.service import CommandService
 
 # Each kind's look (and its verbs' renderers) registers itself when its module is imported.
 from handlers import render, render_deletion, render_erasure, render_indexes, render_requests, render_sessions  # noqa: F401
-from handlers.actions import button_value, refuse_click
+from handlers.actions import button_value, refuse_click, whole_id
 from handlers.blocks import payload
 
 BUTTONS = {
@@ -27,7 +27,6 @@ BUTTONS = {
 }
 
 
-MAX_REQUEST_ID = 2**63 - 1  # the bot database's bigint
 REASON_MAX_CHARS = (
     500  # the form's max_length (render_requests.reject_modal); Slack enforces it, a crafted form may not
 )
@@ -35,12 +34,10 @@ REASON_MAX_CHARS = (
 
 def _request_id(value: dict[str, Any]) -> int:
     """The request a button or form names: a whole number the bot database can hold, else unreadable."""
-    raw = value.get("r")
-    if isinstance(raw, str) and raw.isascii() and raw.isdigit():
-        raw = int(raw)
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_REQUEST_ID:
+    request_id = whole_id(value.get("r"))
+    if request_id is None:
         raise UserFacingError("that button's data is not readable; run the command again")
-    return raw
+    return request_id
 
 
 def _dig(node: Any, *keys: str) -> Any:

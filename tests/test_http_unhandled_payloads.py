@@ -41,8 +41,14 @@ def head(kind: str, user: str = OPERATOR, **extra: Any) -> dict[str, Any]:
     } | extra
 
 
-def audited(bot: BotHarness, command: str) -> list[Any]:
-    return eventually(lambda: [r for r in bot.audit_rows() if r.command == command], timeout=10) or []
+def audited(bot: BotHarness, command: str, count: int = 1) -> list[Any]:
+    """The audit rows of `command`, once there are `count` of them (refusals are written after the ack)."""
+
+    def rows() -> list[Any]:
+        return [r for r in bot.audit_rows() if r.command == command]
+
+    eventually(lambda: len(rows()) >= count, timeout=10)
+    return rows()
 
 
 def test_a_button_no_listener_knows_gets_a_private_answer_and_an_audit_line(bot):
@@ -71,7 +77,7 @@ def test_shortcuts_and_other_slash_commands_are_answered_privately_and_audited(b
     assert status == 200
     bot.slack.check_ack(status, ack)
     assert json.loads(ack)["response_type"] == "ephemeral" and "answers `/mcp` only" in ack
-    assert len(audited(bot, "shortcut")) == 2 and [r.outcome for r in audited(bot, "/other")] == ["bad_input"]
+    assert len(audited(bot, "shortcut", 2)) == 2 and [r.outcome for r in audited(bot, "/other")] == ["bad_input"]
 
 
 def test_closed_or_foreign_forms_menus_and_other_events_are_acknowledged(bot):
@@ -160,7 +166,8 @@ def test_a_request_id_past_the_databases_range_is_unreadable_not_a_database_erro
     element = {"action_id": "delete_approve", "value": json.dumps({"r": 424242})}
     assert bot.sender.block_actions(element, user=OPERATOR, channel=CHANNEL, response_url=url).status == 200
     assert "That request no longer exists." in message_text(ephemeral_on(bot, url))
-    rows = eventually(lambda: len(audited(bot, "click")) == 13 and audited(bot, "click"))
+    rows = audited(bot, "click", 13)
+    assert len(rows) == 13
     assert sorted({(r.outcome, r.args) for r in rows if r.outcome == "not_found"}) == [("not_found", "approve #424242")]
     assert {(r.actor, r.outcome) for r in rows if r.outcome != "not_found"} == {(OPERATOR, "bad_input")}
     assert requests_rows(bot) == []
@@ -194,3 +201,15 @@ def test_the_reject_form_says_what_is_wrong_in_the_form_and_changes_nothing(make
     assert submit("wrong\u200b server") is None
     row = wait_state(prod, request_id, {"rejected"})
     assert row.decision_reason == "wrong server" and [r.id for r in requests_rows(prod)] == [request_id]
+
+
+def test_an_alert_button_with_an_id_past_the_databases_range_is_unreadable(bot):
+    for action_id, value in (("alert_ack", "9" * 30), ("alert_ack", "\u0663"), ("alert_snooze", f"{'9' * 30}:4")):
+        url = bot.sender.new_response_url()
+        element = {"action_id": action_id, "value": value}
+        assert bot.sender.block_actions(element, user=OPERATOR, channel=CHANNEL, response_url=url).status == 200
+        text = message_text(ephemeral_on(bot, url))
+        assert "that button's data is not readable; look at the alert again" in text, (value, text)
+    rows = audited(bot, "click", 3)
+    assert len(rows) == 3
+    assert {(r.args, r.outcome) for r in rows} == {("alert_ack", "bad_input"), ("alert_snooze", "bad_input")}
