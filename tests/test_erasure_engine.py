@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from bot.deletion.execute import SnapshotChanged
+from bot.deletion.execute import Progress, SnapshotChanged
 from bot.erasure.identity import Person, email_digest, token
 from bot.erasure.plan import ErasureTarget, measure_erasure
 from bot.erasure.run import run_erasure
@@ -149,3 +149,32 @@ def test_a_new_user_row_with_the_email_since_the_plan_makes_it_stale(twins):
     finally:
         stage.dispose()
     assert checksums(ours) == before
+
+
+def test_the_check_after_the_commit_finds_a_row_back_in_a_scope_deleted_by_its_query(twins):
+    ours, _ = twins
+    impact = measure(ours, TYPED)
+    stage = make_stage(ours)
+
+    def progress(p: Progress) -> None:  # right after the commit, a new support request under her email
+        if p.phase == "verifying":
+            ours.execute(
+                "INSERT INTO support_requests (id, email, organization_id) VALUES ('sr_a9', :e, 'org_1')", e=EMAIL
+            )
+
+    try:
+        result = run_erasure(
+            stage,
+            load_erasure_settings({}),
+            ErasureTarget.from_json(impact.target),
+            expected=impact.snapshot,
+            budget_s=60,
+            progress=progress,
+        )
+    finally:
+        stage.dispose()
+    assert not result.verified
+    assert result.verification == [
+        "support_requests: 1 rows are in its scope again (2 deleted)",
+        "support_requests: 1 row(s) still hold the email",
+    ]

@@ -20,6 +20,13 @@
    tables of keys that every deleted row is gone (and every nulled column is NULL), and drop
    them.
 
+`delete_leaves=True` (a caller whose hook never reads the rows being deleted, and takes no backup:
+forget-user) moves step 5's DELETE of each leaf table (one no foreign key references, without DELETE
+triggers or SET steps) into step 2: it is deleted by its scope query there, its count being the
+DELETE's, compared in step 3 like any other (a difference still rolls everything back). One pass over
+the table instead of two (collect keys, delete by them), and no temp table: after the commit its
+scope query is run again over the parents' kept keys and must find nothing.
+
 REPEATABLE READ makes every step see one snapshot: a row another session changes or adds
 under the scope (a new session for an orphaned user on another server, say) makes the
 delete fail with a serialization error instead of deleting what nobody approved.
@@ -39,6 +46,7 @@ connection (use it, do not commit it). `scopes` is a list of `MaterializedScope`
     exactly the rows about to change;
   - `rows`: how many rows it holds.
 Any exception it raises rolls the whole delete back and is reported as the failure.
+With `delete_leaves`, scopes already deleted are not passed (their rows are gone).
 """
 
 from __future__ import annotations
@@ -182,6 +190,7 @@ def execute_delete(
     plan_for: Callable[[Connection], DeletePlan] | None = None,
     expected_hash: str | None = None,
     rules: Rules | None = None,
+    delete_leaves: bool = False,
 ) -> DeleteResult:
     """Delete one server and its scope, or raise a UserFacingError with nothing changed.
 
@@ -190,7 +199,8 @@ def execute_delete(
     (NO_ACTION_EDGES). `plan_for(conn)`, if given, makes the plan inside the transaction instead (a
     rooted plan: forget-user's scope starts at a person's rows; `slug` is then only its label).
     `expected_hash`, the approved snapshot's hash, also binds which tables are in the plan
-    (bot/deletion/identity.py: `snapshot_changes`).
+    (bot/deletion/identity.py: `snapshot_changes`). `delete_leaves`: see the module doc; never with a
+    `before_delete` that reads or exports the rows about to go (a backup).
     """
     started = time.monotonic()
     report = progress or (lambda _p: None)
@@ -236,6 +246,7 @@ def execute_delete(
                 counts,
                 lambda table: report(Progress("counting", table, 0, 0, elapsed())),
                 keep=not dry_run,
+                delete_leaves=delete_leaves,
             )
             kept.extend(scopes)
             if expected is not None:
@@ -249,7 +260,7 @@ def execute_delete(
             if before_delete is not None:
                 report(Progress("hook", "", 0, 0, elapsed()))
                 budget.arm()
-                before_delete(conn, plan, scopes)
+                before_delete(conn, plan, [s for s in scopes if not s.deleted])
             total = sum(s.rows for s in scopes if s.action == "delete")
 
             def before_each(step: Any, done: int) -> None:
@@ -319,7 +330,12 @@ def _apply_steps(
         before_each(first, done)
         budget.arm()
         step_started = time.monotonic()
-        counted = apply(conn, plan, first, group[0][1]) if len(group) == 1 else apply_batch(conn, plan, group)
+        if len(group) == 1 and group[0][1].deleted:
+            counted: int | list[int] = group[0][1].rows  # deleted while materialised
+        elif len(group) == 1:
+            counted = apply(conn, plan, first, group[0][1])
+        else:
+            counted = apply_batch(conn, plan, group)
         seconds = (time.monotonic() - step_started) / len(group)
         for (step, scope), rows in zip(group, [counted] if isinstance(counted, int) else counted, strict=True):
             if not count_holds(conn, plan, scope, rows):

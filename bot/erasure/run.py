@@ -216,6 +216,7 @@ def run_erasure(
         progress=progress,
         work_name=work_name,
         plan_for=plan_for,
+        delete_leaves=True,  # the hook reads no deleted row (leaves gone already are simply outside), no backup
     )
     extras: Extras = state.get("extras") or Extras()
     steps = [{"table": s.table, "action": s.action, "rows": s.rows} for s in result.steps if s.rows]
