@@ -152,11 +152,12 @@ class _Budget:
     small steps does not pay a round trip per step for it (under load, each costs milliseconds).
     """
 
-    def __init__(self, conn: Connection, budget_s: float) -> None:
+    def __init__(self, conn: Connection, budget_s: float, *, armed: bool = False) -> None:
+        """`armed`: the transaction began with the whole budget as its statement timeout (just now)."""
         self.conn = conn
         self.deadline = time.monotonic() + budget_s
         self.slack_s = max(REARM_MIN_S, budget_s * REARM_FRACTION)
-        self.armed_at: float | None = None
+        self.armed_at: float | None = time.monotonic() if armed else None
 
     def arm(self) -> None:
         now = time.monotonic()
@@ -226,9 +227,12 @@ def execute_delete(
             after_commit=None if dry_run else check_after_commit,
             application_name=work_name,
         ) as conn:
-            budget = _Budget(conn, budget_s)
-            set_local(conn, "work_mem", WORK_MEM)
-            set_local(conn, "row_security", "off")  # rows hidden from the role: an error, never a short count
+            budget = _Budget(conn, budget_s, armed=True)  # stage.write set statement_timeout to the budget
+            # work_mem, and row_security off: rows hidden from the role are an error, never a short count.
+            conn.execute(
+                text("SELECT set_config('work_mem', :work_mem, true), set_config('row_security', 'off', true)"),
+                {"work_mem": WORK_MEM},
+            )
             plan = (
                 plan_for(conn) if plan_for is not None else build_plan(conn, slug, server_key=server_key, rules=rules)
             )

@@ -2,10 +2,12 @@
 
 The engine re-plans inside its REPEATABLE READ transaction (`plan_for`: the person is found again
 from the request's digests; other user rows or emails than planned make the request stale),
-materialises every scope, compares the counts, then calls the `before_delete` hook, which here
-anonymises the `anonymise`-mode rows of ERASURE_COLUMNS and replaces the email inside the listed
-JSON columns of rows that stay (rows in the delete scope are left to the delete), comparing those
-counts too. Then the engine deletes, children first, and commits. After the commit a read checks
+materialises every scope (`delete_leaves`: tables nothing references, the user's ~100,000 tool
+calls say, are deleted by their scope query right there, their count the DELETE's), compares the
+counts, then calls the `before_delete` hook, which here anonymises the `anonymise`-mode rows of
+ERASURE_COLUMNS and replaces the email inside the listed JSON columns of rows that stay (rows in the
+delete scope are left to the delete, or already gone), comparing those counts too. Then the engine
+deletes the rest, children first, and commits. After the commit a read checks
 that nothing matching the person remains: no user row, no listed column, no JSON value touched.
 
 `reapply` does the same inside somebody else's write transaction (a restore of an older backup).

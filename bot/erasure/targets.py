@@ -68,9 +68,14 @@ class Targets:
         return [t for t in self.identity if t.mode == "anonymise"]
 
 
-def _resolve(conn: Connection, catalog: Catalog, ref: ColumnRef, skipped: list[str]) -> TableRef | None:
+def _resolve(
+    conn: Connection, catalog: Catalog, ref: ColumnRef, skipped: list[str], seen: dict[str, TableRef | None]
+) -> TableRef | None:
     quote = conn.dialect.identifier_preparer.quote_identifier
-    table = resolve_table(conn, ".".join(quote(part) for part in ref.relation))
+    name = ".".join(quote(part) for part in ref.relation)
+    if name not in seen:  # each table looked up once (several columns of one table are usual)
+        seen[name] = resolve_table(conn, name)
+    table = seen[name]
     if table is None or table not in catalog.tables or ref.column not in catalog.table(table).columns:
         skipped.append(str(ref))
         return None
@@ -96,13 +101,14 @@ def resolve_targets(conn: Connection, catalog: Catalog, settings: ErasureSetting
     if not info.key:
         problems.append(f"{users} has no primary key, so its rows can't be addressed")
     by_table: dict[TableRef, list[str]] = {}
+    seen: dict[str, TableRef | None] = {}
     for ref in settings.columns:
-        table = _resolve(conn, catalog, ref, skipped)
+        table = _resolve(conn, catalog, ref, skipped, seen)
         if table is not None and ref.column not in by_table.setdefault(table, []):
             by_table[table].append(ref.column)
     clears: dict[TableRef, list[Cleared]] = {}
     for ref in settings.clear_columns:
-        table = _resolve(conn, catalog, ref, skipped)
+        table = _resolve(conn, catalog, ref, skipped, seen)
         if table is None or table not in by_table:
             continue
         nullable = ref.column not in catalog.table(table).not_null
@@ -115,7 +121,7 @@ def resolve_targets(conn: Connection, catalog: Catalog, settings: ErasureSetting
         identity.append(IdentityTable(table, tuple(columns), mode, tuple(clears.get(table, ()))))
     json_columns = []
     for ref in settings.json_columns:
-        table = _resolve(conn, catalog, ref, skipped)
+        table = _resolve(conn, catalog, ref, skipped, seen)
         if table is not None:
             if not catalog.table(table).key:
                 problems.append(f"{table} has no primary key, so its rows can't be addressed")
