@@ -112,7 +112,7 @@ def test_the_check_after_the_commit_runs_a_leafs_scope_query_again(db, stage):
 
     result = execute_delete(stage, BIG, expected=report.snapshot, budget_s=60, delete_leaves=True, progress=progress)
     assert result.verification == [  # children first, as deleted
-        f"user_prefs: 1 rows are in its scope again ({report.snapshot['public.user_prefs']:,} deleted)",
+        f"user_prefs: 1 row is in its scope again ({report.snapshot['public.user_prefs']:,} rows deleted)",
         f"mcp_server_user: 1 of the {report.snapshot['public.mcp_server_user']:,} deleted rows are there again",
     ]
 

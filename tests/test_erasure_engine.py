@@ -175,6 +175,6 @@ def test_the_check_after_the_commit_finds_a_row_back_in_a_scope_deleted_by_its_q
         stage.dispose()
     assert not result.verified
     assert result.verification == [
-        "support_requests: 1 rows are in its scope again (2 deleted)",
-        "support_requests: 1 row(s) still hold the email",
+        "support_requests: 1 row is in its scope again (2 rows deleted)",
+        "support_requests: 1 row still holds the email",
     ]

@@ -19,6 +19,7 @@ from sqlalchemy import (
     TableClause,
     Text,
     and_,
+    any_,
     bindparam,
     cast,
     column,
@@ -105,6 +106,10 @@ class ScopeSql:
         self.source = source_factory(self)
         self._phase_a_sql: ScopeSql | None = None
         self._names = 0
+        # Parents (write path) whose scope is a handful of rows: edges from them compare with an array of
+        # their keys, `= ANY((SELECT array_agg(..)))`, which an index on the column can serve (inside an
+        # OR, a hashed IN-subquery makes the planner read the whole table). See steps.ARRAY_PARENT_ROWS.
+        self.array_parents: set[TableRef] = set()
 
     @property
     def walk(self) -> Walk:
@@ -177,7 +182,13 @@ class ScopeSql:
                     for c, p in zip(fk.child_columns, fk.parent_columns, strict=True)
                 )
             )
-        return match(alias, fk.child_columns, self.parent_keys(fk))
+        keys = self.parent_keys(fk)
+        if len(fk.child_columns) == 1 and graph.node(fk.parent) in self.array_parents:
+            listed = keys.subquery()
+            of = CatalogType(graph.catalog.table(fk.parent).type_of(fk.parent_columns[0]))
+            agg = cast(select(func.array_agg(listed.c[0])).scalar_subquery(), ARRAY(of))  # one array, not rows
+            return alias.c[fk.child_columns[0]] == any_(agg)
+        return match(alias, fk.child_columns, keys)
 
     def parent_keys(self, fk: ForeignKey) -> Select[Any]:
         """fk.parent_columns of the in-scope rows of fk.parent (of that partition only, for a partition)."""

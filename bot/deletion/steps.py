@@ -39,8 +39,14 @@ from bot.deletion.catalog import TableRef
 from bot.deletion.plan import DeletePlan, Step, server_exists, set_local
 from bot.deletion.scopesql import TEMP, ScopeSql, TempSource, equal, sa_table
 from bot.deletion.sqlext import Analyze, CreateTempTableAs, DropTable
+from bot.slacktext.words import noun, plural
 
 VERIFY_STATEMENT_MS = 300_000
+# With `delete_leaves`, a parent scope of at most this many rows is probed as an array by its children's
+# scopes (ScopeSql.array_parents): an index on the child's column then finds a person's 100,000 tool calls
+# in milliseconds. Small, because without such an index every row compares with each element (PostgreSQL
+# hashes an array only from 9 constant elements on).
+ARRAY_PARENT_ROWS = 8
 TID_COLUMN = "mcpops_tid"  # a delete scope's temp table also holds each row's ctid, under this name
 
 
@@ -133,6 +139,8 @@ def materialize(
             rows = conn.execute(CreateTempTableAs(name, query, preserve=keep)).rowcount
             if referenced:  # its children's scopes are planned against it; a leaf's is only read whole
                 conn.execute(Analyze(name))
+                if delete_leaves and rows <= ARRAY_PARENT_ROWS:
+                    sql.array_parents.add(ref)
             source.names[ref] = name
             counts[step.snapshot_key] = rows
             by_step[step] = MaterializedScope(ref, key, "delete", (), name, rows)
@@ -248,7 +256,8 @@ def verify(session: Connection, plan: DeletePlan, scopes: list[MaterializedScope
             if scope.remaining is not None:
                 left = session.execute(scope.remaining).scalar_one()
                 if left:
-                    problems.append(f"{scope.table}: {left:,} rows are in its scope again ({scope.rows:,} deleted)")
+                    again = f"{plural(left, 'row')} {noun(left, 'is', 'are')} in its scope again"
+                    problems.append(f"{scope.table}: {again} ({plural(scope.rows, 'row')} deleted)")
                 continue
             t = sa_table(plan.graph, scope.table)
             tmp = table(scope.temp_table, *(column(k) for k in scope.key), schema=TEMP)
