@@ -17,13 +17,13 @@ from sqlalchemy import Connection, text
 from bot.deletion.execute import execute_delete
 from bot.deletion.plan import DeletePlan
 from bot.deletion.steps import MaterializedScope
+from bot.localpg import LocalPostgres
 from bot.stages import Stage
 from tests.conftest import StageDb
 from tests.deletion_support import BIG, SET_NULL_TRUTH, assert_only_scope_changed, fingerprints, truth
-from tests.engine_harness import EngineHarness, checksums, differences
+from tests.engine_harness import ROOT, EngineHarness, checksums, differences, module_harness
 from tests.test_deletion_engine import impact, make_stage
 from tests.test_engine_schemas import PARTITIONED
-from tests.test_engine_schemas import engine_harness as engine_harness  # the module's harness, reused
 
 KEEP_ONE = (
     "CREATE FUNCTION keep_one() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
@@ -117,15 +117,10 @@ def test_the_check_after_the_commit_runs_a_leafs_scope_query_again(db, stage):
     ]
 
 
-def test_partitioned_and_composite_key_leaves_match_postgresqls_own_delete(h: EngineHarness):
-    db = h.database(
-        PARTITIONED
-        + """
-        CREATE TABLE tags (server_id text REFERENCES mcp_servers ON DELETE CASCADE, name text,
-            PRIMARY KEY (server_id, name));
-        INSERT INTO tags VALUES ('srv1', 'a'), ('srv1', 'b'), ('srv2', 'a');
-        """
-    )
+def same_as_postgresql(h: EngineHarness, schema: str) -> tuple[dict[str, int], list[str]]:
+    """Forget-user's path (`delete_leaves`) on `schema` vs PostgreSQL's own delete of server s1 on a clone:
+    the snapshot, and the tables whose scopes the hook was handed."""
+    db = h.database(schema)
     reference = h.clone(db)
     reference.execute("DELETE FROM mcp_servers WHERE slug = 's1'")
     stage = h.stage(db)
@@ -141,8 +136,43 @@ def test_partitioned_and_composite_key_leaves_match_postgresqls_own_delete(h: En
     )
     assert result.verified, result.verification
     assert differences(checksums(db.dsn), checksums(reference.dsn)) == []
-    assert report.snapshot["public.events"] == 2 and report.snapshot["public.tags"] == 2
+    return report.snapshot, handed
+
+
+def test_partitioned_and_composite_key_leaves_match_postgresqls_own_delete(h: EngineHarness):
+    snapshot, handed = same_as_postgresql(
+        h,
+        PARTITIONED
+        + """
+        CREATE TABLE tags (server_id text REFERENCES mcp_servers ON DELETE CASCADE, name text,
+            PRIMARY KEY (server_id, name));
+        INSERT INTO tags VALUES ('srv1', 'a'), ('srv1', 'b'), ('srv2', 'a');
+        """,
+    )
+    assert snapshot["public.events"] == 2 and snapshot["public.tags"] == 2
     assert handed == ["public.mcp_servers"]
+
+
+def test_small_parents_keyed_by_a_domain_are_probed_as_an_array_of_it(h: EngineHarness):
+    # A few parent rows: their children compare with an array of their keys, cast to an array of the domain.
+    snapshot, handed = same_as_postgresql(
+        h,
+        ROOT
+        + """
+        CREATE DOMAIN code AS text CHECK (VALUE <> '');
+        CREATE TABLE kinds (c code PRIMARY KEY, server_id text REFERENCES mcp_servers ON DELETE CASCADE);
+        CREATE TABLE kind_notes (id int PRIMARY KEY, c code REFERENCES kinds ON DELETE CASCADE);
+        INSERT INTO kinds VALUES ('a', 'srv1'), ('b', 'srv2');
+        INSERT INTO kind_notes VALUES (1, 'a'), (2, 'b'), (3, 'a'), (4, NULL);
+        """,
+    )
+    assert snapshot["public.kind_notes"] == 2
+    assert sorted(handed) == ["public.kinds", "public.mcp_servers"]
+
+
+@pytest.fixture(scope="module")
+def engine_harness(pg: LocalPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineHarness]:
+    yield from module_harness(pg, tmp_path_factory)
 
 
 @pytest.fixture

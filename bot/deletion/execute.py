@@ -25,7 +25,9 @@ forget-user) moves step 5's DELETE of each leaf table (one no foreign key refere
 triggers or SET steps) into step 2: it is deleted by its scope query there, its count being the
 DELETE's, compared in step 3 like any other (a difference still rolls everything back). One pass over
 the table instead of two (collect keys, delete by them), and no temp table: after the commit its
-scope query is run again over the parents' kept keys and must find nothing.
+scope query is run again over the parents' kept keys and must find nothing. A parent scope of a few
+rows (one person's user row and sessions) is then probed as an array of its keys, which an index on
+the child's column serves (steps.ARRAY_PARENT_ROWS).
 
 REPEATABLE READ makes every step see one snapshot: a row another session changes or adds
 under the scope (a new session for an orphaned user on another server, say) makes the

@@ -183,9 +183,10 @@ class ScopeSql:
                 )
             )
         keys = self.parent_keys(fk)
-        if len(fk.child_columns) == 1 and graph.node(fk.parent) in self.array_parents:
+        spec = graph.catalog.table(fk.parent).type_of(fk.parent_columns[0]) if len(fk.parent_columns) == 1 else "[]"
+        if graph.node(fk.parent) in self.array_parents and not spec.endswith("]"):  # an array key: no array of it
             listed = keys.subquery()
-            of = CatalogType(graph.catalog.table(fk.parent).type_of(fk.parent_columns[0]))
+            of = CatalogType(spec)
             agg = cast(select(func.array_agg(listed.c[0])).scalar_subquery(), ARRAY(of))  # one array, not rows
             return alias.c[fk.child_columns[0]] == any_(agg)
         return match(alias, fk.child_columns, keys)
