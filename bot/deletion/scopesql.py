@@ -107,7 +107,7 @@ class ScopeSql:
         self._phase_a_sql: ScopeSql | None = None
         self._names = 0
         # Parents (write path) whose scope is a handful of rows: edges from them compare with an array of
-        # their keys, `= ANY((SELECT array_agg(..)))`, which an index on the column can serve (inside an
+        # their keys, `= ANY(CAST((SELECT array_agg(..)) AS type[]))`, which an index on the column serves (in an
         # OR, a hashed IN-subquery makes the planner read the whole table). See steps.ARRAY_PARENT_ROWS.
         self.array_parents: set[TableRef] = set()
 
