@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
+from slack_sdk import WebClient
 
 from bot.audit import AuditEntry
 from bot.errors import CommandError, UserFacingError
@@ -55,6 +56,18 @@ def refuse_click(service: CommandService, body: dict[str, Any], reason: str, *, 
         service.runtime.submit(service.runtime.audit.record, entry, lane="audit")
     except Busy:
         log.warning("refusal not audited: the audit lane is full", extra={"outcome": "bad_input"})
+
+
+def refuse_unreadable(
+    service: CommandService, body: dict[str, Any], respond: Respond, client: WebClient, message: str, **audit: str
+) -> None:
+    """A click refused before anything ran: only the clicker is told (under the message they clicked, or in
+    a small form for an App Home button, which has no response_url), and it is audited (`refuse_click`)."""
+    if body.get("response_url"):
+        respond(**render.error(CommandError(message)), replace_original=False)
+    elif isinstance(body.get("trigger_id"), str):
+        client.views_open(trigger_id=body["trigger_id"], view=render.notice_modal("mcp-ops", message))
+    refuse_click(service, body, message, **audit)
 
 
 def register(app: App, service: CommandService) -> None:

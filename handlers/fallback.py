@@ -20,7 +20,7 @@ from bot.errors import CommandError
 from bot.logs import new_request_id
 from bot.service import CommandService
 from handlers import render
-from handlers.actions import refuse_click
+from handlers.actions import refuse_click, refuse_unreadable
 
 ANY = re.compile(r".*", re.DOTALL)
 UNKNOWN_BUTTON = "That button is not one this version of mcp-ops knows (an older message?); run the command again."
@@ -29,22 +29,16 @@ NO_SHORTCUTS = "mcp-ops has no shortcuts; type `/mcp help` in any channel to see
 
 def register(app: App, service: CommandService) -> None:
     @app.block_action(ANY)
-    def unknown_button(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
+    def unknown_button(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
         ack()
         new_request_id()
-        if body.get("response_url"):
-            respond(**render.error(CommandError(UNKNOWN_BUTTON)), replace_original=False)
-        refuse_click(service, body, "a button this version does not know")
+        refuse_unreadable(service, body, respond, client, UNKNOWN_BUTTON)
 
-    @app.shortcut(ANY)  # global shortcuts and message actions
+    @app.shortcut(ANY)  # global shortcuts (no channel: a small form) and message actions (under the message)
     def unknown_shortcut(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
         ack()
         new_request_id()
-        if body.get("response_url"):  # a message action: answered under the message
-            respond(**render.error(CommandError(NO_SHORTCUTS)), replace_original=False)
-        elif body.get("trigger_id"):  # a global shortcut has no channel: a small form only they see
-            client.views_open(trigger_id=body["trigger_id"], view=render.notice_modal("mcp-ops", NO_SHORTCUTS))
-        refuse_click(service, body, "mcp-ops has no shortcuts", command="shortcut")
+        refuse_unreadable(service, body, respond, client, NO_SHORTCUTS, command="shortcut")
 
     @app.command(ANY)
     def other_command(ack: Ack, command: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from slack_sdk import WebClient
 from bot.errors import UserFacingError
 from bot.logs import new_request_id
 from bot.service import CommandService
-from handlers.actions import button_value, refuse_click
+from handlers.actions import button_value, refuse_unreadable
 from handlers.blocks import payload
 from handlers.render_operations import ACTION_PREFIX, read_value
 from handlers.render_requests import refusal
@@ -42,9 +42,7 @@ def register(app: App, service: CommandService) -> None:
         try:
             kind, stage, target = read_value(button_value(body))
         except UserFacingError as exc:
-            if body.get("response_url"):
-                respond(**refusal(exc.message))
-            refuse_click(service, body, exc.message)
+            refuse_unreadable(service, body, respond, client, exc.message)
             return
 
         def work() -> None:

@@ -17,7 +17,7 @@ from bot.service import CommandService
 
 # Each kind's look (and its verbs' renderers) registers itself when its module is imported.
 from handlers import render, render_deletion, render_erasure, render_indexes, render_requests, render_sessions  # noqa: F401
-from handlers.actions import button_value, refuse_click, whole_id
+from handlers.actions import button_value, refuse_unreadable, whole_id
 from handlers.blocks import payload
 
 BUTTONS = {
@@ -86,9 +86,7 @@ def register(app: App, service: CommandService) -> None:
             try:
                 request_id = _request_id(button_value(body))
             except UserFacingError as exc:
-                if body.get("response_url"):
-                    respond(**render.error(exc), replace_original=False)
-                refuse_click(service, body, exc.message)
+                refuse_unreadable(service, body, respond, client, exc.message)
                 return
 
             def work() -> None:
@@ -111,9 +109,7 @@ def register(app: App, service: CommandService) -> None:
         try:
             request_id = _request_id(button_value(body))
         except UserFacingError as exc:
-            if body.get("response_url"):
-                respond(**render.error(exc), replace_original=False)
-            refuse_click(service, body, exc.message)
+            refuse_unreadable(service, body, respond, client, exc.message)
             return
         # The form needs the trigger_id within 3 seconds: the check is one quick bot-database read.
         checked = flow.check_click(request_id, user, "reject")

@@ -213,3 +213,15 @@ def test_an_alert_button_with_an_id_past_the_databases_range_is_unreadable(bot):
     rows = audited(bot, "click", 3)
     assert len(rows) == 3
     assert {(r.args, r.outcome) for r in rows} == {("alert_ack", "bad_input"), ("alert_snooze", "bad_input")}
+
+
+def test_an_unreadable_app_home_button_is_answered_in_a_small_form(bot):
+    """An App Home click has no response_url and no channel: the answer opens as a form only the clicker sees."""
+    for element, expected in (
+        ({"action_id": "gone_in_this_version", "value": "{}"}, "not one this version of mcp-ops knows"),
+        ({"action_id": "delete_approve", "value": "{garbled"}, "that button's data is not readable"),
+    ):
+        assert bot.sender.view_actions(element, user=OPERATOR).status == 200
+        opened = bot.slack.wait_for_call("views.open", lambda c, e=expected: e in message_text(c.payload["view"]))
+        assert opened[0].payload["view"]["type"] == "modal"
+    assert {r.args for r in audited(bot, "click", 2)} == {"gone_in_this_version", "delete_approve"}
