@@ -26,7 +26,7 @@ from bot.backups.restore import restore_order
 from bot.backups.store import BackupStore
 from bot.deletion.catalog import Catalog, ForeignKey, TableRef
 from bot.erasure import copytext
-from bot.erasure.identity import digest, email_digest, key_text, scrub_mentions, token
+from bot.erasure.identity import digest, email_digest, key_text, row_token, scrub_mentions, token
 from bot.erasure.plan import ErasureTarget
 from bot.erasure.targets import IdentityTable, Targets
 
@@ -182,7 +182,12 @@ class BackupScanner:
             for col in rules.identity.columns:
                 value = copytext.decode(fields[at[col]])
                 if value is not None and email_digest(value) in self.emails:
-                    out[at[col]] = copytext.encode(token(email_digest(value)))
+                    if col in rules.identity.unique:
+                        key = self.catalog.table(rules.table).key
+                        row_key = key_text([copytext.decode(fields[at[k]]) for k in key])
+                        out[at[col]] = copytext.encode(row_token(email_digest(value), row_key))
+                    else:
+                        out[at[col]] = copytext.encode(token(email_digest(value)))
                     changed = True
             for cleared in rules.identity.clear:
                 if cleared.column in at:

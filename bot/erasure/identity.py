@@ -89,6 +89,17 @@ def token(value_digest: str) -> str:
     return f"{TOKEN_PREFIX}{value_digest[:TOKEN_CHARS]}"
 
 
+ROW_CHARS = 8  # a UNIQUE column's token also carries this much of the digest of its row's key
+
+
+def row_token(value_digest: str, row_key: str) -> str:
+    """The token in a column under a UNIQUE index: `erased-<16 hex>-<8 hex of the row's key>`.
+
+    Two rows of the same person (the email in two cases, or erased twice) stay distinct, and the
+    person's rows still share the prefix."""
+    return f"{token(value_digest)}-{digest(row_key)[:ROW_CHARS]}"
+
+
 # Digests with the length of what they digest: {sha256 hex: characters}.
 Digests = Mapping[str, int]
 
@@ -177,6 +188,11 @@ def key_text(values: Sequence[Any]) -> str:
 def sql_token(expr: Any, fold: str | None) -> ColumnElement[str]:
     """`erased-<16 hex>` of an email column's own value, computed by PostgreSQL."""
     return literal(TOKEN_PREFIX) + func.left(sql_email_digest(expr, fold), TOKEN_CHARS)
+
+
+def sql_row_token(expr: Any, row_key: Any, fold: str | None) -> ColumnElement[str]:
+    """`row_token` computed by PostgreSQL; `row_key` is `sql_key_text` of the row."""
+    return sql_token(expr, fold) + literal("-") + func.left(sql_digest(row_key), ROW_CHARS)
 
 
 def digest_in(value: Any, digests: Digests) -> ColumnElement[bool]:

@@ -50,7 +50,7 @@ from bot.deletion.execute import (
 from bot.deletion.impact import compare_snapshots
 from bot.deletion.plan import DeletePlan, PlanProblem
 from bot.deletion.scopesql import TEMP, equal, sa_table
-from bot.erasure.identity import json_mentions, person_matches, scrub_mentions, sql_token
+from bot.erasure.identity import json_mentions, person_matches, scrub_mentions, sql_key_text, sql_row_token, sql_token
 from bot.erasure.plan import (
     LABEL,
     ErasureTarget,
@@ -103,8 +103,15 @@ def apply_extras(conn: Connection, catalog: Catalog, targets: Targets, found: Fo
     for it in targets.anonymised:
         t = sa_table(catalog, it.table)
         key = catalog.table(it.table).key
+        row_key = sql_key_text(t, key)
         values: dict[str, Any] = {
-            c: case((email_matches(t.c[c], found.emails, fold), sql_token(t.c[c], fold)), else_=t.c[c])
+            c: case(
+                (
+                    email_matches(t.c[c], found.emails, fold),
+                    sql_row_token(t.c[c], row_key, fold) if c in it.unique else sql_token(t.c[c], fold),
+                ),
+                else_=t.c[c],
+            )
             for c in it.columns
         }
         values |= {c.column: (None if c.nullable else literal("")) for c in it.clear}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from bot.deletion.catalog import Catalog, TableRef, resolve_table
 from bot.deletion.scope import USER_TABLE
@@ -36,6 +36,23 @@ class IdentityTable:
     columns: tuple[str, ...]
     mode: Mode
     clear: tuple[Cleared, ...] = ()
+    unique: frozenset[str] = frozenset()  # columns under a UNIQUE index: anonymised with a per-row token
+
+
+# Columns of a table that some unique index (or constraint, partial or not) includes.
+_UNIQUE_COLUMNS = text(
+    """
+    SELECT DISTINCT a.attname::text FROM pg_index i
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
+    WHERE i.indrelid = CAST(:relation AS regclass) AND i.indisunique
+    """
+)
+
+
+def unique_columns(conn: Connection, table: TableRef) -> frozenset[str]:
+    quote = conn.dialect.identifier_preparer.quote_identifier
+    relation = f"{quote(table.schema)}.{quote(table.name)}"
+    return frozenset(conn.execute(_UNIQUE_COLUMNS, {"relation": relation}).scalars())
 
 
 @dataclass(frozen=True)
@@ -118,7 +135,8 @@ def resolve_targets(conn: Connection, catalog: Catalog, settings: ErasureSetting
         mode = settings.mode(table.name)
         if not catalog.table(table).key:
             problems.append(f"{table} has no primary key, so its rows can't be addressed")
-        identity.append(IdentityTable(table, tuple(columns), mode, tuple(clears.get(table, ()))))
+        unique = unique_columns(conn, table) & set(columns) if mode == "anonymise" else frozenset()
+        identity.append(IdentityTable(table, tuple(columns), mode, tuple(clears.get(table, ())), unique))
     json_columns = []
     for ref in settings.json_columns:
         table = _resolve(conn, catalog, ref, skipped, seen)
