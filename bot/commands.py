@@ -147,6 +147,10 @@ def _options_first(tokens: list[str]) -> CommandError:
     at = next((i for i, token in enumerate(tokens) if _verb(token.lower()) and not token.startswith("-")), None)
     if at is None:
         return CommandError("start with a command, then its options, e.g. `/mcp help`", usage=overview())
+    verb = _verb(tokens[at].lower())
+    assert verb is not None
+    if any(pos.kind == "person" for pos in verb.positionals):  # a person's identifier is not echoed (or audited)
+        return CommandError(f"start with the command, then its options: `/mcp {verb.name} ...`", usage=verb.usage())
     reordered = " ".join([tokens[at].lower(), *tokens[:at], *tokens[at + 1 :]])
     return CommandError(
         f"start with the command, then its options: `/mcp {_clean_shown(reordered, 80)}`", usage=overview()

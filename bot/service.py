@@ -160,7 +160,7 @@ class CommandService:
         metrics.commands_total.labels(verb=word if word in VERBS else "unknown", outcome=error.outcome).inc()
         args = _after_verb(invocation.text)[:200]
         reason = error.message
-        if word in VERBS and any(pos.kind == "person" for pos in VERBS[word].positionals):
+        if any(_takes_a_person(w) for w in [word, *invocation.text.lower().split()]):
             args, reason = "(a person's identifier, withheld)", f"refused ({error.outcome})"  # never stored as typed
         self.runtime.audit.record(
             AuditEntry(
@@ -217,6 +217,13 @@ def _verb_word(text: str) -> str:
     if not word:
         return "help"
     return "".join(ch for ch in word[0][:30] if ch.isalnum() or ch in "-_") or "?"
+
+
+def _takes_a_person(word: str) -> bool:
+    """Does `word` name a verb whose argument is a person's identifier (forget-user)? Its refusal keeps
+    that identifier out of the audit, wherever the verb stood (`--stage dev forget-user jane`)."""
+    verb = VERBS.get(word) or next((v for v in VERBS.values() if word in v.aliases), None)
+    return verb is not None and any(pos.kind == "person" for pos in verb.positionals)
 
 
 def _after_verb(text: str) -> str:

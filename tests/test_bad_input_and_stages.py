@@ -165,3 +165,12 @@ def test_a_stage_role_without_a_privilege_is_told_which_not_something_went_wrong
     assert "stage dev: the database refused: permission denied for table mcp_servers" in text_, text_
     assert "something went wrong" not in text_ and "42501" not in text_
     assert [r.outcome for r in harness.wait_audit(1)] == ["refused"]
+
+
+def test_options_before_forget_user_neither_echo_nor_audit_the_person(bot):
+    reply = bot.command("--stage dev forget-user distinct-7f3a9c")
+    text = reply.text()
+    assert "start with the command, then its options: `/mcp forget-user ...`" in text
+    assert "distinct-7f3a9c" not in text
+    [row] = bot.wait_audit(1)
+    assert row.outcome == "bad_input" and "distinct-7f3a9c" not in f"{row.args} {row.detail}"
