@@ -23,6 +23,7 @@ from bot.health.checks.base import (
     safe_query_text,
     session_label,
     stamp,
+    unavailable_finding,
 )
 from bot.pii import scrub
 from bot.sessions.targets import ACTIVE, BLOCKING, IDLE_IN_TRANSACTION, session_actions
@@ -129,7 +130,7 @@ def check_long_running(conn: Connection, ctx: CheckContext) -> CheckReport:
         if total
         else "none over " + duration(limit_s)
     )
-    findings = [
+    findings = _visibility(conn) + [
         Finding(
             check="long_running",
             object=f"pid {r.pid} query since {stamp(r.query_start)}",
@@ -146,6 +147,24 @@ def check_long_running(conn: Connection, ctx: CheckContext) -> CheckReport:
         for r in rows
     ]
     return CheckReport("long_running", "Long-running queries", "findings" if findings else "ok", summary, findings)
+
+
+def _visibility(conn: Connection) -> list[Finding]:
+    """Without pg_read_all_stats, other roles' sessions show neither state, query nor since when: the session
+    checks would see none of them and say "none". Said once (by the long-running check, for all three), by the
+    role's membership, not by whether such a session happens to be open."""
+    if conn.execute(text("SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')")).scalar_one():
+        return []
+    return [
+        unavailable_finding(
+            "long_running",
+            "Sessions (long-running, idle in transaction, blocked)",
+            "pg_read_all_stats",
+            "This role sees the state, query and start of its own sessions only: other roles' long-running, "
+            "idle-in-transaction and blocked sessions are not found, and no alert says they are there.",
+            "`GRANT pg_read_all_stats TO <the role of this stage's DATABASE_URL>;` (or `pg_monitor`).",
+        )
+    ]
 
 
 @check("idle_in_transaction", "Idle in transaction", group="activity")
@@ -209,20 +228,7 @@ def check_blocked(conn: Connection, ctx: CheckContext) -> CheckReport:
     summary = f"{plural(total, 'query')} waiting on locks for over {duration(limit_s)}" if total else "none"
     if not rows:
         return CheckReport("blocked", "Blocked queries", "ok", summary)
-    blocker_pids = sorted({pid for r in rows for pid in r.blockers or []})
-    blockers: dict[int, Any] = {}
-    if blocker_pids:
-        blockers = {
-            b.pid: b
-            for b in conn.execute(
-                text(
-                    "SELECT pid, usename, application_name, state, left(query, 1000) AS query,"
-                    " backend_start, xact_start, query_start, extract(epoch FROM now() - xact_start) AS xact_s"
-                    " FROM pg_stat_activity WHERE pid IN :pids"
-                ).bindparams(bindparam("pids", expanding=True)),
-                {"pids": blocker_pids},
-            )
-        }
+    blockers = _blockers(conn, {pid for r in rows for pid in r.blockers or []})
     findings = []
     for r in rows:
         described = []
@@ -231,21 +237,68 @@ def check_blocked(conn: Connection, ctx: CheckContext) -> CheckReport:
             if b is None:
                 described.append(f"pid {pid} (gone)")
             else:
-                age = f", transaction open {duration(b.xact_s)}" if b.xact_s is not None else ""
-                described.append(f"{session_label(b)}, {b.state}{age}: `{safe_query_text(b.query, 150)}`")
+                described.append(_blocker_text(b))
         first = (r.blockers or [0])[0]
+        head = _head_of_chain(first, blockers)
+        chain = ""
+        if head != first and head in blockers:
+            chain = f"\nAt the head of the chain: {_blocker_text(blockers[head])}"
         findings.append(
             Finding(
                 check="blocked",
                 object=f"pid {r.pid} query since {stamp(r.query_start)}",
                 severity="warning",
                 title=f"query blocked for {duration(r.waiting_s)} by pid {first}: {session_label(r)}",
-                detail=f"Waiting: `{safe_query_text(r.query, 150)}`\nBlocked by: " + "; ".join(described),
+                detail=f"Waiting: `{safe_query_text(r.query, 150)}`\nBlocked by: " + "; ".join(described) + chain,
                 advice=(
                     "Ask the owner of the blocking session to finish; if it is stuck: "
-                    f"`SELECT pg_cancel_backend({first});` or `pg_terminate_backend({first})`."
+                    f"`SELECT pg_cancel_backend({head});` or `pg_terminate_backend({head})`"
+                    + (f" (pid {first} only waits on it)." if head != first else ".")
                 ),
-                actions=session_actions(blockers.get(first), BLOCKING),
+                actions=session_actions(blockers.get(head), BLOCKING),
             )
         )
     return CheckReport("blocked", "Blocked queries", "findings", summary, findings)
+
+
+CHAIN_DEPTH = 8  # sessions followed up a chain of lock waits
+
+
+def _blockers(conn: Connection, pids: set[int]) -> dict[int, Any]:
+    """The sessions in `pids` and, up the chain, the ones they wait on in turn: who blocks whom."""
+    found: dict[int, Any] = {}
+    wanted = set(pids)
+    for _ in range(CHAIN_DEPTH):
+        wanted -= set(found)
+        if not wanted:
+            break
+        rows = conn.execute(
+            text(
+                "SELECT pid, usename, application_name, state, left(query, 1000) AS query,"
+                " backend_start, xact_start, query_start, extract(epoch FROM now() - xact_start) AS xact_s,"
+                " pg_blocking_pids(pid) AS blockers"
+                " FROM pg_stat_activity WHERE pid IN :pids"
+            ).bindparams(bindparam("pids", expanding=True)),
+            {"pids": sorted(wanted)},
+        ).all()
+        found.update({b.pid: b for b in rows})
+        wanted = {pid for b in rows for pid in b.blockers or []}
+    return found
+
+
+def _head_of_chain(pid: int, blockers: dict[int, Any]) -> int:
+    """The session at the head of `pid`'s chain of lock waits (following each one's first blocker)."""
+    seen = {pid}
+    while (b := blockers.get(pid)) is not None and b.blockers:
+        nxt = b.blockers[0]
+        if nxt in seen or nxt not in blockers:  # a deadlock in the making, or one that just ended
+            break
+        seen.add(nxt)
+        pid = nxt
+    return pid
+
+
+def _blocker_text(b: Any) -> str:
+    age = f", transaction open {duration(b.xact_s)}" if b.xact_s is not None else ""
+    waits = f", itself waiting on pid {b.blockers[0]}" if b.blockers else ""
+    return f"{session_label(b)}, {b.state}{age}{waits}: `{safe_query_text(b.query, 150)}`"
