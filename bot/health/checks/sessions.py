@@ -120,9 +120,18 @@ def check_long_running(conn: Connection, ctx: CheckContext) -> CheckReport:
             " extract(epoch FROM now() - query_start) AS running_s, count(*) OVER () AS total"
             " FROM pg_stat_activity WHERE" + _SESSION_FILTER + " AND state = 'active'"
             " AND query_start < now() - make_interval(secs => :limit_s)"
+            # A query waiting on a lock past BLOCKED_QUERY_SECONDS is the blocked check's (with who blocks it):
+            # one alert per waiting session, not a second one saying it runs long.
+            " AND NOT (wait_event_type IS NOT DISTINCT FROM 'Lock'"
+            " AND query_start < now() - make_interval(secs => :blocked_s))"
             " ORDER BY query_start LIMIT :max_findings"
         ),
-        {"ours": OUR_SESSIONS, "limit_s": limit_s, "max_findings": MAX_FINDINGS},
+        {
+            "ours": OUR_SESSIONS,
+            "limit_s": limit_s,
+            "blocked_s": ctx.settings.blocked_s,
+            "max_findings": MAX_FINDINGS,
+        },
     ).all()
     total = rows[0].total if rows else 0
     summary = (
