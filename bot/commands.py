@@ -213,7 +213,7 @@ def _check_positional(verb: Verb, pos: Positional, value: str) -> str:
         if not STAGE_RE.match(value):
             raise CommandError(f"`{_clean_shown(value)}` is not a valid stage name", usage=verb.usage())
         return value.lower()
-    if pos.kind == "person" and (not value.strip() or any(ord(c) < 32 for c in value)):
+    if pos.kind == "person" and (not value.strip() or any(ord(c) < 32 for c in value.strip())):
         raise CommandError(f"<{pos.name}> must be an email, a distinct id or a user id", usage=verb.usage())
     if pos.kind == "verb":
         value = value.lower()

@@ -128,6 +128,21 @@ def detail_lines(impact: ErasureImpact) -> list[Mrkdwn]:
             )
     for blocker in impact.delete.blockers:
         lines.append(md(":no_entry: {}", prose(blocker.reason)))
+        for row in blocker.sample:
+            lines.append(md("    ◦ {}", Mrkdwn(", ").join(md("{}={}", k, code(v)) for k, v in row.items())))
+        if blocker.rows > len(blocker.sample) and blocker.sample:
+            lines.append(md("    ◦ … {:,} more", blocker.rows - len(blocker.sample)))
+    for trigger in impact.delete.triggers:
+        if trigger.on_delete:
+            lines.append(
+                md(
+                    ":zap: {} on {} ({}) fires during the erasure: what it writes elsewhere is erased only if its"
+                    " column is listed (ERASURE_COLUMNS), and the check after the commit looks only there.",
+                    code(trigger.trigger),
+                    code(trigger.table),
+                    trigger.definition,
+                )
+            )
     if impact.skipped:
         lines.append(
             md("Listed but not in this database (skipped): {}", Mrkdwn(", ").join(code(c) for c in impact.skipped))

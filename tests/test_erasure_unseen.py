@@ -159,4 +159,4 @@ def test_a_trigger_that_copies_the_email_elsewhere_is_caught(stage_db: StageDb):
     anyone confirms, and the check after the commit says what is left (the audit table is listed)."""
     impact, result = forget(stage_db, {"ERASURE_COLUMNS": "user_audit.email"}, "pat@example.com")
     assert [(t.table, t.trigger) for t in impact.delete.triggers] == [("mcp_server_user", "user_audit")]
-    assert not result.verified and result.verification == ["user_audit: 1 row still holds the email"]
+    assert not result.verified and "user_audit: 1 row still holds the email" in result.verification

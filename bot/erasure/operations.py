@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.erasure.service import ErasureBlocked
 from bot.errors import CommandError, NotFound
-from bot.kinds.forget_user import forget_user_kind
+from bot.kinds.forget_user import ErasureRefused, forget_user_kind
 from bot.runtime import Runtime
 from bot.service import CommandRequest, operation
 from bot.stages import Stage
@@ -43,7 +44,10 @@ def run_forget_user(runtime: Runtime, request: CommandRequest) -> Any:
         return runtime.erasures.all_stages(runtime.stages, identifier)
     stage = stage_of(runtime, request)
     if flags.get("dry-run"):
-        return runtime.erasures.dry_run(stage, identifier)
+        try:
+            return runtime.erasures.dry_run(stage, identifier)
+        except ErasureBlocked as blocked:
+            return ErasureRefused(blocked.stage, blocked.impact)
     try:
         return forget_user_kind(runtime).request(request, stage, identifier)
     except NotFound:

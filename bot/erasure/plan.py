@@ -235,10 +235,11 @@ def measure_erasure(conn: Connection, settings: ErasureSettings, person: Person)
     targets, found, plan = prepare(conn, settings, person)
     report = measure_impact(conn, plan, probe=True)
     # The report is kept with the request: no value of the person's rows goes in it (the engine would
-    # keep the root row's key, the user id, and sample rows holding it), only counts and names.
+    # keep the root row's key, the user id, and sample rows holding it), only counts and names, and the
+    # keys of rows that block the erasure when those keys do not hold the person.
     report.server_key = {}
     for blocker in report.blockers:
-        blocker.sample = []
+        blocker.sample = _blocking_keys(plan, blocker.table, blocker.sample)
     sql = plan.scope_sql(prefix="erase")
     catalog = plan.catalog
     snapshot = dict(report.snapshot)
@@ -283,6 +284,19 @@ def measure_erasure(conn: Connection, settings: ErasureSettings, person: Person)
         raise NotFound(f"nothing on this stage matches {person.label}: no user row, no listed column, no JSON value")
     impact.took_ms = int((time.perf_counter() - started) * 1000)
     return impact
+
+
+def _blocking_keys(plan: DeletePlan, table: str, sample: list[dict[str, str]]) -> list[dict[str, str]]:
+    """A blocker's sample rows by their key only; none when the key is (part of) the reference to the person
+    or any value looks like an email."""
+    fks = [fk for fk in plan.blocking if str(fk.child) == table]
+    if not fks or not sample:
+        return []
+    key = plan.catalog.table(fks[0].child).key
+    if not key or any(c in fk.child_columns for fk in fks for c in key):
+        return []
+    rows = [{k: row[k] for k in key if k in row} for row in sample]
+    return [] if any("@" in v for row in rows for v in row.values()) else rows
 
 
 def _json_counts(

@@ -15,6 +15,7 @@ that nothing matching the person remains: no user row, no listed column, no JSON
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from sqlalchemy.types import NullType
 
 from bot.deletion.catalog import Catalog, TableRef, load_catalog
 from bot.deletion.execute import (
+    DeleteFailed,
     MaterializedScope,
     ProgressCallback,
     SnapshotChanged,
@@ -69,6 +71,8 @@ from bot.slacktext.words import noun, plural
 from bot.stages import Stage
 
 VERIFY_STATEMENT_MS = 300_000
+# The server's detail of a key violation quotes the values ("Key (id)=(msu_...)"): the person's own keys here.
+_KEY_DETAIL = re.compile(r"\s*\((?:Key|Failing row contains) .*\)\s*$", re.DOTALL)
 Outside = Callable[[TableRef, Any], ColumnElement[bool]]
 
 
@@ -213,20 +217,25 @@ def run_erasure(
 
     engine_expected = None if expected is None else {k: v for k, v in expected.items() if not is_extra(k)}
     started = time.monotonic()
-    result = execute_delete(
-        stage,
-        LABEL,
-        expected=engine_expected,
-        drift_percent=drift_percent,
-        budget_s=budget_s,
-        lock_timeout_ms=lock_timeout_ms,
-        dry_run=dry_run,
-        before_delete=hook,
-        progress=progress,
-        work_name=work_name,
-        plan_for=plan_for,
-        delete_leaves=True,  # the hook reads no deleted row (leaves gone already are simply outside), no backup
-    )
+    try:
+        result = execute_delete(
+            stage,
+            LABEL,
+            expected=engine_expected,
+            drift_percent=drift_percent,
+            budget_s=budget_s,
+            lock_timeout_ms=lock_timeout_ms,
+            dry_run=dry_run,
+            before_delete=hook,
+            progress=progress,
+            work_name=work_name,
+            plan_for=plan_for,
+            delete_leaves=True,  # the hook reads no deleted row (leaves gone already are simply outside), no backup
+        )
+    except DeleteFailed as exc:
+        exc.message = _KEY_DETAIL.sub("", exc.message)  # the same error (a stale plan stays one), minus the values
+        exc.args = (exc.message,)
+        raise
     extras: Extras = state.get("extras") or Extras()
     steps = [{"table": s.table, "action": s.action, "rows": s.rows} for s in result.steps if s.rows]
     for key, rows in {**extras.counts, **extras.scanned}.items():

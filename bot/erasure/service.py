@@ -49,6 +49,18 @@ class DryRun:
     result: ErasureResult
 
 
+class ErasureBlocked(UserFacingError):
+    """A RESTRICT reference to the person's rows (a legal hold): the database would refuse; nothing is run."""
+
+    outcome = "refused"
+
+    def __init__(self, stage: str, impact: ErasureImpact) -> None:
+        reasons = "; ".join(b.reason for b in impact.delete.blockers)
+        super().__init__(f"the database would refuse this erasure on {stage}: {reasons}")
+        self.stage = stage
+        self.impact = impact
+
+
 @dataclass(frozen=True)
 class StageDryRun:
     stage: str
@@ -139,6 +151,8 @@ class Erasures:
     def dry_run(self, stage: Stage, identifier: str) -> DryRun:
         """The impact, then the whole erasure in a transaction that is rolled back (the real counts)."""
         impact = self.impact(stage, identifier)
+        if not impact.deletable:
+            raise ErasureBlocked(stage.name, impact)
         result = run_erasure(
             stage,
             self.settings,
