@@ -33,7 +33,7 @@ PG18_TESTS := tests/test_deletion_engine.py tests/backups/test_commands.py \
 	tests/test_schema_drift_more.py tests/test_schema_migrations_more.py tests/test_schema_watch.py \
 	tests/test_explain.py tests/test_health_replication.py tests/test_alert_attention.py tests/test_charts.py \
 	tests/test_health_catalog_rules.py tests/test_health_resilience.py tests/test_engine_schemas.py tests/test_engine_schemas_more.py \
-	tests/test_engine_schemas_edge.py tests/test_engine_schemas_rare.py \
+	tests/test_engine_schemas_edge.py tests/test_engine_schemas_rare.py tests/test_engine_schemas_keys.py \
 	tests/test_rooted_scope.py
 # Known to fail on 18: deselected here, never skipped in the code. The 18 build has no libxml (xml values).
 PG18_DESELECT := --deselect tests/test_engine_schemas_edge.py::test_xml_documents_and_fragments_restore

@@ -14,11 +14,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, Text, and_, cast, exists, func, literal, literal_column, not_, select
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.types import NullType
 
 from bot.deletion.catalog import ForeignKey
 from bot.deletion.plan import DeletePlan
 from bot.deletion.scopesql import ScopeSql, sa_table
+from bot.deletion.sqlext import as_type
 from bot.slacktext.words import noun, plural
 
 BLOCKER_SAMPLE_ROWS = 5
@@ -141,7 +141,8 @@ def _missing_default_parent(
     """Rows whose defaulted key would point at no parent row left after the delete (MATCH SIMPLE)."""
     x = sa_table(plan.graph, fk.child).alias()
     p = sa_table(plan.graph, fk.parent).alias()
-    new = {c: literal(values[c], type_=NullType()) if c in values else x.c[c] for c in fk.child_columns}
+    child = plan.catalog.table(fk.child)
+    new = {c: as_type(values[c], child.type_of(c)) if c in values else x.c[c] for c in fk.child_columns}
     parent_left = exists(
         select(literal(1))
         .select_from(p)

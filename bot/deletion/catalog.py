@@ -89,9 +89,11 @@ _TABLES = text(
            coalesce((SELECT json_agg(json_build_array(
                         a.attname::text, format_type(a.atttypid, a.atttypmod),
                         a.attnotnull OR coalesce(t.typnotnull, false), a.attgenerated::text,
-                        coalesce(pg_get_expr(d.adbin, d.adrelid), pg_get_expr(t.typdefaultbin, 0)))
+                        coalesce(pg_get_expr(d.adbin, d.adrelid), pg_get_expr(t.typdefaultbin, 0)),
+                        ty.typcategory = 'A')
                         ORDER BY a.attnum)
                      FROM pg_attribute a
+                     JOIN pg_type ty ON ty.oid = a.atttypid
                      LEFT JOIN pg_type t ON t.oid = a.atttypid AND t.typtype = 'd'
                      LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]') AS columns
@@ -232,6 +234,7 @@ class Column:
     not_null: bool  # the column's own NOT NULL, or its domain's
     generated: bool
     default: str | None  # the default expression (the column's, else its domain's)
+    array: bool = False  # an array, or a domain over one (a domain has its base type's category)
 
 
 @dataclass(frozen=True)
@@ -364,7 +367,8 @@ def load_catalog(conn: Connection) -> Catalog:
         role = row.role
         ref = TableRef(row.schema, row.name)
         columns = tuple(
-            Column(name, type_, bool(nn), bool(gen), default) for name, type_, nn, gen, default in row.columns
+            Column(name, type_, bool(nn), bool(gen), default, bool(array))
+            for name, type_, nn, gen, default, array in row.columns
         )
         tables[ref] = TableInfo(
             ref=ref,

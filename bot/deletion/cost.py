@@ -23,14 +23,14 @@ import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Select, bindparam, column, func, literal, select
+from sqlalchemy import Connection, Select, Text, cast, column, func, literal, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import NullType
 
 from bot.deletion.catalog import Catalog, ForeignKey, TableRef
 from bot.deletion.plan import set_local
 from bot.deletion.scopesql import CteSource, ScopeSql, sa_table
-from bot.deletion.sqlext import ExplainAnalyze
+from bot.deletion.sqlext import ExplainAnalyze, as_type
 from bot.indexes.naming import index_name
 
 if TYPE_CHECKING:
@@ -62,10 +62,6 @@ class SlowKey:
     name: str = ""
 
 
-def _param(name: str, value: Any) -> Any:
-    return bindparam(name, value, type_=NullType())
-
-
 def _execution_ms(conn: Connection, query: Select[Any]) -> float:
     plan = conn.execute(ExplainAnalyze(query)).scalar_one()
     if isinstance(plan, str):
@@ -80,8 +76,10 @@ def _lookup(catalog: Catalog, fk: ForeignKey, values: tuple[Any, ...], pages: in
     like the full scan it stands for).
     """
     child = sa_table(catalog, fk.child)
+    parent = catalog.table(fk.parent)
     conditions = [
-        child.c[c] == _param(f"v{i}", v) for i, (c, v) in enumerate(zip(fk.child_columns, values, strict=True))
+        child.c[c] == as_type(v, parent.type_of(p), f"v{i}")
+        for i, (c, p, v) in enumerate(zip(fk.child_columns, fk.parent_columns, values, strict=True))
     ]
     if pages is not None:
         conditions.append(column("ctid", _selectable=child) < literal(f"({pages},0)", type_=NullType()))
@@ -120,15 +118,15 @@ def _scan_probe(conn: Connection, catalog: Catalog, fk: ForeignKey, samples: lis
 def key_sample(plan: DeletePlan, sql: ScopeSql, ref: TableRef) -> Any:
     """Up to PROBE_SAMPLES rows of the scope's referenced columns, as a JSON array of arrays.
 
-    Values come back as JSON scalars and are bound untyped, so PostgreSQL reads them as the
-    column's own type (uuid, date, ...) in the probe.
+    Values come back as text, as PostgreSQL prints them, and are bound cast to the referenced column's
+    own type in the probe (an integer[] key as JSON would come back a smallint[], a composite an object).
     """
     source = sql.source
     assert isinstance(source, CteSource)
     cte = source.cte(ref)
     cols = plan.graph.needed_columns(ref)
     few = select(*(cte.c[c] for c in cols)).limit(PROBE_SAMPLES).subquery()
-    return select(func.json_agg(func.json_build_array(*(few.c[c] for c in cols)))).scalar_subquery()
+    return select(func.json_agg(func.json_build_array(*(cast(few.c[c], Text) for c in cols)))).scalar_subquery()
 
 
 def estimate_cascades(

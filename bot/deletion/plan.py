@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, column, literal, select, table, text
+from sqlalchemy import Connection, Text, bindparam, cast, column, literal, select, table, text
 from sqlalchemy.types import NullType
 
 from bot.deletion.catalog import Catalog, ForeignKey, TableRef, load_catalog, resolve_table
@@ -42,6 +42,7 @@ from bot.deletion.scope import (
     ordered_components,
 )
 from bot.deletion.scopesql import CteSource, RootFilter, ScopeSql, sa_table
+from bot.deletion.sqlext import as_type
 from bot.errors import NotFound, UserFacingError
 
 WORK_MEM = "64MB"  # scope hashes of 100k+ keys must stay hashed (see execute.py)
@@ -90,7 +91,7 @@ class DeletePlan:
     steps: list[Step]  # set steps, then deletes children before parents
     blocking: list[ForeignKey]  # RESTRICT (and blocking NO ACTION) edges into tables in scope
     problems: list[str] = field(default_factory=list)
-    root_row: dict[str, Any] = field(default_factory=dict)  # the server's key and referenced columns
+    root_row: dict[str, Any] = field(default_factory=dict)  # the server's key and referenced columns, as text
     # A rooted plan (build_rooted_plan): the rows each root table starts from, instead of the slug.
     root_filters: Mapping[TableRef, RootFilter] | None = None
     defer_constraints: bool = False  # a DEFERRABLE NO ACTION edge is ordered parent first
@@ -161,21 +162,25 @@ def find_server(
     slug: str | None,
     server_key: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
-    """The root row's `columns`, found by primary key (a bound request) or by slug (a command).
+    """The root row's `columns` as text, found by primary key (a bound request) or by slug (a command).
 
     With both, the row found by key must still carry that slug: a slug reused by another server never
     redirects a request, and a renamed server is not silently the one approved.
     """
     t = sa_table(catalog, root)
-    pk = catalog.table(root).key
-    query = select(*(t.c[c] for c in columns))
+    info = catalog.table(root)
+    pk = info.key
+    # As text, as PostgreSQL prints them: compared again cast to the column's type (sqlext.as_type).
+    query = select(*(cast(t.c[c], Text) for c in columns))
     if server_key is not None:
         if set(server_key) != set(pk):
             raise PlanProblem(
                 f"the request names the server by ({', '.join(sorted(server_key))}), but the primary key of "
                 f"{root} is ({', '.join(pk)})"
             )
-        query = query.where(*(t.c[k] == _param(f"key_{i}", server_key[k]) for i, k in enumerate(pk)))
+        query = query.where(
+            *(t.c[k] == as_type(str(server_key[k]), info.type_of(k), f"key_{i}") for i, k in enumerate(pk))
+        )
     elif slug is not None:
         query = query.where(t.c[ROOT_SLUG] == _param("slug", slug))
     else:
@@ -364,11 +369,28 @@ def server_exists(conn: Connection, slug: str | None = None, *, server_key: Mapp
         return False
     if server_key is not None:
         t = table(root.name, *(column(k) for k in server_key), schema=root.schema)
-        where = [t.c[k] == _param(f"key_{i}", v) for i, (k, v) in enumerate(server_key.items())]
+        types = column_types(conn, root)
+        where = [
+            t.c[k] == (as_type(str(v), types[k], f"key_{i}") if k in types else _param(f"key_{i}", v))
+            for i, (k, v) in enumerate(server_key.items())
+        ]
     else:
         t = table(root.name, column(ROOT_SLUG), schema=root.schema)
         where = [t.c[ROOT_SLUG] == _param("slug", slug)]
     return conn.execute(select(literal(1)).select_from(t).where(*where)).first() is not None
+
+
+def column_types(conn: Connection, ref: TableRef) -> dict[str, str]:
+    """Each column's type as `format_type()` spells it (a key given as text is compared cast to it)."""
+    rows = conn.execute(
+        text(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+            " JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = :schema AND c.relname = :name AND a.attnum > 0 AND NOT a.attisdropped"
+        ),
+        {"schema": ref.schema, "name": ref.name},
+    )
+    return {str(name): str(spec) for name, spec in rows}
 
 
 def set_local(conn: Connection, name: str, value: str) -> None:

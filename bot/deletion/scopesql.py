@@ -20,7 +20,6 @@ from sqlalchemy import (
     Text,
     and_,
     any_,
-    bindparam,
     cast,
     column,
     except_,
@@ -39,11 +38,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.sql.selectable import CTE
-from sqlalchemy.types import NullType
 
 from bot.deletion.catalog import Catalog, ForeignKey, TableRef
 from bot.deletion.scope import ScopeGraph, Walk
-from bot.deletion.sqlext import CatalogType, OnlyTable
+from bot.deletion.sqlext import CatalogType, OnlyTable, as_type
 
 # Rows a scope starts from, as a predicate over an alias of the root table (see `build_rooted_plan`).
 RootFilter = Callable[[Any], ColumnElement[bool]]
@@ -135,9 +133,10 @@ class ScopeSql:
 
     def root_match(self, alias: Any) -> ColumnElement[bool]:
         """The server row itself, by its primary key (resolved once, in the same transaction)."""
+        info = self.graph.catalog.table(self.graph.root)
         return and_(
             *(
-                alias.c[k] == bindparam(f"root_{i}", self.root_row[k], type_=NullType())
+                alias.c[k] == as_type(self.root_row[k], info.type_of(k), f"root_{i}")
                 for i, k in enumerate(self.graph.key(self.graph.root))
             )
         )
@@ -176,17 +175,19 @@ class ScopeSql:
             rows = select(*(part.c[k] for k in key)).where(self.edge_match(part, fk, over_child=True))
             return match(alias, key, rows)
         if fk.parent == graph.root and self.root_is_one_row():
+            root = graph.catalog.table(graph.root)
             return and_(
                 *(
-                    alias.c[c] == literal(self.root_row[p], type_=NullType())
+                    alias.c[c] == as_type(self.root_row[p], root.type_of(p))
                     for c, p in zip(fk.child_columns, fk.parent_columns, strict=True)
                 )
             )
         keys = self.parent_keys(fk)
-        spec = graph.catalog.table(fk.parent).type_of(fk.parent_columns[0]) if len(fk.parent_columns) == 1 else "[]"
-        if graph.node(fk.parent) in self.array_parents and not spec.endswith("]"):  # an array key: no array of it
+        single = len(fk.parent_columns) == 1
+        parent = graph.catalog.table(fk.parent).column(fk.parent_columns[0])
+        if graph.node(fk.parent) in self.array_parents and single and not parent.array:  # no array of arrays
             listed = keys.subquery()
-            of = CatalogType(spec)
+            of = CatalogType(parent.type)
             agg = cast(select(func.array_agg(listed.c[0])).scalar_subquery(), ARRAY(of))  # one array, not rows
             return alias.c[fk.child_columns[0]] == any_(agg)
         return match(alias, fk.child_columns, keys)

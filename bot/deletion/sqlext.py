@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import ColumnElement, Text, bindparam, cast
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement
@@ -37,6 +38,18 @@ class CatalogType(UserDefinedType[Any]):
 
     def get_col_spec(self, **kw: Any) -> str:
         return self.spec
+
+
+def as_type(value: str | None, spec: str, name: str | None = None) -> ColumnElement[Any]:
+    """A value PostgreSQL printed as text (`CAST(col AS text)`), bound as text and cast back to `spec`
+    (a column's type as `format_type()` spells it).
+
+    Key values never make the round trip through Python types: psycopg would bind a list of small ints
+    as smallint[] (and `integer[] = smallint[]` does not exist), a composite as a record, a JSON number
+    as a float. Cast to the referenced column's own type, a comparison with a referencing column of
+    another comparable type (smallint to integer, integer to numeric) resolves as the foreign key's does.
+    """
+    return cast(bindparam(name, value, type_=Text, unique=name is None), CatalogType(spec))
 
 
 class CreateTempTableAs(Executable, ClauseElement):

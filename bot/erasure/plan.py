@@ -17,8 +17,10 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Text,
     and_,
     case,
+    cast,
     column,
     false,
     func,
@@ -31,12 +33,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import NullType
 
-from bot.deletion.catalog import Catalog, TableRef, load_catalog, resolve_table
+from bot.deletion.catalog import Catalog, TableInfo, TableRef, load_catalog, resolve_table
 from bot.deletion.impact import ImpactReport, measure_impact, snapshot_hash
 from bot.deletion.plan import DeletePlan, PlanProblem, build_rooted_plan, set_local
 from bot.deletion.scope import ROOT_SLUG, ROOT_TABLE
 from bot.deletion.scopesql import ScopeSql, equal, sa_table
-from bot.deletion.sqlext import ExplainAnalyze
+from bot.deletion.sqlext import ExplainAnalyze, as_type
 from bot.erasure.identity import (
     Digests,
     Person,
@@ -90,14 +92,21 @@ class Found:
         return ErasureTarget(person, self.user_key_digests, dict(self.emails))
 
 
-def keys_in(alias: Any, key: Sequence[str], values: Sequence[tuple[Any, ...]]) -> ColumnElement[bool]:
-    """`alias.key IN (values)`, bound untyped so PostgreSQL compares in the column's own type."""
+def keys_in(alias: Any, info: TableInfo, values: Sequence[tuple[Any, ...]]) -> ColumnElement[bool]:
+    """`alias.key IN (values)` for a table's key: values as text (PostgreSQL's own, `key_texts`), each cast
+    to its column's type, so an integer[] or composite key compares as itself, never as Python made it."""
+    key = info.key
     if not values:
         return false()
     if len(key) == 1:
-        return alias.c[key[0]].in_([literal(v[0], type_=NullType()) for v in values])
-    rows = [tuple_(*(literal(x, type_=NullType()) for x in v)) for v in values]
+        return alias.c[key[0]].in_([as_type(v[0], info.type_of(key[0])) for v in values])
+    rows = [tuple_(*(as_type(x, info.type_of(k)) for k, x in zip(key, v, strict=True))) for v in values]
     return tuple_(*(alias.c[k] for k in key)).in_(rows)
+
+
+def key_texts(alias: Any, columns: Sequence[str]) -> list[Any]:
+    """Columns as text: key values held in memory (and digested) as PostgreSQL prints them."""
+    return [cast(alias.c[c], Text).label(c) for c in columns]
 
 
 def identity_match(alias: Any, table: IdentityTable, emails: Digests, fold: str | None) -> ColumnElement[bool]:
@@ -123,7 +132,7 @@ def find_person(
         blank = func.nullif(value, literal("")).is_(None)
         email_digest_col = case((blank, null()), else_=sql_digest(value))
         email_length = func.char_length(value)
-    found = select(*(users.c[c] for c in referenced), email_digest_col.label("d"), email_length.label("n"))
+    found = select(*key_texts(users, referenced), email_digest_col.label("d"), email_length.label("n"))
     rows = conn.execute(found.where(where)).all()
     emails = {person.normalised: person.length} if person.is_email else {}
     emails |= {str(r.d): int(r.n) for r in rows if r.d}
@@ -134,14 +143,14 @@ def find_person(
 
 def delete_plan(conn: Connection, catalog: Catalog, targets: Targets, found: Found) -> DeletePlan:
     """The engine's plan rooted at the person's user rows and the `delete`-mode rows of ERASURE_COLUMNS."""
-    key = catalog.table(targets.users).key
+    info = catalog.table(targets.users)
     user_keys = list(found.user_keys)
     emails = dict(found.emails)
-    roots: dict[TableRef, Any] = {targets.users: lambda t: keys_in(t, key, user_keys)}
+    roots: dict[TableRef, Any] = {targets.users: lambda t: keys_in(t, info, user_keys)}
     for table in targets.delete_roots:
         if table.table == targets.users:
             roots[targets.users] = lambda t, it=table: or_(
-                keys_in(t, key, user_keys), identity_match(t, it, emails, targets.fold)
+                keys_in(t, info, user_keys), identity_match(t, it, emails, targets.fold)
             )
         else:
             roots[table.table] = lambda t, it=table: identity_match(t, it, emails, targets.fold)

@@ -52,6 +52,7 @@ from bot.deletion.execute import (
 from bot.deletion.impact import compare_snapshots
 from bot.deletion.plan import DeletePlan, PlanProblem
 from bot.deletion.scopesql import TEMP, equal, sa_table
+from bot.deletion.sqlext import as_type
 from bot.erasure.identity import json_mentions, person_matches, scrub_mentions, sql_key_text, sql_row_token, sql_token
 from bot.erasure.plan import (
     LABEL,
@@ -63,6 +64,7 @@ from bot.erasure.plan import (
     find_person,
     identity_match,
     is_extra,
+    key_texts,
     keys_in,
 )
 from bot.erasure.settings import ErasureSettings
@@ -123,7 +125,7 @@ def apply_extras(conn: Connection, catalog: Catalog, targets: Targets, found: Fo
             update(t)
             .where(identity_match(t, it, found.emails, fold), outside(it.table, t))
             .values(values)
-            .returning(*(t.c[k] for k in key))
+            .returning(*key_texts(t, key))
         )
         keys = [tuple(r) for r in conn.execute(stmt)]
         extras.counts[extras_key("anonymise", it.table)] = len(keys)
@@ -134,8 +136,8 @@ def apply_extras(conn: Connection, catalog: Catalog, targets: Targets, found: Fo
         where = [json_mentions(t.c[jc.column], found.emails, fold), outside(jc.table, t)]
         if not targets.scan_all:
             kept = extras.touched.get(jc.table, [])
-            where.append(keys_in(t, key, kept))
-        rows = conn.execute(select(*(t.c[k] for k in key), cast(t.c[jc.column], Text)).where(*where)).all()
+            where.append(keys_in(t, catalog.table(jc.table), kept))
+        rows = conn.execute(select(*key_texts(t, key), cast(t.c[jc.column], Text)).where(*where)).all()
         changes = []
         for row in rows:
             scrubbed, replaced = scrub_mentions(row[-1], found.emails)
@@ -143,9 +145,10 @@ def apply_extras(conn: Connection, catalog: Catalog, targets: Targets, found: Fo
                 changes.append({**{f"k{i}": v for i, v in enumerate(row[:-1])}, "value": scrubbed})
         if changes:
             target = sa_table(catalog, jc.table)
+            info = catalog.table(jc.table)
             conn.execute(
                 update(target)
-                .where(*(target.c[k] == bindparam(f"k{i}", type_=NullType()) for i, k in enumerate(key)))
+                .where(*(target.c[k] == as_type(None, info.type_of(k), f"k{i}") for i, k in enumerate(key)))
                 .values({jc.column: bindparam("value", type_=NullType())}),
                 changes,
             )
@@ -264,11 +267,11 @@ def verify_erased(
     problems: list[str] = []
     with stage.read(statement_timeout_ms=VERIFY_STATEMENT_MS) as conn:
         users = sa_table(catalog, targets.users)
-        key = catalog.table(targets.users).key
+        info = catalog.table(targets.users)
         still = person_matches(
             users, target.person, email=targets.user_email, exact=targets.user_exact, fold=targets.fold
         )
-        left = conn.execute(select(func.count()).where(still | keys_in(users, key, found.user_keys))).scalar_one()
+        left = conn.execute(select(func.count()).where(still | keys_in(users, info, found.user_keys))).scalar_one()
         if left:
             match = noun(left, "matches", "match")
             problems.append(f"{targets.users}: {plural(left, 'row')} still {match} {target.person.label}")
@@ -282,7 +285,7 @@ def verify_erased(
             t = sa_table(catalog, jc.table)
             where = [json_mentions(t.c[jc.column], found.emails, targets.fold)]
             if not targets.scan_all:
-                where.append(keys_in(t, catalog.table(jc.table).key, extras.touched.get(jc.table, [])))
+                where.append(keys_in(t, catalog.table(jc.table), extras.touched.get(jc.table, [])))
             left = conn.execute(select(func.count()).where(*where)).scalar_one()
             if left:
                 mention = noun(left, "mentions", "mention")
