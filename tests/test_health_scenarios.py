@@ -218,3 +218,28 @@ def test_a_role_without_pg_read_all_stats_is_told_it_cannot_see_other_roles_sess
     health.run("activity")
     assert [r.state for r in health.alert_rows() if r.check_name == "unavailable:long_running"] == ["resolved"]
     assert _states(health, "long_running") == ["firing"]
+
+
+HOSTILE_COMMENT = "/* <!channel> <https://evil.example|click> frank@example.com password=hunter2xyz ``` */"
+
+
+def test_a_slow_statement_with_a_hostile_comment_is_escaped_in_its_alert_and_every_command(
+    make_health, make_bot, stage_db
+):
+    health = make_health({"dev": stage_db.url}, SLOW_QUERY_MS="30", SLOW_QUERY_MIN_CALLS="3")
+    bot = make_bot({"dev": stage_db.url}, SLOW_QUERY_MS="30", SLOW_QUERY_MIN_CALLS="3")
+    health.run("statements")
+    with psycopg.connect(stage_db.url, autocommit=True, application_name="<!here>") as conn:
+        for _ in range(4):
+            conn.execute(f"SELECT pg_sleep(0.05) {HOSTILE_COMMENT}")  # pg_stat_statements keeps the comment
+    health.run("statements")
+    [post] = health.posts()
+    assert "pg_sleep" in posted_texts([post])[0]
+    sent = [everything_sent(health.slack)]
+    bot.command("slow-queries --stage dev").text()
+    bot.command("alerts --stage dev").text()
+    bot.sender.event({"type": "app_home_opened", "user": OPERATOR, "tab": "home"})
+    bot.slack.wait_for_call("views.publish", lambda c: True, 15, 1)
+    sent.append(everything_sent(bot.slack))
+    for leaked in ("<!channel>", "<!here>", "<https://evil", "hunter2xyz", "frank@example.com", "```"):
+        assert not [s for s in sent if leaked in s], leaked
