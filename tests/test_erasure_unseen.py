@@ -160,3 +160,28 @@ def test_a_trigger_that_copies_the_email_elsewhere_is_caught(stage_db: StageDb):
     impact, result = forget(stage_db, {"ERASURE_COLUMNS": "user_audit.email"}, "pat@example.com")
     assert [(t.table, t.trigger) for t in impact.delete.triggers] == [("mcp_server_user", "user_audit")]
     assert not result.verified and "user_audit: 1 row still holds the email" in result.verification
+
+
+FROZEN = """
+INSERT INTO mcp_server_user (id, distinct_id, email) VALUES ('msu_fay', 'did_fay', 'fay@example.com');
+INSERT INTO mcp_server_session (mcp_server_session_id, mcp_server_slug, connection_date, mcp_server_user_id)
+ SELECT 'ses_fay', slug, current_date, 'msu_fay' FROM mcp_servers WHERE id = 'srv_s1';
+INSERT INTO mcp_tool_calls (id, mcp_server_id, tool_name, mcp_server_user_id, mcp_server_session_id) VALUES
+ ('tc_fay', 'srv_s1', 'send', 'msu_fay', 'ses_fay');
+INSERT INTO support_requests (id, email, organization_id) VALUES ('sr_fay', 'fay@example.com', 'org_1');
+CREATE FUNCTION frozen() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'tool call % of user % (%) is frozen', OLD.id, OLD.mcp_server_user_id, 'fay@example.com'; END $$;
+CREATE TRIGGER frozen BEFORE DELETE ON mcp_tool_calls FOR EACH ROW EXECUTE FUNCTION frozen();
+"""
+
+
+def test_a_trigger_refusing_midway_rolls_everything_back_and_its_message_does_not_name_the_person(stage_db: StageDb):
+    stage_db.execute(FROZEN)
+    before = checksums(stage_db)
+    for identifier in ("msu_fay", "did_fay", "FAY@example.com"):
+        with pytest.raises(UserFacingError) as failed:
+            forget(stage_db, {}, identifier)
+        message = failed.value.message
+        assert "a trigger or function refused" in message and "tc_fay" in message, message
+        assert "msu_fay" not in message and "did_fay" not in message and "fay@" not in message, message
+        assert checksums(stage_db) == before

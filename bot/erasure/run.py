@@ -53,7 +53,15 @@ from bot.deletion.impact import compare_snapshots
 from bot.deletion.plan import DeletePlan, PlanProblem
 from bot.deletion.scopesql import TEMP, equal, sa_table
 from bot.deletion.sqlext import as_type
-from bot.erasure.identity import json_mentions, person_matches, scrub_mentions, sql_key_text, sql_row_token, sql_token
+from bot.erasure.identity import (
+    digest,
+    json_mentions,
+    person_matches,
+    scrub_mentions,
+    sql_key_text,
+    sql_row_token,
+    sql_token,
+)
 from bot.erasure.plan import (
     LABEL,
     ErasureTarget,
@@ -75,6 +83,19 @@ from bot.stages import Stage
 VERIFY_STATEMENT_MS = 300_000
 # The server's detail of a key violation quotes the values ("Key (id)=(msu_...)"): the person's own keys here.
 _KEY_DETAIL = re.compile(r"\s*\((?:Key|Failing row contains) .*\)\s*$", re.DOTALL)
+_WORD = re.compile(r"[^\s()'\"`,;:=]+")
+
+
+def redact(message: str, target: ErasureTarget) -> str:
+    """A database error without the person in it: the server's quoted key values dropped, and any word of
+    it (a trigger's RAISE text naming OLD.mcp_server_user_id, say) that is the identifier or one of the
+    person's user keys, by digest, shown as the label. Emails are masked by the error's own scrub."""
+    known = {target.person.exact, target.person.normalised, *target.user_keys}
+    return _WORD.sub(
+        lambda m: target.person.label if digest(m.group(0)) in known else m.group(0), _KEY_DETAIL.sub("", message)
+    )
+
+
 Outside = Callable[[TableRef, Any], ColumnElement[bool]]
 
 
@@ -236,7 +257,7 @@ def run_erasure(
             delete_leaves=True,  # the hook reads no deleted row (leaves gone already are simply outside), no backup
         )
     except DeleteFailed as exc:
-        exc.message = _KEY_DETAIL.sub("", exc.message)  # the same error (a stale plan stays one), minus the values
+        exc.message = redact(exc.message, target)  # the same error (a stale plan stays one), minus the person
         exc.args = (exc.message,)
         raise
     extras: Extras = state.get("extras") or Extras()
