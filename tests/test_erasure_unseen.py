@@ -185,3 +185,17 @@ def test_a_trigger_refusing_midway_rolls_everything_back_and_its_message_does_no
         assert "a trigger or function refused" in message and "tc_fay" in message, message
         assert "msu_fay" not in message and "did_fay" not in message and "fay@" not in message, message
         assert checksums(stage_db) == before
+
+
+def test_a_distinct_id_that_is_an_email_matches_in_any_case_but_other_distinct_ids_exactly(stage_db: StageDb):
+    stage_db.execute(
+        "INSERT INTO mcp_server_user (id, distinct_id, email) VALUES"
+        " ('msu_xp', 'X.Person@Mail.com', NULL), ('msu_yp', 'Did_Y', 'y@mail.com');"
+        " INSERT INTO support_requests (id, email, organization_id) VALUES ('sr_xp', 'x.person@mail.com', 'org_1')"
+    )
+    impact, result = forget(stage_db, {}, " x.PERSON@mail.com\n")
+    assert result.verified and impact.users == 1, result.verification
+    assert stage_db.scalar("SELECT count(*) FROM mcp_server_user WHERE id = 'msu_xp'") == 0
+    assert stage_db.scalar("SELECT count(*) FROM support_requests WHERE id = 'sr_xp'") == 0
+    with pytest.raises(NotFound):
+        forget(stage_db, {}, "did_y")  # not an email: exactly as stored

@@ -143,6 +143,8 @@ class BackupScanner:
                 value = copytext.decode(fields[at[col]])
                 if value is not None and self._digest(value) == person.exact:
                     return True
+                if value is not None and person.is_email and email_digest(value) == person.normalised:
+                    return True
         return False
 
     def _fate(self, rules: _Rules, fields: list[bytes], removed: dict[tuple[TableRef, tuple[str, ...]], set]) -> str:

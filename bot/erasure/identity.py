@@ -222,11 +222,15 @@ def email_matches(expr: Any, emails: Digests, fold: str | None) -> ColumnElement
 def person_matches(
     alias: Any, person: Person, *, email: str | None, exact: Sequence[str], fold: str | None
 ) -> ColumnElement[bool]:
-    """User rows the identifier names: its email column case-insensitively, the `exact` columns exactly."""
+    """User rows the identifier names: its email column case-insensitively, the `exact` columns exactly (an
+    email identifier matches them case-insensitively too: a distinct id that is an email)."""
     parts: list[ColumnElement[bool]] = []
     if email is not None and person.is_email:
         parts.append(email_matches(alias.c[email], {person.normalised: person.length}, fold))
-    parts += [digest_in(cast(alias.c[c], Text), {person.exact: person.exact_length}) for c in exact]
+    for c in exact:
+        parts.append(digest_in(cast(alias.c[c], Text), {person.exact: person.exact_length}))
+        if person.is_email:  # a distinct id that is an email is the person's email: any case
+            parts.append(email_matches(alias.c[c], {person.normalised: person.length}, fold))
     return or_(*parts) if parts else false()
 
 
