@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from bot.console.localslack import LocalSlack
@@ -243,3 +244,56 @@ def test_a_slow_statement_with_a_hostile_comment_is_escaped_in_its_alert_and_eve
     sent.append(everything_sent(bot.slack))
     for leaked in ("<!channel>", "<!here>", "<https://evil", "hunter2xyz", "frank@example.com", "```"):
         assert not [s for s in sent if leaked in s], leaked
+
+
+def test_a_role_named_by_an_email_is_masked_in_alerts_sessions_and_the_audit(make_health, make_bot, stage_db):
+    role = unique_name("grace") + "@example.com"  # RDS IAM and SSO roles are often people's addresses
+    with psycopg.connect(stage_db.url, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        health = make_health({"dev": stage_db.url}, **FAST)
+        bot = make_bot({"dev": stage_db.url}, **FAST)
+        held = Sessions(make_url(stage_db.url).set(username=role).render_as_string(hide_password=False))
+        try:
+            held.running("SELECT pg_sleep(60)", "report-job")
+            sessions_wait = Sessions(stage_db.url)
+            sessions_wait.wait_until(old_enough("report-job", 1))
+            health.run("activity")
+            [post] = health.posts()
+            assert "g***@example.com" in posted_texts([post])[0]
+            assert "report-job" in message_text(bot.command("sessions --stage dev").message())
+            bot.command("health --stage dev").text()
+        finally:
+            held.close()
+        for _ in range(2):
+            health.run("activity")
+        health.sync()
+        with health.runtime.bot_engine.connect() as conn:
+            audit = " ".join(str(r) for r in conn.execute(text("SELECT * FROM audit_log")))
+            alerts = " ".join(str(r) for r in conn.execute(text("SELECT * FROM alerts")))
+        assert "g***@example.com" in alerts
+        for where in (everything_sent(health.slack), audit, alerts):
+            assert role not in where
+    finally:
+        with psycopg.connect(stage_db.url, autocommit=True) as conn:
+            conn.execute(f'DROP ROLE "{role}"')
+
+
+def test_a_client_of_another_role_calling_itself_mcp_ops_cannot_hide_from_the_checks(make_health, stage_db, sessions):
+    role = unique_name("sneaky")
+    with psycopg.connect(stage_db.url, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+    health = make_health({"dev": stage_db.url}, **FAST)
+    sneaky = Sessions(make_url(stage_db.url).set(username=role).render_as_string(hide_password=False))
+    try:
+        pid = sneaky.running("SELECT pg_sleep(60)", "mcp-ops/dev")
+        ours = sessions.running("SELECT pg_sleep(60)", "mcp-ops/dev")  # the stage's own role: the bot's session
+        sessions.wait_until(old_enough("mcp-ops/dev", 2))
+        health.run("activity")
+        [row] = [r for r in health.alert_rows() if r.check_name == "long_running"]
+        assert row.object.startswith(f"pid {pid} ") and f"pid {ours} " not in row.title
+        assert [a["label"] for a in row.actions] == ["Cancel query", "Terminate session"]
+    finally:
+        sneaky.close()
+        with psycopg.connect(stage_db.url, autocommit=True) as conn:
+            conn.execute(f'DROP ROLE "{role}"')

@@ -317,13 +317,27 @@ def test_the_bot_refuses_its_own_superuser_sessions_and_names_a_missing_grant(ma
             answer = press_value(bot, "dev", dict(session_actions(su_row, "idle in transaction")[0]))
             assert "runs as a superuser" in answer
             su.execute("ROLLBACK")
-        with psycopg.connect(app_url(app_db), autocommit=True, application_name="mcp-ops/dev/request-9") as ours:
+        # The bot's own: its name and the stage's role (`limited` connects as ops_limited).
+        limited_url = app_db.url.replace("postgres@", f"{limited}@", 1)
+        with psycopg.connect(limited_url, autocommit=True, application_name="mcp-ops/limited/request-9") as ours:
             ours.execute("BEGIN")
-            our_row = app_db.rows("SELECT * FROM pg_stat_activity WHERE application_name = 'mcp-ops/dev/request-9'")[0]
-            answer = press_value(bot, "dev", dict(session_actions(our_row, "idle in transaction")[0]))
+            our_row = app_db.rows(
+                "SELECT * FROM pg_stat_activity WHERE application_name = 'mcp-ops/limited/request-9'"
+            )[0]
+            answer = press_value(bot, "limited", dict(session_actions(our_row, "idle in transaction")[0]))
             assert "is one of the bot's own sessions; the bot never signals itself" in answer
             ours.execute("ROLLBACK")
         assert len(requests_rows(bot)) == 1  # only the one that was allowed
+        # Another role calling itself mcp-ops is not the bot: it is not refused as one of its own sessions.
+        spoof = psycopg.connect(app_url(app_db), autocommit=True, application_name="mcp-ops/dev/request-9")
+        try:
+            spoof.execute("BEGIN")
+            row = app_db.rows("SELECT * FROM pg_stat_activity WHERE application_name = 'mcp-ops/dev/request-9'")[0]
+            press_value(bot, "dev", dict(session_actions(row, "idle in transaction")[0]), refused=False)
+            request = wait_state(bot, latest_request(bot, "terminate").id, {"done", "failed", "stale"})
+            assert request.state == "done", request.error
+        finally:
+            spoof.close()  # terminated: closing it is all that is left
     finally:
         app_db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'report-job'")
         sessions.join()

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from bot.config import HealthSettings
-from bot.health.checks.base import OUR_SESSIONS, safe_query_text, session_label
+from bot.health.checks.base import NOT_OURS, OUR_SESSIONS, safe_query_text, session_label
 from bot.sessions.targets import ACTIVE, BLOCKING, IDLE_IN_TRANSACTION, session_actions
 
 MAX_LISTED = 15
@@ -27,8 +27,7 @@ _BACKENDS = text(
     " extract(epoch FROM now() - xact_start) AS xact_s"
     " FROM pg_stat_activity"
     " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND datname = current_database()"
-    " AND coalesce(application_name, '') NOT LIKE :ours"
-    " ORDER BY coalesce(xact_start, query_start, backend_start)"
+    " AND " + NOT_OURS + " ORDER BY coalesce(xact_start, query_start, backend_start)"
 )
 
 

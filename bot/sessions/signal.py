@@ -139,7 +139,7 @@ def describe(target: dict[str, Any]) -> str:
 
 def _refusal(row: Any, how: str) -> str | None:
     who = f"pid {row.pid}"
-    if row.myself or (row.application_name or "").startswith(APPLICATION_NAME):
+    if row.myself or ((row.application_name or "").startswith(APPLICATION_NAME) and row.usename == row.me):
         return f"{who} is one of the bot's own sessions; the bot never signals itself"
     if row.backend_type != "client backend":
         kind = "a replication backend" if "wal" in (row.backend_type or "") else f"a {row.backend_type}"

@@ -30,6 +30,9 @@ Severity = Literal["info", "warning", "critical"]
 Status = Literal["ok", "findings", "unavailable", "error"]
 
 OUR_SESSIONS = f"{APPLICATION_NAME}%"
+# The bot's own sessions: its application_name *and* the stage's role. Any client may call itself
+# `mcp-ops...`; one of another role that does is still checked (it cannot hide from the alerts that way).
+NOT_OURS = "NOT (coalesce(application_name, '') LIKE :ours AND usename IS NOT DISTINCT FROM current_user)"
 UNAVAILABLE_PREFIX = "unavailable:"  # the alert check under which a check that cannot see enough says so
 MAX_FINDINGS = 10  # per check and run: the oldest first, the summary counts the rest
 QUERY_CHARS = 300

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, bindparam, text
 
 from bot.health.checks.base import (
     MAX_FINDINGS,
+    NOT_OURS,
     OUR_SESSIONS,
     CheckContext,
     CheckReport,
@@ -106,8 +107,7 @@ def check_connections(conn: Connection, ctx: CheckContext) -> CheckReport:
 # -- sessions: long-running, idle in transaction, blocked ------------------------------------------
 
 _SESSION_FILTER = (
-    " backend_type = 'client backend' AND pid <> pg_backend_pid() AND datname = current_database()"
-    " AND coalesce(application_name, '') NOT LIKE :ours"
+    " backend_type = 'client backend' AND pid <> pg_backend_pid() AND datname = current_database() AND " + NOT_OURS
 )
 
 

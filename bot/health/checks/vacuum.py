@@ -17,6 +17,7 @@ from sqlalchemy import Connection, text
 
 from bot.health.checks.base import (
     MAX_FINDINGS,
+    NOT_OURS,
     OUR_SESSIONS,
     CheckContext,
     CheckReport,
@@ -49,7 +50,7 @@ SELECT 'backend' AS kind, pid::text AS ident, pid, usename, application_name, st
   FROM pg_stat_activity
  WHERE (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL) AND pid <> pg_backend_pid()
    AND datname = current_database() AND coalesce(backend_type, 'client backend') = 'client backend'
-   AND coalesce(application_name, '') NOT LIKE :ours
+   AND {not_ours}
 UNION ALL
 SELECT 'prepared', gid, NULL, owner, NULL, NULL, NULL, prepared, age(transaction), transaction::text, true,
        NULL, NULL, database, NULL
@@ -141,7 +142,7 @@ def check_vacuum_horizon(conn: Connection, ctx: CheckContext) -> CheckReport:
     rows = conn.execute(
         text(
             "SELECT *, extract(epoch FROM now() - since) AS held_s FROM ("
-            + HOLDERS_SQL.format(slot_since=f"{slot_since}::timestamptz")
+            + HOLDERS_SQL.format(slot_since=f"{slot_since}::timestamptz", not_ours=NOT_OURS)
             + ") holders"
         ),
         {"ours": OUR_SESSIONS},
