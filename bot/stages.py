@@ -103,6 +103,9 @@ class Stage:
             f"-c statement_timeout={settings.read_statement_timeout_ms}"
             f" -c lock_timeout={settings.lock_timeout_ms}"
             " -c idle_in_transaction_session_timeout=600000"
+            # Floats print exactly whatever the role or database sets: key values the engine reads as text
+            # and binds back (bot/deletion/sqlext.as_type) must name the same row (0.1 + 0.2 is not 0.3).
+            " -c extra_float_digits=3"
         )
         timeout_s = settings.connect_timeout_s
         connect_args: dict[str, Any] = {

@@ -194,3 +194,30 @@ def test_forgetting_a_user_keyed_by_an_integer_array_with_composite_keyed_rows_t
     result = run_erasure(stage, settings, target, expected=impact.snapshot, budget_s=60)
     assert result.verified, result.verification
     assert differences(checksums(db.dsn), checksums(reference.dsn)) == []
+
+
+def test_float_date_and_interval_keys_under_a_databases_own_output_settings(h):
+    # The server's key is held as PostgreSQL prints it: under extra_float_digits = 0 a float8 would print
+    # rounded (0.3 for 0.1 + 0.2) and name the other server; the stage's sessions pin extra_float_digits = 3.
+    h.check(
+        """
+        DO $$ BEGIN
+            EXECUTE format('ALTER DATABASE %I SET extra_float_digits = 0', current_database());
+            EXECUTE format('ALTER DATABASE %I SET DateStyle = ''SQL, DMY''', current_database());
+            EXECUTE format('ALTER DATABASE %I SET IntervalStyle = ''sql_standard''', current_database());
+        END $$;
+        CREATE TABLE mcp_servers (id float8 PRIMARY KEY, slug text NOT NULL UNIQUE, born date UNIQUE,
+            every interval UNIQUE);
+        INSERT INTO mcp_servers VALUES (0.1::float8 + 0.2::float8, 's1', '2024-11-03', '1 day 2 hours'),
+            (0.3, 's2', '2024-03-11', '2 days');
+        CREATE TABLE by_id (id int PRIMARY KEY, server float8 REFERENCES mcp_servers ON DELETE CASCADE);
+        CREATE TABLE by_date (d date PRIMARY KEY REFERENCES mcp_servers (born) ON DELETE CASCADE);
+        CREATE TABLE by_every (i interval PRIMARY KEY REFERENCES mcp_servers (every) ON DELETE CASCADE);
+        CREATE TABLE below (id int PRIMARY KEY, d date REFERENCES by_date ON DELETE CASCADE,
+            i interval REFERENCES by_every ON DELETE CASCADE);
+        INSERT INTO by_id VALUES (1, 0.1::float8 + 0.2::float8), (2, 0.3);
+        INSERT INTO by_date VALUES ('2024-11-03'), ('2024-03-11');
+        INSERT INTO by_every VALUES ('1 day 2 hours'), ('2 days');
+        INSERT INTO below VALUES (1, '2024-11-03', NULL), (2, '2024-03-11', '2 days'), (3, NULL, '26 hours');
+        """
+    )
