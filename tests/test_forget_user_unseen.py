@@ -123,3 +123,22 @@ def test_the_receipt_says_what_a_trigger_left_behind(make_bot, stage_db: StageDb
     assert "user_audit: 1 row still holds the email" in verified
     assert EMAIL not in receipt.lower()
     assert_nowhere(bot, log_lines, EMAIL)
+
+
+def test_a_trigger_refusing_midway_fails_the_request_naming_nobody(make_bot, stage_db: StageDb, log_lines):  # noqa: F811
+    from tests.test_erasure_unseen import FROZEN
+
+    stage_db.execute(FROZEN)
+    before = checksums(stage_db)
+    bot = make_bot({"dev": stage_db.url})
+    request_id = start(bot, "forget-user msu_fay --stage dev")
+    press(bot, request_id, "Forget", OPERATOR)
+    row = wait_state(bot, request_id, {"done", "failed", "stale"}, timeout=60)
+    assert row.state == "failed" and "a trigger or function refused" in (row.error or ""), (row.state, row.error)
+    failed = message_text(wait_update(bot, request_id, ": failed"))
+    assert "tc_fay" in failed and "is frozen" in failed, failed
+    assert checksums(stage_db) == before
+    with bot.runtime.bot_engine.connect() as conn:
+        assert conn.execute(text("SELECT state FROM erasures")).scalars().all() == ["failed"]
+    bot.wait_audit(1)
+    assert_nowhere(bot, log_lines, "msu_fay", "did_fay", "fay@example.com")
