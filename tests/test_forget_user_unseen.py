@@ -57,6 +57,8 @@ def test_a_legal_hold_blocks_the_erasure_before_anyone_is_asked(make_bot, stage_
         assert "the database would refuse" in body, body
         assert "1 row of legal_holds" in body and "RESTRICT" in body, body
         assert "`hold_2026_7`" in body, body  # the blocking row, by its key: what a DBA has to look at
+    every = bot.command(f"forget-user {EMAIL} --all-stages").text(timeout=60)
+    assert "*dev*: :warning: the database would refuse this erasure on dev: 1 row of legal_holds" in every, every
     assert requests_rows(bot) == []
     assert checksums(stage_db) == before
     assert_nowhere(bot, log_lines, EMAIL, "msu_rob", "did_rob")
