@@ -221,3 +221,23 @@ def test_float_date_and_interval_keys_under_a_databases_own_output_settings(h):
         INSERT INTO below VALUES (1, '2024-11-03', NULL), (2, '2024-03-11', '2 days'), (3, NULL, '26 hours');
         """
     )
+
+
+def test_string_keys_compare_as_the_foreign_key_does_citext_and_char_to_text(h):
+    # citext -> text and character(3) -> text keys compare as text (the foreign key's own operator: 'ab' is
+    # not 'AB' nor 'ab '), not case-insensitively or blank-padded: other servers' rows stay.
+    out = h.check(
+        """
+        CREATE EXTENSION IF NOT EXISTS citext;
+        CREATE TABLE mcp_servers (id text PRIMARY KEY, slug text NOT NULL UNIQUE);
+        INSERT INTO mcp_servers VALUES ('ab', 's1'), ('AB', 's2'), ('ab ', 's3');
+        CREATE TABLE by_ci (id int PRIMARY KEY, server citext REFERENCES mcp_servers ON DELETE CASCADE);
+        CREATE TABLE by_char (id character(3) PRIMARY KEY,
+            server character(3) REFERENCES mcp_servers ON DELETE CASCADE);
+        CREATE TABLE below (id int PRIMARY KEY, c character(3) REFERENCES by_char ON DELETE CASCADE);
+        INSERT INTO by_ci VALUES (1, 'ab'), (2, 'AB'), (3, 'ab ');
+        INSERT INTO by_char VALUES ('x', 'ab'), ('y', 'AB');
+        INSERT INTO below VALUES (1, 'x'), (2, 'y'), (3, 'x  ');
+        """
+    )
+    assert out.report.snapshot["public.by_ci"] == 1 and out.report.snapshot["public.by_char"] == 1
