@@ -39,7 +39,9 @@ def _states(health: Health, check: str) -> list[str]:
     return [r.state for r in health.alert_rows() if r.check_name == check]
 
 
-def test_thirty_long_queries_post_the_oldest_ten_once_each_and_all_resolve(make_health, stage_db, sessions):
+def test_thirty_long_queries_post_the_oldest_ten_once_each_the_rest_as_one_and_all_resolve(
+    make_health, stage_db, sessions
+):
     health = make_health({"dev": stage_db.url}, **FAST)
     pids = [sessions.running("SELECT pg_sleep(60)", f"batch-{i:02d}") for i in range(30)]
     sessions.wait_until(old_enough("batch-%", 30))
@@ -47,19 +49,31 @@ def test_thirty_long_queries_post_the_oldest_ten_once_each_and_all_resolve(make_
     health.run("activity")
     health.sync()
     posts = health.posts()
-    assert len(posts) == 10  # MAX_FINDINGS per check and run: the oldest first
-    assert len({p.payload["text"] for p in posts}) == 10
+    assert len(posts) == 11  # MAX_FINDINGS per check and run, the oldest first; the other 20 in one alert
+    assert len({p.payload["text"] for p in posts}) == 11
     assert all(len(p.payload["text"]) <= 4000 for p in posts)
-    assert _states(health, "long_running") == ["firing"] * 10
-    for pid in pids:
-        sessions.end(pid)
-    health.run("activity")
-    assert _states(health, "long_running") == ["firing"] * 10  # absent once: ALERT_CLEAR_AFTER_RUNS is 2
+    assert _states(health, "long_running") == ["firing"] * 11
+    [more] = [r for r in health.alert_rows() if r.object == "more"]
+    assert more.title == "20 more sessions running longer than 1 s"
+    assert "/mcp sessions --stage dev --long" in more.advice
+    sessions.end(pids[29])  # 19 more: below the step of 20, an edit
     health.run("activity")
     health.sync()
-    assert _states(health, "long_running") == ["resolved"] * 10
-    assert len(health.posts()) == 10
-    assert len([r for r in health.replies() if "Resolved after" in r.payload["text"]]) == 10
+    [update] = health.updates()
+    assert "19 more sessions" in update.payload["text"]
+    sessions.end(pids[28])  # 18 more: on the same step, no edit
+    health.run("activity")
+    health.sync()
+    assert len(health.updates()) == 1
+    for pid in pids[:28]:
+        sessions.end(pid)
+    health.run("activity")
+    assert _states(health, "long_running") == ["firing"] * 11  # absent once: ALERT_CLEAR_AFTER_RUNS is 2
+    health.run("activity")
+    health.sync()
+    assert _states(health, "long_running") == ["resolved"] * 11
+    assert len(health.posts()) == 11
+    assert len([r for r in health.replies() if "Resolved after" in r.payload["text"]]) == 11
 
 
 HOSTILE_SQL = (

@@ -155,7 +155,31 @@ def check_long_running(conn: Connection, ctx: CheckContext) -> CheckReport:
         )
         for r in rows
     ]
+    findings += _more("long_running", ctx, total, len(rows), f"running longer than {duration(limit_s)}", "--long")
     return CheckReport("long_running", "Long-running queries", "findings" if findings else "ok", summary, findings)
+
+
+def _more(check: str, ctx: CheckContext, total: int, shown: int, what: str, flag: str) -> list[Finding]:
+    """Past MAX_FINDINGS (the oldest, alerted one by one), the other sessions are one alert: none goes unsaid."""
+    rest = total - shown
+    if rest <= 0:
+        return []
+    return [
+        Finding(
+            check=check,
+            object="more",
+            severity="warning",
+            title=f"{plural(rest, 'more session')} {what}",
+            detail=(
+                f"{plural(total, 'session')} {what}: the {shown} oldest have an alert each, the other {rest:,} are "
+                "counted here."
+            ),
+            advice=(
+                f"`/mcp sessions --stage {ctx.stage} {flag}` lists them with their buttons. So many at once usually "
+                "share a cause: a lock, a deploy, a stuck pool or a slow dependency."
+            ),
+        )
+    ]
 
 
 def _visibility(conn: Connection) -> list[Finding]:
@@ -214,6 +238,9 @@ def check_idle_in_transaction(conn: Connection, ctx: CheckContext) -> CheckRepor
         )
         for r in rows
     ]
+    findings += _more(
+        "idle_in_transaction", ctx, total, len(rows), f"idle in a transaction for over {duration(limit_s)}", "--idle"
+    )
     return CheckReport(
         "idle_in_transaction", "Idle in transaction", "findings" if findings else "ok", summary, findings
     )
@@ -267,6 +294,7 @@ def check_blocked(conn: Connection, ctx: CheckContext) -> CheckReport:
                 actions=session_actions(blockers.get(head), BLOCKING),
             )
         )
+    findings += _more("blocked", ctx, total, len(rows), f"waiting on locks for over {duration(limit_s)}", "--blocked")
     return CheckReport("blocked", "Blocked queries", "findings", summary, findings)
 
 
