@@ -204,3 +204,43 @@ def test_two_replicas_racing_the_same_sessions_round_post_once(make_health, stag
     assert [a.outcome for a in first.audit()] == ["firing"]
     with psycopg.connect(stage_db.url) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_pg_stat_statements_missing_on_one_stage_is_said_there_once_while_the_other_alerts(
+    make_health, stage_db, database_without_extension
+):
+    health = make_health({"dev": stage_db.url, "qa": database_without_extension}, **SLOW, ALERT_CHANNEL_QA="CQAALERTS")
+    for stage in ("dev", "qa"):
+        health.run("statements", stage)
+    sleep_statements(stage_db.url, 4)
+    for _ in range(3):
+        for stage in ("dev", "qa"):
+            health.run("statements", stage)
+    health.sync()
+    [qa] = health.posts("CQAALERTS")
+    assert "pg_stat_statements is not installed" in posted_texts([qa])[0]
+    [dev] = health.posts(ALERT_CHANNEL)
+    assert "slow query" in posted_texts([dev])[0]
+    health.runtime.stages.dispose()
+
+
+def test_a_slow_querys_entry_reset_while_it_fires_keeps_one_alert(make_health, stage_db):
+    health = make_health({"dev": stage_db.url}, **SLOW)
+    health.run("statements")
+    sleep_statements(stage_db.url, 4)
+    health.run("statements")
+    [post] = health.posts()
+    [row] = health.alert_rows()
+    queryid = int(row.object.removeprefix("queryid "))
+    stage_db.execute("SELECT pg_stat_statements_reset(0, 0, :q)", q=queryid)  # that entry alone
+    sleep_statements(stage_db.url, 4)
+    health.run("statements")
+    health.sync()
+    assert [r.state for r in health.alert_rows()] == ["firing"]
+    assert health.posts() == [post] and health.replies() == []
+    stage_db.execute("SELECT pg_stat_statements_reset(0, 0, :q)", q=queryid)  # reset, and it does not run again
+    for _ in range(2):
+        health.run("statements")
+    health.sync()
+    assert [r.state for r in health.alert_rows()] == ["resolved"]
+    assert len(health.posts()) == 1 and len(health.replies()) == 1
