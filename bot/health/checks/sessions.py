@@ -265,12 +265,15 @@ def check_blocked(conn: Connection, ctx: CheckContext) -> CheckReport:
     if not rows:
         return CheckReport("blocked", "Blocked queries", "ok", summary)
     blockers = _blockers(conn, {pid for r in rows for pid in r.blockers or []})
+    prepared = _prepared(conn) if any(PREPARED in (r.blockers or []) for r in rows) else ""
     findings = []
     for r in rows:
         described = []
         for pid in r.blockers or []:
             b = blockers.get(pid)
-            if b is None:
+            if pid == PREPARED:
+                described.append(f"a prepared transaction ({prepared})")
+            elif b is None:
                 described.append(f"pid {pid} (gone)")
             else:
                 described.append(_blocker_text(b))
@@ -279,18 +282,27 @@ def check_blocked(conn: Connection, ctx: CheckContext) -> CheckReport:
         chain = ""
         if head != first and head in blockers:
             chain = f"\nAt the head of the chain: {_blocker_text(blockers[head])}"
+        by = "a prepared transaction" if first == PREPARED else f"pid {first}"
+        if head == PREPARED:
+            advice = (
+                "A prepared transaction belongs to no session: nothing to cancel. Its transaction manager should "
+                "finish it; if it is lost: `COMMIT PREPARED '<gid>';` or `ROLLBACK PREPARED '<gid>';` "
+                "(`SELECT gid, prepared, owner FROM pg_prepared_xacts;`)."
+            )
+        else:
+            advice = (
+                "Ask the owner of the blocking session to finish; if it is stuck: "
+                f"`SELECT pg_cancel_backend({head});` or `pg_terminate_backend({head})`"
+                + (f" (pid {first} only waits on it)." if head != first else ".")
+            )
         findings.append(
             Finding(
                 check="blocked",
                 object=f"pid {r.pid} query since {stamp(r.query_start)}",
                 severity="warning",
-                title=f"query blocked for {duration(r.waiting_s)} by pid {first}: {session_label(r)}",
+                title=f"query blocked for {duration(r.waiting_s)} by {by}: {session_label(r)}",
                 detail=f"Waiting: `{safe_query_text(r.query, 150)}`\nBlocked by: " + "; ".join(described) + chain,
-                advice=(
-                    "Ask the owner of the blocking session to finish; if it is stuck: "
-                    f"`SELECT pg_cancel_backend({head});` or `pg_terminate_backend({head})`"
-                    + (f" (pid {first} only waits on it)." if head != first else ".")
-                ),
+                advice=advice,
                 actions=session_actions(blockers.get(head), BLOCKING),
             )
         )
@@ -299,6 +311,20 @@ def check_blocked(conn: Connection, ctx: CheckContext) -> CheckReport:
 
 
 CHAIN_DEPTH = 8  # sessions followed up a chain of lock waits
+PREPARED = 0  # pg_blocking_pids names a prepared transaction holding the lock as pid 0
+
+
+def _prepared(conn: Connection) -> str:
+    """The prepared transactions of this database, oldest first: one of them holds the lock."""
+    rows = conn.execute(
+        text(
+            "SELECT gid, extract(epoch FROM now() - prepared) AS age_s FROM pg_prepared_xacts"
+            " WHERE database = current_database() ORDER BY prepared LIMIT 3"
+        )
+    ).all()
+    if not rows:
+        return "already finished"
+    return "one of: " + ", ".join(f"gid '{scrub(r.gid)[:60]}' prepared {duration(r.age_s)} ago" for r in rows)
 
 
 def _blockers(conn: Connection, pids: set[int]) -> dict[int, Any]:
@@ -328,6 +354,8 @@ def _head_of_chain(pid: int, blockers: dict[int, Any]) -> int:
     seen = {pid}
     while (b := blockers.get(pid)) is not None and b.blockers:
         nxt = b.blockers[0]
+        if nxt == PREPARED:  # a prepared transaction waits on nothing
+            return PREPARED
         if nxt in seen or nxt not in blockers:  # a deadlock in the making, or one that just ended
             break
         seen.add(nxt)
