@@ -244,3 +244,24 @@ def test_a_slow_querys_entry_reset_while_it_fires_keeps_one_alert(make_health, s
     health.sync()
     assert [r.state for r in health.alert_rows()] == ["resolved"]
     assert len(health.posts()) == 1 and len(health.replies()) == 1
+
+
+def test_edits_held_back_by_a_429_leave_the_message_at_its_newest_state(make_health, stage_db):
+    health = make_health({"dev": stage_db.url}, **SLOW)
+    health.run("statements")
+    sleep_statements(stage_db.url, 4)
+    health.run("statements")
+    [post] = health.posts()
+    health.slack.fail("chat.update", status=429, retry_after=1, times=5)
+    sleep_statements(stage_db.url, 3, 0.32)  # critical: an edit, and a reply in the thread
+    health.run("statements")
+    health.sync()
+    sleep_statements(stage_db.url, 4)  # back to a warning: a newer edit
+    health.run("statements")
+    health.sync()
+    [row] = health.alert_rows()
+    assert _deliver_until(health, lambda: health.runtime.outbox.backlog() == 0)
+    stored = health.slack.messages[(row.channel, row.ts)].payload
+    assert "WARNING" in posted_texts([type(post)("chat.update", stored, 0.0)])[0]
+    assert len([r for r in health.replies() if "Escalated to *CRITICAL*" in r.payload["text"]]) == 1
+    assert len(health.posts()) == 1
