@@ -85,3 +85,47 @@ def test_an_unreachable_stage_never_shows_the_password_of_its_url(make_health):
         alerts = " ".join(str(r) for r in conn.execute(text("SELECT * FROM alerts")))
     for where in (everything_sent(health.slack), audit, alerts):
         assert password not in where
+
+
+def test_a_query_blocked_by_fifteen_sessions_keeps_its_alert_within_limits_and_balanced(make_health, stage_db):
+    health = make_health({"dev": stage_db.url}, **FAST)
+    held = Sessions(stage_db.url)
+    padding = ", ".join(f"'{i}' AS column_number_{i}" for i in range(12))
+    try:
+        for i in range(15):
+            held.idle_in_transaction(f"SELECT count(*), {padding} FROM organization", f"reader-{i:02d}")
+        waiter = held.running("BEGIN; LOCK TABLE organization IN ACCESS EXCLUSIVE MODE; COMMIT", "migrator")
+        held.wait_until(f"SELECT cardinality(pg_blocking_pids({waiter})) = 15")
+        held.wait_until(
+            "SELECT count(*) = 1 FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND query_start < now() - interval '1.2 s'"
+        )
+        health.run("activity")
+        health.sync()
+    finally:
+        held.close()
+    [row] = [r for r in health.alert_rows() if r.check_name == "blocked"]
+    assert row.detail.count("`") % 2 == 0, row.detail[-200:]
+    assert "and 10 more (`/mcp sessions --stage dev`)" in row.detail and len(row.detail) < 2500
+    [post] = [p for p in health.posts() if "query blocked" in p.payload["text"]]
+    for block in post.payload["blocks"]:
+        shown = (block.get("text") or {}).get("text", "")
+        assert shown.count("`") % 2 == 0, shown[-200:]
+
+
+def test_an_alert_detail_cut_at_its_limit_never_leaves_a_code_span_open(make_health, stage_db):
+    from bot.health.checks import Finding
+
+    health = make_health({"dev": stage_db.url})
+    for shift in range(0, 40, 7):  # wherever the limit falls, inside a span or between two
+        detail = "x" * (2450 + shift) + " `SELECT " + "a, " * 40 + "b` and `more` after"
+        finding = Finding(check="blocked", object=f"o{shift}", severity="warning", title="t", detail=detail, advice="a")
+        health.runtime.health.book.apply("dev", ["blocked"], [finding])
+    health.deliver()
+    assert len(health.posts()) == 6
+    for row in health.alert_rows():
+        assert row.detail.count("`") % 2 == 0 and "…" in row.detail[-2:]
+    for post in health.posts():
+        for block in post.payload["blocks"]:
+            shown = (block.get("text") or {}).get("text", "")
+            assert shown.count("`") % 2 == 0, shown[-120:]

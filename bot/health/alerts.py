@@ -39,6 +39,7 @@ from bot.config import Settings
 from bot.health.alert_rows import AlertView, alert_view, alerts, inherited_snooze
 from bot.health.checks import Finding
 from bot.health.messages import AlertRenderer, material, snoozed
+from bot.slacktext.truncate import truncate
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,13 @@ class AlertBook:
         now: datetime,
         result: Applied,
     ) -> None:
-        content = {"severity": f.severity, "title": f.title[:500], "detail": f.detail[:2500], "advice": f.advice[:1500]}
+        # Cut where a reader can still read it: never inside a code span (a stray backtick would format the rest).
+        content = {
+            "severity": f.severity,
+            "title": truncate(f.title, 500),
+            "detail": truncate(f.detail, 2500),
+            "advice": truncate(f.advice, 1500),
+        }
         content["actions"] = list(f.actions)
         if row is None:
             content.update(inherited_snooze(conn, stage, f.check, f.object[:300], now))

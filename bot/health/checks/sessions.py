@@ -269,7 +269,7 @@ def check_blocked(conn: Connection, ctx: CheckContext) -> CheckReport:
     findings = []
     for r in rows:
         described = []
-        for pid in r.blockers or []:
+        for pid in (r.blockers or [])[:BLOCKERS_LISTED]:
             b = blockers.get(pid)
             if pid == PREPARED:
                 described.append(f"a prepared transaction ({prepared})")
@@ -277,6 +277,8 @@ def check_blocked(conn: Connection, ctx: CheckContext) -> CheckReport:
                 described.append(f"pid {pid} (gone)")
             else:
                 described.append(_blocker_text(b))
+        if len(r.blockers or []) > BLOCKERS_LISTED:
+            described.append(f"and {len(r.blockers) - BLOCKERS_LISTED:,} more (`/mcp sessions --stage {ctx.stage}`)")
         first = (r.blockers or [0])[0]
         head = _head_of_chain(first, blockers)
         chain = ""
@@ -311,6 +313,7 @@ def check_blocked(conn: Connection, ctx: CheckContext) -> CheckReport:
 
 
 CHAIN_DEPTH = 8  # sessions followed up a chain of lock waits
+BLOCKERS_LISTED = 5  # per blocked query; the others are counted
 PREPARED = 0  # pg_blocking_pids names a prepared transaction holding the lock as pid 0
 
 
