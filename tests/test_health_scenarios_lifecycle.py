@@ -265,3 +265,30 @@ def test_edits_held_back_by_a_429_leave_the_message_at_its_newest_state(make_hea
     assert "WARNING" in posted_texts([type(post)("chat.update", stored, 0.0)])[0]
     assert len([r for r in health.replies() if "Escalated to *CRITICAL*" in r.payload["text"]]) == 1
     assert len(health.posts()) == 1
+
+
+def test_a_snoozed_long_query_alert_still_resolves_in_its_thread_once(clicky, stage_db):  # noqa: F811
+    clicker = clicky({"dev": stage_db.url}, **FAST, ALERT_REPEAT_MINUTES_DEV="60")
+    health = clicker.health
+    held = Sessions(stage_db.url)
+    try:
+        held.running("SELECT pg_sleep(60)", "report-job")
+        held.wait_until(old_enough("report-job", 1))
+        health.run("activity")
+        [post] = health.posts()
+        clicker.press(post, "Snooze 1 h")
+        with health.runtime.bot_engine.begin() as conn:
+            conn.execute(text("UPDATE alerts SET last_notified_at = now() - interval '61 minutes'"))
+        health.run("activity")  # a reminder would be due: snoozed, none
+        health.sync()
+        assert health.replies() == []
+    finally:
+        held.close()
+    for _ in range(3):
+        health.run("activity")
+    health.sync()
+    [reply] = health.replies()
+    assert "Resolved after" in reply.payload["text"]
+    assert "RESOLVED" in posted_texts(health.updates()[-1:])[0]
+    assert len(health.posts()) == 1
+    assert [a.outcome for a in health.audit()] == ["firing", "snoozed", "resolved"]
