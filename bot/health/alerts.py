@@ -179,12 +179,8 @@ class AlertBook:
         result: Applied,
     ) -> None:
         # Cut where a reader can still read it: never inside a code span (a stray backtick would format the rest).
-        content = {
-            "severity": f.severity,
-            "title": truncate(f.title, 500),
-            "detail": truncate(f.detail, 2500),
-            "advice": truncate(f.advice, 1500),
-        }
+        content = {"severity": f.severity, "title": truncate(f.title, 500), "detail": truncate(f.detail, 2500)}
+        content["advice"] = truncate(f.advice, 1500)
         content["actions"] = list(f.actions)
         if row is None:
             content.update(inherited_snooze(conn, stage, f.check, f.object[:300], now))
