@@ -5,6 +5,8 @@ and both blocked alerts resolve.
 
 from __future__ import annotations
 
+import json
+
 from tests.conftest import OPERATOR, message_text
 from tests.deletion_support import wait_state
 from tests.scenario_support import Sessions
@@ -18,6 +20,10 @@ from tests.test_operations_sessions import (  # noqa: F401 (fixtures)
     latest_request,
     press_alert,
 )
+
+
+def all_buttons(payload: dict) -> list[dict]:
+    return [e for b in payload.get("blocks", []) if b.get("type") == "actions" for e in b["elements"]]
 
 
 def test_terminate_from_the_tail_of_a_chain_of_three_ends_its_head_and_the_chain_drains(bot, app_db):  # noqa: F811
@@ -36,6 +42,12 @@ def test_terminate_from_the_tail_of_a_chain_of_three_ends_its_head_and_the_chain
         shown = message_text(payload)
         assert f"by pid {middle}" in shown and f"At the head of the chain: pid {head} (billing-worker" in shown
         assert set(buttons(payload)) == {"Acknowledge", "Terminate session"}  # the head is idle in a transaction
+        # /mcp sessions --blocked shows the same: both waiters, the same button, on the head; none as "long".
+        listed = bot.command("sessions --stage dev --blocked").message(timeout=30)
+        targets = {json.loads(b["value"])["t"]["pid"] for b in all_buttons(listed) if "value" in b}
+        assert targets == {head}
+        listed_long = message_text(bot.command("sessions --stage dev --long").message(timeout=30))
+        assert "migrator" not in listed_long and "api-server" not in listed_long
         press_alert(bot, ts, payload, "Terminate session", OPERATOR)
         request = wait_state(bot, latest_request(bot, "terminate").id, {"done", "failed", "stale"})
         assert request.state == "done", request.error

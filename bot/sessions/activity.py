@@ -16,6 +16,7 @@ from sqlalchemy import Connection, text
 
 from bot.config import HealthSettings
 from bot.health.checks.base import NOT_OURS, OUR_SESSIONS, safe_query_text, session_label
+from bot.health.checks.sessions import PREPARED, head_of_chain
 from bot.sessions.targets import ACTIVE, BLOCKING, IDLE_IN_TRANSACTION, session_actions
 
 MAX_LISTED = 15
@@ -62,15 +63,17 @@ def list_sessions(conn: Connection, stage: str, settings: HealthSettings, which:
     found: list[Backend] = []
     for r in rows:
         state = r.state or ""
-        if "long" in which and state == ACTIVE and (r.query_s or 0) > settings.long_query_s:
+        waiting = r.wait_event_type == "Lock" and (r.query_s or 0) > settings.blocked_s
+        # As the checks see it: a query waiting on a lock that long is blocked, not also long-running.
+        if "long" in which and state == ACTIVE and (r.query_s or 0) > settings.long_query_s and not waiting:
             found.append(_backend("long", r, r.query_s, session_actions(r, ACTIVE)))
         idle = state.startswith(IDLE_IN_TRANSACTION) and (r.state_s or 0) > settings.idle_in_transaction_s
         if "idle" in which and idle:
             found.append(_backend("idle", r, r.state_s, session_actions(r, IDLE_IN_TRANSACTION)))
-        waiting = r.wait_event_type == "Lock" and (r.query_s or 0) > settings.blocked_s
         if "blocked" in which and waiting and r.blockers:
-            blocker = by_pid.get(r.blockers[0])
-            shown = [session_label(by_pid[b]) if b in by_pid else f"pid {b}" for b in r.blockers]
+            # The buttons act on the head of its chain of lock waits, as the blocked-query alert's do.
+            blocker = by_pid.get(head_of_chain(r.blockers[0], by_pid))
+            shown = [_blocker_label(b, by_pid) for b in r.blockers]
             actions = session_actions(blocker, BLOCKING) if blocker is not None else ()
             found.append(_backend("blocked", r, r.query_s, actions, shown))
     thresholds = {
@@ -79,6 +82,12 @@ def list_sessions(conn: Connection, stage: str, settings: HealthSettings, which:
         "blocked": settings.blocked_s,
     }
     return SessionList(stage, which, found[:MAX_LISTED], len(found), thresholds)
+
+
+def _blocker_label(pid: int, by_pid: dict[int, Any]) -> str:
+    if pid == PREPARED:
+        return "a prepared transaction"
+    return session_label(by_pid[pid]) if pid in by_pid else f"pid {pid}"
 
 
 def _backend(

@@ -280,7 +280,7 @@ def check_blocked(conn: Connection, ctx: CheckContext) -> CheckReport:
         if len(r.blockers or []) > BLOCKERS_LISTED:
             described.append(f"and {len(r.blockers) - BLOCKERS_LISTED:,} more (`/mcp sessions --stage {ctx.stage}`)")
         first = (r.blockers or [0])[0]
-        head = _head_of_chain(first, blockers)
+        head = head_of_chain(first, blockers)
         chain = ""
         if head != first and head in blockers:
             chain = f"\nAt the head of the chain: {_blocker_text(blockers[head])}"
@@ -352,7 +352,7 @@ def _blockers(conn: Connection, pids: set[int]) -> dict[int, Any]:
     return found
 
 
-def _head_of_chain(pid: int, blockers: dict[int, Any]) -> int:
+def head_of_chain(pid: int, blockers: dict[int, Any]) -> int:
     """The session at the head of `pid`'s chain of lock waits (following each one's first blocker)."""
     seen = {pid}
     while (b := blockers.get(pid)) is not None and b.blockers:
