@@ -41,8 +41,21 @@ def _line(backend: Backend) -> Mrkdwn:
 def render_sessions(request: CommandRequest, result: SessionList) -> Message:
     limits = ", ".join(f"{c} over {duration(result.thresholds[c])}" for c in result.which)
     head = md(":busts_in_silhouette: Sessions on *{}* ({}): {:,}", result.stage, limits, result.total)
+    blind = (
+        []
+        if result.sees_all
+        else [
+            context(
+                Mrkdwn(
+                    ":warning: This stage's role sees only its own sessions (other roles' state and query are "
+                    "hidden): `GRANT pg_read_all_stats TO &lt;role&gt;;`"
+                )
+            )
+        ]
+    )
     if not result.backends:
-        return message(head, [section(head), context(Mrkdwn("Nothing over the thresholds right now."))], ephemeral=True)
+        nothing = context(Mrkdwn("Nothing over the thresholds right now."))
+        return message(head, [section(head), nothing, *blind], ephemeral=True)
 
     def rest(more: int) -> Mrkdwn:
         return md(
@@ -55,7 +68,7 @@ def render_sessions(request: CommandRequest, result: SessionList) -> Message:
         items.append([section(_line(backend)), *([actions(*buttons, block_id=f"session_{index}")] if buttons else [])])
     # An ephemeral reply shares no file: the sessions that fit (each with its buttons), then the count of the rest.
     kept, shown = head_items(items, limit=MAX_BUTTON_ROWS)
-    blocks: list[Block] = [section(head), *kept]
+    blocks: list[Block] = [section(head), *kept, *blind]
     if result.total > shown:
         blocks.append(context(rest(result.total - shown)))
     blocks.append(

@@ -209,7 +209,9 @@ def test_a_chain_of_three_names_the_session_at_its_head(make_health, stage_db, s
     assert [a["target"]["pid"] for a in blocked[str(middle)].actions] == [head] * len(blocked[str(middle)].actions)
 
 
-def test_a_role_without_pg_read_all_stats_is_told_it_cannot_see_other_roles_sessions(make_health, stage_db, sessions):
+def test_a_role_without_pg_read_all_stats_is_told_it_cannot_see_other_roles_sessions(
+    make_health, make_bot, stage_db, sessions
+):
     role = unique_name("watcher")
     with psycopg.connect(stage_db.url, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD 'pw'")
@@ -219,6 +221,9 @@ def test_a_role_without_pg_read_all_stats_is_told_it_cannot_see_other_roles_sess
     sessions.running("SELECT pg_sleep(60)", "report-job")
     sessions.wait_until(old_enough("report-job", 1))
     health.run("activity")
+    listed = message_text(make_bot({"dev": url}, **FAST).command("sessions --stage dev").message(timeout=30))
+    assert "Nothing over the thresholds" in listed and "sees only its own sessions" in listed
+    assert "GRANT pg_read_all_stats TO &lt;role&gt;;" in listed
     session_checks = ("long_running", "idle_in_transaction", "blocked")
     [unavailable] = [r for r in health.alert_rows() if r.check_name.removeprefix("unavailable:") in session_checks]
     assert unavailable.check_name == "unavailable:long_running"  # one alert speaks for the session checks

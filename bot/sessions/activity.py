@@ -54,6 +54,7 @@ class SessionList:
     backends: list[Backend]
     total: int
     thresholds: dict[str, int]
+    sees_all: bool = True  # False: the stage's role lacks pg_read_all_stats and sees only its own sessions
 
 
 def list_sessions(conn: Connection, stage: str, settings: HealthSettings, which: tuple[str, ...]) -> SessionList:
@@ -81,7 +82,8 @@ def list_sessions(conn: Connection, stage: str, settings: HealthSettings, which:
         "idle": settings.idle_in_transaction_s,
         "blocked": settings.blocked_s,
     }
-    return SessionList(stage, which, found[:MAX_LISTED], len(found), thresholds)
+    sees_all = bool(conn.execute(text("SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')")).scalar())
+    return SessionList(stage, which, found[:MAX_LISTED], len(found), thresholds, sees_all)
 
 
 def _blocker_label(pid: int, by_pid: dict[int, Any]) -> str:
