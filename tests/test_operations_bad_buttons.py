@@ -57,3 +57,46 @@ def test_a_button_value_the_bot_did_not_make_gets_a_short_answer(bot):
 
     assert eventually(lambda: len(clicks()) == 3), clicks()
     assert {(r.args, r.outcome) for r in clicks()} == {("op:cancel:0", "bad_input")}
+
+
+def test_every_button_under_an_alert_that_no_longer_exists_is_answered_and_audited(bot):
+    """An old alert message (its row pruned) or a crafted one: each button gets a short private answer and an
+    audit line; Acknowledge and Snooze, which name the alert, are refused as `not_found`."""
+    gone = 424242
+    block = f"alert:{gone}"
+
+    def press(element: dict[str, Any]) -> str:
+        element = {"type": "button", "text": {"type": "plain_text", "text": "x"}} | element
+        url = bot.sender.new_response_url()
+        reply = bot.sender.block_actions(element, user=OPERATOR, channel=CHANNEL, block_id=block, response_url=url)
+        assert reply.status == 200
+        answer = ephemeral_on(bot, url)
+        assert answer["response_type"] == "ephemeral", answer
+        return message_text(answer)
+
+    assert "This alert no longer exists." in press({"action_id": "alert_ack", "value": str(gone)})
+    snooze = {"type": "static_select", "action_id": "alert_snooze", "selected_option": {"value": f"{gone}:4"}}
+    assert "This alert no longer exists." in press(snooze)
+    explain = press({"action_id": "explain_query", "value": json.dumps({"t": "explain 987654321 --stage dev"})})
+    assert "987654321" in explain and "Traceback" not in explain, explain
+    backend = {"pid": 2**31 - 7, "backend_start": "2024-01-01T00:00:00+00:00", "expect": "active"}
+    for kind, target in (
+        ("cancel", backend | {"query_start": "2024-01-01T00:00:00+00:00"}),
+        ("terminate", backend | {"query_start": "2024-01-01T00:00:00+00:00"}),
+        ("create-index", {"schema": "public", "table": "no_such_table", "columns": ["x"]}),
+        ("drop-index", {"schema": "public", "index": "no_such_index", "definition": "d", "reason": "unused"}),
+    ):
+        answer = press({"action_id": f"op:{kind}:0", "value": json.dumps({"k": kind, "s": "dev", "t": target})})
+        assert answer and len(answer) < 300 and "Traceback" not in answer, (kind, answer)
+
+    def rows() -> list[Any]:
+        return bot.audit_rows()
+
+    expected = {"click", "explain", "cancel", "terminate", "create-index", "drop-index"}
+    assert eventually(lambda: expected <= {r.command for r in rows()} and len(rows()) >= 7, timeout=10), rows()
+    clicks = {(r.actor, r.args, r.outcome) for r in rows() if r.command == "click"}
+    assert clicks == {
+        (OPERATOR, f"acknowledge alert #{gone}", "not_found"),
+        (OPERATOR, f"snooze alert #{gone}", "not_found"),
+    }
+    assert requests_rows(bot) == []

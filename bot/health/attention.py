@@ -3,7 +3,8 @@
 Acknowledged: no more reminders; the alert still escalates and resolves. Snoozed: no reminders and no
 posts for the alert's (stage, check, object) until then, so one that resolves and fires again stays quiet
 too; an escalation to critical ends the snooze (bot/health/alerts.py). Both are audited under the person
-who clicked, and the alert's message is rewritten to say who did it.
+who clicked, and the alert's message is rewritten to say who did it. A click on an alert that no longer
+exists (an old message, a crafted payload) is refused and audited as `not_found`, like a request's.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from bot.audit import AuditEntry
 from bot.errors import BotDatabaseUnreachable, CommandError
 from bot.health.alerts import AlertBook, alerts
 from bot.health.messages import SNOOZE_HOURS
@@ -61,10 +63,17 @@ class AlertAttention:
     def _recorded(self, alert_id: int, user_id: str, hours: int | None) -> AttentionOutcome:
         """The click and its audit row commit together, or neither does (BotDatabaseUnreachable, in words)."""
         try:
-            return self._attend(alert_id, user_id, hours)
+            outcome = self._attend(alert_id, user_id, hours)
         except SQLAlchemyError as exc:
             log.warning("alert click not recorded: bot database unavailable", exc_info=True)
             raise BotDatabaseUnreachable(NOT_RECORDED) from exc
+        if outcome.outcome == "missing":  # nothing changed: audited like any refused click, best effort
+            action = "acknowledge" if hours is None else "snooze"
+            detail = {"click": action, "alert_id": alert_id}
+            self.book.audit.record(
+                AuditEntry(user_id, "click", "not_found", args=f"{action} alert #{alert_id}", detail=detail)
+            )
+        return outcome
 
     def _attend(self, alert_id: int, user_id: str, hours: int | None) -> AttentionOutcome:
         outcome = "acknowledged" if hours is None else "snoozed"
