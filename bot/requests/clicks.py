@@ -78,19 +78,22 @@ class RequestClicks:
         )
 
     def check_click(self, request_id: int, actor: str, action: str) -> ClickOutcome:
-        """May `actor` press `action` now? (Used before opening the reject form.) Refusals are audited."""
+        """May `actor` press `action` now? (Used before opening the reject form.) A request no longer pending
+        (or past its expiry) is said to be so before any right is looked at; rights refusals are audited."""
         current = self.store.get(request_id)
         if current is None:  # an old or crafted button: refused like any click, and audited
             entry = AuditEntry(actor, "click", "not_found", args=f"{action} #{request_id}", detail={"click": action})
             self.runtime.audit.record(entry)
             return ClickOutcome(False, "That request no longer exists.")
+        if current.state != "pending" or current.expires_at <= self.clock():
+            # The state first, whoever clicks and whatever the stage: nothing can move a closed request, so
+            # "already cancelled" says more than "this stage needs no approval" or "only <@U> can".
+            overdue = current.state == "pending"
+            return ClickOutcome(False, self._too_late(request_id), current.channel, overdue=overdue)
         refusal = self.refusal(current, actor, action)
         if refusal:
             self._audit(current, actor, "denied", detail={"click": action, "reason": refusal}, required=False)
             return ClickOutcome(False, f"You can't {action} this: {refusal}.", current.channel)
-        if current.state != "pending" or current.expires_at <= self.clock():
-            overdue = current.state == "pending"
-            return ClickOutcome(False, self._too_late(request_id), current.channel, overdue=overdue)
         return ClickOutcome(True, channel=current.channel)
 
     def click(self, request_id: int, actor: str, action: str, *, reason: str | None = None) -> ClickOutcome:
