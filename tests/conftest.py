@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
@@ -29,6 +29,9 @@ from bot.localpg import LocalPostgres
 from bot.platform.demo_data import DatasetSpec
 from bot.runtime import Runtime
 from handlers.server import ThreadedServer, build_asgi, serve_in_thread
+
+if TYPE_CHECKING:
+    from tests.engine_harness import EngineHarness
 
 OPERATOR = "UOPERATOR1"
 APPROVER = "UAPPROVER1"
@@ -393,3 +396,20 @@ def database_without_extension(pg: LocalPostgres) -> Iterator[str]:
     url = pg.create_database(name)
     yield url
     pg.drop_database(name)
+
+
+# -- the deletion engine's case files (tests/test_engine_schemas*.py, test_delete_leaves.py) ----------
+
+
+@pytest.fixture(scope="module")
+def engine_harness(pg: LocalPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineHarness]:
+    """One harness per case file: its template databases are built once for the file's cases."""
+    from tests.engine_harness import module_harness  # it imports this module's helpers
+
+    yield from module_harness(pg, tmp_path_factory)
+
+
+@pytest.fixture
+def h(engine_harness: EngineHarness) -> EngineHarness:
+    """The case files' short name for the harness: `h.check(schema_sql)`, `h.refuse(...)`."""
+    return engine_harness

@@ -17,11 +17,10 @@ from sqlalchemy import Connection, text
 from bot.deletion.execute import execute_delete
 from bot.deletion.plan import DeletePlan
 from bot.deletion.steps import MaterializedScope
-from bot.localpg import LocalPostgres
 from bot.stages import Stage
 from tests.conftest import StageDb
 from tests.deletion_support import BIG, SET_NULL_TRUTH, assert_only_scope_changed, fingerprints, truth
-from tests.engine_harness import ROOT, EngineHarness, checksums, differences, module_harness
+from tests.engine_harness import ROOT, EngineHarness, checksums, differences
 from tests.test_deletion_engine import impact, make_stage
 from tests.test_engine_schemas import PARTITIONED
 
@@ -168,13 +167,3 @@ def test_small_parents_keyed_by_a_domain_are_probed_as_an_array_of_it(h: EngineH
     )
     assert snapshot["public.kind_notes"] == 2
     assert sorted(handed) == ["public.kinds", "public.mcp_servers"]
-
-
-@pytest.fixture(scope="module")
-def engine_harness(pg: LocalPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineHarness]:
-    yield from module_harness(pg, tmp_path_factory)
-
-
-@pytest.fixture
-def h(engine_harness: EngineHarness) -> EngineHarness:
-    return engine_harness

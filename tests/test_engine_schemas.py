@@ -10,24 +10,8 @@ checks that nothing changed. Rights, blockers, triggers and byte-exact restores:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from bot.deletion.scope import Rules
-from bot.localpg import LocalPostgres
-from tests.engine_harness import ROOT, EngineHarness, module_harness
-
-
-@pytest.fixture(scope="module")
-def engine_harness(pg: LocalPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineHarness]:
-    yield from module_harness(pg, tmp_path_factory)
-
-
-@pytest.fixture
-def h(engine_harness: EngineHarness) -> EngineHarness:
-    return engine_harness
-
+from tests.engine_harness import ROOT
 
 # -- which rows are in scope ------------------------------------------------------------------
 

@@ -13,27 +13,12 @@ dry run changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from bot.erasure.identity import Person, email_digest, token
 from bot.erasure.plan import ErasureTarget, measure_erasure
 from bot.erasure.run import run_erasure
 from bot.erasure.settings import load_erasure_settings
-from bot.localpg import LocalPostgres
-from tests.engine_harness import ROOT, EngineHarness, checksums, differences, module_harness
+from tests.engine_harness import ROOT, checksums, differences
 from tests.test_delete_leaves import same_as_postgresql
-
-
-@pytest.fixture(scope="module")
-def engine_harness(pg: LocalPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineHarness]:
-    yield from module_harness(pg, tmp_path_factory)
-
-
-@pytest.fixture
-def h(engine_harness: EngineHarness) -> EngineHarness:
-    return engine_harness
 
 
 def test_a_root_keyed_by_an_integer_array_and_children_keyed_by_arrays(h):

@@ -7,8 +7,6 @@ bot's delete and restore with PostgreSQL's own, over every table of every user s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import psycopg
 import pytest
 
@@ -16,19 +14,7 @@ from bot.backups.restore import RestoreFailed
 from bot.deletion.execute import DeleteFailed, execute_delete
 from bot.deletion.scope import Rules
 from bot.errors import QueryTimeout
-from bot.localpg import LocalPostgres
-from tests.engine_harness import ROOT, EngineHarness, checksums, module_harness, role
-
-
-@pytest.fixture(scope="module")
-def engine_harness(pg: LocalPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineHarness]:
-    yield from module_harness(pg, tmp_path_factory)
-
-
-@pytest.fixture
-def h(engine_harness: EngineHarness) -> EngineHarness:
-    return engine_harness
-
+from tests.engine_harness import ROOT, checksums, role
 
 # -- row-level security and privileges ----------------------------------------------------------
 

@@ -8,23 +8,10 @@ bot's delete and restore with PostgreSQL's own, over every table of every user s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from bot.backups.restore import RestoreConflict
-from bot.localpg import LocalPostgres
-from tests.engine_harness import ROOT, EngineHarness, checksums, module_harness
-
-
-@pytest.fixture(scope="module")
-def engine_harness(pg: LocalPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineHarness]:
-    yield from module_harness(pg, tmp_path_factory)
-
-
-@pytest.fixture
-def h(engine_harness: EngineHarness) -> EngineHarness:
-    return engine_harness
+from tests.engine_harness import ROOT, checksums
 
 
 def test_a_partitioned_root_keyed_by_uuid(h):
