@@ -121,6 +121,8 @@ def test_a_stopped_cluster_restarts_on_its_own_major_and_on_another_port_if_its_
         again = LocalPostgres(base / "pg")  # nothing asks for a major: the cluster's own is picked
         assert again.major == older and again.port == cluster.port
         with socket.socket() as taken:  # someone else listens on its port now
+            # (as servers do, so the stopped cluster's connections in TIME_WAIT don't stand in the way)
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             taken.bind(("127.0.0.1", again.port))
             taken.listen()
             again.start()
