@@ -141,9 +141,24 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         "small_servers": args.small_servers,
     }
     spec = DatasetSpec(**{**base.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
-    build_platform_database(args.url, spec)
+    # Migrated as `make demo` migrates its stages (Drizzle, bot/platform/drizzle, with drizzle-orm's bookkeeping
+    # table), so the database looks like a migrated platform database; `--migrations-behind N` leaves the newest N out.
+    behind = args.migrations_behind
+    if behind < 0 or behind >= len(migration_tags()):
+        print(f"mcp-ops: --migrations-behind must be 0 to {len(migration_tags()) - 1}", file=sys.stderr)
+        return 2
+    build_platform_database(args.url, spec, pending_migrations=behind)
+    tags = migration_tags()
+    print(f"migrated: {', '.join(tags[: len(tags) - behind])}" + (f" ({behind} pending)" if behind else ""))
     print(f"loaded: {spec}")
     return 0
+
+
+def migration_tags() -> list[str]:
+    """The platform's Drizzle migrations `demo-data` applies, oldest first."""
+    from bot.platform.migrate import FOLDER
+
+    return [m.name for m in read_folder(FOLDER)[1]]
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -214,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--log-file", help="where the logs go (default: DIR/mcp-ops.log)")
     demo.set_defaults(func=cmd_demo)
 
-    data = sub.add_parser("demo-data", help="create the platform schema and load generated data into a database")
+    data = sub.add_parser(
+        "demo-data", help="migrate the platform schema (Drizzle) and load generated data into an empty database"
+    )
     data.add_argument("--url", required=True, help="postgresql:// URL of an empty database")
     data.add_argument("--bench", action="store_true", help="the benchmark size (1,000,000 tool calls)")
     data.add_argument("--tool-calls", type=int)
@@ -222,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--users", type=int)
     data.add_argument("--completions", type=int)
     data.add_argument("--small-servers", type=int)
+    data.add_argument(
+        "--migrations-behind",
+        type=int,
+        default=0,
+        metavar="N",
+        help="leave the newest N platform migrations unapplied (default 0: all, as `make demo`'s dev stage)",
+    )
     data.set_defaults(func=cmd_demo_data)
 
     check = sub.add_parser("check-config", help="validate the environment and summarise it (no secrets)")

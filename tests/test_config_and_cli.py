@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import ConfigError, load_settings
+from bot.platform.migrate import FOLDER
 
 SECRET = "sup3r-s3cret-pa55"
 GOOD = {
@@ -130,6 +132,8 @@ def test_the_data_generator_fills_an_empty_database(pg):
         env={},
     )
     assert result.returncode == 0, result.stderr
+    journal = json.loads((FOLDER / "meta" / "_journal.json").read_text())["entries"]
+    assert f"migrated: {', '.join(e['tag'] for e in journal)}\n" in result.stdout
     engine = create_engine(parse_database_url("x", url))
     with engine.connect() as conn:
         big_calls = conn.execute(text("SELECT count(*) FROM mcp_tool_calls WHERE id LIKE 'tc_big_%'")).scalar()
@@ -137,6 +141,25 @@ def test_the_data_generator_fills_an_empty_database(pg):
         completions = conn.execute(
             text("SELECT count(*) FROM walkthrough_step_completions WHERE mcp_server_id = 'srv_big'")
         ).scalar()
+        # Migrated as `make demo` migrates: every migration run and recorded as drizzle-orm records it.
+        recorded = conn.execute(text("SELECT created_at FROM drizzle.__drizzle_migrations ORDER BY id")).scalars()
+        assert list(recorded) == [e["when"] for e in journal]
     engine.dispose()
     pg.drop_database("generated_cli")
     assert (big_calls, servers, completions) == (1234, 3, 50)
+
+    # One behind, as the demo's production stage: the newest migration is pending, the data the same.
+    url = pg.create_database("generated_cli_behind", drop=True)
+    small = ("--tool-calls", "10", "--sessions", "5", "--users", "5", "--completions", "5", "--small-servers", "1")
+    result = _cli("demo-data", "--url", url, "--migrations-behind", "1", *small, env={})
+    assert result.returncode == 0, result.stderr
+    assert "(1 pending)" in result.stdout
+    engine = create_engine(parse_database_url("x", url))
+    with engine.connect() as conn:
+        recorded = conn.execute(text("SELECT created_at FROM drizzle.__drizzle_migrations ORDER BY id")).scalars()
+        assert list(recorded) == [e["when"] for e in journal[:-1]]
+        assert conn.execute(text("SELECT count(*) FROM mcp_servers")).scalar() == 2
+    engine.dispose()
+    pg.drop_database("generated_cli_behind")
+    result = _cli("demo-data", "--url", url, "--migrations-behind", str(len(journal)), env={})
+    assert result.returncode == 2 and f"--migrations-behind must be 0 to {len(journal) - 1}" in result.stderr
