@@ -39,6 +39,7 @@ from bot.health.checks import (
     Finding,
     checks_in,
     denied_report,
+    distinct,
     duration,
     latency_report,
 )
@@ -88,7 +89,7 @@ class Round:
 
     @property
     def findings(self) -> list[Finding]:
-        return [f for r in self.reports for f in r.findings]
+        return distinct(f for r in self.reports for f in r.findings)
 
     @property
     def covers(self) -> set[str]:

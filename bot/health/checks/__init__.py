@@ -26,6 +26,7 @@ from bot.health.checks.base import (
     check,
     checks_in,
     denied_report,
+    distinct,
     duration,
     safe_query_text,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "check_wraparound",
     "checks_in",
     "denied_report",
+    "distinct",
     "duration",
     "latency_report",
     "safe_query_text",

@@ -12,7 +12,7 @@ so the monitor cannot alert on itself.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -84,6 +84,7 @@ class CheckContext:
     settings: HealthSettings
     history: History | None = None
     _server_version: int | None = field(default=None, repr=False)
+    _roles: dict[str, bool] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.history is None:
@@ -99,6 +100,14 @@ class CheckContext:
         if self._server_version is None:
             self._server_version = int(conn.execute(text("SHOW server_version_num")).scalar_one())
         return self._server_version
+
+    def has_role(self, conn: Connection, role: str) -> bool:
+        """Whether the stage's role has the privileges of `role` (pg_read_all_stats, ...), read once per round."""
+        if role not in self._roles:
+            self._roles[role] = bool(
+                conn.execute(text("SELECT pg_has_role(current_user, :role, 'USAGE')"), {"role": role}).scalar_one()
+            )
+        return self._roles[role]
 
     @property
     def ignore(self) -> dict[str, list[str]]:
@@ -126,6 +135,62 @@ def unavailable_finding(check: str, label: str, needs: str, detail: str, advice:
         advice=advice,
         remind=False,
     )
+
+
+# A predefined role some checks need to see everything, and what each of them misses without it:
+# {role: {label: what it cannot see}}, filled by `@check(..., needs=...)`. One cause, one alert: a
+# missing role is said once under `unavailable:<role>`, naming every check it limits, with the one GRANT.
+ROLE_NEEDS: dict[str, dict[str, str]] = {}
+
+
+@dataclass(frozen=True)
+class Needs:
+    """`@check(..., needs=Needs(role, label, misses))`: without `role` the check sees only part (`misses`)."""
+
+    role: str
+    label: str  # how the alert names what is limited ("Vacuum horizon")
+    misses: str  # one sentence: what it cannot see without the role
+
+
+def missing_role_finding(role: str) -> Finding:
+    """The one alert for a missing role: every check that needs it, what each misses, the GRANT to run once."""
+    limited = ROLE_NEEDS[role]
+    labels = list(limited)
+    named = labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+    return Finding(
+        check=unavailable_check(role),
+        object="access",
+        severity="info",
+        title=f"{named}: unavailable, needs {role}",
+        detail=" ".join(f"{label}: {misses}" for label, misses in limited.items()),
+        advice=f"`GRANT {role} TO <the role of this stage's DATABASE_URL>;` (or `pg_monitor`); one grant for "
+        f"{'both checks' if len(labels) == 2 else 'every check named'}. This alert resolves at the next run after it.",
+        remind=False,
+    )
+
+
+def distinct(findings: Iterable[Finding]) -> list[Finding]:
+    """A round's findings, each fingerprint once (a missing role is said by every check that needs it)."""
+    first: dict[tuple[str, str], Finding] = {}
+    for finding in findings:
+        first.setdefault((finding.check, finding.object), finding)
+    return list(first.values())
+
+
+def _with_needs(run: Check, needs: Needs) -> Check:
+    """Run the check, then speak for its role: said (in the same words by every check needing it, so one alert)
+    while the stage's role lacks it, resolved once it has it. A check that could not run speaks for nothing."""
+
+    def checked(conn: Connection, ctx: CheckContext) -> CheckReport:
+        report = run(conn, ctx)
+        if report.status in ("ok", "findings"):
+            report.covers = (*(report.covers or ()), unavailable_check(needs.role))
+            if not ctx.has_role(conn, needs.role):
+                report.findings = [missing_role_finding(needs.role), *report.findings]
+                report.status = "findings"
+        return report
+
+    return checked
 
 
 _DENIED_FOR = re.compile(
@@ -193,12 +258,18 @@ class CheckSpec:
 REGISTRY: list[CheckSpec] = []
 
 
-def check(name: str, label: str, *, group: str, clear_at_once: bool = False) -> Callable[[Check], Check]:
-    """Register the decorated function as the health check `name`, run with its `group`."""
+def check(
+    name: str, label: str, *, group: str, clear_at_once: bool = False, needs: Needs | None = None
+) -> Callable[[Check], Check]:
+    """Register the decorated function as the health check `name`, run with its `group`; `needs`: a role
+    without which it sees only part (said once per role, for all the checks needing it: `missing_role_finding`)."""
 
     def register(run: Check) -> Check:
         if any(spec.name == name for spec in REGISTRY):
             raise ValueError(f"health check {name!r} is registered twice")
+        if needs is not None:
+            ROLE_NEEDS.setdefault(needs.role, {})[needs.label] = needs.misses
+            run = _with_needs(run, needs)
         REGISTRY.append(CheckSpec(name, label, run, group, clear_at_once))
         return run
 

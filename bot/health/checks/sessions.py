@@ -18,13 +18,13 @@ from bot.health.checks.base import (
     CheckContext,
     CheckReport,
     Finding,
+    Needs,
     Severity,
     check,
     duration,
     safe_query_text,
     session_label,
     stamp,
-    unavailable_finding,
 )
 from bot.pii import scrub
 from bot.sessions.targets import ACTIVE, BLOCKING, IDLE_IN_TRANSACTION, session_actions
@@ -111,7 +111,20 @@ _SESSION_FILTER = (
 )
 
 
-@check("long_running", "Long-running queries", group="activity")
+# Without pg_read_all_stats, other roles' sessions show neither state, query nor since when: the session checks
+# would see none of them and say "none". Said once (by the long-running check, for all three, and in the same
+# alert as the vacuum horizon's: `needs`, bot/health/checks/base.py), by the role's membership.
+@check(
+    "long_running",
+    "Long-running queries",
+    group="activity",
+    needs=Needs(
+        "pg_read_all_stats",
+        "Sessions (long-running, idle in transaction, blocked)",
+        "this role sees the state, query and start of its own sessions only: other roles' long-running, "
+        "idle-in-transaction and blocked sessions are not found, and no alert says they are there.",
+    ),
+)
 def check_long_running(conn: Connection, ctx: CheckContext) -> CheckReport:
     limit_s = ctx.settings.long_query_s
     rows = conn.execute(
@@ -139,7 +152,7 @@ def check_long_running(conn: Connection, ctx: CheckContext) -> CheckReport:
         if total
         else "none over " + duration(limit_s)
     )
-    findings = _visibility(conn) + [
+    findings = [
         Finding(
             check="long_running",
             object=f"pid {r.pid} query since {stamp(r.query_start)}",
@@ -178,24 +191,6 @@ def _more(check: str, ctx: CheckContext, total: int, shown: int, what: str, flag
                 f"`/mcp sessions --stage {ctx.stage} {flag}` lists them with their buttons. So many at once usually "
                 "share a cause: a lock, a deploy, a stuck pool or a slow dependency."
             ),
-        )
-    ]
-
-
-def _visibility(conn: Connection) -> list[Finding]:
-    """Without pg_read_all_stats, other roles' sessions show neither state, query nor since when: the session
-    checks would see none of them and say "none". Said once (by the long-running check, for all three), by the
-    role's membership, not by whether such a session happens to be open."""
-    if conn.execute(text("SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')")).scalar_one():
-        return []
-    return [
-        unavailable_finding(
-            "long_running",
-            "Sessions (long-running, idle in transaction, blocked)",
-            "pg_read_all_stats",
-            "This role sees the state, query and start of its own sessions only: other roles' long-running, "
-            "idle-in-transaction and blocked sessions are not found, and no alert says they are there.",
-            "`GRANT pg_read_all_stats TO <the role of this stage's DATABASE_URL>;` (or `pg_monitor`).",
         )
     ]
 

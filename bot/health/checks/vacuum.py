@@ -22,13 +22,13 @@ from bot.health.checks.base import (
     CheckContext,
     CheckReport,
     Finding,
+    Needs,
     check,
     duration,
     ignored,
     safe_query_text,
     session_label,
     stamp,
-    unavailable_finding,
 )
 from bot.pii import scrub
 
@@ -135,7 +135,19 @@ def _describe(row: Any) -> tuple[str, str, str, str]:
     return f"standby {who} xmin {row.xid}", f"standby {who}", held, advice
 
 
-@check("vacuum_horizon", HORIZON_LABEL, group="activity", clear_at_once=True)
+@check(
+    "vacuum_horizon",
+    HORIZON_LABEL,
+    group="activity",
+    clear_at_once=True,
+    needs=Needs(
+        "pg_read_all_stats",
+        HORIZON_LABEL,
+        "this role may not see how long other roles' sessions have held their transactions nor what they run: "
+        "such a session holding the horizon is named by its pid and age in transactions only, once it has held "
+        "the same xmin for the threshold.",
+    ),
+)
 def check_vacuum_horizon(conn: Connection, ctx: CheckContext) -> CheckReport:
     limit_s = ctx.settings.checks.xmin_horizon_s
     slot_since = "CASE WHEN NOT active THEN inactive_since END" if ctx.server_version(conn) >= 170000 else "NULL"
@@ -147,27 +159,10 @@ def check_vacuum_horizon(conn: Connection, ctx: CheckContext) -> CheckReport:
         ),
         {"ours": OUR_SESSIONS},
     ).all()
-    # Without pg_read_all_stats, other roles' sessions show their xmin but not since when nor what they run.
-    # Said by the role's membership, not by whether such a session happens to be open: once, not on and off.
-    sees_all = conn.execute(text("SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')")).scalar_one()
-    findings = (
-        []
-        if sees_all
-        else [
-            unavailable_finding(
-                "vacuum_horizon",
-                HORIZON_LABEL,
-                "pg_read_all_stats",
-                "This role may not see how long other roles' sessions have held their transactions nor what they "
-                "run: such a session holding the horizon is named by its pid and age in transactions only, once "
-                "it has held the same xmin for the threshold.",
-                "`GRANT pg_read_all_stats TO <the role of this stage's DATABASE_URL>;` (or `pg_monitor`).",
-            )
-        ]
-    )
-    status = "findings" if findings else "ok"
+    # Without pg_read_all_stats, other roles' sessions show their xmin but not since when nor what they run:
+    # said once, for this check and the session checks (`needs` above, bot/health/checks/base.py).
     if not rows:
-        return CheckReport("vacuum_horizon", HORIZON_LABEL, status, "nothing holds it back", findings)
+        return CheckReport("vacuum_horizon", HORIZON_LABEL, "ok", "nothing holds it back")
     holder = _pick(rows)
     others = len(rows) - 1
     also = f" {others} other holder{'s are' if others != 1 else ' is'} younger." if others else ""
@@ -192,13 +187,13 @@ def check_vacuum_horizon(conn: Connection, ctx: CheckContext) -> CheckReport:
             ),
             pending_s=limit_s,
         )
-        return CheckReport("vacuum_horizon", HORIZON_LABEL, "findings", summary, [*findings, finding])
+        return CheckReport("vacuum_horizon", HORIZON_LABEL, "findings", summary, [finding])
     obj, who, held, advice = _describe(holder)
     age = f"{duration(holder.held_s)}, " if holder.held_s is not None else ""
     summary = f"held by {holder.kind} ({age}{holder.xid_age:,} transactions)"
     known = holder.held_s is not None
     if known and holder.held_s < limit_s:
-        return CheckReport("vacuum_horizon", HORIZON_LABEL, status, summary, findings)
+        return CheckReport("vacuum_horizon", HORIZON_LABEL, "ok", summary)
     finding = Finding(
         check="vacuum_horizon",
         object=obj,
@@ -212,7 +207,7 @@ def check_vacuum_horizon(conn: Connection, ctx: CheckContext) -> CheckReport:
         # Slots and standbys do not say since when they hold this xmin: it must be seen that long.
         pending_s=0 if known else limit_s,
     )
-    return CheckReport("vacuum_horizon", HORIZON_LABEL, "findings", summary, [*findings, finding])
+    return CheckReport("vacuum_horizon", HORIZON_LABEL, "findings", summary, [finding])
 
 
 @check("stale_vacuum", STALE_LABEL, group="maintenance", clear_at_once=True)
