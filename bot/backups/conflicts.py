@@ -55,15 +55,7 @@ def find_conflicts(conn: Connection, step: ManifestStep, staged_table: str) -> t
             )
             for c in key.columns
         )
-        rows = raw.execute(
-            sql.SQL("SELECT count(*) OVER (), {cols} FROM {staged} s JOIN {table} t ON {match} LIMIT {n}").format(
-                cols=sql.SQL(", ").join(sql.SQL("s.{}::text").format(sql.Identifier(c)) for c in key.columns),
-                staged=staged,
-                table=table,
-                match=match,
-                n=sql.Literal(MAX_SAMPLES),
-            )
-        ).fetchall()
+        rows = _clashes(raw, staged, table, match, key.columns)
         if rows:
             what = "primary key" if key.primary else "unique key"
             found.append(
@@ -132,15 +124,7 @@ def _exclusion_conflicts(
             for c, schema, op in exclusion.elements
         )
         columns = [c for c, _schema, _op in exclusion.elements]
-        rows = raw.execute(
-            sql.SQL("SELECT count(*) OVER (), {cols} FROM {staged} s JOIN {table} t ON {clash} LIMIT {n}").format(
-                cols=sql.SQL(", ").join(sql.SQL("s.{}::text").format(sql.Identifier(c)) for c in columns),
-                staged=staged,
-                table=table,
-                clash=clash,
-                n=sql.Literal(MAX_SAMPLES),
-            )
-        ).fetchall()
+        rows = _clashes(raw, staged, table, clash, columns)
         if rows:
             found.append(
                 Conflict(
@@ -213,3 +197,22 @@ def integrity_conflict(step: ManifestStep, exc: psycopg.errors.IntegrityError) -
         reason = "a constraint rejects a restored row"
     detail = scrub(diag.message_detail or "")[:200]
     return Conflict(step.qualified, diag.constraint_name or "-", reason, 1, (detail,) if detail else ())
+
+
+def _clashes(
+    raw: psycopg.Connection[Any],
+    staged: sql.Composable,
+    table: sql.Composable,
+    on: sql.Composable,
+    columns: Sequence[str],
+) -> list[tuple[Any, ...]]:
+    """Staged rows that meet rows of `table` on `on`: how many in all, and the first few's `columns` as text."""
+    return raw.execute(
+        sql.SQL("SELECT count(*) OVER (), {cols} FROM {staged} s JOIN {table} t ON {on} LIMIT {n}").format(
+            cols=sql.SQL(", ").join(sql.SQL("s.{}::text").format(sql.Identifier(c)) for c in columns),
+            staged=staged,
+            table=table,
+            on=on,
+            n=sql.Literal(MAX_SAMPLES),
+        )
+    ).fetchall()
