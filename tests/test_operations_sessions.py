@@ -93,7 +93,11 @@ def blocking_chain(db: StageDb, waiters: int = 2) -> Iterator[Sessions]:
     """One session holding a row lock while it runs, others waiting on it for over a second."""
     sessions = Sessions(db)
     sessions.start("holder", HOLD_WHILE_RUNNING, "billing-worker")
-    sessions.wait("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'billing-worker'")
+    # Holding the row (asleep inside the statement that locked it), not merely connected: a waiter started
+    # before would take the row first and never wait.
+    sessions.wait(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'billing-worker' AND wait_event = 'PgSleep'"
+    )
     for i in range(waiters):
         sessions.start(f"waiter{i}", LOCKED_ROW, "api-server")
     sessions.wait(
