@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.conftest import APPROVER, APPROVER2, OPERATOR, BotHarness, message_text
 from tests.deletion_support import ephemeral_on, press, start_delete
 
@@ -36,3 +38,14 @@ def refusal_text(bot: BotHarness, request_id: int, label: str, user: str, payloa
     reply = ephemeral_on(bot, press(bot, request_id, label, user, payload))
     assert reply["response_type"] == "ephemeral"
     return message_text(reply)
+
+
+@pytest.fixture
+def make_prod(make_bot: Callable[..., BotHarness], db: Any, fake_slack: Any) -> Callable[..., BotHarness]:
+    """`make_prod(**env)`: production_bots as a fixture, for the approval test files."""
+    return production_bots(make_bot, db, fake_slack)
+
+
+@pytest.fixture
+def prod(make_prod: Callable[..., BotHarness]) -> BotHarness:
+    return make_prod()

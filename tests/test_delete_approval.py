@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import text
 
-from tests.approval_support import GROUP, GROUP_MEMBER, production_bots, refusal_text, request_prod
+from tests.approval_support import GROUP, GROUP_MEMBER, refusal_text, request_prod
+from tests.approval_support import make_prod as make_prod  # the fixtures, shared by the approval files
+from tests.approval_support import prod as prod
 from tests.conftest import (
     APPROVER,
     APPROVER2,
     AUDIT_CHANNEL,
     OPERATOR,
     VIEWER,
-    BotHarness,
     message_text,
 )
 from tests.deletion_support import (
@@ -33,16 +33,6 @@ from tests.deletion_support import (
     wait_state,
     wait_update,
 )
-
-
-@pytest.fixture
-def make_prod(make_bot, db, fake_slack):
-    return production_bots(make_bot, db, fake_slack)
-
-
-@pytest.fixture
-def prod(make_prod) -> BotHarness:
-    return make_prod()
 
 
 def test_a_protected_delete_needs_a_reason_and_posts_a_request(prod, db):

@@ -10,13 +10,14 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
-from tests.approval_support import GROUP_MEMBER, REASON, production_bots, refusal_text, request_prod
+from tests.approval_support import GROUP_MEMBER, REASON, refusal_text, request_prod
+from tests.approval_support import make_prod as make_prod  # the fixtures, shared by the approval files
+from tests.approval_support import prod as prod
 from tests.conftest import (
     APPROVER,
     CHANNEL,
     OPERATOR,
     VIEWER,
-    BotHarness,
     message_text,
 )
 from tests.deletion_support import (
@@ -33,16 +34,6 @@ from tests.deletion_support import (
     wait_state,
     wait_update,
 )
-
-
-@pytest.fixture
-def make_prod(make_bot, db, fake_slack):
-    return production_bots(make_bot, db, fake_slack)
-
-
-@pytest.fixture
-def prod(make_prod) -> BotHarness:
-    return make_prod()
 
 
 def test_reminder_then_expiry_with_controllable_time(prod, db):
