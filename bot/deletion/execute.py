@@ -57,7 +57,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -65,6 +64,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bot.deletion import dberrors
 from bot.deletion.identity import snapshot_changes
+from bot.deletion.outcomes import Blocked, DeleteFailed, DeleteResult, SnapshotChanged, StepResult
 from bot.deletion.plan import WORK_MEM, DeletePlan, PlanProblem, build_plan, set_local
 from bot.deletion.scope import Rules
 from bot.deletion.scopesql import TempSource
@@ -92,51 +92,6 @@ REARM_FRACTION = 0.01  # the statement timeout is set again once 1% of the budge
 REARM_MIN_S = 0.5  # ... or half a second, whichever is longer
 # Errors that mean "refused, nothing happened", even when raised by COMMIT (deferred constraints and triggers).
 DEFINITE = ("23", "P0", "40", "42")
-
-
-class DeleteFailed(UserFacingError):
-    """The delete did not happen; the transaction was rolled back."""
-
-    outcome = "failed"
-
-
-class SnapshotChanged(DeleteFailed):
-    """The fresh counts differ from the confirmed ones; nothing was deleted."""
-
-    outcome = "stale"
-
-    def __init__(self, message: str, *, changes: list[str], fresh: dict[str, int]) -> None:
-        super().__init__(message)
-        self.changes = changes
-        self.fresh = fresh
-
-
-class Blocked(DeleteFailed):
-    outcome = "blocked"
-
-
-@dataclass
-class StepResult:
-    key: str
-    table: str
-    action: str
-    rows: int
-    seconds: float
-
-
-@dataclass
-class DeleteResult:
-    slug: str
-    counts: dict[str, int]
-    steps: list[StepResult]
-    duration_s: float
-    dry_run: bool
-    verified: bool
-    verification: list[str] = field(default_factory=list)
-
-    @property
-    def total_rows(self) -> int:
-        return sum(s.rows for s in self.steps if s.action == "delete")
 
 
 BeforeDelete = Callable[[Connection, DeletePlan, list[MaterializedScope]], None]
